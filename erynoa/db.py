@@ -1,0 +1,113 @@
+"""PostgreSQL: the connection pool every runtime uses, and the migration runner.
+
+Migrations are the ``NNNN_name.sql`` files under ``migrations/``, applied in order, each in
+its own transaction, under an advisory lock so concurrent starters cannot race. An applied
+file's checksum is kept; editing it afterwards is refused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from erynoa.settings import PROJECT_ROOT, Settings
+
+MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+# An arbitrary constant: the advisory lock id only has to be the same for every migrator.
+_MIGRATION_LOCK_ID = 0x45_52_59_4E_4F_41
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb columns come and go as Python objects.
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
+    """The runtime's pool (call once at start-up; close it at shutdown)."""
+    options: dict[str, Any] = {
+        "min_size": settings.db_pool_min,
+        "max_size": settings.db_pool_max,
+        "init": _init_connection,
+        "command_timeout": 30,
+    }
+    options.update(overrides)
+    pool = await asyncpg.create_pool(settings.database_url, **options)
+    assert pool is not None  # asyncpg types it Optional; it is only None on a closed pool
+    return pool
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    found: list[Migration] = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_FILE.match(path.name)
+        if not match:
+            raise MigrationError(f"{path}: migration files are named NNNN_snake_case.sql")
+        found.append(Migration(match.group(1), match.group(2), path.read_text()))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"{directory}: two migrations share a version number")
+    return found
+
+
+async def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply every pending migration; returns the names applied (empty when up to date)."""
+    migrations = discover(directory)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version text PRIMARY KEY,
+                       name text NOT NULL,
+                       checksum text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+            applied = {r["version"]: r for r in rows}
+            done: list[str] = []
+            for migration in migrations:
+                previous = applied.get(migration.version)
+                if previous is not None:
+                    if previous["checksum"] != migration.checksum:
+                        raise MigrationError(
+                            f"migrations/{migration.version}_{migration.name}.sql was changed "
+                            "after it was applied; add a new migration instead"
+                        )
+                    continue
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
+                    )
+                done.append(f"{migration.version}_{migration.name}")
+            return done
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
+    finally:
+        await conn.close()
