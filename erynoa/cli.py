@@ -1,17 +1,118 @@
 """The ``erynoa`` command: one entry point for every runtime and operator task.
 
 Run ``erynoa --help`` for the list. Each sub-command wires its own runtime; importing this
-module connects to nothing.
+module connects to nothing. Expected failures (bad config, a service down) print one clear
+line and exit 1; tracebacks are for bugs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import typer
 
+from erynoa.settings import Settings, get_settings
 from erynoa.stack.cli import stack_app
+from erynoa.topics import CatalogError, TopicCatalog, load_catalog
 
-app = typer.Typer(no_args_is_help=True, help="Erynoa booking backbone.", pretty_exceptions_enable=False)
+app = typer.Typer(
+    no_args_is_help=True, help="Erynoa booking backbone.", pretty_exceptions_enable=False
+)
 app.add_typer(stack_app, name="stack", help="The local stack: Kafka, PostgreSQL, Redis (no Docker).")
+topics_app = typer.Typer(no_args_is_help=True, help="Make Kafka match topics.yaml.")
+app.add_typer(topics_app, name="topics")
+db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL schema.")
+app.add_typer(db_app, name="db")
+
+
+def fail(message: str) -> typer.Exit:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+def load_settings() -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ERYNOA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise fail(f"invalid settings: {problems}") from None
+
+
+def load_topic_catalog(settings: Settings) -> TopicCatalog:
+    try:
+        return load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+    except CatalogError as exc:
+        raise fail(str(exc)) from None
+
+
+@topics_app.command("apply")
+def topics_apply() -> None:
+    """Create or alter topics to match topics.yaml (idempotent); print what changed."""
+    from erynoa.topic_admin import admin_client, apply
+
+    settings = load_settings()
+    catalog = load_topic_catalog(settings)
+    try:
+        changes = apply(admin_client(settings.kafka_bootstrap), catalog)
+    except Exception as exc:  # the admin client raises several kinds; all mean "not applied"
+        raise fail(f"topics apply failed against {settings.kafka_bootstrap}: {exc}") from None
+    done = [c for c in changes if c.kind != "manual"]
+    manual = [c for c in changes if c.kind == "manual"]
+    for change in done:
+        typer.echo(f"changed  {change}")
+    for change in manual:
+        typer.secho(f"MANUAL   {change}", fg=typer.colors.YELLOW)
+    if not changes:
+        typer.echo(f"topics: {len(catalog.topics)} topics match {settings.topics_file.name}")
+    if manual:
+        raise typer.Exit(1)
+
+
+@topics_app.command("check")
+def topics_check() -> None:
+    """Exit non-zero and name every difference between the cluster and topics.yaml."""
+    from erynoa.topic_admin import admin_client, plan
+
+    settings = load_settings()
+    catalog = load_topic_catalog(settings)
+    try:
+        drift = plan(admin_client(settings.kafka_bootstrap), catalog)
+    except Exception as exc:
+        raise fail(f"topics check failed against {settings.kafka_bootstrap}: {exc}") from None
+    for change in drift:
+        typer.secho(f"DRIFT  {change}", fg=typer.colors.YELLOW)
+    if drift:
+        raise typer.Exit(1)
+    typer.echo(f"topics: no drift ({len(catalog.topics)} topics)")
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending SQL migrations in order (idempotent, safe to run concurrently)."""
+    from erynoa.db import MigrationError, migrate
+
+    settings = load_settings()
+    try:
+        applied = asyncio.run(migrate(settings.database_url))
+    except MigrationError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot reach PostgreSQL at {settings.database_url}: {exc}") from None
+    for name in applied:
+        typer.echo(f"applied  {name}")
+    if not applied:
+        typer.echo("db: schema up to date")
+
+
+@app.command("version")
+def version() -> None:
+    """Print the version."""
+    from erynoa import __version__
+
+    typer.echo(__version__)
 
 
 def main() -> None:

@@ -24,7 +24,13 @@ CREATE TABLE bookings (
     idempotency_key       text,
     events_applied        integer NOT NULL,
     requested_at          timestamptz NOT NULL,
-    updated_at            timestamptz NOT NULL
+    updated_at            timestamptz NOT NULL,
+    -- The materializer's fold (erynoa.saga.BookingState) and the last event folded into it,
+    -- ordered by (occurred_at, event_id): a later event folds in, an earlier one refolds.
+    -- NULL on the row the API writes at 202 time, until the materializer has seen it.
+    state                 jsonb,
+    last_event_at         timestamptz,
+    last_event_id         uuid
 );
 CREATE INDEX bookings_customer_idx ON bookings (customer_id, requested_at DESC);
 CREATE INDEX bookings_provider_idx ON bookings (provider_id, requested_at DESC);
@@ -42,6 +48,7 @@ CREATE TABLE booking_events (
     partition       integer NOT NULL,
     "offset"        bigint NOT NULL,
     payload         jsonb NOT NULL,
+    body            bytea NOT NULL,                -- the Avro bytes, to refold exactly
     recorded_at     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX booking_events_booking_idx ON booking_events (booking_id, occurred_at);
