@@ -1,0 +1,67 @@
+# Erynoa booking backbone: one entry point for a fresh machine and for CI.
+#   make run    the system (local stack + API + agents + materializer) in the foreground
+#   make test   unit then integration tests against a real local stack, stopped afterwards
+# Settings come from ERYNOA_* variables (see erynoa/settings.py), e.g. ERYNOA_KAFKA_PORT.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+ERYNOA := $(VENV)/bin/erynoa
+STAMP := $(VENV)/.installed-stamp
+# The order tests run in: pure unit tests first, then the ones needing the stack, then any other.
+TEST_PATHS := tests/unit tests/integration \
+	$(filter-out tests/unit tests/integration tests/__pycache__,$(patsubst %/,%,$(wildcard tests/*/)))
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-packages stack run test _test lint down clean
+
+help:
+	@echo "make setup   system packages (when missing) and $(VENV) with the project"
+	@echo "make stack   setup, then the local stack up, topics applied, migrations run"
+	@echo "make run     stack, then the API, agents and materializer in the foreground"
+	@echo "make test    stack, unit and integration tests, stack stopped if this run started it"
+	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make down    stop the local stack"
+	@echo "make clean   stop the local stack and delete its data (.stack)"
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@bash erynoa/stack/system-packages.sh
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PY) ]; then echo "setup: creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
+	@echo "setup: pip install -e '.[dev]' into $(VENV) (pyproject.toml changed)"
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+stack: setup
+	@$(ERYNOA) stack up
+	@$(ERYNOA) topics apply
+	@$(ERYNOA) db migrate
+
+run: stack
+	exec $(ERYNOA) run
+
+test: setup
+	@$(PY) -m erynoa.stack.with_stack -- $(MAKE) --no-print-directory _test
+
+_test: stack
+	$(PY) -m pytest $(TEST_PATHS) $(PYTEST_ARGS)
+
+lint: setup
+	@rc=0; \
+	$(VENV)/bin/ruff check . || rc=1; \
+	$(VENV)/bin/ruff format --check . || rc=1; \
+	$(VENV)/bin/mypy || rc=1; \
+	exit $$rc
+
+down:
+	@if [ -x $(ERYNOA) ]; then $(ERYNOA) stack down; else echo "no $(VENV): nothing to stop"; fi
+
+clean:
+	@if [ -x $(ERYNOA) ]; then $(ERYNOA) stack clean; fi
+	rm -rf .stack

@@ -1,0 +1,99 @@
+"""``erynoa stack up|down|status|logs|clean``: the local stack from the command line.
+
+Expected failures (a busy port, a missing tool, a service that does not become healthy) end
+with a short message and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from erynoa.settings import Settings
+from erynoa.stack import manager, procs
+from erynoa.stack.base import StackError
+
+stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, PostgreSQL, Redis.")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"ERYNOA_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        typer.echo(f"error: invalid settings: {errors}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _run(action: Callable[[Settings], None]) -> None:
+    settings = _settings()
+    try:
+        action(settings)
+    except StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+@stack_app.command()
+def up() -> None:
+    """Start every service not yet running and wait until all are healthy."""
+    _run(lambda settings: manager.up(settings, typer.echo))
+
+
+@stack_app.command()
+def down() -> None:
+    """Stop every service; nothing of the stack keeps running."""
+    _run(lambda settings: manager.down(settings, typer.echo))
+
+
+@stack_app.command()
+def status() -> None:
+    """Each service's state, pid and port; exit code 0 only if all are healthy."""
+    settings = _settings()
+    states = manager.status(settings)
+    for state in states:
+        typer.echo(state.line())
+    if not all(state.ok for state in states):
+        raise typer.Exit(1)
+
+
+@stack_app.command()
+def logs(
+    service: Annotated[
+        str | None, typer.Argument(help=f"One of: {', '.join(manager.SERVICE_NAMES)}.")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="Lines from the end.")] = 50,
+) -> None:
+    """Show a service's log (all services' when none is named)."""
+    settings = _settings()
+    try:
+        paths = manager.log_files(settings, service)
+    except StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if follow:
+        argv = ["tail", "-n", str(lines), "-F", *map(str, paths)]
+        os.execvp("tail", argv)
+    for path in paths:
+        if len(paths) > 1:
+            typer.echo(f"==> {path} <==")
+        if not path.exists():
+            typer.echo(f"(no log yet: {path})")
+        for line in procs.tail(path, lines):
+            typer.echo(line)
+
+
+@stack_app.command()
+def clean() -> None:
+    """Stop the stack and delete its data (downloads cached in ~/.cache/erynoa stay)."""
+    _run(lambda settings: manager.clean(settings, typer.echo))
