@@ -29,6 +29,14 @@ def kafka_version() -> str:
     return node.text.strip()
 
 
+def _cluster_id() -> str:
+    """A random id as Kafka writes them: url-safe base64 of 16 bytes, never starting with '-'."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
+
+
 class Kafka(Service):
     name = "kafka"
     port_settings = ("kafka_port", "kafka_controller_port")
@@ -118,7 +126,7 @@ class Kafka(Service):
                 )
             return
         shutil.rmtree(self.data_dir, ignore_errors=True)  # a half-formatted dir
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = _cluster_id()
         echo(f"kafka: formatting storage in {self.data_dir} (cluster id {cluster_id})")
         run_tool(
             [self.java, "-cp", self._classpath(), f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",

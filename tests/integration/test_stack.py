@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -62,6 +63,10 @@ def _create_topics(admin: AdminClient, *names: str) -> None:
 def _delete_topics(admin: AdminClient, *names: str) -> None:
     for future in admin.delete_topics(list(names)).values():
         future.result(timeout=30)
+    deadline = time.monotonic() + 30
+    while set(names) & set(admin.list_topics(timeout=10).topics):
+        assert time.monotonic() < deadline, f"topics {names} still listed 30s after deletion"
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -70,7 +75,6 @@ def topic(admin: AdminClient) -> Iterator[str]:
     _create_topics(admin, name)
     yield name
     _delete_topics(admin, name)
-    assert name not in admin.list_topics(timeout=10).topics
 
 
 def _consume_one(settings: Settings, topic: str, timeout: float = 60) -> Message:
@@ -237,7 +241,8 @@ async def test_postgres_answers_select_1(settings: Settings) -> None:
     conn = await asyncpg.connect(settings.database_url, timeout=10)
     try:
         assert await conn.fetchval("SELECT 1") == 1
-        assert await conn.fetchval("SELECT current_database()") == "erynoa"
+        database = urlsplit(settings.database_url).path.lstrip("/")
+        assert await conn.fetchval("SELECT current_database()") == database
         assert await conn.fetchval("SHOW fsync") == "on"
     finally:
         await conn.close()
