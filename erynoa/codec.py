@@ -1,0 +1,482 @@
+"""The one Avro codec every runtime uses to put events on Kafka and read them back.
+
+Wire format: Avro single-object encoding, so a subscriber in any language needs nothing but
+``schemas/``::
+
+    0xC3 0x01 | CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form (8 bytes,
+    little-endian) | Avro binary body
+
+``EventCodec`` loads every ``schemas/<EventType>.v<N>.avsc`` once, checks each against the
+envelope contract and its dataclass in ``erynoa.events``, and precompiles them with fastavro.
+It writes with the newest version of each type and reads any version it knows (looked up by
+fingerprint), resolved to the newest version, so old events keep decoding after a schema change.
+
+    codec = default_codec()
+    data = codec.encode(event)       # bytes for the Kafka message value
+    event = codec.decode(data)       # raises UndecodableEvent -> retry/dead-letter topic
+
+Check a schema directory from a shell: ``python -m erynoa.codec [schemas-dir]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from erynoa.events import EVENT_TYPES, BookingEvent, CatalogEvent, Event, Money, field_specs
+from erynoa.settings import PROJECT_ROOT
+
+__all__ = [
+    "MAGIC",
+    "EventCodec",
+    "SchemaError",
+    "UndecodableEvent",
+    "UnencodableEvent",
+    "default_codec",
+]
+
+MAGIC = b"\xc3\x01"
+_HEADER_LEN = len(MAGIC) + 8
+_FILE_NAME = re.compile(r"(?P<type>[A-Z][A-Za-z0-9]*)\.v(?P<version>[1-9][0-9]*)\.avsc")
+_NAMESPACES: dict[type[Event], str] = {
+    BookingEvent: "erynoa.booking",
+    CatalogEvent: "erynoa.catalog",
+}
+_TIMESTAMP = {"type": "long", "logicalType": "timestamp-micros"}
+_OPTIONAL_STRING = ["null", "string"]
+_MONEY_NAME = "erynoa.Money"
+_MONEY_FIELDS = [("amount_minor", "long"), ("currency", "string")]
+
+
+def _envelope(key: str) -> list[tuple[str, object]]:
+    """The fields every schema starts with, in this order, with their exact types."""
+    return [
+        ("event_id", "string"),
+        ("event_type", "string"),
+        ("schema_version", "int"),
+        (key, "string"),
+        ("occurred_at", _TIMESTAMP),
+        ("correlation_id", "string"),
+        ("causation_id", _OPTIONAL_STRING),
+        ("producer", "string"),
+    ]
+
+
+class SchemaError(ValueError):
+    """An ``.avsc`` file breaks the contract; the message names the file and the problem."""
+
+
+class UndecodableEvent(ValueError):
+    """Bytes that are not an event this codec can read; ``reason`` says why (for DLQ headers)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnencodableEvent(ValueError):
+    """An event the codec cannot write (no schema for its type, or a value the schema rejects)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Version:
+    """One loaded schema version, ready for fastavro."""
+
+    event_type: str
+    version: int
+    path: Path
+    parsed: dict[str, Any]
+    fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """How to turn bytes written with one schema version into the current dataclass."""
+
+    writer: _Version
+    # None when the writer is the newest version: fastavro then skips schema resolution.
+    reader_schema: dict[str, Any] | None
+    cls: type[BookingEvent] | type[CatalogEvent]
+    money_fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Writer:
+    header: bytes
+    parsed: dict[str, Any]
+    money_fields: tuple[str, ...]
+    constants: tuple[tuple[str, object], ...]
+
+
+class EventCodec:
+    """Encodes events to, and decodes them from, Avro single-object encoding."""
+
+    def __init__(
+        self,
+        schemas_dir: Path | None = None,
+        event_types: Mapping[str, type[Event]] | None = None,
+    ) -> None:
+        """Load and check every ``.avsc`` in ``schemas_dir``; raises ``SchemaError``.
+
+        ``event_types`` maps each event type to its dataclass (default ``EVENT_TYPES``); tests pass
+        their own to try out a new schema version.
+        """
+        self.schemas_dir = schemas_dir if schemas_dir is not None else PROJECT_ROOT / "schemas"
+        types = dict(EVENT_TYPES if event_types is None else event_types)
+        versions = _load_dir(self.schemas_dir, types)
+
+        self._readers: dict[bytes, _Reader] = {}
+        self._writers: dict[type[Event], _Writer] = {}
+        self._versions: dict[str, tuple[int, ...]] = {}
+        for event_type, by_version in sorted(versions.items()):
+            cls = types[event_type]
+            # _load_file refused any other class; this narrows the type for decode's return.
+            assert issubclass(cls, BookingEvent | CatalogEvent)
+            latest = by_version[max(by_version)]
+            money = tuple(s.name for s in field_specs(cls) if s.kind is Money)
+            self._versions[event_type] = tuple(sorted(by_version))
+            self._writers[cls] = _Writer(
+                header=MAGIC + latest.fingerprint,
+                parsed=latest.parsed,
+                money_fields=money,
+                constants=(("event_type", event_type), ("schema_version", latest.version)),
+            )
+            for version in by_version.values():
+                reader_schema = None if version is latest else latest.parsed
+                self._readers[version.fingerprint] = _Reader(version, reader_schema, cls, money)
+
+    @property
+    def versions(self) -> dict[str, tuple[int, ...]]:
+        """Every loaded event type and its schema versions, oldest first."""
+        return dict(self._versions)
+
+    def fingerprint(self, event_type: str, version: int | None = None) -> bytes:
+        """The 8-byte CRC-64-AVRO fingerprint of one schema version (default: the newest)."""
+        versions = self._versions[event_type]
+        wanted = versions[-1] if version is None else version
+        for reader in self._readers.values():
+            if reader.writer.event_type == event_type and reader.writer.version == wanted:
+                return reader.writer.fingerprint
+        raise KeyError(f"{event_type} has no schema version {wanted}")
+
+    def encode(self, event: Event) -> bytes:
+        """The event as single-object encoded Avro, written with its type's newest schema."""
+        writer = self._writers.get(type(event))
+        if writer is None:
+            raise UnencodableEvent(f"no schema loaded for {type(event).__name__}")
+        # The dataclasses are flat apart from Money, so a shallow copy of the instance dict is the
+        # Avro record; fastavro converts the tz-aware datetimes itself.
+        record: dict[str, object] = dict(vars(event))
+        for name in writer.money_fields:
+            money = record[name]
+            if isinstance(money, Money):
+                record[name] = {"amount_minor": money.amount_minor, "currency": money.currency}
+        record.update(writer.constants)
+        out = BytesIO()
+        out.write(writer.header)
+        try:
+            schemaless_writer(out, writer.parsed, record)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise UnencodableEvent(f"cannot encode {type(event).__name__}: {exc}") from exc
+        return out.getvalue()
+
+    def decode(self, data: bytes) -> BookingEvent | CatalogEvent:
+        """The event in ``data``; raises ``UndecodableEvent`` for anything else."""
+        if not data:
+            raise UndecodableEvent("empty message (no value, or a tombstone)")
+        if len(data) < _HEADER_LEN:
+            raise UndecodableEvent(f"{len(data)} bytes is shorter than the 10-byte header")
+        if data[:2] != MAGIC:
+            raise UndecodableEvent(
+                f"not Avro single-object encoding: starts with {bytes(data[:2]).hex()}, not c301"
+            )
+        fp = bytes(data[2:_HEADER_LEN])
+        reader = self._readers.get(fp)
+        if reader is None:
+            raise UndecodableEvent(f"unknown schema fingerprint {fp.hex()}")
+        writer = reader.writer
+        body = BytesIO(data)
+        body.seek(_HEADER_LEN)
+        try:
+            record = schemaless_reader(body, writer.parsed, reader.reader_schema)
+        # fastavro signals a short or corrupt body with EOFError, IndexError, ValueError,
+        # UnicodeDecodeError, ...; all of them mean the same thing to a consumer.
+        except Exception as exc:
+            raise UndecodableEvent(
+                f"{writer.event_type} v{writer.version}: corrupt or truncated body "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        if body.tell() != len(data):
+            raise UndecodableEvent(
+                f"{writer.event_type} v{writer.version}: {len(data) - body.tell()} bytes left "
+                "after the record"
+            )
+        if not isinstance(record, dict):
+            raise UndecodableEvent(f"{writer.event_type} v{writer.version}: not a record")
+        event_type = record.pop("event_type")
+        schema_version = record.pop("schema_version")
+        if event_type != writer.event_type or schema_version != writer.version:
+            raise UndecodableEvent(
+                f"envelope says {event_type} v{schema_version} but the fingerprint is "
+                f"{writer.event_type} v{writer.version}"
+            )
+        try:
+            for name in reader.money_fields:
+                value = record[name]
+                if value is not None:
+                    record[name] = Money(value["amount_minor"], value["currency"])
+            return reader.cls(**record)
+        # The dataclass refuses values the schema cannot express (a negative amount, an unknown
+        # role): a producer bug, which must land in the dead-letter topic, not crash the consumer.
+        except (TypeError, ValueError, KeyError) as exc:
+            raise UndecodableEvent(f"{writer.event_type} v{writer.version}: {exc}") from exc
+
+
+@cache
+def default_codec() -> EventCodec:
+    """The codec for the project's own ``schemas/`` directory, loaded once per process."""
+    return EventCodec()
+
+
+# --- loading and checking schema files ------------------------------------------------------
+
+
+def _load_dir(
+    schemas_dir: Path, types: Mapping[str, type[Event]]
+) -> dict[str, dict[int, _Version]]:
+    if not schemas_dir.is_dir():
+        raise SchemaError(f"{schemas_dir}: not a directory of .avsc files")
+    versions: dict[str, dict[int, _Version]] = {}
+    by_fingerprint: dict[bytes, Path] = {}
+    for path in sorted(schemas_dir.glob("*.avsc")):
+        loaded = _load_file(path, types)
+        if loaded.fingerprint in by_fingerprint:
+            raise SchemaError(
+                f"{path}: same Parsing Canonical Form as "
+                f"{by_fingerprint[loaded.fingerprint].name}; a new version must change what is "
+                "written, not only docs"
+            )
+        by_fingerprint[loaded.fingerprint] = path
+        versions.setdefault(loaded.event_type, {})[loaded.version] = loaded
+    for event_type, by_version in versions.items():
+        cls = types[event_type]
+        latest = max(by_version)
+        missing = sorted(set(range(1, latest + 1)) - set(by_version))
+        if missing:
+            raise SchemaError(
+                f"{schemas_dir}: {event_type} has v{latest} but lacks "
+                + ", ".join(f"{event_type}.v{v}.avsc" for v in missing)
+                + " (every version is kept)"
+            )
+        if cls.schema_version != latest:
+            raise SchemaError(
+                f"{by_version[latest].path}: {cls.__name__}.schema_version is "
+                f"{cls.schema_version} but the newest schema is v{latest}; update the dataclass "
+                "together with the schema"
+            )
+        _check_matches_class(by_version[latest].path, by_version[latest].parsed, cls)
+    return versions
+
+
+def _load_file(path: Path, types: Mapping[str, type[Event]]) -> _Version:
+    match = _FILE_NAME.fullmatch(path.name)
+    if not match:
+        raise SchemaError(
+            f"{path}: file name must be <EventType>.v<N>.avsc, e.g. ReservationHeld.v1"
+        )
+    event_type, version = match["type"], int(match["version"])
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SchemaError(
+            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"{path}: cannot read: {exc}") from None
+
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        raise SchemaError(f'{path}: the top level must be a record ("type": "record")')
+    if schema.get("name") != event_type:
+        raise SchemaError(
+            f"{path}: record name {schema.get('name')!r} does not match the file name "
+            f"({event_type!r})"
+        )
+    cls = types.get(event_type)
+    if cls is None:
+        raise SchemaError(f"{path}: no event class for {event_type} in erynoa.events")
+    if issubclass(cls, BookingEvent):
+        base: type[Event] = BookingEvent
+    elif issubclass(cls, CatalogEvent):
+        base = CatalogEvent
+    else:
+        raise SchemaError(f"{path}: {cls.__name__} is neither a BookingEvent nor a CatalogEvent")
+    namespace = _NAMESPACES[base]
+    if schema.get("namespace") != namespace:
+        raise SchemaError(
+            f"{path}: namespace must be {namespace!r}, found {schema.get('namespace')!r}"
+        )
+    raw_fields = schema.get("fields")
+    if not isinstance(raw_fields, list):
+        raise SchemaError(f'{path}: "fields" must be a list')
+    for index, field in enumerate(raw_fields):
+        if not isinstance(field, dict) or not isinstance(field.get("name"), str):
+            raise SchemaError(f'{path}: field #{index + 1} must be an object with a "name"')
+        if "type" not in field:
+            raise SchemaError(f"{path}: field {field['name']!r} has no type")
+
+    parsed = _parse(path, schema)
+    _check_envelope(path, raw_fields, "booking_id" if base is BookingEvent else "service_id")
+    _check_union_defaults(path, raw_fields)
+    canonical = to_parsing_canonical_form(parsed)
+    fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+    return _Version(event_type, version, path, parsed, fp)
+
+
+def _parse(path: Path, schema: dict[str, Any]) -> dict[str, Any]:
+    try:
+        parsed = parse_schema(schema)
+    except Exception as whole:  # fastavro raises several types; all mean "invalid schema"
+        # fastavro's message rarely says where the problem is. Parse growing prefixes of the
+        # field list (earlier fields may define named types later ones use) to find the field.
+        fields = schema["fields"]
+        for end in range(1, len(fields) + 1):
+            try:
+                parse_schema({**schema, "fields": fields[:end]})
+            except Exception as exc:
+                raise SchemaError(
+                    f"{path}: field {fields[end - 1]['name']!r}: {_describe(exc)}"
+                ) from None
+        raise SchemaError(f"{path}: {_describe(whole)}") from None
+    if not isinstance(parsed, dict):  # a record schema always parses to a dict
+        raise SchemaError(f"{path}: not a record schema")
+    return parsed
+
+
+def _describe(exc: Exception) -> str:
+    if type(exc).__name__ == "UnknownType":
+        return f"unknown type {exc}"
+    return str(exc) or type(exc).__name__
+
+
+def _strip_docs(avro_type: object) -> object:
+    """A field type without docs (and aliases), so types compare by what they carry."""
+    if isinstance(avro_type, dict):
+        return {k: _strip_docs(v) for k, v in avro_type.items() if k not in ("doc", "aliases")}
+    if isinstance(avro_type, list):
+        return [_strip_docs(v) for v in avro_type]
+    return avro_type
+
+
+def _check_envelope(path: Path, fields: list[dict[str, Any]], key: str) -> None:
+    for index, (name, avro_type) in enumerate(_envelope(key)):
+        if index >= len(fields) or fields[index]["name"] != name:
+            found = repr(fields[index]["name"]) if index < len(fields) else "nothing"
+            raise SchemaError(
+                f"{path}: envelope field #{index + 1} must be {name!r}, found {found} "
+                "(every event starts with the same envelope fields, in order)"
+            )
+        if _strip_docs(fields[index]["type"]) != avro_type:
+            raise SchemaError(
+                f"{path}: envelope field {name!r} must have type {json.dumps(avro_type)}, "
+                f"found {json.dumps(fields[index]['type'])}"
+            )
+
+
+def _check_union_defaults(path: Path, fields: list[dict[str, Any]]) -> None:
+    # The spec says a union's default belongs to its first branch; fastavro does not enforce it
+    # but other languages' readers do, so reject it here.
+    for field in fields:
+        avro_type = field["type"]
+        starts_with_null = isinstance(avro_type, list) and avro_type[:1] == ["null"]
+        if starts_with_null and field.get("default", None) is not None:
+            raise SchemaError(
+                f"{path}: field {field['name']!r}: the default of a union starting with "
+                f'"null" must be null, found {json.dumps(field["default"])}'
+            )
+
+
+def _expected(kind: type) -> list[object]:
+    """The Avro types a dataclass field of this kind may have (before any null union)."""
+    if kind is str:
+        return ["string"]
+    if kind is int:
+        return ["int", "long"]
+    if kind is bool:
+        return ["boolean"]
+    if kind is datetime:
+        return [_TIMESTAMP]
+    return [_MONEY_NAME]  # Money: checked by name, its fields by _check_money
+
+
+def _check_money(path: Path, field_name: str, avro_type: object) -> bool:
+    if avro_type == _MONEY_NAME:
+        return True  # a reference to the record defined inline earlier in the same schema
+    if not isinstance(avro_type, dict) or avro_type.get("name") != _MONEY_NAME:
+        return False
+    fields = [(f.get("name"), _strip_docs(f.get("type"))) for f in avro_type.get("fields", [])]
+    if fields != _MONEY_FIELDS or avro_type.get("type") != "record":
+        raise SchemaError(
+            f"{path}: field {field_name!r}: {_MONEY_NAME} must be a record with exactly "
+            "amount_minor: long and currency: string"
+        )
+    return True
+
+
+def _check_matches_class(path: Path, schema: dict[str, Any], cls: type[Event]) -> None:
+    """The newest schema must carry exactly the dataclass's fields, with matching types."""
+    envelope_extra = {"event_type", "schema_version"}
+    schema_fields = {f["name"]: f for f in schema["fields"] if f["name"] not in envelope_extra}
+    specs = {s.name: s for s in field_specs(cls)}
+    extra = sorted(schema_fields.keys() - specs.keys())
+    if extra:
+        raise SchemaError(f"{path}: field {extra[0]!r} is not a field of {cls.__name__}")
+    missing = sorted(specs.keys() - schema_fields.keys())
+    if missing:
+        raise SchemaError(f"{path}: {cls.__name__}.{missing[0]} has no field in the schema")
+    for name, spec in specs.items():
+        avro_type = _strip_docs(schema_fields[name]["type"])
+        if spec.optional:
+            if not (isinstance(avro_type, list) and len(avro_type) == 2 and avro_type[0] == "null"):
+                raise SchemaError(
+                    f"{path}: field {name!r}: {cls.__name__}.{name} may be None, so its type must "
+                    f'be ["null", ...] with "default": null'
+                )
+            avro_type = avro_type[1]
+        if spec.kind is Money:
+            ok = _check_money(path, name, avro_type)
+        else:
+            ok = avro_type in _expected(spec.kind)
+        if not ok:
+            expected = " or ".join(json.dumps(t) for t in _expected(spec.kind))
+            raise SchemaError(
+                f"{path}: field {name!r}: {cls.__name__}.{name} is {spec.kind.__name__}, so its "
+                f"type must be {expected}, found {json.dumps(avro_type)}"
+            )
+
+
+def _main(argv: list[str]) -> int:
+    schemas_dir = Path(argv[0]) if argv else None
+    try:
+        codec = EventCodec(schemas_dir)
+    except SchemaError as exc:
+        print(f"schema error: {exc}", file=sys.stderr)
+        return 1
+    for event_type, versions in codec.versions.items():
+        listed = ", ".join(f"v{v}" for v in versions)
+        print(f"{event_type}: {listed}  fingerprint {codec.fingerprint(event_type).hex()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
