@@ -66,7 +66,13 @@ class StripeMock(Service):
         return words[1] if len(words) == 2 and words[0] == "stripe-mock" else None
 
     def command(self) -> list[str]:
-        return [str(self.binary), "-http-addr", f"127.0.0.1:{self.port}"]
+        # HTTPS is on unless asked for by port, and -http-addr does not count: give it a free
+        # loopback port of the system's choosing, so it never collides with anything.
+        return [
+            str(self.binary),
+            "-http-addr", f"127.0.0.1:{self.port}",
+            "-https-addr", "127.0.0.1:0",
+        ]  # fmt: skip
 
     def healthy(self) -> bool:
         """Any HTTP answer from the emulator."""
