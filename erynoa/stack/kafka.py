@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import socket
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -158,6 +159,11 @@ class Kafka(Service):
     def healthy(self) -> bool:
         """A metadata request answered by our broker (node 1)."""
         from confluent_kafka.admin import AdminClient
+
+        try:  # fail fast while nothing listens yet
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
 
         client = AdminClient(
             {
