@@ -8,8 +8,10 @@ line and exit 1; tracebacks are for bugs.
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 import typer
 
+from consumers.cli import materializer_app
 from erynoa.settings import Settings, get_settings
 from erynoa.stack.cli import stack_app
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
@@ -22,6 +24,7 @@ topics_app = typer.Typer(no_args_is_help=True, help="Make Kafka match topics.yam
 app.add_typer(topics_app, name="topics")
 db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL schema.")
 app.add_typer(db_app, name="db")
+app.add_typer(materializer_app, name="materializer")
 
 
 def fail(message: str) -> typer.Exit:
@@ -105,6 +108,31 @@ def db_migrate() -> None:
         typer.echo(f"applied  {name}")
     if not applied:
         typer.echo("db: schema up to date")
+
+
+@app.command("run")
+def run() -> None:
+    """Run the whole system in the foreground: API, every agent, the materializer."""
+    from erynoa.supervisor import run_foreground
+
+    settings = load_settings()
+    raise typer.Exit(run_foreground(settings.public_base_url))
+
+
+@app.command("worker")
+def worker(
+    agent: Annotated[
+        str, typer.Argument(help="reservation | payment | notification | provider-response")
+    ],
+) -> None:
+    """Run one saga agent's worker (more processes = more partitions served)."""
+    from erynoa.supervisor import AGENTS
+
+    if agent not in AGENTS:
+        raise fail(f"unknown agent {agent!r}; choose one of: {', '.join(AGENTS)}")
+    from streams.cli import worker as run_worker
+
+    run_worker(agent)
 
 
 @app.command("version")

@@ -24,9 +24,23 @@ _MIGRATION_LOCK_ID = 0x45_52_59_4E_4F_41
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
+def _encode_jsonb(value: Any) -> bytes:
+    return b"\x01" + json.dumps(value, separators=(",", ":")).encode()
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return json.loads(data[1:])  # the first byte is jsonb's binary format version (1)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # jsonb columns come and go as Python objects.
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # jsonb columns come and go as Python objects; binary, so COPY can carry them too.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        schema="pg_catalog",
+        format="binary",
+    )
 
 
 async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:

@@ -1,0 +1,1 @@
+"""Plain Kafka consumers that are not saga participants: the materializer and its rebuild."""

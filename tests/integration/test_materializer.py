@@ -1,0 +1,250 @@
+"""The materializer against the real stack: events produced to Kafka become read-model rows;
+redelivery and a replay from offset 0 change nothing; ``rebuild`` produces identical rows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from consumers import materializer
+from consumers.rebuild import rebuild
+from erynoa import events as ev
+from erynoa.codec import default_codec
+from erynoa.kafka import EventPublisher, start_consumer
+from erynoa.settings import Settings
+from erynoa.topics import load_catalog
+from tests.conftest import unique
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
+    catalog = load_catalog(settings.topics_file, settings.topics_environment)
+    pub = EventPublisher.create(settings.kafka_bootstrap, "test-materializer", default_codec(), catalog)
+    await pub.start()
+    yield pub
+    await pub.stop()
+
+
+@pytest.fixture
+async def running_materializer(settings: Settings) -> AsyncIterator[None]:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(materializer.run(settings, stopping))
+    yield
+    stopping.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_for(check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.2)
+
+
+def saga_events(booking_id: str) -> list[ev.BookingEvent]:
+    """A happy path, as the agents would emit it."""
+    slot = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
+    requested = ev.make(
+        ev.BookingRequested,
+        booking_id=booking_id,
+        producer="api",
+        customer_id=unique("cust-"),
+        service_id=unique(),
+        provider_id=unique("prov-"),
+        slot_start=slot,
+        slot_end=slot + timedelta(hours=1),
+        price=ev.Money(4500, "EUR"),
+        payment_method="pm_card_visa",
+        notes="Bitte klingeln – zweiter Stock",
+        response_deadline_seconds=3600,
+        idempotency_key=None,
+    )
+    held = ev.make(ev.ReservationHeld, booking_id=booking_id, producer="reservation", cause=requested,
+                   hold_id=unique(), service_id=requested.service_id, slot_start=slot)  # fmt: skip
+    authorized = ev.make(ev.PaymentAuthorized, booking_id=booking_id, producer="payment", cause=held,
+                         payment_id="pi_" + booking_id[:8], amount=requested.price, gateway="sandbox")  # fmt: skip
+    accepted = ev.make(ev.ProviderAccepted, booking_id=booking_id, producer="provider-response",
+                       cause=authorized, provider_id=requested.provider_id)  # fmt: skip
+    captured = ev.make(ev.PaymentCaptured, booking_id=booking_id, producer="payment", cause=accepted,
+                       payment_id=authorized.payment_id, amount=requested.price)  # fmt: skip
+    return [requested, held, authorized, accepted, captured]
+
+
+async def booking(db: asyncpg.Pool, booking_id: str) -> asyncpg.Record | None:
+    return await db.fetchrow("SELECT * FROM bookings WHERE id = $1::uuid", booking_id)
+
+
+async def snapshot(db: asyncpg.Pool, booking_ids: list[str]) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        "SELECT * FROM bookings WHERE id = ANY($1::uuid[]) ORDER BY id", booking_ids
+    )
+    return [dict(r) for r in rows]
+
+
+async def test_booking_requested_in_kafka_appears_in_postgres(
+    db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None
+) -> None:
+    booking_id = unique()
+    requested = saga_events(booking_id)[0]
+    await publisher.publish(requested)
+
+    row = await wait_for(lambda: booking(db, booking_id))
+
+    assert row["status"] == "requested"
+    assert row["amount_minor"] == 4500 and row["currency"] == "EUR"
+    assert row["notes"] == "Bitte klingeln – zweiter Stock"
+    assert row["correlation_id"] == requested.correlation_id
+
+
+async def test_events_fold_into_the_current_state_whatever_their_topic_order(
+    db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None
+) -> None:
+    booking_id = unique()
+    events = saga_events(booking_id)
+    # The capture first, the request last: consumption order is not event order.
+    await publisher.publish_many(list(reversed(events)))
+
+    async def confirmed() -> asyncpg.Record | None:
+        row = await booking(db, booking_id)
+        return row if row and row["status"] == "confirmed" else None
+
+    row = await wait_for(confirmed)
+    assert row["payment"] == "captured"
+    assert row["hold"] == "held"
+    assert row["events_applied"] == 5
+    history = await db.fetch(
+        "SELECT event_type FROM booking_events WHERE booking_id = $1::uuid ORDER BY occurred_at",
+        booking_id,
+    )
+    assert [r["event_type"] for r in history] == [e.event_type for e in events]
+
+
+async def test_redelivery_and_replay_from_offset_zero_change_nothing(
+    db: asyncpg.Pool, publisher: EventPublisher, settings: Settings
+) -> None:
+    ids = [unique() for _ in range(3)]
+    for booking_id in ids:
+        await publisher.publish_many(saga_events(booking_id))
+    stopping = asyncio.Event()
+    task = asyncio.create_task(materializer.run(settings, stopping))
+
+    async def all_confirmed() -> bool:
+        rows = await snapshot(db, ids)
+        return len(rows) == 3 and all(r["status"] == "confirmed" for r in rows)
+
+    await wait_for(all_confirmed)
+    before = await snapshot(db, ids)
+
+    # Redelivery: every event of these sagas produced again, with the same event ids.
+    codec = default_codec()
+    for booking_id in ids:
+        rows = await db.fetch(
+            "SELECT body FROM booking_events WHERE booking_id = $1::uuid", booking_id
+        )
+        replayed = [codec.decode(r["body"]) for r in rows]
+        await publisher.publish_many([e for e in replayed if isinstance(e, ev.BookingEvent)])
+    ends = await _end_offsets(settings)
+    await wait_for(lambda: _caught_up(db, ends))
+    stopping.set()
+    await asyncio.wait_for(task, 30)
+    assert await snapshot(db, ids) == before
+
+    # Replay from offset 0: with its positions forgotten the materializer re-reads the log.
+    await db.execute("DELETE FROM consumer_positions WHERE consumer = 'materializer'")
+    stopping = asyncio.Event()
+    task = asyncio.create_task(materializer.run(settings, stopping))
+    try:
+        await wait_for(lambda: _caught_up(db, ends), timeout=90)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 30)
+
+    assert await snapshot(db, ids) == before
+
+
+async def _end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
+    catalog = load_catalog(settings.topics_file, settings.topics_environment)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await start_consumer(consumer)
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in catalog.consumer("materializer").consumes
+            for p in consumer.partitions_for_topic(topic) or ()
+        ]
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    return {(tp.topic, tp.partition): end for tp, end in ends.items() if end}
+
+
+async def _caught_up(db: asyncpg.Pool, ends: dict[tuple[str, int], int]) -> bool:
+    """The stored positions reached ``ends`` in every partition."""
+    rows = await db.fetch(
+        "SELECT topic, partition, next_offset FROM consumer_positions WHERE consumer = 'materializer'"
+    )
+    stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+    return all(stored.get(key, 0) >= end for key, end in ends.items())
+
+
+async def test_rebuild_produces_identical_rows_and_swaps(
+    db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None, settings: Settings
+) -> None:
+    ids = [unique() for _ in range(2)]
+    for booking_id in ids:
+        await publisher.publish_many(saga_events(booking_id))
+
+    async def all_confirmed() -> bool:
+        rows = await snapshot(db, ids)
+        return len(rows) == 2 and all(r["status"] == "confirmed" for r in rows)
+
+    await wait_for(all_confirmed)
+    before = await snapshot(db, ids)
+
+    report = await rebuild(settings)
+
+    assert report.differences == []
+    assert report.swapped
+    assert report.events >= 10
+    assert await snapshot(db, ids) == before
+
+
+async def test_rebuild_refuses_to_swap_when_the_live_model_differs(
+    db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None, settings: Settings
+) -> None:
+    booking_id = unique()
+    await publisher.publish_many(saga_events(booking_id))
+
+    async def confirmed() -> bool:
+        row = await booking(db, booking_id)
+        return bool(row and row["status"] == "confirmed")
+
+    await wait_for(confirmed)
+    # Corrupt the live read model the way a projection bug would.
+    await db.execute("UPDATE bookings SET failure_reason = 'bug' WHERE id = $1::uuid", booking_id)
+
+    report = await rebuild(settings)
+
+    assert not report.swapped
+    assert any(booking_id in d for d in report.differences)
+    row = await booking(db, booking_id)
+    assert row is not None and row["failure_reason"] == "bug"
+    # --force repairs it from the log.
+    forced = await rebuild(settings, force=True)
+    assert forced.swapped
+    repaired = await booking(db, booking_id)
+    assert repaired is not None and repaired["failure_reason"] is None
