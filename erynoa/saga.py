@@ -217,6 +217,24 @@ def fold(events: Iterable[ev.BookingEvent]) -> BookingState | None:
     return state
 
 
+# The forward path. Each step implies the ones before it, so an event folded before an
+# earlier step's event (they travel on different topics) still moves the booking forward.
+_FORWARD = (
+    Status.REQUESTED,
+    Status.RESERVED,
+    Status.PAYMENT_ACTION_REQUIRED,
+    Status.AWAITING_PROVIDER,
+    Status.CONFIRMED,
+)
+
+
+def _advance(state: BookingState, to: Status) -> BookingState:
+    """Move forward to ``to`` unless the booking is already there, further, or ended."""
+    if state.is_outcome or _FORWARD.index(state.status) >= _FORWARD.index(to):
+        return state
+    return replace(state, status=to)
+
+
 def _end(state: BookingState, status: Status, reason: str | None) -> BookingState:
     """Move to an outcome, unless the booking already reached one (the first one wins)."""
     if state.is_outcome:
@@ -233,10 +251,9 @@ def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:  # noqa: C901 -
         case ev.SagaRetryRequested():
             return s
         case ev.ReservationHeld():
-            status = Status.RESERVED if s.status == Status.REQUESTED else s.status
-            if s.hold not in (Hold.NONE,):
+            if s.hold != Hold.NONE:
                 return s
-            return replace(s, hold=Hold.HELD, hold_id=e.hold_id, status=status)
+            return _advance(replace(s, hold=Hold.HELD, hold_id=e.hold_id), Status.RESERVED)
         case ev.ReservationRejected():
             if s.hold != Hold.NONE:
                 return s
@@ -248,14 +265,15 @@ def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:  # noqa: C901 -
         case ev.PaymentActionRequired():
             if s.payment != Payment.NONE:
                 return s
-            status = Status.PAYMENT_ACTION_REQUIRED if s.status == Status.RESERVED else s.status
-            return replace(s, payment=Payment.ACTION_REQUIRED, payment_id=e.payment_id, status=status)
+            action = replace(s, payment=Payment.ACTION_REQUIRED, payment_id=e.payment_id)
+            return _advance(action, Status.PAYMENT_ACTION_REQUIRED)
         case ev.PaymentAuthorized():
-            if s.payment not in (Payment.NONE, Payment.ACTION_REQUIRED):
+            # After a failure too: an authorization that still came through (a customer
+            # finishing 3-D Secure late) must be recorded so that it gets voided.
+            if s.payment not in (Payment.NONE, Payment.ACTION_REQUIRED, Payment.FAILED):
                 return s
-            waiting = s.status in (Status.RESERVED, Status.PAYMENT_ACTION_REQUIRED)
-            status = Status.AWAITING_PROVIDER if waiting else s.status
-            return replace(s, payment=Payment.AUTHORIZED, payment_id=e.payment_id, status=status)
+            authorized = replace(s, payment=Payment.AUTHORIZED, payment_id=e.payment_id)
+            return _advance(authorized, Status.AWAITING_PROVIDER)
         case ev.PaymentFailed():
             if s.payment not in (Payment.NONE, Payment.ACTION_REQUIRED):
                 return s
@@ -264,10 +282,7 @@ def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:  # noqa: C901 -
         case ev.PaymentCaptured():
             if s.payment != Payment.AUTHORIZED:
                 return s
-            captured = replace(s, payment=Payment.CAPTURED)
-            if s.status == Status.AWAITING_PROVIDER:
-                return replace(captured, status=Status.CONFIRMED)
-            return captured
+            return _advance(replace(s, payment=Payment.CAPTURED), Status.CONFIRMED)
         case ev.PaymentCaptureFailed():
             if s.payment != Payment.AUTHORIZED:
                 return s

@@ -403,20 +403,6 @@ CHANGES: ChangeTable = {
     },
 }
 
-# Pairs where erynoa.saga disagrees with the table; see the module's bug notes in the report.
-_STATUS_LAGS = (
-    "saga bug: a payment event folded before ReservationHeld (another topic) leaves the "
-    "status behind; PaymentAuthorized/PaymentActionRequired only advance from reserved"
-)
-KNOWN_BUGS: dict[tuple[Status, str], str] = {
-    (S.REQUESTED, "PaymentAuthorized"): _STATUS_LAGS,
-    (S.REQUESTED, "PaymentActionRequired"): _STATUS_LAGS,
-    (S.FAILED, "PaymentAuthorized"): (
-        "saga bug: PaymentAuthorized after PaymentFailed is dropped, so that authorization "
-        "is never voided (invariant 3)"
-    ),
-}
-
 _RANK = {
     S.REQUESTED: 0,
     S.RESERVED: 1,
@@ -469,10 +455,7 @@ def _without_counters(state: BookingState) -> BookingState:
 def _pairs() -> Iterator[Any]:
     for status in Status:
         for name in BOOKING_EVENT_TYPES:
-            marks = []
-            if (status, name) in KNOWN_BUGS:
-                marks.append(pytest.mark.xfail(reason=KNOWN_BUGS[status, name], strict=True))
-            yield pytest.param(status, name, id=f"{status.value}-{name}", marks=marks)
+            yield pytest.param(status, name, id=f"{status.value}-{name}")
 
 
 def test_the_table_covers_every_booking_event_type() -> None:
@@ -1146,14 +1129,12 @@ def _cancel_awaiting_provider(b: Story) -> None:
     compensate(b)
 
 
-_LAGGING = pytest.mark.xfail(reason=_STATUS_LAGS, strict=True)
 SCENARIOS = [
-    pytest.param(_happy, (S.CONFIRMED, H.CONVERTED, P.CAPTURED), id="happy", marks=_LAGGING),
+    pytest.param(_happy, (S.CONFIRMED, H.CONVERTED, P.CAPTURED), id="happy"),
     pytest.param(
         _happy_through_3ds,
         (S.CONFIRMED, H.CONVERTED, P.CAPTURED),
         id="happy-through-3ds",
-        marks=_LAGGING,
     ),
     pytest.param(_settled(S.REJECTED), (S.REJECTED, H.REJECTED, P.NONE), id="no-capacity"),
     pytest.param(_settled(S.FAILED), (S.FAILED, H.RELEASED, P.FAILED), id="payment-declined"),
@@ -1234,7 +1215,7 @@ HAPPY_PATH_ACTIONS: dict[Agent, list[Action]] = {
 @pytest.mark.parametrize(
     "agent",
     [
-        pytest.param(agent, marks=_LAGGING if agent == "provider-response" else ())
+        pytest.param(agent)
         for agent in AGENTS
     ],
 )
