@@ -58,5 +58,7 @@ def rebuild(
     if report.swapped:
         typer.echo("swapped: the rebuilt read model is live")
     else:
-        typer.secho("not swapped: the rebuild differs from the live read model", fg=typer.colors.RED)
+        typer.secho(
+            "not swapped: the rebuild differs from the live read model", fg=typer.colors.RED
+        )
         raise typer.Exit(1)

@@ -133,7 +133,9 @@ def decode_batch(
         if not isinstance(event, BookingEvent):
             bad.append((message, f"{event.event_type} is not a booking event"))
             continue
-        records.append(Record(message.topic, message.partition, message.offset, event, message.value))
+        records.append(
+            Record(message.topic, message.partition, message.offset, event, message.value)
+        )
     return records, bad
 
 
@@ -171,16 +173,20 @@ async def dead_letter(
     await producer.send_and_wait(topic, value=message.value, key=message.key, headers=headers)
 
 
-async def process_batch(
-    runtime: Runtime, messages: Sequence[ConsumerRecord[bytes, bytes]]
-) -> None:
+async def process_batch(runtime: Runtime, messages: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
     records, bad = decode_batch(runtime.codec, messages)
     for message, why in bad:
         log.warning(
             "dead-lettering undecodable message",
-            extra={"topic": message.topic, "partition": message.partition, "offset": message.offset},
+            extra={
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+            },
         )
-        await dead_letter(runtime.dead_letters, runtime.spec.dead_letter_topic, message, why, "undecodable")
+        await dead_letter(
+            runtime.dead_letters, runtime.spec.dead_letter_topic, message, why, "undecodable"
+        )
     undecodable = [(m.topic, m.partition, m.offset) for m, _ in bad]
     started = time.perf_counter()
     async with runtime.pool.acquire() as conn:
@@ -189,7 +195,7 @@ async def process_batch(
         runtime.consumer.seek(TopicPartition(topic, partition), offset)
     # Kafka's committed offsets follow Postgres (for lag monitoring); losing this commit
     # loses nothing: the stored positions skip what was already applied.
-    offsets = {}
+    offsets: dict[TopicPartition, int] = {}
     for message in messages:
         tp = TopicPartition(message.topic, message.partition)
         if (message.topic, message.partition) not in result.rewind:
@@ -222,9 +228,11 @@ async def run(settings: Settings, stopping: asyncio.Event | None = None) -> None
             try:
                 await process_batch(runtime, messages)
                 backoff = 0.5
-            except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
                 # Nothing was committed: go back to where this batch started and try again.
-                log.warning("batch failed, retrying", extra={"error": repr(exc), "backoff": backoff})
+                log.warning(
+                    "batch failed, retrying", extra={"error": repr(exc), "backoff": backoff}
+                )
                 firsts: dict[TopicPartition, int] = {}
                 for m in messages:
                     tp = TopicPartition(m.topic, m.partition)

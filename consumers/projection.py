@@ -285,7 +285,9 @@ class Projection:
             await conn.execute(self._upsert_sql, out)
         return len(out)
 
-    async def _refold(self, conn: asyncpg.Connection, booking_ids: list[str]) -> list[dict[str, Any]]:
+    async def _refold(
+        self, conn: asyncpg.Connection, booking_ids: list[str]
+    ) -> list[dict[str, Any]]:
         rows = await conn.fetch(
             f"SELECT booking_id, body FROM {self.schema}.booking_events "
             "WHERE booking_id = ANY($1::uuid[]) ORDER BY booking_id, occurred_at, event_id",
@@ -297,7 +299,7 @@ class Projection:
             assert isinstance(event, BookingEvent)  # only booking topics reach this table
             history[str(r["booking_id"])].append(event)
         out = []
-        for booking_id, events in history.items():
+        for _booking_id, events in history.items():
             requested = [e for e in events if isinstance(e, BookingRequested)]
             if not requested:
                 continue  # its BookingRequested has not arrived yet; refold when it does

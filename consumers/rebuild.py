@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from consumers.materializer import CONSUMER, consumer_config, decode_batch
 from consumers.projection import ROW_COLUMNS, Projection
@@ -83,15 +84,19 @@ async def _replay(
             else:
                 consumer.seek(tp, start)
         remaining = {
-            tp for tp in wanted if done.get((tp.topic, tp.partition), 0) < until[(tp.topic, tp.partition)]
+            tp
+            for tp in wanted
+            if done.get((tp.topic, tp.partition), 0) < until[(tp.topic, tp.partition)]
         }
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
-            messages = []
+            messages: list[ConsumerRecord[bytes, bytes]] = []
             for tp, batch in batches.items():
                 limit = until[(tp.topic, tp.partition)]
                 messages.extend(m for m in batch if m.offset < limit)
-                if (batch and batch[-1].offset + 1 >= limit) or await consumer.position(tp) >= limit:
+                if (batch and batch[-1].offset + 1 >= limit) or await consumer.position(
+                    tp
+                ) >= limit:
                     remaining.discard(tp)
             if not messages:
                 for tp in list(remaining):
@@ -120,7 +125,9 @@ async def _differences(conn: asyncpg.Connection, schema: str) -> list[str]:
         f"SELECT id FROM (SELECT {columns} FROM {schema}.bookings "
         f"EXCEPT SELECT {columns} FROM public.bookings) d LIMIT 20"
     )
-    found += [f"bookings {r['id']}: live row differs or is missing from the rebuild" for r in live_only]
+    found += [
+        f"bookings {r['id']}: live row differs or is missing from the rebuild" for r in live_only
+    ]
     found += [f"bookings {r['id']}: rebuilt row differs or is missing live" for r in rebuilt_only]
     events = ", ".join(_EVENT_COLUMNS)
     for a, b in (("public", schema), (schema, "public")):

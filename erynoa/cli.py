@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Annotated
+
 import typer
 
 from consumers.cli import materializer_app
@@ -19,7 +20,9 @@ from erynoa.topics import CatalogError, TopicCatalog, load_catalog
 app = typer.Typer(
     no_args_is_help=True, help="Erynoa booking backbone.", pretty_exceptions_enable=False
 )
-app.add_typer(stack_app, name="stack", help="The local stack: Kafka, PostgreSQL, Redis (no Docker).")
+app.add_typer(
+    stack_app, name="stack", help="The local stack: Kafka, PostgreSQL, Redis (no Docker)."
+)
 topics_app = typer.Typer(no_args_is_help=True, help="Make Kafka match topics.yaml.")
 app.add_typer(topics_app, name="topics")
 db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL schema.")
@@ -46,7 +49,9 @@ def load_settings() -> Settings:
 
 def load_topic_catalog(settings: Settings) -> TopicCatalog:
     try:
-        return load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+        return load_catalog(
+            settings.topics_file, settings.topics_environment, settings.topic_prefix
+        )
     except CatalogError as exc:
         raise fail(str(exc)) from None
 

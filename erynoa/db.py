@@ -114,7 +114,8 @@ async def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[s
                 async with conn.transaction():
                     await conn.execute(migration.sql)
                     await conn.execute(
-                        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                        "INSERT INTO schema_migrations (version, name, checksum) "
+                        "VALUES ($1, $2, $3)",
                         migration.version,
                         migration.name,
                         migration.checksum,

@@ -45,7 +45,7 @@ class Status(StrEnum):
 TERMINAL: frozenset[Status] = frozenset(
     {Status.REJECTED, Status.EXPIRED, Status.CANCELLED, Status.FAILED}
 )
-"""Ended without a booking. ``confirmed`` is an outcome too, but a later cancel can still move it."""
+"""Ended without a booking. ``confirmed`` is an outcome too; a later cancel still moves it."""
 
 OUTCOMES: frozenset[Status] = TERMINAL | {Status.CONFIRMED}
 
@@ -201,7 +201,9 @@ def evolve(state: BookingState | None, event: ev.BookingEvent) -> BookingState:
     if isinstance(event, ev.BookingRequested):
         return state if state is not None else start(event)
     if state is None:
-        raise SagaError(f"{event.event_type} for booking {event.booking_id} before BookingRequested")
+        raise SagaError(
+            f"{event.event_type} for booking {event.booking_id} before BookingRequested"
+        )
     new = _apply(state, event)
     return replace(
         new,
@@ -242,7 +244,7 @@ def _end(state: BookingState, status: Status, reason: str | None) -> BookingStat
     return replace(state, status=status, failure_reason=reason)
 
 
-def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:  # noqa: C901 - one table
+def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:
     match e:
         case ev.BookingCancellationRequested():
             if s.status in TERMINAL:
@@ -287,10 +289,16 @@ def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:  # noqa: C901 -
             if s.payment != Payment.AUTHORIZED:
                 return s
             return _end(
-                replace(s, payment=Payment.CAPTURE_FAILED), Status.FAILED, f"capture failed: {e.reason}"
+                replace(s, payment=Payment.CAPTURE_FAILED),
+                Status.FAILED,
+                f"capture failed: {e.reason}",
             )
         case ev.PaymentVoided():
-            return replace(s, payment=Payment.VOIDED) if s.payment in MONEY_HELD | {Payment.NONE} else s
+            return (
+                replace(s, payment=Payment.VOIDED)
+                if s.payment in MONEY_HELD | {Payment.NONE}
+                else s
+            )
         case ev.PaymentRefunded():
             return replace(s, payment=Payment.REFUNDED) if s.payment == Payment.CAPTURED else s
         case ev.StripeEventReceived():
@@ -323,7 +331,9 @@ def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:  # noqa: C901 -
         case ev.ProviderTimedOut():
             if s.provider_outcome is not None:
                 return s
-            return _end(replace(s, provider_outcome="timed_out"), Status.EXPIRED, "provider did not answer")
+            return _end(
+                replace(s, provider_outcome="timed_out"), Status.EXPIRED, "provider did not answer"
+            )
     raise SagaError(f"no saga rule for {e.event_type}")
 
 
@@ -477,9 +487,9 @@ def _payment(s: BookingState, policy: Policy) -> list[Action]:
 
 def _notification(s: BookingState, policy: Policy) -> list[Action]:
     actions: list[Action] = []
-    if s.payment == Payment.AUTHORIZED and s.status == Status.AWAITING_PROVIDER:
-        if PROVIDER_REQUEST not in s.notified:
-            actions.append(NotifyProvider())
+    waiting = s.payment == Payment.AUTHORIZED and s.status == Status.AWAITING_PROVIDER
+    if waiting and PROVIDER_REQUEST not in s.notified:
+        actions.append(NotifyProvider())
     if s.is_outcome:
         template = customer_template(s.status)
         compensated = s.status == Status.CONFIRMED or (

@@ -60,7 +60,9 @@ def plan(admin: AdminClient, catalog: TopicCatalog, timeout: float = 15.0) -> li
         partitions = len(found.partitions)
         if partitions < topic.partitions:
             changes.append(
-                Change(topic.name, "add_partitions", f"partitions {partitions} -> {topic.partitions}")
+                Change(
+                    topic.name, "add_partitions", f"partitions {partitions} -> {topic.partitions}"
+                )
             )
         elif partitions > topic.partitions:
             changes.append(
@@ -115,9 +117,13 @@ def apply(admin: AdminClient, catalog: TopicCatalog, timeout: float = 30.0) -> l
                 # Another process created it between plan and apply: that is the goal reached.
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise RuntimeError(f"{name}: could not create: {exc}") from None
-    grow = [NewPartitions(c.topic, topics[c.topic].partitions) for c in changes if c.kind == "add_partitions"]
+    grow = [
+        NewPartitions(c.topic, topics[c.topic].partitions)
+        for c in changes
+        if c.kind == "add_partitions"
+    ]
     if grow:
-        for name, future in admin.create_partitions(grow, request_timeout=timeout).items():
+        for future in admin.create_partitions(grow, request_timeout=timeout).values():
             future.result(timeout=timeout)
     alter = sorted({c.topic for c in changes if c.kind == "alter_config"})
     if alter:
@@ -132,6 +138,6 @@ def apply(admin: AdminClient, catalog: TopicCatalog, timeout: float = 30.0) -> l
             )
             for name in alter
         ]
-        for resource, future in admin.incremental_alter_configs(resources).items():
+        for _resource, future in admin.incremental_alter_configs(resources).items():
             future.result(timeout=timeout)
     return changes

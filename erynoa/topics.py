@@ -208,7 +208,9 @@ def load_catalog(path: Path, environment: str = "local", prefix: str = "") -> To
             kind="event",
             partitions=int(str(setting(t, "partitions"))),
             replication_factor=replication,
-            configs=_configs(str(setting(t, "retention")), str(setting(t, "cleanup_policy")), min_isr),
+            configs=_configs(
+                str(setting(t, "retention")), str(setting(t, "cleanup_policy")), min_isr
+            ),
             key=t.key,
             events=tuple(t.events),
             description=t.description,

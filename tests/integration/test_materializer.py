@@ -28,7 +28,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
     catalog = load_catalog(settings.topics_file, settings.topics_environment)
-    pub = EventPublisher.create(settings.kafka_bootstrap, "test-materializer", default_codec(), catalog)
+    pub = EventPublisher.create(
+        settings.kafka_bootstrap, "test-materializer", default_codec(), catalog
+    )
     await pub.start()
     yield pub
     await pub.stop()
@@ -44,8 +46,8 @@ async def running_materializer(settings: Settings) -> AsyncIterator[None]:
         await asyncio.wait_for(task, 30)
 
 
-async def wait_for(check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(check: Callable[[], Any], within: float = 30.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         result = await check()
         if result:
@@ -69,18 +71,39 @@ def saga_events(booking_id: str) -> list[ev.BookingEvent]:
         slot_end=slot + timedelta(hours=1),
         price=ev.Money(4500, "EUR"),
         payment_method="pm_card_visa",
-        notes="Bitte klingeln – zweiter Stock",
+        notes="Bitte klingeln, zweiter Stock (Türcode 4711)",
         response_deadline_seconds=3600,
         idempotency_key=None,
     )
-    held = ev.make(ev.ReservationHeld, booking_id=booking_id, producer="reservation", cause=requested,
-                   hold_id=unique(), service_id=requested.service_id, slot_start=slot)  # fmt: skip
-    authorized = ev.make(ev.PaymentAuthorized, booking_id=booking_id, producer="payment", cause=held,
-                         payment_id="pi_" + booking_id[:8], amount=requested.price, gateway="sandbox")  # fmt: skip
-    accepted = ev.make(ev.ProviderAccepted, booking_id=booking_id, producer="provider-response",
-                       cause=authorized, provider_id=requested.provider_id)  # fmt: skip
-    captured = ev.make(ev.PaymentCaptured, booking_id=booking_id, producer="payment", cause=accepted,
-                       payment_id=authorized.payment_id, amount=requested.price)  # fmt: skip
+    held = ev.make(
+        ev.ReservationHeld,
+        producer="reservation",
+        cause=requested,
+        hold_id=unique(),
+        service_id=requested.service_id,
+        slot_start=slot,
+    )
+    authorized = ev.make(
+        ev.PaymentAuthorized,
+        producer="payment",
+        cause=held,
+        payment_id="pi_" + booking_id[:8],
+        amount=requested.price,
+        gateway="sandbox",
+    )
+    accepted = ev.make(
+        ev.ProviderAccepted,
+        producer="provider-response",
+        cause=authorized,
+        provider_id=requested.provider_id,
+    )
+    captured = ev.make(
+        ev.PaymentCaptured,
+        producer="payment",
+        cause=accepted,
+        payment_id=authorized.payment_id,
+        amount=requested.price,
+    )
     return [requested, held, authorized, accepted, captured]
 
 
@@ -105,8 +128,9 @@ async def test_booking_requested_in_kafka_appears_in_postgres(
     row = await wait_for(lambda: booking(db, booking_id))
 
     assert row["status"] == "requested"
-    assert row["amount_minor"] == 4500 and row["currency"] == "EUR"
-    assert row["notes"] == "Bitte klingeln – zweiter Stock"
+    assert row["amount_minor"] == 4500
+    assert row["currency"] == "EUR"
+    assert row["notes"] == "Bitte klingeln, zweiter Stock (Türcode 4711)"
     assert row["correlation_id"] == requested.correlation_id
 
 
@@ -168,7 +192,7 @@ async def test_redelivery_and_replay_from_offset_zero_change_nothing(
     stopping = asyncio.Event()
     task = asyncio.create_task(materializer.run(settings, stopping))
     try:
-        await wait_for(lambda: _caught_up(db, ends), timeout=90)
+        await wait_for(lambda: _caught_up(db, ends), within=90)
     finally:
         stopping.set()
         await asyncio.wait_for(task, 30)
@@ -195,7 +219,8 @@ async def _end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
 async def _caught_up(db: asyncpg.Pool, ends: dict[tuple[str, int], int]) -> bool:
     """The stored positions reached ``ends`` in every partition."""
     rows = await db.fetch(
-        "SELECT topic, partition, next_offset FROM consumer_positions WHERE consumer = 'materializer'"
+        "SELECT topic, partition, next_offset FROM consumer_positions "
+        "WHERE consumer = 'materializer'"
     )
     stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
     return all(stored.get(key, 0) >= end for key, end in ends.items())
@@ -242,9 +267,11 @@ async def test_rebuild_refuses_to_swap_when_the_live_model_differs(
     assert not report.swapped
     assert any(booking_id in d for d in report.differences)
     row = await booking(db, booking_id)
-    assert row is not None and row["failure_reason"] == "bug"
+    assert row is not None
+    assert row["failure_reason"] == "bug"
     # --force repairs it from the log.
     forced = await rebuild(settings, force=True)
     assert forced.swapped
     repaired = await booking(db, booking_id)
-    assert repaired is not None and repaired["failure_reason"] is None
+    assert repaired is not None
+    assert repaired["failure_reason"] is None
