@@ -1,0 +1,146 @@
+"""``create_app(settings)``: the FastAPI application, wired in one place.
+
+The lifespan builds the ``Runtime`` (Postgres pool, Kafka producer, Redis, JWKS cache) and
+stores it on ``app.state``; importing this module connects to nothing. Middleware, from the
+outside in: request id + access log + last-resort 500, CORS, gzip, the request-body guard.
+
+    uvicorn --factory api.app:app_from_env     # or: erynoa api
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from api.deps import limit_ip
+from api.envelopes import error_response, install_error_handlers, request_id_of
+from api.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from api.routes import admin, auth, bookings, health, payments, services, users, webhooks
+from api.runtime import KafkaUnavailable, Runtime
+from erynoa import __version__
+from erynoa.settings import Settings, get_settings
+
+API_PREFIX = "/api/v1"
+
+TAGS = [
+    {"name": "health", "description": "Liveness, readiness and version (public)."},
+    {
+        "name": "auth",
+        "description": "Tokens come from the OIDC provider; in development from the built-in "
+        "issuer. Logout revokes a token until it expires.",
+    },
+    {"name": "users", "description": "The caller's profile; other users for admins."},
+    {"name": "services", "description": "The catalog: public reads, providers manage their own."},
+    {
+        "name": "bookings",
+        "description": "Create, answer and cancel bookings. Every change answers 202 with a "
+        "poll URL; the booking saga runs on Kafka.",
+    },
+    {"name": "payments", "description": "Payment status and the intent a customer confirms."},
+    {"name": "webhooks", "description": "Signed callbacks from Stripe."},
+    {"name": "admin", "description": "Operators: statistics and in-flight sagas (role admin)."},
+]
+
+DESCRIPTION = """
+Erynoa's booking API. Reads are plain queries of the read model; every change to a booking is
+an event on Kafka, so it answers **202 Accepted** with `poll_url` (also in `Location`) and
+`Retry-After`: poll `GET /api/v1/bookings/{id}` until the status is an outcome
+(`confirmed`, `rejected`, `expired`, `cancelled`, `failed`).
+
+* Success: `{"data": ..., "meta": {"timestamp", "request_id"}}`
+* Accepted: `{"status": "processing", "workflow_id", "poll_url", "estimated_completion"}`
+* Error: `{"error": {"code", "message", "details", "request_id"}}`
+
+Send `X-Request-ID` to correlate your request with our logs and events (echoed back).
+Money is `{"amount": <integer minor units>, "currency": "EUR"}`; times are RFC 3339 in UTC.
+"""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.start(settings)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(
+        title="Erynoa Booking API",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    _install_dependency_errors(app)
+
+    limited = [Depends(limit_ip)]
+    app.include_router(health.router, prefix=API_PREFIX)
+    app.include_router(auth.router, prefix=API_PREFIX, dependencies=limited)
+    app.include_router(auth.dev_router, prefix=API_PREFIX)
+    app.include_router(users.router, prefix=API_PREFIX, dependencies=limited)
+    app.include_router(services.router, prefix=API_PREFIX, dependencies=limited)
+    app.include_router(bookings.router, prefix=API_PREFIX, dependencies=limited)
+    app.include_router(payments.router, prefix=API_PREFIX, dependencies=limited)
+    app.include_router(webhooks.router, prefix=API_PREFIX, dependencies=limited)
+    app.include_router(admin.router, prefix=API_PREFIX, dependencies=limited)
+
+    # Added innermost first: the last one added sees the request first.
+    app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(GZipMiddleware, minimum_size=1000)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+        expose_headers=["X-Request-ID", "Location", "Retry-After"],
+        max_age=600,
+    )
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def _install_dependency_errors(app: FastAPI) -> None:
+    """A dependency that fails mid-request is a 503 naming it, not a 500."""
+
+    async def kafka_down(request: Request, exc: Exception) -> JSONResponse:
+        return _unavailable(request, "kafka", exc)
+
+    async def postgres_down(request: Request, exc: Exception) -> JSONResponse:
+        return _unavailable(request, "postgres", exc)
+
+    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
+        return _unavailable(request, "redis", exc)
+
+    app.add_exception_handler(KafkaUnavailable, kafka_down)
+    app.add_exception_handler(asyncpg.PostgresConnectionError, postgres_down)
+    app.add_exception_handler(asyncpg.InterfaceError, postgres_down)
+    app.add_exception_handler(RedisError, redis_down)
+
+
+def _unavailable(request: Request, component: str, exc: Exception) -> JSONResponse:
+    return error_response(
+        request_id_of(request),
+        503,
+        f"{component} is unavailable; nothing was changed, try again",
+        details=[{"component": component, "error": str(exc) or type(exc).__name__}],
+        headers={"Retry-After": "2"},
+    )
+
+
+def app_from_env() -> FastAPI:
+    """The app with the process's settings (for ``uvicorn --factory``)."""
+    return create_app(get_settings())

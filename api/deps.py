@@ -1,0 +1,138 @@
+"""Typed dependencies the routes declare: the runtime, a database connection, the caller.
+
+``CurrentUser`` verifies the bearer token, counts the request against the caller's rate limit
+and makes sure their ``users`` row exists; ``AdminUser`` and ``ProviderUser`` add a role check
+(403). ``limit_ip`` is mounted on every router except health.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.auth import AuthError, KeysUnavailable, Principal, RevocationUnavailable
+from api.envelopes import ApiError, forbidden, request_id_of, unauthorized, unavailable
+from api.ratelimit import Verdict
+from api.runtime import KafkaLink, Runtime
+from erynoa.settings import Settings
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A JWT from the OIDC provider (in development: `erynoa token` or POST /auth/token)",
+)
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+
+
+def _settings(runtime: RuntimeDep) -> Settings:
+    return runtime.settings
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+def _kafka(runtime: RuntimeDep) -> KafkaLink:
+    return runtime.kafka
+
+
+Publisher = Annotated[KafkaLink, Depends(_kafka)]
+
+
+def _request_id(request: Request) -> str:
+    return request_id_of(request)
+
+
+RequestId = Annotated[str, Depends(_request_id)]
+
+
+async def _connection(runtime: RuntimeDep) -> AsyncIterator[asyncpg.Connection]:
+    try:
+        conn = await runtime.pool.acquire(timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise unavailable("postgres", exc) from exc
+    try:
+        yield conn
+    finally:
+        await runtime.pool.release(conn)
+
+
+Db = Annotated[asyncpg.Connection, Depends(_connection)]
+
+
+def rate_limited(verdict: Verdict, who: str) -> ApiError:
+    return ApiError(
+        429,
+        f"too many requests for this {who}; retry after {verdict.retry_after_seconds} seconds",
+        details=[{"limit_per_minute": verdict.limit, "scope": who}],
+        headers={"Retry-After": str(verdict.retry_after_seconds)},
+    )
+
+
+async def limit_ip(request: Request, runtime: RuntimeDep) -> None:
+    """Count the request against its client IP's limit."""
+    ip = request.client.host if request.client else "unknown"
+    verdict = await runtime.limiter.hit("ip", ip, runtime.settings.rate_limit_per_minute_ip)
+    if not verdict.allowed:
+        raise rate_limited(verdict, "client address")
+
+
+async def _principal(
+    request: Request,
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise unauthorized()
+    try:
+        principal = await runtime.verifier.verify(credentials.credentials)
+    except AuthError as exc:
+        raise unauthorized(str(exc)) from None
+    except KeysUnavailable as exc:
+        raise unavailable("identity provider", exc) from exc
+    except RevocationUnavailable as exc:
+        raise unavailable("redis", exc) from exc
+    request.state.user_id = principal.sub
+    verdict = await runtime.limiter.hit(
+        "user", principal.sub, runtime.settings.rate_limit_per_minute_user
+    )
+    if not verdict.allowed:
+        raise rate_limited(verdict, "user")
+    return principal
+
+
+TokenUser = Annotated[Principal, Depends(_principal)]
+"""The verified caller, without touching the database (for /auth routes)."""
+
+
+async def _current_user(principal: TokenUser, runtime: RuntimeDep, conn: Db) -> Principal:
+    await runtime.users.ensure(conn, principal)
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(_current_user)]
+"""The verified caller, whose ``users`` row exists."""
+
+
+def require_role(*roles: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency that lets through callers holding any of ``roles`` (403 otherwise)."""
+
+    async def dependency(user: CurrentUser) -> Principal:
+        if not user.has(*roles):
+            raise forbidden(f"this needs the role {' or '.join(roles)}")
+        return user
+
+    return dependency
+
+
+AdminUser = Annotated[Principal, Depends(require_role("admin"))]
+ProviderUser = Annotated[Principal, Depends(require_role("provider", "admin"))]

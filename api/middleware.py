@@ -1,0 +1,164 @@
+"""Plain ASGI middleware: request ids and access logs, and the request-body guard.
+
+Pure ASGI rather than ``BaseHTTPMiddleware`` so streaming responses pass through untouched
+and the body guard can answer before any route code runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.envelopes import error_response, new_request_id
+
+access_log = logging.getLogger("erynoa.api.access")
+log = logging.getLogger("erynoa.api")
+
+# A client's own id is kept only if it is short and harmless in logs and Kafka headers.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _state(scope: Scope) -> dict[str, Any]:
+    state: dict[str, Any] = scope.setdefault("state", {})
+    return state
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (the client's ``X-Request-ID`` if valid), echoes it in the
+    response, logs one JSON line per request, and turns an unhandled exception into the
+    500 error envelope (the bug is logged with its traceback)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else new_request_id()
+        state = _state(scope)
+        state["request_id"] = request_id
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        began = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": request_id})
+            if started:
+                raise
+            response = error_response(request_id, 500, "internal error; it has been logged")
+            await response(scope, receive, send_with_id)
+        finally:
+            client = scope.get("client")
+            access_log.info(
+                "%s %s %s",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - began) * 1000, 2),
+                    "user": state.get("user_id"),
+                    "client_ip": client[0] if client else None,
+                },
+            )
+
+
+class BodyGuardMiddleware:
+    """Refuses request bodies that are too large (413) or not JSON (415) with the envelope.
+
+    The body is read here, up to the limit, before the route runs: that also bounds chunked
+    bodies (no ``Content-Length``), and a refusal never leaves a route half-way through.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        request_id = str(_state(scope).get("request_id") or new_request_id())
+        length_header = headers.get("content-length")
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        try:
+            declared = int(length_header) if length_header is not None else None
+        except ValueError:
+            declared = None
+        if declared is not None and declared > self.max_bytes:
+            await self._too_large(request_id, scope, receive, send)
+            return
+        has_body = chunked or (declared or 0) > 0
+        if has_body and not _is_json(headers.get("content-type")):
+            response = error_response(request_id, 415, "the request body must be application/json")
+            await response(scope, receive, send)
+            return
+
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(request_id, scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, request_id: str, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            request_id,
+            413,
+            f"the request body exceeds {self.max_bytes} bytes",
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )

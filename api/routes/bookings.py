@@ -1,0 +1,566 @@
+"""Bookings: create, read, list, and the three actions (accept, reject, cancel).
+
+Every change is one event on Kafka and an answer of ``202`` with the seed's body; the saga's
+agents do the work and the materializer folds their events into the read model the GETs query.
+
+Creating a booking, in one database transaction that commits only after Kafka acknowledged:
+
+1. the ``Idempotency-Key`` (if any) is claimed in ``idempotency_keys``; a concurrent request
+   with the same key waits on that row, then sees it and answers with the same booking;
+2. the booking's first read-model row is written from the pure fold of the event, so a poll
+   right after the 202 finds the booking as ``requested``;
+3. ``BookingRequested`` is published and acknowledged (``acks=all``).
+
+If Kafka refuses, the transaction rolls back: no key, no row, no event — the client gets a 503
+and may retry. With a key, the booking id and event id are derived from (customer, key), so
+even a retry after a lost commit produces the same booking and the same event, not a second.
+
+Who may see a booking: its customer, its service's provider, and admins; anyone else gets 404
+(not 403), so booking ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from api.auth import Principal
+from api.deps import CurrentUser, Db, Publisher, RequestId
+from api.envelopes import (
+    ACCEPTED_RESPONSE,
+    ApiError,
+    Envelope,
+    Page,
+    accepted,
+    conflict,
+    errors,
+    forbidden,
+    not_found,
+    ok,
+    page,
+    utcnow,
+)
+from api.readmodel import (
+    BOOKING_COLUMNS,
+    fetch_booking,
+    fetch_history,
+    fetch_page,
+    insert_initial_booking,
+)
+from api.schemas import Body, Money, Notes, Paging, Reason
+from erynoa import events as ev
+from erynoa import saga
+from erynoa.saga import TERMINAL, BookingState, Hold, Payment, Status
+
+router = APIRouter(prefix="/bookings", tags=["bookings"])
+
+# How far ahead a slot may be booked; also keeps slot arithmetic far from datetime's limits.
+BOOKING_HORIZON = timedelta(days=2 * 365)
+# How soon the saga usually reacts to an accept, reject or cancel (the 202's estimate).
+REACTION_ESTIMATE = timedelta(seconds=10)
+# uuid5 namespace for booking ids derived from (customer, Idempotency-Key). Never change it.
+_BOOKING_ID_NAMESPACE = uuid.UUID("0d6c4f3e-2b1a-5e9d-8c7b-6a5f4e3d2c1b")
+
+PaymentMethod = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        pattern=r"^[\x21-\x7e]{1,200}$",
+        description="Repeat a POST with the same key to get the same booking back (<= 200 chars)",
+    ),
+]
+
+
+def poll_path(booking_id: object) -> str:
+    return f"/api/v1/bookings/{booking_id}"
+
+
+class BookingCreate(Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "service_id": "5e3f2a4b-7c1d-4e8f-9a0b-1c2d3e4f5a6b",
+                    "slot_start": "2026-02-03T14:30:00+01:00",
+                    "payment_method": "pm_card_visa",
+                    "notes": "Second floor, ring twice.",
+                }
+            ]
+        }
+    )
+
+    service_id: uuid.UUID
+    slot_start: AwareDatetime = Field(description="RFC 3339 with a UTC offset; in the future")
+    payment_method: PaymentMethod = Field(description="the payment method to authorize")
+    notes: Notes | None = Field(default=None, description="for the provider, <= 2000 characters")
+
+
+class Action(Body):
+    """An optional reason, kept with the event (shown to the other party)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "Fully booked that day"}]})
+
+    reason: Reason | None = None
+
+
+class HistoryEntry(BaseModel):
+    event_id: uuid.UUID
+    event_type: str
+    producer: str
+    occurred_at: datetime
+
+
+class BookingSummary(BaseModel):
+    id: uuid.UUID
+    status: Status
+    service_id: uuid.UUID
+    customer_id: str
+    provider_id: str
+    slot_start: datetime
+    slot_end: datetime
+    price: Money
+    payment_method: str
+    notes: str | None
+    hold: Hold = Field(description="the capacity hold: how it ended, for a terminal booking")
+    payment: Payment = Field(description="the payment: how it ended, for a terminal booking")
+    payment_id: str | None
+    provider_deadline_at: datetime | None
+    failure_reason: str | None
+    requested_at: datetime
+    updated_at: datetime
+
+
+BOOKING_EXAMPLE: dict[str, Any] = {
+    "id": "0b5c1d2e-8f3a-4c6b-9d7e-1f2a3b4c5d6e",
+    "status": "awaiting_provider",
+    "service_id": "5e3f2a4b-7c1d-4e8f-9a0b-1c2d3e4f5a6b",
+    "customer_id": "alice",
+    "provider_id": "bob",
+    "slot_start": "2026-02-03T13:30:00Z",
+    "slot_end": "2026-02-03T14:15:00Z",
+    "price": {"amount": 4500, "currency": "EUR"},
+    "payment_method": "pm_card_visa",
+    "notes": "Second floor, ring twice.",
+    "hold": "held",
+    "payment": "authorized",
+    "payment_id": "pi_3MtwBwLkdIwHu7ix28a3tqPa",
+    "provider_deadline_at": "2026-01-29T10:00:05Z",
+    "failure_reason": None,
+    "requested_at": "2026-01-28T10:00:00Z",
+    "updated_at": "2026-01-28T10:00:05Z",
+    "history": [
+        {
+            "event_id": "6f1c0b8e-3c57-4a0e-9d55-4a1e2b7c9f10",
+            "event_type": "BookingRequested",
+            "producer": "api",
+            "occurred_at": "2026-01-28T10:00:00Z",
+        }
+    ],
+}
+
+
+class Booking(BookingSummary):
+    model_config = ConfigDict(json_schema_extra={"examples": [BOOKING_EXAMPLE]})
+
+    history: list[HistoryEntry] = Field(description="the saga's events, oldest first")
+
+
+def booking_summary(row: asyncpg.Record) -> BookingSummary:
+    return BookingSummary(
+        id=row["id"],
+        status=Status(row["status"]),
+        service_id=row["service_id"],
+        customer_id=row["customer_id"],
+        provider_id=row["provider_id"],
+        slot_start=row["slot_start"],
+        slot_end=row["slot_end"],
+        price=Money(amount=row["amount_minor"], currency=row["currency"].strip()),
+        payment_method=row["payment_method"],
+        notes=row["notes"],
+        hold=Hold(row["hold"]),
+        payment=Payment(row["payment"]),
+        payment_id=row["payment_id"],
+        provider_deadline_at=row["provider_deadline_at"],
+        failure_reason=row["failure_reason"],
+        requested_at=row["requested_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def can_see(row: asyncpg.Record, user: Principal) -> bool:
+    return user.sub in (row["customer_id"], row["provider_id"]) or user.is_admin
+
+
+async def visible_booking(
+    conn: asyncpg.Connection, booking_id: uuid.UUID, user: Principal
+) -> asyncpg.Record:
+    """The booking's row if ``user`` may see it; 404 otherwise (existence is not revealed)."""
+    row = await fetch_booking(conn, str(booking_id))
+    if row is None or not can_see(row, user):
+        raise not_found("booking")
+    return row
+
+
+def folded_state(row: asyncpg.Record) -> BookingState | None:
+    """The materializer's fold of the booking, once it has seen the booking's events."""
+    state = row["state"]
+    if not isinstance(state, dict):
+        return None
+    try:
+        return BookingState.from_json(state)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _request_hash(body: BookingCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=None,
+    responses={
+        **ACCEPTED_RESPONSE,
+        **errors(401, 404, 413, 415, 422, 429, 500, 503),
+    },
+)
+async def create_booking(
+    request: Request,
+    body: BookingCreate,
+    user: CurrentUser,
+    conn: Db,
+    kafka: Publisher,
+    request_id: RequestId,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Request a booking of a service's slot; poll the returned URL for its outcome."""
+    now = utcnow()
+    slot_start = body.slot_start.astimezone(UTC)
+    if slot_start <= now:
+        raise _invalid("body.slot_start", "must be in the future")
+    if slot_start > now + BOOKING_HORIZON:
+        raise _invalid("body.slot_start", "must be within two years")
+    service = await conn.fetchrow(
+        "SELECT provider_id, price_amount_minor, price_currency, duration_minutes, "
+        "response_deadline_seconds, active FROM services WHERE id = $1",
+        body.service_id,
+    )
+    if service is None:
+        raise not_found("service")
+    if not service["active"]:
+        raise ApiError(422, "the service is no longer offered", code="SERVICE_INACTIVE")
+
+    request_hash = _request_hash(body)
+    if idempotency_key is not None:
+        booking_id = str(uuid.uuid5(_BOOKING_ID_NAMESPACE, f"{user.sub}\x1f{idempotency_key}"))
+        event_id: str | None = ev.derived_event_id(booking_id, "api.booking-requested")
+    else:
+        booking_id, event_id = str(uuid.uuid4()), None
+    event = ev.make(
+        ev.BookingRequested,
+        booking_id=booking_id,
+        producer="api",
+        event_id=event_id,
+        occurred_at=now,
+        correlation_id=request_id,
+        customer_id=user.sub,
+        service_id=str(body.service_id),
+        provider_id=service["provider_id"],
+        slot_start=slot_start,
+        slot_end=slot_start + timedelta(minutes=service["duration_minutes"]),
+        price=ev.Money(service["price_amount_minor"], service["price_currency"].strip()),
+        payment_method=body.payment_method,
+        notes=body.notes,
+        response_deadline_seconds=service["response_deadline_seconds"],
+        idempotency_key=idempotency_key,
+    )
+    estimate = now + timedelta(seconds=service["response_deadline_seconds"])
+
+    async with conn.transaction():
+        if idempotency_key is not None:
+            claimed = await conn.fetchval(
+                "INSERT INTO idempotency_keys (customer_id, key, request_hash, booking_id) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING booking_id",
+                user.sub,
+                idempotency_key,
+                request_hash,
+                booking_id,
+            )
+            if claimed is None:
+                return await _replay(conn, user, idempotency_key, request_hash, estimate)
+        await insert_initial_booking(conn, saga.start(event))
+        await kafka.publish(event, request_id)
+    return accepted(poll_path(booking_id), booking_id, estimate)
+
+
+async def _replay(
+    conn: asyncpg.Connection, user: Principal, key: str, request_hash: str, estimate: datetime
+) -> JSONResponse:
+    """The answer to a repeated ``Idempotency-Key``: the same booking, nothing published."""
+    existing = await conn.fetchrow(
+        "SELECT request_hash, booking_id FROM idempotency_keys WHERE customer_id = $1 AND key = $2",
+        user.sub,
+        key,
+    )
+    assert existing is not None  # the conflicting row is committed and keys are never deleted
+    if existing["request_hash"] != request_hash:
+        raise ApiError(
+            422,
+            "this Idempotency-Key was already used for a different request",
+            code="IDEMPOTENCY_KEY_REUSED",
+        )
+    booking_id = str(existing["booking_id"])
+    return accepted(poll_path(booking_id), booking_id, estimate)
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(
+        422, "Invalid input", details=[{"field": field, "message": message, "type": "value_error"}]
+    )
+
+
+@router.get(
+    "/{booking_id}",
+    response_model=Envelope[Booking],
+    responses=errors(401, 404, 422, 429, 500, 503),
+)
+async def get_booking(
+    request: Request, booking_id: uuid.UUID, user: CurrentUser, conn: Db
+) -> Envelope[Booking]:
+    """A booking's status, price, slot, compensation outcome and event history."""
+    row = await visible_booking(conn, booking_id, user)
+    history = [
+        HistoryEntry(
+            event_id=h["event_id"],
+            event_type=h["event_type"],
+            producer=h["producer"],
+            occurred_at=h["occurred_at"],
+        )
+        for h in await fetch_history(conn, str(booking_id))
+    ]
+    booking = Booking(**booking_summary(row).model_dump(), history=history)
+    return ok(request, booking)
+
+
+@router.get(
+    "",
+    response_model=Page[BookingSummary],
+    responses=errors(401, 403, 422, 429, 500, 503),
+)
+async def list_bookings(
+    request: Request,
+    user: CurrentUser,
+    conn: Db,
+    paging: Paging,
+    as_: Annotated[
+        Literal["customer", "provider", "all"],
+        Query(
+            alias="as",
+            description="customer: the caller's own bookings; provider: incoming bookings for "
+            "the caller's services; all: every booking (admin)",
+        ),
+    ] = "customer",
+    status: Annotated[Status | None, Query()] = None,
+) -> Page[BookingSummary]:
+    """The caller's bookings (or a provider's incoming ones), newest first."""
+    conditions: list[str] = ["($1::text IS NULL OR b.status = $1)"]
+    params: list[object] = [status.value if status else None]
+    if as_ == "customer":
+        params.append(user.sub)
+        conditions.append("b.customer_id = $2")
+    elif as_ == "provider":
+        if not user.has("provider", "admin"):
+            raise forbidden("listing incoming bookings needs the role provider")
+        params.append(user.sub)
+        conditions.append("b.provider_id = $2")
+    elif not user.is_admin:
+        raise forbidden("listing every booking needs the role admin")
+    rows, total = await fetch_page(
+        conn,
+        columns=BOOKING_COLUMNS,
+        from_where="FROM bookings b WHERE " + " AND ".join(conditions),
+        order_by="b.requested_at DESC, b.id",
+        params=params,
+        paging=paging,
+    )
+    items = [booking_summary(r) for r in rows]
+    return page(request, items, page=paging.page, per_page=paging.per_page, total=total)
+
+
+async def _answer(
+    decision: ev.Decision,
+    booking_id: uuid.UUID,
+    body: Action | None,
+    user: Principal,
+    conn: asyncpg.Connection,
+    kafka: Publisher,
+    request_id: str,
+) -> JSONResponse:
+    row = await visible_booking(conn, booking_id, user)
+    if row["provider_id"] != user.sub or not user.has("provider"):
+        raise forbidden("only the service's provider may accept or reject the booking")
+    state = folded_state(row)
+    status = Status(row["status"])
+    awaiting = saga.can_answer(state) if state is not None else status == Status.AWAITING_PROVIDER
+    deadline = row["provider_deadline_at"]
+    reason = body.reason if body else None
+    event_id = ev.derived_event_id(str(booking_id), "api.provider-answer")
+    async with conn.transaction():
+        previous = await conn.fetchval(
+            "SELECT decision FROM provider_answers WHERE booking_id = $1 FOR UPDATE", booking_id
+        )
+        if previous is not None:
+            if previous == decision:
+                # The same answer again (a retry): accepted already, nothing more to publish.
+                return accepted(
+                    poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE
+                )
+            raise conflict(
+                f"the provider already answered {previous!r}",
+                code="ALREADY_ANSWERED",
+                decision=previous,
+            )
+        if not awaiting:
+            raise conflict(
+                f"the booking is {status.value}, not awaiting the provider's answer",
+                code="NOT_AWAITING_PROVIDER",
+                status=status.value,
+            )
+        if deadline is not None and utcnow() >= deadline:
+            raise conflict(
+                "the provider's deadline has passed",
+                code="DEADLINE_PASSED",
+                deadline_at=deadline.astimezone(UTC).isoformat(),
+            )
+        inserted = await conn.fetchval(
+            "INSERT INTO provider_answers (booking_id, provider_id, decision, reason, event_id) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING booking_id",
+            booking_id,
+            user.sub,
+            decision,
+            reason,
+            event_id,
+        )
+        if inserted is None:  # a concurrent answer won the race; report it like a repeat
+            raise conflict("the provider already answered", code="ALREADY_ANSWERED")
+        event = ev.make(
+            ev.ProviderAnswerSubmitted,
+            booking_id=str(booking_id),
+            producer="api",
+            event_id=event_id,
+            correlation_id=row["correlation_id"],
+            provider_id=user.sub,
+            decision=decision,
+            reason=reason,
+        )
+        await kafka.publish(event, request_id)
+    return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)
+
+
+_ACTION_RESPONSES = {
+    **ACCEPTED_RESPONSE,
+    **errors(401, 403, 404, 409, 413, 415, 422, 429, 500, 503),
+}
+
+
+@router.post(
+    "/{booking_id}/accept", status_code=202, response_model=None, responses=_ACTION_RESPONSES
+)
+async def accept_booking(
+    booking_id: uuid.UUID,
+    user: CurrentUser,
+    conn: Db,
+    kafka: Publisher,
+    request_id: RequestId,
+    body: Action | None = None,
+) -> JSONResponse:
+    """The service's provider accepts the booking (while it awaits their answer)."""
+    return await _answer("accept", booking_id, body, user, conn, kafka, request_id)
+
+
+@router.post(
+    "/{booking_id}/reject", status_code=202, response_model=None, responses=_ACTION_RESPONSES
+)
+async def reject_booking(
+    booking_id: uuid.UUID,
+    user: CurrentUser,
+    conn: Db,
+    kafka: Publisher,
+    request_id: RequestId,
+    body: Action | None = None,
+) -> JSONResponse:
+    """The service's provider rejects the booking (while it awaits their answer)."""
+    return await _answer("reject", booking_id, body, user, conn, kafka, request_id)
+
+
+@router.post(
+    "/{booking_id}/cancel", status_code=202, response_model=None, responses=_ACTION_RESPONSES
+)
+async def cancel_booking(
+    booking_id: uuid.UUID,
+    user: CurrentUser,
+    conn: Db,
+    kafka: Publisher,
+    request_id: RequestId,
+    body: Action | None = None,
+) -> JSONResponse:
+    """Cancel the booking (its customer or an admin) unless it already ended."""
+    row = await visible_booking(conn, booking_id, user)
+    is_customer = row["customer_id"] == user.sub
+    if not (is_customer or user.is_admin):
+        raise forbidden("only the booking's customer or an admin may cancel it")
+    await request_cancellation(
+        conn,
+        kafka,
+        row,
+        requested_by=user.sub,
+        role="customer" if is_customer else "admin",
+        reason=body.reason if body else None,
+        request_id=request_id,
+    )
+    return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)
+
+
+async def request_cancellation(
+    conn: asyncpg.Connection,
+    kafka: Publisher,
+    row: asyncpg.Record,
+    *,
+    requested_by: str,
+    role: ev.RequesterRole,
+    reason: str | None,
+    request_id: str,
+) -> None:
+    """Publish ``BookingCancellationRequested`` unless the booking already ended (409)."""
+    state = folded_state(row)
+    status = Status(row["status"])
+    allowed = saga.can_cancel(state) if state is not None else status not in TERMINAL
+    if not allowed:
+        raise conflict(
+            f"the booking already ended as {status.value}",
+            code="BOOKING_ENDED",
+            status=status.value,
+        )
+    # A repeated cancel publishes again; the fold ignores a cancel of a cancelled booking.
+    event = ev.make(
+        ev.BookingCancellationRequested,
+        booking_id=str(row["id"]),
+        producer="api",
+        correlation_id=row["correlation_id"],
+        requested_by=requested_by,
+        requested_by_role=role,
+        reason=reason,
+    )
+    await kafka.publish(event, request_id)

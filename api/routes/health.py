@@ -1,0 +1,169 @@
+"""Health, liveness, readiness and version: public, not rate limited (probes poll them).
+
+Readiness checks Kafka (a metadata request), Postgres (``SELECT 1``) and Redis (``PING``)
+concurrently, each bounded by ``CHECK_TIMEOUT_SECONDS``; it answers 503 naming exactly the
+components that failed, so an orchestrator stops routing traffic here until they are back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import RuntimeDep
+from api.envelopes import Envelope, error_response, errors, ok, request_id_of
+from erynoa import __version__
+
+router = APIRouter(tags=["health"])
+
+CHECK_TIMEOUT_SECONDS = 2.0
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ok",
+                    "service": "erynoa-api",
+                    "version": "0.1.0",
+                    "environment": "development",
+                    "uptime_seconds": 3600.5,
+                    "kafka_connected": True,
+                }
+            ]
+        }
+    )
+
+    status: Literal["ok"] = "ok"
+    service: str
+    version: str
+    environment: str
+    uptime_seconds: float
+    kafka_connected: bool
+
+
+class Live(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "alive"}]})
+
+    status: Literal["alive"] = "alive"
+
+
+class Check(BaseModel):
+    ok: bool
+    latency_ms: float
+    error: str | None = None
+
+
+class Ready(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ready",
+                    "checks": {
+                        "kafka": {"ok": True, "latency_ms": 3.1, "error": None},
+                        "postgres": {"ok": True, "latency_ms": 0.8, "error": None},
+                        "redis": {"ok": True, "latency_ms": 0.4, "error": None},
+                    },
+                }
+            ]
+        }
+    )
+
+    status: Literal["ready"] = "ready"
+    checks: dict[str, Check]
+
+
+class Version(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"version": "0.1.0", "api_version": "v1", "python": "3.11.9"}]
+        }
+    )
+
+    version: str
+    api_version: Literal["v1"] = "v1"
+    python: str = Field(default_factory=platform.python_version)
+
+
+@router.get("/health", response_model=Envelope[Health], responses=errors(500))
+async def health(request: Request, runtime: RuntimeDep) -> Envelope[Health]:
+    """A cheap summary: the process runs; no dependency is contacted."""
+    return ok(
+        request,
+        Health(
+            service="erynoa-api",
+            version=__version__,
+            environment=runtime.settings.environment,
+            uptime_seconds=round(time.time() - runtime.started_at, 3),
+            kafka_connected=runtime.kafka.connected,
+        ),
+    )
+
+
+@router.get("/health/live", response_model=Envelope[Live], responses=errors(500))
+async def live(request: Request) -> Envelope[Live]:
+    """Liveness: the process is up and serving requests."""
+    return ok(request, Live())
+
+
+async def _timed(probe: Callable[[], Awaitable[object]]) -> Check:
+    began = time.perf_counter()
+    try:
+        await asyncio.wait_for(probe(), timeout=CHECK_TIMEOUT_SECONDS)
+    except TimeoutError:
+        error: str | None = f"no answer within {CHECK_TIMEOUT_SECONDS:g}s"
+    except Exception as exc:  # any failure of the probe means "not ready", whatever its type
+        error = str(exc) or type(exc).__name__
+    else:
+        error = None
+    latency = round((time.perf_counter() - began) * 1000, 2)
+    return Check(ok=error is None, latency_ms=latency, error=error)
+
+
+@router.get(
+    "/health/ready",
+    response_model=Envelope[Ready],
+    responses=errors(500, 503),
+)
+async def ready(request: Request, runtime: RuntimeDep) -> Envelope[Ready] | JSONResponse:
+    """Readiness: Kafka, Postgres and Redis all answer (503 names the ones that do not)."""
+
+    async def postgres() -> object:
+        return await runtime.pool.fetchval("SELECT 1", timeout=CHECK_TIMEOUT_SECONDS)
+
+    async def redis() -> object:
+        return await runtime.redis.ping()
+
+    names = ("kafka", "postgres", "redis")
+    results = await asyncio.gather(_timed(runtime.kafka.check), _timed(postgres), _timed(redis))
+    checks = dict(zip(names, results, strict=True))
+    down = [name for name, check in checks.items() if not check.ok]
+    if down:
+        return error_response(
+            request_id_of(request),
+            503,
+            f"not ready: {', '.join(down)} unavailable",
+            code="NOT_READY",
+            details=[
+                {"component": name, "error": check.error, "latency_ms": check.latency_ms}
+                for name, check in checks.items()
+                if not check.ok
+            ],
+            headers={"Retry-After": "5"},
+        )
+    return ok(request, Ready(checks=checks))
+
+
+@router.get("/version", response_model=Envelope[Version], responses=errors(500))
+async def version(request: Request) -> Envelope[Version]:
+    """The API's version."""
+    return ok(request, Version(version=__version__))

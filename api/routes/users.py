@@ -1,0 +1,173 @@
+"""Users: the caller's own profile, and (for admins) everyone's.
+
+A user's row is created from their token on their first authenticated request (see
+``api.runtime.SeenUsers``); roles always follow the token, the profile fields are theirs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
+
+from api.deps import AdminUser, CurrentUser, Db, SettingsDep
+from api.envelopes import ApiError, Envelope, Page, errors, not_found, ok, page
+from api.readmodel import fetch_page
+from api.routes.auth import DisplayName, Email
+from api.schemas import Body, Paging
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+WebhookUrl = Annotated[
+    AnyHttpUrl, UrlConstraints(max_length=2000, allowed_schemes=["http", "https"])
+]
+
+_USER_EXAMPLE: dict[str, Any] = {
+    "id": "alice",
+    "email": "alice@example.com",
+    "display_name": "Alice",
+    "roles": ["customer"],
+    "webhook_url": "https://alice.example.com/erynoa-hooks",
+    "created_at": "2026-01-28T10:00:00Z",
+    "updated_at": "2026-01-28T10:00:00Z",
+}
+
+
+class User(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_USER_EXAMPLE]})
+
+    id: str
+    email: str | None
+    display_name: str | None
+    roles: list[str]
+    webhook_url: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProfileUpdate(Body):
+    """The fields to change; a field left out stays as it is, ``null`` clears it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "display_name": "Alice Example",
+                    "email": "alice@example.com",
+                    "webhook_url": "https://alice.example.com/erynoa-hooks",
+                }
+            ]
+        }
+    )
+
+    display_name: DisplayName | None = None
+    email: Email | None = None
+    webhook_url: WebhookUrl | None = Field(
+        default=None,
+        description="where signed notification webhooks are sent (https in production)",
+    )
+
+
+_COLUMNS = "id, email, display_name, roles, webhook_url, created_at, updated_at"
+
+
+def _user(row: asyncpg.Record) -> User:
+    return User(
+        id=row["id"],
+        email=row["email"],
+        display_name=row["display_name"],
+        roles=list(row["roles"]),
+        webhook_url=row["webhook_url"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def _fetch(conn: asyncpg.Connection, user_id: str) -> User:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE id = $1", user_id)
+    if row is None:
+        raise not_found("user")
+    return _user(row)
+
+
+@router.get("/me", response_model=Envelope[User], responses=errors(401, 404, 429, 500, 503))
+async def get_me(request: Request, user: CurrentUser, conn: Db) -> Envelope[User]:
+    """The caller's profile."""
+    return ok(request, await _fetch(conn, user.sub))
+
+
+@router.put("/me", response_model=Envelope[User], responses=errors(401, 404, 422, 429, 500, 503))
+async def put_me(
+    request: Request, body: ProfileUpdate, user: CurrentUser, conn: Db, settings: SettingsDep
+) -> Envelope[User]:
+    """Change the caller's display name, email or webhook URL."""
+    changes: dict[str, Any] = {}
+    for name in sorted(body.model_fields_set):
+        value = getattr(body, name)
+        changes[name] = str(value) if value is not None else None
+    url = changes.get("webhook_url")
+    if url is not None:
+        _check_webhook_url(body.webhook_url, settings.environment)
+    if changes:
+        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
+        await conn.execute(
+            f"UPDATE users SET {assignments}, updated_at = now() WHERE id = $1",
+            user.sub,
+            *changes.values(),
+        )
+    return ok(request, await _fetch(conn, user.sub))
+
+
+def _check_webhook_url(url: AnyHttpUrl | None, environment: str) -> None:
+    if url is None:
+        return
+    problems = []
+    if url.username or url.password:
+        problems.append("must not carry credentials")
+    if environment == "production" and url.scheme != "https":
+        problems.append("must use https")
+    if problems:
+        raise ApiError(
+            422,
+            "Invalid input",
+            details=[
+                {"field": "body.webhook_url", "message": p, "type": "value_error"} for p in problems
+            ],
+        )
+
+
+@router.get("", response_model=Page[User], responses=errors(401, 403, 422, 429, 500, 503))
+async def list_users(
+    request: Request,
+    _admin: AdminUser,
+    conn: Db,
+    paging: Paging,
+    role: Annotated[Literal["customer", "provider", "admin"] | None, Query()] = None,
+) -> Page[User]:
+    """All users, newest first (admin)."""
+    rows, total = await fetch_page(
+        conn,
+        columns=_COLUMNS,
+        from_where="FROM users WHERE $1::text IS NULL OR $1 = ANY(roles)",
+        order_by="created_at DESC, id",
+        params=[role],
+        paging=paging,
+    )
+    users = [_user(r) for r in rows]
+    return page(request, users, page=paging.page, per_page=paging.per_page, total=total)
+
+
+@router.get(
+    "/{user_id}", response_model=Envelope[User], responses=errors(401, 403, 404, 422, 429, 500, 503)
+)
+async def get_user(
+    request: Request,
+    _admin: AdminUser,
+    conn: Db,
+    user_id: Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")],
+) -> Envelope[User]:
+    """One user by id (admin)."""
+    return ok(request, await _fetch(conn, user_id))

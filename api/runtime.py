@@ -1,0 +1,237 @@
+"""Everything the API talks to, wired once per process (``Runtime.start`` in the lifespan).
+
+The API starts even when a dependency is down — readiness reports it, and requests that need
+it answer 503 — rather than crash-looping: Postgres gets a lazy pool, and the Kafka producer
+keeps reconnecting in the background until the broker is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+
+from api.auth import DevIssuer, KeySource, Principal, RemoteJwks, RevocationList, TokenVerifier
+from api.ratelimit import RateLimiter
+from erynoa.codec import EventCodec, default_codec
+from erynoa.db import create_pool
+from erynoa.events import BookingEvent, CatalogEvent
+from erynoa.kafka import H_REQUEST_ID, EventPublisher, Published
+from erynoa.settings import Settings
+from erynoa.topics import TopicCatalog, load_catalog
+
+log = logging.getLogger("erynoa.api")
+
+CLIENT_ID = "erynoa-api"
+
+
+class KafkaUnavailable(Exception):
+    """The event could not be handed to Kafka; the caller must not report success."""
+
+
+class KafkaLink:
+    """The API's one producer (idempotent, ``acks=all``), reconnecting in the background."""
+
+    def __init__(self, settings: Settings, codec: EventCodec, catalog: TopicCatalog) -> None:
+        self._settings = settings
+        self._codec = codec
+        self._catalog = catalog
+        self._publisher: EventPublisher | None = None
+        self._last_error: str = "not connected yet"
+        self._reconnect: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._publisher is not None
+
+    @property
+    def catalog(self) -> TopicCatalog:
+        return self._catalog
+
+    async def start(self) -> None:
+        if not await self._connect_once():
+            self._reconnect = asyncio.create_task(self._keep_connecting(), name="kafka-reconnect")
+
+    async def stop(self) -> None:
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect
+        if self._publisher is not None:
+            await self._publisher.stop()
+            self._publisher = None
+
+    async def _connect_once(self) -> bool:
+        publisher = EventPublisher.create(
+            self._settings.kafka_bootstrap, CLIENT_ID, self._codec, self._catalog
+        )
+        try:
+            await asyncio.wait_for(publisher.start(), timeout=10)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self._last_error = str(exc) or type(exc).__name__
+            log.warning("kafka producer not connected", extra={"error": self._last_error})
+            with contextlib.suppress(Exception):
+                await publisher.stop()
+            return False
+        self._publisher = publisher
+        log.info("kafka producer connected", extra={"bootstrap": self._settings.kafka_bootstrap})
+        return True
+
+    async def _keep_connecting(self) -> None:
+        delay = 1.0
+        while not await self._connect_once():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def publish(
+        self, event: BookingEvent | CatalogEvent, request_id: str | None = None
+    ) -> Published:
+        """Send one event and return once Kafka acknowledged it (``acks=all``)."""
+        publisher = self._publisher
+        if publisher is None:
+            raise KafkaUnavailable(self._last_error)
+        headers: Mapping[str, str] = {H_REQUEST_ID: request_id} if request_id else {}
+        try:
+            return await publisher.publish(event, headers)
+        except KafkaError as exc:
+            raise KafkaUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def check(self) -> None:
+        """Raise unless a broker answers a metadata request now."""
+        publisher = self._publisher
+        if publisher is None:
+            raise KafkaUnavailable(self._last_error)
+        try:
+            await publisher.producer.client.fetch_all_metadata()
+        except KafkaError as exc:
+            raise KafkaUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+class SeenUsers:
+    """Creates (or refreshes the roles of) a caller's ``users`` row from their token, at most
+    once per ``ttl_seconds`` per user and process, so a request is not also a write."""
+
+    def __init__(self, ttl_seconds: float = 60.0, max_entries: int = 10_000) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._seen: dict[str, tuple[float, tuple[object, ...]]] = {}
+
+    async def ensure(self, conn: asyncpg.Connection, principal: Principal) -> None:
+        roles = sorted(principal.roles)
+        fingerprint: tuple[object, ...] = (principal.email, principal.name, tuple(roles))
+        now = time.monotonic()
+        seen = self._seen.get(principal.sub)
+        if seen is not None and now - seen[0] < self._ttl and seen[1] == fingerprint:
+            return
+        # Roles belong to the identity provider and follow the token; email and name are
+        # only filled in when missing, so a profile edited through PUT /users/me sticks.
+        await conn.execute(
+            """
+            INSERT INTO users (id, email, display_name, roles) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (id) DO UPDATE SET
+                roles = EXCLUDED.roles,
+                email = COALESCE(users.email, EXCLUDED.email),
+                display_name = COALESCE(users.display_name, EXCLUDED.display_name),
+                updated_at = now()
+            WHERE users.roles IS DISTINCT FROM EXCLUDED.roles
+               OR (users.email IS NULL AND EXCLUDED.email IS NOT NULL)
+               OR (users.display_name IS NULL AND EXCLUDED.display_name IS NOT NULL)
+            """,
+            principal.sub,
+            principal.email,
+            principal.name,
+            roles,
+        )
+        if len(self._seen) >= self._max:
+            self._seen.clear()
+        self._seen[principal.sub] = (now, fingerprint)
+
+    def forget(self, sub: str) -> None:
+        self._seen.pop(sub, None)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    catalog: TopicCatalog
+    pool: asyncpg.Pool
+    kafka: KafkaLink
+    redis: Redis
+    http: httpx.AsyncClient
+    verifier: TokenVerifier
+    revocations: RevocationList
+    limiter: RateLimiter
+    dev_issuer: DevIssuer | None
+    users: SeenUsers
+    started_at: float
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        catalog = load_catalog(
+            settings.topics_file, settings.topics_environment, settings.topic_prefix
+        )
+        pool = await _pool(settings)
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            health_check_interval=30,
+        )
+        http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+        revocations = RevocationList(redis)
+        dev_issuer = DevIssuer.from_settings(settings) if settings.dev_issuer_enabled else None
+        keys: KeySource
+        if dev_issuer is not None:
+            # Our own key: no HTTP round trip to ourselves (which could not answer during start).
+            keys = dev_issuer.key_set()
+        else:
+            discovery = settings.oidc_discovery_url or (
+                settings.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration"
+            )
+            keys = RemoteJwks(discovery, http)
+        verifier = TokenVerifier(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            roles_claim=settings.roles_claim,
+            keys=keys,
+            revocations=revocations,
+        )
+        kafka = KafkaLink(settings, default_codec(), catalog)
+        await kafka.start()
+        return cls(
+            settings=settings,
+            catalog=catalog,
+            pool=pool,
+            kafka=kafka,
+            redis=redis,
+            http=http,
+            verifier=verifier,
+            revocations=revocations,
+            limiter=RateLimiter(redis),
+            dev_issuer=dev_issuer,
+            users=SeenUsers(),
+            started_at=time.time(),
+        )
+
+    async def close(self) -> None:
+        await self.kafka.stop()
+        await self.http.aclose()
+        await self.redis.aclose()
+        await self.pool.close()
+
+
+async def _pool(settings: Settings) -> asyncpg.Pool:
+    try:
+        return await asyncio.wait_for(create_pool(settings), timeout=10)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        # Start anyway with a lazy pool: readiness reports postgres down until it is back.
+        log.warning("postgres not reachable at start", extra={"error": str(exc)})
+        return await create_pool(settings, min_size=0)

@@ -1,0 +1,30 @@
+"""Run the API with uvicorn: ``serve(settings)`` (what ``erynoa api`` calls).
+
+JSON logs go to stderr (one line per request from the access-log middleware, so uvicorn's own
+access log is off); ``X-Forwarded-For`` is trusted only from the local host (a proxy there).
+"""
+
+from __future__ import annotations
+
+import uvicorn
+
+from api.app import create_app
+from erynoa.logs import configure
+from erynoa.settings import Settings
+
+
+def serve(settings: Settings) -> None:
+    """Serve the API on ``settings.api_host:settings.api_port`` until interrupted."""
+    configure("api")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
