@@ -1,0 +1,210 @@
+"""The Faust app of one saga agent: the one place that wires the worker runtime.
+
+``create_app("payment", settings)`` returns a ``faust.App`` whose id is the agent's consumer
+group from ``topics.yaml`` (``erynoa-payment``), subscribed to the topics the catalog lists for
+it plus its retry topics. Run it with ``erynoa worker <agent>`` (``streams.cli``); more
+processes of the same agent share the partitions of its group.
+
+Faust is used for what it is good at — group membership, fetching, per-partition offset
+tracking, timers, worker lifecycle — and nothing else: no tables (so no changelog topics), no
+leader topic, no topic creation (``topics.yaml`` is the truth and ``erynoa topics apply`` makes
+the cluster match it). Messages are read as raw bytes and handed to ``streams.runtime``, which
+decodes them with the project's codec. Acknowledgement is manual: a message is acked only after
+its handler committed and published (or routed the message to a retry/dead-letter topic), so an
+offset is never committed for work that did not happen.
+
+Nothing connects at import or in ``create_app``: the pool, the Kafka publisher and the
+agent's clients (payment gateway, SMTP, HTTP) are created when the app starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import faust
+
+from erynoa import saga
+from erynoa.codec import default_codec
+from erynoa.db import create_pool
+from erynoa.kafka import EventPublisher
+from erynoa.settings import Settings
+from erynoa.topics import load_catalog
+from streams.runtime import Adapter, Incoming, Runtime
+
+log = logging.getLogger("streams.app")
+
+AGENTS: tuple[saga.Agent, ...] = ("reservation", "payment", "notification", "provider-response")
+DEADLINE_SWEEP_INTERVAL_S = 1.0
+OUTBOX_RELAY_INTERVAL_S = 5.0
+
+
+def make_adapter(agent: saga.Agent, settings: Settings) -> Adapter:
+    """The agent-specific part; imported lazily so a worker loads only its own clients."""
+    if agent == "reservation":
+        from streams.reservation import ReservationAdapter
+
+        return ReservationAdapter()
+    if agent == "payment":
+        from streams.payment.agent import PaymentAdapter
+        from streams.payment.factory import gateway_factory
+
+        return PaymentAdapter(gateway_factory(settings))
+    if agent == "notification":
+        from streams.notification import NotificationAdapter
+
+        return NotificationAdapter.from_settings(settings)
+    from streams.provider_response import ProviderResponseAdapter
+
+    return ProviderResponseAdapter()
+
+
+def check_agent(name: str) -> saga.Agent:
+    for agent in AGENTS:
+        if agent == name:
+            return agent
+    raise ValueError(f"unknown agent {name!r}; choose one of: {', '.join(AGENTS)}")
+
+
+class AgentApp(faust.App):
+    """A Faust app that starts the runtime's resources before its agents and drains them at stop."""
+
+    runtime: Runtime
+
+    async def on_first_start(self) -> None:
+        # Faust creates its data dir without parents (it holds nothing for us: no tables).
+        Path(self.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
+        await super().on_first_start()
+
+    async def on_start(self) -> None:
+        await self.runtime.start()
+        await super().on_start()
+
+    async def on_stop(self) -> None:
+        # Runs before Faust stops the consumer and the agents: the in-flight message finishes,
+        # is acked, and the consumer's final commit includes it.
+        await self.runtime.drain()
+        await super().on_stop()
+
+    async def on_shutdown(self) -> None:
+        await super().on_shutdown()
+        await self.runtime.stop()
+
+
+def _incoming(event: Any) -> Incoming:
+    message = event.message
+    raw_headers = message.headers or []
+    if isinstance(raw_headers, dict):
+        raw_headers = list(raw_headers.items())
+    headers = [(str(name), bytes(value or b"")) for name, value in raw_headers]
+    return Incoming(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value if message.value is not None else b"",
+        headers=headers,
+    )
+
+
+def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None = None) -> faust.App:
+    """The Faust app for one agent: reservation | payment | notification | provider-response."""
+    agent = check_agent(agent_name)
+    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+    consumer = catalog.consumer(agent)
+    codec = default_codec()
+
+    async def connect_pool() -> asyncpg.Pool:
+        return await create_pool(settings)
+
+    def make_publisher() -> EventPublisher:
+        return EventPublisher.create(
+            settings.kafka_bootstrap, f"{consumer.group_id}-publisher", codec, catalog
+        )
+
+    runtime = Runtime(
+        adapter=adapter if adapter is not None else make_adapter(agent, settings),
+        consumer=consumer,
+        codec=codec,
+        policy=saga.Policy(refund_policy=settings.refund_policy),
+        connect_pool=connect_pool,
+        make_publisher=make_publisher,
+    )
+    app = AgentApp(
+        consumer.group_id,
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        key_serializer="raw",
+        value_serializer="raw",
+        # topics.yaml is the truth: Faust must not create or need topics of its own.
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        autodiscover=False,
+        web_enabled=False,
+        store="memory://",
+        datadir=str(settings.state_dir / "faust" / consumer.group_id),
+        processing_guarantee="at_least_once",
+        # Acked offsets are committed often, so a kill -9 redelivers little; on stop the
+        # runtime drains itself (AgentApp.on_stop) instead of Faust waiting for every stream
+        # (a retry stream may be sleeping for a minute).
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        consumer_auto_offset_reset="earliest",
+    )
+    app.runtime = runtime
+
+    main_topic = app.topic(*consumer.consumes, key_serializer="raw", value_serializer="raw")
+
+    async def main_stream(stream: Any) -> None:
+        # Manual acks: see the module docstring.
+        manual = stream.noack()
+        async for event in manual.events():
+            if runtime.draining:
+                await runtime.park()
+            await runtime.run_tracked(runtime.process(_incoming(event)))
+            await manual.ack(event)
+
+    app.agent(main_topic, name=f"{agent}.main")(main_stream)
+
+    for retry_topic in consumer.retry_topics:
+        topic = app.topic(retry_topic, key_serializer="raw", value_serializer="raw")
+        app.agent(topic, name=f"{agent}.{retry_topic}")(_retry_stream(runtime))
+
+    async def relay_outbox() -> None:
+        if not runtime.draining:
+            await runtime.relay_outbox()
+
+    app.timer(interval=OUTBOX_RELAY_INTERVAL_S, name=f"{agent}.outbox-relay")(relay_outbox)
+
+    if agent == "provider-response":
+        from streams.provider_response import sweep_deadlines
+
+        async def deadlines() -> None:
+            if not runtime.draining:
+                await sweep_deadlines(runtime)
+
+        app.timer(interval=DEADLINE_SWEEP_INTERVAL_S, name="provider-response.deadlines")(deadlines)
+    return app
+
+
+def _retry_stream(runtime: Runtime) -> Callable[[Any], Awaitable[None]]:
+    """A retry tier's messages wait until their ``not-before`` time, then run the same handler.
+
+    Sleeping is fine here: a retry topic holds only retries, in the order they failed, so the
+    wait delays nothing that is due sooner.
+    """
+    from streams.failures import not_before
+
+    async def retry_stream(stream: Any) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            incoming = _incoming(event)
+            due = not_before(incoming.headers)
+            if runtime.draining or (due is not None and not await runtime.wait_until(due)):
+                await runtime.park()
+            await runtime.run_tracked(runtime.process(incoming))
+            await manual.ack(event)
+
+    return retry_stream

@@ -1,0 +1,195 @@
+"""What happens to a message an agent could not process: classify the error, pick the next hop.
+
+Pure bookkeeping, no I/O (``streams.runtime`` does the sending). A failed message is never
+retried in place, so one poison message cannot block its partition:
+
+* **retryable** errors (network, timeouts, a gateway's 5xx, an SMTP 4xx, a lost database
+  connection, a deadlock) move the *original bytes* down the consumer's retry tiers from
+  ``topics.yaml`` (``<consumer>.retry.<delay>``), then to ``<consumer>.dlq``;
+* **permanent** errors (undecodable bytes, an event no saga rule accepts, a bug) go to the
+  dead-letter topic at once, where ``erynoa dlq`` can inspect and replay them.
+
+Headers say why, where from and how often (names in ``erynoa.kafka``). The origin
+(topic, partition, offset) and the first failure time are those of the *first* failure and
+are kept across tiers, and the attempt count survives a DLQ replay, so a replayed message that
+fails again goes straight back to the dead-letter topic instead of starting the tiers over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import asyncpg
+from aiokafka.errors import KafkaError
+
+from erynoa import kafka as k
+from erynoa.codec import UndecodableEvent
+from erynoa.saga import SagaError
+from erynoa.topics import Consumer
+
+ErrorKind = Literal["retryable", "permanent"]
+
+# Not in erynoa.kafka: whether the error was judged retryable (the class name alone does not say).
+H_ERROR_KIND = "erynoa-error-kind"
+_MAX_ERROR_LEN = 1000
+
+# Headers a hop rewrites; every other header (trace context, request id, synthetic marker, the
+# replay marker) travels with the message unchanged.
+_BOOKKEEPING = frozenset(
+    {
+        k.H_ATTEMPTS,
+        k.H_ERROR,
+        k.H_ERROR_CLASS,
+        H_ERROR_KIND,
+        k.H_ORIGIN_TOPIC,
+        k.H_ORIGIN_PARTITION,
+        k.H_ORIGIN_OFFSET,
+        k.H_FIRST_FAILURE,
+        k.H_LAST_FAILURE,
+        k.H_NOT_BEFORE,
+        k.H_CONSUMER,
+    }
+)
+
+
+class RetryableError(Exception):
+    """A failure that may well succeed later: raise it (or a subclass) from adapters."""
+
+
+class PermanentError(Exception):
+    """A failure that will fail the same way every time (bad input, a refused request)."""
+
+
+_RETRYABLE: tuple[type[BaseException], ...] = (
+    RetryableError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    ConnectionError,
+    OSError,  # socket errors from any client library
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.QueryCanceledError,
+    smtplib.SMTPServerDisconnected,
+    smtplib.SMTPConnectError,
+)
+
+
+def classify(error: BaseException) -> ErrorKind:
+    """Retryable or permanent. Anything unknown is permanent: a bug does not heal with time,
+    and the dead-letter topic keeps the message for a replay once it is fixed."""
+    if isinstance(error, UndecodableEvent | SagaError | PermanentError):
+        return "permanent"
+    if isinstance(error, KafkaError):
+        # Publishing the handler's result failed: the broker is unwell, not the message.
+        return "retryable"
+    if isinstance(error, smtplib.SMTPResponseException):
+        return "retryable" if 400 <= error.smtp_code < 500 else "permanent"
+    return "retryable" if isinstance(error, _RETRYABLE) else "permanent"
+
+
+def describe(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return text[:_MAX_ERROR_LEN]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a message was consumed from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Hop:
+    """Where a failed message goes next, with the headers it carries there."""
+
+    topic: str
+    headers: list[tuple[str, bytes]]
+    attempts: int
+    dead_letter: bool
+    not_before: datetime
+
+
+def attempts_so_far(headers: Sequence[tuple[str, bytes]] | None) -> int:
+    raw = k.header(headers, k.H_ATTEMPTS)
+    try:
+        return max(0, int(raw)) if raw is not None else 0
+    except ValueError:
+        return 0
+
+
+def is_final_attempt(consumer: Consumer, headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    """Whether a retryable failure of this delivery would go to the dead-letter topic."""
+    return attempts_so_far(headers) >= len(consumer.retry_topics)
+
+
+def not_before(headers: Sequence[tuple[str, bytes]] | None) -> datetime | None:
+    raw = k.header(headers, k.H_NOT_BEFORE)
+    try:
+        return datetime.fromtimestamp(int(raw) / 1000, UTC) if raw is not None else None
+    except (ValueError, OverflowError):
+        return None
+
+
+def next_hop(
+    consumer: Consumer,
+    origin: Origin,
+    headers: Sequence[tuple[str, bytes]] | None,
+    error: BaseException,
+    now: datetime,
+    kind: ErrorKind | None = None,
+) -> Hop:
+    """The retry tier (or the DLQ) for a message whose handling raised ``error``."""
+    kind = kind or classify(error)
+    attempts = attempts_so_far(headers) + 1
+    tier = attempts - 1
+    dead = kind == "permanent" or tier >= len(consumer.retry_topics)
+    if dead:
+        topic, delay_ms = consumer.dead_letter_topic, 0
+    else:
+        topic, delay_ms = consumer.retry_topics[tier], consumer.retry_delays_ms[tier]
+    due = now + timedelta(milliseconds=delay_ms)
+
+    first_origin = k.header(headers, k.H_ORIGIN_TOPIC) is not None
+    kept: list[tuple[str, bytes]] = [(n, v) for n, v in headers or () if n not in _BOOKKEEPING]
+
+    def keep_or(name: str, value: str) -> tuple[str, bytes]:
+        previous = k.header(headers, name)
+        return (name, (previous if previous is not None else value).encode())
+
+    now_iso = now.astimezone(UTC).isoformat()
+    if first_origin:
+        origin_headers = [
+            keep_or(k.H_ORIGIN_TOPIC, origin.topic),
+            keep_or(k.H_ORIGIN_PARTITION, str(origin.partition)),
+            keep_or(k.H_ORIGIN_OFFSET, str(origin.offset)),
+        ]
+    else:
+        origin_headers = [
+            (k.H_ORIGIN_TOPIC, origin.topic.encode()),
+            (k.H_ORIGIN_PARTITION, str(origin.partition).encode()),
+            (k.H_ORIGIN_OFFSET, str(origin.offset).encode()),
+        ]
+    kept += [
+        (k.H_ATTEMPTS, str(attempts).encode()),
+        (k.H_ERROR, describe(error).encode()),
+        (k.H_ERROR_CLASS, type(error).__name__.encode()),
+        (H_ERROR_KIND, kind.encode()),
+        *origin_headers,
+        keep_or(k.H_FIRST_FAILURE, now_iso),
+        (k.H_LAST_FAILURE, now_iso.encode()),
+        (k.H_NOT_BEFORE, str(int(due.timestamp() * 1000)).encode()),
+        (k.H_CONSUMER, consumer.name.encode()),
+    ]
+    return Hop(topic=topic, headers=kept, attempts=attempts, dead_letter=dead, not_before=due)

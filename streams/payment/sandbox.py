@@ -1,0 +1,223 @@
+"""The sandbox payment gateway: deterministic outcomes, a ledger instead of a bank.
+
+The default for development and load tests (``ERYNOA_PAYMENT_GATEWAY=sandbox``). Outcomes follow
+Stripe's test payment methods, so a test can ask for any path by the card it books with:
+
+=============================== ===========================================================
+``pm_card_visa``                 authorized; capture, void and refund succeed
+``pm_card_chargeDeclined``       declined (``card_declined``)
+``pm_card_authenticationRequired`` action required: a (simulated) Stripe webhook finishes it
+``pm_card_captureFails``         authorized, but the capture fails (``charge_expired_for_capture``),
+                                 as when an authorization expired before the provider answered —
+                                 not a Stripe test method; ours, to drive the capture-failed path
+anything else                    declined (``unknown_payment_method``)
+=============================== ===========================================================
+
+Every operation is a row in ``sandbox_ledger`` with a UNIQUE idempotency key, written with
+``INSERT ... ON CONFLICT DO NOTHING RETURNING``: a repeated call returns the outcome recorded the
+first time and adds nothing, exactly like a gateway's idempotency keys. The ledger commits on
+its own connection, not in the agent's transaction — it stands for the outside world, which
+does not roll back when the agent crashes. ``ERYNOA_SANDBOX_LATENCY_MS`` adds a delay per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from erynoa.events import Money
+from streams.payment.gateway import (
+    ActionRequired,
+    Authorized,
+    AuthorizeResult,
+    Captured,
+    CaptureFailed,
+    CaptureResult,
+    Declined,
+    Refunded,
+    Voided,
+)
+
+VISA = "pm_card_visa"
+DECLINED = "pm_card_chargeDeclined"
+AUTHENTICATION_REQUIRED = "pm_card_authenticationRequired"
+CAPTURE_FAILS = "pm_card_captureFails"
+
+_NAMESPACE = uuid.UUID("2b0f4a8e-7c1d-5e59-b3a4-9d0c6e1f2a77")
+
+
+def _object_id(prefix: str, idempotency_key: str) -> str:
+    """Stable ids (``pi_sbx_…``) so a retried call returns the very same object."""
+    return f"{prefix}_sbx_{uuid.uuid5(_NAMESPACE, idempotency_key).hex[:24]}"
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    payment_id: str
+    outcome: str
+
+
+class SandboxGateway:
+    name = "sandbox"
+
+    def __init__(self, latency_ms: int = 0) -> None:
+        self.latency_ms = latency_ms
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def close(self) -> None:
+        self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("SandboxGateway not started")
+        return self._pool
+
+    async def _delay(self) -> None:
+        if self.latency_ms > 0:
+            await asyncio.sleep(self.latency_ms / 1000)
+
+    async def _record(
+        self,
+        *,
+        idempotency_key: str,
+        booking_id: str,
+        payment_id: str,
+        operation: str,
+        amount: Money,
+        outcome: str,
+        payment_method: str | None = None,
+    ) -> _Recorded:
+        """Write the operation once; a repeated key returns what the first call recorded."""
+        row = await self.pool.fetchrow(
+            """INSERT INTO sandbox_ledger
+                   (idempotency_key, booking_id, payment_id, operation, amount_minor, currency,
+                    outcome, payment_method)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+               ON CONFLICT (idempotency_key) DO NOTHING
+               RETURNING payment_id, outcome""",
+            idempotency_key,
+            booking_id,
+            payment_id,
+            operation,
+            amount.amount_minor,
+            amount.currency,
+            outcome,
+            payment_method,
+        )
+        if row is None:
+            row = await self.pool.fetchrow(
+                "SELECT payment_id, outcome FROM sandbox_ledger WHERE idempotency_key = $1",
+                idempotency_key,
+            )
+            assert row is not None  # the conflict means it exists
+        return _Recorded(row["payment_id"], row["outcome"])
+
+    async def authorize(
+        self, *, booking_id: str, amount: Money, payment_method: str, idempotency_key: str
+    ) -> AuthorizeResult:
+        await self._delay()
+        if payment_method in (VISA, CAPTURE_FAILS):
+            outcome = "authorized"
+        elif payment_method == AUTHENTICATION_REQUIRED:
+            outcome = "action_required"
+        elif payment_method == DECLINED:
+            outcome = "card_declined"
+        else:
+            outcome = "unknown_payment_method"
+        recorded = await self._record(
+            idempotency_key=idempotency_key,
+            booking_id=booking_id,
+            payment_id=_object_id("pi", idempotency_key),
+            operation="authorize",
+            amount=amount,
+            outcome=outcome,
+            payment_method=payment_method,
+        )
+        if recorded.outcome == "authorized":
+            return Authorized(recorded.payment_id)
+        if recorded.outcome == "action_required":
+            return ActionRequired(recorded.payment_id, f"{recorded.payment_id}_secret_sandbox")
+        message = (
+            "Your card was declined."
+            if recorded.outcome == "card_declined"
+            else f"The sandbox does not know payment method {payment_method!r}."
+        )
+        return Declined(recorded.outcome, message, recorded.payment_id)
+
+    async def _authorization(self, payment_id: str) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            """SELECT outcome, payment_method, amount_minor, currency FROM sandbox_ledger
+               WHERE payment_id = $1 AND operation = 'authorize'""",
+            payment_id,
+        )
+
+    async def capture(
+        self, *, booking_id: str, payment_id: str, amount: Money, idempotency_key: str
+    ) -> CaptureResult:
+        await self._delay()
+        auth = await self._authorization(payment_id)
+        voided = await self.pool.fetchval(
+            """SELECT 1 FROM sandbox_ledger
+               WHERE payment_id = $1 AND operation = 'void' AND outcome = 'voided'""",
+            payment_id,
+        )
+        if auth is None or auth["outcome"] not in ("authorized", "action_required"):
+            outcome = "no_authorization"
+        elif voided is not None:
+            outcome = "payment_intent_canceled"
+        elif auth["payment_method"] == CAPTURE_FAILS:
+            outcome = "charge_expired_for_capture"
+        else:
+            outcome = "captured"
+        recorded = await self._record(
+            idempotency_key=idempotency_key,
+            booking_id=booking_id,
+            payment_id=payment_id,
+            operation="capture",
+            amount=amount,
+            outcome=outcome,
+        )
+        if recorded.outcome == "captured":
+            return Captured(payment_id)
+        return CaptureFailed(recorded.outcome, f"sandbox capture failed: {recorded.outcome}")
+
+    async def void(
+        self, *, booking_id: str, payment_id: str | None, idempotency_key: str
+    ) -> Voided:
+        await self._delay()
+        if payment_id is None:
+            return Voided(None)  # nothing was ever authorized: nothing to record
+        auth = await self._authorization(payment_id)
+        if auth is None:
+            return Voided(payment_id)
+        amount = Money(int(auth["amount_minor"]), str(auth["currency"]).strip())
+        await self._record(
+            idempotency_key=idempotency_key,
+            booking_id=booking_id,
+            payment_id=payment_id,
+            operation="void",
+            amount=amount,
+            outcome="voided",
+        )
+        return Voided(payment_id)
+
+    async def refund(
+        self, *, booking_id: str, payment_id: str, amount: Money, idempotency_key: str
+    ) -> Refunded:
+        await self._delay()
+        await self._record(
+            idempotency_key=idempotency_key,
+            booking_id=booking_id,
+            payment_id=payment_id,
+            operation="refund",
+            amount=amount,
+            outcome="refunded",
+        )
+        return Refunded(_object_id("re", idempotency_key))

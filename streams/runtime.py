@@ -1,0 +1,510 @@
+"""The handler loop every agent shares: decode, decide, act, emit — idempotently.
+
+One consumed message is handled in ONE PostgreSQL transaction:
+
+1. decode it with the one codec (undecodable → dead-letter topic at once, never retried);
+2. take the per-booking lock (``streams.store.lock_booking``) and skip the event if this agent
+   already processed it (``processed_events``);
+3. fold it into the agent's ``BookingState`` with ``erynoa.saga.evolve`` and ask
+   ``erynoa.saga.next_actions`` what to do; the agent's adapter carries each action out (side
+   effects carry idempotency keys derived from booking and step) and returns the resulting
+   events, which are folded back in until nothing is left to do;
+4. write the state, the processed mark and the emitted events (the *outbox*) and COMMIT;
+5. publish the outbox to Kafka (event ids derived from booking and step, so a redelivery
+   publishes identical ids that downstream deduplicates) and delete it.
+
+Why at-least-once plus structural idempotency, and not Faust's ``exactly_once``: the handlers'
+effects reach outside Kafka (the reservation's row in PostgreSQL, a Stripe charge, an e-mail), so
+a Kafka transaction cannot make them atomic with the offset commit anyway; what makes a
+redelivery harmless is the processed-event row, committed with the state, plus idempotency keys
+on every external call. Kafka transactions would add a second commit protocol (and
+faust-streaming's EOS has open duplicate-delivery bugs) without removing either.
+
+A crash anywhere is a redelivery: before COMMIT nothing happened that a retry would not repeat
+identically; after COMMIT the outbox still holds what must be published. A failure routes the
+original bytes to a retry tier or the dead-letter topic (``streams.failures``), so the partition
+keeps moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+from aiokafka.errors import KafkaError
+
+from erynoa import kafka as k
+from erynoa import saga
+from erynoa.codec import EventCodec, UndecodableEvent
+from erynoa.events import BookingEvent, BookingRequested, derived_event_id, make
+from erynoa.kafka import EventPublisher
+from erynoa.topics import Consumer
+from streams import failures, store
+
+log = logging.getLogger("streams.runtime")
+
+# Headers that travel from a consumed message to every event it causes.
+PROPAGATED_HEADERS = (k.H_REQUEST_ID, k.H_TRACEPARENT, "tracestate", k.H_SYNTHETIC)
+# More rounds than any saga step needs (provider-response: start deadline, then accept); a
+# loop that does not settle is a bug in the rules, stopped here rather than spinning.
+_MAX_ROUNDS = 6
+_PUBLISH_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+E = TypeVar("E", bound=BookingEvent)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One consumed Kafka message, independent of the consumer library."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+    @property
+    def origin(self) -> failures.Origin:
+        return failures.Origin(self.topic, self.partition, self.offset)
+
+
+@dataclass
+class Context:
+    """What an adapter sees while it carries out one booking's actions."""
+
+    agent: saga.Agent
+    conn: asyncpg.Connection
+    """The handler's connection, inside its transaction (rolled back if anything fails)."""
+    pool: asyncpg.Pool
+    """For writes that must survive a rollback (a delivery that really happened)."""
+    state: saga.BookingState
+    cause: BookingEvent | None
+    """The consumed event; None when a timer acts (a provider deadline)."""
+    now: datetime
+    headers: dict[str, str]
+    final_attempt: bool = False
+    """A retryable failure now would dead-letter the message (its retry tiers are used up)."""
+    gave_up: list[BaseException] = field(default_factory=list)
+    """Failures the adapter recorded as events instead of raising (the saga goes on); the
+    runtime still dead-letters the message so operators see them."""
+
+    @property
+    def booking_id(self) -> str:
+        return self.state.booking_id
+
+    @property
+    def synthetic(self) -> bool:
+        """Load-test traffic: never delivered anywhere real."""
+        return self.headers.get(k.H_SYNTHETIC, "").lower() in ("1", "true", "yes")
+
+    def idempotency_key(self, step: str) -> str:
+        """The key for one external call of this booking's ``step`` (same on every retry)."""
+        return f"{self.booking_id}:{step}"
+
+    def emit(self, cls: type[E], step: str, **fields: Any) -> E:
+        """An event for this booking whose id is derived from ``agent:step``."""
+        return make(
+            cls,
+            booking_id=self.booking_id,
+            producer=self.agent,
+            cause=self.cause,
+            correlation_id=None if self.cause is not None else self.state.correlation_id,
+            event_id=derived_event_id(self.booking_id, f"{self.agent}:{step}"),
+            occurred_at=self.now,
+            **fields,
+        )
+
+
+class Adapter(Protocol):
+    """An agent: how to carry out the saga's actions it owns (the only agent-specific code)."""
+
+    agent: saga.Agent
+
+    async def start(self, pool: asyncpg.Pool) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def execute(self, action: saga.Action, ctx: Context) -> list[BookingEvent]:
+        """Do ``action`` (idempotently) and return the events that record its result."""
+
+    async def react(self, event: BookingEvent, ctx: Context) -> list[BookingEvent]:
+        """Events that translate an outside fact the rules do not act on (a Stripe webhook)."""
+
+    async def settle(self, ctx: Context) -> None:
+        """Bring the agent's own tables in line with the final state (deadline rows)."""
+
+
+class BaseAdapter:
+    """Defaults for the optional parts of ``Adapter``."""
+
+    async def start(self, pool: asyncpg.Pool) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def react(self, event: BookingEvent, ctx: Context) -> list[BookingEvent]:
+        return []
+
+    async def settle(self, ctx: Context) -> None:
+        return None
+
+
+def log_extra(event: BookingEvent | None = None, **more: object) -> dict[str, object]:
+    extra: dict[str, object] = dict(more)
+    if event is not None:
+        extra.update(
+            booking_id=event.booking_id,
+            correlation_id=event.correlation_id,
+            event_id=event.event_id,
+            event_type=event.event_type,
+        )
+    return extra
+
+
+class Runtime:
+    """One agent's processing: resources, the handler, failure routing, graceful drain."""
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        consumer: Consumer,
+        codec: EventCodec,
+        policy: saga.Policy,
+        connect_pool: Callable[[], Awaitable[asyncpg.Pool]],
+        make_publisher: Callable[[], EventPublisher],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.adapter = adapter
+        self.agent: saga.Agent = adapter.agent
+        self.consumer = consumer
+        self.codec = codec
+        self.policy = policy
+        self._connect_pool = connect_pool
+        self._make_publisher = make_publisher
+        self.clock = clock
+        self._pool: asyncpg.Pool | None = None
+        self._publisher: EventPublisher | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._draining = asyncio.Event()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("runtime not started")
+        return self._pool
+
+    @property
+    def publisher(self) -> EventPublisher:
+        if self._publisher is None:
+            raise RuntimeError("runtime not started")
+        return self._publisher
+
+    async def start(self) -> None:
+        self._pool = await self._connect_pool()
+        self._publisher = self._make_publisher()
+        await self._publisher.start()
+        await self.adapter.start(self._pool)
+        log.info("agent %s ready", self.agent, extra={"agent": self.agent})
+
+    async def drain(self, grace_s: float = 30.0) -> None:
+        """Stop taking messages and let the in-flight ones finish (their offsets then commit)."""
+        self._draining.set()
+        if self._in_flight:
+            log.info("draining %d in-flight message(s)", len(self._in_flight))
+            await asyncio.wait(set(self._in_flight), timeout=grace_s)
+
+    async def stop(self) -> None:
+        await self.adapter.stop()
+        if self._publisher is not None:
+            await self._publisher.stop()
+            self._publisher = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    async def park(self) -> None:
+        """Wait (unacked) until the worker stops; the message is redelivered after a restart."""
+        await asyncio.Future()
+
+    async def wait_until(self, due: datetime) -> bool:
+        """Sleep until ``due``; False if the worker started draining meanwhile."""
+        delay = (due - self.clock()).total_seconds()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._draining.wait(), timeout=delay)
+        return not self.draining
+
+    async def run_tracked(self, work: Awaitable[None]) -> None:
+        """Run one message's work so that a shutdown lets it finish instead of cutting it."""
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        await asyncio.shield(task)
+
+    # --- one message --------------------------------------------------------------------
+
+    async def process(self, incoming: Incoming) -> None:
+        """Handle one message; failures go to a retry tier or the DLQ. Never raises, except
+        when the worker stops (the message is then redelivered)."""
+        final = failures.is_final_attempt(self.consumer, incoming.headers)
+        try:
+            gave_up = await self.handle(incoming, final_attempt=final)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._route_failure(incoming, exc)
+            return
+        if gave_up:
+            # The saga moved on (the adapter recorded the failure as an event); the message still
+            # goes to the dead-letter topic so operators see what could not be delivered.
+            await self._route_failure(incoming, gave_up[0], kind="retryable")
+
+    async def handle(self, incoming: Incoming, final_attempt: bool = False) -> list[BaseException]:
+        """The transaction described in the module docstring. Raises on any failure."""
+        event = self.codec.decode(incoming.value)
+        if not isinstance(event, BookingEvent):
+            return []  # a catalog event on a shared topic: not this saga's business
+        incoming_headers = _propagated(incoming.headers)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.lock_booking(conn, self.agent, event.booking_id)
+            if await store.was_processed(conn, self.agent, event.event_id):
+                log.info("duplicate %s skipped", event.event_type, extra=log_extra(event))
+                outbox = await store.pending_outbox(conn, self.agent, event.booking_id)
+                ctx = None
+            else:
+                ctx = await self._apply(conn, event, incoming, incoming_headers, final_attempt)
+                outbox = await store.pending_outbox(conn, self.agent, event.booking_id)
+        await self._publish(outbox)
+        return ctx.gave_up if ctx is not None else []
+
+    async def _apply(
+        self,
+        conn: asyncpg.Connection,
+        event: BookingEvent,
+        incoming: Incoming,
+        incoming_headers: dict[str, str],
+        final_attempt: bool,
+    ) -> Context | None:
+        stored = await store.load_state(conn, self.agent, event.booking_id)
+        if stored is None and not isinstance(event, BookingRequested):
+            # Another topic ran ahead of `bookings`: keep the event until the booking starts.
+            await store.keep_early(
+                conn, self.agent, event.booking_id, event.event_id, incoming.value
+            )
+            await store.mark_processed(conn, self.agent, [event.event_id])
+            log.info("%s before its booking; kept", event.event_type, extra=log_extra(event))
+            return None
+        inputs: list[BookingEvent] = [event]
+        if stored is None:
+            for payload in await store.take_early(conn, self.agent, event.booking_id):
+                early = self.codec.decode(payload)
+                if isinstance(early, BookingEvent):
+                    inputs.append(early)
+        state = stored.state if stored is not None else None
+        for item in inputs:
+            state = saga.evolve(state, item)
+        assert state is not None  # inputs holds at least one event
+        headers = {**(stored.headers if stored is not None else {}), **incoming_headers}
+        ctx = Context(
+            agent=self.agent,
+            conn=conn,
+            pool=self.pool,
+            state=state,
+            cause=event,
+            now=self.clock(),
+            headers=headers,
+            final_attempt=final_attempt,
+        )
+        emitted: list[BookingEvent] = []
+        for item in inputs:
+            emitted += self._fold(ctx, await self.adapter.react(item, ctx))
+        emitted += await self._advance(ctx)
+        await self.adapter.settle(ctx)
+        await store.save_state(conn, self.agent, ctx.state, headers)
+        await store.mark_processed(conn, self.agent, [e.event_id for e in inputs])
+        await self._queue(conn, ctx, emitted)
+        log.info(
+            "%s → %s",
+            event.event_type,
+            ", ".join(e.event_type for e in emitted) or "nothing to do",
+            extra=log_extra(event, status=ctx.state.status.value),
+        )
+        return ctx
+
+    async def tick(self, booking_id: str) -> bool:
+        """Re-evaluate one booking without a message (a provider deadline may have passed).
+
+        Skips the booking (returns False) when another handler or worker holds its lock: that
+        one evaluates the same rules with a fresh ``now``.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await store.try_lock_booking(conn, self.agent, booking_id):
+                return False
+            stored = await store.load_state(conn, self.agent, booking_id)
+            if stored is None:
+                return False
+            ctx = Context(
+                agent=self.agent,
+                conn=conn,
+                pool=self.pool,
+                state=stored.state,
+                cause=None,
+                now=self.clock(),
+                headers=stored.headers,
+            )
+            emitted = await self._advance(ctx)
+            await self.adapter.settle(ctx)
+            if emitted:
+                await store.save_state(conn, self.agent, ctx.state, stored.headers)
+                await self._queue(conn, ctx, emitted)
+                log.info(
+                    "timer → %s",
+                    ", ".join(e.event_type for e in emitted),
+                    extra={
+                        "booking_id": booking_id,
+                        "correlation_id": stored.state.correlation_id,
+                    },
+                )
+            outbox = await store.pending_outbox(conn, self.agent, booking_id)
+        await self._publish(outbox)
+        return True
+
+    def _fold(self, ctx: Context, events: Sequence[BookingEvent]) -> list[BookingEvent]:
+        for event in events:
+            ctx.state = saga.evolve(ctx.state, event)
+        return list(events)
+
+    async def _advance(self, ctx: Context) -> list[BookingEvent]:
+        """Carry out next_actions until the rules ask for nothing more."""
+        emitted: list[BookingEvent] = []
+        for _ in range(_MAX_ROUNDS):
+            actions = saga.next_actions(self.agent, ctx.state, ctx.now, self.policy)
+            if not actions:
+                return emitted
+            produced: list[BookingEvent] = []
+            for action in actions:
+                produced += self._fold(ctx, await self.adapter.execute(action, ctx))
+            if not produced:
+                log.error(
+                    "actions %s produced no event; stopping",
+                    actions,
+                    extra={"booking_id": ctx.booking_id},
+                )
+                return emitted
+            emitted += produced
+        log.error(
+            "saga rules did not settle after %d rounds",
+            _MAX_ROUNDS,
+            extra={"booking_id": ctx.booking_id},
+        )
+        return emitted
+
+    async def _queue(
+        self, conn: asyncpg.Connection, ctx: Context, events: Sequence[BookingEvent]
+    ) -> None:
+        encoded = [(e.event_id, self.codec.encode(e)) for e in events]
+        await store.add_to_outbox(conn, self.agent, ctx.booking_id, encoded, ctx.headers)
+
+    # --- publishing ---------------------------------------------------------------------
+
+    async def _publish(self, rows: Sequence[store.OutboxRow]) -> None:
+        """Publish outbox rows in order, then delete them. Raises if Kafka refuses."""
+        if not rows:
+            return
+        group: list[BookingEvent] = []
+        group_headers: dict[str, str] | None = None
+        for row in rows:
+            event = self.codec.decode(row.payload)
+            assert isinstance(event, BookingEvent)
+            if group and row.headers != group_headers:
+                await self.publisher.publish_many(group, group_headers)
+                group = []
+            group.append(event)
+            group_headers = row.headers
+        await self.publisher.publish_many(group, group_headers)
+        await store.remove_from_outbox(self.pool, self.agent, [r.event_id for r in rows])
+
+    async def relay_outbox(self, older_than_seconds: float = 10.0) -> int:
+        """Publish outbox rows nobody published (a crash after COMMIT of a timer's work)."""
+        async with self.pool.acquire() as conn:
+            rows = await store.stale_outbox(conn, self.agent, older_than_seconds)
+        if rows:
+            log.warning("relaying %d unpublished event(s)", len(rows))
+            await self._publish(rows)
+        return len(rows)
+
+    async def _route_failure(
+        self, incoming: Incoming, error: BaseException, kind: failures.ErrorKind | None = None
+    ) -> None:
+        hop = failures.next_hop(
+            self.consumer, incoming.origin, incoming.headers, error, self.clock(), kind
+        )
+        extra = _describe_for_log(self.codec, incoming)
+        level = logging.ERROR if hop.dead_letter else logging.WARNING
+        log.log(
+            level,
+            "%s → %s (attempt %d): %s",
+            extra.get("event_type", "message"),
+            hop.topic,
+            hop.attempts,
+            failures.describe(error),
+            extra={**extra, "error_class": type(error).__name__},
+            exc_info=failures.classify(error) == "permanent"
+            and not isinstance(error, UndecodableEvent),
+        )
+        attempt = 0
+        while True:
+            try:
+                await self.publisher.producer.send_and_wait(
+                    hop.topic, value=incoming.value, key=incoming.key, headers=hop.headers
+                )
+                return
+            except KafkaError as exc:
+                # Without this hop the message must not be acknowledged: keep trying (the
+                # partition waits, as everything does while the broker is away); a stop
+                # cancels us and the message is redelivered after the restart.
+                log.error("cannot send to %s (try %d): %s", hop.topic, attempt + 1, exc)
+                await asyncio.sleep(_PUBLISH_BACKOFF_S[min(attempt, len(_PUBLISH_BACKOFF_S) - 1)])
+                attempt += 1
+
+
+def _propagated(
+    headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None,
+) -> dict[str, str]:
+    items = headers.items() if isinstance(headers, Mapping) else headers or ()
+    return {
+        name: value.decode("utf-8", "replace")
+        for name, value in items
+        if name in PROPAGATED_HEADERS and value is not None
+    }
+
+
+def _describe_for_log(codec: EventCodec, incoming: Incoming) -> dict[str, object]:
+    extra: dict[str, object] = {
+        "topic": incoming.topic,
+        "partition": incoming.partition,
+        "offset": incoming.offset,
+    }
+    try:
+        event = codec.decode(incoming.value)
+    except UndecodableEvent:
+        if incoming.key:
+            extra["booking_id"] = incoming.key.decode("utf-8", "replace")
+        return extra
+    if isinstance(event, BookingEvent):
+        extra.update(log_extra(event))
+    return extra

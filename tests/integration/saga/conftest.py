@@ -1,0 +1,175 @@
+"""Fixtures for the saga against the real stack: topics, servers, and the four agent workers.
+
+The session gets its own topic prefix (``ERYNOA_TOPIC_PREFIX``), so its topics and consumer
+groups are fresh and nothing else on the cluster sees its messages; they are deleted at the end.
+The workers run as subprocesses exactly as deployed (``python -m erynoa worker <agent>``), with
+a real SMTP server and a webhook receiver of the test's own; ``agents`` can stop, ``kill -9``
+and restart each of them (logs under the session's tmp dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from erynoa.codec import default_codec
+from erynoa.kafka import EventPublisher
+from erynoa.settings import Settings
+from erynoa.supervisor import System
+from erynoa.topics import TopicCatalog, load_catalog
+from streams.app import AGENTS
+from tests.integration.saga.harness import EventLog, Mailbox, WebhookInbox
+
+
+def _reachable(settings: Settings) -> str | None:
+    import socket
+    from urllib.parse import urlsplit
+
+    db = urlsplit(settings.database_url)
+    checks = [tuple(settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)), (db.hostname, db.port)]
+    for host, port in checks:
+        try:
+            socket.create_connection((str(host), int(str(port))), timeout=2).close()
+        except OSError:
+            return f"{host}:{port}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def saga_settings(settings: Settings, mailbox: Mailbox) -> Settings:
+    down = _reachable(settings)
+    if down is not None:
+        pytest.skip(f"the local stack is not running ({down} unreachable): run `make stack`")
+    prefix = f"it{uuid.uuid4().hex[:8]}-"
+    return settings.model_copy(
+        update={"topic_prefix": prefix, "smtp_host": "127.0.0.1", "smtp_port": mailbox.port}
+    )
+
+
+@pytest.fixture(scope="session")
+def saga_env(saga_settings: Settings) -> dict[str, str]:
+    """The environment the workers (and API, materializer) of this session run with."""
+    return {
+        "ERYNOA_TOPIC_PREFIX": saga_settings.topic_prefix,
+        "ERYNOA_SMTP_HOST": saga_settings.smtp_host,
+        "ERYNOA_SMTP_PORT": str(saga_settings.smtp_port),
+        "ERYNOA_PAYMENT_GATEWAY": "sandbox",
+        "ERYNOA_KAFKA_BOOTSTRAP": saga_settings.kafka_bootstrap,
+        "ERYNOA_DATABASE_URL": saga_settings.database_url,
+        "ERYNOA_WEBHOOK_SIGNING_SECRET": saga_settings.webhook_signing_secret,
+    }
+
+
+@pytest.fixture(scope="session")
+def saga_catalog(saga_settings: Settings) -> Iterator[TopicCatalog]:
+    from erynoa.topic_admin import admin_client, apply
+
+    catalog = load_catalog(
+        saga_settings.topics_file, saga_settings.topics_environment, saga_settings.topic_prefix
+    )
+    admin = admin_client(saga_settings.kafka_bootstrap)
+    apply(admin, catalog)
+    yield catalog
+    futures = admin.delete_topics(list(catalog.topics), operation_timeout=30)
+    for future in futures.values():
+        with contextlib.suppress(Exception):
+            future.result()
+
+
+@pytest.fixture(scope="session")
+def mailbox() -> Iterator[Mailbox]:
+    box = Mailbox()
+    box.start()
+    yield box
+    box.stop()
+
+
+@pytest.fixture(scope="session")
+def webhooks() -> Iterator[WebhookInbox]:
+    inbox = WebhookInbox()
+    inbox.start()
+    yield inbox
+    inbox.stop()
+
+
+class Agents:
+    """The four workers as subprocesses of this test session."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        parts: dict[str, list[str]] = {
+            a: [sys.executable, "-m", "erynoa", "worker", a] for a in AGENTS
+        }
+        self.system = System(parts, env={**os.environ, **env}, log_dir=log_dir)
+        self.log_dir = log_dir
+        self.starts: dict[str, int] = {}
+
+    def start(self, name: str | None = None) -> None:
+        self.system.start(name)
+
+    def stop(self, name: str | None = None) -> None:
+        self.system.stop(name, timeout=40)
+
+    def kill(self, name: str) -> None:
+        self.system.kill(name)
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_ready(self, name: str | None = None, timeout: float = 60) -> None:
+        names = [name] if name else list(AGENTS)
+        deadline = time.monotonic() + timeout
+        for agent in names:
+            marker = f'"msg": "agent {agent} ready"'
+            while self.log(agent).count(marker) < self.starts.get(agent, 1):
+                exited = dict(self.system.exited())
+                if agent in exited:
+                    raise AssertionError(
+                        f"worker {agent} exited {exited[agent]}:\n{self.log(agent)[-3000:]}"
+                    )
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"worker {agent} not ready:\n{self.log(agent)[-3000:]}")
+                time.sleep(0.2)
+
+    def restart(self, name: str) -> None:
+        self.starts[name] = self.starts.get(name, 1) + 1
+        self.start(name)
+        self.wait_ready(name)
+
+
+@pytest.fixture(scope="session")
+def agents(
+    saga_env: dict[str, str], saga_catalog: TopicCatalog, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Agents]:
+    workers = Agents(saga_env, tmp_path_factory.mktemp("agents"))
+    workers.start()
+    workers.wait_ready()
+    yield workers
+    workers.stop()
+
+
+@pytest.fixture(scope="session")
+async def publisher(
+    saga_settings: Settings, saga_catalog: TopicCatalog
+) -> AsyncIterator[EventPublisher]:
+    pub = EventPublisher.create(
+        saga_settings.kafka_bootstrap, "test-saga", default_codec(), saga_catalog
+    )
+    await pub.start()
+    yield pub
+    await pub.stop()
+
+
+@pytest.fixture(scope="session")
+async def event_log(saga_settings: Settings, saga_catalog: TopicCatalog) -> AsyncIterator[EventLog]:
+    log = EventLog(saga_settings.kafka_bootstrap, saga_catalog, default_codec())
+    await log.start()
+    yield log
+    await log.stop()
