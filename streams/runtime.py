@@ -33,7 +33,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -55,6 +55,7 @@ PROPAGATED_HEADERS = (k.H_REQUEST_ID, k.H_TRACEPARENT, "tracestate", k.H_SYNTHET
 # loop that does not settle is a bug in the rules, stopped here rather than spinning.
 _MAX_ROUNDS = 6
 _PUBLISH_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+_TICK = timedelta(microseconds=1)  # the timestamps' resolution on the wire
 
 E = TypeVar("E", bound=BookingEvent)
 
@@ -94,6 +95,7 @@ class Context:
     gave_up: list[BaseException] = field(default_factory=list)
     """Failures the adapter recorded as events instead of raising (the saga goes on); the
     runtime still dead-letters the message so operators see them."""
+    _emitted: int = 0
 
     @property
     def booking_id(self) -> str:
@@ -117,9 +119,20 @@ class Context:
             cause=self.cause,
             correlation_id=None if self.cause is not None else self.state.correlation_id,
             event_id=derived_event_id(self.booking_id, f"{self.agent}:{step}"),
-            occurred_at=self.now,
+            occurred_at=self._next_time(),
             **fields,
         )
+
+    def _next_time(self) -> datetime:
+        # Readers order a booking's events by (occurred_at, event_id) (the materializer, the
+        # invariant checker), so a handler's events get strictly increasing times after their
+        # cause's: a capture failure and the void it causes must never fold the other way round.
+        base = self.now
+        if self.cause is not None:
+            base = max(base, self.cause.occurred_at + _TICK)
+        emitted_at = base + _TICK * self._emitted
+        self._emitted += 1
+        return emitted_at
 
 
 class Adapter(Protocol):

@@ -1,23 +1,113 @@
-"""The saga driven straight through Kafka (no API): each path's events, tables and ledger."""
+"""The saga driven straight through Kafka (no API): each path's events, tables, ledger, mail.
+
+Requests are produced as the API would produce them (``BookingRequested``,
+``ProviderAnswerSubmitted``, ``BookingCancellationRequested``, ``StripeEventReceived``); the
+four agents run as worker processes; the test reads the session's topics to know where each
+booking stands, and checks the agents' tables, the sandbox ledger and the SMTP server.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 import asyncpg
 import pytest
 
 from erynoa.kafka import EventPublisher
-from erynoa.saga import Hold, Payment, Status
+from erynoa.saga import BookingState, Hold, Payment, Status
 from tests.integration.saga.conftest import Agents
 from tests.integration.saga.harness import (
     EventLog,
     Mailbox,
+    a_slot,
+    answer,
+    cancel,
     create_service,
     create_user,
     request_booking,
+    status_is,
+    stripe_webhook,
 )
 from tests.invariants import check_invariants
 
 pytestmark = pytest.mark.integration
+
+
+async def ledger(db: asyncpg.Pool, booking_id: str) -> list[tuple[str, str]]:
+    rows = await db.fetch(
+        "SELECT operation, outcome FROM sandbox_ledger WHERE booking_id = $1 ORDER BY id",
+        booking_id,
+    )
+    return [(r["operation"], r["outcome"]) for r in rows]
+
+
+async def hold_status(db: asyncpg.Pool, booking_id: str) -> str | None:
+    status: str | None = await db.fetchval(
+        "SELECT status FROM reservation_holds WHERE booking_id = $1", booking_id
+    )
+    return status
+
+
+def deadline_started(state: BookingState | None) -> bool:
+    return state is not None and state.provider_deadline_at is not None
+
+
+def mails(mailbox: Mailbox, booking_id: str) -> list[str]:
+    return sorted(m.template for m in mailbox.for_booking(booking_id))
+
+
+async def test_happy_path_confirms_captures_once_and_tells_both(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    mailbox: Mailbox,
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(publisher, service, customer)
+    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+    await event_log.wait(booking, deadline_started)
+    await answer(publisher, event_log, booking, "accept")
+
+    state = await event_log.wait(booking)
+    assert state.status == Status.CONFIRMED
+    assert state.hold == Hold.CONVERTED
+    assert state.payment == Payment.CAPTURED
+    assert await ledger(db, booking) == [("authorize", "authorized"), ("capture", "captured")]
+    assert await hold_status(db, booking) == "converted"
+    assert mails(mailbox, booking) == ["customer_confirmed", "provider_request"]
+    provider_mail = next(
+        m for m in mailbox.for_booking(booking) if m.template == "provider_request"
+    )
+    assert provider_mail.to == (service.provider.email,)
+    assert await check_invariants(db, [booking], events=event_log.events) == []
+
+
+async def test_slot_full_rejects_without_authorizing(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    mailbox: Mailbox,
+) -> None:
+    service = await create_service(db, capacity=1)
+    customer = await create_user(db, "customer")
+    slot = a_slot()
+    first = await request_booking(publisher, service, customer, slot=slot)
+    await event_log.wait(first, status_is(Status.AWAITING_PROVIDER))
+    second = await request_booking(publisher, service, customer, slot=slot)
+
+    state = await event_log.wait(second)
+    assert state.status == Status.REJECTED
+    assert state.failure_reason == "slot full"
+    assert await ledger(db, second) == []
+    assert await hold_status(db, second) is None
+    assert mails(mailbox, second) == ["customer_rejected"]
+
+    await cancel(publisher, event_log, first)  # leave nothing held behind
+    await event_log.wait(first)
+    assert await check_invariants(db, [first, second], events=event_log.events) == []
 
 
 async def test_payment_declined_releases_the_hold(
@@ -36,5 +126,232 @@ async def test_payment_declined_releases_the_hold(
     assert state.status == Status.FAILED
     assert state.hold == Hold.RELEASED
     assert state.payment == Payment.FAILED
-    assert [m.template for m in mailbox.for_booking(booking)] == ["customer_failed"]
+    assert await hold_status(db, booking) == "released"
+    assert mails(mailbox, booking) == ["customer_failed"]
     assert await check_invariants(db, [booking], events=event_log.events) == []
+
+
+async def test_action_required_then_webhook_continues_to_awaiting_provider(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    mailbox: Mailbox,
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(
+        publisher, service, customer, payment_method="pm_card_authenticationRequired"
+    )
+    await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
+    await stripe_webhook(publisher, event_log, booking, "payment_intent.amount_capturable_updated")
+    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+    await event_log.wait(booking, lambda s: s is not None and "provider_request" in s.notified)
+
+    await answer(publisher, event_log, booking, "accept")
+    state = await event_log.wait(booking)
+    assert state.status == Status.CONFIRMED
+    assert await ledger(db, booking) == [("authorize", "action_required"), ("capture", "captured")]
+    assert await check_invariants(db, [booking], events=event_log.events) == []
+
+
+async def test_action_required_then_failed_webhook_fails_and_releases(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    mailbox: Mailbox,
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(
+        publisher, service, customer, payment_method="pm_card_authenticationRequired"
+    )
+    await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
+    await stripe_webhook(publisher, event_log, booking, "payment_intent.payment_failed")
+    state = await event_log.wait(booking)
+    assert state.status == Status.FAILED
+    assert state.hold == Hold.RELEASED
+    assert mails(mailbox, booking) == ["customer_failed"]
+    assert await check_invariants(db, [booking], events=event_log.events) == []
+
+
+async def test_provider_rejects_voids_and_releases(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    mailbox: Mailbox,
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(publisher, service, customer)
+    await event_log.wait(booking, deadline_started)
+    await answer(publisher, event_log, booking, "reject", reason="fully booked that day")
+
+    state = await event_log.wait(booking)
+    assert state.status == Status.REJECTED
+    assert state.payment == Payment.VOIDED
+    assert state.hold == Hold.RELEASED
+    assert await ledger(db, booking) == [("authorize", "authorized"), ("void", "voided")]
+    assert mails(mailbox, booking) == ["customer_rejected", "provider_request"]
+    rejected = next(e for e in event_log.events[booking] if e.event_type == "ProviderRejected")
+    assert getattr(rejected, "reason", None) == "fully booked that day"
+    deadline = await db.fetchval(
+        "SELECT status FROM provider_deadlines WHERE booking_id = $1", booking
+    )
+    assert deadline == "rejected"
+    assert await check_invariants(db, [booking], events=event_log.events) == []
+
+
+async def test_provider_times_out_expires_voids_and_releases(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    mailbox: Mailbox,
+) -> None:
+    service = await create_service(db, response_deadline_seconds=2)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(publisher, service, customer)
+    state = await event_log.wait(booking, within=30)
+    assert state.status == Status.EXPIRED
+    assert state.payment == Payment.VOIDED
+    assert state.hold == Hold.RELEASED
+    assert mails(mailbox, booking) == ["customer_expired", "provider_request"]
+
+    # An answer given after the deadline changes nothing.
+    before = event_log.types(booking)
+    await answer(publisher, event_log, booking, "accept")
+    await event_log.quiet(2.0)
+    assert event_log.types(booking) == [*before, "ProviderAnswerSubmitted"]
+    after = event_log.state(booking)
+    assert after is not None
+    assert (after.status, after.payment, after.hold) == (state.status, state.payment, state.hold)
+    assert await ledger(db, booking) == [("authorize", "authorized"), ("void", "voided")]
+    assert await check_invariants(db, [booking], events=event_log.events) == []
+
+
+async def test_capture_fails_fails_releases_and_tells_the_customer(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    mailbox: Mailbox,
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(
+        publisher, service, customer, payment_method="pm_card_captureFails"
+    )
+    await event_log.wait(booking, deadline_started)
+    await answer(publisher, event_log, booking, "accept")
+    state = await event_log.wait(booking)
+    assert state.status == Status.FAILED
+    assert state.hold == Hold.RELEASED
+    assert state.payment == Payment.VOIDED
+    assert await ledger(db, booking) == [
+        ("authorize", "authorized"),
+        ("capture", "charge_expired_for_capture"),
+        ("void", "voided"),
+    ]
+    assert "customer_failed" in mails(mailbox, booking)
+    assert await check_invariants(db, [booking], events=event_log.events) == []
+
+
+@pytest.mark.parametrize(
+    ("payment_method", "cancel_in", "paused", "expected_ledger"),
+    [
+        # A paused agent keeps the booking where the cancel must find it.
+        ("pm_card_visa", Status.REQUESTED, "reservation", []),
+        ("pm_card_visa", Status.RESERVED, "payment", []),
+        (
+            "pm_card_authenticationRequired",
+            Status.PAYMENT_ACTION_REQUIRED,
+            None,
+            ["authorize", "void"],
+        ),
+        ("pm_card_visa", Status.AWAITING_PROVIDER, None, ["authorize", "void"]),
+        ("pm_card_visa", Status.CONFIRMED, None, ["authorize", "capture", "refund"]),
+    ],
+)
+async def test_customer_cancels_and_everything_is_given_back(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    mailbox: Mailbox,
+    payment_method: str,
+    cancel_in: Status,
+    paused: str | None,
+    expected_ledger: list[str],
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    if paused:
+        agents.stop(paused)
+    try:
+        booking = await request_booking(publisher, service, customer, payment_method=payment_method)
+        if cancel_in == Status.CONFIRMED:
+            await event_log.wait(booking, deadline_started)
+            await answer(publisher, event_log, booking, "accept")
+            await event_log.wait(booking)
+        else:
+            await event_log.wait(booking, status_is(cancel_in))
+        await cancel(publisher, event_log, booking)
+        await event_log.wait(booking, status_is(Status.CANCELLED))
+    finally:
+        if paused:
+            agents.restart(paused)
+
+    state = await event_log.wait(booking)
+    assert state.status == Status.CANCELLED
+    assert state.hold in (Hold.RELEASED, Hold.NONE)
+    assert [op for op, _ in await ledger(db, booking)] == expected_ledger
+    assert "customer_cancelled" in mails(mailbox, booking)
+    if cancel_in == Status.CONFIRMED:
+        assert state.payment == Payment.REFUNDED
+        assert await hold_status(db, booking) == "released"
+        assert mails(mailbox, booking) == [
+            "customer_cancelled",
+            "customer_confirmed",
+            "provider_request",
+        ]
+    assert await check_invariants(db, [booking], events=event_log.events) == []
+
+
+async def test_fifty_concurrent_requests_for_three_seats(
+    agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
+) -> None:
+    service = await create_service(db, capacity=3)
+    customer = await create_user(db, "customer")
+    slot = a_slot()
+    bookings = await asyncio.gather(
+        *(request_booking(publisher, service, customer, slot=slot) for _ in range(50))
+    )
+    states = await event_log.wait_all(
+        bookings, status_is(Status.AWAITING_PROVIDER, Status.REJECTED), within=120
+    )
+    winners = [b for b, s in states.items() if s.status == Status.AWAITING_PROVIDER]
+    assert len(winners) == 3
+    capacity = await db.fetchrow(
+        """SELECT capacity, held, confirmed FROM slot_capacity
+           WHERE service_id = $1 AND slot_start = $2""",
+        service.id,
+        slot,
+    )
+    assert dict(capacity) == {"capacity": 3, "held": 3, "confirmed": 0}
+
+    for booking in winners:
+        await event_log.wait(booking, deadline_started)
+        await answer(publisher, event_log, booking, "accept")
+    final = await event_log.wait_all(bookings, within=120)
+    assert sorted(s.status.value for s in final.values()).count("confirmed") == 3
+    assert sum(s.status == Status.REJECTED for s in final.values()) == 47
+    capacity = await db.fetchrow(
+        "SELECT held, confirmed FROM slot_capacity WHERE service_id = $1 AND slot_start = $2",
+        service.id,
+        slot,
+    )
+    assert dict(capacity) == {"held": 0, "confirmed": 3}
+    assert await check_invariants(db, bookings, events=event_log.events) == []
