@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from api import cli as api_cli
 from consumers.cli import materializer_app
 from erynoa.settings import Settings, get_settings
 from erynoa.stack.cli import stack_app
@@ -28,6 +29,8 @@ app.add_typer(topics_app, name="topics")
 db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(materializer_app, name="materializer")
+app.command("api")(api_cli.serve)
+app.command("token")(api_cli.token)
 
 
 def fail(message: str) -> typer.Exit:
