@@ -17,17 +17,33 @@ from consumers import materializer
 from consumers.rebuild import rebuild
 from erynoa import events as ev
 from erynoa.codec import default_codec
+from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher, start_consumer
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
-from tests.conftest import unique
+from tests.conftest import own_namespace, unique
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+async def settings(settings: Settings) -> AsyncIterator[Settings]:
+    """Own topics and database: these hand-made sagas must not reach the real agents, and a
+    rebuild compares the whole read model."""
+    async with own_namespace(settings) as isolated:
+        yield isolated
+
+
+@pytest.fixture(scope="module")
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings, min_size=1, max_size=5)
+    yield pool
+    await pool.close()
+
+
 @pytest.fixture
 async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
-    catalog = load_catalog(settings.topics_file, settings.topics_environment)
+    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
     pub = EventPublisher.create(
         settings.kafka_bootstrap, "test-materializer", default_codec(), catalog
     )
@@ -201,7 +217,7 @@ async def test_redelivery_and_replay_from_offset_zero_change_nothing(
 
 
 async def _end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
-    catalog = load_catalog(settings.topics_file, settings.topics_environment)
+    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await start_consumer(consumer)
     try:
