@@ -28,6 +28,8 @@ topics_app = typer.Typer(no_args_is_help=True, help="Make Kafka match topics.yam
 app.add_typer(topics_app, name="topics")
 db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL schema.")
 app.add_typer(db_app, name="db")
+schemas_app = typer.Typer(no_args_is_help=True, help="The Avro event contracts.")
+app.add_typer(schemas_app, name="schemas")
 app.add_typer(materializer_app, name="materializer")
 app.command("api")(api_cli.serve)
 app.command("token")(api_cli.token)
@@ -100,6 +102,18 @@ def topics_check() -> None:
     typer.echo(f"topics: no drift ({len(catalog.topics)} topics)")
 
 
+@schemas_app.command("check")
+def schemas_check() -> None:
+    """Load and check every schema under schemas/; list each event type's versions."""
+    from erynoa.codec import EventCodec
+
+    settings = load_settings()
+    codec = EventCodec(settings.schemas_dir)  # SchemaError is reported by main()
+    for event_type, versions in sorted(codec.versions.items()):
+        listed = ", ".join(f"v{v}" for v in versions)
+        typer.echo(f"{event_type:32} {listed:8} {codec.fingerprint(event_type).hex()}")
+
+
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply pending SQL migrations in order (idempotent, safe to run concurrently)."""
@@ -152,4 +166,13 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    from erynoa.codec import SchemaError
+    from erynoa.db import MigrationError
+
+    try:
+        app()
+    except (CatalogError, SchemaError, MigrationError) as exc:
+        # A bad topics.yaml, .avsc or migration in any command: the message names the file
+        # and the field; a traceback would only bury it.
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise SystemExit(1) from None

@@ -245,8 +245,10 @@ class EventCodec:
 
 @cache
 def default_codec() -> EventCodec:
-    """The codec for the project's own ``schemas/`` directory, loaded once per process."""
-    return EventCodec()
+    """The codec for the configured ``schemas/`` directory, loaded once per process."""
+    from erynoa.settings import get_settings
+
+    return EventCodec(get_settings().schemas_dir)
 
 
 # --- loading and checking schema files ------------------------------------------------------
