@@ -1,0 +1,385 @@
+"""Dead-letter inspection and replay against the real stack (Kafka, PostgreSQL).
+
+Each test parks its own two messages in ``reservation.dlq`` the way the agents do (complete
+failure headers): a ``BookingRequested`` that came from ``bookings`` and a garbage message. Other
+tests' dead letters share the topic, so every query filters by the test's own booking id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from typer.testing import CliRunner, Result
+
+from consumers import dlq
+from consumers.ops_cli import dlq_app
+from erynoa import events as ev
+from erynoa import kafka as k
+from erynoa.codec import default_codec
+from erynoa.settings import Settings
+from erynoa.topics import TopicCatalog, load_catalog
+from tests.conftest import unique
+
+pytestmark = pytest.mark.integration
+
+ORIGIN = "bookings"
+GARBAGE = b"\x00\x01this is not avro at all"
+
+
+@dataclass(frozen=True)
+class Poisoned:
+    """What one test parked in the dead-letter topic."""
+
+    booking_id: str
+    dlq_topic: str
+    requested: ev.BookingRequested
+    body: bytes
+    parked_at: datetime
+
+
+@pytest.fixture(scope="module")
+def catalog(settings: Settings) -> TopicCatalog:
+    return load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+
+
+def booking_requested(booking_id: str) -> ev.BookingRequested:
+    slot = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
+    return ev.make(
+        ev.BookingRequested,
+        booking_id=booking_id,
+        producer="api",
+        customer_id=unique("cust-"),
+        service_id=unique(),
+        provider_id=unique("prov-"),
+        slot_start=slot,
+        slot_end=slot + timedelta(hours=1),
+        price=ev.Money(4500, "EUR"),
+        payment_method="pm_card_visa",
+        response_deadline_seconds=3600,
+    )
+
+
+def failure_headers(error: str, error_class: str, attempts: int) -> list[tuple[str, bytes]]:
+    first = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
+    return [
+        (k.H_ATTEMPTS, str(attempts).encode()),
+        (k.H_ERROR, error.encode()),
+        (k.H_ERROR_CLASS, error_class.encode()),
+        (dlq.H_ERROR_KIND, b"retryable" if attempts > 1 else b"permanent"),
+        (k.H_ORIGIN_TOPIC, ORIGIN.encode()),
+        (k.H_ORIGIN_PARTITION, b"2"),
+        (k.H_ORIGIN_OFFSET, b"17"),
+        (k.H_FIRST_FAILURE, first.encode()),
+        (k.H_LAST_FAILURE, datetime.now(UTC).isoformat().encode()),
+        (k.H_NOT_BEFORE, b"0"),
+        (k.H_CONSUMER, b"reservation"),
+    ]
+
+
+@pytest.fixture
+async def poisoned(settings: Settings, catalog: TopicCatalog) -> Poisoned:
+    """A decodable BookingRequested and a garbage message, both keyed by a fresh booking."""
+    booking_id = unique()
+    topic = catalog.consumer("reservation").dead_letter_topic
+    requested = booking_requested(booking_id)
+    body = default_codec().encode(requested)
+    producer = AIOKafkaProducer(**k.producer_config(settings.kafka_bootstrap, "test-dlq"))
+    await producer.start()
+    try:
+        parked_at = datetime.now(UTC) - timedelta(seconds=1)
+        await producer.send_and_wait(
+            topic,
+            value=body,
+            key=booking_id.encode(),
+            headers=[
+                (k.H_EVENT_TYPE, b"BookingRequested"),
+                (k.H_TRACEPARENT, b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                *failure_headers(
+                    "GatewayUnavailable: capacity service timed out", "GatewayUnavailable", 3
+                ),
+            ],
+        )
+        await producer.send_and_wait(
+            topic,
+            value=GARBAGE,
+            key=booking_id.encode(),
+            headers=failure_headers("not Avro single-object encoding", "UndecodableEvent", 1),
+        )
+    finally:
+        await producer.stop()
+    return Poisoned(booking_id, topic, requested, body, parked_at)
+
+
+async def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    catalog = load_catalog(settings.topics_file, settings.topics_environment)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await k.start_consumer(consumer)
+    try:
+        # The catalog's partition count: `erynoa topics apply` made the cluster match it.
+        tps = [TopicPartition(topic, p) for p in range(catalog.topics[topic].partitions)]
+        assert tps, topic
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+async def keyed_since(
+    settings: Settings, since: dict[TopicPartition, int], key: str
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Records keyed ``key`` written after ``since`` (per partition), up to the end now."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
+    await k.start_consumer(consumer)
+    found: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        ends = await consumer.end_offsets(list(since))
+        todo = {tp: ends[tp] for tp in since if ends[tp] > since[tp]}
+        if not todo:
+            return found
+        consumer.assign(list(todo))
+        for tp in todo:
+            consumer.seek(tp, since[tp])
+        deadline = asyncio.get_running_loop().time() + 20
+        while todo and asyncio.get_running_loop().time() < deadline:
+            for tp, records in (await consumer.getmany(*todo, timeout_ms=500)).items():
+                found += [r for r in records if r.offset < todo[tp] and r.key == key.encode()]
+            for tp in list(todo):
+                if await consumer.position(tp) >= todo[tp]:
+                    del todo[tp]
+        assert not todo, f"could not read to the end of {sorted(map(str, todo))}"
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def audit_rows(db: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await db.fetch(
+        "SELECT * FROM dlq_replays WHERE booking_id = $1 ORDER BY dlq_offset", booking_id
+    )
+    return rows
+
+
+async def cli(*args: str) -> Result:
+    """Run ``erynoa dlq <args>`` in a thread (the command runs its own event loop)."""
+    return await asyncio.to_thread(lambda: CliRunner().invoke(dlq_app, list(args)))
+
+
+async def test_ls_counts_dead_letters_by_error_class(
+    settings: Settings, catalog: TopicCatalog, poisoned: Poisoned
+) -> None:
+    summaries = await dlq.summarize(catalog, settings.kafka_bootstrap)
+
+    by_topic = {s.topic: s for s in summaries}
+    assert set(by_topic) == {t.name for t in catalog.by_kind("dead_letter")}
+    mine = by_topic[poisoned.dlq_topic]
+    assert mine.exists
+    assert mine.consumer == "reservation"
+    assert mine.depth >= 2
+    assert mine.error_classes.get("GatewayUnavailable", 0) >= 1
+    assert mine.error_classes.get("UndecodableEvent", 0) >= 1
+    assert mine.newest is not None
+    assert mine.newest >= poisoned.parked_at
+    assert mine.oldest is not None
+    assert mine.oldest <= mine.newest
+
+    result = await cli("ls", "--json")
+    assert result.exit_code == 0, result.output
+    listed = {s["topic"]: s for s in json.loads(result.stdout)}
+    assert listed[poisoned.dlq_topic]["depth"] >= 2
+
+
+async def test_show_decodes_and_filters_by_booking_and_error_class(
+    settings: Settings, catalog: TopicCatalog, poisoned: Poisoned
+) -> None:
+    codec = default_codec()
+    found = await dlq.find(
+        catalog, settings.kafka_bootstrap, dlq.Query(booking_id=poisoned.booking_id), codec
+    )
+
+    assert len(found.messages) == 2
+    decoded, garbage = found.messages
+    assert decoded.event == poisoned.requested
+    assert decoded.event_type == "BookingRequested"
+    assert decoded.event_id == poisoned.requested.event_id
+    f = decoded.failure
+    assert (f.error_class, f.attempts, f.consumer) == ("GatewayUnavailable", 3, "reservation")
+    assert (f.origin_topic, f.origin_partition, f.origin_offset) == (ORIGIN, 2, 17)
+    assert f.first_failure is not None
+    assert f.last_failure is not None
+    assert garbage.event is None
+    assert garbage.undecodable is not None
+    assert garbage.size == len(GARBAGE)
+    assert garbage.hex_preview().startswith("00 01 74 68")
+    assert garbage.booking_id == poisoned.booking_id  # from the key
+
+    only_garbage = await dlq.find(
+        catalog,
+        settings.kafka_bootstrap,
+        dlq.Query(booking_id=poisoned.booking_id, error_class="undecodableevent"),
+        codec,
+    )
+    assert [m.offset for m in only_garbage.messages] == [garbage.offset]
+    by_type = await dlq.find(
+        catalog,
+        settings.kafka_bootstrap,
+        dlq.Query(
+            topics=(poisoned.dlq_topic,),
+            booking_id=poisoned.booking_id,
+            event_type="BookingRequested",
+            since=poisoned.parked_at - timedelta(minutes=1),
+        ),
+        codec,
+    )
+    assert [m.offset for m in by_type.messages] == [decoded.offset]
+    later = await dlq.find(
+        catalog,
+        settings.kafka_bootstrap,
+        dlq.Query(booking_id=poisoned.booking_id, since=datetime.now(UTC) + timedelta(minutes=1)),
+        codec,
+    )
+    assert later.messages == ()
+
+    result = await cli(
+        "show", "--topic", "reservation", "--booking-id", poisoned.booking_id,
+        "--error-class", "GatewayUnavailable", "--since", "1h", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)["messages"]
+    assert [m["event_id"] for m in shown] == [poisoned.requested.event_id]
+    assert shown[0]["failure"]["origin_topic"] == ORIGIN
+    table = await cli("show", "--booking-id", poisoned.booking_id)
+    assert table.exit_code == 0, table.output
+    assert "BookingRequested" in table.stdout
+    assert "undecodable" in table.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", "--topic", "no-such-topic"],
+        ["show", "--since", "yesterday-ish"],
+        ["show", "--since", "1h", "--until", "2h"],
+        ["show", "--booking-id", "not-a-uuid"],
+        ["replay", "--event-type", "NoSuchEvent", "--dry-run"],
+    ],
+)
+async def test_bad_input_is_one_line_and_exit_2(args: list[str]) -> None:
+    result = await cli(*args)
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1
+
+
+async def test_replay_dry_run_changes_nothing(
+    settings: Settings, db: asyncpg.Pool, poisoned: Poisoned
+) -> None:
+    dlq_before = await end_offsets(settings, poisoned.dlq_topic)
+    origin_before = await end_offsets(settings, ORIGIN)
+
+    result = await cli("replay", "--booking-id", poisoned.booking_id, "--dry-run", "--json")
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["dry_run"] is True
+    assert report["would_replay"] == 1
+    replayed, skipped = report["plan"]
+    assert replayed["replay"]
+    assert replayed["message"]["event_id"] == poisoned.requested.event_id
+    effect = replayed["effect"]
+    assert (effect["status_before"], effect["status_after"]) == (None, "requested")
+    assert effect["consumer"] == "reservation"
+    assert [a["action"] for a in effect["actions"]] == ["HoldCapacity"]
+    assert not skipped["replay"]
+    assert "undecodable" in skipped["skip"]
+    # Nothing published (other tests may write to these topics; none with this key) and
+    # nothing recorded.
+    assert await keyed_since(settings, origin_before, poisoned.booking_id) == []
+    assert await keyed_since(settings, dlq_before, poisoned.booking_id) == []
+    assert await audit_rows(db, poisoned.booking_id) == []
+
+
+async def test_replay_redrives_once_to_the_origin_and_skips_the_undecodable(
+    settings: Settings, db: asyncpg.Pool, poisoned: Poisoned
+) -> None:
+    origin_before = await end_offsets(settings, ORIGIN)
+    operator = unique("op-")
+
+    result = await cli(
+        "replay", "--booking-id", poisoned.booking_id, "--operator", operator, "--rate", "50",
+        "--json",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["counts"] == {"replayed": 1, "skipped": 1, "failed": 0}
+    skipped = next(o for o in report["outcomes"] if o["result"] == "skipped")
+    assert "undecodable" in skipped["detail"]
+    copies = await keyed_since(settings, origin_before, poisoned.booking_id)
+    assert len(copies) == 1
+    copy = copies[0]
+    assert copy.value == poisoned.body
+    headers = dict(copy.headers)
+    assert headers[k.H_REPLAY] == report["replay_id"].encode()
+    assert headers[k.H_ATTEMPTS] == b"3"  # kept: a new failure continues the count
+    assert headers[k.H_TRACEPARENT].startswith(b"00-0af7651916cd43dd")
+    assert not dlq.FAILURE_HEADERS & set(headers)
+    rows = await audit_rows(db, poisoned.booking_id)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["result"], row["operator"], row["origin_topic"]) == ("replayed", operator, ORIGIN)
+    assert row["event_id"] == poisoned.requested.event_id
+    assert (row["replayed_partition"], row["replayed_offset"]) == (copy.partition, copy.offset)
+    assert str(row["replay_id"]) == report["replay_id"]
+
+    # The same replay again: one effect only.
+    origin_between = await end_offsets(settings, ORIGIN)
+    again = await cli("replay", "--booking-id", poisoned.booking_id, "--json")
+
+    assert again.exit_code == 0, again.output
+    second = json.loads(again.stdout)
+    assert second["counts"] == {"replayed": 0, "skipped": 2, "failed": 0}
+    assert any("already replayed" in o["detail"] for o in second["outcomes"])
+    assert await keyed_since(settings, origin_between, poisoned.booking_id) == []
+    assert [r["replay_count"] for r in await audit_rows(db, poisoned.booking_id)] == [1]
+
+
+async def test_again_forces_a_second_replay_and_logs_both(
+    settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, poisoned: Poisoned
+) -> None:
+    codec = default_codec()
+    found = await dlq.find(
+        catalog,
+        settings.kafka_bootstrap,
+        dlq.Query(booking_id=poisoned.booking_id, event_type="BookingRequested"),
+        codec,
+    )
+    origin_before = await end_offsets(settings, ORIGIN)
+    producer = AIOKafkaProducer(**k.producer_config(settings.kafka_bootstrap, "test-dlq-again"))
+    await producer.start()
+    try:
+        for again in (False, True):
+            plan = await dlq.plan_replay(
+                db, catalog, found.messages, codec, datetime.now(UTC), again=again
+            )
+            report = await dlq.replay(db, producer, plan, operator="tester", again=again)
+            assert report.counts["replayed"] == 1
+    finally:
+        await producer.stop()
+
+    assert len(await keyed_since(settings, origin_before, poisoned.booking_id)) == 2
+    (row,) = await audit_rows(db, poisoned.booking_id)
+    assert row["replay_count"] == 2
+    log = await db.fetch(
+        "SELECT forced, result FROM dlq_replay_log WHERE dlq_topic = $1 AND dlq_partition = $2 "
+        "AND dlq_offset = $3 ORDER BY id",
+        row["dlq_topic"], row["dlq_partition"], row["dlq_offset"],
+    )  # fmt: skip
+    assert [(r["forced"], r["result"]) for r in log] == [(False, "replayed"), (True, "replayed")]
