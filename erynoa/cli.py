@@ -105,10 +105,10 @@ def topics_check() -> None:
 @schemas_app.command("check")
 def schemas_check() -> None:
     """Load and check every schema under schemas/; list each event type's versions."""
-    from erynoa.codec import EventCodec
+    from erynoa.codec import EventCodec, require_complete
 
     settings = load_settings()
-    codec = EventCodec(settings.schemas_dir)  # SchemaError is reported by main()
+    codec = require_complete(EventCodec(settings.schemas_dir))  # main() reports SchemaError
     for event_type, versions in sorted(codec.versions.items()):
         listed = ", ".join(f"v{v}" for v in versions)
         typer.echo(f"{event_type:32} {listed:8} {codec.fingerprint(event_type).hex()}")

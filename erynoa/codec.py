@@ -248,7 +248,18 @@ def default_codec() -> EventCodec:
     """The codec for the configured ``schemas/`` directory, loaded once per process."""
     from erynoa.settings import get_settings
 
-    return EventCodec(get_settings().schemas_dir)
+    return require_complete(EventCodec(get_settings().schemas_dir))
+
+
+def require_complete(codec: EventCodec) -> EventCodec:
+    """``codec`` if every event type has a schema; a runtime must be able to write them all."""
+    unwritten = sorted(set(EVENT_TYPES) - set(codec.versions))
+    if unwritten:
+        raise SchemaError(
+            f"{codec.schemas_dir}: no schema for "
+            + ", ".join(f"{t} (expected {t}.v1.avsc)" for t in unwritten)
+        )
+    return codec
 
 
 # --- loading and checking schema files ------------------------------------------------------
