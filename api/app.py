@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from api.deps import limit_ip
-from api.envelopes import error_response, install_error_handlers, request_id_of
+from api.envelopes import error_response, errors, install_error_handlers, request_id_of
 from api.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from api.routes import admin, auth, bookings, health, payments, services, users, webhooks
 from api.runtime import KafkaUnavailable, Runtime
@@ -82,6 +82,9 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        # Every route may answer these (malformed input, a bug); documented with the envelope,
+        # replacing FastAPI's default 422 schema, which is not what we send.
+        responses=errors(422, 500),
     )
     app.state.settings = settings
     install_error_handlers(app)

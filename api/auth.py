@@ -242,6 +242,10 @@ class RemoteJwks:
 # --- revocation -----------------------------------------------------------------------------
 
 
+class RevocationCheck(Protocol):
+    async def is_revoked(self, token_id: str) -> bool: ...
+
+
 class RevocationList:
     """Revoked token ids in Redis, each kept until the token would have expired anyway."""
 
@@ -275,7 +279,7 @@ class TokenVerifier:
         audience: str,
         roles_claim: str,
         keys: KeySource,
-        revocations: RevocationList,
+        revocations: RevocationCheck,
     ) -> None:
         self.issuer = issuer
         self.audience = audience

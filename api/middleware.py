@@ -87,7 +87,7 @@ class RequestContextMiddleware:
 
 
 class BodyGuardMiddleware:
-    """Refuses request bodies that are too large (413) or not JSON (415) with the envelope.
+    """Refuses request bodies that are too large (413), not JSON (415) or not UTF-8 (422).
 
     The body is read here, up to the limit, before the route runs: that also bounds chunked
     bodies (no ``Content-Length``), and a refusal never leaves a route half-way through.
@@ -110,12 +110,11 @@ class BodyGuardMiddleware:
         except ValueError:
             declared = None
         if declared is not None and declared > self.max_bytes:
-            await self._too_large(request_id, scope, receive, send)
+            await self._refuse(request_id, scope, receive, send, 413)
             return
         has_body = chunked or (declared or 0) > 0
         if has_body and not _is_json(headers.get("content-type")):
-            response = error_response(request_id, 415, "the request body must be application/json")
-            await response(scope, receive, send)
+            await self._refuse(request_id, scope, receive, send, 415)
             return
 
         chunks: list[bytes] = []
@@ -128,12 +127,28 @@ class BodyGuardMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._too_large(request_id, scope, receive, send)
+                if not message.get("more_body", False):
+                    receive = _ended(receive)
+                await self._refuse(request_id, scope, receive, send, 413)
                 return
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
 
         body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # JSON is UTF-8 (RFC 8259); anything else is malformed input, a 422 like bad JSON.
+            response = error_response(
+                request_id,
+                422,
+                "Invalid input",
+                details=[
+                    {"field": "body", "message": f"not UTF-8: {exc.reason}", "type": "json_invalid"}
+                ],
+            )
+            await response(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -145,14 +160,51 @@ class BodyGuardMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, request_id: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(
+        self, request_id: str, scope: Scope, receive: Receive, send: Send, status: int
+    ) -> None:
+        # Read (and drop) what the client is still sending, up to a bound: answering while it
+        # writes would make the server close on unread data, and the client would see a
+        # connection reset instead of the answer. Past the bound, answer and close.
+        drained = await _drain(receive, DRAIN_LIMIT_BYTES)
+        message = (
+            f"the request body exceeds {self.max_bytes} bytes"
+            if status == 413
+            else "the request body must be application/json"
+        )
         response = error_response(
-            request_id,
-            413,
-            f"the request body exceeds {self.max_bytes} bytes",
-            headers={"Connection": "close"},
+            request_id, status, message, headers=None if drained else {"Connection": "close"}
         )
         await response(scope, receive, send)
+
+
+DRAIN_LIMIT_BYTES = 1024 * 1024
+
+
+async def _drain(receive: Receive, budget: int) -> bool:
+    """Consume the rest of the request body; False if it was longer than ``budget``."""
+    while budget >= 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return budget >= 0
+    return False
+
+
+def _ended(receive: Receive) -> Receive:
+    """A receive whose body has already been read to the end (nothing left to drain)."""
+    done = False
+
+    async def wrapped() -> Message:
+        nonlocal done
+        if not done:
+            done = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return await receive()
+
+    return wrapped
 
 
 def _is_json(content_type: str | None) -> bool:

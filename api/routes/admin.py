@@ -71,8 +71,8 @@ def in_flight_sql(refund_policy: str) -> str:
 
 
 STUCK_SQL = (
-    "((b.status = 'awaiting_provider' AND b.provider_deadline_at < now())"
-    " OR b.updated_at < now() - make_interval(secs => {param}))"
+    "COALESCE(b.status = 'awaiting_provider' AND b.provider_deadline_at < now(), false)"
+    " OR b.updated_at < now() - make_interval(secs => {param})"
 )
 
 
@@ -216,16 +216,24 @@ async def list_workflows(
     stuck_after_seconds: Annotated[
         int, Query(ge=1, le=10**7, description="idle for this long counts as stuck")
     ] = 300,
+    provider_id: Annotated[
+        str | None, Query(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")
+    ] = None,
+    customer_id: Annotated[
+        str | None, Query(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")
+    ] = None,
 ) -> Page[WorkflowSummary]:
-    """Sagas in flight, oldest first; filter by status, age, or stuck."""
-    stuck_sql = STUCK_SQL.format(param="$1")
+    """Sagas in flight, oldest first; filter by status, age, stuck, provider or customer."""
+    stuck_sql = "(" + STUCK_SQL.format(param="$1") + ")"
     conditions = [
         in_flight_sql(runtime.settings.refund_policy),
         "($2::text IS NULL OR b.status = $2)",
         "b.requested_at <= now() - make_interval(secs => $3)",
+        "($4::text IS NULL OR b.provider_id = $4)",
+        "($5::text IS NULL OR b.customer_id = $5)",
+        # Always present (even when not filtering) so every parameter is used in the count.
+        f"($6::bool IS FALSE OR {stuck_sql})",
     ]
-    if stuck:
-        conditions.append(stuck_sql)
     rows, total = await fetch_page(
         conn,
         columns=f"{BOOKING_COLUMNS}, {stuck_sql} AS stuck, "
@@ -236,6 +244,9 @@ async def list_workflows(
             float(stuck_after_seconds),
             status.value if status else None,
             float(min_age_seconds),
+            provider_id,
+            customer_id,
+            stuck,
         ],
         paging=paging,
     )

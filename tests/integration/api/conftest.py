@@ -1,0 +1,311 @@
+"""The real API, served by uvicorn in a background thread on a free port, against the real
+local stack (Kafka, PostgreSQL, Redis from ``erynoa stack up``); tests talk to it over HTTP.
+
+Each test makes its own users, services and bookings (uuid ids), so tests share one server and
+one database without cleaning up. Tokens come from the development issuer (``issue_dev_token``),
+whose key lives in a temporary file for the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from api.app import create_app
+from api.auth import issue_dev_token
+from erynoa.codec import default_codec
+from erynoa.events import BookingEvent, CatalogEvent
+from erynoa.kafka import start_consumer
+from erynoa.settings import Settings
+from erynoa.topics import load_catalog
+from tests.conftest import unique
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def api_settings(key_file: Path, **overrides: Any) -> Settings:
+    """Settings for one test server: its own port and issuer URL; the stack from the env."""
+    port = overrides.pop("api_port", None) or free_port()
+    values: dict[str, Any] = {
+        "environment": "test",
+        "api_host": "127.0.0.1",
+        "api_port": port,
+        "public_base_url": f"http://127.0.0.1:{port}",
+        "oidc_issuer": f"http://127.0.0.1:{port}/api/v1/auth/dev",
+        "dev_issuer_enabled": True,
+        "dev_signing_key_file": key_file,
+        # Generous: every test shares 127.0.0.1; the rate-limit tests use their own server.
+        "rate_limit_per_minute_ip": 1_000_000,
+        "rate_limit_per_minute_user": 100_000,
+        "stripe_webhook_secret": "whsec_test_" + unique().replace("-", ""),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class ServerThread:
+    """uvicorn in a thread with its own event loop, so the tests' loop stays independent."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        config = uvicorn.Config(
+            create_app(settings),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="api-under-test", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the API under test failed to start (see the log above)")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API under test did not start within 60s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def running(settings: Settings) -> Iterator[ServerThread]:
+    server = ServerThread(settings)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class LiveApi:
+    settings: Settings
+    base_url: str
+
+    def token(self, sub: str, *roles: str, ttl: int = 3600, email: str | None = None) -> str:
+        return issue_dev_token(self.settings, sub, roles or ("customer",), ttl, email)
+
+    def auth(self, sub: str, *roles: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(sub, *roles)}"}
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/api/v1{path}"
+
+
+@pytest.fixture(scope="session")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dev-issuer") / "dev-signing-key.pem"
+
+
+@pytest.fixture(scope="session")
+def live_api(key_file: Path) -> Iterator[LiveApi]:
+    settings = api_settings(key_file)
+    with running(settings) as server:
+        yield LiveApi(settings, server.base_url)
+
+
+@pytest.fixture
+async def http(live_api: LiveApi) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"{live_api.base_url}/api/v1", timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def pg(live_api: LiveApi) -> AsyncIterator[asyncpg.Pool]:
+    from erynoa.db import create_pool
+
+    pool = await create_pool(live_api.settings, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@dataclass
+class Actors:
+    """A customer, a provider with one active service, and an admin — all fresh."""
+
+    customer: str
+    provider: str
+    admin: str
+    service_id: str
+    customer_auth: dict[str, str]
+    provider_auth: dict[str, str]
+    admin_auth: dict[str, str]
+
+
+async def create_service(
+    http: httpx.AsyncClient, provider_auth: dict[str, str], **overrides: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": f"Service {unique()[:8]}",
+        "description": "integration test",
+        "price": {"amount": 4500, "currency": "EUR"},
+        "duration_minutes": 45,
+        "capacity_per_slot": 2,
+        "response_deadline_seconds": 3600,
+    }
+    body.update(overrides)
+    response = await http.post("/services", json=body, headers=provider_auth)
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = response.json()["data"]
+    return data
+
+
+@pytest.fixture
+async def actors(live_api: LiveApi, http: httpx.AsyncClient) -> Actors:
+    customer, provider, admin = unique("cust-"), unique("prov-"), unique("admin-")
+    provider_auth = live_api.auth(provider, "provider")
+    service = await create_service(http, provider_auth)
+    return Actors(
+        customer=customer,
+        provider=provider,
+        admin=admin,
+        service_id=service["id"],
+        customer_auth=live_api.auth(customer, "customer"),
+        provider_auth=provider_auth,
+        admin_auth=live_api.auth(admin, "admin"),
+    )
+
+
+def future_slot(days: int = 7) -> str:
+    slot = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=days)
+    return slot.isoformat()
+
+
+def booking_body(service: str, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "service_id": service,
+        "slot_start": future_slot(),
+        "payment_method": "pm_card_visa",
+    }
+    body.update(overrides)
+    return body
+
+
+async def insert_booking(pg: asyncpg.Pool, actors: Actors, status: str, **columns: Any) -> str:
+    """A read-model row in any state (as the materializer would have left it)."""
+    booking_id = unique()
+    now = datetime.now(UTC)
+    slot = now + timedelta(days=3)
+    row: dict[str, Any] = {
+        "id": booking_id,
+        "customer_id": actors.customer,
+        "provider_id": actors.provider,
+        "service_id": actors.service_id,
+        "slot_start": slot,
+        "slot_end": slot + timedelta(minutes=45),
+        "amount_minor": 4500,
+        "currency": "EUR",
+        "payment_method": "pm_card_visa",
+        "status": status,
+        "hold": "held",
+        "payment": "authorized",
+        "payment_id": f"pi_test_{booking_id[:8]}",
+        "correlation_id": unique("corr-"),
+        "events_applied": 4,
+        "requested_at": now - timedelta(minutes=5),
+        "updated_at": now,
+    }
+    row.update(columns)
+    names = ", ".join(row)
+    params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+    await pg.execute(f"INSERT INTO bookings ({names}) VALUES ({params})", *row.values())
+    return booking_id
+
+
+@dataclass(frozen=True)
+class Seen:
+    event: BookingEvent | CatalogEvent
+    headers: dict[str, str]
+
+
+class TopicProbe:
+    """Reads what was appended to a topic after the probe was started (no consumer group)."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.codec = default_codec()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+        )
+        self.start_offsets: dict[TopicPartition, int] = {}
+
+    async def start(self) -> None:
+        await start_consumer(self.consumer)
+        catalog = load_catalog(
+            self.settings.topics_file, self.settings.topics_environment, self.settings.topic_prefix
+        )
+        partitions = catalog.topics[self.topic].partitions
+        tps = [TopicPartition(self.topic, p) for p in range(partitions)]
+        self.consumer.assign(tps)
+        self.start_offsets = await self.consumer.end_offsets(tps)
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def events(self, settle_seconds: float = 1.0) -> list[Seen]:
+        """Everything appended since ``start`` (up to the end offsets now, after a pause)."""
+        await asyncio.sleep(settle_seconds)
+        tps = list(self.start_offsets)
+        ends = await self.consumer.end_offsets(tps)
+        found: list[Seen] = []
+        for tp in tps:
+            if ends[tp] <= self.start_offsets[tp]:
+                continue
+            self.consumer.seek(tp, self.start_offsets[tp])
+            position = self.start_offsets[tp]
+            while position < ends[tp]:
+                batch = await self.consumer.getmany(tp, timeout_ms=2000)
+                for record in batch.get(tp, []):
+                    if record.offset < ends[tp]:
+                        headers = {k: v.decode() for k, v in record.headers or ()}
+                        found.append(Seen(self.codec.decode(record.value), headers))
+                    position = record.offset + 1
+                if not batch:
+                    break
+        return found
+
+
+@pytest.fixture
+async def probe_topic(live_api: LiveApi) -> AsyncIterator[Any]:
+    probes: list[TopicProbe] = []
+
+    async def start(topic: str) -> TopicProbe:
+        probe = TopicProbe(live_api.settings, live_api.settings.topic_prefix + topic)
+        probes.append(probe)
+        await probe.start()
+        return probe
+
+    yield start
+    for probe in probes:
+        await probe.stop()
