@@ -46,7 +46,7 @@ from consumers import dlq, saga_view
 from erynoa import kafka as k
 from erynoa.codec import default_codec
 from erynoa.saga import Policy, Status
-from erynoa.settings import Settings, get_settings
+from erynoa.settings import Settings
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
 
 dlq_app = typer.Typer(
@@ -80,8 +80,10 @@ def _fail(message: str) -> NoReturn:
 def _settings() -> Settings:
     from pydantic import ValidationError
 
+    # Not the cached get_settings(): a command is a process of its own, and tests invoke
+    # several with different environments in one interpreter.
     try:
-        return get_settings()
+        return Settings()
     except ValidationError as exc:
         _fail(f"invalid settings: {exc.errors()[0]['msg']}")
 
@@ -526,6 +528,15 @@ _KIND_STYLE = {
 }
 
 
+def _waiting_text(w: saga_view.Waiting) -> str:
+    return f"{w.who}: {w.what}" + (f" until {_when(w.until)}" if w.until else "")
+
+
+def _clock(moment: datetime) -> str:
+    """The time of day to the millisecond: a saga's events are seconds apart, not days."""
+    return moment.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
 @saga_app.command("show")
 def saga_show(booking_id: BookingArg, as_json: JsonOpt = False) -> None:
     """One saga's timeline: each event, who emitted it, when; where it waits and until when."""
@@ -569,8 +580,7 @@ def saga_show(booking_id: BookingArg, as_json: JsonOpt = False) -> None:
     if timeline.provider_deadline_at:
         head.add_row("provider deadline", _when(timeline.provider_deadline_at))
     for w in timeline.waiting:
-        until = f" until {_when(w.until)}" if w.until else ""
-        head.add_row("waiting for", f"{w.who}: {w.what}{until}")
+        head.add_row("waiting for", _waiting_text(w))
     if not timeline.waiting and not timeline.in_flight:
         head.add_row("waiting for", "nothing: the saga is done")
     if timeline.stuck_reason:
@@ -578,15 +588,22 @@ def saga_show(booking_id: BookingArg, as_json: JsonOpt = False) -> None:
     head.add_row("correlation id", timeline.correlation_id or "-")
     console.print(head)
 
-    table = Table(title_justify="left", title=f"{len(timeline.entries)} event(s)")
-    for column in ("#", "time", "+prev", "event", "producer", "detail"):
-        table.add_column(column, overflow="fold", justify="right" if column == "#" else "left")
+    day = timeline.entries[0].occurred_at.strftime("%Y-%m-%d") if timeline.entries else ""
+    table = Table(title_justify="left", title=f"{len(timeline.entries)} event(s) {day} UTC")
+    for column in ("#", "time", "+prev", "event", "producer"):
+        table.add_column(column, no_wrap=True, justify="right" if column in "#+prev" else "left")
+    table.add_column("detail", overflow="fold")
     for n, e in enumerate(timeline.entries, 1):
         label = Text(e.event_type, style=_KIND_STYLE[e.kind])
         if e.kind in ("compensation", "failure"):
             label.append(f"  [{e.kind}]", style="dim")
         table.add_row(
-            str(n), _when(e.occurred_at), _duration(e.since_previous), label, e.producer, e.detail
+            str(n),
+            _clock(e.occurred_at),
+            _duration(e.since_previous),
+            label,
+            e.producer,
+            Text(e.detail, style="dim"),
         )
     console.print(table)
 
@@ -631,24 +648,18 @@ def saga_ls(
         _echo_json([s.to_json() for s in sagas])
         return
     title = f"{len(sagas)} {'stuck ' if stuck else ''}saga(s) in flight"
-    table = Table(title=title, title_justify="left")
-    for column in ("booking", "status", "hold/payment", "age", "idle", "waiting for"):
-        table.add_column(column, overflow="fold")
+    table = Table(title=title, title_justify="left", show_lines=True)
+    table.add_column("booking", overflow="fold")
+    table.add_column("status\nhold/payment", overflow="fold")
+    table.add_column("age\nidle", no_wrap=True)
+    table.add_column("waiting for", overflow="fold", ratio=1)
     for s in sagas:
-        waiting = "; ".join(
-            f"{w.who}: {w.what}" + (f" until {_when(w.until)}" if w.until else "")
-            for w in s.waiting
-        )
+        waiting = Text("; ".join(_waiting_text(w) for w in s.waiting) or "-")
         if s.stuck_reason:
-            waiting = f"{waiting}\n[STUCK] {s.stuck_reason}" if waiting else s.stuck_reason
-        table.add_row(
-            s.booking_id,
-            Text(s.status.value, style="red" if s.stuck else ""),
-            f"{s.hold.value}/{s.payment.value}",
-            _duration(s.age),
-            _duration(s.idle),
-            waiting or "-",
-        )
+            waiting.append(f"\nstuck: {s.stuck_reason}", style="red")
+        state = Text(s.status.value, style="bold red" if s.stuck else "bold")
+        state.append(f"\n{s.hold.value}/{s.payment.value}", style="")
+        table.add_row(s.booking_id, state, f"{_duration(s.age)}\n{_duration(s.idle)} idle", waiting)
     Console().print(table)
 
 

@@ -229,12 +229,11 @@ def assess(
     if idle <= expected:
         return Assessment(True, waiting, None)
     step_name = state.status.value if not state.is_outcome else f"{state.status.value}, finishing"
-    owed = "; ".join(f"{w.who}: {w.what}" for w in waiting) or "no agent has anything to do"
     return Assessment(
         True,
         waiting,
         f"no event for {format_duration(idle)} in step {step_name} "
-        f"(expected within {format_duration(expected)}); waiting for {owed}",
+        f"(expected within {format_duration(expected)})",
     )
 
 

@@ -1,14 +1,16 @@
 """Dead-letter inspection and replay against the real stack (Kafka, PostgreSQL).
 
 Each test parks its own two messages in ``reservation.dlq`` the way the agents do (complete
-failure headers): a ``BookingRequested`` that came from ``bookings`` and a garbage message. Other
-tests' dead letters share the topic, so every query filters by the test's own booking id.
+failure headers): a ``BookingRequested`` that came from ``bookings`` and a garbage message. The
+module has its own topics and database (``own_namespace``), so replayed copies never reach the
+real agents; tests still share them, so every query filters by the test's own booking id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -23,13 +25,13 @@ from consumers.ops_cli import dlq_app
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.codec import default_codec
+from erynoa.db import create_pool
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
-from tests.conftest import unique
+from tests.conftest import own_namespace, unique
 
 pytestmark = pytest.mark.integration
 
-ORIGIN = "bookings"
 GARBAGE = b"\x00\x01this is not avro at all"
 
 
@@ -39,9 +41,23 @@ class Poisoned:
 
     booking_id: str
     dlq_topic: str
+    origin: str
     requested: ev.BookingRequested
     body: bytes
     parked_at: datetime
+
+
+@pytest.fixture(scope="module")
+async def settings(settings: Settings) -> AsyncIterator[Settings]:
+    async with own_namespace(settings) as isolated:
+        yield isolated
+
+
+@pytest.fixture(scope="module")
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings, min_size=1, max_size=5)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +82,16 @@ def booking_requested(booking_id: str) -> ev.BookingRequested:
     )
 
 
-def failure_headers(error: str, error_class: str, attempts: int) -> list[tuple[str, bytes]]:
+def failure_headers(
+    origin: str, error: str, error_class: str, attempts: int
+) -> list[tuple[str, bytes]]:
     first = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
     return [
         (k.H_ATTEMPTS, str(attempts).encode()),
         (k.H_ERROR, error.encode()),
         (k.H_ERROR_CLASS, error_class.encode()),
         (dlq.H_ERROR_KIND, b"retryable" if attempts > 1 else b"permanent"),
-        (k.H_ORIGIN_TOPIC, ORIGIN.encode()),
+        (k.H_ORIGIN_TOPIC, origin.encode()),
         (k.H_ORIGIN_PARTITION, b"2"),
         (k.H_ORIGIN_OFFSET, b"17"),
         (k.H_FIRST_FAILURE, first.encode()),
@@ -88,6 +106,7 @@ async def poisoned(settings: Settings, catalog: TopicCatalog) -> Poisoned:
     """A decodable BookingRequested and a garbage message, both keyed by a fresh booking."""
     booking_id = unique()
     topic = catalog.consumer("reservation").dead_letter_topic
+    origin = catalog.topic_for("BookingRequested")
     requested = booking_requested(booking_id)
     body = default_codec().encode(requested)
     producer = AIOKafkaProducer(**k.producer_config(settings.kafka_bootstrap, "test-dlq"))
@@ -101,24 +120,25 @@ async def poisoned(settings: Settings, catalog: TopicCatalog) -> Poisoned:
             headers=[
                 (k.H_EVENT_TYPE, b"BookingRequested"),
                 (k.H_TRACEPARENT, b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
-                *failure_headers(
-                    "GatewayUnavailable: capacity service timed out", "GatewayUnavailable", 3
-                ),
+                *failure_headers(origin, "GatewayUnavailable: timed out", "GatewayUnavailable", 3),
             ],
         )
         await producer.send_and_wait(
             topic,
             value=GARBAGE,
             key=booking_id.encode(),
-            headers=failure_headers("not Avro single-object encoding", "UndecodableEvent", 1),
+            headers=failure_headers(
+                origin, "not Avro single-object encoding", "UndecodableEvent", 1
+            ),
         )
     finally:
         await producer.stop()
-    return Poisoned(booking_id, topic, requested, body, parked_at)
+    return Poisoned(booking_id, topic, origin, requested, body, parked_at)
 
 
-async def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
-    catalog = load_catalog(settings.topics_file, settings.topics_environment)
+async def end_offsets(
+    settings: Settings, catalog: TopicCatalog, topic: str
+) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await k.start_consumer(consumer)
     try:
@@ -167,9 +187,14 @@ async def audit_rows(db: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
     return rows
 
 
-async def cli(*args: str) -> Result:
-    """Run ``erynoa dlq <args>`` in a thread (the command runs its own event loop)."""
-    return await asyncio.to_thread(lambda: CliRunner().invoke(dlq_app, list(args)))
+async def cli(settings: Settings, *args: str) -> Result:
+    """Run ``erynoa dlq <args>`` against ``settings``' namespace, in a thread (the command runs
+    its own event loop)."""
+    env = {
+        "ERYNOA_TOPIC_PREFIX": settings.topic_prefix,
+        "ERYNOA_DATABASE_URL": settings.database_url,
+    }
+    return await asyncio.to_thread(lambda: CliRunner().invoke(dlq_app, list(args), env=env))
 
 
 async def test_ls_counts_dead_letters_by_error_class(
@@ -190,7 +215,7 @@ async def test_ls_counts_dead_letters_by_error_class(
     assert mine.oldest is not None
     assert mine.oldest <= mine.newest
 
-    result = await cli("ls", "--json")
+    result = await cli(settings, "ls", "--json")
     assert result.exit_code == 0, result.output
     listed = {s["topic"]: s for s in json.loads(result.stdout)}
     assert listed[poisoned.dlq_topic]["depth"] >= 2
@@ -211,7 +236,7 @@ async def test_show_decodes_and_filters_by_booking_and_error_class(
     assert decoded.event_id == poisoned.requested.event_id
     f = decoded.failure
     assert (f.error_class, f.attempts, f.consumer) == ("GatewayUnavailable", 3, "reservation")
-    assert (f.origin_topic, f.origin_partition, f.origin_offset) == (ORIGIN, 2, 17)
+    assert (f.origin_topic, f.origin_partition, f.origin_offset) == (poisoned.origin, 2, 17)
     assert f.first_failure is not None
     assert f.last_failure is not None
     assert garbage.event is None
@@ -247,15 +272,15 @@ async def test_show_decodes_and_filters_by_booking_and_error_class(
     )
     assert later.messages == ()
 
-    result = await cli(
+    result = await cli(settings,
         "show", "--topic", "reservation", "--booking-id", poisoned.booking_id,
         "--error-class", "GatewayUnavailable", "--since", "1h", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)["messages"]
     assert [m["event_id"] for m in shown] == [poisoned.requested.event_id]
-    assert shown[0]["failure"]["origin_topic"] == ORIGIN
-    table = await cli("show", "--booking-id", poisoned.booking_id)
+    assert shown[0]["failure"]["origin_topic"] == poisoned.origin
+    table = await cli(settings, "show", "--booking-id", poisoned.booking_id)
     assert table.exit_code == 0, table.output
     assert "BookingRequested" in table.stdout
     assert "undecodable" in table.stdout
@@ -271,20 +296,22 @@ async def test_show_decodes_and_filters_by_booking_and_error_class(
         ["replay", "--event-type", "NoSuchEvent", "--dry-run"],
     ],
 )
-async def test_bad_input_is_one_line_and_exit_2(args: list[str]) -> None:
-    result = await cli(*args)
+async def test_bad_input_is_one_line_and_exit_2(settings: Settings, args: list[str]) -> None:
+    result = await cli(settings, *args)
 
     assert result.exit_code == 2, result.output
     assert result.stderr.count("\n") == 1
 
 
 async def test_replay_dry_run_changes_nothing(
-    settings: Settings, db: asyncpg.Pool, poisoned: Poisoned
+    settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, poisoned: Poisoned
 ) -> None:
-    dlq_before = await end_offsets(settings, poisoned.dlq_topic)
-    origin_before = await end_offsets(settings, ORIGIN)
+    dlq_before = await end_offsets(settings, catalog, poisoned.dlq_topic)
+    origin_before = await end_offsets(settings, catalog, poisoned.origin)
 
-    result = await cli("replay", "--booking-id", poisoned.booking_id, "--dry-run", "--json")
+    result = await cli(
+        settings, "replay", "--booking-id", poisoned.booking_id, "--dry-run", "--json"
+    )
 
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -307,12 +334,12 @@ async def test_replay_dry_run_changes_nothing(
 
 
 async def test_replay_redrives_once_to_the_origin_and_skips_the_undecodable(
-    settings: Settings, db: asyncpg.Pool, poisoned: Poisoned
+    settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, poisoned: Poisoned
 ) -> None:
-    origin_before = await end_offsets(settings, ORIGIN)
+    origin_before = await end_offsets(settings, catalog, poisoned.origin)
     operator = unique("op-")
 
-    result = await cli(
+    result = await cli(settings,
         "replay", "--booking-id", poisoned.booking_id, "--operator", operator, "--rate", "50",
         "--json",
     )  # fmt: skip
@@ -334,14 +361,18 @@ async def test_replay_redrives_once_to_the_origin_and_skips_the_undecodable(
     rows = await audit_rows(db, poisoned.booking_id)
     assert len(rows) == 1
     row = rows[0]
-    assert (row["result"], row["operator"], row["origin_topic"]) == ("replayed", operator, ORIGIN)
+    assert (row["result"], row["operator"], row["origin_topic"]) == (
+        "replayed",
+        operator,
+        poisoned.origin,
+    )
     assert row["event_id"] == poisoned.requested.event_id
     assert (row["replayed_partition"], row["replayed_offset"]) == (copy.partition, copy.offset)
     assert str(row["replay_id"]) == report["replay_id"]
 
     # The same replay again: one effect only.
-    origin_between = await end_offsets(settings, ORIGIN)
-    again = await cli("replay", "--booking-id", poisoned.booking_id, "--json")
+    origin_between = await end_offsets(settings, catalog, poisoned.origin)
+    again = await cli(settings, "replay", "--booking-id", poisoned.booking_id, "--json")
 
     assert again.exit_code == 0, again.output
     second = json.loads(again.stdout)
@@ -361,7 +392,7 @@ async def test_again_forces_a_second_replay_and_logs_both(
         dlq.Query(booking_id=poisoned.booking_id, event_type="BookingRequested"),
         codec,
     )
-    origin_before = await end_offsets(settings, ORIGIN)
+    origin_before = await end_offsets(settings, catalog, poisoned.origin)
     producer = AIOKafkaProducer(**k.producer_config(settings.kafka_bootstrap, "test-dlq-again"))
     await producer.start()
     try:

@@ -1,0 +1,451 @@
+"""Saga visibility against the real stack: events produced to Kafka, folded into PostgreSQL by the
+materializer running in-process, then read back as timelines and in-flight lists; operator
+cancel and retry publish exactly one request each (and nothing on a dry run).
+
+The module has its own topics and database (``own_namespace``): these hand-made sagas must not
+reach the real agents, and ``ls`` sees only this module's bookings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from typer.testing import CliRunner, Result
+
+from consumers import materializer, saga_view
+from consumers.ops_cli import saga_app
+from erynoa import events as ev
+from erynoa import kafka as k
+from erynoa.codec import default_codec
+from erynoa.db import create_pool
+from erynoa.kafka import EventPublisher
+from erynoa.saga import Hold, Payment, Status, TimeOutProvider
+from erynoa.settings import Settings
+from erynoa.topics import TopicCatalog, load_catalog
+from tests.conftest import own_namespace, unique
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def settings(settings: Settings) -> AsyncIterator[Settings]:
+    async with own_namespace(settings) as isolated:
+        yield isolated
+
+
+@pytest.fixture(scope="module")
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings, min_size=1, max_size=5)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="module")
+def catalog(settings: Settings) -> TopicCatalog:
+    return load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+
+
+@pytest.fixture(scope="module")
+async def publisher(settings: Settings, catalog: TopicCatalog) -> AsyncIterator[EventPublisher]:
+    pub = EventPublisher.create(
+        settings.kafka_bootstrap, "test-saga-view", default_codec(), catalog
+    )
+    await pub.start()
+    yield pub
+    await pub.stop()
+
+
+@pytest.fixture(scope="module")
+async def running_materializer(settings: Settings) -> AsyncIterator[None]:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(materializer.run(settings, stopping))
+    yield
+    stopping.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+
+
+# --- building sagas -------------------------------------------------------------------------
+
+
+def request(booking_id: str, at: datetime) -> ev.BookingRequested:
+    slot = at.replace(microsecond=0) + timedelta(days=3)
+    return ev.make(
+        ev.BookingRequested,
+        booking_id=booking_id,
+        producer="api",
+        occurred_at=at,
+        customer_id=unique("cust-"),
+        service_id=unique(),
+        provider_id=unique("prov-"),
+        slot_start=slot,
+        slot_end=slot + timedelta(hours=1),
+        price=ev.Money(4500, "EUR"),
+        payment_method="pm_card_visa",
+        response_deadline_seconds=3600,
+    )
+
+
+def awaiting_provider(
+    booking_id: str, start: datetime, deadline: datetime
+) -> list[ev.BookingEvent]:
+    """Requested, held, authorized, provider told, deadline running: one second apart."""
+    requested = request(booking_id, start)
+    held = ev.make(
+        ev.ReservationHeld, cause=requested, producer="reservation",
+        occurred_at=start + timedelta(seconds=1), hold_id=unique(),
+        service_id=requested.service_id, slot_start=requested.slot_start,
+    )  # fmt: skip
+    authorized = ev.make(
+        ev.PaymentAuthorized, cause=held, producer="payment",
+        occurred_at=start + timedelta(seconds=3), payment_id=f"pi_{booking_id[:8]}",
+        amount=requested.price, gateway="sandbox",
+    )  # fmt: skip
+    told = ev.make(
+        ev.NotificationSent, cause=authorized, producer="notification",
+        occurred_at=start + timedelta(seconds=4), notification_id=unique(),
+        recipient_role="provider", channel="email", template="provider_request",
+    )  # fmt: skip
+    waiting = ev.make(
+        ev.ProviderResponseRequested, cause=authorized, producer="provider-response",
+        occurred_at=start + timedelta(seconds=5), provider_id=requested.provider_id,
+        deadline_at=deadline,
+    )  # fmt: skip
+    return [requested, held, authorized, told, waiting]
+
+
+def rejected_and_compensated(booking_id: str, start: datetime) -> list[ev.BookingEvent]:
+    events = awaiting_provider(booking_id, start, start + timedelta(hours=1))
+    authorized = events[2]
+    assert isinstance(authorized, ev.PaymentAuthorized)
+    rejected = ev.make(
+        ev.ProviderRejected, cause=events[-1], producer="provider-response",
+        occurred_at=start + timedelta(seconds=65), provider_id="prov", reason="fully booked",
+    )  # fmt: skip
+    voided = ev.make(
+        ev.PaymentVoided, cause=rejected, producer="payment",
+        occurred_at=start + timedelta(seconds=66), payment_id=authorized.payment_id,
+    )  # fmt: skip
+    released = ev.make(
+        ev.ReservationReleased, cause=voided, producer="reservation",
+        occurred_at=start + timedelta(seconds=68), hold_id=None, reason="rejected",
+    )  # fmt: skip
+    told = ev.make(
+        ev.NotificationSent, cause=released, producer="notification",
+        occurred_at=start + timedelta(seconds=70), notification_id=unique(),
+        recipient_role="customer", channel="email", template="customer_rejected",
+    )  # fmt: skip
+    return [*events, rejected, voided, released, told]
+
+
+async def publish_and_fold(
+    db: asyncpg.Pool, publisher: EventPublisher, events: list[ev.BookingEvent]
+) -> None:
+    """Publish in a shuffled order (topics do not keep event order); wait for the fold."""
+    shuffled = random.sample(events, len(events))
+    await publisher.publish_many(shuffled)
+    booking_id = events[0].booking_id
+    deadline = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < deadline:
+        applied = await db.fetchval(
+            "SELECT events_applied FROM bookings WHERE id = $1::uuid", booking_id
+        )
+        if applied == len(events):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"booking {booking_id} not folded in time")
+
+
+async def wait_for_status(db: asyncpg.Pool, booking_id: str, status: Status) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < deadline:
+        row = await db.fetchval("SELECT status FROM bookings WHERE id = $1::uuid", booking_id)
+        if row == status.value:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"booking {booking_id} never became {status.value}")
+
+
+async def end_offsets(
+    settings: Settings, catalog: TopicCatalog, topic: str
+) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await k.start_consumer(consumer)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(catalog.topics[topic].partitions)]
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+async def keyed_since(
+    settings: Settings, since: dict[TopicPartition, int], key: str
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Records keyed ``key`` written after ``since`` (per partition), up to the end now."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
+    await k.start_consumer(consumer)
+    found: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        ends = await consumer.end_offsets(list(since))
+        todo = {tp: ends[tp] for tp in since if ends[tp] > since[tp]}
+        if not todo:
+            return found
+        consumer.assign(list(todo))
+        for tp in todo:
+            consumer.seek(tp, since[tp])
+        deadline = asyncio.get_running_loop().time() + 20
+        while todo and asyncio.get_running_loop().time() < deadline:
+            for tp, records in (await consumer.getmany(*todo, timeout_ms=500)).items():
+                found += [r for r in records if r.offset < todo[tp] and r.key == key.encode()]
+            for tp in list(todo):
+                if await consumer.position(tp) >= todo[tp]:
+                    del todo[tp]
+        assert not todo, "could not read to the end of the topic"
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def cli(settings: Settings, *args: str) -> Result:
+    """Run ``erynoa saga <args>`` against ``settings``' namespace, in a thread (the command
+    runs its own event loop). A wide terminal, so tables do not fold words."""
+    env = {
+        "ERYNOA_TOPIC_PREFIX": settings.topic_prefix,
+        "ERYNOA_DATABASE_URL": settings.database_url,
+        "COLUMNS": "200",
+    }
+    return await asyncio.to_thread(lambda: CliRunner().invoke(saga_app, list(args), env=env))
+
+
+# --- show -----------------------------------------------------------------------------------
+
+
+async def test_show_returns_the_timeline_in_event_order_with_compensations_marked(
+    settings: Settings,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    running_materializer: None,
+) -> None:
+    booking_id = unique()
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    events = rejected_and_compensated(booking_id, start)
+    await publish_and_fold(db, publisher, events)
+
+    timeline = await saga_view.saga_timeline(db, booking_id, default_codec(), datetime.now(UTC))
+
+    assert [e.event_id for e in timeline.entries] == [e.event_id for e in events]
+    assert [e.producer for e in timeline.entries] == [e.producer for e in events]
+    assert timeline.entries[0].since_previous is None
+    assert [e.since_previous for e in timeline.entries[1:3]] == [
+        timedelta(seconds=1),
+        timedelta(seconds=2),
+    ]
+    kinds = {e.event_type: e.kind for e in timeline.entries}
+    assert kinds["ProviderRejected"] == "failure"
+    assert kinds["PaymentVoided"] == kinds["ReservationReleased"] == "compensation"
+    assert kinds["BookingRequested"] == "request"
+    assert (timeline.status, timeline.hold, timeline.payment) == (
+        Status.REJECTED,
+        Hold.RELEASED,
+        Payment.VOIDED,
+    )
+    assert timeline.failure_reason == "provider rejected: fully booked"
+    assert not timeline.in_flight
+    assert timeline.waiting == ()
+    assert timeline.stuck_reason is None
+    assert timeline.elapsed == timedelta(seconds=70)  # first event to last: it finished
+
+    shown = await cli(settings, "show", booking_id, "--json")
+    assert shown.exit_code == 0, shown.output
+    data = json.loads(shown.stdout)
+    assert [e["event_type"] for e in data["entries"]] == [e.event_type for e in events]
+    assert data["status"] == "rejected"
+    assert data["elapsed"] == 70.0
+    text = await cli(settings, "show", booking_id)
+    assert text.exit_code == 0, text.output
+    assert "PaymentVoided  [compensation]" in text.stdout
+    assert "nothing: the saga is done" in text.stdout
+
+
+async def test_show_refuses_a_malformed_id_and_reports_an_unknown_one(
+    settings: Settings,
+) -> None:
+    malformed = await cli(settings, "show", "not-a-booking")
+    unknown = await cli(settings, "show", unique())
+
+    assert malformed.exit_code == 2
+    assert "not a booking id" in malformed.stderr
+    assert unknown.exit_code == 1
+    assert "no booking" in unknown.stderr
+
+
+# --- ls ---------------------------------------------------------------------------------
+
+
+async def test_ls_stuck_finds_a_passed_deadline_and_an_idle_step_but_not_a_waiting_provider(
+    settings: Settings,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    running_materializer: None,
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    overdue, idle, waiting = unique(), unique(), unique()
+    await publish_and_fold(
+        db,
+        publisher,
+        awaiting_provider(overdue, now - timedelta(minutes=10), now - timedelta(minutes=5)),
+    )
+    await publish_and_fold(db, publisher, [request(idle, now - timedelta(minutes=5))])
+    await publish_and_fold(
+        db,
+        publisher,
+        awaiting_provider(waiting, now - timedelta(seconds=30), now + timedelta(hours=1)),
+    )
+    mine = (overdue, idle, waiting)
+
+    stuck = await saga_view.list_sagas(
+        db, saga_view.SagaQuery(stuck=True, booking_ids=mine), datetime.now(UTC)
+    )
+    in_flight = await saga_view.list_sagas(
+        db, saga_view.SagaQuery(booking_ids=mine), datetime.now(UTC)
+    )
+
+    assert [s.booking_id for s in stuck] == [overdue, idle]  # oldest request first
+    late, quiet = stuck
+    assert "provider deadline passed" in (late.stuck_reason or "")
+    assert [w.action for w in late.waiting] == [TimeOutProvider()]
+    assert "in step requested" in (quiet.stuck_reason or "")
+    assert [w.who for w in quiet.waiting] == ["reservation"]
+    assert {s.booking_id for s in in_flight} == set(mine)
+    calm = next(s for s in in_flight if s.booking_id == waiting)
+    assert not calm.stuck
+    assert [(w.who, w.until) for w in calm.waiting] == [("provider", now + timedelta(hours=1))]
+
+    listed = await cli(settings, "ls", "--stuck", "--json")
+    assert listed.exit_code == 0, listed.output
+    ids = [s["booking_id"] for s in json.loads(listed.stdout)]
+    assert overdue in ids
+    assert idle in ids
+    assert waiting not in ids
+    requested = await cli(settings, "ls", "--status", "requested", "--json")
+    assert idle in [s["booking_id"] for s in json.loads(requested.stdout)]
+    assert waiting not in [s["booking_id"] for s in json.loads(requested.stdout)]
+    old = await cli(settings, "ls", "--older-than", "8m", "--json")
+    old_ids = [s["booking_id"] for s in json.loads(old.stdout)]
+    assert overdue in old_ids
+    assert idle not in old_ids
+    table = await cli(settings, "ls", "--stuck")
+    assert table.exit_code == 0, table.output
+    assert overdue in table.stdout
+    assert "provider deadline passed" in table.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["ls", "--status", "sleeping"], ["ls", "--older-than", "a while"], ["ls", "--limit", "0"]],
+)
+async def test_ls_refuses_bad_filters_with_exit_2(settings: Settings, args: list[str]) -> None:
+    result = await cli(settings, *args)
+
+    assert result.exit_code == 2, result.output
+
+
+# --- operator actions -----------------------------------------------------------------------
+
+
+async def test_cancel_dry_run_publishes_nothing_and_cancel_publishes_one_request(
+    settings: Settings,
+    catalog: TopicCatalog,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    running_materializer: None,
+) -> None:
+    booking_id = unique()
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = awaiting_provider(booking_id, now - timedelta(seconds=20), now + timedelta(hours=1))
+    await publish_and_fold(db, publisher, events)
+    bookings_topic = catalog.topic_for("BookingCancellationRequested")
+    before = await end_offsets(settings, catalog, bookings_topic)
+
+    dry = await cli(settings, "cancel", booking_id, "--dry-run", "--json")
+
+    assert dry.exit_code == 0, dry.output
+    planned = json.loads(dry.stdout)
+    assert planned["dry_run"] is True
+    assert planned["published"] is None
+    assert planned["event"]["event_type"] == "BookingCancellationRequested"
+    assert (planned["status_before"], planned["status_after"]) == ("awaiting_provider", "cancelled")
+    assert await keyed_since(settings, before, booking_id) == []
+
+    done = await cli(
+        settings, "cancel", booking_id, "--reason", "customer called", "--operator", "op-ann",
+        "--json",
+    )  # fmt: skip
+
+    assert done.exit_code == 0, done.output
+    published = await keyed_since(settings, before, booking_id)
+    assert len(published) == 1
+    event = default_codec().decode(published[0].value or b"")
+    assert isinstance(event, ev.BookingCancellationRequested)
+    assert (event.requested_by, event.requested_by_role) == ("op-ann", "operator")
+    assert event.reason == "customer called"
+    assert event.correlation_id == events[0].correlation_id
+    assert event.event_id == json.loads(done.stdout)["event"]["event_id"]
+
+    # The materializer folds it: compensations are now due, and a second cancel is refused.
+    await wait_for_status(db, booking_id, Status.CANCELLED)
+    timeline = await saga_view.saga_timeline(db, booking_id, default_codec(), datetime.now(UTC))
+    assert timeline.in_flight
+    assert [w.who for w in timeline.waiting] == ["payment"]  # void first, then release
+    after_cancel = await end_offsets(settings, catalog, bookings_topic)
+    again = await cli(settings, "cancel", booking_id)
+    assert again.exit_code == 1
+    assert "already cancelled" in again.stderr
+    assert await keyed_since(settings, after_cancel, booking_id) == []
+
+
+async def test_retry_publishes_a_fresh_request_each_time_and_nothing_on_a_dry_run(
+    settings: Settings,
+    catalog: TopicCatalog,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    running_materializer: None,
+) -> None:
+    booking_id = unique()
+    await publish_and_fold(db, publisher, [request(booking_id, datetime.now(UTC))])
+    before = await end_offsets(settings, catalog, catalog.topic_for("SagaRetryRequested"))
+
+    dry = await cli(settings, "retry", booking_id, "--step", "reservation", "--dry-run")
+    bogus = await cli(settings, "retry", booking_id, "--step", "everything")
+    assert dry.exit_code == 0, dry.output
+    assert "would publish SagaRetryRequested" in dry.stdout
+    assert bogus.exit_code == 2
+    assert await keyed_since(settings, before, booking_id) == []
+
+    for _ in range(2):
+        result = await cli(
+            settings, "retry", booking_id, "--step", "reservation", "--operator", "op-bo"
+        )
+        assert result.exit_code == 0, result.output
+
+    retries = [
+        default_codec().decode(r.value or b"")
+        for r in await keyed_since(settings, before, booking_id)
+    ]
+    assert len(retries) == 2
+    assert all(isinstance(r, ev.SagaRetryRequested) for r in retries)
+    assert {(r.step, r.requested_by) for r in retries if isinstance(r, ev.SagaRetryRequested)} == {
+        ("reservation", "op-bo")
+    }
+    assert retries[0].event_id != retries[1].event_id
