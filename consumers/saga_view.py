@@ -219,7 +219,7 @@ def assess(
             True,
             waiting,
             f"provider deadline passed {format_duration(now - deadline)} ago "
-            f"({deadline.isoformat(timespec='seconds')}) and provider-response did not time it out",
+            f"({deadline.isoformat(timespec='seconds')}) and provider-response recorded no outcome",
         )
     agents_owe = any(w.who in AGENTS for w in waiting)
     if not agents_owe and waiting and waiting[0].who == "provider":

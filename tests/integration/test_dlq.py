@@ -193,6 +193,7 @@ async def cli(settings: Settings, *args: str) -> Result:
     env = {
         "ERYNOA_TOPIC_PREFIX": settings.topic_prefix,
         "ERYNOA_DATABASE_URL": settings.database_url,
+        "COLUMNS": "200",  # a wide terminal, so tables do not fold words
     }
     return await asyncio.to_thread(lambda: CliRunner().invoke(dlq_app, list(args), env=env))
 
@@ -380,6 +381,10 @@ async def test_replay_redrives_once_to_the_origin_and_skips_the_undecodable(
     assert any("already replayed" in o["detail"] for o in second["outcomes"])
     assert await keyed_since(settings, origin_between, poisoned.booking_id) == []
     assert [r["replay_count"] for r in await audit_rows(db, poisoned.booking_id)] == [1]
+    told = await cli(settings, "replay", "--booking-id", poisoned.booking_id)
+    assert told.exit_code == 0, told.output
+    assert "0 replayed, 2 skipped, 0 failed" in told.stdout
+    assert "already replayed" in told.stdout
 
 
 async def test_again_forces_a_second_replay_and_logs_both(
