@@ -1,0 +1,262 @@
+"""Token verification without a network: every way a token can be unacceptable, role claims,
+the JWKS cache's refetch rules, and the development issuer's key file."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from api.auth import (
+    AuthError,
+    DevIssuer,
+    DevIssuerDisabled,
+    KeysUnavailable,
+    RemoteJwks,
+    TokenVerifier,
+    issue_dev_token,
+    load_or_create_dev_key,
+    roles_from_claims,
+)
+from erynoa.settings import Settings
+
+ISSUER = "http://issuer.test/api/v1/auth/dev"
+AUDIENCE = "erynoa-api"
+
+
+class Revoked:
+    def __init__(self, *ids: str) -> None:
+        self.ids = set(ids)
+
+    async def is_revoked(self, token_id: str) -> bool:
+        return token_id in self.ids
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> DevIssuer:
+    key = load_or_create_dev_key(tmp_path_factory.mktemp("key") / "dev.pem")
+    return DevIssuer(key, issuer=ISSUER, audience=AUDIENCE, roles_claim="roles")
+
+
+def verifier(dev: DevIssuer, revoked: Revoked | None = None) -> TokenVerifier:
+    return TokenVerifier(
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        roles_claim="roles",
+        keys=dev.key_set(),
+        revocations=revoked or Revoked(),
+    )
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    values: dict[str, Any] = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "alice",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": "jti-1",
+        "roles": ["customer"],
+    }
+    values.update(overrides)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+async def test_a_dev_token_verifies(dev: DevIssuer) -> None:
+    token = dev.issue("alice", ["provider", "customer"], 600, email="a@x.io", name="Alice")
+    principal = await verifier(dev).verify(token)
+    assert principal.sub == "alice"
+    assert principal.roles == {"customer", "provider"}
+    assert (principal.email, principal.name, principal.issuer) == ("a@x.io", "Alice", ISSUER)
+    assert principal.has("provider")
+    assert not principal.is_admin
+
+
+def past(seconds: int) -> int:
+    return int(time.time()) - seconds
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"exp": past(3600), "iat": past(4000), "nbf": past(4000)}, "expired"),
+        ({"nbf": past(-3600), "exp": past(-4000)}, "not valid yet"),
+        ({"iat": past(-3600), "exp": past(-4000)}, "not valid yet"),
+        ({"iss": "https://elsewhere.test"}, "another issuer"),
+        ({"aud": "another-api"}, "another audience"),
+        ({"exp": None}, "exp"),
+        ({"iat": None}, "iat"),
+        ({"sub": None}, "sub"),
+        ({"sub": ""}, "sub"),
+    ],
+)
+async def test_unacceptable_claims_are_refused(
+    dev: DevIssuer, overrides: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(AuthError, match=reason):
+        await verifier(dev).verify(dev.sign_raw(claims(**overrides)))
+
+
+async def test_alg_none_is_refused(dev: DevIssuer) -> None:
+    header = b64(json.dumps({"alg": "none", "kid": dev.kid}).encode())
+    token = f"{header}.{b64(json.dumps(claims()).encode())}."
+    with pytest.raises(AuthError, match="'none' is not accepted"):
+        await verifier(dev).verify(token)
+
+
+async def test_hs256_keyed_with_the_public_key_is_refused(dev: DevIssuer, tmp_path: Path) -> None:
+    public_pem = dev._key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    header = b64(json.dumps({"alg": "HS256", "kid": dev.kid}).encode())
+    signing_input = f"{header}.{b64(json.dumps(claims()).encode())}"
+    signature = b64(hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest())
+    with pytest.raises(AuthError, match="'HS256' is not accepted"):
+        await verifier(dev).verify(f"{signing_input}.{signature}")
+
+
+async def test_a_tampered_payload_is_refused(dev: DevIssuer) -> None:
+    header, _, signature = dev.sign_raw(claims()).split(".")
+    forged = b64(json.dumps(claims(roles=["admin"])).encode())
+    with pytest.raises(AuthError, match="signature is invalid"):
+        await verifier(dev).verify(f"{header}.{forged}.{signature}")
+
+
+async def test_a_token_signed_by_another_key_is_refused(dev: DevIssuer, tmp_path: Path) -> None:
+    other = DevIssuer(
+        load_or_create_dev_key(tmp_path / "other.pem"),
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        roles_claim="roles",
+    )
+    with pytest.raises(AuthError, match="signing key is unknown"):
+        await verifier(dev).verify(other.sign_raw(claims()))
+    # Even claiming our kid does not help: the signature does not match our key.
+    with pytest.raises(AuthError, match="signature is invalid"):
+        await verifier(dev).verify(other.sign_raw(claims(), headers={"kid": dev.kid}))
+
+
+async def test_a_revoked_token_is_refused(dev: DevIssuer) -> None:
+    with pytest.raises(AuthError, match="revoked"):
+        await verifier(dev, Revoked("jti-1")).verify(dev.sign_raw(claims()))
+
+
+async def test_a_token_without_jti_is_revocable_by_its_hash(dev: DevIssuer) -> None:
+    token = dev.sign_raw(claims(jti=None))
+    principal = await verifier(dev).verify(token)
+    assert principal.token_id == hashlib.sha256(token.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("token", ["", "abc", "a.b.c", "e30.e30.e30"])
+async def test_garbage_is_refused(dev: DevIssuer, token: str) -> None:
+    with pytest.raises(AuthError):
+        await verifier(dev).verify(token)
+
+
+@pytest.mark.parametrize(
+    ("value", "roles"),
+    [
+        (["customer", "provider", 7], {"customer", "provider"}),
+        ("customer admin", {"customer", "admin"}),
+        ({"provider": {"123": "org.example"}, "admin": {}}, {"provider", "admin"}),
+        (None, set()),
+        (42, set()),
+    ],
+)
+def test_roles_come_in_three_shapes(value: object, roles: set[str]) -> None:
+    assert roles_from_claims({"r": value}, "r") == roles
+
+
+def test_the_zitadel_issuer_writes_the_object_form(tmp_path: Path) -> None:
+    claim = "urn:zitadel:iam:org:project:roles"
+    dev = DevIssuer(
+        load_or_create_dev_key(tmp_path / "k.pem"),
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        roles_claim=claim,
+    )
+    payload = dev.issue("z", ["admin"], 60).split(".")[1]
+    decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert set(decoded[claim]) == {"admin"}
+    assert roles_from_claims(decoded, claim) == {"admin"}
+
+
+def test_the_dev_key_is_created_private_and_then_reused(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "key.pem"
+    first = load_or_create_dev_key(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    second = load_or_create_dev_key(path)
+    assert first.private_numbers() == second.private_numbers()
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_issue_dev_token_needs_the_dev_issuer(tmp_path: Path) -> None:
+    on = Settings(dev_signing_key_file=tmp_path / "k.pem", oidc_issuer=ISSUER)
+    assert issue_dev_token(on, "alice", ["customer"], 60).count(".") == 2
+    off = Settings(dev_issuer_enabled=False, dev_signing_key_file=tmp_path / "k2.pem")
+    with pytest.raises(DevIssuerDisabled):
+        issue_dev_token(off, "alice", ["customer"], 60)
+    assert not (tmp_path / "k2.pem").exists()
+    with pytest.raises(ValueError, match="ttl"):
+        issue_dev_token(on, "alice", ["customer"], 0)
+
+
+class FakeProvider:
+    """An OIDC provider behind httpx.MockTransport, counting JWKS fetches."""
+
+    def __init__(self, dev: DevIssuer) -> None:
+        self.dev = dev
+        self.jwks_fetches = 0
+        self.up = True
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if not self.up:
+            return httpx.Response(503)
+        if request.url.path.endswith("/.well-known/openid-configuration"):
+            return httpx.Response(200, json={"jwks_uri": "http://idp.test/keys"})
+        self.jwks_fetches += 1
+        return httpx.Response(200, json=self.dev.jwks())
+
+
+async def test_remote_jwks_refetches_on_unknown_kid_at_most_every_interval(dev: DevIssuer) -> None:
+    provider = FakeProvider(dev)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(provider.handler)) as http:
+        keys = RemoteJwks(
+            "http://idp.test/.well-known/openid-configuration", http, min_refresh_seconds=60
+        )
+        assert await keys.get(dev.kid) is not None
+        assert await keys.get(dev.kid) is not None
+        assert provider.jwks_fetches == 1  # cached
+        assert await keys.get("rotated-away") is None
+        assert await keys.get("made-up") is None
+        assert provider.jwks_fetches == 1  # refetch throttled within the interval
+
+        eager = RemoteJwks(
+            "http://idp.test/.well-known/openid-configuration", http, min_refresh_seconds=0
+        )
+        await eager.get(dev.kid)
+        await eager.get("new-kid")
+        assert provider.jwks_fetches == 3  # an unknown kid refetched
+
+
+async def test_remote_jwks_unreachable_before_the_first_fetch(dev: DevIssuer) -> None:
+    provider = FakeProvider(dev)
+    provider.up = False
+    async with httpx.AsyncClient(transport=httpx.MockTransport(provider.handler)) as http:
+        keys = RemoteJwks("http://idp.test/.well-known/openid-configuration", http)
+        with pytest.raises(KeysUnavailable):
+            await keys.get(dev.kid)
