@@ -136,9 +136,12 @@ class Accepted(BaseModel):
     )
 
     status: Literal["processing"] = "processing"
-    workflow_id: str
-    poll_url: str
-    estimated_completion: datetime
+    workflow_id: str = Field(description="the booking's id: its saga is the workflow")
+    poll_url: str = Field(description="GET it until the booking's status is an outcome")
+    estimated_completion: datetime = Field(
+        description="when the outcome is due at the latest (a new booking: its provider's "
+        "response deadline; an answer or cancel: within seconds)"
+    )
 
 
 class ErrorBody(BaseModel):
