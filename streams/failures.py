@@ -34,8 +34,6 @@ from erynoa.topics import Consumer
 
 ErrorKind = Literal["retryable", "permanent"]
 
-# Not in erynoa.kafka: whether the error was judged retryable (the class name alone does not say).
-H_ERROR_KIND = "erynoa-error-kind"
 _MAX_ERROR_LEN = 1000
 
 # Headers a hop rewrites; every other header (trace context, request id, synthetic marker, the
@@ -45,7 +43,7 @@ _BOOKKEEPING = frozenset(
         k.H_ATTEMPTS,
         k.H_ERROR,
         k.H_ERROR_CLASS,
-        H_ERROR_KIND,
+        k.H_ERROR_KIND,
         k.H_ORIGIN_TOPIC,
         k.H_ORIGIN_PARTITION,
         k.H_ORIGIN_OFFSET,
@@ -185,7 +183,7 @@ def next_hop(
         (k.H_ATTEMPTS, str(attempts).encode()),
         (k.H_ERROR, describe(error).encode()),
         (k.H_ERROR_CLASS, type(error).__name__.encode()),
-        (H_ERROR_KIND, kind.encode()),
+        (k.H_ERROR_KIND, kind.encode()),
         *origin_headers,
         keep_or(k.H_FIRST_FAILURE, now_iso),
         (k.H_LAST_FAILURE, now_iso.encode()),

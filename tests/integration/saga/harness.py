@@ -452,3 +452,80 @@ async def stripe_webhook(
 
 def status_is(*statuses: Status) -> Callable[[BookingState | None], bool]:
     return lambda s: s is not None and s.status in statuses
+
+
+# --- Kafka bookkeeping ------------------------------------------------------------------------
+
+
+async def caught_up(bootstrap: str, catalog: TopicCatalog, groups: Sequence[str]) -> bool:
+    """Whether every group committed the end offset of every partition it consumes."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await admin.start()
+    await start_consumer(probe)
+    try:
+        for group in groups:
+            spec = next(c for c in catalog.consumers.values() if c.group_id == group)
+            topics = [*spec.consumes, *spec.retry_topics]
+            partitions = [
+                TopicPartition(t, p) for t in topics for p in range(catalog.topics[t].partitions)
+            ]
+            ends = await probe.end_offsets(partitions)
+            committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+            for tp in partitions:
+                done = committed.get(tp)
+                if ends[tp] > 0 and (done is None or done.offset < ends[tp]):
+                    return False
+        return True
+    finally:
+        await probe.stop()
+        await admin.close()
+
+
+async def wait_caught_up(
+    bootstrap: str, catalog: TopicCatalog, groups: Sequence[str], within: float = 60.0
+) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await caught_up(bootstrap, catalog, groups):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"consumer groups {groups} did not catch up in {within}s")
+        await asyncio.sleep(0.5)
+
+
+async def read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
+    """Every message currently in ``topic`` (aiokafka ConsumerRecords)."""
+    from aiokafka import TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await start_consumer(consumer)
+    records: list[Any] = []
+    try:
+        assigned = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        ends = await consumer.end_offsets(assigned)
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                records.extend(messages)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def dead_letters(
+    bootstrap: str, catalog: TopicCatalog, agent: str, key: bytes, within: float = 30.0
+) -> list[Any]:
+    """The messages keyed ``key`` in ``agent``'s dead-letter topic, once there is at least one."""
+    dlq = catalog.topics[catalog.consumer(agent).dead_letter_topic]
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        found = [r for r in await read_topic(bootstrap, dlq.name, dlq.partitions) if r.key == key]
+        if found or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.5)
