@@ -56,13 +56,12 @@ from erynoa.topics import TopicCatalog, parse_duration_ms
 
 # Written by the agents' failure routing (streams.failures) beside the shared headers: whether
 # the error was judged retryable. A failure header like the others, so a replay drops it.
-H_ERROR_KIND = "erynoa-error-kind"
 
 FAILURE_HEADERS: frozenset[str] = frozenset(
     {
         k.H_ERROR,
         k.H_ERROR_CLASS,
-        H_ERROR_KIND,
+        k.H_ERROR_KIND,
         k.H_ORIGIN_TOPIC,
         k.H_ORIGIN_PARTITION,
         k.H_ORIGIN_OFFSET,
@@ -164,7 +163,7 @@ class Failure:
         return cls(
             error=h(k.H_ERROR),
             error_class=h(k.H_ERROR_CLASS),
-            error_kind=h(H_ERROR_KIND),
+            error_kind=h(k.H_ERROR_KIND),
             consumer=h(k.H_CONSUMER),
             attempts=_int(h(k.H_ATTEMPTS)),
             origin_topic=h(k.H_ORIGIN_TOPIC),

@@ -14,6 +14,7 @@ import typer
 
 from api import cli as api_cli
 from consumers.cli import materializer_app
+from consumers.ops_cli import dlq_app, saga_app
 from erynoa.settings import Settings, get_settings
 from erynoa.stack.cli import stack_app
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
@@ -31,6 +32,8 @@ app.add_typer(db_app, name="db")
 schemas_app = typer.Typer(no_args_is_help=True, help="The Avro event contracts.")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(materializer_app, name="materializer")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(saga_app, name="saga")
 app.command("api")(api_cli.serve)
 app.command("token")(api_cli.token)
 

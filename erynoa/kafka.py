@@ -12,7 +12,8 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from erynoa.codec import EventCodec
 from erynoa.events import BookingEvent, CatalogEvent
@@ -35,6 +36,7 @@ H_FIRST_FAILURE = "erynoa-first-failure"
 H_LAST_FAILURE = "erynoa-last-failure"
 H_NOT_BEFORE = "erynoa-not-before"
 H_CONSUMER = "erynoa-consumer"
+H_ERROR_KIND = "erynoa-error-kind"  # retryable | permanent
 
 Headers = list[tuple[str, bytes]]
 
@@ -56,6 +58,26 @@ async def start_consumer(consumer: AIOKafkaConsumer) -> None:
     """
     await consumer.start()
     await asyncio.sleep(0)
+
+
+async def topic_partitions(bootstrap: str, topics: Sequence[str]) -> list[TopicPartition]:
+    """The partitions of ``topics`` that exist, from the brokers' metadata.
+
+    A consumer's ``partitions_for_topic`` knows only topics it subscribed to; the admin
+    client asks the cluster, and never auto-creates a topic by asking about it.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="erynoa-metadata")
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    return sorted(
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        if t["error_code"] == 0
+        for p in t["partitions"]
+    )
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def failure_headers(
         (k.H_ATTEMPTS, str(attempts).encode()),
         (k.H_ERROR, error.encode()),
         (k.H_ERROR_CLASS, error_class.encode()),
-        (dlq.H_ERROR_KIND, b"retryable" if attempts > 1 else b"permanent"),
+        (k.H_ERROR_KIND, b"retryable" if attempts > 1 else b"permanent"),
         (k.H_ORIGIN_TOPIC, origin.encode()),
         (k.H_ORIGIN_PARTITION, b"2"),
         (k.H_ORIGIN_OFFSET, b"17"),

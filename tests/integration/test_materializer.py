@@ -11,14 +11,14 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from consumers import materializer
 from consumers.rebuild import rebuild
 from erynoa import events as ev
 from erynoa.codec import default_codec
 from erynoa.db import create_pool
-from erynoa.kafka import EventPublisher, start_consumer
+from erynoa.kafka import EventPublisher, start_consumer, topic_partitions
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
 from tests.conftest import own_namespace, unique
@@ -218,18 +218,19 @@ async def test_redelivery_and_replay_from_offset_zero_change_nothing(
 
 async def _end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+    partitions = await topic_partitions(
+        settings.kafka_bootstrap, catalog.consumer("materializer").consumes
+    )
+    assert partitions, "the materializer's topics have no partitions"
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await start_consumer(consumer)
     try:
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in catalog.consumer("materializer").consumes
-            for p in consumer.partitions_for_topic(topic) or ()
-        ]
         ends = await consumer.end_offsets(partitions)
     finally:
         await consumer.stop()
-    return {(tp.topic, tp.partition): end for tp, end in ends.items() if end}
+    found = {(tp.topic, tp.partition): end for tp, end in ends.items() if end}
+    assert found, "nothing was produced to the materializer's topics"
+    return found
 
 
 async def _caught_up(db: asyncpg.Pool, ends: dict[tuple[str, int], int]) -> bool:

@@ -55,7 +55,7 @@ def failure_headers(
         (k.H_ATTEMPTS, str(attempts).encode()),
         (k.H_ERROR, b"GatewayUnavailable: timed out"),
         (k.H_ERROR_CLASS, b"GatewayUnavailable"),
-        (dlq.H_ERROR_KIND, b"retryable"),
+        (k.H_ERROR_KIND, b"retryable"),
         (k.H_ORIGIN_TOPIC, origin.encode()),
         (k.H_ORIGIN_PARTITION, b"4"),
         (k.H_ORIGIN_OFFSET, b"1041"),
