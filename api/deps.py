@@ -7,6 +7,7 @@ and makes sure their ``users`` row exists; ``AdminUser`` and ``ProviderUser`` ad
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
@@ -17,7 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.auth import AuthError, KeysUnavailable, Principal, RevocationUnavailable
 from api.envelopes import ApiError, forbidden, request_id_of, unauthorized, unavailable
 from api.ratelimit import Verdict
-from api.runtime import KafkaLink, Runtime
+from api.runtime import EventContext, KafkaLink, Runtime
+from erynoa.kafka import H_REQUEST_ID, H_SYNTHETIC, H_TRACEPARENT
 from erynoa.settings import Settings
 
 _bearer = HTTPBearer(
@@ -48,11 +50,31 @@ def _kafka(runtime: RuntimeDep) -> KafkaLink:
 Publisher = Annotated[KafkaLink, Depends(_kafka)]
 
 
-def _request_id(request: Request) -> str:
-    return request_id_of(request)
+# W3C trace context (version 00): passed on only if well-formed.
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACESTATE = re.compile(r"^[\x20-\x7e]{1,512}$")
+SYNTHETIC_HTTP_HEADER = "x-erynoa-synthetic"
 
 
-RequestId = Annotated[str, Depends(_request_id)]
+def _event_context(request: Request, settings: SettingsDep) -> EventContext:
+    request_id = request_id_of(request)
+    headers = {H_REQUEST_ID: request_id}
+    traceparent = request.headers.get(H_TRACEPARENT, "")
+    if _TRACEPARENT.match(traceparent):
+        headers[H_TRACEPARENT] = traceparent
+        tracestate = request.headers.get("tracestate", "")
+        if _TRACESTATE.match(tracestate):
+            headers["tracestate"] = tracestate
+    # Load tests mark their traffic so agents keep it out of real inboxes. Outside production
+    # only: in production a client must not be able to silence its own notifications.
+    synthetic = request.headers.get(SYNTHETIC_HTTP_HEADER, "").lower() in ("1", "true", "yes")
+    if synthetic and settings.environment != "production":
+        headers[H_SYNTHETIC] = "1"
+    return EventContext(request_id=request_id, headers=headers)
+
+
+Context = Annotated[EventContext, Depends(_event_context)]
+"""The request's id and the Kafka headers its events carry."""
 
 
 async def _connection(runtime: RuntimeDep) -> AsyncIterator[asyncpg.Connection]:

@@ -24,13 +24,23 @@ from api.ratelimit import RateLimiter
 from erynoa.codec import EventCodec, default_codec
 from erynoa.db import create_pool
 from erynoa.events import BookingEvent, CatalogEvent
-from erynoa.kafka import H_REQUEST_ID, EventPublisher, Published
+from erynoa.kafka import EventPublisher, Published
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
 
 log = logging.getLogger("erynoa.api")
 
 CLIENT_ID = "erynoa-api"
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """What a request hands on to the events it causes: its id (also the correlation id of a
+    saga it starts) and the Kafka headers that travel with them (request id, trace context,
+    the synthetic-traffic marker)."""
+
+    request_id: str
+    headers: Mapping[str, str]
 
 
 class KafkaUnavailable(Exception):
@@ -92,15 +102,14 @@ class KafkaLink:
             delay = min(delay * 2, 30.0)
 
     async def publish(
-        self, event: BookingEvent | CatalogEvent, request_id: str | None = None
+        self, event: BookingEvent | CatalogEvent, context: EventContext | None = None
     ) -> Published:
         """Send one event and return once Kafka acknowledged it (``acks=all``)."""
         publisher = self._publisher
         if publisher is None:
             raise KafkaUnavailable(self._last_error)
-        headers: Mapping[str, str] = {H_REQUEST_ID: request_id} if request_id else {}
         try:
-            return await publisher.publish(event, headers)
+            return await publisher.publish(event, context.headers if context else None)
         except KafkaError as exc:
             raise KafkaUnavailable(str(exc) or type(exc).__name__) from exc
 

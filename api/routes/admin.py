@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import kafka_stats
-from api.deps import AdminUser, Db, Publisher, RequestId, RuntimeDep
+from api.deps import AdminUser, Context, Db, Publisher, RuntimeDep
 from api.envelopes import (
     ACCEPTED_RESPONSE,
     Envelope,
@@ -310,7 +310,7 @@ async def act_on_workflow(
     admin: AdminUser,
     conn: Db,
     kafka: Publisher,
-    request_id: RequestId,
+    ctx: Context,
 ) -> JSONResponse:
     """Cancel a saga (compensations run) or retry one of its steps."""
     row = await fetch_booking(conn, str(booking_id))
@@ -324,7 +324,7 @@ async def act_on_workflow(
             requested_by=admin.sub,
             role="operator",
             reason=body.reason or "cancelled by an operator",
-            request_id=request_id,
+            ctx=ctx,
         )
     else:
         event = ev.make(
@@ -335,5 +335,5 @@ async def act_on_workflow(
             step=body.step,
             requested_by=admin.sub,
         )
-        await kafka.publish(event, request_id)
+        await kafka.publish(event, ctx)
     return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)

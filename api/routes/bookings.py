@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from api.auth import Principal
-from api.deps import CurrentUser, Db, Publisher, RequestId
+from api.deps import Context, CurrentUser, Db, Publisher
 from api.envelopes import (
     ACCEPTED_RESPONSE,
     ApiError,
@@ -55,6 +55,7 @@ from api.readmodel import (
     fetch_page,
     insert_initial_booking,
 )
+from api.runtime import EventContext
 from api.schemas import Body, Money, Notes, Paging, Reason
 from erynoa import events as ev
 from erynoa import saga
@@ -242,7 +243,7 @@ async def create_booking(
     user: CurrentUser,
     conn: Db,
     kafka: Publisher,
-    request_id: RequestId,
+    ctx: Context,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Request a booking of a service's slot; poll the returned URL for its outcome."""
@@ -274,7 +275,7 @@ async def create_booking(
         producer="api",
         event_id=event_id,
         occurred_at=now,
-        correlation_id=request_id,
+        correlation_id=ctx.request_id,
         customer_id=user.sub,
         service_id=str(body.service_id),
         provider_id=service["provider_id"],
@@ -301,7 +302,7 @@ async def create_booking(
             if claimed is None:
                 return await _replay(conn, user, idempotency_key, request_hash, estimate)
         await insert_initial_booking(conn, saga.start(event))
-        await kafka.publish(event, request_id)
+        await kafka.publish(event, ctx)
     return accepted(poll_path(booking_id), booking_id, estimate)
 
 
@@ -406,7 +407,7 @@ async def _answer(
     user: Principal,
     conn: asyncpg.Connection,
     kafka: Publisher,
-    request_id: str,
+    ctx: EventContext,
 ) -> JSONResponse:
     row = await visible_booking(conn, booking_id, user)
     if row["provider_id"] != user.sub or not user.has("provider"):
@@ -465,7 +466,7 @@ async def _answer(
             decision=decision,
             reason=reason,
         )
-        await kafka.publish(event, request_id)
+        await kafka.publish(event, ctx)
     return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)
 
 
@@ -483,11 +484,11 @@ async def accept_booking(
     user: CurrentUser,
     conn: Db,
     kafka: Publisher,
-    request_id: RequestId,
+    ctx: Context,
     body: Action | None = None,
 ) -> JSONResponse:
     """The service's provider accepts the booking (while it awaits their answer)."""
-    return await _answer("accept", booking_id, body, user, conn, kafka, request_id)
+    return await _answer("accept", booking_id, body, user, conn, kafka, ctx)
 
 
 @router.post(
@@ -498,11 +499,11 @@ async def reject_booking(
     user: CurrentUser,
     conn: Db,
     kafka: Publisher,
-    request_id: RequestId,
+    ctx: Context,
     body: Action | None = None,
 ) -> JSONResponse:
     """The service's provider rejects the booking (while it awaits their answer)."""
-    return await _answer("reject", booking_id, body, user, conn, kafka, request_id)
+    return await _answer("reject", booking_id, body, user, conn, kafka, ctx)
 
 
 @router.post(
@@ -513,7 +514,7 @@ async def cancel_booking(
     user: CurrentUser,
     conn: Db,
     kafka: Publisher,
-    request_id: RequestId,
+    ctx: Context,
     body: Action | None = None,
 ) -> JSONResponse:
     """Cancel the booking (its customer or an admin) unless it already ended."""
@@ -528,7 +529,7 @@ async def cancel_booking(
         requested_by=user.sub,
         role="customer" if is_customer else "admin",
         reason=body.reason if body else None,
-        request_id=request_id,
+        ctx=ctx,
     )
     return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)
 
@@ -541,7 +542,7 @@ async def request_cancellation(
     requested_by: str,
     role: ev.RequesterRole,
     reason: str | None,
-    request_id: str,
+    ctx: EventContext,
 ) -> None:
     """Publish ``BookingCancellationRequested`` unless the booking already ended (409)."""
     state = folded_state(row)
@@ -563,4 +564,4 @@ async def request_cancellation(
         requested_by_role=role,
         reason=reason,
     )
-    await kafka.publish(event, request_id)
+    await kafka.publish(event, ctx)

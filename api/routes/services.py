@@ -20,10 +20,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from api.auth import Principal
-from api.deps import Db, ProviderUser, Publisher, RequestId
+from api.deps import Context, Db, ProviderUser, Publisher
 from api.envelopes import Envelope, Page, errors, forbidden, not_found, ok, page
 from api.readmodel import fetch_page
-from api.runtime import KafkaLink
+from api.runtime import EventContext, KafkaLink
 from api.schemas import MAX_AMOUNT_MINOR, Body, Currency, Description, Money, Name, Paging
 from erynoa import events as ev
 
@@ -123,7 +123,7 @@ def _service(row: asyncpg.Record) -> Service:
     )
 
 
-async def _publish_change(kafka: KafkaLink, service: Service, request_id: str) -> None:
+async def _publish_change(kafka: KafkaLink, service: Service, ctx: EventContext) -> None:
     # The id is derived from (service, version): a retried publish of the same change is
     # recognisably the same event.
     event = ev.make_catalog(
@@ -131,7 +131,7 @@ async def _publish_change(kafka: KafkaLink, service: Service, request_id: str) -
         service_id=str(service.id),
         producer="api",
         event_id=ev.derived_event_id(str(service.id), f"service-changed.v{service.version}"),
-        correlation_id=request_id,
+        correlation_id=ctx.request_id,
         provider_id=service.provider_id,
         name=service.name,
         description=service.description,
@@ -141,7 +141,7 @@ async def _publish_change(kafka: KafkaLink, service: Service, request_id: str) -
         response_deadline_seconds=service.response_deadline_seconds,
         active=service.active,
     )
-    await kafka.publish(event, request_id)
+    await kafka.publish(event, ctx)
 
 
 async def _owned_for_update(
@@ -232,7 +232,7 @@ async def create_service(
     user: ProviderUser,
     conn: Db,
     kafka: Publisher,
-    request_id: RequestId,
+    ctx: Context,
 ) -> JSONResponse:
     """Offer a new service (provider; the caller becomes its provider)."""
     async with conn.transaction():
@@ -253,7 +253,7 @@ async def create_service(
             body.response_deadline_seconds,
         )
         service = _service(row)
-        await _publish_change(kafka, service, request_id)
+        await _publish_change(kafka, service, ctx)
     envelope = ok(request, service)
     return JSONResponse(
         status_code=201,
@@ -274,7 +274,7 @@ async def update_service(
     user: ProviderUser,
     conn: Db,
     kafka: Publisher,
-    request_id: RequestId,
+    ctx: Context,
 ) -> Envelope[Service]:
     """Replace a service's description, price and terms (its provider or an admin)."""
     async with conn.transaction():
@@ -299,7 +299,7 @@ async def update_service(
             active,
         )
         service = _service(row)
-        await _publish_change(kafka, service, request_id)
+        await _publish_change(kafka, service, ctx)
     return ok(request, service)
 
 
@@ -314,7 +314,7 @@ async def delete_service(
     user: ProviderUser,
     conn: Db,
     kafka: Publisher,
-    request_id: RequestId,
+    ctx: Context,
 ) -> Envelope[Service]:
     """Deactivate a service: no new bookings; existing ones and their history stay."""
     async with conn.transaction():
@@ -327,5 +327,5 @@ async def delete_service(
             service_id,
         )
         service = _service(row)
-        await _publish_change(kafka, service, request_id)
+        await _publish_change(kafka, service, ctx)
     return ok(request, service)

@@ -19,7 +19,7 @@ import stripe
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict
 
-from api.deps import Db, Publisher, RequestId, SettingsDep
+from api.deps import Context, Db, Publisher, SettingsDep
 from api.envelopes import ApiError, Envelope, errors, ok
 from erynoa import events as ev
 
@@ -91,7 +91,7 @@ async def stripe_webhook(
     conn: Db,
     kafka: Publisher,
     settings: SettingsDep,
-    request_id: RequestId,
+    ctx: Context,
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
 ) -> Envelope[WebhookReceipt]:
     """Receive a Stripe event (signature verified; each event forwarded once)."""
@@ -133,7 +133,7 @@ async def stripe_webhook(
     # The saga keeps one correlation id; a booking the read model has not seen yet gets ours.
     correlation_id = (
         await conn.fetchval("SELECT correlation_id FROM bookings WHERE id = $1", booking_id)
-        or request_id
+        or ctx.request_id
     )
     async with conn.transaction():
         fresh = await conn.fetchval(
@@ -157,5 +157,5 @@ async def stripe_webhook(
             payment_id=payment_id,
             payment_status=_text(intent.get("status"), 100) or "unknown",
         )
-        await kafka.publish(received, request_id)
+        await kafka.publish(received, ctx)
     return ok(request, WebhookReceipt(forwarded=True, booking_id=booking_id))

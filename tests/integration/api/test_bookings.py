@@ -75,6 +75,36 @@ async def test_create_answers_202_and_a_poll_right_after_sees_requested(
     assert event.producer == "api"
     assert event.price == ev.Money(4500, "EUR")
     assert published[0].headers["x-request-id"] == "req-it-create-1"
+    assert "traceparent" not in published[0].headers
+
+
+async def test_trace_context_and_the_synthetic_marker_travel_into_kafka(
+    http: httpx.AsyncClient, actors: Actors, probe_topic: Probe
+) -> None:
+    bookings_topic = await probe_topic("bookings")
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    response = await book(
+        http,
+        actors,
+        headers={
+            "traceparent": traceparent,
+            "tracestate": "vendor=opaque",
+            "X-Erynoa-Synthetic": "1",
+        },
+    )
+    booking_id = response.json()["workflow_id"]
+    [seen] = of_booking(await bookings_topic.events(), booking_id, ev.BookingRequested)
+    assert seen.headers["traceparent"] == traceparent
+    assert seen.headers["tracestate"] == "vendor=opaque"
+    assert seen.headers["erynoa-synthetic"] == "1"
+    assert seen.headers["x-request-id"] == response.headers["x-request-id"]
+
+    garbled = await book(http, actors, headers={"traceparent": "not-a-trace"})
+    [plain] = of_booking(
+        await bookings_topic.events(), garbled.json()["workflow_id"], ev.BookingRequested
+    )
+    assert "traceparent" not in plain.headers
+    assert "erynoa-synthetic" not in plain.headers
 
 
 async def test_same_idempotency_key_gives_one_booking_and_one_event(
