@@ -11,8 +11,9 @@ retried in place, so one poison message cannot block its partition:
 
 Headers say why, where from and how often (names in ``erynoa.kafka``). The origin
 (topic, partition, offset) and the first failure time are those of the *first* failure and
-are kept across tiers, and the attempt count survives a DLQ replay, so a replayed message that
-fails again goes straight back to the dead-letter topic instead of starting the tiers over.
+are kept across tiers, and the attempt count survives a DLQ replay (``consumers.dlq``), whose
+``erynoa-replay`` marker sends a message that fails again straight back to the dead-letter topic
+instead of starting the tiers over.
 """
 
 from __future__ import annotations
@@ -129,7 +130,13 @@ def attempts_so_far(headers: Sequence[tuple[str, bytes]] | None) -> int:
 
 def is_final_attempt(consumer: Consumer, headers: Sequence[tuple[str, bytes]] | None) -> bool:
     """Whether a retryable failure of this delivery would go to the dead-letter topic."""
-    return attempts_so_far(headers) >= len(consumer.retry_topics)
+    return attempts_so_far(headers) >= len(consumer.retry_topics) or _replayed(headers)
+
+
+def _replayed(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    # `erynoa dlq replay` marks what it re-drives: it already had its retries, so failing
+    # again sends it straight back to the dead-letter topic (its attempt count continued).
+    return k.header(headers, k.H_REPLAY) is not None
 
 
 def not_before(headers: Sequence[tuple[str, bytes]] | None) -> datetime | None:
@@ -152,7 +159,7 @@ def next_hop(
     kind = kind or classify(error)
     attempts = attempts_so_far(headers) + 1
     tier = attempts - 1
-    dead = kind == "permanent" or tier >= len(consumer.retry_topics)
+    dead = kind == "permanent" or tier >= len(consumer.retry_topics) or _replayed(headers)
     if dead:
         topic, delay_ms = consumer.dead_letter_topic, 0
     else:

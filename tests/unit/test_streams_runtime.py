@@ -1,0 +1,281 @@
+"""The handler runtime's orchestration with in-memory fakes: emitting, settling the rules,
+routing failures; and the Faust wiring, which must not connect to anything when built."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import typer
+from aiokafka.errors import KafkaConnectionError
+
+from erynoa import events as ev
+from erynoa import kafka as k
+from erynoa import saga
+from erynoa.codec import default_codec
+from erynoa.events import Money, derived_event_id
+from erynoa.settings import Settings
+from erynoa.topics import load_catalog
+from streams.app import AGENTS, _incoming, check_agent, create_app
+from streams.provider_response import ProviderResponseAdapter
+from streams.runtime import Context, Incoming, Runtime
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+SETTINGS = Settings()
+CATALOG = load_catalog(SETTINGS.topics_file, SETTINGS.topics_environment)
+
+
+def requested(**overrides: Any) -> ev.BookingRequested:
+    fields: dict[str, Any] = {
+        "booking_id": "5c0a4f4e-1d2b-4c3a-8e9f-0a1b2c3d4e5f",
+        "producer": "api",
+        "occurred_at": NOW,
+        "customer_id": "alice",
+        "service_id": "svc",
+        "provider_id": "bob",
+        "slot_start": NOW + timedelta(days=3),
+        "slot_end": NOW + timedelta(days=3, hours=1),
+        "price": Money(4500, "EUR"),
+        "payment_method": "pm_card_visa",
+        "response_deadline_seconds": 60,
+    }
+    fields.update(overrides)
+    return ev.make(ev.BookingRequested, **fields)
+
+
+def context(state: saga.BookingState, cause: ev.BookingEvent | None, agent: saga.Agent) -> Context:
+    return Context(
+        agent=agent,
+        conn=None,  # the fake adapters never touch the database
+        pool=None,
+        state=state,
+        cause=cause,
+        now=NOW,
+        headers={},
+    )
+
+
+def test_emitted_events_have_derived_ids_and_follow_their_cause() -> None:
+    cause = requested(occurred_at=NOW + timedelta(seconds=5))  # a producer clock ahead of ours
+    ctx = context(saga.start(cause), cause, "reservation")
+    first = ctx.emit(ev.ReservationReleased, "released", hold_id=None, reason="x")
+    second = ctx.emit(ev.ReservationReleased, "released-again", hold_id=None, reason="x")
+    assert first.event_id == derived_event_id(cause.booking_id, "reservation:released")
+    assert first.causation_id == cause.event_id
+    assert first.correlation_id == cause.correlation_id
+    assert first.producer == "reservation"
+    # Strictly after the cause and after each other, so (occurred_at, id) order is causal.
+    assert cause.occurred_at < first.occurred_at < second.occurred_at
+
+
+def test_a_timer_emits_with_the_bookings_correlation_id() -> None:
+    state = saga.start(requested())
+    ctx = context(state, None, "provider-response")
+    event = ctx.emit(ev.ProviderTimedOut, "timed_out", deadline_at=NOW)
+    assert event.correlation_id == state.correlation_id
+    assert event.causation_id is None
+    assert event.occurred_at == NOW
+
+
+class _RecordingAdapter(ProviderResponseAdapter):
+    """The provider-response adapter's decisions, without its deadline table."""
+
+    def __init__(self) -> None:
+        self.actions: list[saga.Action] = []
+
+    async def execute(self, action: saga.Action, ctx: Context) -> list[ev.BookingEvent]:
+        self.actions.append(action)
+        s = ctx.state
+        match action:
+            case saga.StartProviderDeadline(deadline_at=deadline_at):
+                return [
+                    ctx.emit(
+                        ev.ProviderResponseRequested,
+                        "requested",
+                        provider_id=s.provider_id,
+                        deadline_at=deadline_at,
+                    )
+                ]
+            case saga.AcceptForProvider():
+                return [ctx.emit(ev.ProviderAccepted, "accepted", provider_id=s.provider_id)]
+        raise AssertionError(action)
+
+
+def make_runtime(adapter: Any, agent: str = "provider-response") -> Runtime:
+    async def no_pool() -> Any:
+        raise AssertionError("unit tests do not connect")
+
+    return Runtime(
+        adapter=adapter,
+        consumer=CATALOG.consumer(agent),
+        codec=default_codec(),
+        policy=saga.Policy(),
+        connect_pool=no_pool,
+        make_publisher=lambda: None,  # type: ignore[arg-type,return-value]
+        clock=lambda: NOW,
+    )
+
+
+async def test_actions_run_until_the_rules_ask_for_nothing_more() -> None:
+    """An answer that arrives before the deadline started: start it, then accept, in one go."""
+    base = requested()
+    state = saga.start(base)
+    authorized = ev.make(
+        ev.PaymentAuthorized,
+        cause=base,
+        producer="payment",
+        occurred_at=NOW,
+        payment_id="pi_1",
+        amount=Money(4500, "EUR"),
+        gateway="sandbox",
+    )
+    state = saga.evolve(state, authorized)
+    answer = ev.make(
+        ev.ProviderAnswerSubmitted,
+        cause=base,
+        producer="api",
+        occurred_at=NOW,
+        provider_id="bob",
+        decision="accept",
+    )
+    state = replace(saga.evolve(state, answer), provider_answered_at=NOW - timedelta(seconds=1))
+    adapter = _RecordingAdapter()
+    runtime = make_runtime(adapter)
+    ctx = context(state, answer, "provider-response")
+    emitted = await runtime._advance(ctx)
+    assert [e.event_type for e in emitted] == ["ProviderResponseRequested", "ProviderAccepted"]
+    assert ctx.state.provider_outcome == "accepted"
+    assert saga.next_actions("provider-response", ctx.state, NOW) == []
+
+
+class _Producer:
+    def __init__(self, failures: int = 0) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]] = []
+        self.failures = failures
+
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise KafkaConnectionError()
+        self.sent.append((topic, value, key, headers))
+
+
+@dataclass
+class _Publisher:
+    producer: _Producer
+
+
+def incoming(value: bytes, headers: list[tuple[str, bytes]] | None = None) -> Incoming:
+    return Incoming("bookings", 2, 17, b"booking-1", value, headers or [])
+
+
+async def test_a_failing_handler_sends_the_original_bytes_down_a_tier(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = make_runtime(_RecordingAdapter(), agent="payment")
+    producer = _Producer()
+    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+
+    async def flaky(message: Incoming, final_attempt: bool = False) -> list[BaseException]:
+        raise TimeoutError("gateway slow")
+
+    monkeypatch.setattr(runtime, "handle", flaky)
+    value = default_codec().encode(requested())
+    await runtime.process(incoming(value, [("traceparent", b"00-abc-01")]))
+    [(topic, sent_value, key, headers)] = producer.sent
+    assert topic == "payment.retry.1s"
+    assert sent_value == value
+    assert key == b"booking-1"
+    assert k.header(headers, k.H_ORIGIN_OFFSET) == "17"
+    assert k.header(headers, "traceparent") == "00-abc-01"
+
+
+async def test_an_undecodable_message_is_dead_lettered_and_processing_goes_on() -> None:
+    runtime = make_runtime(_RecordingAdapter(), agent="notification")
+    producer = _Producer()
+    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    await runtime.process(incoming(b"garbage"))
+    [(topic, value, _, headers)] = producer.sent
+    assert topic == "notification.dlq"
+    assert value == b"garbage"
+    assert k.header(headers, k.H_ERROR_CLASS) == "UndecodableEvent"
+
+
+async def test_routing_waits_for_the_broker_instead_of_dropping_the_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
+    producer = _Producer(failures=3)
+    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    slept: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    await runtime.process(incoming(b"garbage"))
+    assert len(producer.sent) == 1
+    assert len(slept) == 3
+
+
+async def test_draining_lets_the_in_flight_message_finish() -> None:
+    runtime = make_runtime(_RecordingAdapter())
+    finished = asyncio.Event()
+
+    async def work() -> None:
+        await asyncio.sleep(0.05)
+        finished.set()
+
+    running = asyncio.create_task(runtime.run_tracked(work()))
+    await asyncio.sleep(0)
+    await runtime.drain(grace_s=5)
+    assert finished.is_set()
+    assert runtime.draining
+    assert not await runtime.wait_until(NOW + timedelta(hours=1))  # retries stop waiting
+    await running
+
+
+def test_kafka_messages_become_incoming_messages() -> None:
+    @dataclass
+    class Message:
+        topic: str = "bookings"
+        partition: int = 1
+        offset: int = 9
+        key: bytes | None = b"k"
+        value: bytes | None = b"v"
+        headers: Any = None
+
+    @dataclass
+    class FaustEvent:
+        message: Message
+
+    converted = _incoming(FaustEvent(Message(headers=[("a", b"1"), ("b", None)])))
+    assert converted == Incoming("bookings", 1, 9, b"k", b"v", [("a", b"1"), ("b", b"")])
+    tombstone = _incoming(FaustEvent(Message(value=None, headers={"a": b"1"})))
+    assert tombstone.value == b""
+    assert tombstone.headers == [("a", b"1")]
+
+
+def test_every_agent_builds_without_connecting() -> None:
+    for agent in AGENTS:
+        app = create_app(agent, SETTINGS)
+        consumer = CATALOG.consumer(agent)
+        assert app.conf.id == consumer.group_id
+        assert app.conf.topic_allow_declare is False
+        assert app.conf.topic_disable_leader is True
+        subscribed = {t for a in app.agents.values() for t in a.channel.topics}
+        assert subscribed == {*consumer.consumes, *consumer.retry_topics}
+
+
+def test_an_unknown_agent_is_refused_with_the_valid_names() -> None:
+    with pytest.raises(ValueError, match="reservation, payment, notification, provider-response"):
+        check_agent("billing")
+    from streams.cli import worker
+
+    with pytest.raises(typer.Exit):
+        worker("billing")
