@@ -20,10 +20,11 @@ from erynoa.stack import procs
 from erynoa.stack.base import Echo, Service, StackError, StackPaths, Unavailable, last_lines
 from erynoa.stack.kafka import Kafka
 from erynoa.stack.postgres import Postgres
+from erynoa.stack.mail import MailSink
 from erynoa.stack.redis import Redis
 from erynoa.stack.stripe_mock import StripeMock
 
-SERVICES: tuple[type[Service], ...] = (Kafka, Postgres, Redis, StripeMock)
+SERVICES: tuple[type[Service], ...] = (Kafka, Postgres, Redis, StripeMock, MailSink)
 SERVICE_NAMES: tuple[str, ...] = tuple(cls.name for cls in SERVICES)
 
 
@@ -225,7 +226,9 @@ def clean(settings: Settings, echo: Echo) -> None:
     down(settings, echo)
     paths = StackPaths.from_settings(settings)
     doomed: list[Path] = [paths.outside_dir]
-    doomed += [paths.state_dir / name for name in ("kafka", "postgres", "redis", "logs", "run")]
+    doomed += [
+        paths.state_dir / name for name in ("kafka", "postgres", "redis", "mail", "logs", "run")
+    ]
     doomed.append(paths.state_dir / "postgres.location")
     for path in doomed:
         if path.is_dir():

@@ -271,3 +271,21 @@ def test_stripe_mock_answers_when_available(settings: Settings) -> None:
     )
     assert response.status_code == 200
     assert response.json()["object"] == "list"
+
+
+def test_mail_sink_stores_what_it_receives(settings: Settings) -> None:
+    import mailbox
+    import smtplib
+    from email.message import EmailMessage
+
+    subject = f"stack test {uuid.uuid4()}"
+    message = EmailMessage()
+    message["From"] = "bookings@erynoa.local"
+    message["To"] = "someone@example.com"
+    message["Subject"] = subject
+    message.set_content("Hallo")
+    with smtplib.SMTP("127.0.0.1", settings.smtp_port, timeout=10) as smtp:
+        smtp.send_message(message)
+
+    stored = mailbox.Maildir(settings.state_dir / "mail", create=False)
+    assert subject in [m["Subject"] for m in stored]

@@ -1,0 +1,45 @@
+"""A development mail sink: a real SMTP server (aiosmtpd) on loopback that stores every message
+it receives in a Maildir under the stack's state dir (``.stack/mail``), so the notification
+agent delivers for real and a person can read what was sent. Production points
+``ERYNOA_SMTP_HOST``/``ERYNOA_SMTP_PORT`` at a real relay instead."""
+
+from __future__ import annotations
+
+import mailbox
+import socket
+import sys
+from pathlib import Path
+
+from erynoa.stack.base import Echo, Service
+
+
+class MailSink(Service):
+    name = "mail"
+    port_settings = ("smtp_port",)
+    start_timeout = 20.0
+
+    @property
+    def maildir(self) -> Path:
+        return self.paths.state_dir / "mail"
+
+    def prepare(self, echo: Echo) -> None:
+        self.maildir.parent.mkdir(parents=True, exist_ok=True)
+        mailbox.Maildir(self.maildir, create=True)  # its tmp/, new/ and cur/
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "aiosmtpd", "--nosetuid",
+            "--listen", f"127.0.0.1:{self.port}",
+            "--class", "aiosmtpd.handlers.Mailbox", str(self.maildir),
+        ]  # fmt: skip
+
+    def healthy(self) -> bool:
+        """The server greets with 220."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
+                return conn.recv(128).startswith(b"220")
+        except OSError:
+            return False
+
+    def note(self) -> str | None:
+        return f"messages in {self.maildir}"
