@@ -5,7 +5,6 @@ agent delivers for real and a person can read what was sent. Production points
 
 from __future__ import annotations
 
-import mailbox
 import socket
 import sys
 from pathlib import Path
@@ -23,8 +22,8 @@ class MailSink(Service):
         return self.paths.state_dir / "mail"
 
     def prepare(self, echo: Echo) -> None:
-        self.maildir.parent.mkdir(parents=True, exist_ok=True)
-        mailbox.Maildir(self.maildir, create=True)  # its tmp/, new/ and cur/
+        for sub in ("tmp", "new", "cur"):  # a Maildir; aiosmtpd's Mailbox writes into it
+            (self.maildir / sub).mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:
         return [

@@ -19,8 +19,8 @@ from erynoa.settings import Settings
 from erynoa.stack import procs
 from erynoa.stack.base import Echo, Service, StackError, StackPaths, Unavailable, last_lines
 from erynoa.stack.kafka import Kafka
-from erynoa.stack.postgres import Postgres
 from erynoa.stack.mail import MailSink
+from erynoa.stack.postgres import Postgres
 from erynoa.stack.redis import Redis
 from erynoa.stack.stripe_mock import StripeMock
 
