@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 import asyncpg
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from api.auth import Principal
 from api.deps import Context, CurrentUser, Db, Publisher
@@ -70,6 +70,15 @@ REACTION_ESTIMATE = timedelta(seconds=10)
 # uuid5 namespace for booking ids derived from (customer, Idempotency-Key). Never change it.
 _BOOKING_ID_NAMESPACE = uuid.UUID("0d6c4f3e-2b1a-5e9d-8c7b-6a5f4e3d2c1b")
 
+
+def _to_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 has no UTC equivalent
+        raise ValueError("is out of range") from None
+
+
+SlotStart = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 PaymentMethod = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")]
 IdempotencyKey = Annotated[
     str | None,
@@ -101,7 +110,7 @@ class BookingCreate(Body):
     )
 
     service_id: uuid.UUID
-    slot_start: AwareDatetime = Field(description="RFC 3339 with a UTC offset; in the future")
+    slot_start: SlotStart = Field(description="RFC 3339 with a UTC offset; in the future")
     payment_method: PaymentMethod = Field(description="the payment method to authorize")
     notes: Notes | None = Field(default=None, description="for the provider, <= 2000 characters")
 
@@ -248,7 +257,7 @@ async def create_booking(
 ) -> JSONResponse:
     """Request a booking of a service's slot; poll the returned URL for its outcome."""
     now = utcnow()
-    slot_start = body.slot_start.astimezone(UTC)
+    slot_start = body.slot_start  # already UTC
     if slot_start <= now:
         raise _invalid("body.slot_start", "must be in the future")
     if slot_start > now + BOOKING_HORIZON:

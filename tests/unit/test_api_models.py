@@ -73,6 +73,8 @@ BOOKING = {
     "change",
     [
         {"slot_start": "2030-02-03T14:30:00"},  # no offset
+        {"slot_start": "0001-01-01T00:00:00+01:00"},  # no UTC equivalent
+        {"slot_start": "9999-12-31T23:59:59-01:00"},
         {"notes": "nul\x00"},
         {"notes": "lone \ud800 surrogate"},
         {"notes": "x" * 2001},
@@ -87,7 +89,7 @@ def test_booking_bodies_refuse_unstorable_input(change: dict[str, Any]) -> None:
 
 def test_a_valid_booking_body() -> None:
     body = BookingCreate.model_validate(BOOKING | {"notes": "Zweiter Stock, Türcode 4711"})
-    assert body.slot_start.utcoffset() is not None
+    assert body.slot_start.isoformat() == "2030-02-03T13:30:00+00:00"
 
 
 @pytest.mark.parametrize(
