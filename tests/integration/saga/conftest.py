@@ -173,3 +173,56 @@ async def event_log(saga_settings: Settings, saga_catalog: TopicCatalog) -> Asyn
     await log.start()
     yield log
     await log.stop()
+
+
+class Api:
+    """The REST API and the materializer, as subprocesses of this session (same topics)."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        from tests.integration.saga.harness import free_port
+
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            **env,
+            "ERYNOA_API_PORT": str(self.port),
+            "ERYNOA_PUBLIC_BASE_URL": self.base_url,
+        }
+        parts = {
+            "api": [sys.executable, "-m", "erynoa", "api"],
+            "materializer": [sys.executable, "-m", "erynoa", "materializer", "run"],
+        }
+        self.system = System(parts, env=env, log_dir=log_dir)
+        self.log_dir = log_dir
+
+    def start(self, timeout: float = 60) -> None:
+        import urllib.request
+
+        self.system.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/api/v1/health/live", timeout=1):
+                    return
+            except OSError:
+                exited = self.system.exited()
+                if exited or time.monotonic() > deadline:
+                    log = (self.log_dir / "api.log").read_text(errors="replace")[-3000:]
+                    raise AssertionError(f"API did not come up ({exited}):\n{log}") from None
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        self.system.stop(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def api(
+    agents: Agents,
+    saga_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Api]:
+    server = Api(saga_env, tmp_path_factory.mktemp("api"))
+    server.start()
+    yield server
+    server.stop()
