@@ -224,7 +224,9 @@ class Runtime:
             http=http,
             verifier=verifier,
             revocations=revocations,
-            limiter=RateLimiter(redis),
+            # Counters per deployment: stacks that share a Redis (see topic_prefix) do not
+            # eat into each other's limits.
+            limiter=RateLimiter(redis, prefix=f"{settings.topic_prefix}erynoa:rl"),
             dev_issuer=dev_issuer,
             users=SeenUsers(),
             started_at=time.time(),
