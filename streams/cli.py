@@ -42,10 +42,12 @@ def worker(
     app = create_app(name, settings)
     # Programmatic worker: Faust's own CLI would want the argv. It installs SIGTERM/SIGINT
     # handlers that stop the app gracefully; override_logging keeps our JSON handler.
-    faust.Worker(
+    runner = faust.Worker(
         app,
         loglevel=level,
         quiet=True,
         redirect_stdouts=False,
         override_logging=False,
-    ).execute_from_commandline()
+    )
+    runner.spinner = None  # terminal escape codes would break the JSON lines
+    runner.execute_from_commandline()

@@ -9,6 +9,7 @@ agent workers, on the session's own topics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -24,6 +25,7 @@ import pytest
 
 from erynoa.saga import BookingState, Status
 from erynoa.settings import Settings
+from erynoa.topics import TopicCatalog
 from tests.integration.saga.conftest import Api
 from tests.integration.saga.harness import (
     Mailbox,
@@ -33,6 +35,7 @@ from tests.integration.saga.harness import (
     create_service,
     create_user,
     settled,
+    wait_caught_up,
 )
 from tests.invariants import check_invariants
 
@@ -373,3 +376,65 @@ async def test_repeating_a_request_with_its_idempotency_key_books_once(
     await until(db, first)
     assert await ledger(db, first) == ["authorize", "void"]
     assert await check_invariants(db, [first]) == []
+
+
+async def test_redelivering_finished_sagas_leaves_the_read_model_alone(
+    client: Client,
+    db: asyncpg.Pool,
+    mailbox: Mailbox,
+    saga_settings: Settings,
+    saga_catalog: TopicCatalog,
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    confirmed = await client.book(customer, service)
+    declined = await client.book(customer, service, payment_method="pm_card_chargeDeclined")
+    refunded = await client.book(customer, service)
+    for booking in (confirmed, refunded):
+        await until(db, booking, waits_for_provider)
+        await client.act(service.provider, "provider", booking, "accept")
+    await until(db, refunded)
+    await client.act(customer, "customer", refunded, "cancel")
+    bookings = [confirmed, declined, refunded]
+    await until(db, confirmed)
+    await until(db, declined)
+    await until(
+        db, refunded, lambda s: settled(s) and s is not None and s.status == Status.CANCELLED
+    )
+    groups = [c.group_id for c in saga_catalog.consumers.values()]
+    await wait_caught_up(saga_settings.kafka_bootstrap, saga_catalog, groups)
+
+    async def everything() -> tuple[object, ...]:
+        rows = await db.fetch(
+            "SELECT * FROM bookings WHERE id = ANY($1::uuid[]) ORDER BY id", bookings
+        )
+        ledger_rows = await db.fetch(
+            "SELECT * FROM sandbox_ledger WHERE booking_id = ANY($1::uuid[]) ORDER BY id", bookings
+        )
+        events = await db.fetchval(
+            "SELECT count(*) FROM booking_events WHERE booking_id = ANY($1::uuid[])", bookings
+        )
+        mails = sorted(m.message_id for b in bookings for m in mailbox.for_booking(b))
+        return [dict(r) for r in rows], [dict(r) for r in ledger_rows], events, mails
+
+    before = await everything()
+    log = await db.fetch(
+        """SELECT topic, booking_id::text AS key, body FROM booking_events
+           WHERE booking_id = ANY($1::uuid[]) ORDER BY "offset" """,
+        bookings,
+    )
+    assert len(log) > 20
+    async with contextlib.AsyncExitStack() as stack:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=saga_settings.kafka_bootstrap)
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        for row in log:
+            await producer.send_and_wait(
+                row["topic"], value=bytes(row["body"]), key=row["key"].encode()
+            )
+    await wait_caught_up(saga_settings.kafka_bootstrap, saga_catalog, groups)
+    await asyncio.sleep(1.0)
+    assert await everything() == before
+    assert await check_invariants(db, bookings) == []
