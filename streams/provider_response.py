@@ -86,7 +86,7 @@ class ProviderResponseAdapter(BaseAdapter):
         s = ctx.state
         if s.provider_outcome is not None:
             status = _ROW_STATUS[s.provider_outcome]
-        elif s.is_outcome or s.status in saga.TERMINAL:
+        elif s.is_outcome:
             status = "cancelled"
         else:
             return

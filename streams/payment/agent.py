@@ -132,8 +132,6 @@ class PaymentAdapter(BaseAdapter):
         if not isinstance(event, StripeEventReceived):
             return []
         s = ctx.state
-        if s.payment != saga.Payment.ACTION_REQUIRED:
-            return []  # already decided (a late or repeated webhook changes nothing)
         if s.payment_id is not None and event.payment_id != s.payment_id:
             log.warning(
                 "webhook for payment %s, booking pays with %s; ignored",
@@ -142,9 +140,14 @@ class PaymentAdapter(BaseAdapter):
                 extra={"booking_id": s.booking_id, "correlation_id": s.correlation_id},
             )
             return []
-        if event.stripe_event_type in WEBHOOK_AUTHORIZED:
+        waiting = s.payment == saga.Payment.ACTION_REQUIRED
+        if event.stripe_event_type in WEBHOOK_AUTHORIZED and (
+            waiting or s.payment == saga.Payment.FAILED
+        ):
+            # After a failure too: Stripe does not promise the order of its events, and money
+            # that did get authorized must be recorded so that the rules void it.
             return [self._authorized(ctx, event.payment_id)]
-        if event.stripe_event_type in WEBHOOK_FAILED:
+        if event.stripe_event_type in WEBHOOK_FAILED and waiting:
             return [
                 self._failed(
                     ctx,
@@ -153,7 +156,7 @@ class PaymentAdapter(BaseAdapter):
                     f"Stripe reported {event.stripe_event_type}",
                 )
             ]
-        return []
+        return []  # already decided: a repeated webhook changes nothing
 
     def _authorized(self, ctx: Context, payment_id: str) -> BookingEvent:
         # The same step id whether the authorization came back at once or through the webhook:

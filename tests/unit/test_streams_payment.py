@@ -1,0 +1,193 @@
+"""The payment agent's decisions with an in-memory gateway: which event each gateway answer and
+each Stripe webhook becomes, and the idempotency keys it hands the gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from erynoa import events as ev
+from erynoa import saga
+from erynoa.events import Money
+from streams.payment.agent import PaymentAdapter
+from streams.payment.gateway import (
+    ActionRequired,
+    Authorized,
+    AuthorizeResult,
+    Captured,
+    CaptureFailed,
+    CaptureResult,
+    Declined,
+    Refunded,
+    Voided,
+)
+from streams.runtime import Context
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+PRICE = Money(4500, "EUR")
+
+
+@dataclass
+class FakeGateway:
+    authorize_result: AuthorizeResult = field(default_factory=lambda: Authorized("pi_1"))
+    capture_result: CaptureResult = field(default_factory=lambda: Captured("pi_1"))
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    name: str = "fake"
+
+    async def start(self, pool: Any) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def authorize(self, **kwargs: Any) -> AuthorizeResult:
+        self.calls.append(("authorize", kwargs))
+        return self.authorize_result
+
+    async def capture(self, **kwargs: Any) -> CaptureResult:
+        self.calls.append(("capture", kwargs))
+        return self.capture_result
+
+    async def void(self, **kwargs: Any) -> Voided:
+        self.calls.append(("void", kwargs))
+        return Voided(kwargs["payment_id"])
+
+    async def refund(self, **kwargs: Any) -> Refunded:
+        self.calls.append(("refund", kwargs))
+        return Refunded("re_1")
+
+
+REQUESTED = ev.make(
+    ev.BookingRequested,
+    booking_id="8a1c3f0e-2b4d-4e6f-8a9b-0c1d2e3f4a5b",
+    producer="api",
+    occurred_at=NOW,
+    customer_id="alice",
+    service_id="svc",
+    provider_id="bob",
+    slot_start=NOW + timedelta(days=2),
+    slot_end=NOW + timedelta(days=2, hours=1),
+    price=PRICE,
+    payment_method="pm_card_visa",
+    response_deadline_seconds=60,
+)
+
+
+def ctx_for(state: saga.BookingState, cause: ev.BookingEvent = REQUESTED) -> Context:
+    return Context(
+        agent="payment", conn=None, pool=None, state=state, cause=cause, now=NOW, headers={}
+    )
+
+
+def reserved() -> saga.BookingState:
+    return replace(saga.start(REQUESTED), status=saga.Status.RESERVED, hold=saga.Hold.HELD)
+
+
+@pytest.mark.parametrize(
+    ("answer", "event_type"),
+    [
+        (Authorized("pi_1"), "PaymentAuthorized"),
+        (ActionRequired("pi_1", "secret"), "PaymentActionRequired"),
+        (Declined("card_declined", "Declined.", "pi_1"), "PaymentFailed"),
+    ],
+)
+async def test_each_authorization_answer_becomes_its_event(
+    answer: AuthorizeResult, event_type: str
+) -> None:
+    gateway = FakeGateway(authorize_result=answer)
+    [event] = await PaymentAdapter(gateway).execute(
+        saga.AuthorizePayment(PRICE), ctx_for(reserved())
+    )
+    assert event.event_type == event_type
+    [(name, kwargs)] = gateway.calls
+    assert name == "authorize"
+    assert kwargs["idempotency_key"] == f"{REQUESTED.booking_id}:authorize"
+    assert kwargs["payment_method"] == "pm_card_visa"
+    assert kwargs["amount"] == PRICE
+
+
+async def test_a_failed_capture_is_recorded_not_raised() -> None:
+    gateway = FakeGateway(capture_result=CaptureFailed("charge_expired_for_capture", "expired"))
+    state = replace(reserved(), payment=saga.Payment.AUTHORIZED, payment_id="pi_1")
+    [event] = await PaymentAdapter(gateway).execute(saga.CapturePayment(PRICE), ctx_for(state))
+    assert isinstance(event, ev.PaymentCaptureFailed)
+    assert event.reason_code == "charge_expired_for_capture"
+    assert gateway.calls[0][1]["idempotency_key"] == f"{REQUESTED.booking_id}:capture"
+
+
+async def test_void_and_refund_use_their_own_keys() -> None:
+    gateway = FakeGateway()
+    state = replace(reserved(), payment=saga.Payment.AUTHORIZED, payment_id="pi_1")
+    adapter = PaymentAdapter(gateway)
+    [voided] = await adapter.execute(saga.VoidPayment("cancelled"), ctx_for(state))
+    [refunded] = await adapter.execute(saga.RefundPayment(PRICE), ctx_for(state))
+    assert isinstance(voided, ev.PaymentVoided)
+    assert isinstance(refunded, ev.PaymentRefunded)
+    assert [kw["idempotency_key"] for _, kw in gateway.calls] == [
+        f"{REQUESTED.booking_id}:void",
+        f"{REQUESTED.booking_id}:refund",
+    ]
+
+
+def webhook(stripe_event_type: str, payment_id: str = "pi_1") -> ev.StripeEventReceived:
+    return ev.make(
+        ev.StripeEventReceived,
+        cause=REQUESTED,
+        producer="api",
+        stripe_event_id="evt_1",
+        stripe_event_type=stripe_event_type,
+        payment_id=payment_id,
+        payment_status="x",
+    )
+
+
+def waiting_for_customer() -> saga.BookingState:
+    return replace(
+        reserved(),
+        status=saga.Status.PAYMENT_ACTION_REQUIRED,
+        payment=saga.Payment.ACTION_REQUIRED,
+        payment_id="pi_1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("stripe_event_type", "event_type"),
+    [
+        ("payment_intent.succeeded", "PaymentAuthorized"),
+        ("payment_intent.amount_capturable_updated", "PaymentAuthorized"),
+        ("payment_intent.payment_failed", "PaymentFailed"),
+        ("payment_intent.canceled", "PaymentFailed"),
+    ],
+)
+async def test_a_webhook_finishes_an_authorization_that_needed_action(
+    stripe_event_type: str, event_type: str
+) -> None:
+    hook = webhook(stripe_event_type)
+    events = await PaymentAdapter(FakeGateway()).react(hook, ctx_for(waiting_for_customer(), hook))
+    assert [e.event_type for e in events] == [event_type]
+    # The same id as an immediate authorization: a booking is authorized once.
+    if event_type == "PaymentAuthorized":
+        assert events[0].event_id == ev.derived_event_id(REQUESTED.booking_id, "payment:authorized")
+
+
+async def test_webhooks_that_change_nothing_are_ignored() -> None:
+    adapter = PaymentAdapter(FakeGateway())
+    other = webhook("payment_intent.succeeded", payment_id="pi_other")
+    assert await adapter.react(other, ctx_for(waiting_for_customer(), other)) == []
+    authorized = replace(waiting_for_customer(), payment=saga.Payment.AUTHORIZED)
+    hook = webhook("payment_intent.succeeded")
+    assert await adapter.react(hook, ctx_for(authorized, hook)) == []
+    failed_again = webhook("payment_intent.payment_failed")
+    assert await adapter.react(failed_again, ctx_for(authorized, failed_again)) == []
+    assert await adapter.react(REQUESTED, ctx_for(authorized)) == []
+
+
+async def test_a_success_after_a_failure_is_recorded_so_it_gets_voided() -> None:
+    failed = replace(waiting_for_customer(), status=saga.Status.FAILED, payment=saga.Payment.FAILED)
+    hook = webhook("payment_intent.succeeded")
+    [event] = await PaymentAdapter(FakeGateway()).react(hook, ctx_for(failed, hook))
+    state = saga.evolve(failed, event)
+    assert saga.next_actions("payment", state, NOW) == [saga.VoidPayment(reason="failed")]
