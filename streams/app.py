@@ -176,8 +176,13 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
         app.agent(topic, name=f"{agent}.{retry_topic}")(_retry_stream(runtime))
 
     async def relay_outbox() -> None:
-        if not runtime.draining:
+        if runtime.draining:
+            return
+        try:
             await runtime.relay_outbox()
+        except Exception:
+            # Kafka or PostgreSQL is away: the rows stay and the next tick tries again.
+            log.warning("outbox relay failed", exc_info=True)
 
     app.timer(interval=OUTBOX_RELAY_INTERVAL_S, name=f"{agent}.outbox-relay")(relay_outbox)
 
@@ -185,8 +190,13 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
         from streams.provider_response import sweep_deadlines
 
         async def deadlines() -> None:
-            if not runtime.draining:
+            if runtime.draining:
+                return
+            try:
                 await sweep_deadlines(runtime)
+            except Exception:
+                # The rows are durable: the next sweep finds them again.
+                log.warning("deadline sweep failed", exc_info=True)
 
         app.timer(interval=DEADLINE_SWEEP_INTERVAL_S, name="provider-response.deadlines")(deadlines)
     return app
