@@ -2,7 +2,8 @@
 
 ``EventPublisher`` wraps an idempotent aiokafka producer (``acks=all``): it encodes with the
 one codec, picks the topic from the catalog, keys by booking (or service) id, and puts the
-cross-cutting context into Kafka headers. ``publish`` returns only after the broker
+cross-cutting context into Kafka headers, the current trace span's W3C context included
+(``erynoa.tracing``; nothing while tracing is off). ``publish`` returns only after the broker
 acknowledged, so a caller that answers a client after it has a durable fact.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from erynoa import tracing
 from erynoa.codec import EventCodec
 from erynoa.events import BookingEvent, CatalogEvent
 from erynoa.topics import TopicCatalog
@@ -22,6 +24,7 @@ from erynoa.topics import TopicCatalog
 # Header names (ASCII, lower-case): what travels beside every event.
 H_REQUEST_ID = "x-request-id"
 H_TRACEPARENT = "traceparent"
+H_TRACESTATE = "tracestate"
 H_EVENT_TYPE = "erynoa-event-type"
 H_SYNTHETIC = "erynoa-synthetic"
 H_REPLAY = "erynoa-replay"
@@ -146,6 +149,8 @@ class EventPublisher:
             key = event.booking_id if isinstance(event, BookingEvent) else event.service_id
             kafka_headers: Headers = [(H_EVENT_TYPE, event.event_type.encode())]
             kafka_headers += [(k, v.encode()) for k, v in (headers or {}).items()]
+            # The span publishing this event is its cause's: it replaces a passed-on context.
+            tracing.inject(kafka_headers)
             pending.append(
                 await self._producer.send(
                     self.topic_for(event),

@@ -2,7 +2,8 @@
 
 Fields given with ``extra=`` (``booking_id``, ``correlation_id``, ``request_id``...) become
 top-level keys, so one booking can be followed across the API, the agents and the
-materializer with a plain ``grep``.
+materializer with a plain ``grep``. While tracing is on (``erynoa.tracing``), a line written
+inside a span also carries its ``trace_id`` and ``span_id``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from erynoa import tracing
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -30,6 +33,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        # The record is formatted in the thread (and context) that logged it: the current span
+        # is the one the line was written in.
+        entry.update(tracing.log_fields())
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value

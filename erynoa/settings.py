@@ -82,6 +82,21 @@ class Settings(BaseSettings):
     mail_from: str = "bookings@erynoa.local"
     webhook_signing_secret: str = "dev-secret"
 
+    # --- observability ---
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Each non-API process serves /metrics on base + its offset (erynoa.metrics.PORT_OFFSETS:
+    # materializer 0, reservation 1, payment 2, notification 3, provider-response 4);
+    # 0 turns them off. The API serves GET /metrics on its own port.
+    metrics_port_base: int = Field(default=9100, ge=0, le=65535 - 10)
+    metrics_host: str = "127.0.0.1"
+    # OpenTelemetry traces: off by default (a no-op tracer). "console" writes one JSON line per
+    # span to stderr (beside the logs); "otlp" sends them over OTLP/HTTP to otlp_endpoint
+    # (unset: the exporter's default, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or localhost:4318).
+    tracing_exporter: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str | None = None
+    # Fraction of new traces recorded (a trace started upstream keeps its own decision).
+    tracing_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:
         if self.environment != "production":
