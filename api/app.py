@@ -2,7 +2,9 @@
 
 The lifespan builds the ``Runtime`` (Postgres pool, Kafka producer, Redis, JWKS cache) and
 stores it on ``app.state``; importing this module connects to nothing. Middleware, from the
-outside in: request id + access log + last-resort 500, CORS, gzip, the request-body guard.
+outside in: Prometheus request metrics, request id + trace span + access log + last-resort 500,
+CORS, gzip, the request-body guard. ``GET /metrics`` serves the process's metrics
+(``api.metrics``).
 
     uvicorn --factory api.app:app_from_env     # or: erynoa api
 """
@@ -21,10 +23,12 @@ from redis.exceptions import RedisError
 
 from api.deps import limit_ip
 from api.envelopes import error_response, errors, install_error_handlers, request_id_of
+from api.metrics import METRICS_PATH, ApiMetrics, MetricsMiddleware, metrics_endpoint
 from api.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from api.routes import admin, auth, bookings, health, payments, services, users, webhooks
 from api.runtime import KafkaUnavailable, Runtime
 from erynoa import __version__
+from erynoa.metrics import new_registry
 from erynoa.settings import Settings, get_settings
 
 API_PREFIX = "/api/v1"
@@ -85,8 +89,14 @@ def create_app(settings: Settings) -> FastAPI:
         # Every route may answer these (malformed input, a bug); documented with the envelope,
         # replacing FastAPI's default 422 schema, which is not what we send.
         responses=errors(422, 500),
+        # Spans and metrics are ours (RequestContextMiddleware, api.metrics, erynoa.tracing):
+        # FastAPI's built-in OpenTelemetry would add a second span per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    # One registry per app (not the global one): tests build several apps in one process.
+    metrics = ApiMetrics(new_registry())
+    app.state.metrics = metrics
     install_error_handlers(app)
     _install_dependency_errors(app)
 
@@ -100,6 +110,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(payments.router, prefix=API_PREFIX, dependencies=limited)
     app.include_router(webhooks.router, prefix=API_PREFIX, dependencies=limited)
     app.include_router(admin.router, prefix=API_PREFIX, dependencies=limited)
+    # For the scraper, beside the API rather than in it: no rate limit, not in the schema.
+    app.add_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
 
     # Added innermost first: the last one added sees the request first.
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
@@ -120,6 +132,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_age=600,
     )
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
 

@@ -1,4 +1,4 @@
-"""Plain ASGI middleware: request ids and access logs, and the request-body guard.
+"""Plain ASGI middleware: request ids, trace spans and access logs, and the request-body guard.
 
 Pure ASGI rather than ``BaseHTTPMiddleware`` so streaming responses pass through untouched
 and the body guard can answer before any route code runs.
@@ -11,10 +11,13 @@ import re
 import time
 from typing import Any
 
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.envelopes import error_response, new_request_id
+from api.metrics import route_template
+from erynoa import tracing
 
 access_log = logging.getLogger("erynoa.api.access")
 log = logging.getLogger("erynoa.api")
@@ -32,7 +35,10 @@ def _state(scope: Scope) -> dict[str, Any]:
 class RequestContextMiddleware:
     """Gives every request an id (the client's ``X-Request-ID`` if valid), echoes it in the
     response, logs one JSON line per request, and turns an unhandled exception into the
-    500 error envelope (the bug is logged with its traceback)."""
+    500 error envelope (the bug is logged with its traceback).
+
+    While tracing is on, the request runs in a server span that continues the caller's
+    ``traceparent`` (or starts a trace); the events it publishes carry that span's context."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -41,10 +47,34 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = Headers(scope=scope).get("x-request-id", "")
+        headers = Headers(scope=scope)
+        given = headers.get("x-request-id", "")
         request_id = given if _REQUEST_ID.match(given) else new_request_id()
         state = _state(scope)
         state["request_id"] = request_id
+        if not tracing.enabled():
+            await self._serve(scope, receive, send, request_id)
+            return
+        method = scope["method"]
+        with tracing.span(
+            "erynoa.api",
+            method,  # renamed to "METHOD /route/{template}" once routed
+            kind=SpanKind.SERVER,
+            parent=tracing.extract_http(headers),
+            attributes={"http.request.method": method, "request_id": request_id},
+        ) as span:
+            await self._serve(scope, receive, send, request_id)
+            if span is not None:
+                route = route_template(scope)
+                status = int(state.get("response_status", 500))
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(StatusCode.ERROR)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        state = _state(scope)
         status = 500
         started = False
 
@@ -68,6 +98,7 @@ class RequestContextMiddleware:
             response = error_response(request_id, 500, "internal error; it has been logged")
             await response(scope, receive, send_with_id)
         finally:
+            state["response_status"] = status
             client = scope.get("client")
             access_log.info(
                 "%s %s %s",
@@ -78,6 +109,7 @@ class RequestContextMiddleware:
                     "request_id": request_id,
                     "method": scope["method"],
                     "path": scope["path"],
+                    "route": route_template(scope),
                     "status": status,
                     "duration_ms": round((time.perf_counter() - began) * 1000, 2),
                     "user": state.get("user_id"),

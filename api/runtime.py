@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 from aiokafka.errors import KafkaError
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
 from api.auth import DevIssuer, KeySource, Principal, RemoteJwks, RevocationList, TokenVerifier
 from api.ratelimit import RateLimiter
+from erynoa import tracing
 from erynoa.codec import EventCodec, default_codec
 from erynoa.db import create_pool
 from erynoa.events import BookingEvent, CatalogEvent
@@ -108,10 +110,34 @@ class KafkaLink:
         publisher = self._publisher
         if publisher is None:
             raise KafkaUnavailable(self._last_error)
-        try:
-            return await publisher.publish(event, context.headers if context else None)
-        except KafkaError as exc:
-            raise KafkaUnavailable(str(exc) or type(exc).__name__) from exc
+        about: dict[str, str] = (
+            tracing.event_attributes(event)
+            if isinstance(event, BookingEvent)
+            else {"service_id": event.service_id, "event_type": event.event_type}
+        )
+        # A producer span per event: the agents' spans become its children, one trace per booking.
+        with tracing.span(
+            "erynoa.api",
+            f"publish {event.event_type}",
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", **about},
+        ):
+            try:
+                published = await publisher.publish(event, context.headers if context else None)
+            except KafkaError as exc:
+                raise KafkaUnavailable(str(exc) or type(exc).__name__) from exc
+            log.info(
+                "published %s",
+                event.event_type,
+                extra={
+                    **about,
+                    "request_id": context.request_id if context else None,
+                    "topic": published.topic,
+                    "partition": published.partition,
+                    "offset": published.offset,
+                },
+            )
+        return published
 
     async def check(self) -> None:
         """Raise unless a broker answers a metadata request now."""

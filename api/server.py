@@ -2,6 +2,8 @@
 
 JSON logs go to stderr (one line per request from the access-log middleware, so uvicorn's own
 access log is off); ``X-Forwarded-For`` is trusted only from the local host (a proxy there).
+Traces are exported as ``ERYNOA_TRACING_EXPORTER`` says (off by default); metrics are served
+on the API's own port at ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import uvicorn
 
 from api.app import create_app
+from erynoa import tracing
 from erynoa.logs import configure
 from erynoa.settings import Settings
 
 
 def serve(settings: Settings) -> None:
     """Serve the API on ``settings.api_host:settings.api_port`` until interrupted."""
-    configure("api")
+    configure("api", settings.log_level)
+    tracing.configure(settings, "erynoa-api")
     config = uvicorn.Config(
         create_app(settings),
         host=settings.api_host,
