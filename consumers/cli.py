@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from erynoa import logs
+from erynoa import logs, tracing
 from erynoa.settings import get_settings
 
 materializer_app = typer.Typer(no_args_is_help=True, help="The read model's materializer.")
@@ -21,7 +21,8 @@ def run() -> None:
     from consumers.materializer import run as run_materializer
 
     settings = get_settings()
-    logs.configure("materializer")
+    logs.configure("materializer", settings.log_level)
+    tracing.configure(settings, "erynoa-materializer")
 
     async def main() -> None:
         stopping = asyncio.Event()
@@ -32,6 +33,7 @@ def run() -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+    tracing.shutdown()
 
 
 @materializer_app.command("rebuild")

@@ -7,6 +7,15 @@ the truth; the offsets committed to Kafka only serve lag monitoring and a first 
 
 ``erynoa materializer rebuild`` replays the log from offset 0 into a fresh schema, compares it
 with the live tables and swaps them in only when they agree (or with ``--force``).
+
+Observability: one INFO line per batch, one DEBUG line per event (``booking_id``,
+``correlation_id``, ``request_id``); with tracing on, a span per event, the child of the
+context its Kafka headers carry. ``/metrics`` on ``ERYNOA_METRICS_PORT_BASE`` + 0::
+
+    erynoa_materializer_batch_size                    histogram (events per batch)
+    erynoa_materializer_write_duration_seconds        histogram (one batch's transaction)
+    erynoa_materializer_events_total{outcome}         applied | skipped | dead_lettered
+    erynoa_consumer_lag{group, topic, partition}      end offset minus position, per partition
 """
 
 from __future__ import annotations
@@ -21,13 +30,18 @@ from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from consumers.projection import Projection, Record
+from consumers.projection import BatchResult, Projection, Record
 from erynoa import kafka as k
+from erynoa import metrics, tracing
 from erynoa.codec import EventCodec, UndecodableEvent, default_codec
 from erynoa.db import create_pool
 from erynoa.events import BookingEvent
+from erynoa.metrics import MetricsServer
 from erynoa.settings import Settings
 from erynoa.topics import Consumer, TopicCatalog, load_catalog
 
@@ -35,6 +49,42 @@ log = logging.getLogger("erynoa.materializer")
 
 CONSUMER = "materializer"
 BATCH_MAX_RECORDS = 2000
+# While idle, lag is still refreshed this often (a batch refreshes it at once).
+LAG_REFRESH_S = 5.0
+
+
+class MaterializerMetrics:
+    """The materializer process's metrics (module docstring), in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry, group: str) -> None:
+        self.registry = registry
+        self.batch_size = Histogram(
+            "erynoa_materializer_batch_size",
+            "Events per batch (one transaction, one offset commit)",
+            buckets=metrics.BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.write_seconds = Histogram(
+            "erynoa_materializer_write_duration_seconds",
+            "Time of one batch's read-model transaction",
+            buckets=metrics.LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.events = Counter(
+            "erynoa_materializer_events",
+            "Events by outcome: applied (new to the read model), skipped (redelivered), "
+            "dead_lettered (undecodable)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.lag = metrics.PartitionLag(registry, group)
+
+    def record(self, batch: int, seconds: float, result: BatchResult, dead: int) -> None:
+        self.batch_size.observe(batch)
+        self.write_seconds.observe(seconds)
+        self.events.labels("applied").inc(result.applied)
+        self.events.labels("skipped").inc(result.skipped)
+        self.events.labels("dead_lettered").inc(dead)
 
 
 @dataclass
@@ -49,6 +99,8 @@ class Runtime:
     consumer: AIOKafkaConsumer
     dead_letters: AIOKafkaProducer
     projection: Projection
+    metrics: MaterializerMetrics
+    metrics_server: MetricsServer | None = None
 
 
 class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -100,14 +152,20 @@ async def start(settings: Settings) -> Runtime:
     runtime = Runtime(
         settings, catalog, spec, codec, pool, consumer, dead_letters,
         Projection(CONSUMER, codec),
+        MaterializerMetrics(metrics.new_registry(), spec.group_id),
     )  # fmt: skip
     consumer.subscribe(list(spec.consumes), listener=_SeekToStoredPositions(runtime))
     await dead_letters.start()
     await consumer.start()
+    runtime.metrics_server = metrics.serve(
+        runtime.metrics.registry, settings.metrics_host, metrics.port_for(settings, CONSUMER)
+    )
     return runtime
 
 
 async def stop(runtime: Runtime) -> None:
+    if runtime.metrics_server is not None:
+        runtime.metrics_server.stop()
     with contextlib.suppress(Exception):
         await runtime.consumer.stop()
     with contextlib.suppress(Exception):
@@ -188,9 +246,22 @@ async def process_batch(runtime: Runtime, messages: Sequence[ConsumerRecord[byte
             runtime.dead_letters, runtime.spec.dead_letter_topic, message, why, "undecodable"
         )
     undecodable = [(m.topic, m.partition, m.offset) for m, _ in bad]
+    spans = _start_spans(messages, records)
+    _log_events(records, messages, spans)
     started = time.perf_counter()
-    async with runtime.pool.acquire() as conn:
-        result = await runtime.projection.apply(conn, records, undecodable)
+    try:
+        async with runtime.pool.acquire() as conn:
+            result = await runtime.projection.apply(conn, records, undecodable)
+    except BaseException as exc:
+        for span in spans.values():
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR)
+            span.end()
+        raise
+    written_s = time.perf_counter() - started
+    for span in spans.values():
+        span.end()
+    runtime.metrics.record(len(messages), written_s, result, len(bad))
     for (topic, partition), offset in result.rewind.items():
         runtime.consumer.seek(TopicPartition(topic, partition), offset)
     # Kafka's committed offsets follow Postgres (for lag monitoring); losing this commit
@@ -202,15 +273,91 @@ async def process_batch(runtime: Runtime, messages: Sequence[ConsumerRecord[byte
             offsets[tp] = max(offsets.get(tp, 0), message.offset + 1)
     if offsets:
         await runtime.consumer.commit(offsets)
-    log.debug(
-        "batch applied",
+    log.info(
+        "batch of %d applied",
+        len(messages),
         extra={
             "events": result.applied,
             "skipped": result.skipped,
+            "dead_lettered": len(bad),
             "bookings": result.bookings,
-            "ms": round((time.perf_counter() - started) * 1000, 1),
+            "ms": round(written_s * 1000, 1),
         },
     )
+
+
+def _key(message: ConsumerRecord[bytes, bytes] | Record) -> tuple[str, int, int]:
+    return (message.topic, message.partition, message.offset)
+
+
+def _start_spans(
+    messages: Sequence[ConsumerRecord[bytes, bytes]], records: Sequence[Record]
+) -> dict[tuple[str, int, int], trace.Span]:
+    """A span per event, the child of its headers' context, open until the batch commits."""
+    if not tracing.enabled():
+        return {}
+    headers = {_key(m): m.headers for m in messages}
+    spans = {}
+    for record in records:
+        span = tracing.start_consumer_span(
+            "erynoa.materializer",
+            f"materialize {record.event.event_type}",
+            headers[_key(record)],
+            {**tracing.event_attributes(record.event), "messaging.destination.name": record.topic},
+        )
+        if span is not None:
+            spans[_key(record)] = span
+    return spans
+
+
+def _log_events(
+    records: Sequence[Record],
+    messages: Sequence[ConsumerRecord[bytes, bytes]],
+    spans: dict[tuple[str, int, int], trace.Span],
+) -> None:
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    headers = {_key(m): m.headers for m in messages}
+    for record in records:
+        event = record.event
+        span = spans.get(_key(record))
+        # Inside the event's span, so the line carries its trace_id.
+        with trace.use_span(span, end_on_exit=False) if span else contextlib.nullcontext():
+            log.debug(
+                "%s from %s",
+                event.event_type,
+                event.producer,
+                extra={
+                    "booking_id": event.booking_id,
+                    "correlation_id": event.correlation_id,
+                    "request_id": k.header(headers[_key(record)], k.H_REQUEST_ID),
+                    "event_id": event.event_id,
+                    "event_type": event.event_type,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
+
+
+async def update_lag(runtime: Runtime) -> None:
+    """Lag of every partition this process is assigned: end offset minus position.
+
+    The end is the last stable offset (we read committed), falling back to the high
+    watermark; both are known locally once the partition was fetched from.
+    """
+    consumer = runtime.consumer
+    lags: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        try:
+            position = await asyncio.wait_for(consumer.position(tp), timeout=1.0)
+        except (IllegalStateError, TimeoutError):
+            continue  # revoked meanwhile, or no position yet: nothing to report
+        end = consumer.last_stable_offset(tp)
+        lag = metrics.lag(end if end is not None else consumer.highwater(tp), position)
+        if lag is not None:
+            lags[(tp.topic, tp.partition)] = lag
+    runtime.metrics.lag.update(lags)
 
 
 async def run(settings: Settings, stopping: asyncio.Event | None = None) -> None:
@@ -219,11 +366,15 @@ async def run(settings: Settings, stopping: asyncio.Event | None = None) -> None
     runtime = await start(settings)
     log.info("materializer started", extra={"group": runtime.spec.group_id})
     backoff = 0.5
+    lag_updated = 0.0
     try:
         while not stopping.is_set():
             batches = await runtime.consumer.getmany(timeout_ms=200, max_records=BATCH_MAX_RECORDS)
             messages = [m for batch in batches.values() for m in batch]
             if not messages:
+                if time.monotonic() - lag_updated > LAG_REFRESH_S:
+                    await update_lag(runtime)
+                    lag_updated = time.monotonic()
                 continue
             try:
                 await process_batch(runtime, messages)
@@ -241,6 +392,8 @@ async def run(settings: Settings, stopping: asyncio.Event | None = None) -> None
                     runtime.consumer.seek(tp, offset)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+            await update_lag(runtime)
+            lag_updated = time.monotonic()
     finally:
         await stop(runtime)
         log.info("materializer stopped")
