@@ -13,9 +13,10 @@
    would multiply the API's load by the poll rate and compete for the rate limit, measuring
    the watcher instead of the system. It reads the very table the GET serves, and a REST run
    checks a sample of bookings through GET at the end (``verify_get``).
-5. Plays the people: once the read model shows ``awaiting_provider``, the provider accepts or
-   rejects through the API (or never answers), or the customer cancels; at
-   ``payment_action_required`` the customer completes 3-D Secure (a signed Stripe webhook).
+5. Plays the people: once the read model shows ``awaiting_provider`` and the provider told,
+   the provider accepts or rejects through the API (or never answers), or the customer
+   cancels; at ``payment_action_required`` the customer completes 3-D Secure (a signed Stripe
+   webhook). Each waits its profile delay first.
 6. A booking is *settled* when it reached an outcome and no agent has anything left to do for
    it (``erynoa.saga.next_actions`` is empty for all four: money and hold released,
    customer told). Sending stops at ``count``/``duration``; the run then waits up to
@@ -223,7 +224,8 @@ class _Run:
         for chunk in _chunks(ids, 5000):
             try:
                 rows = await self.pool.fetch(
-                    """SELECT id::text AS id, status, events_applied, payment_id
+                    """SELECT id::text AS id, status, events_applied, payment_id,
+                              provider_notified
                        FROM bookings WHERE id = ANY($1::uuid[])""",
                     chunk,
                 )
@@ -236,7 +238,7 @@ class _Run:
                     continue
                 tracked.events_applied = row["events_applied"]
                 tracked.status = row["status"]
-                self._react(tracked, row["payment_id"])
+                self._react(tracked, row["payment_id"], row["provider_notified"])
                 if tracked.status in OUTCOMES:
                     changed_outcomes.append(tracked.booking_id)
         if changed_outcomes:
@@ -265,29 +267,31 @@ class _Run:
                     self.open.discard(row["id"])
                     self.open_slots.release()
 
-    def _react(self, tracked: Tracked, payment_id: str | None) -> None:
+    def _react(self, tracked: Tracked, payment_id: str | None, provider_notified: bool) -> None:
         intent = tracked.plan.intent
         status = tracked.status
-        if status == Status.AWAITING_PROVIDER:
+        # The provider and the customer act once the provider has been told about the request,
+        # as people do: the request reached them. (Answering earlier, straight off the read
+        # model, races the notification agent: the saga then never tells the provider, and the
+        # invariant checker reports it.)
+        if status == Status.AWAITING_PROVIDER and provider_notified:
             if intent is Intent.CUSTOMER_CANCELS:
-                self._once(tracked, "cancel", self._cancel(tracked))
+                self._once(tracked, "cancel", lambda: self._cancel(tracked))
             elif intent in _ANSWERS:
-                self._once(tracked, "answer", self._answer(tracked, _ANSWERS[intent]))
+                decision = _ANSWERS[intent]
+                self._once(tracked, "answer", lambda: self._answer(tracked, decision))
         elif (
             status == Status.PAYMENT_ACTION_REQUIRED
             and intent is Intent.ACTION_REQUIRED
             and payment_id is not None
         ):
-            self._once(tracked, "3ds", self._complete_action(tracked, payment_id))
+            found = payment_id
+            self._once(tracked, "3ds", lambda: self._complete_action(tracked, found))
 
-    def _once(self, tracked: Tracked, what: str, coro: Awaitable[None]) -> None:
-        if what in tracked.reacted:
-            # Never awaited: close it so Python does not warn about a forgotten coroutine.
-            if asyncio.iscoroutine(coro):
-                coro.close()
-            return
-        tracked.reacted.add(what)
-        self._spawn(coro)
+    def _once(self, tracked: Tracked, what: str, action: Callable[[], Awaitable[None]]) -> None:
+        if what not in tracked.reacted:
+            tracked.reacted.add(what)
+            self._spawn(action())
 
     async def _after_delay(
         self, tracked: Tracked, operation: Callable[[], Awaitable[None]]
@@ -421,7 +425,9 @@ async def run(
         tokens,
         settings.stripe_webhook_secret,
         run_id,
-        max_connections=options.concurrency,
+        # The API serves one request per connection at a time; past a few dozen
+        # connections more only add queueing inside the one uvicorn process.
+        max_connections=min(options.concurrency, 64),
     )
     try:
         await w.create(pool, world)

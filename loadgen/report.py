@@ -53,8 +53,8 @@ STEPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("accepted → captured", ("ProviderAccepted",), ("PaymentCaptured",)),
 )
 STEP_NOTES = {
-    "authorized → provider answer": "includes the simulated provider's delay and its "
-    "wait for the read model",
+    "authorized → provider answer": "includes the simulated provider's delay, its wait "
+    "for the read model and the watcher's poll interval",
 }
 
 
@@ -216,6 +216,17 @@ def build_report(data: RunData, timelines: dict[str, Timeline]) -> Report:
             visible_times.append(tl.outcome_visible_at)
             points.append((tl.outcome_visible_at - t0, took))
 
+    # Does latency climb over the run? The median of the first and the last fifth of the
+    # bookings by send time: a backlog that grows shows as a last fifth far above the first.
+    by_send = sorted(
+        (tr.sent_at, timelines[b].outcome_visible_at)
+        for b, tr in tracked.items()
+        if b in timelines and timelines[b].outcome_visible_at is not None
+    )
+    fifth = max(1, len(by_send) // 5)
+    first_fifth = stats.summarize(v - s for s, v in by_send[:fifth] if v is not None)
+    last_fifth = stats.summarize(v - s for s, v in by_send[-fifth:] if v is not None)
+
     send_seconds = max(data.send_ended - data.send_started, 1e-9)
     last_outcome = max(visible_times, default=t0)
     acked = len(tracked)
@@ -291,6 +302,8 @@ def build_report(data: RunData, timelines: dict[str, Timeline]) -> Report:
         "late_sends": data.late_sends,
         "max_send_lateness_ms": round(data.max_lateness_s * 1000, 2),
         "saga_events": total_events,
+        "e2e_p50_first_fifth_ms": round(first_fifth.p50_ms, 2),
+        "e2e_p50_last_fifth_ms": round(last_fifth.p50_ms, 2),
         "get_checked": data.get_checked,
     }
     return Report(

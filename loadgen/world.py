@@ -25,6 +25,9 @@ import asyncpg
 
 from loadgen.profile import DEFAULT_PAYMENT_METHOD, PAYMENT_METHOD, Intent, Profile
 
+# Fixed, so a run's service ids follow from its run id.
+_SERVICE_NAMESPACE = uuid.UUID("8a1d2c3b-4e5f-5a6b-9c7d-0e1f2a3b4c5d")
+
 
 @dataclass(frozen=True)
 class Service:
@@ -63,7 +66,8 @@ class World:
             rank = index + 1
             hot = rank <= cat.hot_services
             slot_count = cat.hot_slots if hot else pop.slots_per_service
-            service_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            # From the run id, not the seed: a repeated seed must not reuse a service id.
+            service_id = str(uuid.uuid5(_SERVICE_NAMESPACE, f"{run_id}/{rank}"))
             services.append(
                 Service(
                     id=service_id,

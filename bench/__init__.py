@@ -1,0 +1,1 @@
+"""The benchmark (``python bench/run.py``): its parts, importable as ``bench.<part>``."""
