@@ -26,7 +26,7 @@ from rich.live import Live
 from erynoa.settings import get_settings
 from erynoa.topics import parse_duration_ms
 from loadgen.engine import SystemUnavailable, run
-from loadgen.model import RunOptions, RunRefused, Via
+from loadgen.model import Progress, RunOptions, RunRefused, Via
 from loadgen.plot import write_plot
 from loadgen.profile import ProfileError, load_profile, resolve_profile
 from loadgen.render import progress_panel, result_tables
@@ -149,10 +149,8 @@ def loadgen(
     settings = get_settings()
     live = None if quiet else Live(console=console, refresh_per_second=4, transient=True)
 
-    def show(progress: object) -> None:
-        from loadgen.model import Progress
-
-        if live is not None and isinstance(progress, Progress):
+    def show(progress: Progress) -> None:
+        if live is not None:
             live.update(progress_panel(progress, via))
 
     try:

@@ -22,7 +22,7 @@ def write_plot(report: Report, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = report.series
-    t = [r["t_s"] for r in rows]
+    t = [r.t_s for r in rows]
     fig, (ax_rate, ax_latency, ax_lag) = plt.subplots(
         3, 1, figsize=(10, 9), sharex=True, constrained_layout=True
     )
@@ -33,22 +33,23 @@ def write_plot(report: Report, path: Path) -> Path:
         f"target {target}, {run['accepted']} bookings"
     )
 
-    ax_rate.plot(t, [r["sent"] for r in rows], label="sent /s", drawstyle="steps-post")
-    ax_rate.plot(t, [r["completed"] for r in rows], label="completed /s", drawstyle="steps-post")
+    ax_rate.plot(t, [r.sent for r in rows], label="sent /s", drawstyle="steps-post")
+    ax_rate.plot(t, [r.completed for r in rows], label="completed /s", drawstyle="steps-post")
     ax_rate.set_ylabel("bookings per second")
     ax_rate.legend(loc="upper right")
     ax_rate.grid(alpha=0.3)
 
-    done = [r for r in rows if r["completed"] > 0]
-    ax_latency.plot([r["t_s"] for r in done], [r["p50_ms"] for r in done], ".-", label="p50")
-    ax_latency.plot([r["t_s"] for r in done], [r["p99_ms"] for r in done], ".-", label="p99")
+    done = [r for r in rows if r.completed > 0]
+    ax_latency.plot([r.t_s for r in done], [r.p50_ms for r in done], ".-", label="p50")
+    ax_latency.plot([r.t_s for r in done], [r.p99_ms for r in done], ".-", label="p99")
     ax_latency.set_ylabel("end to end (ms)")
-    if done and max(r["p99_ms"] for r in done) > 20 * max(min(r["p50_ms"] for r in done), 1):
+    if done and max(r.p99_ms for r in done) > 20 * max(min(r.p50_ms for r in done), 1):
         ax_latency.set_yscale("log")
     ax_latency.legend(loc="upper right")
     ax_latency.grid(alpha=0.3)
 
-    ax_lag.plot(t, [r["max_lag"] for r in rows], color="tab:red", drawstyle="steps-post")
+    sampled = [(r.t_s, r.max_lag) for r in rows if r.max_lag is not None]
+    ax_lag.plot([t for t, _ in sampled], [lag for _, lag in sampled], ".-", color="tab:red")
     ax_lag.set_ylabel("max consumer lag (messages)")
     ax_lag.set_xlabel("seconds since the first booking was sent")
     ax_lag.grid(alpha=0.3)

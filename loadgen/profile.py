@@ -111,7 +111,7 @@ class Catalog(_Strict):
     duration_minutes: int = Field(default=45, ge=1, le=7 * 24 * 60)
     # How long a provider that never answers takes to expire (the loadgen's services are
     # created in the database, so shorter than the API's 60 s minimum is allowed here).
-    response_deadline_seconds: int = Field(default=5, ge=1, le=3600)
+    response_deadline_seconds: int = Field(default=15, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _prices_ordered(self) -> Catalog:

@@ -142,6 +142,14 @@ def result_tables(report: Report) -> Group:
         for status, count in report.unfinished.items():
             problems.add_row(f"unfinished: {status}", str(count))
         parts.append(problems)
+        if any(" 429" in kind for kind in report.errors):
+            parts.append(
+                Text(
+                    "429: the API's rate limits applied; raise ERYNOA_RATE_LIMIT_PER_MINUTE_IP "
+                    "and ERYNOA_RATE_LIMIT_PER_MINUTE_USER for the API process to load it harder",
+                    style="yellow",
+                )
+            )
     inv = report.invariants
     if not inv.get("checked"):
         parts.append(Text(f"invariants: not checked ({inv.get('error')})", style="yellow"))

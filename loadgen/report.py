@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -148,6 +148,19 @@ def timeline(booking_id: str, rows: Sequence[Recorded]) -> Timeline:
     return result
 
 
+@dataclass(frozen=True)
+class SeriesPoint:
+    """One second of the run (from the first send): what was sent and completed in it, the
+    completed sagas' latency, and the largest consumer lag sampled (None: no sample)."""
+
+    t_s: float
+    sent: int
+    completed: int
+    p50_ms: float
+    p99_ms: float
+    max_lag: int | None
+
+
 @dataclass
 class Report:
     """The run's results; ``to_json`` is what the JSON file holds."""
@@ -161,7 +174,7 @@ class Report:
     unfinished: dict[str, int]
     errors: dict[str, int]
     consumer_lag: dict[str, Any]
-    series: list[dict[str, float]]
+    series: list[SeriesPoint]
     invariants: dict[str, Any] = field(
         default_factory=lambda: {"checked": False, "error": "not run", "violations": []}
     )
@@ -183,7 +196,7 @@ class Report:
             "errors": self.errors,
             "consumer_lag": self.consumer_lag,
             "invariants": self.invariants,
-            "series": self.series,
+            "series": [asdict(point) for point in self.series],
         }
 
 
@@ -269,14 +282,14 @@ def build_report(data: RunData, timelines: dict[str, Timeline]) -> Report:
     for second in range(horizon + 1):
         bucket = buckets[second] if second < len(buckets) else None
         rows.append(
-            {
-                "t_s": float(second),
-                "sent": float(sent_series.get(second, 0)),
-                "completed": float(bucket.count if bucket else 0),
-                "p50_ms": round(bucket.p50_ms, 2) if bucket else 0.0,
-                "p99_ms": round(bucket.p99_ms, 2) if bucket else 0.0,
-                "max_lag": float(lag_series.get(second, 0)),
-            }
+            SeriesPoint(
+                t_s=float(second),
+                sent=sent_series.get(second, 0),
+                completed=bucket.count if bucket else 0,
+                p50_ms=round(bucket.p50_ms, 2) if bucket else 0.0,
+                p99_ms=round(bucket.p99_ms, 2) if bucket else 0.0,
+                max_lag=lag_series.get(second),
+            )
         )
 
     options = data.options

@@ -204,9 +204,18 @@ def test_the_report_adds_up_a_run() -> None:
     assert report.consumer_lag["max"] == 7
     assert report.run["sent"] == 11
     assert report.run["failed_requests"] == 1
-    assert report.series[0]["sent"] == 10
-    assert sum(r["completed"] for r in report.series) == 10
-    assert report.series[0]["max_lag"] == 7
+    assert report.series[0].sent == 10
+    assert sum(r.completed for r in report.series) == 10
+    assert report.series[0].max_lag == 7
+    assert all(r.max_lag is None for r in report.series[1:])  # no sample: a gap, not zero
     document = report.to_json()
     assert document["latency_ms"]["end_to_end"]["p50_ms"] == pytest.approx(150.0, abs=1e-3)
     assert document["invariants"]["checked"] is False
+    assert document["series"][0] == {
+        "t_s": 0.0,
+        "sent": 10,
+        "completed": 9,
+        "p50_ms": 150.0,
+        "p99_ms": 150.0,
+        "max_lag": 7,
+    }
