@@ -19,18 +19,21 @@ agent's clients (payment gateway, SMTP, HTTP) are created when the app starts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import faust
+from aiokafka import AIOKafkaProducer
 
 from erynoa import saga
 from erynoa.codec import default_codec
 from erynoa.db import create_pool
-from erynoa.kafka import EventPublisher
+from erynoa.kafka import EventPublisher, producer_config
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
 from streams.runtime import Adapter, Incoming, Runtime
@@ -39,6 +42,8 @@ log = logging.getLogger("streams.app")
 
 AGENTS: tuple[saga.Agent, ...] = ("reservation", "payment", "notification", "provider-response")
 DEADLINE_SWEEP_INTERVAL_S = 1.0
+MAX_LANES = 8
+LANE_BUFFER = 64
 OUTBOX_RELAY_INTERVAL_S = 5.0
 
 
@@ -121,9 +126,10 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
         return await create_pool(settings)
 
     def make_publisher() -> EventPublisher:
-        return EventPublisher.create(
-            settings.kafka_bootstrap, f"{consumer.group_id}-publisher", codec, catalog
-        )
+        config = producer_config(settings.kafka_bootstrap, f"{consumer.group_id}-publisher")
+        # Each handler waits for its events' acknowledgement before it acks its message, so a
+        # linger is pure latency here; the lanes' concurrent sends still share batches.
+        return EventPublisher(AIOKafkaProducer(**{**config, "linger_ms": 0}), codec, catalog)
 
     runtime = Runtime(
         adapter=adapter if adapter is not None else make_adapter(agent, settings),
@@ -160,16 +166,7 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
 
     main_topic = app.topic(*consumer.consumes, key_serializer="raw", value_serializer="raw")
 
-    async def main_stream(stream: Any) -> None:
-        # Manual acks: see the module docstring.
-        manual = stream.noack()
-        async for event in manual.events():
-            if runtime.draining:
-                await runtime.park()
-            await runtime.run_tracked(runtime.process(_incoming(event)))
-            await manual.ack(event)
-
-    app.agent(main_topic, name=f"{agent}.main")(main_stream)
+    app.agent(main_topic, name=f"{agent}.main")(_main_stream(runtime, lanes_for(settings)))
 
     for retry_topic in consumer.retry_topics:
         topic = app.topic(retry_topic, key_serializer="raw", value_serializer="raw")
@@ -200,6 +197,53 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
 
         app.timer(interval=DEADLINE_SWEEP_INTERVAL_S, name="provider-response.deadlines")(deadlines)
     return app
+
+
+def lanes_for(settings: Settings) -> int:
+    """How many partitions one worker processes at once.
+
+    A handler holds one pooled connection for its transaction and may briefly take a second
+    (the sandbox ledger, a delivery record); with at most ``pool // 2 - 1`` lanes plus the
+    retry streams, outer transactions can never hold every connection while waiting for one.
+    """
+    return max(1, min(MAX_LANES, settings.db_pool_max // 2 - 1))
+
+
+def _main_stream(runtime: Runtime, lanes: int) -> Callable[[Any], Awaitable[None]]:
+    """The consumed topics' messages, handled in ``lanes`` parallel lanes by partition.
+
+    One partition always goes to the same lane and a lane handles its messages one after
+    another, so each partition is processed — and acknowledged — in order: a booking's events
+    keep their order, and an offset is never committed past an unfinished message (Faust's
+    bookkeeping of out-of-order acks is not trusted with that). Acks are manual: see the
+    module docstring.
+    """
+
+    async def main_stream(stream: Any) -> None:
+        manual = stream.noack()
+        queues: list[asyncio.Queue[tuple[Incoming, Any]]] = [
+            asyncio.Queue(maxsize=LANE_BUFFER) for _ in range(lanes)
+        ]
+
+        async def lane(queue: asyncio.Queue[tuple[Incoming, Any]]) -> None:
+            while True:
+                incoming, event = await queue.get()
+                if runtime.draining:
+                    await runtime.park()
+                await runtime.run_tracked(runtime.process(incoming))
+                await manual.ack(event)
+
+        async with asyncio.TaskGroup() as group:
+            for queue in queues:
+                group.create_task(lane(queue))
+            async for event in manual.events():
+                if runtime.draining:
+                    await runtime.park()
+                incoming = _incoming(event)
+                which = zlib.crc32(f"{incoming.topic}\x1f{incoming.partition}".encode()) % lanes
+                await queues[which].put((incoming, event))
+
+    return main_stream
 
 
 def _retry_stream(runtime: Runtime) -> Callable[[Any], Awaitable[None]]:

@@ -289,14 +289,27 @@ def test_5_a_customer_never_told_the_outcome() -> None:
     assert rules(check(evidence)) == {5}
 
 
-def test_5_a_provider_never_asked() -> None:
+def test_5_a_provider_asked_twice() -> None:
+    evidence = happy()
+    asked = next(
+        e
+        for e in evidence.events[B]
+        if isinstance(e, ev.NotificationSent) and e.template == saga.PROVIDER_REQUEST
+    )
+    evidence.events[B].append(replace(asked, event_id="asked-again"))
+    assert rules(check(evidence)) == {5}
+
+
+def test_5_a_provider_the_saga_outran_need_not_be_asked() -> None:
+    """The notification agent lagged past the whole wait: a stale request is rightly skipped."""
     evidence = happy()
     evidence.events[B] = [
         e
         for e in evidence.events[B]
         if not (isinstance(e, ev.NotificationSent) and e.template == saga.PROVIDER_REQUEST)
     ]
-    assert rules(check(evidence)) == {5}
+    evidence.deliveries = evidence.deliveries[1:]
+    assert check(evidence) == []
 
 
 @pytest.mark.parametrize("violation", [Violation(3, B, "captured twice")])

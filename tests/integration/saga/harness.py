@@ -529,3 +529,23 @@ async def dead_letters(
         if found or asyncio.get_running_loop().time() > deadline:
             return found
         await asyncio.sleep(0.5)
+
+
+async def assert_invariants(
+    pool: asyncpg.Pool,
+    booking_ids: Sequence[str],
+    events: Mapping[str, Sequence[ev.BookingEvent]] | None = None,
+    within: float = 30.0,
+) -> None:
+    """The invariants hold once the system is quiet: the materializer folds asynchronously, so
+    its read model may trail the topics for a moment; give it ``within`` seconds."""
+    from tests.invariants import check_invariants
+
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        violations = await check_invariants(pool, booking_ids, events=events)
+        if not violations:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("\n".join(map(str, violations)))
+        await asyncio.sleep(0.5)

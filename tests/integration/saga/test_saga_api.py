@@ -32,12 +32,12 @@ from tests.integration.saga.harness import (
     Service,
     User,
     a_slot,
+    assert_invariants,
     create_service,
     create_user,
     settled,
     wait_caught_up,
 )
-from tests.invariants import check_invariants
 
 pytestmark = pytest.mark.integration
 
@@ -200,7 +200,7 @@ async def test_happy_path_through_the_api(
     assert await ledger(db, booking) == ["authorize", "capture"]
     templates = sorted(m.template for m in mailbox.for_booking(booking))
     assert templates == ["customer_confirmed", "provider_request"]
-    assert await check_invariants(db, [booking]) == []
+    await assert_invariants(db, [booking])
 
 
 async def test_slot_full_through_the_api(client: Client, db: asyncpg.Pool) -> None:
@@ -216,7 +216,7 @@ async def test_slot_full_through_the_api(client: Client, db: asyncpg.Pool) -> No
     assert await ledger(db, second) == []  # nothing authorized
     assert (await client.act(customer, "customer", first, "cancel")).status_code == 202
     await until(db, first)
-    assert await check_invariants(db, [first, second]) == []
+    await assert_invariants(db, [first, second])
 
 
 async def test_declined_through_the_api(client: Client, db: asyncpg.Pool) -> None:
@@ -227,7 +227,7 @@ async def test_declined_through_the_api(client: Client, db: asyncpg.Pool) -> Non
     assert state.status == Status.FAILED
     seen = await client.get(customer, "customer", booking)
     assert (seen["status"], seen["hold"], seen["payment"]) == ("failed", "released", "failed")
-    assert await check_invariants(db, [booking]) == []
+    await assert_invariants(db, [booking])
 
 
 async def test_action_required_then_the_stripe_webhook_through_the_api(
@@ -246,7 +246,7 @@ async def test_action_required_then_the_stripe_webhook_through_the_api(
     assert (await client.get(customer, "customer", booking))["status"] == "awaiting_provider"
     await client.act(customer, "customer", booking, "cancel")
     await until(db, booking)
-    assert await check_invariants(db, [booking]) == []
+    await assert_invariants(db, [booking])
 
 
 async def test_provider_rejects_through_the_api(client: Client, db: asyncpg.Pool) -> None:
@@ -263,7 +263,7 @@ async def test_provider_rejects_through_the_api(client: Client, db: asyncpg.Pool
         "released",
     )
     assert await ledger(db, booking) == ["authorize", "void"]
-    assert await check_invariants(db, [booking]) == []
+    await assert_invariants(db, [booking])
 
 
 async def test_provider_times_out_through_the_api(client: Client, db: asyncpg.Pool) -> None:
@@ -278,7 +278,7 @@ async def test_provider_times_out_through_the_api(client: Client, db: asyncpg.Po
     )
     late = await client.act(service.provider, "provider", booking, "accept")
     assert late.status_code == 409  # the API refuses an answer to an expired booking
-    assert await check_invariants(db, [booking]) == []
+    await assert_invariants(db, [booking])
 
 
 async def test_capture_fails_through_the_api(
@@ -292,7 +292,7 @@ async def test_capture_fails_through_the_api(
     state = await until(db, booking)
     assert (state.status.value, state.hold.value) == ("failed", "released")
     assert "customer_failed" in {m.template for m in mailbox.for_booking(booking)}
-    assert await check_invariants(db, [booking]) == []
+    await assert_invariants(db, [booking])
 
 
 @pytest.mark.parametrize(
@@ -325,7 +325,7 @@ async def test_customer_cancels_through_the_api(
     if cancel_in == Status.CONFIRMED:
         assert state.payment.value == "refunded"
         assert await ledger(db, booking) == ["authorize", "capture", "refund"]
-    assert await check_invariants(db, [booking]) == []
+    await assert_invariants(db, [booking])
 
 
 async def test_fifty_concurrent_requests_for_three_seats_through_the_api(
@@ -358,7 +358,7 @@ async def test_fifty_concurrent_requests_for_three_seats_through_the_api(
         slot,
     )
     assert dict(row) == {"held": 0, "confirmed": 3}
-    assert await check_invariants(db, bookings) == []
+    await assert_invariants(db, bookings)
 
 
 async def test_repeating_a_request_with_its_idempotency_key_books_once(
@@ -375,7 +375,7 @@ async def test_repeating_a_request_with_its_idempotency_key_books_once(
     await client.act(customer, "customer", first, "cancel")
     await until(db, first)
     assert await ledger(db, first) == ["authorize", "void"]
-    assert await check_invariants(db, [first]) == []
+    await assert_invariants(db, [first])
 
 
 async def test_redelivering_finished_sagas_leaves_the_read_model_alone(
@@ -437,4 +437,4 @@ async def test_redelivering_finished_sagas_leaves_the_read_model_alone(
     await wait_caught_up(saga_settings.kafka_bootstrap, saga_catalog, groups)
     await asyncio.sleep(1.0)
     assert await everything() == before
-    assert await check_invariants(db, bookings) == []
+    await assert_invariants(db, bookings)

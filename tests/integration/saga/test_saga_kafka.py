@@ -21,6 +21,7 @@ from tests.integration.saga.harness import (
     Mailbox,
     a_slot,
     answer,
+    assert_invariants,
     cancel,
     create_service,
     create_user,
@@ -28,7 +29,6 @@ from tests.integration.saga.harness import (
     status_is,
     stripe_webhook,
 )
-from tests.invariants import check_invariants
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ async def test_happy_path_confirms_captures_once_and_tells_both(
         m for m in mailbox.for_booking(booking) if m.template == "provider_request"
     )
     assert provider_mail.to == (service.provider.email,)
-    assert await check_invariants(db, [booking], events=event_log.events) == []
+    await assert_invariants(db, [booking], event_log.events)
 
 
 async def test_slot_full_rejects_without_authorizing(
@@ -107,7 +107,7 @@ async def test_slot_full_rejects_without_authorizing(
 
     await cancel(publisher, event_log, first)  # leave nothing held behind
     await event_log.wait(first)
-    assert await check_invariants(db, [first, second], events=event_log.events) == []
+    await assert_invariants(db, [first, second], event_log.events)
 
 
 async def test_payment_declined_releases_the_hold(
@@ -128,7 +128,7 @@ async def test_payment_declined_releases_the_hold(
     assert state.payment == Payment.FAILED
     assert await hold_status(db, booking) == "released"
     assert mails(mailbox, booking) == ["customer_failed"]
-    assert await check_invariants(db, [booking], events=event_log.events) == []
+    await assert_invariants(db, [booking], event_log.events)
 
 
 async def test_action_required_then_webhook_continues_to_awaiting_provider(
@@ -152,7 +152,7 @@ async def test_action_required_then_webhook_continues_to_awaiting_provider(
     state = await event_log.wait(booking)
     assert state.status == Status.CONFIRMED
     assert await ledger(db, booking) == [("authorize", "action_required"), ("capture", "captured")]
-    assert await check_invariants(db, [booking], events=event_log.events) == []
+    await assert_invariants(db, [booking], event_log.events)
 
 
 async def test_action_required_then_failed_webhook_fails_and_releases(
@@ -173,7 +173,7 @@ async def test_action_required_then_failed_webhook_fails_and_releases(
     assert state.status == Status.FAILED
     assert state.hold == Hold.RELEASED
     assert mails(mailbox, booking) == ["customer_failed"]
-    assert await check_invariants(db, [booking], events=event_log.events) == []
+    await assert_invariants(db, [booking], event_log.events)
 
 
 async def test_provider_rejects_voids_and_releases(
@@ -201,7 +201,7 @@ async def test_provider_rejects_voids_and_releases(
         "SELECT status FROM provider_deadlines WHERE booking_id = $1", booking
     )
     assert deadline == "rejected"
-    assert await check_invariants(db, [booking], events=event_log.events) == []
+    await assert_invariants(db, [booking], event_log.events)
 
 
 async def test_provider_times_out_expires_voids_and_releases(
@@ -229,7 +229,7 @@ async def test_provider_times_out_expires_voids_and_releases(
     assert after is not None
     assert (after.status, after.payment, after.hold) == (state.status, state.payment, state.hold)
     assert await ledger(db, booking) == [("authorize", "authorized"), ("void", "voided")]
-    assert await check_invariants(db, [booking], events=event_log.events) == []
+    await assert_invariants(db, [booking], event_log.events)
 
 
 async def test_capture_fails_fails_releases_and_tells_the_customer(
@@ -256,7 +256,7 @@ async def test_capture_fails_fails_releases_and_tells_the_customer(
         ("void", "voided"),
     ]
     assert "customer_failed" in mails(mailbox, booking)
-    assert await check_invariants(db, [booking], events=event_log.events) == []
+    await assert_invariants(db, [booking], event_log.events)
 
 
 @pytest.mark.parametrize(
@@ -317,7 +317,7 @@ async def test_customer_cancels_and_everything_is_given_back(
             "customer_confirmed",
             "provider_request",
         ]
-    assert await check_invariants(db, [booking], events=event_log.events) == []
+    await assert_invariants(db, [booking], event_log.events)
 
 
 async def test_fifty_concurrent_requests_for_three_seats(
@@ -354,4 +354,4 @@ async def test_fifty_concurrent_requests_for_three_seats(
         slot,
     )
     assert dict(capacity) == {"held": 0, "confirmed": 3}
-    assert await check_invariants(db, bookings, events=event_log.events) == []
+    await assert_invariants(db, bookings, event_log.events)
