@@ -1,7 +1,8 @@
 """Kafka numbers for operators: events per topic, consumer lag per group, dead-letter depth.
 
-Uses confluent-kafka's admin client (offset listing is not in aiokafka's admin API). It is
-blocking, so ``collect`` runs in a worker thread with every request bounded by ``timeout``.
+Uses aiokafka's admin client and a group-less consumer: pure Python in the API's event loop.
+(confluent-kafka's admin client, run in a worker thread that a timeout abandons, crashed the
+process when librdkafka tore it down under load.)
 
 * events per topic: the sum of the partitions' end offsets (everything ever written);
 * lag of a group: end offset minus the group's committed offset, summed over the partitions
@@ -11,12 +12,14 @@ blocking, so ``collect`` runs in a worker thread with every request bounded by `
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
+from erynoa.kafka import start_consumer, topic_partitions
 from erynoa.topics import TopicCatalog
 
 
@@ -29,53 +32,44 @@ class KafkaStats:
     dead_letter_depth: dict[str, int] = field(default_factory=dict)
 
 
-def collect(bootstrap: str, catalog: TopicCatalog, timeout: float = 5.0) -> KafkaStats:
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000)})
-    metadata = admin.list_topics(timeout=timeout)
-    partitions: list[TopicPartition] = []
-    for spec in catalog.topics.values():
-        found = metadata.topics.get(spec.name)
-        if found is None or found.error is not None:
-            continue
-        partitions += [TopicPartition(spec.name, p) for p in found.partitions]
+async def collect(bootstrap: str, catalog: TopicCatalog) -> KafkaStats:
+    """Offsets and committed positions of every catalog topic (the caller bounds the time)."""
+    partitions = await topic_partitions(bootstrap, list(catalog.topics))
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="erynoa-api-stats")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="erynoa-api-stats")
+    await start_consumer(consumer)
+    await admin.start()
+    try:
+        latest_tp, earliest_tp = await asyncio.gather(
+            consumer.end_offsets(partitions), consumer.beginning_offsets(partitions)
+        )
+        latest = {(tp.topic, tp.partition): o for tp, o in latest_tp.items()}
+        earliest = {(tp.topic, tp.partition): o for tp, o in earliest_tp.items()}
+        stats = KafkaStats()
+        for (topic, partition), end in latest.items():
+            kind = catalog.topics[topic].kind
+            if kind == "event":
+                stats.events_per_topic[topic] = stats.events_per_topic.get(topic, 0) + end
+            stats.partitions_per_topic[topic] = stats.partitions_per_topic.get(topic, 0) + 1
+            if kind == "dead_letter":
+                start = earliest.get((topic, partition), 0)
+                stats.dead_letter_depth[topic] = stats.dead_letter_depth.get(topic, 0) + end - start
 
-    latest = _offsets(admin, partitions, OffsetSpec.latest(), timeout)  # type: ignore[no-untyped-call]
-    earliest = _offsets(admin, partitions, OffsetSpec.earliest(), timeout)  # type: ignore[no-untyped-call]
-
-    stats = KafkaStats()
-    for (topic, partition), end in latest.items():
-        kind = catalog.topics[topic].kind
-        if kind == "event":
-            stats.events_per_topic[topic] = stats.events_per_topic.get(topic, 0) + end
-        stats.partitions_per_topic[topic] = stats.partitions_per_topic.get(topic, 0) + 1
-        if kind == "dead_letter":
-            start = earliest.get((topic, partition), 0)
-            stats.dead_letter_depth[topic] = stats.dead_letter_depth.get(topic, 0) + end - start
-
-    for consumer in catalog.consumers.values():
-        consumed = [tp for tp in partitions if tp.topic in consumer.consumes]
-        request = [ConsumerGroupTopicPartitions(consumer.group_id, consumed)]
-        futures = admin.list_consumer_group_offsets(request, request_timeout=timeout)
-        result = futures[consumer.group_id].result(timeout=timeout)
-        per_topic: dict[str, int] = defaultdict(int)
-        for tp in result.topic_partitions or []:
-            key = (tp.topic, tp.partition)
-            if key not in latest:
-                continue
-            committed = tp.offset if tp.offset >= 0 else earliest.get(key, 0)
-            per_topic[tp.topic] += max(latest[key] - committed, 0)
-        stats.lag_per_group_topic[consumer.group_id] = dict(per_topic)
-        stats.lag_per_group[consumer.group_id] = sum(per_topic.values())
-    return stats
-
-
-def _offsets(
-    admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec, timeout: float
-) -> dict[tuple[str, int], int]:
-    if not partitions:
-        return {}
-    futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout)
-    return {
-        (tp.topic, tp.partition): future.result(timeout=timeout).offset
-        for tp, future in futures.items()
-    }
+        for consumer_spec in catalog.consumers.values():
+            consumed = [tp for tp in partitions if tp.topic in consumer_spec.consumes]
+            committed = await admin.list_consumer_group_offsets(
+                consumer_spec.group_id, partitions=consumed
+            )
+            per_topic: dict[str, int] = defaultdict(int)
+            for tp in consumed:
+                key = (tp.topic, tp.partition)
+                position = committed.get(TopicPartition(tp.topic, tp.partition))
+                # A partition the group never committed counts from the earliest offset.
+                start = position.offset if position and position.offset >= 0 else earliest[key]
+                per_topic[tp.topic] += max(latest[key] - start, 0)
+            stats.lag_per_group_topic[consumer_spec.group_id] = dict(per_topic)
+            stats.lag_per_group[consumer_spec.group_id] = sum(per_topic.values())
+        return stats
+    finally:
+        await consumer.stop()
+        await admin.close()

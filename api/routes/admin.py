@@ -172,12 +172,7 @@ async def stats(
     error: str | None = None
     try:
         kafka = await asyncio.wait_for(
-            asyncio.to_thread(
-                kafka_stats.collect,
-                runtime.settings.kafka_bootstrap,
-                runtime.catalog,
-                KAFKA_STATS_TIMEOUT_SECONDS,
-            ),
+            kafka_stats.collect(runtime.settings.kafka_bootstrap, runtime.catalog),
             timeout=KAFKA_STATS_TIMEOUT_SECONDS * 3,
         )
     except Exception as exc:  # partial statistics beat none: report why Kafka's are missing
