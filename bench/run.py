@@ -226,7 +226,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="≈ 2 minutes instead of ≈ 10")
     parser.add_argument(
-        "--no-stack", action="store_true", help="the stack is up already: skip stack up"
+        "--no-stack",
+        action="store_true",
+        help="the stack is up already: skip `stack up` (topics and migrations still apply)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
@@ -239,10 +241,11 @@ def main() -> int:
     settings = Settings()
     check_loopback(settings.public_base_url, settings.kafka_bootstrap, settings.database_url)
     if not args.no_stack:
-        say("stack: up, topics, migrations")
+        say("stack: up")
         erynoa("stack", "up")
-        erynoa("topics", "apply")
-        erynoa("db", "migrate")
+    say("stack: topics, migrations")
+    erynoa("topics", "apply")
+    erynoa("db", "migrate")
 
     command = "python bench/run.py" + (" --quick" if quick else "")
     results: dict[str, Any] = {
@@ -284,6 +287,7 @@ def main() -> int:
 
     results["versions"] = summary.versions({"kafka": kafka_version()})
     results["seconds"] = round(time.monotonic() - started, 1)
+    results["machine"]["loadavg_after"] = summary.machine()["loadavg"]
     results["targets"] = summary.targets(results)
     results["notes"].append(
         "The load generator, the HTTP client and the system share the machine's CPUs; every "

@@ -11,7 +11,7 @@ factor of 1.25 until one rate holds and the next does not, and bisects between t
 is *sustained* when
 
 * every saga reached its outcome within the drain window,
-* the generator was never held back (fewer than 1% late sends),
+* the generator was not held back (at most 5% late sends),
 * sagas completed at ≥ 80% of the offered rate (steady part of the run), and
 * latency did not climb: the median of the last fifth of bookings is at most twice the first
   fifth's plus 0.5 s (a growing backlog shows there first).
@@ -76,7 +76,8 @@ def judge(report: Report, rate: float) -> tuple[bool, str]:
         return False, f"{unfinished} sagas unfinished after the drain"
     if run_info["failed_requests"]:
         return False, f"{run_info['failed_requests']} requests failed"
-    if run_info["late_sends"] > 0.01 * max(run_info["sent"], 1):
+    # Not 0: on a busy 2-core machine the generator itself is sometimes scheduled late.
+    if run_info["late_sends"] > 0.05 * max(run_info["sent"], 1):
         return False, f"{run_info['late_sends']} late sends: the generator was held back"
     steady = report.throughput["steady_completed_sagas_per_s"]
     # Loose on purpose: completions come in materializer batches, so a short step's steady

@@ -148,7 +148,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"`{results['command']}` — {results['seconds']:.0f} s, every process and service on "
         f"one machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "
         f"{m['os']}, Python {m['python']}; load average before the run "
-        f"{' '.join(m['loadavg'] or ['?'])}.",
+        f"{' '.join(m['loadavg'] or ['?'])}, after {' '.join(m.get('loadavg_after') or ['?'])}.",
         "",
         "| target (issue 6) | measured | target | ratio | |",
         "|---|---:|---|---|---|",
