@@ -34,7 +34,7 @@ def worker(
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     settings = get_settings()
-    level = "INFO"
+    level = settings.log_level
     configure(f"agent-{name}", level)
     # Faust's own INFO chatter (every partition assignment, every table) drowns the saga's lines.
     logging.getLogger("faust").setLevel(logging.WARNING)
