@@ -60,7 +60,7 @@ class RequestContextMiddleware:
             "erynoa.api",
             method,  # renamed to "METHOD /route/{template}" once routed
             kind=SpanKind.SERVER,
-            parent=tracing.extract_http(headers),
+            parent=tracing.extract(headers),
             attributes={"http.request.method": method, "request_id": request_id},
         ) as span:
             await self._serve(scope, receive, send, request_id)

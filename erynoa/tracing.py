@@ -138,14 +138,12 @@ def tracer(name: str) -> Tracer:
     return _provider.get_tracer(name)
 
 
-def extract(headers: KafkaHeaders | None) -> Context:
-    """The trace context a consumed message carries (an empty context if none)."""
+def extract(headers: KafkaHeaders | Mapping[str, str] | None) -> Context:
+    """The trace context some headers carry (an empty context if none): a Kafka header list, or
+    headers kept as text (an HTTP request's, an agent's stored ones)."""
+    if isinstance(headers, Mapping):
+        return _propagator.extract(headers)
     return _propagator.extract(list(headers or ()), getter=kafka_getter)
-
-
-def extract_http(headers: Mapping[str, str]) -> Context:
-    """The trace context of an HTTP request's headers (any case-insensitive mapping)."""
-    return _propagator.extract(headers)
 
 
 def inject(headers: list[tuple[str, bytes]]) -> None:
@@ -194,10 +192,12 @@ def span(
 def consumer_span(
     component: str,
     name: str,
-    headers: KafkaHeaders | None,
+    headers: KafkaHeaders | Mapping[str, str] | None,
     attributes: Mapping[str, str | int] | None = None,
+    kind: SpanKind = SpanKind.CONSUMER,
 ) -> Iterator[Span | None]:
-    """Handle one consumed message inside a child span of the context its headers carry.
+    """Handle one consumed message (or a timer's work on stored headers) inside a child span of
+    the context its headers carry.
 
     Yields None while tracing is off. Events published inside carry the new span's context.
     """
@@ -207,11 +207,17 @@ def consumer_span(
     with span(
         component,
         name,
-        kind=SpanKind.CONSUMER,
+        kind=kind,
         parent=extract(headers),
         attributes={"messaging.system": "kafka", **(attributes or {})},
     ) as current:
         yield current
+
+
+def annotate(event: BookingEvent) -> None:
+    """Put the event's attributes on the current span (known only once the message decoded)."""
+    if _provider is not None:
+        trace.get_current_span().set_attributes(event_attributes(event))
 
 
 def start_consumer_span(

@@ -14,7 +14,9 @@ its handler committed and published (or routed the message to a retry/dead-lette
 offset is never committed for work that did not happen.
 
 Nothing connects at import or in ``create_app``: the pool, the Kafka publisher and the
-agent's clients (payment gateway, SMTP, HTTP) are created when the app starts.
+agent's clients (payment gateway, SMTP, HTTP) are created when the app starts, and so are the
+agent's ``/metrics`` port (``streams.metrics``; ``ERYNOA_METRICS_PORT_BASE`` + the agent's
+offset) and its tracer (``erynoa.tracing``; off unless ``ERYNOA_TRACING_EXPORTER`` is set).
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ import asyncpg
 import faust
 from aiokafka import AIOKafkaProducer
 
-from erynoa import saga
+from erynoa import metrics, saga, tracing
 from erynoa.codec import default_codec
 from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher, producer_config
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
+from streams.metrics import consumer_lag
 from streams.runtime import Adapter, Incoming, Runtime
 
 log = logging.getLogger("streams.app")
@@ -45,6 +48,7 @@ DEADLINE_SWEEP_INTERVAL_S = 1.0
 MAX_LANES = 8
 LANE_BUFFER = 64
 OUTBOX_RELAY_INTERVAL_S = 5.0
+LAG_INTERVAL_S = 5.0
 
 
 def make_adapter(agent: saga.Agent, settings: Settings) -> Adapter:
@@ -78,14 +82,22 @@ class AgentApp(faust.App):
     """A Faust app that starts the runtime's resources before its agents and drains them at stop."""
 
     runtime: Runtime
+    settings: Settings
+    metrics_server: metrics.MetricsServer | None = None
 
     async def on_first_start(self) -> None:
         # Faust creates its data dir without parents (it holds nothing for us: no tables).
         Path(self.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
+        tracing.configure(self.settings, f"erynoa-{self.runtime.agent}")
         await super().on_first_start()
 
     async def on_start(self) -> None:
         await self.runtime.start()
+        self.metrics_server = metrics.serve(
+            self.runtime.metrics.registry,
+            self.settings.metrics_host,
+            metrics.port_for(self.settings, self.runtime.agent),
+        )
         await super().on_start()
 
     async def on_stop(self) -> None:
@@ -97,6 +109,9 @@ class AgentApp(faust.App):
     async def on_shutdown(self) -> None:
         await super().on_shutdown()
         await self.runtime.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        tracing.shutdown()
 
 
 def _incoming(event: Any) -> Incoming:
@@ -163,6 +178,7 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
         broker_heartbeat_interval=3.0,
     )
     app.runtime = runtime
+    app.settings = settings
 
     main_topic = app.topic(*consumer.consumes, key_serializer="raw", value_serializer="raw")
 
@@ -183,6 +199,15 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
 
     app.timer(interval=OUTBOX_RELAY_INTERVAL_S, name=f"{agent}.outbox-relay")(relay_outbox)
 
+    async def report_lag() -> None:
+        try:
+            runtime.metrics.lag.update(await consumer_lag(app))
+        except Exception:
+            # Between assignments the consumer has no positions to give; the next tick will.
+            log.debug("consumer lag not available", exc_info=True)
+
+    app.timer(interval=LAG_INTERVAL_S, name=f"{agent}.lag")(report_lag)
+
     if agent == "provider-response":
         from streams.provider_response import sweep_deadlines
 
@@ -191,6 +216,7 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
                 return
             try:
                 await sweep_deadlines(runtime)
+                await runtime.metrics.count_deadlines(runtime.pool)
             except Exception:
                 # The rows are durable: the next sweep finds them again.
                 log.warning("deadline sweep failed", exc_info=True)

@@ -38,14 +38,16 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from aiokafka.errors import KafkaError
+from opentelemetry.trace import SpanKind
 
 from erynoa import kafka as k
-from erynoa import saga
+from erynoa import saga, tracing
 from erynoa.codec import EventCodec, UndecodableEvent
 from erynoa.events import BookingEvent, BookingRequested, derived_event_id, make
 from erynoa.kafka import EventPublisher
 from erynoa.topics import Consumer
 from streams import failures, store
+from streams.metrics import AgentMetrics
 
 log = logging.getLogger("streams.runtime")
 
@@ -194,11 +196,13 @@ class Runtime:
         connect_pool: Callable[[], Awaitable[asyncpg.Pool]],
         make_publisher: Callable[[], EventPublisher],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.adapter = adapter
         self.agent: saga.Agent = adapter.agent
         self.consumer = consumer
         self.codec = codec
+        self.metrics = metrics or AgentMetrics(self.agent, consumer.group_id, codec.versions)
         self.policy = policy
         self._connect_pool = connect_pool
         self._make_publisher = make_publisher
@@ -274,13 +278,25 @@ class Runtime:
         """Handle one message; failures go to a retry tier or the DLQ. Never raises, except
         when the worker stops (the message is then redelivered)."""
         final = failures.is_final_attempt(self.consumer, incoming.headers)
-        try:
-            gave_up = await self.handle(incoming, final_attempt=final)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self._route_failure(incoming, exc)
-            return
+        event_type = self.metrics.event_type(incoming.headers)
+        # A child span of the context the message carries; what the handler emits carries it on.
+        with (
+            tracing.consumer_span(
+                "streams",
+                f"{self.agent} {event_type}",
+                incoming.headers,
+                {"event_type": event_type, "messaging.destination.name": incoming.topic},
+            ),
+            self.metrics.handling(event_type),
+        ):
+            try:
+                gave_up = await self.handle(incoming, final_attempt=final)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._route_failure(incoming, exc)
+                return
+        self.metrics.processed(event_type)
         if gave_up:
             # The saga moved on (the adapter recorded the failure as an event); the message still
             # goes to the dead-letter topic so operators see what could not be delivered.
@@ -291,7 +307,10 @@ class Runtime:
         event = self.codec.decode(incoming.value)
         if not isinstance(event, BookingEvent):
             return []  # a catalog event on a shared topic: not this saga's business
+        tracing.annotate(event)
         incoming_headers = _propagated(incoming.headers)
+        # The outbox keeps this handler's span as the emitted events' parent (a relay too).
+        tracing.inject_into(incoming_headers)
         async with self.pool.acquire() as conn, conn.transaction():
             await store.lock_booking(conn, self.agent, event.booking_id)
             if await store.was_processed(conn, self.agent, event.event_id):
@@ -370,28 +389,38 @@ class Runtime:
             stored = await store.load_state(conn, self.agent, booking_id)
             if stored is None:
                 return False
-            ctx = Context(
-                agent=self.agent,
-                conn=conn,
-                pool=self.pool,
-                state=stored.state,
-                cause=None,
-                now=self.clock(),
-                headers=stored.headers,
-            )
-            emitted = await self._advance(ctx)
-            await self.adapter.settle(ctx)
-            if emitted:
-                await store.save_state(conn, self.agent, ctx.state, stored.headers)
-                await self._queue(conn, ctx, emitted)
-                log.info(
-                    "timer → %s",
-                    ", ".join(e.event_type for e in emitted),
-                    extra={
-                        "booking_id": booking_id,
-                        "correlation_id": stored.state.correlation_id,
-                    },
+            # The timer's work belongs to the booking's trace: a child of its stored context.
+            with tracing.consumer_span(
+                "streams",
+                f"{self.agent} timer",
+                stored.headers,
+                {"booking_id": booking_id, "correlation_id": stored.state.correlation_id},
+                kind=SpanKind.INTERNAL,
+            ):
+                headers = dict(stored.headers)
+                tracing.inject_into(headers)
+                ctx = Context(
+                    agent=self.agent,
+                    conn=conn,
+                    pool=self.pool,
+                    state=stored.state,
+                    cause=None,
+                    now=self.clock(),
+                    headers=headers,
                 )
+                emitted = await self._advance(ctx)
+                await self.adapter.settle(ctx)
+                if emitted:
+                    await store.save_state(conn, self.agent, ctx.state, stored.headers)
+                    await self._queue(conn, ctx, emitted)
+                    log.info(
+                        "timer → %s",
+                        ", ".join(e.event_type for e in emitted),
+                        extra={
+                            "booking_id": booking_id,
+                            "correlation_id": stored.state.correlation_id,
+                        },
+                    )
             outbox = await store.pending_outbox(conn, self.agent, booking_id)
         await self._publish(outbox)
         return True
@@ -465,6 +494,12 @@ class Runtime:
     ) -> None:
         hop = failures.next_hop(
             self.consumer, incoming.origin, incoming.headers, error, self.clock(), kind
+        )
+        self.metrics.failed(
+            self.metrics.event_type(incoming.headers),
+            kind or failures.classify(error),
+            hop.topic,
+            hop.dead_letter,
         )
         extra = _describe_for_log(self.codec, incoming)
         level = logging.ERROR if hop.dead_letter else logging.WARNING

@@ -1,0 +1,141 @@
+"""One agent's Prometheus metrics, served on its own port (``erynoa.metrics``: the base port plus
+the agent's offset; reservation 1, payment 2, notification 3, provider-response 4)::
+
+    erynoa_agent_events_processed_total{agent, event_type}          handled (duplicates too)
+    erynoa_agent_events_failed_total{agent, event_type, error_kind}  routed to a retry or the DLQ
+    erynoa_agent_handler_duration_seconds{agent, event_type}         one message, end to end
+    erynoa_agent_retries_total{agent, topic}                         sent to a retry tier
+    erynoa_agent_dead_letters_total{agent, error_kind}               sent to the dead-letter topic
+    erynoa_agent_deadlines_pending{agent}                            provider-response only
+    erynoa_consumer_lag{group, topic, partition}                     per assigned partition
+
+``event_type`` comes from the message's ``erynoa-event-type`` header (no second decode), limited
+to the codec's event types (``other`` otherwise, ``undecodable`` when the header is missing).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from erynoa import kafka as k
+from erynoa import metrics
+from erynoa.metrics import LATENCY_BUCKETS, PartitionLag
+
+UNDECODABLE = "undecodable"
+# provider_deadlines is counted at most this often (the sweep runs every second).
+DEADLINES_REFRESH_S = 5.0
+
+
+class AgentMetrics:
+    """The metrics of one agent process, in its own registry."""
+
+    def __init__(
+        self,
+        agent: str,
+        group: str,
+        event_types: Collection[str],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.agent = agent
+        self.registry = registry if registry is not None else metrics.new_registry()
+        self._event_types = frozenset(event_types)
+        self._processed = Counter(
+            "erynoa_agent_events_processed",
+            "Messages handled (the state committed and its events published), by event type",
+            ["agent", "event_type"],
+            registry=self.registry,
+        )
+        self._failed = Counter(
+            "erynoa_agent_events_failed",
+            "Messages whose handling failed and went to a retry tier or the dead-letter topic",
+            ["agent", "event_type", "error_kind"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "erynoa_agent_handler_duration_seconds",
+            "Time to handle one message: decode, transaction, side effects, publish",
+            ["agent", "event_type"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._retries = Counter(
+            "erynoa_agent_retries",
+            "Messages sent to a retry tier, by tier topic",
+            ["agent", "topic"],
+            registry=self.registry,
+        )
+        self._dead_letters = Counter(
+            "erynoa_agent_dead_letters",
+            "Messages sent to the dead-letter topic",
+            ["agent", "error_kind"],
+            registry=self.registry,
+        )
+        self._deadlines = Gauge(
+            "erynoa_agent_deadlines_pending",
+            "Provider deadlines still running (provider_deadlines rows with status pending)",
+            ["agent"],
+            registry=self.registry,
+        )
+        self.lag = PartitionLag(self.registry, group)
+        self._deadlines_counted = 0.0
+
+    def event_type(self, headers: list[tuple[str, bytes]]) -> str:
+        """The label for a consumed message, from its header."""
+        return metrics.bounded(k.header(headers, k.H_EVENT_TYPE), self._event_types, UNDECODABLE)
+
+    @contextmanager
+    def handling(self, event_type: str) -> Iterator[None]:
+        """Times one message's handling (successful or not)."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._latency.labels(self.agent, event_type).observe(time.perf_counter() - began)
+
+    def processed(self, event_type: str) -> None:
+        self._processed.labels(self.agent, event_type).inc()
+
+    def failed(self, event_type: str, error_kind: str, topic: str, dead_letter: bool) -> None:
+        self._failed.labels(self.agent, event_type, error_kind).inc()
+        if dead_letter:
+            self._dead_letters.labels(self.agent, error_kind).inc()
+        else:
+            self._retries.labels(self.agent, topic).inc()
+
+    async def count_deadlines(self, pool: asyncpg.Pool) -> None:
+        """Refresh the pending-deadline gauge (provider-response), at most every few seconds."""
+        now = time.monotonic()
+        if now - self._deadlines_counted < DEADLINES_REFRESH_S:
+            return
+        self._deadlines_counted = now
+        pending = await pool.fetchval(
+            "SELECT count(*) FROM provider_deadlines WHERE status = 'pending'"
+        )
+        self._deadlines.labels(self.agent).set(int(pending or 0))
+
+
+async def consumer_lag(app: Any) -> dict[tuple[str, int], int]:
+    """Lag of each partition assigned to this worker: end offset minus processed position.
+
+    The processed position is the offset this worker last committed (Faust's monitor keeps
+    it; acks are manual, so it never runs ahead of the work); before the first commit of a
+    partition, the consumer's position stands in. The end is the high watermark the consumer
+    last fetched; a partition not fetched from yet is left out rather than guessed.
+    """
+    consumer = app.consumer
+    committed = app.monitor.tp_committed_offsets or {}
+    lags: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        position = committed.get(tp)
+        if position is None:
+            position = await consumer.position(tp)
+        lag = metrics.lag(consumer.highwater(tp), position)
+        if lag is not None:
+            lags[(tp.topic, tp.partition)] = lag
+    return lags
