@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
@@ -102,6 +102,7 @@ class BookingState:
     hold_id: str | None = None
     payment: Payment = Payment.NONE
     payment_id: str | None = None
+    payment_action_since: datetime | None = None  # when the customer was asked to act
     provider_deadline_at: datetime | None = None
     provider_answer: ProviderAnswer | None = None
     provider_answered_at: datetime | None = None
@@ -145,6 +146,7 @@ class BookingState:
             "updated_at",
             "provider_deadline_at",
             "provider_answered_at",
+            "payment_action_since",
         ):
             if values.get(name) is not None:
                 values[name] = datetime.fromisoformat(values[name])
@@ -267,7 +269,12 @@ def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:
         case ev.PaymentActionRequired():
             if s.payment != Payment.NONE:
                 return s
-            action = replace(s, payment=Payment.ACTION_REQUIRED, payment_id=e.payment_id)
+            action = replace(
+                s,
+                payment=Payment.ACTION_REQUIRED,
+                payment_id=e.payment_id,
+                payment_action_since=e.occurred_at,
+            )
             return _advance(action, Status.PAYMENT_ACTION_REQUIRED)
         case ev.PaymentAuthorized():
             # After a failure too: an authorization that still came through (a customer
@@ -380,6 +387,13 @@ class RefundPayment:
 
 
 @dataclass(frozen=True)
+class AbandonPayment:
+    """The customer did not complete the payment's extra step in time: cancel it and fail."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class NotifyProvider:
     template: str = PROVIDER_REQUEST
 
@@ -417,6 +431,7 @@ Action = (
     | CapturePayment
     | VoidPayment
     | RefundPayment
+    | AbandonPayment
     | NotifyProvider
     | NotifyCustomer
     | StartProviderDeadline
@@ -431,7 +446,9 @@ class Policy:
     """The rules' settings (kept out of the state so a policy change needs no migration)."""
 
     refund_policy: RefundPolicy = "full"
-    extra: dict[str, str] = field(default_factory=dict)
+    # How long a customer has to finish 3-D Secure (or similar) before the booking fails:
+    # without it a booking could wait in payment_action_required forever (invariant 1).
+    payment_action_timeout: timedelta = timedelta(minutes=30)
 
 
 def money_settled(s: BookingState, policy: Policy) -> bool:
@@ -452,7 +469,7 @@ def next_actions(
     if agent == "reservation":
         return _reservation(s, policy)
     if agent == "payment":
-        return _payment(s, policy)
+        return _payment(s, policy, now)
     if agent == "notification":
         return _notification(s, policy)
     return _provider_response(s, now)
@@ -469,9 +486,20 @@ def _reservation(s: BookingState, policy: Policy) -> list[Action]:
     return []
 
 
-def _payment(s: BookingState, policy: Policy) -> list[Action]:
+def payment_action_expires_at(s: BookingState, policy: Policy) -> datetime | None:
+    """When a booking waiting for the customer's payment action fails, if it is waiting."""
+    if s.status != Status.PAYMENT_ACTION_REQUIRED or s.payment != Payment.ACTION_REQUIRED:
+        return None
+    since = s.payment_action_since or s.updated_at
+    return since + policy.payment_action_timeout
+
+
+def _payment(s: BookingState, policy: Policy, now: datetime) -> list[Action]:
     if s.payment == Payment.NONE and s.status == Status.RESERVED:
         return [AuthorizePayment(amount=s.price)]
+    expires_at = payment_action_expires_at(s, policy)
+    if expires_at is not None and now >= expires_at:
+        return [AbandonPayment(reason="payment action not completed in time")]
     if (
         s.payment == Payment.AUTHORIZED
         and s.status == Status.AWAITING_PROVIDER

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     stripe_webhook_secret: str = "whsec_dev"
     sandbox_latency_ms: int = 0
     refund_policy: Literal["full", "none"] = "full"
+    # A booking waiting for the customer's 3-D Secure step fails after this long.
+    payment_action_timeout_seconds: int = Field(default=1800, ge=1)
 
     # --- notifications ---
     smtp_host: str = "127.0.0.1"

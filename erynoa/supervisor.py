@@ -130,7 +130,8 @@ def run_foreground(api_url: str) -> int:
         if not announced and _answers(f"{api_url}/api/v1/health/live"):
             announced = True
             print(
-                f"erynoa: API at {api_url}/api/v1  docs at {api_url}/api/v1/docs  (Ctrl-C stops all)",
+                f"erynoa: API at {api_url}/api/v1  docs at {api_url}/api/v1/docs  "
+                "(Ctrl-C stops all)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ DEADLINE_SWEEP_INTERVAL_S = 1.0
 MAX_LANES = 8
 LANE_BUFFER = 64
 OUTBOX_RELAY_INTERVAL_S = 5.0
-LAG_INTERVAL_S = 5.0
+METRICS_INTERVAL_S = 5.0
 
 
 def make_adapter(agent: saga.Agent, settings: Settings) -> Adapter:
@@ -150,7 +151,10 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
         adapter=adapter if adapter is not None else make_adapter(agent, settings),
         consumer=consumer,
         codec=codec,
-        policy=saga.Policy(refund_policy=settings.refund_policy),
+        policy=saga.Policy(
+            refund_policy=settings.refund_policy,
+            payment_action_timeout=timedelta(seconds=settings.payment_action_timeout_seconds),
+        ),
         connect_pool=connect_pool,
         make_publisher=make_publisher,
     )
@@ -199,14 +203,18 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
 
     app.timer(interval=OUTBOX_RELAY_INTERVAL_S, name=f"{agent}.outbox-relay")(relay_outbox)
 
-    async def report_lag() -> None:
+    async def refresh_metrics() -> None:
+        # Gauges read from elsewhere, on their own timer so that nothing here can delay the
+        # saga's own timers.
         try:
-            runtime.metrics.lag.update(await consumer_lag(app))
+            runtime.metrics.lag.update(consumer_lag(app))
+            if agent == "provider-response" and not runtime.draining:
+                await runtime.metrics.count_deadlines(runtime.pool)
         except Exception:
-            # Between assignments the consumer has no positions to give; the next tick will.
-            log.debug("consumer lag not available", exc_info=True)
+            # Between assignments, or PostgreSQL away: the next tick tries again.
+            log.debug("metrics refresh failed", exc_info=True)
 
-    app.timer(interval=LAG_INTERVAL_S, name=f"{agent}.lag")(report_lag)
+    app.timer(interval=METRICS_INTERVAL_S, name=f"{agent}.metrics")(refresh_metrics)
 
     if agent == "provider-response":
         from streams.provider_response import sweep_deadlines
@@ -216,12 +224,29 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
                 return
             try:
                 await sweep_deadlines(runtime)
-                await runtime.metrics.count_deadlines(runtime.pool)
             except Exception:
                 # The rows are durable: the next sweep finds them again.
                 log.warning("deadline sweep failed", exc_info=True)
 
         app.timer(interval=DEADLINE_SWEEP_INTERVAL_S, name="provider-response.deadlines")(deadlines)
+
+    if agent == "payment":
+        from streams.payment.agent import sweep_abandoned_actions
+
+        action_timeout = timedelta(seconds=settings.payment_action_timeout_seconds)
+
+        async def abandoned_actions() -> None:
+            if runtime.draining:
+                return
+            try:
+                await sweep_abandoned_actions(runtime, action_timeout)
+            except Exception:
+                # The states are durable: the next sweep finds them again.
+                log.warning("payment action sweep failed", exc_info=True)
+
+        app.timer(interval=DEADLINE_SWEEP_INTERVAL_S, name="payment.action-timeouts")(
+            abandoned_actions
+        )
     return app
 
 

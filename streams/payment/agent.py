@@ -13,6 +13,7 @@ finishes an authorization that needed customer action: succeeded/amount_capturab
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import asyncpg
 
@@ -35,7 +36,7 @@ from streams.payment.gateway import (
     Declined,
     PaymentGateway,
 )
-from streams.runtime import BaseAdapter, Context
+from streams.runtime import BaseAdapter, Context, Runtime
 
 log = logging.getLogger("streams.payment")
 
@@ -108,6 +109,22 @@ class PaymentAdapter(BaseAdapter):
                     idempotency_key=ctx.idempotency_key("void"),
                 )
                 return [ctx.emit(PaymentVoided, "voided", payment_id=voided.payment_id)]
+            case saga.AbandonPayment(reason=reason):
+                # Cancel the intent first, so a late 3-D Secure success cannot authorize it.
+                voided = await self.gateway.void(
+                    booking_id=s.booking_id,
+                    payment_id=s.payment_id,
+                    idempotency_key=ctx.idempotency_key("abandon"),
+                )
+                return [
+                    ctx.emit(
+                        PaymentFailed,
+                        "abandoned",
+                        payment_id=voided.payment_id or s.payment_id,
+                        reason_code="action_timeout",
+                        reason=reason,
+                    )
+                ]
             case saga.RefundPayment(amount=amount):
                 payment_id = _require_payment_id(s)
                 refunded = await self.gateway.refund(
@@ -182,3 +199,34 @@ def _require_payment_id(state: saga.BookingState) -> str:
         # The rules only capture or refund an authorized payment, which always has an id.
         raise saga.SagaError(f"booking {state.booking_id}: no payment id to act on")
     return state.payment_id
+
+
+SWEEP_BATCH = 100
+
+
+async def sweep_abandoned_actions(runtime: Runtime, allowed: timedelta) -> int:
+    """Fail every booking whose customer did not finish the payment action in time.
+
+    The same rules decide (``saga.next_actions`` with the current time); this only finds the
+    candidates, like the provider-response agent's deadline sweep. Returns how many it handled.
+    """
+    rows = await runtime.pool.fetch(
+        """SELECT booking_id::text FROM agent_state
+           WHERE agent = $1 AND state->>'status' = 'payment_action_required'
+             AND (state->>'payment_action_since')::timestamptz <= $2
+           LIMIT $3""",
+        runtime.agent,
+        runtime.clock() - allowed,
+        SWEEP_BATCH,
+    )
+    handled = 0
+    for row in rows:
+        if runtime.draining:
+            break
+        try:
+            if await runtime.tick(row["booking_id"]):
+                handled += 1
+        except Exception:
+            # One booking's trouble must not stop the others; the next sweep tries again.
+            log.exception("payment action timeout of booking %s", row["booking_id"])
+    return handled

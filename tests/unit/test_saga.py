@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from erynoa import events as ev
+from erynoa import saga
 from erynoa.events import Money, make
 from erynoa.saga import (
     TERMINAL,
@@ -1214,10 +1215,7 @@ HAPPY_PATH_ACTIONS: dict[Agent, list[Action]] = {
 
 @pytest.mark.parametrize(
     "agent",
-    [
-        pytest.param(agent)
-        for agent in AGENTS
-    ],
+    [pytest.param(agent) for agent in AGENTS],
 )
 def test_each_agent_reaches_its_happy_path_steps_from_the_topics_it_consumes(
     agent: Agent,
@@ -1236,3 +1234,56 @@ def test_each_agent_reaches_its_happy_path_steps_from_the_topics_it_consumes(
             if action not in asked:
                 asked.append(action)
     assert asked == HAPPY_PATH_ACTIONS[agent]
+
+
+def _action_required_state() -> BookingState:
+    requested = ev.make(
+        ev.BookingRequested,
+        booking_id="4b1d7c55-0f7e-4a52-9a8e-2d1c1c0b9f11",
+        producer="api",
+        occurred_at=T0,
+        customer_id="c",
+        service_id="s",
+        provider_id="p",
+        slot_start=T0 + timedelta(days=2),
+        slot_end=T0 + timedelta(days=2, hours=1),
+        price=Money(1000, "EUR"),
+        payment_method="pm_card_authenticationRequired",
+        response_deadline_seconds=60,
+    )
+    held = ev.make(ev.ReservationHeld, cause=requested, producer="reservation",
+                   occurred_at=T0 + timedelta(seconds=1), hold_id="h", service_id="s",
+                   slot_start=requested.slot_start)  # fmt: skip
+    action = ev.make(ev.PaymentActionRequired, cause=held, producer="payment",
+                     occurred_at=T0 + timedelta(seconds=2), payment_id="pi_1",
+                     client_secret=None)  # fmt: skip
+    state = fold([requested, held, action])
+    assert state is not None
+    return state
+
+
+def test_a_payment_action_not_completed_in_time_is_abandoned() -> None:
+    state = _action_required_state()
+    policy = saga.Policy(payment_action_timeout=timedelta(minutes=30))
+    since = T0 + timedelta(seconds=2)
+
+    assert saga.next_actions("payment", state, since + timedelta(minutes=29), policy) == []
+    assert saga.next_actions("payment", state, since + timedelta(minutes=30), policy) == [
+        saga.AbandonPayment(reason="payment action not completed in time")
+    ]
+    assert saga.payment_action_expires_at(state, policy) == since + timedelta(minutes=30)
+
+
+def test_an_abandoned_payment_fails_the_booking_and_releases_the_hold() -> None:
+    state = _action_required_state()
+    failed = ev.make(ev.PaymentFailed, booking_id=state.booking_id, producer="payment",
+                     correlation_id=state.correlation_id,
+                     occurred_at=T0 + timedelta(minutes=31), payment_id="pi_1",
+                     reason_code="action_timeout", reason="not completed")  # fmt: skip
+
+    after = saga.evolve(state, failed)
+
+    assert after.status == Status.FAILED
+    far = T0 + timedelta(hours=2)
+    assert saga.next_actions("payment", after, far) == []
+    assert saga.next_actions("reservation", after, far) == [saga.ReleaseHold(reason="failed")]

@@ -61,6 +61,8 @@ def saga_env(saga_settings: Settings) -> dict[str, str]:
         "ERYNOA_SMTP_HOST": saga_settings.smtp_host,
         "ERYNOA_SMTP_PORT": str(saga_settings.smtp_port),
         "ERYNOA_PAYMENT_GATEWAY": "sandbox",
+        # Short enough for a test to watch a customer never finish 3-D Secure.
+        "ERYNOA_PAYMENT_ACTION_TIMEOUT_SECONDS": "8",
         "ERYNOA_KAFKA_BOOTSTRAP": saga_settings.kafka_bootstrap,
         "ERYNOA_DATABASE_URL": saga_settings.database_url,
         "ERYNOA_WEBHOOK_SIGNING_SECRET": saga_settings.webhook_signing_secret,

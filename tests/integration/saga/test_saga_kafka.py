@@ -176,6 +176,28 @@ async def test_action_required_then_failed_webhook_fails_and_releases(
     await assert_invariants(db, [booking], event_log.events)
 
 
+async def test_action_never_completed_fails_voids_and_releases(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    mailbox: Mailbox,
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(
+        publisher, service, customer, payment_method="pm_card_authenticationRequired"
+    )
+    await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
+    # No webhook ever comes: the payment agent's sweep gives up after the timeout.
+    state = await event_log.wait(booking)
+    assert state.status == Status.FAILED
+    assert state.hold == Hold.RELEASED
+    assert await ledger(db, booking) == [("authorize", "action_required"), ("void", "voided")]
+    assert mails(mailbox, booking) == ["customer_failed"]
+    await assert_invariants(db, [booking], event_log.events)
+
+
 async def test_provider_rejects_voids_and_releases(
     agents: Agents,
     db: asyncpg.Pool,
