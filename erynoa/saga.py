@@ -106,6 +106,7 @@ class BookingState:
     provider_deadline_at: datetime | None = None
     provider_answer: ProviderAnswer | None = None
     provider_answered_at: datetime | None = None
+    provider_answer_reason: str | None = None
     provider_outcome: ProviderOutcome | None = None
     notified: frozenset[str] = frozenset()
     failure_reason: str | None = None
@@ -322,7 +323,12 @@ def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:
             if s.provider_answer is not None:
                 return s
             answer: ProviderAnswer = "accept" if e.decision == "accept" else "reject"
-            return replace(s, provider_answer=answer, provider_answered_at=e.occurred_at)
+            return replace(
+                s,
+                provider_answer=answer,
+                provider_answered_at=e.occurred_at,
+                provider_answer_reason=e.reason,
+            )
         case ev.ProviderAccepted():
             if s.provider_outcome is not None:
                 return s

@@ -22,7 +22,6 @@ from erynoa import saga
 from erynoa.events import (
     BookingEvent,
     ProviderAccepted,
-    ProviderAnswerSubmitted,
     ProviderRejected,
     ProviderResponseRequested,
     ProviderTimedOut,
@@ -68,9 +67,8 @@ class ProviderResponseAdapter(BaseAdapter):
             case saga.AcceptForProvider():
                 return [ctx.emit(ProviderAccepted, "accepted", provider_id=s.provider_id)]
             case saga.RejectForProvider():
-                reason = (
-                    ctx.cause.reason if isinstance(ctx.cause, ProviderAnswerSubmitted) else None
-                )
+                # From the state: the answer may have come before this step could decide.
+                reason = s.provider_answer_reason
                 return [
                     ctx.emit(ProviderRejected, "rejected", provider_id=s.provider_id, reason=reason)
                 ]
