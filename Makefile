@@ -16,7 +16,7 @@ TEST_PATHS := tests/unit tests/integration \
 	$(filter-out tests/unit tests/integration tests/__pycache__,$(patsubst %/,%,$(wildcard tests/*/)))
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-packages stack run test _test lint down clean
+.PHONY: help setup system-packages stack run test _test lint down clean bench bench-quick
 
 help:
 	@echo "make setup   system packages (when missing) and $(VENV) with the project"
@@ -24,6 +24,7 @@ help:
 	@echo "make run     stack, then the API, agents and materializer in the foreground"
 	@echo "make test    stack, unit and integration tests, stack stopped if this run started it"
 	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make bench   the benchmark (bench/run.py): writes bench/results/<date>.md and .json"
 	@echo "make down    stop the local stack"
 	@echo "make clean   stop the local stack and delete its data (.stack)"
 
@@ -58,6 +59,12 @@ lint: setup
 	$(VENV)/bin/ruff format --check . || rc=1; \
 	$(VENV)/bin/mypy || rc=1; \
 	exit $$rc
+
+bench: stack
+	$(PY) bench/run.py --no-stack
+
+bench-quick: stack
+	$(PY) bench/run.py --quick --no-stack
 
 down:
 	@if [ -x $(ERYNOA) ]; then $(ERYNOA) stack down; else echo "no $(VENV): nothing to stop"; fi

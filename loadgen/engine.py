@@ -540,19 +540,9 @@ def _with_seed(options: RunOptions, seed: int) -> RunOptions:
 async def _invariants(
     pool: asyncpg.Pool, booking_ids: list[str], settings: Settings
 ) -> dict[str, Any]:
-    """Run the invariant checker over the run's bookings.
+    """Run the invariant checker (``erynoa.invariants``) over the run's bookings."""
+    from erynoa.invariants import check_invariants
 
-    It lives in ``tests/invariants.py`` for now, so it is imported only here: a product
-    install without the tests reports "not checked" instead of failing to start.
-    """
-    try:
-        from tests.invariants import check_invariants
-    except ImportError as exc:
-        return {
-            "checked": False,
-            "error": f"invariant checker unavailable: {exc}",
-            "violations": [],
-        }
     policy = saga.Policy(refund_policy=settings.refund_policy)
     violations = await check_invariants(pool, booking_ids, policy=policy)
     return {

@@ -12,7 +12,7 @@ import pytest
 from erynoa import events as ev
 from erynoa import saga
 from erynoa.events import Money
-from tests.invariants import Delivery, Evidence, LedgerRow, Slot, Violation, evaluate
+from erynoa.invariants import Delivery, Evidence, LedgerRow, Slot, Violation, evaluate
 
 B = "3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e11"
 SERVICE = "7d1e2f3a-0000-4000-8000-000000000001"
