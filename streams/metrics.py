@@ -28,8 +28,6 @@ from erynoa import metrics
 from erynoa.metrics import LATENCY_BUCKETS, PartitionLag
 
 UNDECODABLE = "undecodable"
-# provider_deadlines is counted at most this often (the sweep runs every second).
-DEADLINES_REFRESH_S = 5.0
 
 
 class AgentMetrics:
@@ -83,7 +81,6 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.lag = PartitionLag(self.registry, group)
-        self._deadlines_counted = 0.0
 
     def event_type(self, headers: list[tuple[str, bytes]]) -> str:
         """The label for a consumed message, from its header."""
@@ -109,33 +106,29 @@ class AgentMetrics:
             self._retries.labels(self.agent, topic).inc()
 
     async def count_deadlines(self, pool: asyncpg.Pool) -> None:
-        """Refresh the pending-deadline gauge (provider-response), at most every few seconds."""
-        now = time.monotonic()
-        if now - self._deadlines_counted < DEADLINES_REFRESH_S:
-            return
-        self._deadlines_counted = now
-        pending = await pool.fetchval(
-            "SELECT count(*) FROM provider_deadlines WHERE status = 'pending'"
-        )
+        """Refresh the pending-deadline gauge (provider-response)."""
+        async with pool.acquire(timeout=2) as conn:
+            pending = await conn.fetchval(
+                "SELECT count(*) FROM provider_deadlines WHERE status = 'pending'", timeout=2
+            )
         self._deadlines.labels(self.agent).set(int(pending or 0))
 
 
-async def consumer_lag(app: Any) -> dict[tuple[str, int], int]:
+def consumer_lag(app: Any) -> dict[tuple[str, int], int]:
     """Lag of each partition assigned to this worker: end offset minus processed position.
 
     The processed position is the offset this worker last committed (Faust's monitor keeps
-    it; acks are manual, so it never runs ahead of the work); before the first commit of a
-    partition, the consumer's position stands in. The end is the high watermark the consumer
-    last fetched; a partition not fetched from yet is left out rather than guessed.
+    it; acks are manual, so it never runs ahead of the work); the end is the high watermark
+    the consumer last fetched. Both are read locally, never through the consumer's thread (a
+    ``position()`` call there can wait for a partition's reset and hold up its commits). A
+    partition this worker has not committed or fetched yet is left out rather than guessed;
+    the group's lag from the broker's side is in ``GET /api/v1/admin/stats``.
     """
     consumer = app.consumer
     committed = app.monitor.tp_committed_offsets or {}
     lags: dict[tuple[str, int], int] = {}
     for tp in consumer.assignment():
-        position = committed.get(tp)
-        if position is None:
-            position = await consumer.position(tp)
-        lag = metrics.lag(consumer.highwater(tp), position)
+        lag = metrics.lag(consumer.highwater(tp), committed.get(tp))
         if lag is not None:
             lags[(tp.topic, tp.partition)] = lag
     return lags
