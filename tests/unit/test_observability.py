@@ -303,3 +303,18 @@ async def test_a_request_span_continues_the_callers_trace(
     assert span.attributes is not None
     assert span.attributes["http.response.status_code"] == 200
     assert span.attributes["http.route"] == "/api/v1/things/{thing_id}"
+
+
+@pytest.mark.parametrize("exporter_name", ["console", "otlp"])
+def test_settings_choose_the_exporter_and_none_installs_nothing(exporter_name: str) -> None:
+    assert tracing.configure(Settings(tracing_exporter="none"), "erynoa-test") is False
+    assert not tracing.enabled()
+    # Building an exporter connects to nothing (OTLP sends only when spans are exported).
+    settings = Settings(
+        tracing_exporter=exporter_name, otlp_endpoint="http://127.0.0.1:9/v1/traces"
+    )
+    try:
+        assert tracing.configure(settings, "erynoa-test") is True
+        assert tracing.enabled()
+    finally:
+        tracing.use(None)
