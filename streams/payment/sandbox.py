@@ -5,6 +5,7 @@ Stripe's test payment methods, so a test can ask for any path by the card it boo
 
 =============================== ===========================================================
 ``pm_card_visa``                 authorized; capture, void and refund succeed
+``pm_card_mastercard``           the same (a second good card, e.g. to break one of two)
 ``pm_card_chargeDeclined``       declined (``card_declined``)
 ``pm_card_authenticationRequired`` action required: a (simulated) Stripe webhook finishes it
 ``pm_card_captureFails``         authorized, but the capture fails (``charge_expired_for_capture``),
@@ -18,6 +19,10 @@ Every operation is a row in ``sandbox_ledger`` with a UNIQUE idempotency key, wr
 first time and adds nothing, exactly like a gateway's idempotency keys. The ledger commits on
 its own connection, not in the agent's transaction — it stands for the outside world, which
 does not roll back when the agent crashes. ``ERYNOA_SANDBOX_LATENCY_MS`` adds a delay per call.
+
+Outages: while ``sandbox_outages`` has a row for a payment method, authorizing with it raises
+``GatewayUnavailable`` (retryable, like a gateway that does not answer); delete the row and the
+gateway works again. Operators rehearse retries, dead letters and ``erynoa dlq replay`` with it.
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ from streams.payment.gateway import (
     CaptureFailed,
     CaptureResult,
     Declined,
+    GatewayUnavailable,
     Refunded,
     Voided,
 )
 
 VISA = "pm_card_visa"
+MASTERCARD = "pm_card_mastercard"
 DECLINED = "pm_card_chargeDeclined"
 AUTHENTICATION_REQUIRED = "pm_card_authenticationRequired"
 CAPTURE_FAILS = "pm_card_captureFails"
@@ -123,7 +130,12 @@ class SandboxGateway:
         self, *, booking_id: str, amount: Money, payment_method: str, idempotency_key: str
     ) -> AuthorizeResult:
         await self._delay()
-        if payment_method in (VISA, CAPTURE_FAILS):
+        outage = await self.pool.fetchval(
+            "SELECT reason FROM sandbox_outages WHERE payment_method = $1", payment_method
+        )
+        if outage is not None:
+            raise GatewayUnavailable(f"sandbox outage for {payment_method}: {outage}")
+        if payment_method in (VISA, MASTERCARD, CAPTURE_FAILS):
             outcome = "authorized"
         elif payment_method == AUTHENTICATION_REQUIRED:
             outcome = "action_required"

@@ -1,0 +1,279 @@
+"""An operator's day with poison messages, end to end on the real stack.
+
+A booking whose payment keeps failing (the sandbox gateway has an outage for its card) and an
+undecodable message both reach dead-letter topics with complete headers while other bookings
+keep flowing. ``erynoa dlq replay --dry-run`` changes nothing; after the outage is fixed,
+``erynoa dlq replay`` completes the stuck saga and the invariants hold; replaying again changes
+nothing. The agents and the materializer run as real worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from erynoa import events as ev
+from erynoa import kafka as k
+from erynoa.codec import default_codec
+from erynoa.db import create_pool
+from erynoa.invariants import check_invariants
+from erynoa.kafka import EventPublisher, start_consumer, topic_partitions
+from erynoa.settings import PROJECT_ROOT, Settings
+from erynoa.supervisor import AGENTS, System, commands
+from erynoa.topics import TopicCatalog, load_catalog
+from tests.conftest import own_namespace
+from tests.integration.saga.harness import (
+    Service,
+    User,
+    a_slot,
+    create_service,
+    create_user,
+    request_booking,
+)
+
+pytestmark = pytest.mark.integration
+
+FLAKY_CARD = "pm_card_mastercard"
+
+
+@pytest.fixture(scope="module")
+async def world(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Settings, dict[str, str]]]:
+    """Own topics and database; the payment agent retries once after 1 s, then dead-letters."""
+    folder = tmp_path_factory.mktemp("poison")
+    spec = yaml.safe_load((PROJECT_ROOT / "topics.yaml").read_text())
+    spec["consumers"]["payment"]["retry"] = ["1s"]
+    topics_file = folder / "topics.yaml"
+    topics_file.write_text(yaml.safe_dump(spec))
+    async with own_namespace(settings.model_copy(update={"topics_file": topics_file})) as isolated:
+        env = {
+            **os.environ,
+            "ERYNOA_TOPICS_FILE": str(topics_file),
+            "ERYNOA_TOPIC_PREFIX": isolated.topic_prefix,
+            "ERYNOA_DATABASE_URL": isolated.database_url,
+            "ERYNOA_KAFKA_BOOTSTRAP": isolated.kafka_bootstrap,
+            "ERYNOA_PAYMENT_GATEWAY": "sandbox",
+            "ERYNOA_METRICS_PORT_BASE": "0",
+        }
+        parts = {name: argv for name, argv in commands().items() if name != "api"}
+        assert set(parts) == {*AGENTS, "materializer"}
+        system = System(parts, env=env, log_dir=folder / "logs")
+        system.start()
+        try:
+            yield isolated, env
+        finally:
+            system.stop()
+
+
+@pytest.fixture(scope="module")
+async def db(world: tuple[Settings, dict[str, str]]) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(world[0], min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="module")
+async def publisher(world: tuple[Settings, dict[str, str]]) -> AsyncIterator[EventPublisher]:
+    s = world[0]
+    pub = EventPublisher.create(s.kafka_bootstrap, "test-poison", default_codec(), catalog(s))
+    await pub.start()
+    yield pub
+    await pub.stop()
+
+
+def catalog(s: Settings) -> TopicCatalog:
+    return load_catalog(s.topics_file, s.topics_environment, s.topic_prefix)
+
+
+def erynoa(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator's command line, exactly as typed."""
+    return subprocess.run(
+        [sys.executable, "-m", "erynoa", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], within: float = 90.0) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.3)
+
+
+async def status(db: asyncpg.Pool, booking_id: str) -> str | None:
+    value: str | None = await db.fetchval(
+        "SELECT status FROM bookings WHERE id = $1::uuid", booking_id
+    )
+    return value
+
+
+def status_becomes(db: asyncpg.Pool, booking_id: str, wanted: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await status(db, booking_id) == wanted
+
+    return check
+
+
+async def accept(publisher: EventPublisher, db: asyncpg.Pool, booking_id: str) -> None:
+    row = await db.fetchrow(
+        "SELECT provider_id, correlation_id FROM bookings WHERE id = $1::uuid", booking_id
+    )
+    await publisher.publish(
+        ev.make(
+            ev.ProviderAnswerSubmitted,
+            booking_id=booking_id,
+            producer="api",
+            correlation_id=row["correlation_id"],
+            provider_id=row["provider_id"],
+            decision="accept",
+        )
+    )
+
+
+async def end_offsets(s: Settings, topics: list[str]) -> dict[str, int]:
+    """The sum of end offsets per topic (what a dry run must leave untouched)."""
+    partitions = await topic_partitions(s.kafka_bootstrap, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap)
+    await start_consumer(consumer)
+    try:
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    totals = dict.fromkeys(topics, 0)
+    for tp, end in ends.items():
+        totals[tp.topic] += end
+    return totals
+
+
+def dead_letters_for(env: dict[str, str], booking_id: str) -> list[dict[str, Any]]:
+    result = erynoa(env, "dlq", "show", "--booking-id", booking_id, "--json")
+    assert result.returncode == 0, result.stderr
+    found: list[dict[str, Any]] = json.loads(result.stdout)["messages"]
+    return found
+
+
+async def test_poison_messages_park_in_the_dlq_and_replay_completes_the_saga(
+    world: tuple[Settings, dict[str, str]], db: asyncpg.Pool, publisher: EventPublisher
+) -> None:
+    s, env = world
+    service: Service = await create_service(db, capacity=5)
+    customer: User = await create_user(db, "customer", email=False)
+    await db.execute(
+        "INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, 'test outage')",
+        FLAKY_CARD,
+    )
+    stuck = await request_booking(publisher, service, customer, payment_method=FLAKY_CARD)
+    # An undecodable message on the same topic, between the two bookings.
+    raw = AIOKafkaProducer(**k.producer_config(s.kafka_bootstrap, "test-poison-raw"))
+    await raw.start()
+    poison_key = str(uuid.uuid4()).encode()
+    try:
+        await raw.send_and_wait(
+            catalog(s).topic_for("BookingRequested"), b"\x00not avro", key=poison_key
+        )
+    finally:
+        await raw.stop()
+    flowing = await request_booking(publisher, service, customer, slot=a_slot(9))
+
+    # Other bookings keep flowing while the poison sits in the dead-letter topics.
+    await eventually(status_becomes(db, flowing, "awaiting_provider"))
+    await accept(publisher, db, flowing)
+    await eventually(status_becomes(db, flowing, "confirmed"))
+
+    # The stuck booking's payment step tried, retried once, and parked in payment.dlq.
+    parked = await eventually(lambda: _parked(env, stuck))
+    headers = dict(parked["headers"])
+    assert parked["topic"] == f"{s.topic_prefix}payment.dlq"
+    assert parked["event_type"] == "ReservationHeld"
+    assert headers[k.H_ORIGIN_TOPIC] == f"{s.topic_prefix}reservations"
+    assert int(headers[k.H_ORIGIN_OFFSET]) >= 0
+    assert headers[k.H_ORIGIN_PARTITION].isdigit()
+    assert headers[k.H_ATTEMPTS] == "2"
+    assert "sandbox outage" in headers[k.H_ERROR]
+    assert headers[k.H_ERROR_CLASS] == "GatewayUnavailable"
+    assert headers[k.H_FIRST_FAILURE] <= headers[k.H_LAST_FAILURE]
+    assert await status(db, stuck) == "reserved"
+
+    # The undecodable message is parked by every consumer of the topic, none retried it.
+    poison = await eventually(lambda: _poison_parked(s, poison_key))
+    assert poison[k.H_ERROR_CLASS] == "UndecodableEvent"
+    assert poison[k.H_ORIGIN_TOPIC] == f"{s.topic_prefix}bookings"
+    assert poison[k.H_ATTEMPTS] == "1"
+
+    # A dry run shows the plan and changes nothing.
+    watched = [f"{s.topic_prefix}reservations", f"{s.topic_prefix}payment.dlq"]
+    before = await end_offsets(s, watched)
+    dry = erynoa(env, "dlq", "replay", "--booking-id", stuck, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "ReservationHeld" in dry.stdout
+    assert await end_offsets(s, watched) == before
+    assert await db.fetchval("SELECT count(*) FROM dlq_replays") == 0
+
+    # Fix the cause, replay, and the saga completes.
+    await db.execute("DELETE FROM sandbox_outages WHERE payment_method = $1", FLAKY_CARD)
+    done = erynoa(env, "dlq", "replay", "--booking-id", stuck, "--operator", "on-call")
+    assert done.returncode == 0, done.stdout + done.stderr
+    await eventually(status_becomes(db, stuck, "awaiting_provider"))
+    await accept(publisher, db, stuck)
+    await eventually(status_becomes(db, stuck, "confirmed"))
+    assert await db.fetchval("SELECT count(*) FROM dlq_replays") == 1
+    assert not await check_invariants(db, [stuck, flowing])
+
+    # Replaying again has no effect: nothing is re-driven, nothing changes.
+    state_before = dict(await db.fetchrow("SELECT * FROM bookings WHERE id = $1::uuid", stuck))
+    offsets_before = await end_offsets(s, watched)
+    again = erynoa(env, "dlq", "replay", "--booking-id", stuck)
+    assert again.returncode == 0, again.stderr
+    assert await end_offsets(s, watched) == offsets_before
+    await asyncio.sleep(2)
+    state_after = dict(await db.fetchrow("SELECT * FROM bookings WHERE id = $1::uuid", stuck))
+    assert state_after == state_before
+    ledger = await db.fetch(
+        "SELECT operation FROM sandbox_ledger WHERE booking_id = $1::uuid ORDER BY id", stuck
+    )
+    assert [r["operation"] for r in ledger] == ["authorize", "capture"]
+
+
+async def _parked(env: dict[str, str], booking_id: str) -> dict[str, Any] | None:
+    found = await asyncio.to_thread(dead_letters_for, env, booking_id)
+    payment = [m for m in found if m["topic"].endswith("payment.dlq")]
+    return payment[0] if payment else None
+
+
+async def _poison_parked(s: Settings, key: bytes) -> dict[str, str] | None:
+    """The failure headers of the undecodable message in the reservation agent's DLQ."""
+    topic = f"{s.topic_prefix}reservation.dlq"
+    partitions = await topic_partitions(s.kafka_bootstrap, [topic])
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, auto_offset_reset="earliest")
+    await start_consumer(consumer)
+    try:
+        consumer.assign(partitions)
+        batches = await consumer.getmany(timeout_ms=1000)
+    finally:
+        await consumer.stop()
+    for batch in batches.values():
+        for message in batch:
+            if message.key == key:
+                return {name: value.decode() for name, value in message.headers}
+    return None
