@@ -43,12 +43,25 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _release_connection(conn: asyncpg.Connection) -> None:
+    """What a connection needs on its way back to the pool: nothing beyond asyncpg's rollback.
+
+    asyncpg's default reset sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`` on every release: one more round trip per handled message and per request
+    (profiled: ~10% of a handler's statements). Our pooled code takes only transaction-scoped
+    advisory locks, never LISTENs, SETs session variables or leaves cursors open, so the query
+    undoes nothing; an open transaction is still rolled back by asyncpg before this runs.
+    """
+    return None
+
+
 async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
     """The runtime's pool (call once at start-up; close it at shutdown)."""
     options: dict[str, Any] = {
         "min_size": settings.db_pool_min,
         "max_size": settings.db_pool_max,
         "init": _init_connection,
+        "reset": _release_connection,
         "command_timeout": 30,
     }
     options.update(overrides)

@@ -313,12 +313,17 @@ class Runtime:
         tracing.inject_into(incoming_headers)
         async with self.pool.acquire() as conn, conn.transaction():
             await store.lock_booking(conn, self.agent, event.booking_id)
-            if await store.was_processed(conn, self.agent, event.event_id):
+            processed, stored = await store.load_unprocessed(
+                conn, self.agent, event.booking_id, event.event_id
+            )
+            if processed:
                 log.info("duplicate %s skipped", event.event_type, extra=log_extra(event))
                 outbox = await store.pending_outbox(conn, self.agent, event.booking_id)
                 ctx = None
             else:
-                ctx = await self._apply(conn, event, incoming, incoming_headers, final_attempt)
+                ctx = await self._apply(
+                    conn, event, stored, incoming, incoming_headers, final_attempt
+                )
                 outbox = await store.pending_outbox(conn, self.agent, event.booking_id)
         await self._publish(outbox)
         return ctx.gave_up if ctx is not None else []
@@ -327,11 +332,11 @@ class Runtime:
         self,
         conn: asyncpg.Connection,
         event: BookingEvent,
+        stored: store.Stored | None,
         incoming: Incoming,
         incoming_headers: dict[str, str],
         final_attempt: bool,
     ) -> Context | None:
-        stored = await store.load_state(conn, self.agent, event.booking_id)
         if stored is None and not isinstance(event, BookingRequested):
             # Another topic ran ahead of `bookings`: keep the event until the booking starts.
             await store.keep_early(

@@ -54,6 +54,31 @@ async def load_state(conn: asyncpg.Connection, agent: str, booking_id: str) -> S
     return Stored(BookingState.from_json(row["state"]), dict(row["headers"]))
 
 
+async def load_unprocessed(
+    conn: asyncpg.Connection, agent: str, booking_id: str, event_id: str
+) -> tuple[bool, Stored | None]:
+    """``was_processed`` and ``load_state`` in one round trip (the handler's hot path).
+
+    Call it after ``lock_booking``, in a statement of its own: a READ COMMITTED statement sees
+    what was committed when it started, so it must start after the lock was granted.
+    """
+    row = await conn.fetchrow(
+        """SELECT EXISTS (SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $3)
+                  AS processed,
+                  s.state, s.headers
+           FROM (SELECT 1) AS one
+           LEFT JOIN agent_state s ON s.agent = $1 AND s.booking_id = $2""",
+        agent,
+        booking_id,
+        event_id,
+    )
+    assert row is not None  # the FROM clause always yields one row
+    if row["state"] is None:
+        return bool(row["processed"]), None
+    stored = Stored(BookingState.from_json(row["state"]), dict(row["headers"]))
+    return bool(row["processed"]), stored
+
+
 async def save_state(
     conn: asyncpg.Connection, agent: str, state: BookingState, headers: Mapping[str, str]
 ) -> None:
