@@ -321,10 +321,9 @@ class Runtime:
                 outbox = await store.pending_outbox(conn, self.agent, event.booking_id)
                 ctx = None
             else:
-                ctx = await self._apply(
+                ctx, outbox = await self._apply(
                     conn, event, stored, incoming, incoming_headers, final_attempt
                 )
-                outbox = await store.pending_outbox(conn, self.agent, event.booking_id)
         await self._publish(outbox)
         return ctx.gave_up if ctx is not None else []
 
@@ -336,7 +335,9 @@ class Runtime:
         incoming: Incoming,
         incoming_headers: dict[str, str],
         final_attempt: bool,
-    ) -> Context | None:
+    ) -> tuple[Context | None, list[store.OutboxRow]]:
+        """Fold, act, and write the result; returns the context (None for an event kept until
+        its booking starts) and the booking's outbox to publish after COMMIT."""
         if stored is None and not isinstance(event, BookingRequested):
             # Another topic ran ahead of `bookings`: keep the event until the booking starts.
             await store.keep_early(
@@ -344,7 +345,7 @@ class Runtime:
             )
             await store.mark_processed(conn, self.agent, [event.event_id])
             log.info("%s before its booking; kept", event.event_type, extra=log_extra(event))
-            return None
+            return None, await store.pending_outbox(conn, self.agent, event.booking_id)
         inputs: list[BookingEvent] = [event]
         if stored is None:
             for payload in await store.take_early(conn, self.agent, event.booking_id):
@@ -371,16 +372,22 @@ class Runtime:
             emitted += self._fold(ctx, await self.adapter.react(item, ctx))
         emitted += await self._advance(ctx)
         await self.adapter.settle(ctx)
-        await store.save_state(conn, self.agent, ctx.state, headers)
-        await store.mark_processed(conn, self.agent, [e.event_id for e in inputs])
-        await self._queue(conn, ctx, emitted)
+        # ctx.headers is ``headers``: the state and the outbox rows carry the same context.
+        outbox = await store.commit_step(
+            conn,
+            self.agent,
+            ctx.state,
+            headers,
+            [e.event_id for e in inputs],
+            [(e.event_id, self.codec.encode(e)) for e in emitted],
+        )
         log.info(
             "%s → %s",
             event.event_type,
             ", ".join(e.event_type for e in emitted) or "nothing to do",
             extra=log_extra(event, status=ctx.state.status.value),
         )
-        return ctx
+        return ctx, outbox
 
     async def tick(self, booking_id: str) -> bool:
         """Re-evaluate one booking without a message (a provider deadline may have passed).

@@ -149,6 +149,57 @@ async def pending_outbox(conn: asyncpg.Connection, agent: str, booking_id: str) 
     return _outbox_rows(rows)
 
 
+async def commit_step(
+    conn: asyncpg.Connection,
+    agent: str,
+    state: BookingState,
+    headers: Mapping[str, str],
+    processed: Sequence[str],
+    events: Sequence[tuple[str, bytes]],
+) -> list[OutboxRow]:
+    """``save_state`` + ``mark_processed`` + ``add_to_outbox`` + ``pending_outbox`` in ONE
+    round trip: the end of every handled message (profiled: these four statements were a
+    third of an agent's PostgreSQL waits). Returns the booking's outbox in publishing order:
+    rows left by an earlier failed publish (read from the statement's snapshot) and then the
+    ones queued here (``RETURNING``; a data-modifying CTE's rows are not visible to the
+    statement's own reads). The emitted events are inserted in order, so their ``seq`` follows
+    it.
+    """
+    rows = await conn.fetch(
+        """WITH saved AS (
+               INSERT INTO agent_state (agent, booking_id, state, headers, updated_at)
+               VALUES ($1, $2, $3, $4, now())
+               ON CONFLICT (agent, booking_id)
+               DO UPDATE SET state = EXCLUDED.state, headers = EXCLUDED.headers,
+                             updated_at = now()
+           ), marked AS (
+               INSERT INTO processed_events (consumer, event_id)
+               SELECT $1, id FROM unnest($5::uuid[]) AS id
+               ON CONFLICT DO NOTHING
+           ), queued AS (
+               INSERT INTO agent_outbox (agent, event_id, booking_id, payload, headers)
+               SELECT $1, e.event_id, $2, e.payload, $4
+               FROM unnest($6::uuid[], $7::bytea[]) WITH ORDINALITY AS e(event_id, payload, ord)
+               ORDER BY e.ord
+               ON CONFLICT DO NOTHING
+               RETURNING event_id, booking_id, payload, headers, seq
+           )
+           SELECT event_id, booking_id, payload, headers, seq FROM agent_outbox
+           WHERE agent = $1 AND booking_id = $2
+           UNION ALL
+           SELECT event_id, booking_id, payload, headers, seq FROM queued
+           ORDER BY seq""",
+        agent,
+        state.booking_id,
+        state.to_json(),
+        dict(headers),
+        list(processed),
+        [event_id for event_id, _ in events],
+        [payload for _, payload in events],
+    )
+    return _outbox_rows(rows)
+
+
 async def stale_outbox(
     conn: asyncpg.Connection, agent: str, older_than_seconds: float, limit: int = 500
 ) -> list[OutboxRow]:
