@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
+from aiokafka.structs import OffsetAndMetadata
 
 from erynoa.kafka import start_consumer, topic_partitions
 from erynoa.topics import TopicCatalog
@@ -57,9 +59,7 @@ async def collect(bootstrap: str, catalog: TopicCatalog) -> KafkaStats:
 
         for consumer_spec in catalog.consumers.values():
             consumed = [tp for tp in partitions if tp.topic in consumer_spec.consumes]
-            committed = await admin.list_consumer_group_offsets(
-                consumer_spec.group_id, partitions=consumed
-            )
+            committed = await _committed(admin, consumer_spec.group_id, consumed)
             per_topic: dict[str, int] = defaultdict(int)
             for tp in consumed:
                 key = (tp.topic, tp.partition)
@@ -73,3 +73,24 @@ async def collect(bootstrap: str, catalog: TopicCatalog) -> KafkaStats:
     finally:
         await consumer.stop()
         await admin.close()
+
+
+# On a new cluster the first coordinator lookup creates __consumer_offsets; until its
+# partitions have leaders every group's coordinator is "not available" for a few seconds.
+_COORDINATOR_WAIT_S = (0.2, 0.5, 1.0, 2.0, 3.0)
+
+
+async def _committed(
+    admin: AIOKafkaAdminClient, group_id: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    for pause in (*_COORDINATOR_WAIT_S, None):
+        try:
+            committed: dict[
+                TopicPartition, OffsetAndMetadata
+            ] = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
+            return committed
+        except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+            if pause is None:
+                raise
+            await asyncio.sleep(pause)
+    raise AssertionError("unreachable")
