@@ -101,17 +101,14 @@ def booking_row(state: BookingState, last_event: tuple[datetime, str]) -> dict[s
     }
 
 
-def _columns() -> list[str]:
-    return [
-        "id", "customer_id", "provider_id", "service_id", "slot_start", "slot_end",
-        "amount_minor", "currency", "payment_method", "notes", "status", "hold", "payment",
-        "payment_id", "provider_deadline_at", "provider_notified", "customer_notified",
-        "failure_reason", "correlation_id", "idempotency_key", "events_applied",
-        "requested_at", "updated_at", "state", "last_event_at", "last_event_id",
-    ]  # fmt: skip
-
-
-ROW_COLUMNS = _columns()
+# The columns ``booking_row`` fills: every column of ``bookings``.
+ROW_COLUMNS = (
+    "id", "customer_id", "provider_id", "service_id", "slot_start", "slot_end",
+    "amount_minor", "currency", "payment_method", "notes", "status", "hold", "payment",
+    "payment_id", "provider_deadline_at", "provider_notified", "customer_notified",
+    "failure_reason", "correlation_id", "idempotency_key", "events_applied",
+    "requested_at", "updated_at", "state", "last_event_at", "last_event_id",
+)  # fmt: skip
 
 
 def upsert_bookings_sql(schema: str) -> str:

@@ -114,7 +114,7 @@ async def _replay(
 
 
 async def _differences(conn: asyncpg.Connection, schema: str) -> list[str]:
-    columns = ", ".join(c for c in ROW_COLUMNS)
+    columns = ", ".join(ROW_COLUMNS)
     found: list[str] = []
     # API placeholders (state IS NULL) are rows the materializer has not reached yet.
     live_only = await conn.fetch(
