@@ -43,7 +43,13 @@ from opentelemetry.trace import SpanKind
 from erynoa import kafka as k
 from erynoa import saga, tracing
 from erynoa.codec import EventCodec, UndecodableEvent
-from erynoa.events import BookingEvent, BookingRequested, derived_event_id, make
+from erynoa.events import (
+    BookingEvent,
+    BookingRequested,
+    SagaRetryRequested,
+    derived_event_id,
+    make,
+)
 from erynoa.kafka import EventPublisher
 from erynoa.topics import Consumer
 from streams import failures, store
@@ -352,6 +358,19 @@ class Runtime:
                 early = self.codec.decode(payload)
                 if isinstance(early, BookingEvent):
                     inputs.append(early)
+        if (
+            stored is not None
+            and isinstance(event, SagaRetryRequested)
+            and event.step in ("all", self.agent)
+        ):
+            # An operator's retry re-runs this agent's step: fold in whatever of the booking's
+            # log it never processed (a message parked in the DLQ, say), then act as usual.
+            for payload in await store.missed_events(
+                conn, self.agent, event.booking_id, self.consumer.consumes
+            ):
+                missed = self.codec.decode(payload)
+                if isinstance(missed, BookingEvent) and not isinstance(missed, BookingRequested):
+                    inputs.append(missed)
         state = stored.state if stored is not None else None
         for item in inputs:
             state = saga.evolve(state, item)

@@ -238,6 +238,24 @@ async def keep_early(
     )
 
 
+async def missed_events(
+    conn: asyncpg.Connection, agent: str, booking_id: str, topics: Sequence[str]
+) -> list[bytes]:
+    """The booking's events in the read model's log (``booking_events``) on ``topics`` that
+    this agent never processed — e.g. one parked in a dead-letter topic — in log order."""
+    rows = await conn.fetch(
+        """SELECT e.body FROM booking_events e
+           WHERE e.booking_id = $2 AND e.topic = ANY($3::text[])
+             AND NOT EXISTS (SELECT 1 FROM processed_events p
+                             WHERE p.consumer = $1 AND p.event_id = e.event_id)
+           ORDER BY e.occurred_at, e.event_id""",
+        agent,
+        booking_id,
+        list(topics),
+    )
+    return [bytes(r["body"]) for r in rows]
+
+
 async def take_early(conn: asyncpg.Connection, agent: str, booking_id: str) -> list[bytes]:
     rows = await conn.fetch(
         """DELETE FROM agent_early_events WHERE agent = $1 AND booking_id = $2

@@ -277,3 +277,38 @@ async def _poison_parked(s: Settings, key: bytes) -> dict[str, str] | None:
             if message.key == key:
                 return {name: value.decode() for name, value in message.headers}
     return None
+
+
+async def test_an_operators_retry_reruns_the_failed_step_from_the_log(
+    world: tuple[Settings, dict[str, str]], db: asyncpg.Pool, publisher: EventPublisher
+) -> None:
+    _, env = world
+    service: Service = await create_service(db, capacity=5)
+    customer: User = await create_user(db, "customer", email=False)
+    await db.execute(
+        "INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, 'test outage') "
+        "ON CONFLICT DO NOTHING",
+        FLAKY_CARD,
+    )
+    stuck = await request_booking(publisher, service, customer, payment_method=FLAKY_CARD)
+    await eventually(lambda: _parked(env, stuck))
+    assert await status(db, stuck) == "reserved"
+
+    # Fixed; instead of replaying the dead letter, the operator retries the payment step.
+    await db.execute("DELETE FROM sandbox_outages WHERE payment_method = $1", FLAKY_CARD)
+    retried = erynoa(env, "saga", "retry", stuck, "--step", "payment", "--operator", "on-call")
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    await eventually(status_becomes(db, stuck, "awaiting_provider"))
+    await accept(publisher, db, stuck)
+    await eventually(status_becomes(db, stuck, "confirmed"))
+    assert not await check_invariants(db, [stuck])
+
+    # The dead letter is still there; replaying it now changes nothing (already processed).
+    replayed = erynoa(env, "dlq", "replay", "--booking-id", stuck)
+    assert replayed.returncode == 0, replayed.stderr
+    await asyncio.sleep(2)
+    assert await status(db, stuck) == "confirmed"
+    ledger = await db.fetch(
+        "SELECT operation FROM sandbox_ledger WHERE booking_id = $1::uuid ORDER BY id", stuck
+    )
+    assert [r["operation"] for r in ledger] == ["authorize", "capture"]
