@@ -13,12 +13,11 @@ booking whose ``BookingRequested`` was not seen yet) makes the booking refold fr
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -51,31 +50,50 @@ class BatchResult:
 def event_payload(event: BookingEvent) -> dict[str, Any]:
     """The event as JSON for people and the API (the Avro ``body`` is what refolds)."""
 
-    def plain(value: Any) -> Any:
+    # vars(): the dataclass's fields in declaration order, read faster than through fields()
+    # (this runs for every event a rebuild replays).
+    payload = dict(vars(event))
+    for name, value in payload.items():
         if isinstance(value, datetime):
-            return value.isoformat()
-        if isinstance(value, Money):
-            return {"amount_minor": value.amount_minor, "currency": value.currency}
-        return value
-
-    payload = {f.name: plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
+            payload[name] = value.isoformat()
+        elif isinstance(value, Money):
+            payload[name] = {"amount_minor": value.amount_minor, "currency": value.currency}
     payload["event_type"] = event.event_type
     return payload
 
 
-def _order_key(event: BookingEvent) -> tuple[datetime, str]:
+# Where an event sits in its booking's history: (occurred_at, event_id).
+OrderKey = tuple[datetime, str]
+
+
+def _order_key(event: BookingEvent) -> OrderKey:
     return (event.occurred_at, event.event_id)
 
 
-def booking_row(state: BookingState, last_event: tuple[datetime, str]) -> dict[str, Any]:
-    """The ``bookings`` row for a state (also what the API writes at 202 time)."""
+class Fold(NamedTuple):
+    """A booking's state and the last event folded into it (its ``bookings`` row)."""
+
+    state: BookingState
+    last: OrderKey
+
+
+def group_by_booking(events: Iterable[BookingEvent]) -> dict[str, list[BookingEvent]]:
+    by_booking: dict[str, list[BookingEvent]] = defaultdict(list)
+    for event in events:
+        by_booking[event.booking_id].append(event)
+    return by_booking
+
+
+def booking_row(state: BookingState, last_event: OrderKey) -> dict[str, Any]:
+    """The ``bookings`` row for a state, in ``ROW_COLUMNS`` order (COPY takes its values;
+    the upsert takes it as JSON, ``_json_ready``)."""
     return {
         "id": state.booking_id,
         "customer_id": state.customer_id,
         "provider_id": state.provider_id,
         "service_id": state.service_id,
-        "slot_start": state.slot_start.isoformat(),
-        "slot_end": state.slot_end.isoformat(),
+        "slot_start": state.slot_start,
+        "slot_end": state.slot_end,
         "amount_minor": state.price.amount_minor,
         "currency": state.price.currency,
         "payment_method": state.payment_method,
@@ -84,21 +102,45 @@ def booking_row(state: BookingState, last_event: tuple[datetime, str]) -> dict[s
         "hold": state.hold.value,
         "payment": state.payment.value,
         "payment_id": state.payment_id,
-        "provider_deadline_at": (
-            state.provider_deadline_at.isoformat() if state.provider_deadline_at else None
-        ),
+        "provider_deadline_at": state.provider_deadline_at,
         "provider_notified": state.provider_notified,
         "customer_notified": state.customer_notified,
         "failure_reason": state.failure_reason,
         "correlation_id": state.correlation_id,
         "idempotency_key": state.idempotency_key,
         "events_applied": state.events_applied,
-        "requested_at": state.requested_at.isoformat(),
-        "updated_at": state.updated_at.isoformat(),
+        "requested_at": state.requested_at,
+        "updated_at": state.updated_at,
         "state": state.to_json(),
-        "last_event_at": last_event[0].isoformat(),
+        "last_event_at": last_event[0],
         "last_event_id": last_event[1],
     }
+
+
+# The columns of ``booking_events`` that ``event_record`` fills (recorded_at is the default).
+EVENT_COLUMNS = (
+    "event_id", "booking_id", "event_type", "producer", "occurred_at", "correlation_id",
+    "causation_id", "topic", "partition", "offset", "payload", "body",
+)  # fmt: skip
+
+
+def event_record(record: Record) -> tuple[Any, ...]:
+    """The ``booking_events`` row of one message, in ``EVENT_COLUMNS`` order (for COPY)."""
+    event = record.event
+    return (
+        event.event_id,
+        event.booking_id,
+        event.event_type,
+        event.producer,
+        event.occurred_at,
+        event.correlation_id,
+        event.causation_id,
+        record.topic,
+        record.partition,
+        record.offset,
+        event_payload(event),
+        record.body,
+    )
 
 
 # The columns ``booking_row`` fills: every column of ``bookings``.
@@ -109,6 +151,10 @@ ROW_COLUMNS = (
     "failure_reason", "correlation_id", "idempotency_key", "events_applied",
     "requested_at", "updated_at", "state", "last_event_at", "last_event_id",
 )  # fmt: skip
+
+
+def _json_ready(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 def upsert_bookings_sql(schema: str) -> str:
@@ -182,15 +228,20 @@ class Projection:
 
             new_events = await self._insert_events(conn, fresh)
             written = await self._fold(conn, new_events)
-            if high:
-                await conn.executemany(
-                    f"INSERT INTO {self.schema}.consumer_positions "
-                    "(consumer, topic, partition, next_offset, updated_at) "
-                    "VALUES ($1, $2, $3, $4, now()) ON CONFLICT (consumer, topic, partition) "
-                    "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
-                    [(self.consumer, t, p, o + 1) for (t, p), o in high.items()],
-                )
+            await self.write_positions(conn, {key: o + 1 for key, o in high.items()})
         return BatchResult(len(new_events), skipped, written, rewind)
+
+    async def write_positions(
+        self, conn: asyncpg.Connection, next_offsets: Mapping[tuple[str, int], int]
+    ) -> None:
+        if next_offsets:
+            await conn.executemany(
+                f"INSERT INTO {self.schema}.consumer_positions "
+                "(consumer, topic, partition, next_offset, updated_at) "
+                "VALUES ($1, $2, $3, $4, now()) ON CONFLICT (consumer, topic, partition) "
+                "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+                [(self.consumer, t, p, o) for (t, p), o in next_offsets.items()],
+            )
 
     async def _lock_positions(self, conn: asyncpg.Connection) -> dict[tuple[str, int], int]:
         # FOR UPDATE serializes two materializers that briefly own a partition together
@@ -211,27 +262,8 @@ class Projection:
             f"CREATE TEMP TABLE IF NOT EXISTS incoming_events "
             f"(LIKE {self.schema}.booking_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        rows = [
-            (
-                r.event.event_id,
-                r.event.booking_id,
-                r.event.event_type,
-                r.event.producer,
-                r.event.occurred_at,
-                r.event.correlation_id,
-                r.event.causation_id,
-                r.topic,
-                r.partition,
-                r.offset,
-                event_payload(r.event),
-                r.body,
-            )
-            for r in records
-        ]
-        columns = [
-            "event_id", "booking_id", "event_type", "producer", "occurred_at", "correlation_id",
-            "causation_id", "topic", "partition", "offset", "payload", "body",
-        ]  # fmt: skip
+        rows = [event_record(r) for r in records]
+        columns = list(EVENT_COLUMNS)
         await conn.copy_records_to_table("incoming_events", records=rows, columns=columns)
         inserted = await conn.fetch(
             f"INSERT INTO {self.schema}.booking_events ({', '.join(_quoted(columns))}) "
@@ -251,62 +283,171 @@ class Projection:
     async def _fold(self, conn: asyncpg.Connection, events: Sequence[BookingEvent]) -> int:
         if not events:
             return 0
-        by_booking: dict[str, list[BookingEvent]] = defaultdict(list)
-        for event in events:
-            by_booking[event.booking_id].append(event)
+        by_booking = group_by_booking(events)
         rows = await conn.fetch(
             f"SELECT id, state, last_event_at, last_event_id FROM {self.schema}.bookings "
             "WHERE id = ANY($1::uuid[]) FOR UPDATE",
             list(by_booking),
         )
-        current = {str(r["id"]): r for r in rows}
-        out: list[dict[str, Any]] = []
+        current = {
+            str(r["id"]): Fold(
+                BookingState.from_json(r["state"]), (r["last_event_at"], str(r["last_event_id"]))
+            )
+            for r in rows
+            if r["state"] is not None  # the API's placeholder: the log was not folded yet
+        }
+        folded = await self.fold(conn, by_booking, current)
+        if folded:
+            await self.write_bookings(conn, folded.values())
+        return len(folded)
+
+    async def fold(
+        self,
+        conn: asyncpg.Connection,
+        by_booking: Mapping[str, list[BookingEvent]],
+        current: Mapping[str, Fold],
+        unlogged: Container[str] = (),
+    ) -> dict[str, Fold]:
+        """The new fold of each booking with new events (already in ``booking_events``).
+
+        Events later than a booking's last folded one apply to its ``current`` fold; an
+        earlier one, or a booking without a fold yet, refolds from its stored log. The caller
+        may name bookings ``unlogged`` that had no events stored before these: their log is
+        the new events, so it need not be read back.
+        """
+        out: dict[str, Fold] = {}
         refold: list[str] = []
         for booking_id, new in by_booking.items():
             new.sort(key=_order_key)
-            row = current.get(booking_id)
-            state = BookingState.from_json(row["state"]) if row and row["state"] else None
-            if state is None or row is None:
+            known = current.get(booking_id)
+            if known is not None and _order_key(new[0]) > known.last:
+                state = known.state
+                for event in new:
+                    state = saga.evolve(state, event)
+                out[booking_id] = Fold(state, _order_key(new[-1]))
+            elif booking_id in unlogged:
+                folded = fold_history(new)
+                if folded is not None:
+                    out[booking_id] = folded
+            # Every booking whose BookingRequested is stored has a fold, so without one in
+            # the new events a refold would find none either: it waits for its request.
+            elif known is not None or any(isinstance(e, BookingRequested) for e in new):
                 refold.append(booking_id)
-                continue
-            last = (row["last_event_at"], str(row["last_event_id"]))
-            if _order_key(new[0]) <= last:
-                refold.append(booking_id)
-                continue
-            for event in new:
-                state = saga.evolve(state, event)
-            out.append(booking_row(state, _order_key(new[-1])))
         if refold:
-            out.extend(await self._refold(conn, refold))
-        if out:
-            await conn.execute(self._upsert_sql, out)
-        return len(out)
+            out.update(await self._refold(conn, refold, by_booking))
+        return out
+
+    async def write_bookings(self, conn: asyncpg.Connection, folds: Iterable[Fold]) -> None:
+        """Insert or replace the ``bookings`` rows of ``folds`` (one statement)."""
+        rows = [_json_ready(booking_row(f.state, f.last)) for f in folds]
+        await conn.execute(self._upsert_sql, rows)
 
     async def _refold(
-        self, conn: asyncpg.Connection, booking_ids: list[str]
-    ) -> list[dict[str, Any]]:
+        self,
+        conn: asyncpg.Connection,
+        booking_ids: list[str],
+        new: Mapping[str, list[BookingEvent]],
+    ) -> dict[str, Fold]:
         rows = await conn.fetch(
-            f"SELECT booking_id, body FROM {self.schema}.booking_events "
+            f"SELECT booking_id, event_id, body FROM {self.schema}.booking_events "
             "WHERE booking_id = ANY($1::uuid[]) ORDER BY booking_id, occurred_at, event_id",
             booking_ids,
         )
+        # The new events are decoded already; only the older ones are decoded again.
+        decoded = {e.event_id: e for b in booking_ids for e in new[b]}
         history: dict[str, list[BookingEvent]] = defaultdict(list)
         for r in rows:
-            event = self.codec.decode(r["body"])
+            event = decoded.get(str(r["event_id"])) or self.codec.decode(r["body"])
             assert isinstance(event, BookingEvent)  # only booking topics reach this table
             history[str(r["booking_id"])].append(event)
-        out = []
-        for _booking_id, events in history.items():
-            requested = [e for e in events if isinstance(e, BookingRequested)]
-            if not requested:
-                continue  # its BookingRequested has not arrived yet; refold when it does
-            # BookingRequested always comes first: a clock skew must not make it look late.
-            state = saga.start(requested[0])
-            for event in events:
-                if not isinstance(event, BookingRequested):
-                    state = saga.evolve(state, event)
-            out.append(booking_row(state, _order_key(events[-1])))
+        out = {}
+        for booking_id, events in history.items():
+            folded = fold_history(events)
+            if folded is not None:
+                out[booking_id] = folded
         return out
+
+
+def fold_history(events: Sequence[BookingEvent]) -> Fold | None:
+    """A booking's fold from its whole log, sorted by ``(occurred_at, event_id)``; None
+    while its BookingRequested has not arrived (it refolds when it does)."""
+    requested = [e for e in events if isinstance(e, BookingRequested)]
+    if not requested:
+        return None
+    # BookingRequested always comes first: a clock skew must not make it look late.
+    state = saga.start(requested[0])
+    for event in events:
+        if not isinstance(event, BookingRequested):
+            state = saga.evolve(state, event)
+    return Fold(state, _order_key(events[-1]))
+
+
+class BulkLoad:
+    """A replay of the log into an empty schema (``rebuild``), in large batches.
+
+    The same fold as ``Projection.apply`` (``Projection.fold``), minus what only a live read
+    model shared with other writers needs: the folds stay in memory between batches instead
+    of being read back and upserted each time, each batch's events are copied straight into
+    ``booking_events`` (duplicates dropped here, the first copy in log order kept, as
+    ``apply`` keeps it), and the ``bookings`` rows and positions are written once by
+    ``finish``. Memory grows with the number of bookings (one state each), not of events.
+    """
+
+    def __init__(self, projection: Projection) -> None:
+        self.projection = projection
+        self.folds: dict[str, Fold] = {}
+        self.applied = 0
+        self._written: set[str] = set()  # event ids in booking_events
+        self._logged: set[str] = set()  # booking ids in booking_events
+        self._next: dict[tuple[str, int], int] = {}
+
+    async def add(
+        self,
+        conn: asyncpg.Connection,
+        records: Sequence[Record],
+        undecodable: Sequence[tuple[str, int, int]] = (),
+    ) -> int:
+        """Fold one batch in (any size; larger batches refold less); returns new events."""
+        first: dict[str, Record] = {}
+        for record in records:
+            event_id = record.event.event_id
+            if event_id in self._written:
+                continue
+            chosen = first.get(event_id)
+            if chosen is None or record.offset < chosen.offset:
+                first[event_id] = record
+        for topic, partition, offset in [(r.topic, r.partition, r.offset) for r in records] + list(
+            undecodable
+        ):
+            key = (topic, partition)
+            self._next[key] = max(self._next.get(key, 0), offset + 1)
+        if not first:
+            return 0
+        self._written.update(first)
+        await conn.copy_records_to_table(
+            "booking_events",
+            schema_name=self.projection.schema,
+            records=[event_record(r) for r in first.values()],
+            columns=EVENT_COLUMNS,
+        )
+        events = [r.event for r in first.values()]
+        by_booking = group_by_booking(events)
+        unlogged = by_booking.keys() - self._logged
+        self._logged.update(unlogged)
+        self.folds.update(await self.projection.fold(conn, by_booking, self.folds, unlogged))
+        self.applied += len(events)
+        return len(events)
+
+    async def finish(self, conn: asyncpg.Connection) -> int:
+        """Write every booking's row and the positions reached; returns the rows written."""
+        await conn.copy_records_to_table(
+            "bookings",
+            schema_name=self.projection.schema,
+            records=[tuple(booking_row(f.state, f.last).values()) for f in self.folds.values()],
+            columns=ROW_COLUMNS,
+        )
+        await self.projection.write_positions(conn, self._next)
+        return len(self.folds)
 
 
 def _quoted(columns: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -24,8 +25,8 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumers.materializer import CONSUMER, consumer_config, decode_batch
-from consumers.projection import ROW_COLUMNS, Projection
+from consumers.materializer import BATCH_MAX_RECORDS, CONSUMER, consumer_config, decode_batch
+from consumers.projection import ROW_COLUMNS, BulkLoad, Projection, Record
 from erynoa.codec import default_codec
 from erynoa.db import create_pool
 from erynoa.kafka import start_consumer
@@ -55,17 +56,27 @@ class RebuildReport:
         return self.events / self.seconds if self.seconds else 0.0
 
 
+# Records per bulk batch: larger batches refold fewer bookings whose events straddle two.
+BULK_BATCH = 50_000
+
+# Takes (connection, records, undecodable) and returns how many events were new.
+Sink = Callable[[asyncpg.Connection, list[Record], list[tuple[str, int, int]]], Awaitable[int]]
+
+
 async def _replay(
     settings: Settings,
-    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
     projection: Projection,
     topics: list[str],
     until: dict[tuple[str, int], int],
-    report: RebuildReport,
-) -> None:
-    """Apply every message before ``until`` (per partition) into the rebuild schema."""
+    sink: Sink,
+    batch: int,
+) -> int:
+    """Hand every message before ``until`` (per partition) to ``sink`` in batches of about
+    ``batch``, from the rebuild schema's positions on; returns the number of new events."""
     consumer = AIOKafkaConsumer(**consumer_config(settings, group_id=None))
     await start_consumer(consumer)
+    applied = 0
     try:
         wanted = [
             TopicPartition(topic, partition)
@@ -73,10 +84,9 @@ async def _replay(
             if topic in topics and offset > 0
         ]
         if not wanted:
-            return
+            return 0
         consumer.assign(wanted)
-        async with pool.acquire() as conn:
-            done = await projection.positions(conn)
+        done = await projection.positions(conn)
         for tp in wanted:
             start = done.get((tp.topic, tp.partition))
             if start is None:
@@ -88,27 +98,27 @@ async def _replay(
             for tp in wanted
             if done.get((tp.topic, tp.partition), 0) < until[(tp.topic, tp.partition)]
         }
+        messages: list[ConsumerRecord[bytes, bytes]] = []
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
-            messages: list[ConsumerRecord[bytes, bytes]] = []
-            for tp, batch in batches.items():
+            for tp, fetched in batches.items():
                 limit = until[(tp.topic, tp.partition)]
-                messages.extend(m for m in batch if m.offset < limit)
-                if (batch and batch[-1].offset + 1 >= limit) or await consumer.position(
+                messages.extend(m for m in fetched if m.offset < limit)
+                if (fetched and fetched[-1].offset + 1 >= limit) or await consumer.position(
                     tp
                 ) >= limit:
                     remaining.discard(tp)
-            if not messages:
+            if not batches:
                 for tp in list(remaining):
                     if await consumer.position(tp) >= until[(tp.topic, tp.partition)]:
                         remaining.discard(tp)
-                continue
-            records, bad = decode_batch(projection.codec, messages)
-            async with pool.acquire() as conn:
-                result = await projection.apply(
+            if messages and (len(messages) >= batch or not remaining):
+                records, bad = decode_batch(projection.codec, messages)
+                applied += await sink(
                     conn, records, [(m.topic, m.partition, m.offset) for m, _ in bad]
                 )
-            report.events += result.applied
+                messages = []
+        return applied
     finally:
         await consumer.stop()
 
@@ -157,7 +167,13 @@ async def rebuild(settings: Settings, force: bool = False, keep: bool = False) -
                 )
         async with pool.acquire() as conn:
             target = await live.positions(conn)
-        await _replay(settings, pool, projection, topics, target, report)
+        # Into empty tables: folded in memory, written with COPY (BulkLoad).
+        async with pool.acquire() as conn, conn.transaction():
+            bulk = BulkLoad(projection)
+            report.events += await _replay(
+                settings, conn, projection, topics, target, bulk.add, BULK_BATCH
+            )
+            await bulk.finish(conn)
 
         async with pool.acquire() as conn, conn.transaction():
             # The live materializer blocks on these rows until we commit: no batch lands
@@ -166,7 +182,17 @@ async def rebuild(settings: Settings, force: bool = False, keep: bool = False) -
                 "SELECT 1 FROM public.consumer_positions WHERE consumer = $1 FOR UPDATE", CONSUMER
             )
             target = await live.positions(conn)
-            await _replay(settings, pool, projection, topics, target, report)
+            # What the live materializer applied meanwhile: the live path, batch by batch.
+            async with pool.acquire() as catch_up:
+
+                async def apply(
+                    c: asyncpg.Connection, records: list[Record], bad: list[tuple[str, int, int]]
+                ) -> int:
+                    return (await projection.apply(c, records, bad)).applied
+
+                report.events += await _replay(
+                    settings, catch_up, projection, topics, target, apply, BATCH_MAX_RECORDS
+                )
             report.seconds = time.perf_counter() - started
             report.bookings = await conn.fetchval(f"SELECT count(*) FROM {schema}.bookings")
             report.differences = await _differences(conn, schema)
