@@ -144,8 +144,20 @@ class EventPublisher:
         headers: Mapping[str, str] | None = None,
     ) -> list[Published]:
         """Send events (batched by the producer) and wait until every one is acknowledged."""
+        return await self.publish_encoded([(event, None, headers) for event in events])
+
+    async def publish_encoded(
+        self,
+        items: Sequence[tuple[BookingEvent | CatalogEvent, bytes | None, Mapping[str, str] | None]],
+    ) -> list[Published]:
+        """Send ``(event, payload, headers)`` items in order and wait until every one is
+        acknowledged. ``payload`` is the event already encoded (an outbox row), or None.
+
+        Everything is handed to the producer before the first wait, so one batch's events share
+        the producer's requests instead of waiting for each other's acknowledgements.
+        """
         pending = []
-        for event in events:
+        for event, payload, headers in items:
             key = event.booking_id if isinstance(event, BookingEvent) else event.service_id
             kafka_headers: Headers = [(H_EVENT_TYPE, event.event_type.encode())]
             kafka_headers += [(k, v.encode()) for k, v in (headers or {}).items()]
@@ -154,7 +166,7 @@ class EventPublisher:
             pending.append(
                 await self._producer.send(
                     self.topic_for(event),
-                    value=self._codec.encode(event),
+                    value=payload if payload is not None else self._codec.encode(event),
                     key=key.encode(),
                     headers=kafka_headers,
                 )

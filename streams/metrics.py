@@ -15,9 +15,7 @@ to the codec's event types (``other`` otherwise, ``undecodable`` when the header
 
 from __future__ import annotations
 
-import time
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from typing import Any
 
 import asyncpg
@@ -86,14 +84,9 @@ class AgentMetrics:
         """The label for a consumed message, from its header."""
         return metrics.bounded(k.header(headers, k.H_EVENT_TYPE), self._event_types, UNDECODABLE)
 
-    @contextmanager
-    def handling(self, event_type: str) -> Iterator[None]:
-        """Times one message's handling (successful or not)."""
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._latency.labels(self.agent, event_type).observe(time.perf_counter() - began)
+    def handled(self, event_type: str, seconds: float) -> None:
+        """One message's handling took ``seconds`` (its whole batch's time: it waited for all)."""
+        self._latency.labels(self.agent, event_type).observe(seconds)
 
     def processed(self, event_type: str) -> None:
         self._processed.labels(self.agent, event_type).inc()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -278,135 +279,189 @@ class Runtime:
         task.add_done_callback(self._in_flight.discard)
         await asyncio.shield(task)
 
-    # --- one message --------------------------------------------------------------------
+    # --- a batch of messages -------------------------------------------------------------
 
-    async def process(self, incoming: Incoming) -> None:
-        """Handle one message; failures go to a retry tier or the DLQ. Never raises, except
-        when the worker stops (the message is then redelivered)."""
-        final = failures.is_final_attempt(self.consumer, incoming.headers)
-        event_type = self.metrics.event_type(incoming.headers)
-        # A child span of the context the message carries; what the handler emits carries it on.
-        with (
-            tracing.consumer_span(
-                "streams",
-                f"{self.agent} {event_type}",
-                incoming.headers,
-                {"event_type": event_type, "messaging.destination.name": incoming.topic},
-            ),
-            self.metrics.handling(event_type),
-        ):
-            try:
-                gave_up = await self.handle(incoming, final_attempt=final)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await self._route_failure(incoming, exc)
+    async def process(self, batch: Sequence[Incoming]) -> None:
+        """Handle consecutive messages of one lane; failures go to a retry tier or the DLQ.
+        Never raises, except when the worker stops (the messages are then redelivered).
+
+        A batch is one transaction. When it fails, each of its messages is handled again on its
+        own, so one bad message sends only itself to a retry tier and holds back nothing else
+        (the others' side effects repeat with the same idempotency keys).
+        """
+        if not batch:
+            return
+        began = time.perf_counter()
+        try:
+            gave_up = await self.handle(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if len(batch) > 1:
+                log.warning(
+                    "a batch of %d failed (%s); handling its messages one by one",
+                    len(batch),
+                    failures.describe(exc),
+                )
+                for incoming in batch:
+                    await self.process([incoming])
                 return
-        self.metrics.processed(event_type)
-        if gave_up:
+            self.metrics.handled(
+                self.metrics.event_type(batch[0].headers), time.perf_counter() - began
+            )
+            await self._route_failure(batch[0], exc)
+            return
+        elapsed = time.perf_counter() - began
+        for incoming in batch:
+            event_type = self.metrics.event_type(incoming.headers)
+            self.metrics.handled(event_type, elapsed)
+            self.metrics.processed(event_type)
+        for incoming, error in gave_up:
             # The saga moved on (the adapter recorded the failure as an event); the message still
             # goes to the dead-letter topic so operators see what could not be delivered.
-            await self._route_failure(incoming, gave_up[0], kind="retryable")
+            await self._route_failure(incoming, error, kind="retryable")
 
-    async def handle(self, incoming: Incoming, final_attempt: bool = False) -> list[BaseException]:
-        """The transaction described in the module docstring. Raises on any failure."""
-        event = self.codec.decode(incoming.value)
-        if not isinstance(event, BookingEvent):
-            return []  # a catalog event on a shared topic: not this saga's business
-        tracing.annotate(event)
-        incoming_headers = _propagated(incoming.headers)
-        # The outbox keeps this handler's span as the emitted events' parent (a relay too).
-        tracing.inject_into(incoming_headers)
+    async def handle(self, batch: Sequence[Incoming]) -> list[tuple[Incoming, BaseException]]:
+        """The transaction described in the module docstring, for a whole batch. Raises on any
+        failure (nothing is committed then). Returns the failures adapters recorded as events
+        instead of raising, with the message each belongs to."""
+        by_booking: dict[str, list[_Message]] = {}
+        for incoming in batch:
+            event = self.codec.decode(incoming.value)
+            if not isinstance(event, BookingEvent):
+                continue  # a catalog event on a shared topic: not this saga's business
+            final = failures.is_final_attempt(self.consumer, incoming.headers)
+            by_booking.setdefault(event.booking_id, []).append(_Message(incoming, event, final))
+        if not by_booking:
+            return []
+        bookings = list(by_booking)
+        gave_up: list[tuple[Incoming, BaseException]] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            await store.lock_booking(conn, self.agent, event.booking_id)
-            processed, stored = await store.load_unprocessed(
-                conn, self.agent, event.booking_id, event.event_id
+            await store.lock_bookings(conn, self.agent, bookings)
+            loaded = await store.load_batch(
+                conn,
+                self.agent,
+                bookings,
+                [m.event.event_id for messages in by_booking.values() for m in messages],
             )
-            if processed:
-                log.info("duplicate %s skipped", event.event_type, extra=log_extra(event))
-                outbox = await store.pending_outbox(conn, self.agent, event.booking_id)
-                ctx = None
-            else:
-                ctx, outbox = await self._apply(
-                    conn, event, stored, incoming, incoming_headers, final_attempt
+            starting = [
+                booking_id
+                for booking_id, messages in by_booking.items()
+                if booking_id not in loaded.stored
+                and any(isinstance(m.event, BookingRequested) for m in messages)
+            ]
+            early = await store.take_early(conn, self.agent, starting)
+            result = _BatchResult()
+            for booking_id in _in_slot_order(by_booking, loaded.stored):
+                gave_up += await self._apply(
+                    conn,
+                    _fresh(by_booking[booking_id], loaded.processed),
+                    loaded.stored.get(booking_id),
+                    early.get(booking_id, []),
+                    result,
                 )
+            outbox = await store.commit_batch(
+                conn, self.agent, bookings, result.states, result.processed, result.queued
+            )
         await self._publish(outbox)
-        return ctx.gave_up if ctx is not None else []
+        return gave_up
 
     async def _apply(
         self,
         conn: asyncpg.Connection,
-        event: BookingEvent,
+        messages: list[_Message],
         stored: store.Stored | None,
-        incoming: Incoming,
-        incoming_headers: dict[str, str],
-        final_attempt: bool,
-    ) -> tuple[Context | None, list[store.OutboxRow]]:
-        """Fold, act, and write the result; returns the context (None for an event kept until
-        its booking starts) and the booking's outbox to publish after COMMIT."""
-        if stored is None and not isinstance(event, BookingRequested):
-            # Another topic ran ahead of `bookings`: keep the event until the booking starts.
-            await store.keep_early(
-                conn, self.agent, event.booking_id, event.event_id, incoming.value
-            )
-            await store.mark_processed(conn, self.agent, [event.event_id])
-            log.info("%s before its booking; kept", event.event_type, extra=log_extra(event))
-            return None, await store.pending_outbox(conn, self.agent, event.booking_id)
-        inputs: list[BookingEvent] = [event]
+        early: list[bytes],
+        result: _BatchResult,
+    ) -> list[tuple[Incoming, BaseException]]:
+        """Fold one booking's new messages, act, and add what to write to ``result``; returns
+        the failures its adapter recorded as events (with the message they belong to)."""
+        if not messages:
+            return []
+        requested = next((m for m in messages if isinstance(m.event, BookingRequested)), None)
+        if stored is None and requested is None:
+            # Another topic ran ahead of `bookings`: keep the events until the booking starts.
+            for m in messages:
+                await store.keep_early(
+                    conn, self.agent, m.event.booking_id, m.event.event_id, m.incoming.value
+                )
+                log.info(
+                    "%s before its booking; kept", m.event.event_type, extra=log_extra(m.event)
+                )
+            result.processed += [m.event.event_id for m in messages]
+            return []
+        inputs = [m.event for m in messages]
         if stored is None:
-            for payload in await store.take_early(conn, self.agent, event.booking_id):
-                early = self.codec.decode(payload)
-                if isinstance(early, BookingEvent):
-                    inputs.append(early)
-        if (
-            stored is not None
-            and isinstance(event, SagaRetryRequested)
-            and event.step in ("all", self.agent)
+            assert requested is not None
+            # The request first, then what was kept for it, then the rest in partition order.
+            inputs = [requested.event]
+            inputs += [e for e in map(self.codec.decode, early) if isinstance(e, BookingEvent)]
+            inputs += [m.event for m in messages if m is not requested]
+        elif any(
+            isinstance(m.event, SagaRetryRequested) and m.event.step in ("all", self.agent)
+            for m in messages
         ):
             # An operator's retry re-runs this agent's step: fold in whatever of the booking's
             # log it never processed (a message parked in the DLQ, say), then act as usual.
+            seen = {e.event_id for e in inputs}
             for payload in await store.missed_events(
-                conn, self.agent, event.booking_id, self.consumer.consumes
+                conn, self.agent, messages[0].event.booking_id, self.consumer.consumes
             ):
                 missed = self.codec.decode(payload)
-                if isinstance(missed, BookingEvent) and not isinstance(missed, BookingRequested):
+                if (
+                    isinstance(missed, BookingEvent)
+                    and not isinstance(missed, BookingRequested)
+                    and missed.event_id not in seen
+                ):
                     inputs.append(missed)
         state = stored.state if stored is not None else None
         for item in inputs:
             state = saga.evolve(state, item)
         assert state is not None  # inputs holds at least one event
-        headers = {**(stored.headers if stored is not None else {}), **incoming_headers}
-        ctx = Context(
-            agent=self.agent,
-            conn=conn,
-            pool=self.pool,
-            state=state,
-            cause=event,
-            now=self.clock(),
-            headers=headers,
-            final_attempt=final_attempt,
-        )
-        emitted: list[BookingEvent] = []
-        for item in inputs:
-            emitted += self._fold(ctx, await self.adapter.react(item, ctx))
-        emitted += await self._advance(ctx)
-        await self.adapter.settle(ctx)
-        # ctx.headers is ``headers``: the state and the outbox rows carry the same context.
-        outbox = await store.commit_step(
-            conn,
-            self.agent,
-            ctx.state,
-            headers,
-            [e.event_id for e in inputs],
-            [(e.event_id, self.codec.encode(e)) for e in emitted],
-        )
+        headers = dict(stored.headers) if stored is not None else {}
+        for m in messages:
+            headers.update(_propagated(m.incoming.headers))
+        last = messages[-1]
+        # A child span of the context the latest message carries; what the handler emits (the
+        # state and the outbox rows share ``headers``) carries it on.
+        with tracing.consumer_span(
+            "streams",
+            f"{self.agent} {last.event.event_type}",
+            last.incoming.headers,
+            {
+                "event_type": last.event.event_type,
+                "messaging.destination.name": last.incoming.topic,
+            },
+        ):
+            tracing.annotate(last.event)
+            tracing.inject_into(headers)
+            ctx = Context(
+                agent=self.agent,
+                conn=conn,
+                pool=self.pool,
+                state=state,
+                cause=last.event,
+                now=self.clock(),
+                headers=headers,
+                final_attempt=all(m.final_attempt for m in messages),
+            )
+            emitted: list[BookingEvent] = []
+            for item in inputs:
+                emitted += self._fold(ctx, await self.adapter.react(item, ctx))
+            emitted += await self._advance(ctx)
+            await self.adapter.settle(ctx)
+        result.states.append((ctx.state, headers))
+        result.processed += [e.event_id for e in inputs]
+        result.queued += [
+            store.Queued(e.event_id, ctx.booking_id, self.codec.encode(e), headers) for e in emitted
+        ]
         log.info(
             "%s → %s",
-            event.event_type,
+            ", ".join(m.event.event_type for m in messages),
             ", ".join(e.event_type for e in emitted) or "nothing to do",
-            extra=log_extra(event, status=ctx.state.status.value),
+            extra=log_extra(last.event, status=ctx.state.status.value),
         )
-        return ctx, outbox
+        return [(last.incoming, error) for error in ctx.gave_up[:1]]
 
     async def tick(self, booking_id: str) -> bool:
         """Re-evaluate one booking without a message (a provider deadline may have passed).
@@ -498,17 +553,12 @@ class Runtime:
         """Publish outbox rows in order, then delete them. Raises if Kafka refuses."""
         if not rows:
             return
-        group: list[BookingEvent] = []
-        group_headers: dict[str, str] | None = None
+        items: list[tuple[BookingEvent, bytes | None, Mapping[str, str] | None]] = []
         for row in rows:
             event = self.codec.decode(row.payload)
             assert isinstance(event, BookingEvent)
-            if group and row.headers != group_headers:
-                await self.publisher.publish_many(group, group_headers)
-                group = []
-            group.append(event)
-            group_headers = row.headers
-        await self.publisher.publish_many(group, group_headers)
+            items.append((event, row.payload, row.headers))
+        await self.publisher.publish_encoded(items)
         await store.remove_from_outbox(self.pool, self.agent, [r.event_id for r in rows])
 
     async def relay_outbox(self, older_than_seconds: float = 10.0) -> int:
@@ -559,6 +609,60 @@ class Runtime:
                 log.error("cannot send to %s (try %d): %s", hop.topic, attempt + 1, exc)
                 await asyncio.sleep(_PUBLISH_BACKOFF_S[min(attempt, len(_PUBLISH_BACKOFF_S) - 1)])
                 attempt += 1
+
+
+@dataclass(frozen=True)
+class _Message:
+    """A decoded message of a batch."""
+
+    incoming: Incoming
+    event: BookingEvent
+    final_attempt: bool
+
+
+@dataclass
+class _BatchResult:
+    """What a batch writes at its end, in one statement (``store.commit_batch``)."""
+
+    states: list[tuple[saga.BookingState, dict[str, str]]] = field(default_factory=list)
+    processed: list[str] = field(default_factory=list)
+    queued: list[store.Queued] = field(default_factory=list)
+
+
+def _fresh(messages: list[_Message], processed: frozenset[str]) -> list[_Message]:
+    """The messages not processed before (nor earlier in the batch), in partition order."""
+    fresh: list[_Message] = []
+    seen: set[str] = set()
+    for m in messages:
+        if m.event.event_id in processed or m.event.event_id in seen:
+            log.info("duplicate %s skipped", m.event.event_type, extra=log_extra(m.event))
+            continue
+        seen.add(m.event.event_id)
+        fresh.append(m)
+    return fresh
+
+
+def _in_slot_order(
+    by_booking: Mapping[str, list[_Message]], stored: Mapping[str, store.Stored]
+) -> list[str]:
+    """The batch's bookings ordered by slot.
+
+    Actions lock rows outside the bookings' own (the reservation's ``slot_capacity``); when
+    every batch takes them in the same order, two batches sharing slots cannot deadlock.
+    Bookings of one slot keep their order in the partition (a stable sort), so the last seat
+    still goes to the earlier request.
+    """
+
+    def slot(booking_id: str) -> tuple[str, str]:
+        known = stored.get(booking_id)
+        if known is not None:
+            return known.state.service_id, known.state.slot_start.isoformat()
+        for m in by_booking[booking_id]:
+            if isinstance(m.event, BookingRequested):
+                return m.event.service_id, m.event.slot_start.isoformat()
+        return "", ""  # events kept until their booking starts: no action, no row lock
+
+    return sorted(by_booking, key=slot)
 
 
 def _propagated(

@@ -1,14 +1,14 @@
 """The agents' bookkeeping in PostgreSQL: per-booking lock, state, dedup, outbox, early events.
 
 Every function takes a connection inside the caller's transaction (``streams.runtime`` opens
-one per message), so a handler's state, its "processed" mark and the events it emitted commit
-together or not at all. Tables: ``agent_state``, ``processed_events`` (migrations 0002/0003),
-``agent_outbox`` and ``agent_early_events`` (0005).
+one per batch of messages), so a handler's states, its "processed" marks and the events it
+emitted commit together or not at all. Tables: ``agent_state``, ``processed_events``
+(migrations 0002/0003), ``agent_outbox`` and ``agent_early_events`` (0005).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,20 +17,24 @@ import asyncpg
 from erynoa.saga import BookingState
 
 
-async def lock_booking(conn: asyncpg.Connection, agent: str, booking_id: str) -> None:
-    """Serialize this agent's handlers for one booking until the transaction ends.
+async def lock_bookings(conn: asyncpg.Connection, agent: str, booking_ids: Iterable[str]) -> None:
+    """Serialize this agent's handlers for these bookings until the transaction ends.
 
-    An advisory lock rather than ``SELECT ... FOR UPDATE`` on ``agent_state``: it also works
-    for the first event of a booking, when there is no row to lock yet. A hash collision only
-    makes two unrelated bookings wait for each other.
+    Advisory locks rather than ``SELECT ... FOR UPDATE`` on ``agent_state``: they also work for
+    the first event of a booking, when there is no row to lock yet. Taken in one statement, in
+    the order of their keys, so two batches sharing bookings can never wait for each other in a
+    cycle (``unnest`` yields the array's order and the scan calls the function row by row). A
+    hash collision only makes two unrelated bookings wait for each other.
     """
     await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{agent}:{booking_id}"
+        "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) AS k",
+        sorted(f"{agent}:{booking_id}" for booking_id in set(booking_ids)),
     )
 
 
 async def try_lock_booking(conn: asyncpg.Connection, agent: str, booking_id: str) -> bool:
-    """Like ``lock_booking`` but gives up at once when another worker holds it (timers)."""
+    """Like ``lock_bookings`` for one booking, but gives up at once when another worker holds
+    it (timers)."""
     got = await conn.fetchval(
         "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", f"{agent}:{booking_id}"
     )
@@ -54,29 +58,44 @@ async def load_state(conn: asyncpg.Connection, agent: str, booking_id: str) -> S
     return Stored(BookingState.from_json(row["state"]), dict(row["headers"]))
 
 
-async def load_unprocessed(
-    conn: asyncpg.Connection, agent: str, booking_id: str, event_id: str
-) -> tuple[bool, Stored | None]:
-    """``was_processed`` and ``load_state`` in one round trip (the handler's hot path).
+@dataclass(frozen=True)
+class Loaded:
+    """What a batch's transaction starts from: the stored states and the events already done."""
 
-    Call it after ``lock_booking``, in a statement of its own: a READ COMMITTED statement sees
-    what was committed when it started, so it must start after the lock was granted.
+    stored: dict[str, Stored]
+    """By booking id; a booking without a row has not started for this agent."""
+    processed: frozenset[str]
+    """The batch's event ids this agent processed before (redeliveries)."""
+
+
+async def load_batch(
+    conn: asyncpg.Connection, agent: str, booking_ids: Sequence[str], event_ids: Sequence[str]
+) -> Loaded:
+    """The bookings' states and which of the events were processed, in ONE round trip.
+
+    Call it after ``lock_bookings``, in a statement of its own: a READ COMMITTED statement sees
+    what was committed when it started, so it must start after the locks were granted.
     """
-    row = await conn.fetchrow(
-        """SELECT EXISTS (SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $3)
-                  AS processed,
-                  s.state, s.headers
-           FROM (SELECT 1) AS one
-           LEFT JOIN agent_state s ON s.agent = $1 AND s.booking_id = $2""",
+    rows = await conn.fetch(
+        """SELECT s.booking_id, s.state, s.headers, NULL::uuid AS event_id
+           FROM agent_state s
+           WHERE s.agent = $1 AND s.booking_id = ANY($2::uuid[])
+           UNION ALL
+           SELECT NULL, NULL, NULL, p.event_id FROM processed_events p
+           WHERE p.consumer = $1 AND p.event_id = ANY($3::uuid[])""",
         agent,
-        booking_id,
-        event_id,
+        list(booking_ids),
+        list(event_ids),
     )
-    assert row is not None  # the FROM clause always yields one row
-    if row["state"] is None:
-        return bool(row["processed"]), None
-    stored = Stored(BookingState.from_json(row["state"]), dict(row["headers"]))
-    return bool(row["processed"]), stored
+    stored: dict[str, Stored] = {}
+    processed: set[str] = set()
+    for row in rows:
+        if row["event_id"] is not None:
+            processed.add(str(row["event_id"]))
+        else:
+            state = BookingState.from_json(row["state"])
+            stored[state.booking_id] = Stored(state, dict(row["headers"]))
+    return Loaded(stored, frozenset(processed))
 
 
 async def save_state(
@@ -149,53 +168,69 @@ async def pending_outbox(conn: asyncpg.Connection, agent: str, booking_id: str) 
     return _outbox_rows(rows)
 
 
-async def commit_step(
+@dataclass(frozen=True)
+class Queued:
+    """An emitted event waiting in the outbox for its publish after COMMIT."""
+
+    event_id: str
+    booking_id: str
+    payload: bytes
+    headers: Mapping[str, str]
+
+
+async def commit_batch(
     conn: asyncpg.Connection,
     agent: str,
-    state: BookingState,
-    headers: Mapping[str, str],
+    bookings: Sequence[str],
+    states: Sequence[tuple[BookingState, Mapping[str, str]]],
     processed: Sequence[str],
-    events: Sequence[tuple[str, bytes]],
+    events: Sequence[Queued],
 ) -> list[OutboxRow]:
-    """``save_state`` + ``mark_processed`` + ``add_to_outbox`` + ``pending_outbox`` in ONE
-    round trip: the end of every handled message (profiled: these four statements were a
-    third of an agent's PostgreSQL waits). Returns the booking's outbox in publishing order:
-    rows left by an earlier failed publish (read from the statement's snapshot) and then the
-    ones queued here (``RETURNING``; a data-modifying CTE's rows are not visible to the
-    statement's own reads). The emitted events are inserted in order, so their ``seq`` follows
-    it.
+    """``save_state`` + ``mark_processed`` + ``add_to_outbox`` + ``pending_outbox`` for a whole
+    batch in ONE round trip: the end of every handled batch (profiled: these statements, one
+    per message, were a third of an agent's PostgreSQL waits).
+
+    Returns the outbox of ``bookings`` in publishing order: rows left by an earlier failed
+    publish (read from the statement's snapshot) and then the ones queued here (``RETURNING``;
+    a data-modifying CTE's rows are not visible to the statement's own reads). The events are
+    inserted in the given order, so their ``seq`` follows it.
     """
     rows = await conn.fetch(
         """WITH saved AS (
                INSERT INTO agent_state (agent, booking_id, state, headers, updated_at)
-               VALUES ($1, $2, $3, $4, now())
+               SELECT $1, s.booking_id, s.state, s.headers, now()
+               FROM unnest($3::uuid[], $4::jsonb[], $5::jsonb[]) AS s(booking_id, state, headers)
                ON CONFLICT (agent, booking_id)
                DO UPDATE SET state = EXCLUDED.state, headers = EXCLUDED.headers,
                              updated_at = now()
            ), marked AS (
                INSERT INTO processed_events (consumer, event_id)
-               SELECT $1, id FROM unnest($5::uuid[]) AS id
+               SELECT $1, id FROM unnest($6::uuid[]) AS id
                ON CONFLICT DO NOTHING
            ), queued AS (
                INSERT INTO agent_outbox (agent, event_id, booking_id, payload, headers)
-               SELECT $1, e.event_id, $2, e.payload, $4
-               FROM unnest($6::uuid[], $7::bytea[]) WITH ORDINALITY AS e(event_id, payload, ord)
+               SELECT $1, e.event_id, e.booking_id, e.payload, e.headers
+               FROM unnest($7::uuid[], $8::uuid[], $9::bytea[], $10::jsonb[])
+                    WITH ORDINALITY AS e(event_id, booking_id, payload, headers, ord)
                ORDER BY e.ord
                ON CONFLICT DO NOTHING
                RETURNING event_id, booking_id, payload, headers, seq
            )
            SELECT event_id, booking_id, payload, headers, seq FROM agent_outbox
-           WHERE agent = $1 AND booking_id = $2
+           WHERE agent = $1 AND booking_id = ANY($2::uuid[])
            UNION ALL
            SELECT event_id, booking_id, payload, headers, seq FROM queued
            ORDER BY seq""",
         agent,
-        state.booking_id,
-        state.to_json(),
-        dict(headers),
+        list(bookings),
+        [state.booking_id for state, _ in states],
+        [state.to_json() for state, _ in states],
+        [dict(headers) for _, headers in states],
         list(processed),
-        [event_id for event_id, _ in events],
-        [payload for _, payload in events],
+        [e.event_id for e in events],
+        [e.booking_id for e in events],
+        [e.payload for e in events],
+        [dict(e.headers) for e in events],
     )
     return _outbox_rows(rows)
 
@@ -256,14 +291,22 @@ async def missed_events(
     return [bytes(r["body"]) for r in rows]
 
 
-async def take_early(conn: asyncpg.Connection, agent: str, booking_id: str) -> list[bytes]:
+async def take_early(
+    conn: asyncpg.Connection, agent: str, booking_ids: Sequence[str]
+) -> dict[str, list[bytes]]:
+    """The events kept for these bookings (``keep_early``), each booking's in arrival order."""
+    if not booking_ids:
+        return {}
     rows = await conn.fetch(
-        """DELETE FROM agent_early_events WHERE agent = $1 AND booking_id = $2
-           RETURNING seq, payload""",
+        """DELETE FROM agent_early_events WHERE agent = $1 AND booking_id = ANY($2::uuid[])
+           RETURNING booking_id, seq, payload""",
         agent,
-        booking_id,
+        list(booking_ids),
     )
-    return [bytes(r["payload"]) for r in sorted(rows, key=lambda r: int(r["seq"]))]
+    kept: dict[str, list[bytes]] = {}
+    for row in sorted(rows, key=lambda r: int(r["seq"])):
+        kept.setdefault(str(row["booking_id"]), []).append(bytes(row["payload"]))
+    return kept
 
 
 def text_headers(headers: Mapping[str, Any]) -> dict[str, str]:

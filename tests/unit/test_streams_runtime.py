@@ -181,12 +181,12 @@ async def test_a_failing_handler_sends_the_original_bytes_down_a_tier(
     producer = _Producer()
     runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
 
-    async def flaky(message: Incoming, final_attempt: bool = False) -> list[BaseException]:
+    async def flaky(batch: list[Incoming]) -> list[tuple[Incoming, BaseException]]:
         raise TimeoutError("gateway slow")
 
     monkeypatch.setattr(runtime, "handle", flaky)
     value = default_codec().encode(requested())
-    await runtime.process(incoming(value, [("traceparent", b"00-abc-01")]))
+    await runtime.process([incoming(value, [("traceparent", b"00-abc-01")])])
     [(topic, sent_value, key, headers)] = producer.sent
     assert topic == "payment.retry.1s"
     assert sent_value == value
@@ -199,7 +199,7 @@ async def test_an_undecodable_message_is_dead_lettered_and_processing_goes_on() 
     runtime = make_runtime(_RecordingAdapter(), agent="notification")
     producer = _Producer()
     runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
-    await runtime.process(incoming(b"garbage"))
+    await runtime.process([incoming(b"garbage")])
     [(topic, value, _, headers)] = producer.sent
     assert topic == "notification.dlq"
     assert value == b"garbage"
@@ -218,7 +218,7 @@ async def test_routing_waits_for_the_broker_instead_of_dropping_the_message(
         slept.append(seconds)
 
     monkeypatch.setattr(asyncio, "sleep", no_sleep)
-    await runtime.process(incoming(b"garbage"))
+    await runtime.process([incoming(b"garbage")])
     assert len(producer.sent) == 1
     assert len(slept) == 3
 

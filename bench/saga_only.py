@@ -1,0 +1,69 @@
+"""The saga part of the benchmark alone: start the system, probe its saturation rate, and run
+the happy path at a fixed rate — for measuring one change to the agents in about a minute.
+
+    .venv/bin/python bench/saga_only.py                 # probe only (as fast as it goes)
+    .venv/bin/python bench/saga_only.py --rate 40       # and a run at 40 bookings/s
+
+The stack must be up (``make stack``). Prints one JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import saga_load  # noqa: E402
+from erynoa.settings import Settings  # noqa: E402
+from loadgen.engine import check_loopback  # noqa: E402
+from loadgen.report import Report  # noqa: E402
+from loadgen.system import LocalSystem  # noqa: E402
+
+
+def _summary(label: str, report: Report) -> dict[str, object]:
+    return {
+        "run": label,
+        "completed_per_s": round(report.throughput["steady_completed_sagas_per_s"], 1),
+        "e2e_p50_ms": round(report.latency["end_to_end"].p50_ms, 1),
+        "e2e_p99_ms": round(report.latency["end_to_end"].p99_ms, 1),
+        "steps_p50_ms": {k: round(v.p50_ms, 1) for k, v in report.steps.items()},
+    }
+
+
+async def _measure(settings: Settings, args: argparse.Namespace, system: LocalSystem) -> None:
+    await saga_load.wait_idle(system.settings, system.catalog, 30)
+    probe = await saga_load.step(
+        system.settings, None, args.seconds, in_flight=args.in_flight, drain_s=5
+    )
+    print(json.dumps(_summary("probe", probe)), flush=True)
+    if args.rate:
+        await saga_load.wait_idle(system.settings, system.catalog, 60)
+        fixed = await saga_load.step(system.settings, args.rate, args.seconds)
+        print(json.dumps(_summary(f"{args.rate}/s", fixed)), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
+    parser.add_argument("--rate", type=float, default=0.0, help="also run at this rate (/s)")
+    parser.add_argument("--in-flight", type=int, default=saga_load.PROBE_IN_FLIGHT)
+    args = parser.parse_args()
+    settings = Settings()
+    check_loopback(settings.public_base_url, settings.kafka_bootstrap, settings.database_url)
+    started = time.monotonic()
+    with LocalSystem(settings, Path(tempfile.mkdtemp(prefix="saga-only-"))) as system:
+        asyncio.run(_measure(settings, args, system))
+    print(f"# {time.monotonic() - started:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
