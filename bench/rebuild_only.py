@@ -1,6 +1,7 @@
 """The read-model rebuild alone, on its own topics and database, in a minute or two.
 
-    .venv/bin/python -m bench.rebuild_only --bookings 4000 [--rebuilds 2] [--keep NAME]
+    .venv/bin/python -m bench.rebuild_only --bookings 4000 [--rebuilds 2] [--workers N] \
+        [--keep NAME]
 
 Creates a topic prefix and a migrated database of its own (as the integration tests do, so
 the shared stack's topics and rows are untouched), publishes ``--bookings`` finished sagas
@@ -123,6 +124,7 @@ async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bookings", type=int, default=4000)
     parser.add_argument("--rebuilds", type=int, default=2)
+    parser.add_argument("--workers", type=int, help="replay processes (default: one per CPU)")
     parser.add_argument("--keep", metavar="NAME", help="keep (or reuse) this namespace")
     args = parser.parse_args(argv)
     name = args.keep or f"rb{uuid.uuid4().hex[:10]}"
@@ -131,7 +133,7 @@ async def main(argv: list[str]) -> int:
         if not existed:
             await live_catch_up(settings, args.bookings)
         for _ in range(args.rebuilds):
-            report = await rebuild(settings)
+            report = await rebuild(settings, workers=args.workers)
             print(
                 f"rebuild: {report.events:,} events, {report.bookings:,} bookings in "
                 f"{report.seconds:.2f}s = {report.events_per_second:,.0f} events/s; "

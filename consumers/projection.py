@@ -396,9 +396,8 @@ class BulkLoad:
     def __init__(self, projection: Projection) -> None:
         self.projection = projection
         self.folds: dict[str, Fold] = {}
-        self.applied = 0
+        self.bookings: set[str] = set()  # every booking with events in booking_events
         self._written: set[str] = set()  # event ids in booking_events
-        self._logged: set[str] = set()  # booking ids in booking_events
         self._next: dict[tuple[str, int], int] = {}
 
     async def add(
@@ -416,11 +415,10 @@ class BulkLoad:
             chosen = first.get(event_id)
             if chosen is None or record.offset < chosen.offset:
                 first[event_id] = record
-        for topic, partition, offset in [(r.topic, r.partition, r.offset) for r in records] + list(
-            undecodable
-        ):
-            key = (topic, partition)
-            self._next[key] = max(self._next.get(key, 0), offset + 1)
+        for topic, partition, offset in undecodable:
+            self._advance(topic, partition, offset)
+        for record in records:
+            self._advance(record.topic, record.partition, record.offset)
         if not first:
             return 0
         self._written.update(first)
@@ -432,11 +430,15 @@ class BulkLoad:
         )
         events = [r.event for r in first.values()]
         by_booking = group_by_booking(events)
-        unlogged = by_booking.keys() - self._logged
-        self._logged.update(unlogged)
+        unlogged = by_booking.keys() - self.bookings
+        self.bookings.update(unlogged)
         self.folds.update(await self.projection.fold(conn, by_booking, self.folds, unlogged))
-        self.applied += len(events)
         return len(events)
+
+    def _advance(self, topic: str, partition: int, offset: int) -> None:
+        key = (topic, partition)
+        if offset >= self._next.get(key, 0):
+            self._next[key] = offset + 1
 
     async def finish(self, conn: asyncpg.Connection) -> int:
         """Write every booking's row and the positions reached; returns the rows written."""

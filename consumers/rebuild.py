@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import time
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -59,6 +63,9 @@ class RebuildReport:
 # Records per bulk batch: larger batches refold fewer bookings whose events straddle two.
 BULK_BATCH = 50_000
 
+# Messages fetched at a time from the partition furthest behind (see ``_replay``).
+_STEP = 500
+
 # Takes (connection, records, undecodable) and returns how many events were new.
 Sink = Callable[[asyncpg.Connection, list[Record], list[tuple[str, int, int]]], Awaitable[int]]
 
@@ -98,29 +105,132 @@ async def _replay(
             for tp in wanted
             if done.get((tp.topic, tp.partition), 0) < until[(tp.topic, tp.partition)]
         }
-        messages: list[ConsumerRecord[bytes, bytes]] = []
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
-            for tp, fetched in batches.items():
-                limit = until[(tp.topic, tp.partition)]
-                messages.extend(m for m in fetched if m.offset < limit)
-                if (fetched and fetched[-1].offset + 1 >= limit) or await consumer.position(
-                    tp
-                ) >= limit:
-                    remaining.discard(tp)
-            if not batches:
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= until[(tp.topic, tp.partition)]:
+        # A booking's events lie on several topics. Read in log order per partition only, an
+        # event could be folded long before an earlier one of the same booking reaches us,
+        # which then refolds the booking from its stored log. So the partitions are read
+        # side by side in time: a few hundred messages at a time from whichever is furthest
+        # behind (by message timestamp), and a message is handed on once every partition
+        # still being read has reached its timestamp.
+        newest: dict[TopicPartition, int] = {}  # timestamp of the newest message fetched
+        held: dict[TopicPartition, deque[ConsumerRecord[bytes, bytes]]] = defaultdict(deque)
+        ready: list[ConsumerRecord[bytes, bytes]] = []
+        while remaining or ready or any(held.values()):
+            if remaining:
+                slowest = min(newest.get(tp, -1) for tp in remaining)
+                behind = [tp for tp in remaining if newest.get(tp, -1) <= slowest]
+                batches = await consumer.getmany(*behind, timeout_ms=1000, max_records=_STEP)
+                for tp, fetched in batches.items():
+                    limit = until[(tp.topic, tp.partition)]
+                    held[tp].extend(m for m in fetched if m.offset < limit)
+                    if fetched:
+                        newest[tp] = max(newest.get(tp, -1), fetched[-1].timestamp)
+                    if (fetched and fetched[-1].offset + 1 >= limit) or await consumer.position(
+                        tp
+                    ) >= limit:
                         remaining.discard(tp)
-            if messages and (len(messages) >= batch or not remaining):
-                records, bad = decode_batch(projection.codec, messages)
+                if not batches:
+                    for tp in behind:
+                        if await consumer.position(tp) >= until[(tp.topic, tp.partition)]:
+                            remaining.discard(tp)
+            # Every partition still being read is past ``cut``: nothing older can come.
+            cut = min((newest.get(tp, -1) for tp in remaining), default=None)
+            for queue in held.values():
+                while queue and (cut is None or queue[0].timestamp <= cut):
+                    ready.append(queue.popleft())
+            if ready and (len(ready) >= batch or not (remaining or any(held.values()))):
+                records, bad = decode_batch(projection.codec, ready)
                 applied += await sink(
                     conn, records, [(m.topic, m.partition, m.offset) for m, _ in bad]
                 )
-                messages = []
+                ready = []
         return applied
     finally:
         await consumer.stop()
+
+
+class _NotCoPartitioned(Exception):
+    """A booking has events in partitions that different workers replayed."""
+
+
+async def _bulk_load(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    schema: str,
+    topics: list[str],
+    until: dict[tuple[str, int], int],
+    workers: int | None,
+) -> int:
+    """Replay the log up to ``until`` into the empty ``schema``; returns the events applied.
+
+    The booking topics are co-partitioned (every event of a booking is in the same partition
+    number of each topic), so the partition numbers split the replay into independent parts,
+    one per worker process, each folding its own bookings (``BulkLoad``). Should a booking
+    turn up in two parts after all, the parts are thrown away and one process replays all.
+    """
+    parts = max(1, min(workers or os.cpu_count() or 1, len({p for _, p in until})))
+    if parts > 1:
+        split: dict[int, dict[tuple[str, int], int]] = defaultdict(dict)
+        for (topic, partition), offset in until.items():
+            split[partition % parts][(topic, partition)] = offset
+        loop = asyncio.get_running_loop()
+        # spawn: the workers start clean, not as copies of a process with a running loop.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(len(split), mp_context=context) as executor:
+            done = await asyncio.gather(
+                *(
+                    loop.run_in_executor(executor, _bulk_part, settings, schema, topics, part)
+                    for part in split.values()
+                )
+            )
+        seen: set[str] = set()
+        try:
+            for _, bookings in done:
+                if bookings is None or not seen.isdisjoint(bookings):
+                    raise _NotCoPartitioned
+                seen.update(bookings)
+            return sum(events for events, _ in done)
+        except _NotCoPartitioned:
+            log.warning("a booking's events span partitions of two workers: replaying in one")
+            async with pool.acquire() as conn:
+                for table in ("bookings", "booking_events", "consumer_positions"):
+                    await conn.execute(f"TRUNCATE {schema}.{table}")
+    async with pool.acquire() as conn:
+        events, _ = await _load_part(settings, conn, schema, topics, until)
+    return events
+
+
+def _bulk_part(
+    settings: Settings, schema: str, topics: list[str], until: dict[tuple[str, int], int]
+) -> tuple[int, set[str] | None]:
+    """One worker's part of ``_bulk_load``: the events applied and the bookings they touch
+    (None when another part holds some of the same events)."""
+
+    async def main() -> tuple[int, set[str] | None]:
+        pool = await create_pool(settings, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                return await _load_part(settings, conn, schema, topics, until)
+        except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+            return 0, None
+        finally:
+            await pool.close()
+
+    return asyncio.run(main())
+
+
+async def _load_part(
+    settings: Settings,
+    conn: asyncpg.Connection,
+    schema: str,
+    topics: list[str],
+    until: dict[tuple[str, int], int],
+) -> tuple[int, set[str]]:
+    projection = Projection(CONSUMER, default_codec(), schema=schema)
+    async with conn.transaction():
+        bulk = BulkLoad(projection)
+        events = await _replay(settings, conn, projection, topics, until, bulk.add, BULK_BATCH)
+        await bulk.finish(conn)
+    return events, bulk.bookings
 
 
 async def _differences(conn: asyncpg.Connection, schema: str) -> list[str]:
@@ -149,7 +259,11 @@ async def _differences(conn: asyncpg.Connection, schema: str) -> list[str]:
     return found
 
 
-async def rebuild(settings: Settings, force: bool = False, keep: bool = False) -> RebuildReport:
+async def rebuild(
+    settings: Settings, force: bool = False, keep: bool = False, workers: int | None = None
+) -> RebuildReport:
+    """Rebuild, compare, swap (module docstring); ``workers`` processes replay the log
+    (default: one per CPU)."""
     catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
     topics = list(catalog.consumer(CONSUMER).consumes)
     schema = "rebuild_" + datetime.now(UTC).strftime("%Y%m%d%H%M%S")
@@ -167,13 +281,7 @@ async def rebuild(settings: Settings, force: bool = False, keep: bool = False) -
                 )
         async with pool.acquire() as conn:
             target = await live.positions(conn)
-        # Into empty tables: folded in memory, written with COPY (BulkLoad).
-        async with pool.acquire() as conn, conn.transaction():
-            bulk = BulkLoad(projection)
-            report.events += await _replay(
-                settings, conn, projection, topics, target, bulk.add, BULK_BATCH
-            )
-            await bulk.finish(conn)
+        report.events += await _bulk_load(settings, pool, schema, topics, target, workers)
 
         async with pool.acquire() as conn, conn.transaction():
             # The live materializer blocks on these rows until we commit: no batch lands
