@@ -133,7 +133,11 @@ async def main(argv: list[str]) -> int:
         if not existed:
             await live_catch_up(settings, args.bookings)
         for _ in range(args.rebuilds):
-            report = await rebuild(settings, workers=args.workers)
+            report = await (
+                rebuild(settings)
+                if args.workers is None
+                else rebuild(settings, workers=args.workers)
+            )
             print(
                 f"rebuild: {report.events:,} events, {report.bookings:,} bookings in "
                 f"{report.seconds:.2f}s = {report.events_per_second:,.0f} events/s; "
