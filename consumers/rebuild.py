@@ -173,8 +173,10 @@ async def _bulk_load(
         for (topic, partition), offset in until.items():
             split[partition % parts][(topic, partition)] = offset
         loop = asyncio.get_running_loop()
-        # spawn: the workers start clean, not as copies of a process with a running loop.
-        context = multiprocessing.get_context("spawn")
+        # fork, not spawn: a spawned worker would run ``__main__`` again, which for
+        # ``python -m erynoa`` is the command itself. A forked worker touches nothing it
+        # inherits (this loop, the pool): it starts its own loop and connection.
+        context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(len(split), mp_context=context) as executor:
             done = await asyncio.gather(
                 *(
