@@ -139,3 +139,35 @@ async def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[s
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
     finally:
         await conn.close()
+
+
+def sibling_url(database_url: str, name: str) -> str:
+    """The URL of database ``name`` on the same server, with the same user."""
+    server, _, _ = database_url.rpartition("/")
+    return f"{server}/{name}"
+
+
+async def create_migrated_database(database_url: str, name: str) -> str:
+    """Create database ``name`` next to ``database_url``'s and migrate it; returns its URL.
+
+    For a private copy of the system on a shared server (a benchmark, a test session): its
+    agents' timers then see only its own rows — two copies sharing one database would time out
+    each other's bookings and publish the result to their own topics.
+    """
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = sibling_url(database_url, name)
+    await migrate(url)
+    return url
+
+
+async def drop_database(database_url: str, name: str) -> None:
+    """Drop database ``name`` next to ``database_url``'s, whoever is still connected."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

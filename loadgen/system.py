@@ -5,10 +5,11 @@
         ...
 
 It gives the run its own topic prefix (fresh topics and consumer groups, created from
-``topics.yaml`` and deleted afterwards) and a free loopback port for the API, starts the API,
-the four agents and the materializer with ``erynoa.supervisor.System`` (each its own process,
-as deployed), and waits until the API is ready and every agent said so. The read model's
-tables are shared with everyone else on the stack; the run's rows have fresh ids.
+``topics.yaml`` and deleted afterwards), its own migrated database (dropped afterwards: two
+copies of the system on one database would run each other's timers) and a free loopback port
+for the API, starts the API, the four agents and the materializer with
+``erynoa.supervisor.System`` (each its own process, as deployed), and waits until the API is
+ready and every agent said so.
 
 The API's rate limits are raised for these processes: a load test from one address would
 otherwise measure the limiter.
@@ -16,6 +17,7 @@ otherwise measure the limiter.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -26,6 +28,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
+from erynoa.db import create_migrated_database, drop_database, sibling_url
 from erynoa.settings import Settings
 from erynoa.supervisor import AGENTS, System, commands
 from erynoa.topics import TopicCatalog, load_catalog
@@ -72,7 +75,10 @@ class LocalSystem:
         rate_limit_per_minute: int = 100_000_000,
     ) -> None:
         self.port = free_port()
-        self.prefix = f"lg{uuid.uuid4().hex[:8]}-"
+        self.name = f"lg{uuid.uuid4().hex[:8]}"
+        self.prefix = f"{self.name}-"
+        self._base_database_url = base.database_url
+        database_url = sibling_url(base.database_url, self.name)
         self.api_url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
         self.env = {
@@ -82,7 +88,7 @@ class LocalSystem:
             "ERYNOA_OIDC_ISSUER": f"{self.api_url}/api/v1/auth/dev",
             "ERYNOA_TOPIC_PREFIX": self.prefix,
             "ERYNOA_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
-            "ERYNOA_DATABASE_URL": base.database_url,
+            "ERYNOA_DATABASE_URL": database_url,
             "ERYNOA_REDIS_URL": base.redis_url,
             "ERYNOA_PAYMENT_GATEWAY": "sandbox",
             "ERYNOA_RATE_LIMIT_PER_MINUTE_IP": str(rate_limit_per_minute),
@@ -95,6 +101,7 @@ class LocalSystem:
                 "public_base_url": self.api_url,
                 "oidc_issuer": f"{self.api_url}/api/v1/auth/dev",
                 "topic_prefix": self.prefix,
+                "database_url": database_url,
                 "payment_gateway": "sandbox",
             }
         )
@@ -119,8 +126,9 @@ class LocalSystem:
         from erynoa.topic_admin import admin_client, apply
 
         apply(admin_client(self.settings.kafka_bootstrap), self.catalog)
-        self.system.start()
+        asyncio.run(create_migrated_database(self._base_database_url, self.name))
         try:
+            self.system.start()
             self.wait_ready()
         except BaseException:
             self.stop()
@@ -160,6 +168,7 @@ class LocalSystem:
         self.system.stop(timeout=30)
         from erynoa.topic_admin import admin_client
 
+        asyncio.run(drop_database(self._base_database_url, self.name))
         admin = admin_client(self.settings.kafka_bootstrap)
         futures = admin.delete_topics(list(self.catalog.topics), operation_timeout=30)
         for future in futures.values():

@@ -37,26 +37,19 @@ async def own_namespace(settings: Settings) -> AsyncIterator[Settings]:
     """Settings with their own topics (a fresh prefix on every topic and consumer group) and
     their own migrated database, created on the real services for the duration and removed
     after: a test sees only its own messages and rows, and nothing else sees its messages."""
-    from erynoa.db import migrate
+    from erynoa.db import create_migrated_database, drop_database
     from erynoa.topic_admin import admin_client, apply
     from erynoa.topics import load_catalog
 
     name = f"t{uuid.uuid4().hex[:10]}"
-    server_url, _, _ = settings.database_url.rpartition("/")
-    isolated = settings.model_copy(
-        update={"topic_prefix": f"{name}-", "database_url": f"{server_url}/{name}"}
-    )
-    catalog = load_catalog(isolated.topics_file, isolated.topics_environment, f"{name}-")
-    admin = admin_client(isolated.kafka_bootstrap)
+    catalog = load_catalog(settings.topics_file, settings.topics_environment, f"{name}-")
+    admin = admin_client(settings.kafka_bootstrap)
     apply(admin, catalog)
-    server = await asyncpg.connect(settings.database_url)
-    await server.execute(f'CREATE DATABASE "{name}"')
     try:
-        await migrate(isolated.database_url)
-        yield isolated
+        url = await create_migrated_database(settings.database_url, name)
+        yield settings.model_copy(update={"topic_prefix": f"{name}-", "database_url": url})
     finally:
-        await server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await server.close()
+        await drop_database(settings.database_url, name)
         for future in admin.delete_topics(list(catalog.topics), request_timeout=30).values():
             with suppress(Exception):  # best effort: a leftover test topic harms nothing
                 future.result(timeout=30)

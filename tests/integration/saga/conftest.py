@@ -1,7 +1,8 @@
 """Fixtures for the saga against the real stack: topics, servers, and the four agent workers.
 
 The session gets its own topic prefix (``ERYNOA_TOPIC_PREFIX``), so its topics and consumer
-groups are fresh and nothing else on the cluster sees its messages; they are deleted at the end.
+groups are fresh and nothing else on the cluster sees its messages, and its own migrated
+database; both are deleted at the end.
 The workers run as subprocesses exactly as deployed (``python -m erynoa worker <agent>``), with
 a real SMTP server and a webhook receiver of the test's own; ``agents`` can stop, ``kill -9``
 and restart each of them (logs under the session's tmp dir).
@@ -17,9 +18,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from erynoa.codec import default_codec
+from erynoa.db import create_migrated_database, create_pool, drop_database
 from erynoa.kafka import EventPublisher
 from erynoa.settings import Settings
 from erynoa.supervisor import System
@@ -43,14 +46,33 @@ def _reachable(settings: Settings) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def saga_settings(settings: Settings, mailbox: Mailbox) -> Settings:
+async def saga_settings(settings: Settings, mailbox: Mailbox) -> AsyncIterator[Settings]:
     down = _reachable(settings)
     if down is not None:
         pytest.skip(f"the local stack is not running ({down} unreachable): run `make stack`")
-    prefix = f"it{uuid.uuid4().hex[:8]}-"
-    return settings.model_copy(
-        update={"topic_prefix": prefix, "smtp_host": "127.0.0.1", "smtp_port": mailbox.port}
-    )
+    name = f"it{uuid.uuid4().hex[:8]}"
+    # Its own database too: agents of another copy of the system on the same server (a
+    # benchmark, a concurrent session) would otherwise time out this session's bookings.
+    url = await create_migrated_database(settings.database_url, name)
+    try:
+        yield settings.model_copy(
+            update={
+                "topic_prefix": f"{name}-",
+                "database_url": url,
+                "smtp_host": "127.0.0.1",
+                "smtp_port": mailbox.port,
+            }
+        )
+    finally:
+        await drop_database(settings.database_url, name)
+
+
+@pytest.fixture(scope="session")
+async def db(saga_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the session's own database (the one its workers, API and materializer use)."""
+    pool = await create_pool(saga_settings, min_size=1, max_size=5)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture(scope="session")
