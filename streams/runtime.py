@@ -455,7 +455,10 @@ class Runtime:
         result.queued += [
             store.Queued(e.event_id, ctx.booking_id, self.codec.encode(e), headers) for e in emitted
         ]
-        log.info(
+        # Most messages only fold in (every agent reads most topics): those log at DEBUG, or
+        # the log line would cost more than the handling (profiled: 10% of an agent's CPU).
+        log.log(
+            logging.INFO if emitted else logging.DEBUG,
             "%s → %s",
             ", ".join(m.event.event_type for m in messages),
             ", ".join(e.event_type for e in emitted) or "nothing to do",
