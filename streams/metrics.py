@@ -53,6 +53,13 @@ class AgentMetrics:
             ["agent", "event_type", "error_kind"],
             registry=self.registry,
         )
+        self._batch_size = Histogram(
+            "erynoa_agent_batch_size",
+            "Messages handled together in one transaction (what queued up in a lane meanwhile)",
+            ["agent"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
         self._latency = Histogram(
             "erynoa_agent_handler_duration_seconds",
             "Time to handle one message: decode, transaction, side effects, publish",
@@ -83,6 +90,9 @@ class AgentMetrics:
     def event_type(self, headers: list[tuple[str, bytes]]) -> str:
         """The label for a consumed message, from its header."""
         return metrics.bounded(k.header(headers, k.H_EVENT_TYPE), self._event_types, UNDECODABLE)
+
+    def batch(self, size: int) -> None:
+        self._batch_size.labels(self.agent).observe(size)
 
     def handled(self, event_type: str, seconds: float) -> None:
         """One message's handling took ``seconds`` (its whole batch's time: it waited for all)."""

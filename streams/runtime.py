@@ -291,6 +291,7 @@ class Runtime:
         """
         if not batch:
             return
+        self.metrics.batch(len(batch))
         began = time.perf_counter()
         try:
             gave_up = await self.handle(batch)
