@@ -1,7 +1,7 @@
 """The provider-response agent: a deadline per booking, and the provider's answer judged against it.
 
-Run: ``erynoa worker provider-response``. Consumes ``bookings``, ``payments``, ``notifications``
-and ``provider-answers`` (the API publishes ``ProviderAnswerSubmitted`` there); emits
+Run: ``erynoa worker provider-response``. Consumes ``bookings``, ``payments`` and
+``provider-answers`` (the API publishes ``ProviderAnswerSubmitted`` there); emits
 ``ProviderResponseRequested``, ``ProviderAccepted``, ``ProviderRejected`` and
 ``ProviderTimedOut`` on ``provider-responses``.
 
