@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import corpus, http_load, raw_kafka, saga_load, summary  # noqa: E402
+from bench import corpus, costs, http_load, raw_kafka, saga_load, summary  # noqa: E402
 from erynoa.settings import Settings  # noqa: E402
 from loadgen.engine import check_loopback  # noqa: E402
 from loadgen.system import LocalSystem, free_port  # noqa: E402
@@ -138,7 +138,8 @@ async def http_bench(
 async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
     """(b): the rate search, then a run at half the best rate with the invariant checker."""
     seconds = 6.0 if quick else 20.0
-    capacity, steps = await saga_load.search(
+    cpu_before = costs.cpu_used(system)
+    probe, steps = await saga_load.search(
         system.settings,
         system.catalog,
         seconds=seconds,
@@ -148,11 +149,17 @@ async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
         idle_wait_s=15 if quick else 60,
         log=say,
     )
+    # CPU per completed booking over the whole search: where a booking's cost goes, by part,
+    # robust to whatever else the machine ran meanwhile (unlike the rates).
+    completed = int(probe.run["completed"]) + sum(int(s.report.run["completed"]) for s in steps)
+    cpu = costs.cpu_per_booking(cpu_before, costs.cpu_used(system), completed)
     top = saga_load.best(steps)
     result: dict[str, Any] = {
-        "probe_capacity_per_s": round(capacity, 1),
+        "probe_capacity_per_s": round(probe.throughput["steady_completed_sagas_per_s"], 1),
         "steps": [s.to_json() for s in steps],
         "seconds_per_step": seconds,
+        "cpu_ms_per_booking": cpu,
+        "mean_batch": costs.mean_batch_sizes(system.settings),
     }
     if top is None:
         return result

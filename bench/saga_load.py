@@ -143,8 +143,8 @@ async def search(
     budget_s: float,
     idle_wait_s: float,
     log: Callable[[str], None],
-) -> tuple[float, list[Step]]:
-    """Probe, ramp, bisect; returns the probe's capacity estimate and every step run."""
+) -> tuple[Report, list[Step]]:
+    """Probe, ramp, bisect; returns the probe's report and every step run."""
     steps: list[Step] = []
     ends = time.monotonic() + budget_s
 
@@ -189,7 +189,7 @@ async def search(
             good = middle
         else:
             bad = middle
-    return capacity, steps
+    return probe, steps
 
 
 def best(steps: list[Step]) -> Step | None:

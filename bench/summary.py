@@ -211,6 +211,18 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {s['e2e_p50_ms']:,.0f} | {s['e2e_p99_ms']:,.0f} | {s['max_consumer_lag']} "
                 f"| {s['why']} |"
             )
+    cpu = saga.get("cpu_ms_per_booking")
+    if cpu:
+        lines += [
+            "",
+            f"CPU per completed booking during the search: {cpu['total']:,.1f} ms in all, i.e. at "
+            f"most {1000 * results['machine']['nproc'] / max(cpu['total'], 0.001):,.0f} "
+            "bookings/s if every CPU did nothing else; by part (ms): "
+            + ", ".join(f"{k} {v:,.1f}" for k, v in cpu.items() if k != "total")
+            + ". Mean messages per agent transaction: "
+            + (", ".join(f"{k} {v}" for k, v in saga.get("mean_batch", {}).items()) or "n/a")
+            + ".",
+        ]
     half = saga.get("half_rate")
     if half:
         lines += [
