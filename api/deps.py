@@ -1,20 +1,24 @@
 """Typed dependencies the routes declare: the runtime, a database connection, the caller.
 
-``CurrentUser`` verifies the bearer token, counts the request against the caller's rate limit
-and makes sure their ``users`` row exists; ``AdminUser`` and ``ProviderUser`` add a role check
+``CurrentUser`` verifies the bearer token, checks it is not revoked and counts the request
+against the caller's rate limit (one Redis round trip, ``api.admission``) and makes sure their
+``users`` row exists; ``AdminUser`` and ``ProviderUser`` add a role check
 (403). ``limit_ip`` is mounted on every router except health.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.admission import Limit, admit
 from api.auth import AuthError, KeysUnavailable, Principal, RevocationUnavailable
 from api.envelopes import ApiError, forbidden, request_id_of, unauthorized, unavailable
 from api.ratelimit import Verdict
@@ -80,7 +84,10 @@ Context = Annotated[EventContext, Depends(_event_context)]
 """The request's id and the Kafka headers its events carry."""
 
 
-async def _connection(runtime: RuntimeDep) -> AsyncIterator[asyncpg.Connection]:
+@asynccontextmanager
+async def connection(runtime: Runtime) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection for the block (503 if none can be had), for code that needs one
+    only on some paths or only for part of the request."""
     try:
         conn = await runtime.pool.acquire(timeout=5)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
@@ -89,6 +96,11 @@ async def _connection(runtime: RuntimeDep) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await runtime.pool.release(conn)
+
+
+async def _connection(runtime: RuntimeDep) -> AsyncIterator[asyncpg.Connection]:
+    async with connection(runtime) as conn:
+        yield conn
 
 
 Db = Annotated[asyncpg.Connection, Depends(_connection)]
@@ -103,12 +115,28 @@ def rate_limited(verdict: Verdict, who: str) -> ApiError:
     )
 
 
-async def limit_ip(request: Request, runtime: RuntimeDep) -> None:
-    """Count the request against its client IP's limit."""
+def _ip_limit(request: Request, settings: Settings) -> Limit:
     ip = request.client.host if request.client else "unknown"
-    verdict = await runtime.limiter.hit("ip", ip, runtime.settings.rate_limit_per_minute_ip)
+    return Limit("ip", ip, settings.rate_limit_per_minute_ip)
+
+
+async def _count_ip(runtime: Runtime, limit: Limit) -> None:
+    verdict = await runtime.limiter.hit(limit.scope, limit.identity, limit.per_window)
     if not verdict.allowed:
         raise rate_limited(verdict, "client address")
+
+
+async def limit_ip(request: Request, runtime: RuntimeDep) -> None:
+    """Count the request against its client IP's limit.
+
+    On a route that authenticates its caller, the count is left to ``_principal``, which
+    sends it to Redis together with the revocation check and the user's limit (one round trip
+    instead of two); it counts every request it sees, whatever the token's fate.
+    """
+    if _authenticates(request.scope.get("route")):
+        request.state.ip_limit_deferred = True
+        return
+    await _count_ip(runtime, _ip_limit(request, runtime.settings))
 
 
 async def _principal(
@@ -116,31 +144,73 @@ async def _principal(
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    ip = (
+        _ip_limit(request, runtime.settings)
+        if getattr(request.state, "ip_limit_deferred", False)
+        else None
+    )
     if credentials is None:
+        if ip is not None:
+            await _count_ip(runtime, ip)
         raise unauthorized()
     try:
-        principal = await runtime.verifier.verify(credentials.credentials)
-    except AuthError as exc:
+        principal = await runtime.verifier.decode(credentials.credentials)
+    except (AuthError, KeysUnavailable) as exc:
+        if ip is not None:
+            await _count_ip(runtime, ip)  # the address's limit comes first, as it always did
+        if isinstance(exc, KeysUnavailable):
+            raise unavailable("identity provider", exc) from exc
         raise unauthorized(str(exc)) from None
-    except KeysUnavailable as exc:
-        raise unavailable("identity provider", exc) from exc
+    user = Limit("user", principal.sub, runtime.settings.rate_limit_per_minute_user)
+    try:
+        admission = await admit(
+            runtime.redis, runtime.limiter, runtime.revocations, principal, user=user, ip=ip
+        )
     except RevocationUnavailable as exc:
         raise unavailable("redis", exc) from exc
+    if admission.ip is not None and not admission.ip.allowed:
+        raise rate_limited(admission.ip, "client address")
+    if admission.revoked:
+        raise unauthorized("the token was revoked")
     request.state.user_id = principal.sub
-    verdict = await runtime.limiter.hit(
-        "user", principal.sub, runtime.settings.rate_limit_per_minute_user
-    )
-    if not verdict.allowed:
-        raise rate_limited(verdict, "user")
+    if not admission.user.allowed:
+        raise rate_limited(admission.user, "user")
     return principal
+
+
+def _dependency_calls(dependant: Dependant) -> Iterator[Callable[..., Any] | None]:
+    for sub in dependant.dependencies:
+        yield sub.call
+        yield from _dependency_calls(sub)
+
+
+# id(route) -> (route, whether it resolves ``_principal``); the route is kept so its id stays
+# its own. Routes are fixed once the app is built, so this holds one entry per route.
+_authenticating: dict[int, tuple[object, bool]] = {}
+
+
+def _authenticates(route: object) -> bool:
+    """Whether the matched route (``scope["route"]``) resolves ``_principal``."""
+    known = _authenticating.get(id(route))
+    if known is not None and known[0] is route:
+        return known[1]
+    dependant = getattr(route, "dependant", None)
+    answer = isinstance(dependant, Dependant) and any(
+        call is _principal for call in _dependency_calls(dependant)
+    )
+    _authenticating[id(route)] = (route, answer)
+    return answer
 
 
 TokenUser = Annotated[Principal, Depends(_principal)]
 """The verified caller, without touching the database (for /auth routes)."""
 
 
-async def _current_user(principal: TokenUser, runtime: RuntimeDep, conn: Db) -> Principal:
-    await runtime.users.ensure(conn, principal)
+async def _current_user(principal: TokenUser, runtime: RuntimeDep) -> Principal:
+    # A connection only when the row is due a write: usually it was written moments ago.
+    if not runtime.users.is_fresh(principal):
+        async with connection(runtime) as conn:
+            await runtime.users.ensure(conn, principal)
     return principal
 
 

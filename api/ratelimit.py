@@ -2,9 +2,11 @@
 shares them.
 
 A sliding-window approximation: the current minute's counter plus the previous minute's,
-weighted by how much of it still overlaps the last 60 seconds. One pipelined round trip
-(INCR + EXPIRE on the current window, GET of the previous one) per check; no Lua, no
-library — the whole algorithm is the ten lines of ``hit``.
+weighted by how much of it still overlaps the last 60 seconds. Three pipelined commands
+(INCR + EXPIRE on the current window, GET of the previous one) per check, either in their
+own round trip (``hit``) or added to a caller's pipeline (``queue``: an authenticated request
+checks its token's revocation and both of its limits in one round trip, ``api.admission``);
+no Lua, no library — the whole algorithm is the ten lines of ``PendingHit.verdict``.
 
 When Redis is unreachable the limit is not enforced (the API stays up; the failure is
 logged): rate limiting protects capacity, it is not a security boundary.
@@ -15,9 +17,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 log = logging.getLogger("erynoa.api.ratelimit")
@@ -30,6 +35,37 @@ class Verdict:
     retry_after_seconds: int
 
 
+@dataclass(frozen=True)
+class PendingHit:
+    """One count queued on a caller's pipeline (``RateLimiter.queue``): three commands whose
+    replies, in order, ``verdict`` turns into the answer."""
+
+    key: str  # the current window's counter
+    limit: int
+    window_seconds: int
+    elapsed: float  # seconds into the current window
+
+    REPLIES = 3
+
+    def verdict(self, replies: Sequence[Any]) -> Verdict:
+        current_reply, _, previous_reply = replies
+        current, previous = int(current_reply), int(previous_reply or 0)
+        overlap = 1.0 - self.elapsed / self.window_seconds
+        estimated = current + previous * overlap
+        if estimated <= self.limit:
+            return Verdict(True, self.limit, 0)
+        # When does the estimate drop back under the limit (if the client waits quietly)?
+        # While this window lasts, the previous window's weight fades; after it, this window
+        # becomes the previous one and fades in turn.
+        if current <= self.limit:
+            retry_after = (estimated - self.limit) / (previous / self.window_seconds)
+        else:
+            retry_after = (self.window_seconds - self.elapsed) + self.window_seconds * (
+                1 - self.limit / current
+            )
+        return Verdict(False, self.limit, max(1, math.ceil(retry_after)))
+
+
 class RateLimiter:
     def __init__(
         self, redis: Redis, *, window_seconds: int = 60, prefix: str = "erynoa:rl"
@@ -38,31 +74,33 @@ class RateLimiter:
         self._window = window_seconds
         self._prefix = prefix
 
-    async def hit(self, scope: str, identity: str, limit: int, now: float | None = None) -> Verdict:
-        """Count one request of ``identity`` against ``limit`` per window."""
+    def queue(
+        self, pipe: Pipeline, scope: str, identity: str, limit: int, now: float | None = None
+    ) -> PendingHit:
+        """Add one request of ``identity`` to ``pipe`` (INCR + EXPIRE, GET of the previous
+        window), for a caller that sends other commands in the same round trip."""
         now = time.time() if now is None else now
         window = int(now // self._window)
-        elapsed = now - window * self._window
         current_key = f"{self._prefix}:{scope}:{identity}:{window}"
-        previous_key = f"{self._prefix}:{scope}:{identity}:{window - 1}"
+        pipe.incr(current_key)
+        pipe.expire(current_key, self._window * 2 + 1)
+        pipe.get(f"{self._prefix}:{scope}:{identity}:{window - 1}")
+        return PendingHit(current_key, limit, self._window, now - window * self._window)
+
+    async def hit(self, scope: str, identity: str, limit: int, now: float | None = None) -> Verdict:
+        """Count one request of ``identity`` against ``limit`` per window."""
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.incr(current_key)
-            pipe.expire(current_key, self._window * 2 + 1)
-            pipe.get(previous_key)
-            current, _, previous = await pipe.execute()
+            pending = self.queue(pipe, scope, identity, limit, now)
+            replies = await pipe.execute()
         except RedisError as exc:
             log.warning("rate limit not enforced: redis unavailable", extra={"error": str(exc)})
             return Verdict(True, limit, 0)
-        overlap = 1.0 - elapsed / self._window
-        estimated = int(current) + int(previous or 0) * overlap
-        if estimated <= limit:
-            return Verdict(True, limit, 0)
-        # When does the estimate drop back under the limit (if the client waits quietly)?
-        # While this window lasts, the previous window's weight fades; after it, this window
-        # becomes the previous one and fades in turn.
-        if int(current) <= limit:
-            retry_after = (estimated - limit) / (int(previous or 0) / self._window)
-        else:
-            retry_after = (self._window - elapsed) + self._window * (1 - limit / int(current))
-        return Verdict(False, limit, max(1, math.ceil(retry_after)))
+        return pending.verdict(replies)
+
+    async def uncount(self, pending: PendingHit) -> None:
+        """Take back a counted request that turned out not to be its identity's (best effort)."""
+        try:
+            await self._redis.decr(pending.key)
+        except RedisError as exc:
+            log.warning("rate limit count not taken back", extra={"error": str(exc)})

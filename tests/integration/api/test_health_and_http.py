@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -240,6 +241,96 @@ async def test_per_ip_rate_limit(key_file: Path) -> None:
             assert int(limited.headers["retry-after"]) >= 1
             # Probes are never limited.
             assert (await http.get("/health/live")).status_code == 200
+
+
+async def test_the_address_limit_counts_authenticated_requests_once_whatever_their_token(
+    key_file: Path,
+) -> None:
+    # Authenticated routes count the address in the same Redis round trip as the token's
+    # revocation check and the user's limit; every request still counts exactly once.
+    settings = api_settings(key_file, rate_limit_per_minute_ip=4, topic_prefix=f"rl{unique()[:8]}-")
+    with running(settings) as server:
+        async with httpx.AsyncClient(base_url=f"{server.base_url}/api/v1") as http:
+            from api.auth import issue_dev_token
+
+            def auth(token: str) -> dict[str, str]:
+                return {"Authorization": f"Bearer {token}"}
+
+            valid = issue_dev_token(settings, unique("u-"), ["customer"], 600)
+            statuses = [
+                (await http.get("/auth/userinfo")).status_code,
+                (await http.get("/auth/userinfo", headers=auth("not-a-token"))).status_code,
+                (await http.get("/auth/userinfo", headers=auth(valid))).status_code,
+                (await http.post("/bookings", json={}, headers=auth(valid))).status_code,
+                (await http.get("/auth/userinfo", headers=auth(valid))).status_code,
+                (await http.get("/auth/userinfo", headers=auth("not-a-token"))).status_code,
+            ]
+            assert statuses == [401, 401, 200, 422, 429, 429]
+            limited = await http.post("/bookings", json={}, headers=auth(valid))
+            assert limited.status_code == 429
+            assert limited.json()["error"]["details"][0]["scope"] == "client address"
+
+
+async def test_an_authenticated_request_asks_redis_once(key_file: Path) -> None:
+    settings = api_settings(key_file)
+    with running(settings) as server:
+        redis = server.server.config.app.state.runtime.redis
+        asked: list[str] = []
+        pipeline, execute_command = redis.pipeline, redis.execute_command
+
+        def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+            asked.append("pipeline")
+            return pipeline(*args, **kwargs)
+
+        async def counting_command(*args: Any, **kwargs: Any) -> Any:
+            asked.append(str(args[0]))
+            return await execute_command(*args, **kwargs)
+
+        redis.pipeline, redis.execute_command = counting_pipeline, counting_command
+        async with httpx.AsyncClient(base_url=f"{server.base_url}/api/v1") as http:
+            from api.auth import issue_dev_token
+
+            token = issue_dev_token(settings, unique("u-"), ["customer"], 600)
+            auth = {"Authorization": f"Bearer {token}"}
+            assert (await http.get("/auth/userinfo", headers=auth)).status_code == 200
+            assert asked == ["pipeline"]  # address limit, revocation and user limit together
+
+
+async def test_a_revoked_token_does_not_use_up_its_owners_rate_limit(key_file: Path) -> None:
+    settings = api_settings(key_file, rate_limit_per_minute_user=3)
+    with running(settings) as server:
+        async with httpx.AsyncClient(base_url=f"{server.base_url}/api/v1") as http:
+            from api.auth import issue_dev_token
+
+            sub = unique("u-")
+            old = {"Authorization": "Bearer " + issue_dev_token(settings, sub, ["customer"], 600)}
+            assert (await http.post("/auth/logout", headers=old)).status_code == 200  # 1 of 3
+            for _ in range(5):
+                refused = await http.get("/auth/userinfo", headers=old)
+                assert refused.status_code == 401
+                assert "revoked" in refused.json()["error"]["message"]
+            new = {"Authorization": "Bearer " + issue_dev_token(settings, sub, ["customer"], 600)}
+            statuses = [
+                (await http.get("/auth/userinfo", headers=new)).status_code for _ in range(3)
+            ]
+            assert statuses == [200, 200, 429]
+
+
+async def test_with_redis_down_tokens_cannot_be_checked_but_public_reads_go_on(
+    key_file: Path,
+) -> None:
+    nobody_listens = free_port()
+    settings = api_settings(key_file, redis_url=f"redis://127.0.0.1:{nobody_listens}/0")
+    with running(settings) as server:
+        async with httpx.AsyncClient(base_url=f"{server.base_url}/api/v1", timeout=30) as http:
+            from api.auth import issue_dev_token
+
+            token = issue_dev_token(settings, unique("u-"), ["customer"], 600)
+            checked = await http.get("/auth/userinfo", headers={"Authorization": f"Bearer {token}"})
+            assert checked.status_code == 503
+            assert checked.json()["error"]["details"][0]["component"] == "redis"
+            assert (await http.get("/auth/userinfo")).status_code == 401
+            assert (await http.get("/services")).status_code == 200  # the limit fails open
 
 
 async def test_openapi_document_has_examples_and_tags(
