@@ -4,6 +4,7 @@ the JWKS cache's refetch rules, and the development issuer's key file."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -16,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from api.auth import (
+    LEEWAY_SECONDS,
     AuthError,
     DevIssuer,
     DevIssuerDisabled,
@@ -159,6 +161,87 @@ async def test_a_token_without_jti_is_revocable_by_its_hash(dev: DevIssuer) -> N
     token = dev.sign_raw(claims(jti=None))
     principal = await verifier(dev).verify(token)
     assert principal.token_id == hashlib.sha256(token.encode()).hexdigest()
+
+
+class CountingKeys:
+    """The development key set, counting lookups: one per full signature check."""
+
+    def __init__(self, dev: DevIssuer) -> None:
+        self.keys = dev.key_set()
+        self.lookups = 0
+
+    async def get(self, kid: str) -> Any:
+        self.lookups += 1
+        return await self.keys.get(kid)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def remembering(
+    dev: DevIssuer, keys: CountingKeys, clock: Clock, revoked: Revoked | None = None
+) -> TokenVerifier:
+    return TokenVerifier(
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        roles_claim="roles",
+        keys=keys,
+        revocations=revoked or Revoked(),
+        verified_ttl_seconds=60.0,
+        clock=clock,
+    )
+
+
+async def test_a_verified_token_is_remembered_for_the_ttl_then_checked_again(
+    dev: DevIssuer,
+) -> None:
+    keys, clock = CountingKeys(dev), Clock()
+    check = remembering(dev, keys, clock)
+    token = dev.sign_raw(claims())
+    first = await check.verify(token)
+    clock.now += 59
+    assert await check.verify(token) == first
+    assert keys.lookups == 1
+    clock.now += 1
+    await check.verify(token)
+    assert keys.lookups == 2
+
+
+async def test_a_remembered_token_is_not_trusted_past_its_expiry(dev: DevIssuer) -> None:
+    keys, clock = CountingKeys(dev), Clock()
+    check = remembering(dev, keys, clock)
+    token = dev.sign_raw(claims(exp=int(clock.now) + 5))
+    await check.verify(token)
+    clock.now = int(clock.now) + 5 + LEEWAY_SECONDS  # expiry plus the leeway
+    with contextlib.suppress(AuthError):  # real time has not moved: PyJWT may still accept it
+        await check.verify(token)
+    assert keys.lookups == 2  # checked in full again, not served from memory
+
+
+async def test_a_remembered_token_is_still_checked_for_revocation(dev: DevIssuer) -> None:
+    keys, clock, revoked = CountingKeys(dev), Clock(), Revoked()
+    check = remembering(dev, keys, clock, revoked)
+    token = dev.sign_raw(claims(jti="jti-remembered"))
+    await check.verify(token)
+    revoked.ids.add("jti-remembered")
+    with pytest.raises(AuthError, match="revoked"):
+        await check.verify(token)
+
+
+async def test_a_refused_token_is_not_remembered(dev: DevIssuer) -> None:
+    keys, clock = CountingKeys(dev), Clock()
+    check = remembering(dev, keys, clock)
+    header, _, signature = dev.sign_raw(claims()).split(".")
+    tampered = ".".join((header, b64(json.dumps(claims(sub="mallory")).encode()), signature))
+    for _ in range(2):
+        with pytest.raises(AuthError):
+            await check.verify(tampered)
+    assert keys.lookups == 2
 
 
 @pytest.mark.parametrize("token", ["", "abc", "a.b.c", "e30.e30.e30"])
