@@ -43,19 +43,16 @@ async def fetch_page(
     return [], int(total)
 
 
-async def insert_initial_booking(conn: asyncpg.Connection, state: BookingState) -> None:
-    """The booking's first read-model row (no-op if the materializer was faster)."""
-    await conn.execute(
-        """
-        INSERT INTO bookings (
-            id, customer_id, provider_id, service_id, slot_start, slot_end,
-            amount_minor, currency, payment_method, notes, status, hold, payment, payment_id,
-            provider_deadline_at, provider_notified, customer_notified, failure_reason,
-            correlation_id, idempotency_key, events_applied, requested_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                $15, $16, $17, $18, $19, $20, $21, $22, $23)
-        ON CONFLICT (id) DO NOTHING
-        """,
+_INITIAL_COLUMNS = (
+    "id, customer_id, provider_id, service_id, slot_start, slot_end, "
+    "amount_minor, currency, payment_method, notes, status, hold, payment, payment_id, "
+    "provider_deadline_at, provider_notified, customer_notified, failure_reason, "
+    "correlation_id, idempotency_key, events_applied, requested_at, updated_at"
+)
+
+
+def _initial_values(state: BookingState) -> tuple[Any, ...]:
+    return (
         state.booking_id,
         state.customer_id,
         state.provider_id,
@@ -80,6 +77,54 @@ async def insert_initial_booking(conn: asyncpg.Connection, state: BookingState) 
         state.requested_at,
         state.updated_at,
     )
+
+
+def _placeholders(first: int, count: int) -> str:
+    return ", ".join(f"${i}" for i in range(first, first + count))
+
+
+_INITIAL_COUNT = len(_INITIAL_COLUMNS.split(","))
+
+_INSERT_INITIAL = (
+    f"INSERT INTO bookings ({_INITIAL_COLUMNS}) "
+    f"VALUES ({_placeholders(1, _INITIAL_COUNT)}) ON CONFLICT (id) DO NOTHING"
+)
+
+# Both writes of an idempotent request in one statement (one round trip): the key's claim
+# and, only if this statement made it, the booking's row. A concurrent claim of the same key
+# makes the INSERT wait for that transaction, as a separate statement would.
+_CLAIM_AND_INSERT_INITIAL = f"""
+    WITH claimed AS (
+        INSERT INTO idempotency_keys (customer_id, key, request_hash, booking_id)
+        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING booking_id
+    ), booking AS (
+        INSERT INTO bookings ({_INITIAL_COLUMNS})
+        SELECT {_placeholders(5, _INITIAL_COUNT)} WHERE EXISTS (SELECT FROM claimed)
+        ON CONFLICT (id) DO NOTHING
+    )
+    SELECT EXISTS (SELECT FROM claimed)
+"""
+
+
+async def insert_initial_booking(conn: asyncpg.Connection, state: BookingState) -> None:
+    """The booking's first read-model row (no-op if the materializer was faster)."""
+    await conn.execute(_INSERT_INITIAL, *_initial_values(state))
+
+
+async def claim_key_and_insert_initial_booking(
+    conn: asyncpg.Connection, state: BookingState, *, key: str, request_hash: str
+) -> bool:
+    """Claim the customer's ``Idempotency-Key`` for this booking and write the booking's first
+    row, in one statement; False (and nothing written) if the key was claimed before."""
+    claimed: bool = await conn.fetchval(
+        _CLAIM_AND_INSERT_INITIAL,
+        state.customer_id,
+        key,
+        request_hash,
+        state.booking_id,
+        *_initial_values(state),
+    )
+    return claimed
 
 
 BOOKING_COLUMNS = (

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import asyncpg
@@ -164,13 +165,25 @@ class SeenUsers:
         self._max = max_entries
         self._seen: dict[str, tuple[float, tuple[object, ...]]] = {}
 
-    async def ensure(self, conn: asyncpg.Connection, principal: Principal) -> None:
-        roles = sorted(principal.roles)
-        fingerprint: tuple[object, ...] = (principal.email, principal.name, tuple(roles))
-        now = time.monotonic()
+    @staticmethod
+    def _fingerprint(principal: Principal) -> tuple[object, ...]:
+        return (principal.email, principal.name, tuple(sorted(principal.roles)))
+
+    def is_fresh(self, principal: Principal) -> bool:
+        """Whether ``ensure`` would write nothing now (so its caller needs no connection)."""
         seen = self._seen.get(principal.sub)
-        if seen is not None and now - seen[0] < self._ttl and seen[1] == fingerprint:
+        return (
+            seen is not None
+            and time.monotonic() - seen[0] < self._ttl
+            and seen[1] == self._fingerprint(principal)
+        )
+
+    async def ensure(self, conn: asyncpg.Connection, principal: Principal) -> None:
+        if self.is_fresh(principal):
             return
+        roles = sorted(principal.roles)
+        fingerprint = self._fingerprint(principal)
+        now = time.monotonic()
         # Roles belong to the identity provider and follow the token; email and name are
         # only filled in when missing, so a profile edited through PUT /users/me sticks.
         await conn.execute(
@@ -198,6 +211,68 @@ class SeenUsers:
         self._seen.pop(sub, None)
 
 
+@dataclass(frozen=True)
+class ServiceTerms:
+    """What a booking takes from its service's row."""
+
+    provider_id: str
+    price_amount_minor: int
+    price_currency: str
+    duration_minutes: int
+    response_deadline_seconds: int
+    active: bool
+
+
+# How stale a cached service row may be: a service deactivated (or repriced) elsewhere, by
+# another API process or straight in the database, is refused (or charged anew) by every
+# process at most this long later (the age counts from when the read was sent). The saga's
+# reservation step re-reads ``active`` anyway and fails a booking of a deactivated service.
+SERVICE_TERMS_TTL_SECONDS = 2.0
+
+
+class ServiceTermsCache:
+    """Service rows for ``POST /bookings``, kept for ``ttl_seconds`` per process.
+
+    A booking reads its service's terms; under load most requests name a service read a
+    moment ago, and the read was one database round trip per request. Only rows found are
+    kept (a new service is bookable at once); this process's own changes drop the entry
+    (``forget``); everyone else's show within ``ttl_seconds``.
+    """
+
+    def __init__(
+        self,
+        ttl_seconds: float = SERVICE_TERMS_TTL_SECONDS,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._clock = clock
+        self._terms: dict[uuid.UUID, tuple[float, ServiceTerms]] = {}
+
+    async def get(
+        self,
+        service_id: uuid.UUID,
+        load: Callable[[uuid.UUID], Awaitable[ServiceTerms | None]],
+    ) -> ServiceTerms | None:
+        """The service's terms, from the cache or ``load`` (None: no such service)."""
+        cached = self._terms.get(service_id)
+        if cached is not None and self._clock() - cached[0] < self._ttl:
+            return cached[1]
+        read_at = self._clock()
+        terms = await load(service_id)
+        if terms is None:
+            self._terms.pop(service_id, None)
+            return None
+        if len(self._terms) >= self._max:
+            self._terms.clear()
+        self._terms[service_id] = (read_at, terms)
+        return terms
+
+    def forget(self, service_id: uuid.UUID) -> None:
+        self._terms.pop(service_id, None)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -211,6 +286,7 @@ class Runtime:
     limiter: RateLimiter
     dev_issuer: DevIssuer | None
     users: SeenUsers
+    services: ServiceTermsCache
     started_at: float
 
     @classmethod
@@ -260,6 +336,7 @@ class Runtime:
             limiter=RateLimiter(redis, prefix=f"{settings.topic_prefix}erynoa:rl"),
             dev_issuer=dev_issuer,
             users=SeenUsers(),
+            services=ServiceTermsCache(),
             started_at=time.time(),
         )
 

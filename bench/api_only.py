@@ -8,6 +8,9 @@ the agents and the materializer, with their own topics and port, on the running 
 stack is neither started nor stopped) and runs the same ``http_bench``. It prints each phase
 and the two issue-6 ratios, and writes the JSON to the run's log directory.
 
+``--api-alone`` starts the API without the agents and the materializer, to see what the API
+itself can do (the benchmark's number is with them: they share the CPUs).
+
 ``--profile PATH`` samples the API process with py-spy (``pip install py-spy``) for the whole
 run and writes collapsed stacks (one ``frame;frame;... count`` line each, idle samples left
 out, so the trivial phases add next to nothing) for flame graphs or ``grep``.
@@ -23,6 +26,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,8 +38,9 @@ if str(ROOT) not in sys.path:
 
 from bench.run import http_bench, say  # noqa: E402
 from erynoa.settings import Settings  # noqa: E402
+from erynoa.supervisor import System  # noqa: E402
 from loadgen.engine import check_loopback  # noqa: E402
-from loadgen.system import LocalSystem  # noqa: E402
+from loadgen.system import LocalSystem, system_commands  # noqa: E402
 
 
 def _profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -52,19 +58,44 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class ApiAlone(LocalSystem):
+    """The API without the agents and the materializer (``--api-alone``): what the API itself
+    can do when it does not share the CPUs with the saga its requests start."""
+
+    def __init__(self, base: Settings, log_dir: Path) -> None:
+        super().__init__(base, log_dir)
+        self.system = System(
+            {"api": system_commands()["api"]}, env={**os.environ, **self.env}, log_dir=log_dir
+        )
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/api/v1/health/ready", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"the API did not get ready; see {self.log_dir}/api.log")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="per phase (bench: 15)")
     parser.add_argument("--concurrency", type=int, default=32, help="bench: 32")
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the API here")
+    parser.add_argument(
+        "--api-alone", action="store_true", help="start no agents and no materializer"
+    )
     args = parser.parse_args()
 
     settings = Settings()
     check_loopback(settings.public_base_url, settings.kafka_bootstrap, settings.database_url)
     log_dir = ROOT / "bench" / "results" / "logs" / datetime.now().strftime("%Y%m%dT%H%M%S")
     log_dir.mkdir(parents=True, exist_ok=True)
-    say(f"system: starting API, agents, materializer (logs in {log_dir})")
-    with LocalSystem(settings, log_dir) as system:
+    parts = "the API alone" if args.api_alone else "API, agents, materializer"
+    say(f"system: starting {parts} (logs in {log_dir})")
+    with (ApiAlone if args.api_alone else LocalSystem)(settings, log_dir) as system:
         api = system.system.parts["api"].process
         assert api is not None
         profiler = _profiler(api.pid, args.profile) if args.profile is not None else None

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from api.auth import Principal
-from api.deps import Context, CurrentUser, Db, Publisher
+from api.deps import Context, CurrentUser, Db, Publisher, RuntimeDep, connection
 from api.envelopes import (
     ACCEPTED_RESPONSE,
     ApiError,
@@ -50,12 +50,13 @@ from api.envelopes import (
 )
 from api.readmodel import (
     BOOKING_COLUMNS,
+    claim_key_and_insert_initial_booking,
     fetch_booking,
     fetch_history,
     fetch_page,
     insert_initial_booking,
 )
-from api.runtime import EventContext
+from api.runtime import EventContext, ServiceTerms
 from api.schemas import Body, Money, Notes, Paging, Reason
 from erynoa import events as ev
 from erynoa import saga
@@ -250,8 +251,7 @@ async def create_booking(
     request: Request,
     body: BookingCreate,
     user: CurrentUser,
-    conn: Db,
-    kafka: Publisher,
+    runtime: RuntimeDep,
     ctx: Context,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
@@ -262,17 +262,17 @@ async def create_booking(
         raise _invalid("body.slot_start", "must be in the future")
     if slot_start > now + BOOKING_HORIZON:
         raise _invalid("body.slot_start", "must be within two years")
-    service = await conn.fetchrow(
-        "SELECT provider_id, price_amount_minor, price_currency, duration_minutes, "
-        "response_deadline_seconds, active FROM services WHERE id = $1",
-        body.service_id,
-    )
+
+    async def load(service_id: uuid.UUID) -> ServiceTerms | None:
+        async with connection(runtime) as conn:
+            return await fetch_service_terms(conn, service_id)
+
+    service = await runtime.services.get(body.service_id, load)
     if service is None:
         raise not_found("service")
-    if not service["active"]:
+    if not service.active:
         raise ApiError(422, "the service is no longer offered", code="SERVICE_INACTIVE")
 
-    request_hash = _request_hash(body)
     if idempotency_key is not None:
         booking_id = str(uuid.uuid5(_BOOKING_ID_NAMESPACE, f"{user.sub}\x1f{idempotency_key}"))
         event_id: str | None = ev.derived_event_id(booking_id, "api.booking-requested")
@@ -287,32 +287,52 @@ async def create_booking(
         correlation_id=ctx.request_id,
         customer_id=user.sub,
         service_id=str(body.service_id),
-        provider_id=service["provider_id"],
+        provider_id=service.provider_id,
         slot_start=slot_start,
-        slot_end=slot_start + timedelta(minutes=service["duration_minutes"]),
-        price=ev.Money(service["price_amount_minor"], service["price_currency"].strip()),
+        slot_end=slot_start + timedelta(minutes=service.duration_minutes),
+        price=ev.Money(service.price_amount_minor, service.price_currency),
         payment_method=body.payment_method,
         notes=body.notes,
-        response_deadline_seconds=service["response_deadline_seconds"],
+        response_deadline_seconds=service.response_deadline_seconds,
         idempotency_key=idempotency_key,
     )
-    estimate = now + timedelta(seconds=service["response_deadline_seconds"])
+    estimate = now + timedelta(seconds=service.response_deadline_seconds)
+    initial = saga.start(event)
 
-    async with conn.transaction():
+    # The connection only for the transaction: it is the scarce resource (the pool's size
+    # bounds the requests in their transaction at once), and each holds it across a Kafka ack.
+    async with connection(runtime) as conn, conn.transaction():
         if idempotency_key is not None:
-            claimed = await conn.fetchval(
-                "INSERT INTO idempotency_keys (customer_id, key, request_hash, booking_id) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING booking_id",
-                user.sub,
-                idempotency_key,
-                request_hash,
-                booking_id,
+            request_hash = _request_hash(body)
+            claimed = await claim_key_and_insert_initial_booking(
+                conn, initial, key=idempotency_key, request_hash=request_hash
             )
-            if claimed is None:
+            if not claimed:
                 return await _replay(conn, user, idempotency_key, request_hash, estimate)
-        await insert_initial_booking(conn, saga.start(event))
-        await kafka.publish(event, ctx)
+        else:
+            await insert_initial_booking(conn, initial)
+        await runtime.kafka.publish(event, ctx)
     return accepted(poll_path(booking_id), booking_id, estimate)
+
+
+async def fetch_service_terms(
+    conn: asyncpg.Connection, service_id: uuid.UUID
+) -> ServiceTerms | None:
+    row = await conn.fetchrow(
+        "SELECT provider_id, price_amount_minor, price_currency, duration_minutes, "
+        "response_deadline_seconds, active FROM services WHERE id = $1",
+        service_id,
+    )
+    if row is None:
+        return None
+    return ServiceTerms(
+        provider_id=row["provider_id"],
+        price_amount_minor=row["price_amount_minor"],
+        price_currency=row["price_currency"].strip(),
+        duration_minutes=row["duration_minutes"],
+        response_deadline_seconds=row["response_deadline_seconds"],
+        active=row["active"],
+    )
 
 
 async def _replay(

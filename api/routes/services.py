@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from api.auth import Principal
-from api.deps import Context, Db, ProviderUser, Publisher
+from api.deps import Context, Db, ProviderUser, Publisher, RuntimeDep
 from api.envelopes import Envelope, Page, errors, forbidden, not_found, ok, page
 from api.readmodel import fetch_page
 from api.runtime import EventContext, KafkaLink
@@ -275,6 +275,7 @@ async def update_service(
     conn: Db,
     kafka: Publisher,
     ctx: Context,
+    runtime: RuntimeDep,
 ) -> Envelope[Service]:
     """Replace a service's description, price and terms (its provider or an admin)."""
     async with conn.transaction():
@@ -300,6 +301,7 @@ async def update_service(
         )
         service = _service(row)
         await _publish_change(kafka, service, ctx)
+    runtime.services.forget(service_id)  # this process books with the new terms at once
     return ok(request, service)
 
 
@@ -315,6 +317,7 @@ async def delete_service(
     conn: Db,
     kafka: Publisher,
     ctx: Context,
+    runtime: RuntimeDep,
 ) -> Envelope[Service]:
     """Deactivate a service: no new bookings; existing ones and their history stay."""
     async with conn.transaction():
@@ -328,4 +331,5 @@ async def delete_service(
         )
         service = _service(row)
         await _publish_change(kafka, service, ctx)
+    runtime.services.forget(service_id)  # this process refuses new bookings at once
     return ok(request, service)

@@ -187,6 +187,34 @@ async def test_unknown_service_gets_404_and_inactive_service_422(
     assert inactive.json()["error"]["code"] == "SERVICE_INACTIVE"
 
 
+async def test_a_service_changed_through_this_api_applies_to_the_next_booking_at_once(
+    http: httpx.AsyncClient, actors: Actors
+) -> None:
+    # The first booking puts the service's terms in the API's cache; its own changes drop them.
+    service = await create_service(http, actors.provider_auth)
+    assert (await book(http, actors, service_id=service["id"])).status_code == 202
+    update = {
+        key: service[key]
+        for key in ("name", "description", "duration_minutes", "capacity_per_slot")
+    }
+    update |= {
+        "price": {"amount": 5100, "currency": "EUR"},
+        "response_deadline_seconds": service["response_deadline_seconds"],
+    }
+    path = f"/services/{service['id']}"
+    assert (await http.put(path, json=update, headers=actors.provider_auth)).status_code == 200
+    repriced = await book(http, actors, service_id=service["id"])
+    assert repriced.status_code == 202, repriced.text
+    booking_id = repriced.json()["workflow_id"]
+    poll = await http.get(f"/bookings/{booking_id}", headers=actors.customer_auth)
+    assert poll.json()["data"]["price"] == {"amount": 5100, "currency": "EUR"}
+
+    assert (await http.delete(path, headers=actors.provider_auth)).status_code == 200
+    refused = await book(http, actors, service_id=service["id"])
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "SERVICE_INACTIVE"
+
+
 async def test_only_customer_provider_and_admin_see_a_booking(
     http: httpx.AsyncClient, actors: Actors, live_api: LiveApi
 ) -> None:
