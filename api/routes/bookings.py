@@ -3,17 +3,27 @@
 Every change is one event on Kafka and an answer of ``202`` with the seed's body; the saga's
 agents do the work and the materializer folds their events into the read model the GETs query.
 
-Creating a booking, in one database transaction that commits only after Kafka acknowledged:
+Creating a booking answers 202 only after Kafka acknowledged ``BookingRequested``
+(``acks=all``) and the booking's first read-model row is written (from the pure fold of the
+event, so a poll right after the 202 finds the booking as ``requested``).
 
-1. the ``Idempotency-Key`` (if any) is claimed in ``idempotency_keys``; a concurrent request
-   with the same key waits on that row, then sees it and answers with the same booking;
-2. the booking's first read-model row is written from the pure fold of the event, so a poll
-   right after the 202 finds the booking as ``requested``;
-3. ``BookingRequested`` is published and acknowledged (``acks=all``).
+With an ``Idempotency-Key``, in one database transaction that commits only after Kafka
+acknowledged: one statement claims the key in ``idempotency_keys`` and writes the row (a
+concurrent request with the same key waits on that row, then sees it and answers with the same
+booking, publishing nothing); then the event is published. If Kafka refuses, the transaction
+rolls back: no key, no row, no event. The booking id and event id are derived from (customer,
+key), so even a retry after a lost commit produces the same booking and the same event.
 
-If Kafka refuses, the transaction rolls back: no key, no row, no event — the client gets a 503
-and may retry. With a key, the booking id and event id are derived from (customer, key), so
-even a retry after a lost commit produces the same booking and the same event, not a second.
+Without a key there is nothing to claim, so no transaction: the event is published, then the
+row written (``ON CONFLICT DO NOTHING``: the materializer may have been faster). The invariants
+are the transaction's: no row without an acknowledged event, nothing written if Kafka refuses,
+and if the database fails after the acknowledgement (here the insert, there the commit) the
+client gets a 503 while the materializer still writes the row from the event. The connection
+is taken before publishing, so a database that is down refuses the booking before anything is
+published. Two round trips (BEGIN, COMMIT) fewer, and the connection is held for one statement
+and the ack instead of three statements and the ack.
+
+Either way, if Kafka refuses the client gets a 503 and may retry.
 
 Who may see a booking: its customer, its service's provider, and admins; anyone else gets 404
 (not 403), so booking ids cannot be probed.
@@ -299,19 +309,21 @@ async def create_booking(
     estimate = now + timedelta(seconds=service.response_deadline_seconds)
     initial = saga.start(event)
 
-    # The connection only for the transaction: it is the scarce resource (the pool's size
-    # bounds the requests in their transaction at once), and each holds it across a Kafka ack.
-    async with connection(runtime) as conn, conn.transaction():
-        if idempotency_key is not None:
+    # The connection only from here: it is the scarce resource (the pool's size bounds the
+    # requests at this point at once), and each holds it across a Kafka ack.
+    async with connection(runtime) as conn:
+        if idempotency_key is None:
+            await runtime.kafka.publish(event, ctx)
+            await insert_initial_booking(conn, initial)
+            return accepted(poll_path(booking_id), booking_id, estimate)
+        async with conn.transaction():
             request_hash = _request_hash(body)
             claimed = await claim_key_and_insert_initial_booking(
                 conn, initial, key=idempotency_key, request_hash=request_hash
             )
             if not claimed:
                 return await _replay(conn, user, idempotency_key, request_hash, estimate)
-        else:
-            await insert_initial_booking(conn, initial)
-        await runtime.kafka.publish(event, ctx)
+            await runtime.kafka.publish(event, ctx)
     return accepted(poll_path(booking_id), booking_id, estimate)
 
 
