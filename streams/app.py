@@ -264,9 +264,10 @@ def lanes_for(settings: Settings) -> int:
 def _main_stream(runtime: Runtime, lanes: int) -> Callable[[Any], Awaitable[None]]:
     """The consumed topics' messages, handled in ``lanes`` parallel lanes by partition.
 
-    One partition always goes to the same lane and a lane handles its messages one after
-    another, so each partition is processed — and acknowledged — in order: a booking's events
-    keep their order, and an offset is never committed past an unfinished message (Faust's
+    One partition always goes to the same lane and a lane handles its messages one batch after
+    another (what queued up while the last batch ran, in arrival order: ``Runtime.process``),
+    so each partition is processed — and acknowledged — in order: a booking's events keep
+    their order, and an offset is never committed past an unfinished message (Faust's
     bookkeeping of out-of-order acks is not trusted with that). Acks are manual: see the
     module docstring.
     """

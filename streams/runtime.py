@@ -1,17 +1,28 @@
 """The handler loop every agent shares: decode, decide, act, emit — idempotently.
 
-One consumed message is handled in ONE PostgreSQL transaction:
+A batch of consumed messages (what queued up in one partition lane while the previous batch
+ran: one message when idle, up to ``streams.app.MAX_BATCH`` under load) is handled in ONE
+PostgreSQL transaction:
 
-1. decode it with the one codec (undecodable → dead-letter topic at once, never retried);
-2. take the per-booking lock (``streams.store.lock_booking``) and skip the event if this agent
-   already processed it (``processed_events``);
-3. fold it into the agent's ``BookingState`` with ``erynoa.saga.evolve`` and ask
-   ``erynoa.saga.next_actions`` what to do; the agent's adapter carries each action out (side
-   effects carry idempotency keys derived from booking and step) and returns the resulting
-   events, which are folded back in until nothing is left to do;
-4. write the state, the processed mark and the emitted events (the *outbox*) and COMMIT;
+1. decode each message with the one codec (an undecodable one fails the batch; alone, it goes
+   to the dead-letter topic at once, never retried);
+2. take the per-booking locks of every booking in the batch in one statement
+   (``streams.store.lock_bookings``), and skip the events this agent already processed
+   (``processed_events``);
+3. for each booking, in slot order, fold its new events into the agent's ``BookingState`` with
+   ``erynoa.saga.evolve`` and ask ``erynoa.saga.next_actions`` what to do; the agent's adapter
+   carries each action out (side effects carry idempotency keys derived from booking and step)
+   and returns the resulting events, which are folded back in until nothing is left to do;
+4. write the states, the processed marks and the emitted events (the *outbox*) in one
+   statement and COMMIT;
 5. publish the outbox to Kafka (event ids derived from booking and step, so a redelivery
    publishes identical ids that downstream deduplicates) and delete it.
+
+A batch costs about as many round trips as one message did, so under load the cost per message
+falls with the batch size; the result is the same as handling the messages one by one (a
+booking's events keep their partition order, bookings of one slot keep theirs). When a batch
+fails, its messages are handled again one by one, so a bad message takes only itself down the
+failure path.
 
 Why at-least-once plus structural idempotency, and not Faust's ``exactly_once``: the handlers'
 effects reach outside Kafka (the reservation's row in PostgreSQL, a Stripe charge, an e-mail), so
@@ -22,8 +33,8 @@ faust-streaming's EOS has open duplicate-delivery bugs) without removing either.
 
 A crash anywhere is a redelivery: before COMMIT nothing happened that a retry would not repeat
 identically; after COMMIT the outbox still holds what must be published. A failure routes the
-original bytes to a retry tier or the dead-letter topic (``streams.failures``), so the partition
-keeps moving.
+original bytes of the failing message to a retry tier or the dead-letter topic
+(``streams.failures``), so the partition keeps moving.
 """
 
 from __future__ import annotations
