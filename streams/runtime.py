@@ -229,6 +229,7 @@ class Runtime:
         self._publisher: EventPublisher | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._draining = asyncio.Event()
+        self._cleanup: OutboxCleanup | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -249,6 +250,7 @@ class Runtime:
         self._publisher = self._make_publisher()
         await self._publisher.start()
         await self.adapter.start(self._pool)
+        self._cleanup = OutboxCleanup(self.agent, self._pool)
         log.info("agent %s ready", self.agent, extra={"agent": self.agent})
 
     async def drain(self, grace_s: float = 30.0) -> None:
@@ -257,8 +259,13 @@ class Runtime:
         if self._in_flight:
             log.info("draining %d in-flight message(s)", len(self._in_flight))
             await asyncio.wait(set(self._in_flight), timeout=grace_s)
+        if self._cleanup is not None:
+            await self._cleanup.flush()
 
     async def stop(self) -> None:
+        if self._cleanup is not None:
+            await self._cleanup.close()
+            self._cleanup = None
         await self.adapter.stop()
         if self._publisher is not None:
             await self._publisher.stop()
@@ -356,24 +363,23 @@ class Runtime:
                 bookings,
                 [m.event.event_id for messages in by_booking.values() for m in messages],
             )
-            starting = [
-                booking_id
-                for booking_id, messages in by_booking.items()
-                if booking_id not in loaded.stored
-                and any(isinstance(m.event, BookingRequested) for m in messages)
-            ]
-            early = await store.take_early(conn, self.agent, starting)
             result = _BatchResult()
             for booking_id in _in_slot_order(by_booking, loaded.stored):
                 gave_up += await self._apply(
                     conn,
                     _fresh(by_booking[booking_id], loaded.processed),
                     loaded.stored.get(booking_id),
-                    early.get(booking_id, []),
+                    loaded.early.get(booking_id, []),
                     result,
                 )
             outbox = await store.commit_batch(
-                conn, self.agent, bookings, result.states, result.processed, result.queued
+                conn,
+                self.agent,
+                bookings,
+                result.states,
+                result.processed,
+                result.queued,
+                started=result.started,
             )
         await self._publish(outbox)
         return gave_up
@@ -405,6 +411,7 @@ class Runtime:
         inputs = [m.event for m in messages]
         if stored is None:
             assert requested is not None
+            result.started.append(requested.event.booking_id)
             # The request first, then what was kept for it, then the rest in partition order.
             inputs = [requested.event]
             inputs += [e for e in map(self.codec.decode, early) if isinstance(e, BookingEvent)]
@@ -462,20 +469,21 @@ class Runtime:
                 emitted += self._fold(ctx, await self.adapter.react(item, ctx))
             emitted += await self._advance(ctx)
             await self.adapter.settle(ctx)
+            # Most messages only fold in (every agent reads most topics): those log at DEBUG,
+            # or the line would cost more than the handling (profiled: 10% of an agent's CPU).
+            # Inside the span: the line carries its trace id.
+            log.log(
+                logging.INFO if emitted else logging.DEBUG,
+                "%s → %s",
+                ", ".join(m.event.event_type for m in messages),
+                ", ".join(e.event_type for e in emitted) or "nothing to do",
+                extra=log_extra(last.event, status=ctx.state.status.value),
+            )
         result.states.append((ctx.state, headers))
         result.processed += [e.event_id for e in inputs]
         result.queued += [
             store.Queued(e.event_id, ctx.booking_id, self.codec.encode(e), headers) for e in emitted
         ]
-        # Most messages only fold in (every agent reads most topics): those log at DEBUG, or
-        # the log line would cost more than the handling (profiled: 10% of an agent's CPU).
-        log.log(
-            logging.INFO if emitted else logging.DEBUG,
-            "%s → %s",
-            ", ".join(m.event.event_type for m in messages),
-            ", ".join(e.event_type for e in emitted) or "nothing to do",
-            extra=log_extra(last.event, status=ctx.state.status.value),
-        )
         return [(last.incoming, error) for error in ctx.gave_up[:1]]
 
     async def tick(self, booking_id: str) -> bool:
@@ -574,7 +582,16 @@ class Runtime:
             assert isinstance(event, BookingEvent)
             items.append((event, row.payload, row.headers))
         await self.publisher.publish_encoded(items)
-        await store.remove_from_outbox(self.pool, self.agent, [r.event_id for r in rows])
+        published = [r.event_id for r in rows]
+        if self._cleanup is not None:
+            self._cleanup.add(published)
+        else:  # not started: delete in line
+            await store.remove_from_outbox(self.pool, self.agent, published)
+
+    async def outbox_cleaned(self) -> None:
+        """Wait until every published row queued for deletion so far is deleted."""
+        if self._cleanup is not None:
+            await self._cleanup.flush()
 
     async def relay_outbox(self, older_than_seconds: float = 10.0) -> int:
         """Publish outbox rows nobody published (a crash after COMMIT of a timer's work)."""
@@ -642,6 +659,8 @@ class _BatchResult:
     states: list[tuple[saga.BookingState, dict[str, str]]] = field(default_factory=list)
     processed: list[str] = field(default_factory=list)
     queued: list[store.Queued] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    """Bookings whose request is folded in now: the events kept for them are used up."""
 
 
 def _fresh(messages: list[_Message], processed: frozenset[str]) -> list[_Message]:
@@ -678,6 +697,55 @@ def _in_slot_order(
         return "", ""  # events kept until their booking starts: no action, no row lock
 
     return sorted(by_booking, key=slot)
+
+
+class OutboxCleanup:
+    """Deletes published outbox rows in the background: off the lanes' path, and the rows of
+    many batches in one statement.
+
+    A published row left over (the worker died before its deletion, or the deletion failed)
+    only means the relay (``Runtime.relay_outbox``, for rows older than a few seconds) publishes
+    it again — with the same event id, which every consumer deduplicates.
+    """
+
+    def __init__(self, agent: str, pool: asyncpg.Pool) -> None:
+        self._agent = agent
+        self._pool = pool
+        self._pending: list[str] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task = asyncio.create_task(self._run(), name=f"{agent}.outbox-cleanup")
+
+    def add(self, event_ids: Sequence[str]) -> None:
+        self._pending.extend(event_ids)
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until what was added so far is deleted (or its deletion failed and was logged)."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        await self.flush()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            taken, self._pending = self._pending, []
+            try:
+                await store.remove_from_outbox(self._pool, self._agent, taken)
+            except Exception as exc:
+                log.warning(
+                    "published outbox rows not deleted (the relay publishes them again): %s",
+                    failures.describe(exc),
+                )
+            if not self._pending:
+                self._idle.set()
 
 
 def _propagated(

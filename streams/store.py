@@ -60,42 +60,58 @@ async def load_state(conn: asyncpg.Connection, agent: str, booking_id: str) -> S
 
 @dataclass(frozen=True)
 class Loaded:
-    """What a batch's transaction starts from: the stored states and the events already done."""
+    """What a batch's transaction starts from: the stored states, the events already done, and
+    the events kept for bookings that had not started."""
 
     stored: dict[str, Stored]
     """By booking id; a booking without a row has not started for this agent."""
     processed: frozenset[str]
     """The batch's event ids this agent processed before (redeliveries)."""
+    early: dict[str, list[bytes]]
+    """Events kept by ``keep_early`` for the batch's bookings, each booking's in arrival order;
+    ``commit_batch`` deletes those of the bookings that start."""
 
 
 async def load_batch(
     conn: asyncpg.Connection, agent: str, booking_ids: Sequence[str], event_ids: Sequence[str]
 ) -> Loaded:
-    """The bookings' states and which of the events were processed, in ONE round trip.
+    """The bookings' states, which of the events were processed and the kept early events, in
+    ONE round trip.
 
     Call it after ``lock_bookings``, in a statement of its own: a READ COMMITTED statement sees
     what was committed when it started, so it must start after the locks were granted.
     """
     rows = await conn.fetch(
-        """SELECT s.booking_id, s.state, s.headers, NULL::uuid AS event_id
+        """SELECT 'state' AS kind, s.booking_id, s.state, s.headers,
+                  NULL::uuid AS event_id, NULL::bytea AS payload, NULL::bigint AS seq
            FROM agent_state s
            WHERE s.agent = $1 AND s.booking_id = ANY($2::uuid[])
            UNION ALL
-           SELECT NULL, NULL, NULL, p.event_id FROM processed_events p
-           WHERE p.consumer = $1 AND p.event_id = ANY($3::uuid[])""",
+           SELECT 'processed', NULL, NULL, NULL, p.event_id, NULL, NULL FROM processed_events p
+           WHERE p.consumer = $1 AND p.event_id = ANY($3::uuid[])
+           UNION ALL
+           SELECT 'early', e.booking_id, NULL, NULL, NULL, e.payload, e.seq
+           FROM agent_early_events e
+           WHERE e.agent = $1 AND e.booking_id = ANY($2::uuid[])""",
         agent,
         list(booking_ids),
         list(event_ids),
     )
     stored: dict[str, Stored] = {}
     processed: set[str] = set()
+    early: list[tuple[int, str, bytes]] = []
     for row in rows:
-        if row["event_id"] is not None:
+        if row["kind"] == "processed":
             processed.add(str(row["event_id"]))
+        elif row["kind"] == "early":
+            early.append((int(row["seq"]), str(row["booking_id"]), bytes(row["payload"])))
         else:
             state = BookingState.from_json(row["state"])
             stored[state.booking_id] = Stored(state, dict(row["headers"]))
-    return Loaded(stored, frozenset(processed))
+    kept: dict[str, list[bytes]] = {}
+    for _, booking_id, payload in sorted(early):
+        kept.setdefault(booking_id, []).append(payload)
+    return Loaded(stored, frozenset(processed), kept)
 
 
 async def save_state(
@@ -185,10 +201,12 @@ async def commit_batch(
     states: Sequence[tuple[BookingState, Mapping[str, str]]],
     processed: Sequence[str],
     events: Sequence[Queued],
+    started: Sequence[str] = (),
 ) -> list[OutboxRow]:
     """``save_state`` + ``mark_processed`` + ``add_to_outbox`` + ``pending_outbox`` for a whole
     batch in ONE round trip: the end of every handled batch (profiled: these statements, one
-    per message, were a third of an agent's PostgreSQL waits).
+    per message, were a third of an agent's PostgreSQL waits). The events kept early for the
+    ``started`` bookings (folded in now) are deleted in the same statement.
 
     Returns the outbox of ``bookings`` in publishing order: rows left by an earlier failed
     publish (read from the statement's snapshot) and then the ones queued here (``RETURNING``;
@@ -215,6 +233,9 @@ async def commit_batch(
                ORDER BY e.ord
                ON CONFLICT DO NOTHING
                RETURNING event_id, booking_id, payload, headers, seq
+           ), taken AS (
+               DELETE FROM agent_early_events
+               WHERE agent = $1 AND booking_id = ANY($11::uuid[])
            )
            SELECT event_id, booking_id, payload, headers, seq FROM agent_outbox
            WHERE agent = $1 AND booking_id = ANY($2::uuid[])
@@ -231,6 +252,7 @@ async def commit_batch(
         [e.booking_id for e in events],
         [e.payload for e in events],
         [dict(e.headers) for e in events],
+        list(started),
     )
     return _outbox_rows(rows)
 
@@ -289,24 +311,6 @@ async def missed_events(
         list(topics),
     )
     return [bytes(r["body"]) for r in rows]
-
-
-async def take_early(
-    conn: asyncpg.Connection, agent: str, booking_ids: Sequence[str]
-) -> dict[str, list[bytes]]:
-    """The events kept for these bookings (``keep_early``), each booking's in arrival order."""
-    if not booking_ids:
-        return {}
-    rows = await conn.fetch(
-        """DELETE FROM agent_early_events WHERE agent = $1 AND booking_id = ANY($2::uuid[])
-           RETURNING booking_id, seq, payload""",
-        agent,
-        list(booking_ids),
-    )
-    kept: dict[str, list[bytes]] = {}
-    for row in sorted(rows, key=lambda r: int(r["seq"])):
-        kept.setdefault(str(row["booking_id"]), []).append(bytes(row["payload"]))
-    return kept
 
 
 def text_headers(headers: Mapping[str, Any]) -> dict[str, str]:
