@@ -128,6 +128,9 @@ class Postgres(Service):
             "-c", f"port={self.port}",
             "-c", f"unix_socket_directories={self.socket_dir}",
             "-c", "logging_collector=off",
+            # Two copies of the system (a test session's and a load test's) with full pools
+            # pass the default of 100.
+            "-c", "max_connections=300",
         )  # fmt: skip
 
     def cwd(self) -> Path:
