@@ -4,8 +4,8 @@ A batch of consumed messages (what queued up in one partition lane while the pre
 ran: one message when idle, up to ``streams.app.MAX_BATCH`` under load) is handled in ONE
 PostgreSQL transaction:
 
-1. decode each message with the one codec (an undecodable one fails the batch; alone, it goes
-   to the dead-letter topic at once, never retried);
+1. decode each message with the one codec (an undecodable one goes to the dead-letter topic at
+   once, alone, never retried);
 2. take the per-booking locks of every booking in the batch in one statement
    (``streams.store.lock_bookings``), and skip the events this agent already processed
    (``processed_events``);
@@ -58,6 +58,7 @@ from erynoa.codec import EventCodec, UndecodableEvent
 from erynoa.events import (
     BookingEvent,
     BookingRequested,
+    CatalogEvent,
     SagaRetryRequested,
     derived_event_id,
     make,
@@ -94,6 +95,10 @@ class Incoming:
     @property
     def origin(self) -> failures.Origin:
         return failures.Origin(self.topic, self.partition, self.offset)
+
+
+Decoded = tuple[Incoming, BookingEvent | CatalogEvent]
+"""A consumed message and the event it holds."""
 
 
 @dataclass
@@ -303,13 +308,25 @@ class Runtime:
         """Handle consecutive messages of one lane; failures go to a retry tier or the DLQ.
         Never raises, except when the worker stops (the messages are then redelivered).
 
-        A batch is one transaction. When it fails, each of its messages is handled again on its
-        own, so one bad message sends only itself to a retry tier and holds back nothing else
-        (the others' side effects repeat with the same idempotency keys).
+        An undecodable message goes to the dead-letter topic at once, alone. The rest is one
+        transaction; when it fails, each of its messages is handled again on its own, so one bad
+        message sends only itself to a retry tier and holds back nothing else (the others' side
+        effects repeat with the same idempotency keys).
         """
         if not batch:
             return
         self.metrics.batch(len(batch))
+        decoded: list[Decoded] = []
+        for incoming in batch:
+            try:
+                decoded.append((incoming, self.codec.decode(incoming.value)))
+            except UndecodableEvent as exc:
+                self.metrics.handled(self.metrics.event_type(incoming.headers), 0.0)
+                await self._route_failure(incoming, exc)
+        if decoded:
+            await self._process_decoded(decoded)
+
+    async def _process_decoded(self, batch: Sequence[Decoded]) -> None:
         began = time.perf_counter()
         try:
             gave_up = await self.handle(batch)
@@ -322,16 +339,17 @@ class Runtime:
                     len(batch),
                     failures.describe(exc),
                 )
-                for incoming in batch:
-                    await self.process([incoming])
+                for one in batch:
+                    await self._process_decoded([one])
                 return
+            incoming = batch[0][0]
             self.metrics.handled(
-                self.metrics.event_type(batch[0].headers), time.perf_counter() - began
+                self.metrics.event_type(incoming.headers), time.perf_counter() - began
             )
-            await self._route_failure(batch[0], exc)
+            await self._route_failure(incoming, exc)
             return
         elapsed = time.perf_counter() - began
-        for incoming in batch:
+        for incoming, _ in batch:
             event_type = self.metrics.event_type(incoming.headers)
             self.metrics.handled(event_type, elapsed)
             self.metrics.processed(event_type)
@@ -340,13 +358,12 @@ class Runtime:
             # goes to the dead-letter topic so operators see what could not be delivered.
             await self._route_failure(incoming, error, kind="retryable")
 
-    async def handle(self, batch: Sequence[Incoming]) -> list[tuple[Incoming, BaseException]]:
-        """The transaction described in the module docstring, for a whole batch. Raises on any
-        failure (nothing is committed then). Returns the failures adapters recorded as events
-        instead of raising, with the message each belongs to."""
+    async def handle(self, batch: Sequence[Decoded]) -> list[tuple[Incoming, BaseException]]:
+        """The transaction described in the module docstring, for a whole batch of decoded
+        messages. Raises on any failure (nothing is committed then). Returns the failures
+        adapters recorded as events instead of raising, with the message each belongs to."""
         by_booking: dict[str, list[_Message]] = {}
-        for incoming in batch:
-            event = self.codec.decode(incoming.value)
+        for incoming, event in batch:
             if not isinstance(event, BookingEvent):
                 continue  # a catalog event on a shared topic: not this saga's business
             final = failures.is_final_attempt(self.consumer, incoming.headers)

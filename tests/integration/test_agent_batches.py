@@ -231,3 +231,29 @@ async def test_a_failing_message_sends_only_itself_to_the_failure_path(
         )
         == 2
     )
+
+
+async def test_an_undecodable_message_goes_alone_to_the_dead_letter_topic(
+    isolated: Settings,
+    catalog: TopicCatalog,
+    pool: asyncpg.Pool,
+    make_runtime: MakeRuntime,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = await create_service(pool, capacity=10)
+    slot = a_slot()
+    before, after = request(service, slot), request(service, slot)
+    [first, second] = as_messages(catalog, [before, after])
+    garbage = Incoming(first.topic, 0, 99, b"not-a-booking", b"\x00garbage", [])
+    runtime = await make_runtime()
+
+    with caplog.at_level("WARNING", logger="streams.runtime"):
+        await runtime.process([first, garbage, second])
+
+    emitted = await published(isolated, catalog, "ReservationHeld")
+    assert sorted(e.booking_id for e in emitted) == sorted([before.booking_id, after.booking_id])
+    dlq = catalog.topics[catalog.consumer("reservation").dead_letter_topic]
+    parked = await read_topic(isolated.kafka_bootstrap, dlq.name, dlq.partitions)
+    assert [(r.key, r.value) for r in parked] == [(b"not-a-booking", b"\x00garbage")]
+    # The poison did not cost the others a second pass.
+    assert not [r for r in caplog.records if "one by one" in r.getMessage()]

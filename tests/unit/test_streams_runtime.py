@@ -21,7 +21,7 @@ from erynoa.settings import Settings
 from erynoa.topics import load_catalog
 from streams.app import AGENTS, _incoming, check_agent, create_app
 from streams.provider_response import ProviderResponseAdapter
-from streams.runtime import Context, Incoming, Runtime
+from streams.runtime import Context, Decoded, Incoming, Runtime
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SETTINGS = Settings()
@@ -181,7 +181,7 @@ async def test_a_failing_handler_sends_the_original_bytes_down_a_tier(
     producer = _Producer()
     runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
 
-    async def flaky(batch: list[Incoming]) -> list[tuple[Incoming, BaseException]]:
+    async def flaky(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
         raise TimeoutError("gateway slow")
 
     monkeypatch.setattr(runtime, "handle", flaky)
