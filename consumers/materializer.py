@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -364,6 +365,9 @@ async def run(settings: Settings, stopping: asyncio.Event | None = None) -> None
     """Consume until ``stopping`` is set (or forever); a failed batch is retried in place."""
     stopping = stopping or asyncio.Event()
     runtime = await start(settings)
+    # Everything loaded so far lives as long as the process: keep it out of full garbage
+    # collections, which otherwise walk it all again and stall the loop (see api/server.py).
+    gc.freeze()
     log.info("materializer started", extra={"group": runtime.spec.group_id})
     backoff = 0.5
     lag_updated = 0.0

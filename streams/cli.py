@@ -9,6 +9,7 @@ Ctrl-C stops it gracefully (the in-flight message finishes and its offset is com
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Annotated
 
@@ -40,6 +41,9 @@ def worker(
     logging.getLogger("faust").setLevel(logging.WARNING)
     logging.getLogger("mode").setLevel(logging.WARNING)
     app = create_app(name, settings)
+    # Everything loaded so far lives as long as the worker: keep it out of full garbage
+    # collections, which otherwise walk it all again and stall the event loop (see api/server.py).
+    gc.freeze()
     # Programmatic worker: Faust's own CLI would want the argv. It installs SIGTERM/SIGINT
     # handlers that stop the app gracefully; override_logging keeps our JSON handler.
     runner = faust.Worker(
