@@ -26,8 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -68,15 +66,8 @@ class ApiAlone(LocalSystem):
             {"api": system_commands()["api"]}, env={**os.environ, **self.env}, log_dir=log_dir
         )
 
-    def wait_ready(self, timeout_s: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/api/v1/health/ready", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError(f"the API did not get ready; see {self.log_dir}/api.log")
+    def wait_ready(self, timeout_s: float = 90.0, parts: tuple[str, ...] = ("api",)) -> None:
+        super().wait_ready(timeout_s, parts=("api",))
 
 
 def main() -> int:

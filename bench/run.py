@@ -62,9 +62,12 @@ def codec_bench(n: int) -> dict[str, Any]:
 
 
 async def http_bench(
-    system: LocalSystem, seconds: float, concurrency: int, log_dir: Path
+    system: LocalSystem, seconds: float, concurrency: int, log_dir: Path, *, settle: bool = True
 ) -> dict[str, Any]:
-    """(c): the same client against the trivial endpoint and the real ``POST /bookings``."""
+    """(c): the same client against the trivial endpoint and the real ``POST /bookings``.
+
+    ``settle``: let the system work off the sagas of the closed loop before the 50% run (off
+    when the agents are stopped: nothing would)."""
     from api.auth import issue_dev_token
     from erynoa.db import create_pool
     from loadgen import world as w
@@ -122,7 +125,8 @@ async def http_bench(
         "POST /bookings", system.api_url, request, concurrency, seconds
     )
     say(f"http: POST /bookings {api_max.per_second:,.0f} req/s; now at 50%")
-    await saga_load.wait_idle(system.settings, system.catalog)
+    if settle:
+        await saga_load.wait_idle(system.settings, system.catalog)
     api_half = await http_load.open_loop(
         "POST /bookings", system.api_url, request, api_max.per_second / 2, seconds, concurrency
     )
@@ -291,6 +295,14 @@ def main() -> int:
         say("rebuild: replaying the run's topics into a fresh schema")
         results["rebuild"] = rebuild_bench(system.settings)
         say(f"rebuild: {results['rebuild']['events_per_s']:,.0f} events/s")
+        # (c) again with the API alone: what the API itself costs, apart from the sagas its
+        # requests start (last, so the backlog it leaves behind bothers no other measurement).
+        say("http: the API alone (agents and materializer stopped)")
+        system.system.start("api")
+        system.wait_ready(parts=("api",))
+        results["http_api_alone"] = asyncio.run(
+            http_bench(system, 5.0 if quick else 15.0, 32, log_dir, settle=False)
+        )
     from erynoa.stack.kafka import kafka_version
 
     results["versions"] = summary.versions({"kafka": kafka_version()})
