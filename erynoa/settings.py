@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:16379/0"
     db_pool_min: int = 1
     db_pool_max: int = 10
+    # Partition lanes per agent worker (handled at once, each its own transaction). 0: one lane
+    # for an agent whose work is all in PostgreSQL (larger batches, less CPU per message), up
+    # to 8 for one that waits on outside services (Stripe, SMTP, webhooks).
+    agent_lanes: int = Field(default=0, ge=0, le=64)
 
     # --- topics ---
     topics_file: Path = PROJECT_ROOT / "topics.yaml"

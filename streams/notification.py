@@ -239,6 +239,7 @@ class WebhookSender:
 
 class NotificationAdapter(BaseAdapter):
     agent: saga.Agent = "notification"
+    waits_on_outside = True  # SMTP, customers' webhooks
 
     def __init__(self, smtp: SmtpSender, webhooks: WebhookSender) -> None:
         self.smtp = smtp

@@ -164,6 +164,9 @@ class Adapter(Protocol):
     """An agent: how to carry out the saga's actions it owns (the only agent-specific code)."""
 
     agent: saga.Agent
+    waits_on_outside: bool
+    """Its actions wait on services outside PostgreSQL (Stripe, SMTP): it gets several lanes,
+    so one slow call does not hold every partition of the worker."""
 
     async def start(self, pool: asyncpg.Pool) -> None: ...
 
@@ -181,6 +184,8 @@ class Adapter(Protocol):
 
 class BaseAdapter:
     """Defaults for the optional parts of ``Adapter``."""
+
+    waits_on_outside: bool = False
 
     async def start(self, pool: asyncpg.Pool) -> None:
         return None

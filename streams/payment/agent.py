@@ -51,6 +51,7 @@ class PaymentAdapter(BaseAdapter):
 
     def __init__(self, gateway: PaymentGateway) -> None:
         self.gateway = gateway
+        self.waits_on_outside = gateway.remote
 
     async def start(self, pool: asyncpg.Pool) -> None:
         await self.gateway.start(pool)

@@ -72,6 +72,8 @@ CaptureResult = Captured | CaptureFailed
 class PaymentGateway(Protocol):
     name: str
     """Recorded on ``PaymentAuthorized.gateway`` (``sandbox`` | ``stripe``)."""
+    remote: bool
+    """Its calls leave the process and PostgreSQL (they wait on the network)."""
 
     async def start(self, pool: asyncpg.Pool) -> None: ...
 

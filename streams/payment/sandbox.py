@@ -69,9 +69,12 @@ class _Recorded:
 
 class SandboxGateway:
     name = "sandbox"
+    remote = False
 
     def __init__(self, latency_ms: int = 0) -> None:
         self.latency_ms = latency_ms
+        # With a simulated latency it waits like a remote gateway, and gets lanes like one.
+        self.remote = latency_ms > 0
         self._pool: asyncpg.Pool | None = None
 
     async def start(self, pool: asyncpg.Pool) -> None:

@@ -75,6 +75,7 @@ def _field(obj: Any, name: str) -> Any:
 
 class StripeGateway:
     name = "stripe"
+    remote = True
 
     def __init__(
         self,

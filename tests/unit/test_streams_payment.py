@@ -36,6 +36,7 @@ class FakeGateway:
     capture_result: CaptureResult = field(default_factory=lambda: Captured("pi_1"))
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     name: str = "fake"
+    remote: bool = False
 
     async def start(self, pool: Any) -> None:
         return None

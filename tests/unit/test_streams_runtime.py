@@ -279,3 +279,20 @@ def test_an_unknown_agent_is_refused_with_the_valid_names() -> None:
 
     with pytest.raises(typer.Exit):
         worker("billing")
+
+
+def test_lanes_follow_what_an_agent_waits_on_unless_configured() -> None:
+    from streams.app import lanes_for, make_adapter
+
+    # All in PostgreSQL: one lane (one batch of whatever queued up); outside calls: several,
+    # never more than the pool can hold transactions for.
+    assert lanes_for(SETTINGS, make_adapter("reservation", SETTINGS)) == 1
+    assert lanes_for(SETTINGS, make_adapter("provider-response", SETTINGS)) == 1
+    notification = make_adapter("notification", SETTINGS)
+    assert lanes_for(SETTINGS, notification) == SETTINGS.db_pool_max // 2 - 1
+    stripe = SETTINGS.model_copy(update={"payment_gateway": "stripe", "stripe_api_key": "sk_x"})
+    assert lanes_for(stripe, make_adapter("payment", stripe)) > 1
+    assert lanes_for(SETTINGS, make_adapter("payment", SETTINGS)) == 1  # the sandbox
+    pinned = SETTINGS.model_copy(update={"agent_lanes": 3, "db_pool_max": 20})
+    assert lanes_for(pinned, make_adapter("reservation", pinned)) == 3
+    assert lanes_for(pinned.model_copy(update={"db_pool_max": 4}), notification) == 1
