@@ -198,27 +198,16 @@ def markdown(results: dict[str, Any]) -> str:
             f"| Avro encode+decode, fastavro (ours) vs avro | {codec['fastavro_events_per_s']:,} "
             f"vs {codec['avro_events_per_s']:,} /s ({codec['ratio']}x) |"
         )
-    http = results.get("http", {})
-    for key, label in (
-        ("trivial_closed", "trivial endpoint, max (closed loop)"),
-        ("api_closed", "POST /bookings, max (closed loop)"),
-        ("trivial_open_half", "trivial endpoint at 50%"),
-        ("api_open_half", "POST /bookings at 50%"),
+    for part, key, label in (
+        ("http", "trivial_closed", "trivial endpoint, max (closed loop)"),
+        ("http", "api_closed", "POST /bookings, max (closed loop)"),
+        ("http", "trivial_open_half", "trivial endpoint at 50%"),
+        ("http", "api_open_half", "POST /bookings at 50%"),
+        ("http_api_alone", "trivial_closed", "trivial endpoint, max, while the API runs alone"),
+        ("http_api_alone", "api_closed", "POST /bookings, max, the API alone"),
+        ("http_api_alone", "api_open_half", "POST /bookings at 50%, the API alone"),
     ):
-        h = http.get(key)
-        if h:
-            lat = h["latency_ms"]
-            lines.append(
-                f"| {label} | {h['requests_per_s']:,.0f} req/s, p50 {lat['p50_ms']:.1f} ms, "
-                f"p99 {lat['p99_ms']:.1f} ms |"
-            )
-    alone = results.get("http_api_alone", {})
-    for key, label in (
-        ("trivial_closed", "trivial endpoint, max, while the API runs alone"),
-        ("api_closed", "POST /bookings, max, the API alone"),
-        ("api_open_half", "POST /bookings at 50%, the API alone"),
-    ):
-        h = alone.get(key)
+        h = (results.get(part) or {}).get(key)
         if h:
             lat = h["latency_ms"]
             lines.append(

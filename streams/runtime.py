@@ -504,7 +504,8 @@ class Runtime:
         result.states.append((ctx.state, headers))
         result.processed += [e.event_id for e in inputs]
         result.queued += [
-            store.Queued(e.event_id, ctx.booking_id, self.codec.encode(e), headers) for e in emitted
+            store.OutboxRow(e.event_id, ctx.booking_id, self.codec.encode(e), headers)
+            for e in emitted
         ]
         return [(last.incoming, error) for error in ctx.gave_up[:1]]
 
@@ -680,7 +681,7 @@ class _BatchResult:
 
     states: list[tuple[saga.BookingState, dict[str, str]]] = field(default_factory=list)
     processed: list[str] = field(default_factory=list)
-    queued: list[store.Queued] = field(default_factory=list)
+    queued: list[store.OutboxRow] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
     """Bookings whose request is folded in now: the events kept for them are used up."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
@@ -129,21 +128,6 @@ async def save_state(
     )
 
 
-async def was_processed(conn: asyncpg.Connection, agent: str, event_id: str) -> bool:
-    found = await conn.fetchval(
-        "SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2", agent, event_id
-    )
-    return found is not None
-
-
-async def mark_processed(conn: asyncpg.Connection, agent: str, event_ids: Sequence[str]) -> None:
-    await conn.executemany(
-        """INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)
-           ON CONFLICT DO NOTHING""",
-        [(agent, event_id) for event_id in event_ids],
-    )
-
-
 @dataclass(frozen=True)
 class OutboxRow:
     event_id: str
@@ -184,23 +168,13 @@ async def pending_outbox(conn: asyncpg.Connection, agent: str, booking_id: str) 
     return _outbox_rows(rows)
 
 
-@dataclass(frozen=True)
-class Queued:
-    """An emitted event waiting in the outbox for its publish after COMMIT."""
-
-    event_id: str
-    booking_id: str
-    payload: bytes
-    headers: Mapping[str, str]
-
-
 async def commit_batch(
     conn: asyncpg.Connection,
     agent: str,
     bookings: Sequence[str],
     states: Sequence[tuple[BookingState, Mapping[str, str]]],
     processed: Sequence[str],
-    events: Sequence[Queued],
+    events: Sequence[OutboxRow],
     started: Sequence[str] = (),
 ) -> list[OutboxRow]:
     """``save_state`` + ``mark_processed`` + ``add_to_outbox`` + ``pending_outbox`` for a whole
@@ -311,7 +285,3 @@ async def missed_events(
         list(topics),
     )
     return [bytes(r["body"]) for r in rows]
-
-
-def text_headers(headers: Mapping[str, Any]) -> dict[str, str]:
-    return {str(k): str(v) for k, v in headers.items()}
