@@ -91,7 +91,7 @@ class _CatalogFile(_Strict):
     topics: dict[str, _TopicSpec]
     consumers: dict[str, _ConsumerSpec]
     retry_topics: _RetentionOnly = _RetentionOnly()
-    dead_letter_topics: _RetentionOnly = _RetentionOnly(retention="30d")
+    dead_letter_topics: _RetentionOnly = _RetentionOnly(retention="forever")
 
 
 @dataclass(frozen=True)
@@ -203,14 +203,20 @@ def load_catalog(path: Path, environment: str = "local", prefix: str = "") -> To
             problems.append(
                 f"topics.{name}: min_insync_replicas {min_isr} exceeds replication {replication}"
             )
+        retention, cleanup = str(setting(t, "retention")), str(setting(t, "cleanup_policy"))
+        if t.key == "booking_id" and (parse_duration_ms(retention) != -1 or cleanup != "delete"):
+            # The read model is the fold of these logs: an event deleted by age or compacted
+            # away is a booking lost at the next rebuild.
+            problems.append(
+                f"topics.{name}: a booking topic must keep every event (retention forever, "
+                f"cleanup_policy delete), not retention {retention}, cleanup_policy {cleanup}"
+            )
         topics[prefix + name] = Topic(
             name=prefix + name,
             kind="event",
             partitions=int(str(setting(t, "partitions"))),
             replication_factor=replication,
-            configs=_configs(
-                str(setting(t, "retention")), str(setting(t, "cleanup_policy")), min_isr
-            ),
+            configs=_configs(retention, cleanup, min_isr),
             key=t.key,
             events=tuple(t.events),
             description=t.description,

@@ -119,7 +119,7 @@ def test_environment_overrides_partitions_but_keeps_the_other_defaults() -> None
     assert local.topics["bookings"].partitions == 6
     assert production.topics["bookings"].partitions == 12
     for catalog in (local, production):
-        assert catalog.topics["bookings"].configs["retention.ms"] == str(7 * 86_400_000)
+        assert catalog.topics["bookings"].configs["retention.ms"] == "-1"
         assert catalog.topics["bookings"].configs["cleanup.policy"] == "delete"
 
 
@@ -141,6 +141,39 @@ def test_every_booking_topic_is_keyed_by_booking_id_and_co_partitioned() -> None
         assert {t.name for t in booking} == BOOKING_TOPICS
         assert {t.key for t in booking} == {"booking_id"}
         assert len({t.partitions for t in booking}) == 1
+
+
+@pytest.mark.parametrize("environment", ["local", "production"])
+def test_booking_topics_keep_every_event_forever(environment: str) -> None:
+    """The read model is rebuilt from these logs: a deleted event is a lost booking."""
+    catalog = load_catalog(TOPICS_FILE, environment)
+    folded = set(catalog.consumer("materializer").consumes)
+    assert folded == BOOKING_TOPICS
+    for name in folded:
+        configs = catalog.topics[name].configs
+        assert configs["retention.ms"] == "-1", name
+        assert configs["cleanup.policy"] == "delete", name
+
+
+@pytest.mark.parametrize(
+    ("where", "setting", "value"),
+    [
+        ("reservations", "retention", "7d"),
+        ("defaults", "retention", "30d"),
+        ("payments", "cleanup_policy", "compact"),
+        ("bookings", "cleanup_policy", "compact,delete"),
+    ],
+)
+def test_a_booking_topic_that_would_delete_events_is_refused(
+    write_catalog: Callable[..., Path], where: str, setting: str, value: str
+) -> None:
+    def mutate(spec: dict[str, Any]) -> None:
+        section = spec["defaults"] if where == "defaults" else spec["topics"][where]
+        section[setting] = value
+
+    message = _error_of(write_catalog(mutate))
+    topic = "reservations" if where == "defaults" else where
+    assert f"topics.{topic}: a booking topic must keep every event" in message
 
 
 def test_topic_for_names_the_topic_of_each_event() -> None:
@@ -218,7 +251,8 @@ def test_by_kind_splits_the_topics_and_covers_them_all() -> None:
 def test_retry_and_dead_letter_retention_come_from_their_sections() -> None:
     catalog = load_catalog(TOPICS_FILE)
     assert catalog.topics["payment.retry.1s"].configs["retention.ms"] == str(7 * 86_400_000)
-    assert catalog.topics["payment.dlq"].configs["retention.ms"] == str(30 * 86_400_000)
+    # A parked message is the only record of work left undone: it stays until replayed.
+    assert catalog.topics["payment.dlq"].configs["retention.ms"] == "-1"
     assert catalog.topics["payment.dlq"].configs["cleanup.policy"] == "delete"
 
 
