@@ -1,8 +1,11 @@
 """Make a Kafka cluster match the topic catalog, or report how it differs.
 
 ``plan`` compares the cluster with the catalog and returns the changes; ``apply`` carries out
-the ones Kafka allows (create, add partitions, alter configs) and leaves the rest as drift a
-person must resolve (fewer partitions or another replication factor need a topic rebuild).
+the safe ones (create, alter configs) and leaves the rest as drift a person must resolve.
+A partition count that differs is always drift: every topic here is keyed, and Kafka's "add
+partitions" moves keys to other partitions, so a booking's later events would no longer sit
+after its earlier ones (nor beside them on the co-partitioned topics). Another count or
+replication factor needs new topics and a migration.
 """
 
 from __future__ import annotations
@@ -16,13 +19,12 @@ from confluent_kafka.admin import (
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
-    NewPartitions,
     NewTopic,
 )
 
 from erynoa.topics import Topic, TopicCatalog
 
-ChangeKind = Literal["create", "add_partitions", "alter_config", "manual"]
+ChangeKind = Literal["create", "alter_config", "manual"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,12 @@ def plan(admin: AdminClient, catalog: TopicCatalog, timeout: float = 15.0) -> li
         if partitions < topic.partitions:
             changes.append(
                 Change(
-                    topic.name, "add_partitions", f"partitions {partitions} -> {topic.partitions}"
+                    topic.name,
+                    "manual",
+                    f"has {partitions} partitions, catalog says {topic.partitions}; not added: "
+                    f"the topic is keyed by {topic.key} and more partitions would move keys to "
+                    "other partitions, apart from their earlier events (create new topics with "
+                    f"{topic.partitions} and migrate, or keep {partitions} in topics.yaml)",
                 )
             )
         elif partitions > topic.partitions:
@@ -117,14 +124,6 @@ def apply(admin: AdminClient, catalog: TopicCatalog, timeout: float = 30.0) -> l
                 # Another process created it between plan and apply: that is the goal reached.
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise RuntimeError(f"{name}: could not create: {exc}") from None
-    grow = [
-        NewPartitions(c.topic, topics[c.topic].partitions)
-        for c in changes
-        if c.kind == "add_partitions"
-    ]
-    if grow:
-        for future in admin.create_partitions(grow, request_timeout=timeout).values():
-            future.result(timeout=timeout)
     alter = sorted({c.topic for c in changes if c.kind == "alter_config"})
     if alter:
         resources = [
