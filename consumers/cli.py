@@ -39,18 +39,22 @@ def run() -> None:
 @materializer_app.command("rebuild")
 def rebuild(
     force: Annotated[
-        bool, typer.Option(help="Swap the rebuilt tables in even when they differ.")
+        bool, typer.Option(help="Swap in even when they differ (never from a truncated log).")
     ] = False,
     keep: Annotated[
         bool, typer.Option(help="Keep the replaced (or unswapped rebuilt) tables for inspection.")
     ] = False,
 ) -> None:
     """Rebuild the read model from offset 0 into a fresh schema; swap it in if it agrees."""
-    from consumers.rebuild import run_rebuild
+    from consumers.rebuild import TruncatedLog, run_rebuild
 
     settings = get_settings()
     logs.configure("materializer-rebuild", "WARNING")
-    report = run_rebuild(settings, force=force, keep=keep)
+    try:
+        report = run_rebuild(settings, force=force, keep=keep)
+    except TruncatedLog as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     typer.echo(
         f"rebuilt {report.bookings} bookings from {report.events} events in "
         f"{report.seconds:.1f}s ({report.events_per_second:,.0f} events/s)"

@@ -10,6 +10,10 @@
 3. swaps the rebuilt tables in only when they agree, or when ``--force`` is given (after a
    fix to the projection, say); the live materializer then carries on from the same
    positions, which the rebuilt tables match exactly.
+
+It refuses, ``--force`` or not, when a topic's log no longer starts where the live read
+model's events do (retention or deleteRecords removed its beginning): the rebuilt model
+would lack those bookings (``TruncatedLog``).
 """
 
 from __future__ import annotations
@@ -148,6 +152,66 @@ async def _replay(
         await consumer.stop()
 
 
+@dataclass(frozen=True)
+class LogGap:
+    """A partition whose log starts after an event the live read model holds."""
+
+    topic: str
+    partition: int
+    log_start: int
+    earliest_recorded: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.topic} [{self.partition}] starts at offset {self.log_start}, but the read "
+            f"model holds its events from offset {self.earliest_recorded}"
+        )
+
+
+class TruncatedLog(Exception):
+    """The log lost events the live read model holds: a rebuild would lose bookings."""
+
+    def __init__(self, gaps: list[LogGap]) -> None:
+        self.gaps = gaps
+        super().__init__(
+            "refusing to rebuild: the log was truncated (retention or deleteRecords) and a "
+            "rebuild from it would drop bookings the live read model holds; the live read "
+            "model is left as it is\n  " + "\n  ".join(map(str, gaps))
+        )
+
+
+async def _truncated(
+    settings: Settings, conn: asyncpg.Connection, until: dict[tuple[str, int], int]
+) -> list[LogGap]:
+    """Partitions whose log starts after the earliest event the live model recorded there.
+
+    A log that starts later than 0 is fine when everything before its start never became a
+    row (undecodable messages, or a log already truncated when the materializer first read
+    it): only events the live model holds must be replayable.
+    """
+    wanted = [TopicPartition(t, p) for (t, p), offset in sorted(until.items()) if offset > 0]
+    if not wanted:
+        return []
+    consumer = AIOKafkaConsumer(**consumer_config(settings, group_id=None))
+    await start_consumer(consumer)
+    try:
+        starts = await consumer.beginning_offsets(wanted)
+    finally:
+        await consumer.stop()
+    gaps = []
+    for tp, start in sorted(starts.items()):
+        if start == 0:
+            continue
+        earliest = await conn.fetchval(
+            'SELECT min("offset") FROM public.booking_events WHERE topic = $1 AND partition = $2',
+            tp.topic,
+            tp.partition,
+        )
+        if earliest is not None and earliest < start:
+            gaps.append(LogGap(tp.topic, tp.partition, start, earliest))
+    return gaps
+
+
 class _NotCoPartitioned(Exception):
     """A booking has events in partitions that different workers replayed."""
 
@@ -283,6 +347,8 @@ async def rebuild(
                 )
         async with pool.acquire() as conn:
             target = await live.positions(conn)
+            if gaps := await _truncated(settings, conn, target):
+                raise TruncatedLog(gaps)
         report.events += await _bulk_load(settings, pool, schema, topics, target, workers)
 
         async with pool.acquire() as conn, conn.transaction():
@@ -303,6 +369,10 @@ async def rebuild(
                 report.events += await _replay(
                     settings, catch_up, projection, topics, target, apply, BATCH_MAX_RECORDS
                 )
+            # Again now the replay is done: a log's start only moves forward, so a start still
+            # at or before the earliest recorded event was so throughout the replay.
+            if gaps := await _truncated(settings, conn, target):
+                raise TruncatedLog(gaps)
             report.seconds = time.perf_counter() - started
             report.bookings = await conn.fetchval(f"SELECT count(*) FROM {schema}.bookings")
             report.differences = await _differences(conn, schema)

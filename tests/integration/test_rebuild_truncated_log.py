@@ -1,0 +1,149 @@
+"""A rebuild never replaces the read model from a log that lost events the model holds.
+
+Against the real broker: records are deleted from the start of a partition with the admin
+client's deleteRecords (what retention does to old segments), then ``rebuild`` is asked, with
+``force``, to replace the read model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+from confluent_kafka import TopicPartition
+
+from consumers import materializer
+from consumers.rebuild import TruncatedLog, rebuild
+from erynoa.codec import default_codec
+from erynoa.db import create_pool
+from erynoa.kafka import EventPublisher
+from erynoa.settings import Settings
+from erynoa.topic_admin import admin_client
+from erynoa.topics import load_catalog
+from tests.conftest import own_namespace, unique
+from tests.integration.test_materializer import saga_events, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def settings(settings: Settings) -> AsyncIterator[Settings]:
+    """Own topics and database per test: a truncated log must not reach other tests."""
+    async with own_namespace(settings) as isolated:
+        yield isolated
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings, min_size=1, max_size=3)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
+    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+    pub = EventPublisher.create(settings.kafka_bootstrap, "test-rebuild", default_codec(), catalog)
+    await pub.start()
+    yield pub
+    await pub.stop()
+
+
+@pytest.fixture
+async def running_materializer(settings: Settings) -> AsyncIterator[None]:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(materializer.run(settings, stopping))
+    yield
+    stopping.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+
+
+def _delete_records_before(settings: Settings, topic: str, partition: int, offset: int) -> None:
+    admin = admin_client(settings.kafka_bootstrap)
+    futures = admin.delete_records([TopicPartition(topic, partition, offset)])
+    for future in futures.values():
+        assert future.result(timeout=30).low_watermark == offset
+
+
+async def _position(db: asyncpg.Pool, topic: str, partition: int) -> int:
+    stored = await db.fetchval(
+        "SELECT next_offset FROM consumer_positions "
+        "WHERE consumer = 'materializer' AND topic = $1 AND partition = $2",
+        topic,
+        partition,
+    )
+    return int(stored or 0)
+
+
+async def _rows(db: asyncpg.Pool) -> list[asyncpg.Record]:
+    return list(await db.fetch("SELECT * FROM bookings ORDER BY id"))
+
+
+async def test_a_forced_rebuild_refuses_a_log_whose_start_was_deleted(
+    db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None, settings: Settings
+) -> None:
+    booking_id = unique()
+    events = saga_events(booking_id)
+    published = await publisher.publish_many(events)
+    requested = published[0]
+
+    async def confirmed() -> bool:
+        status = await db.fetchval("SELECT status FROM bookings WHERE id = $1::uuid", booking_id)
+        return bool(status == "confirmed")
+
+    await wait_for(confirmed)
+    before = await _rows(db)
+    # The booking's request is gone from the log, as after a retention of days.
+    _delete_records_before(settings, requested.topic, requested.partition, requested.offset + 1)
+
+    with pytest.raises(TruncatedLog) as refused:
+        await rebuild(settings, force=True)
+
+    message = str(refused.value)
+    assert (
+        f"{requested.topic} [{requested.partition}] starts at offset {requested.offset + 1}, "
+        f"but the read model holds its events from offset {requested.offset}"
+    ) in message
+    assert [(g.topic, g.partition) for g in refused.value.gaps] == [
+        (requested.topic, requested.partition)
+    ]
+    assert await _rows(db) == before
+    leftovers = await db.fetchval(
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'rebuild\\_%'"
+    )
+    assert leftovers == 0
+
+
+async def test_a_log_truncated_before_any_event_of_the_model_still_rebuilds(
+    db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None, settings: Settings
+) -> None:
+    """Deleted records the read model never held (here an undecodable message) lose nothing."""
+    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+    topic = catalog.topic_for("BookingRequested")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        junk = await producer.send_and_wait(topic, b"not an event", key=b"junk", partition=0)
+    finally:
+        await producer.stop()
+    booking_id = unique()
+    await publisher.publish_many(saga_events(booking_id))
+
+    async def settled() -> bool:
+        status = await db.fetchval("SELECT status FROM bookings WHERE id = $1::uuid", booking_id)
+        return bool(status == "confirmed") and await _position(db, topic, 0) > junk.offset
+
+    await wait_for(settled)
+    _delete_records_before(settings, topic, 0, junk.offset + 1)
+    before = await _rows(db)
+
+    report = await rebuild(settings)
+
+    assert report.differences == []
+    assert report.swapped
+    assert await _rows(db) == before
