@@ -16,7 +16,7 @@ TEST_PATHS := tests/unit tests/integration \
 	$(filter-out tests/unit tests/integration tests/__pycache__,$(patsubst %/,%,$(wildcard tests/*/)))
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-packages stack run test _test lint down clean bench bench-quick
+.PHONY: help setup system-packages stack run test _test lint down clean bench bench-quick faults
 
 help:
 	@echo "make setup   system packages (when missing) and $(VENV) with the project"
@@ -25,6 +25,7 @@ help:
 	@echo "make test    stack, unit and integration tests, stack stopped if this run started it"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make bench   the benchmark (bench/run.py): writes bench/results/<date>.md and .json"
+	@echo "make faults  the fault matrix on a private stack: bench/results/faults-<date>.*"
 	@echo "make down    stop the local stack"
 	@echo "make clean   stop the local stack and delete its data (.stack)"
 
@@ -65,6 +66,9 @@ bench: stack
 
 bench-quick: stack
 	$(PY) bench/run.py --quick --no-stack
+
+faults: setup
+	$(ERYNOA) faults
 
 down:
 	@if [ -x $(ERYNOA) ]; then $(ERYNOA) stack down; else echo "no $(VENV): nothing to stop"; fi

@@ -18,6 +18,7 @@ from consumers.ops_cli import dlq_app, saga_app
 from erynoa.settings import Settings, get_settings
 from erynoa.stack.cli import stack_app
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
+from faults.cli import faults
 from loadgen.cli import loadgen
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ app.add_typer(saga_app, name="saga")
 app.command("api")(api_cli.serve)
 app.command("token")(api_cli.token)
 app.command("loadgen")(loadgen)
+app.command("faults")(faults)
 
 
 def fail(message: str) -> typer.Exit:

@@ -1,0 +1,226 @@
+"""One class per fault: how to start it, how long it lasts, how to end it.
+
+``start`` breaks something and returns at once; the matrix keeps the load running for
+``hold_s``; ``end`` repairs it and returns once the broken part serves again (bounded), so the
+time ``end`` returns is the moment of recovery the row measures from. Slow, blocking steps
+(``pg_ctl``, ``erynoa stack up``) run in a thread so the load never stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import ClassVar
+
+import asyncpg
+
+from erynoa.settings import Settings
+from faults.client import Client
+from faults.private import Echo, Parts, PrivateStack, wait_until
+from loadgen.profile import DEFAULT_PAYMENT_METHOD
+
+# How long a killed part may take to say it is ready again.
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Target:
+    """What a fault acts on."""
+
+    stack: PrivateStack
+    parts: Parts
+    pool: asyncpg.Pool  # the system's own database
+    client: Client
+    echo: Echo
+
+
+class Fault:
+    name: str = ""
+    title: str = ""
+    hold_s: float = 0.0
+
+    def skip_reason(self, settings: Settings) -> str | None:
+        """Why this row cannot run here (None: it can)."""
+        return None
+
+    async def start(self, target: Target) -> None:
+        raise NotImplementedError
+
+    async def end(self, target: Target) -> None:
+        raise NotImplementedError
+
+
+class PostgresStopped(Fault):
+    name = "pg"
+    title = "PostgreSQL stopped (pg_ctl stop -m immediate)"
+
+    def __init__(self, seconds: float = 30.0) -> None:
+        self.hold_s = seconds
+
+    async def start(self, target: Target) -> None:
+        await asyncio.to_thread(target.stack.stop_postgres_immediate)
+
+    async def end(self, target: Target) -> None:
+        await asyncio.to_thread(target.stack.up)
+
+
+class BrokerKilled(Fault):
+    name = "kafka-restart"
+    title = "Kafka broker kill -9, then restarted (1 broker)"
+
+    def __init__(self, seconds: float = 5.0) -> None:
+        self.hold_s = seconds
+
+    async def start(self, target: Target) -> None:
+        await asyncio.to_thread(target.stack.kill9, "kafka")
+
+    async def end(self, target: Target) -> None:
+        await asyncio.to_thread(target.stack.up)
+
+
+class OneOfThreeBrokers(Fault):
+    name = "broker-of-3"
+    title = "one of three brokers kill -9, back after 60 s"
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        self.hold_s = seconds
+
+    def skip_reason(self, settings: Settings) -> str | None:
+        if not any(f in type(settings).model_fields for f in ("kafka_brokers", "brokers")):
+            return "skipped: needs --brokers 3 support in erynoa.stack"
+        return "skipped: the harness does not yet drive a 3-broker stack"
+
+    async def start(self, target: Target) -> None:
+        raise NotImplementedError
+
+    async def end(self, target: Target) -> None:
+        raise NotImplementedError
+
+
+class ServiceStopped(Fault):
+    """A stack service stopped cleanly (its port refuses connections), started again later."""
+
+    service: ClassVar[str]
+
+    def __init__(self, seconds: float) -> None:
+        self.hold_s = seconds
+
+    async def start(self, target: Target) -> None:
+        await asyncio.to_thread(target.stack.stop, self.service)
+
+    async def end(self, target: Target) -> None:
+        await asyncio.to_thread(target.stack.up)
+
+
+class RedisStopped(ServiceStopped):
+    name = "redis"
+    title = "Redis stopped"
+    service = "redis"
+
+    def __init__(self, seconds: float = 30.0) -> None:
+        super().__init__(seconds)
+
+
+class SmtpDown(ServiceStopped):
+    name = "smtp"
+    title = "SMTP sink down (connections refused)"
+    service = "mail"
+
+    def __init__(self, seconds: float = 90.0) -> None:
+        super().__init__(seconds)
+
+
+class GatewayOutage(Fault):
+    """The sandbox gateway's switch: a ``sandbox_outages`` row for the card the load uses."""
+
+    name = "gateway"
+    title = "payment gateway outage (sandbox switch)"
+
+    def __init__(self, seconds: float = 90.0, payment_method: str = DEFAULT_PAYMENT_METHOD) -> None:
+        self.hold_s = seconds
+        self.payment_method = payment_method
+
+    async def start(self, target: Target) -> None:
+        await target.pool.execute(
+            "INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, $2) "
+            "ON CONFLICT DO NOTHING",
+            self.payment_method,
+            "fault harness",
+        )
+
+    async def end(self, target: Target) -> None:
+        await target.pool.execute(
+            "DELETE FROM sandbox_outages WHERE payment_method = $1", self.payment_method
+        )
+
+
+class PartKilled(Fault):
+    """``kill -9`` of one process of the system; the harness's supervisor starts it again."""
+
+    def __init__(self, part: str) -> None:
+        self.part = part
+        self.name = "materializer-kill" if part == "materializer" else f"agent-kill-{part}"
+        self.title = f"{part} kill -9 mid-load, restarted"
+        self._marks = 0
+
+    async def start(self, target: Target) -> None:
+        self._marks = target.parts.ready_marks(self.part)
+        target.parts.kill9(self.part)
+
+    async def end(self, target: Target) -> None:
+        ok = await asyncio.to_thread(
+            wait_until, lambda: target.parts.is_ready(self.part, self._marks), READY_TIMEOUT_S
+        )
+        if not ok:
+            target.echo(f"{self.part} not ready {READY_TIMEOUT_S:.0f} s after its restart")
+
+
+class ApiKilled(Fault):
+    """``kill -9`` of the API while requests are in flight; restarted by the supervisor."""
+
+    name = "api-kill"
+    title = "API kill -9 mid-request, restarted"
+
+    async def start(self, target: Target) -> None:
+        for _ in range(1000):  # up to ~5 s for a request to be on the wire
+            if target.client.in_flight > 0:
+                break
+            await asyncio.sleep(0.005)
+        target.echo(f"api-kill: {target.client.in_flight} request(s) in flight")
+        target.parts.kill9("api")
+
+    async def end(self, target: Target) -> None:
+        await asyncio.sleep(1)  # the supervisor notices the exit first
+        ok = await asyncio.to_thread(
+            wait_until, lambda: target.parts.is_ready("api", 0), READY_TIMEOUT_S
+        )
+        if not ok:
+            target.echo(f"the API is not ready {READY_TIMEOUT_S:.0f} s after its restart")
+
+
+AGENT_PARTS = ("reservation", "payment", "notification", "provider-response")
+
+
+def full_matrix() -> list[Fault]:
+    return [
+        PostgresStopped(30),
+        BrokerKilled(),
+        OneOfThreeBrokers(),
+        RedisStopped(30),
+        *(PartKilled(agent) for agent in AGENT_PARTS),
+        PartKilled("materializer"),
+        SmtpDown(90),
+        GatewayOutage(90),
+        ApiKilled(),
+    ]
+
+
+def quick_matrix() -> list[Fault]:
+    return [PostgresStopped(15), BrokerKilled(), PartKilled("payment")]
+
+
+def select(faults: list[Fault], only: list[str]) -> list[Fault]:
+    """The rows named (exactly, or by prefix: ``agent-kill`` selects every agent's row)."""
+    if not only:
+        return faults
+    return [f for f in faults if any(f.name == o or f.name.startswith(f"{o}-") for o in only)]
