@@ -20,16 +20,27 @@ first time and adds nothing, exactly like a gateway's idempotency keys. The ledg
 its own connection, not in the agent's transaction — it stands for the outside world, which
 does not roll back when the agent crashes. ``ERYNOA_SANDBOX_LATENCY_MS`` adds a delay per call.
 
-Outages: while ``sandbox_outages`` has a row for a payment method, authorizing with it raises
-``GatewayUnavailable`` (retryable, like a gateway that does not answer); delete the row and the
-gateway works again. Operators rehearse retries, dead letters and ``erynoa dlq replay`` with it.
+Outages: while ``sandbox_outages`` has a row for a payment method, every call for it (authorize,
+capture, void, refund of a payment made with it, and ``find``) raises ``GatewayUnavailable``
+(retryable, like a gateway that does not answer); delete the row and the gateway works again.
+A row whose reason starts with ``answer lost`` (``outage_reason_answer_lost``) is the nastier
+outage: the listed operations take effect, then raise ``OutcomeUnknown`` (a timeout after the
+request was sent), and ``find`` still fails until the row is deleted.
+
+Like Stripe, the sandbox forgets idempotency keys after ``IDEMPOTENCY_WINDOW``: a capture
+replayed with a key older than that, for a payment already captured, is refused with
+``payment_intent_unexpected_state``. ``complete_authentication`` is the customer finishing
+3-D Secure: the PaymentIntent becomes capturable, as Stripe's does before it sends the
+``payment_intent.amount_capturable_updated`` webhook.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 
@@ -42,7 +53,10 @@ from streams.payment.gateway import (
     CaptureFailed,
     CaptureResult,
     Declined,
+    Found,
     GatewayUnavailable,
+    IntentStatus,
+    OutcomeUnknown,
     Refunded,
     Voided,
 )
@@ -55,6 +69,42 @@ CAPTURE_FAILS = "pm_card_captureFails"
 
 _NAMESPACE = uuid.UUID("2b0f4a8e-7c1d-5e59-b3a4-9d0c6e1f2a77")
 
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+"""How long a key's first answer is replayed (Stripe keeps keys at least 24 hours)."""
+
+ANSWER_LOST = "answer lost"
+OPERATIONS = ("authorize", "capture", "void", "refund")
+
+
+def outage_reason_answer_lost(operations: Iterable[str] = OPERATIONS) -> str:
+    """The ``sandbox_outages.reason`` of an outage in which ``operations`` take effect but
+    their answers are lost."""
+    ops = sorted(set(operations))
+    unknown = set(ops) - set(OPERATIONS)
+    if unknown:
+        raise ValueError(f"not sandbox operations: {sorted(unknown)}")
+    return f"{ANSWER_LOST}: {','.join(ops)}"
+
+
+def _answer_lost_for(reason: str) -> frozenset[str]:
+    if not reason.startswith(ANSWER_LOST):
+        return frozenset()
+    _, _, listed = reason.partition(":")
+    ops = frozenset(op.strip() for op in listed.split(",") if op.strip())
+    return ops or frozenset(OPERATIONS)
+
+
+async def complete_authentication(pool: asyncpg.Pool, payment_id: str) -> bool:
+    """The customer finished 3-D Secure: the PaymentIntent waiting for it becomes capturable.
+    False when it was not waiting (declined, cancelled, already done)."""
+    done = await pool.fetchval(
+        """UPDATE sandbox_ledger SET outcome = 'authorized'
+           WHERE payment_id = $1 AND operation = 'authorize' AND outcome = 'action_required'
+           RETURNING true""",
+        payment_id,
+    )
+    return bool(done)
+
 
 def _object_id(prefix: str, idempotency_key: str) -> str:
     """Stable ids (``pi_sbx_…``) so a retried call returns the very same object."""
@@ -65,6 +115,22 @@ def _object_id(prefix: str, idempotency_key: str) -> str:
 class _Recorded:
     payment_id: str
     outcome: str
+    expired: bool = False
+    """The key was recorded longer ago than ``IDEMPOTENCY_WINDOW``."""
+
+
+class _Lost:
+    """Where an ``answer lost`` outage applies: the call's effect happens, then this raises."""
+
+    def __init__(self, operation: str, reason: str | None) -> None:
+        self.operation = operation
+        self.reason = reason
+
+    def check(self) -> None:
+        if self.reason is not None:
+            raise OutcomeUnknown(
+                f"sandbox outage ({self.reason}): the {self.operation} was sent, its answer lost"
+            )
 
 
 class SandboxGateway:
@@ -123,21 +189,34 @@ class SandboxGateway:
         )
         if row is None:
             row = await self.pool.fetchrow(
-                "SELECT payment_id, outcome FROM sandbox_ledger WHERE idempotency_key = $1",
+                """SELECT payment_id, outcome, created_at < now() - $2::interval AS expired
+                   FROM sandbox_ledger WHERE idempotency_key = $1""",
                 idempotency_key,
+                IDEMPOTENCY_WINDOW,
             )
             assert row is not None  # the conflict means it exists
+            return _Recorded(row["payment_id"], row["outcome"], bool(row["expired"]))
         return _Recorded(row["payment_id"], row["outcome"])
+
+    async def _outage(self, payment_method: str | None, operation: str) -> _Lost:
+        """Raise as an unreachable gateway does while an outage is on for ``payment_method``;
+        for an ``answer lost`` outage covering ``operation``, what to raise after the effect."""
+        if payment_method is None:
+            return _Lost(operation, None)
+        reason = await self.pool.fetchval(
+            "SELECT reason FROM sandbox_outages WHERE payment_method = $1", payment_method
+        )
+        if reason is None:
+            return _Lost(operation, None)
+        if operation in _answer_lost_for(reason):
+            return _Lost(operation, reason)
+        raise GatewayUnavailable(f"sandbox outage for {payment_method}: {reason}")
 
     async def authorize(
         self, *, booking_id: str, amount: Money, payment_method: str, idempotency_key: str
     ) -> AuthorizeResult:
         await self._delay()
-        outage = await self.pool.fetchval(
-            "SELECT reason FROM sandbox_outages WHERE payment_method = $1", payment_method
-        )
-        if outage is not None:
-            raise GatewayUnavailable(f"sandbox outage for {payment_method}: {outage}")
+        lost = await self._outage(payment_method, "authorize")
         if payment_method in (VISA, MASTERCARD, CAPTURE_FAILS):
             outcome = "authorized"
         elif payment_method == AUTHENTICATION_REQUIRED:
@@ -155,6 +234,7 @@ class SandboxGateway:
             outcome=outcome,
             payment_method=payment_method,
         )
+        lost.check()
         if recorded.outcome == "authorized":
             return Authorized(recorded.payment_id)
         if recorded.outcome == "action_required":
@@ -168,24 +248,31 @@ class SandboxGateway:
 
     async def _authorization(self, payment_id: str) -> asyncpg.Record | None:
         return await self.pool.fetchrow(
-            """SELECT outcome, payment_method, amount_minor, currency FROM sandbox_ledger
-               WHERE payment_id = $1 AND operation = 'authorize'""",
+            """SELECT payment_id, outcome, payment_method, amount_minor, currency
+               FROM sandbox_ledger WHERE payment_id = $1 AND operation = 'authorize'""",
             payment_id,
         )
+
+    async def _done(self, payment_id: str, operation: str, outcome: str) -> bool:
+        found = await self.pool.fetchval(
+            """SELECT 1 FROM sandbox_ledger
+               WHERE payment_id = $1 AND operation = $2 AND outcome = $3""",
+            payment_id,
+            operation,
+            outcome,
+        )
+        return found is not None
 
     async def capture(
         self, *, booking_id: str, payment_id: str, amount: Money, idempotency_key: str
     ) -> CaptureResult:
         await self._delay()
         auth = await self._authorization(payment_id)
-        voided = await self.pool.fetchval(
-            """SELECT 1 FROM sandbox_ledger
-               WHERE payment_id = $1 AND operation = 'void' AND outcome = 'voided'""",
-            payment_id,
-        )
+        lost = await self._outage(auth["payment_method"] if auth else None, "capture")
+        voided = await self._done(payment_id, "void", "voided")
         if auth is None or auth["outcome"] not in ("authorized", "action_required"):
             outcome = "no_authorization"
-        elif voided is not None:
+        elif voided:
             outcome = "payment_intent_canceled"
         elif auth["payment_method"] == CAPTURE_FAILS:
             outcome = "charge_expired_for_capture"
@@ -199,6 +286,13 @@ class SandboxGateway:
             amount=amount,
             outcome=outcome,
         )
+        lost.check()
+        if recorded.expired and recorded.outcome == "captured":
+            # The key is forgotten: this is a new capture of a payment no longer capturable.
+            return CaptureFailed(
+                "payment_intent_unexpected_state",
+                "This PaymentIntent could not be captured because it has a status of succeeded.",
+            )
         if recorded.outcome == "captured":
             return Captured(payment_id)
         return CaptureFailed(recorded.outcome, f"sandbox capture failed: {recorded.outcome}")
@@ -212,6 +306,7 @@ class SandboxGateway:
         auth = await self._authorization(payment_id)
         if auth is None:
             return Voided(payment_id)
+        lost = await self._outage(auth["payment_method"], "void")
         amount = Money(int(auth["amount_minor"]), str(auth["currency"]).strip())
         await self._record(
             idempotency_key=idempotency_key,
@@ -221,12 +316,15 @@ class SandboxGateway:
             amount=amount,
             outcome="voided",
         )
+        lost.check()
         return Voided(payment_id)
 
     async def refund(
         self, *, booking_id: str, payment_id: str, amount: Money, idempotency_key: str
     ) -> Refunded:
         await self._delay()
+        auth = await self._authorization(payment_id)
+        lost = await self._outage(auth["payment_method"] if auth else None, "refund")
         await self._record(
             idempotency_key=idempotency_key,
             booking_id=booking_id,
@@ -235,4 +333,33 @@ class SandboxGateway:
             amount=amount,
             outcome="refunded",
         )
+        lost.check()
         return Refunded(_object_id("re", idempotency_key))
+
+    async def find(self, *, booking_id: str, payment_id: str | None) -> Found:
+        await self._delay()
+        if payment_id is not None:
+            auth = await self._authorization(payment_id)
+        else:
+            auth = await self.pool.fetchrow(
+                """SELECT payment_id, outcome, payment_method FROM sandbox_ledger
+                   WHERE booking_id = $1 AND operation = 'authorize' ORDER BY id LIMIT 1""",
+                booking_id,
+            )
+        if auth is None:
+            return Found(IntentStatus.NOT_FOUND, payment_id)
+        found_id = str(auth["payment_id"])
+        reason = await self.pool.fetchval(
+            "SELECT reason FROM sandbox_outages WHERE payment_method = $1", auth["payment_method"]
+        )
+        if reason is not None:
+            raise GatewayUnavailable(f"sandbox outage for {auth['payment_method']}: {reason}")
+        if await self._done(found_id, "capture", "captured"):
+            return Found(IntentStatus.CAPTURED, found_id)
+        if await self._done(found_id, "void", "voided"):
+            return Found(IntentStatus.CANCELED, found_id)
+        if auth["outcome"] == "authorized":
+            return Found(IntentStatus.AUTHORIZED, found_id)
+        if auth["outcome"] == "action_required":
+            return Found(IntentStatus.ACTION_REQUIRED, found_id, f"{found_id}_secret_sandbox")
+        return Found(IntentStatus.FAILED, found_id)

@@ -8,14 +8,20 @@ emulator (``erynoa stack`` runs stripe-mock where Go can build it),
   metadata.booking_id)``; ``requires_capture`` → authorized, ``requires_action`` → action
   required (the webhook finishes it), ``requires_payment_method``/``canceled`` or a
   ``CardError`` → declined;
-* capture = ``PaymentIntent.capture``; an authorization that expired or was cancelled
-  (``charge_expired_for_capture``, ``payment_intent_unexpected_state``) → capture failed;
-* void = ``PaymentIntent.cancel``; an intent already cancelled counts as voided;
-* refund = ``Refund.create(payment_intent=…)``.
+* capture = ``PaymentIntent.capture``; an authorization that expired
+  (``charge_expired_for_capture``) or a card error → capture failed;
+  ``payment_intent_unexpected_state`` → ``UnexpectedState`` (the agent looks the intent up: a
+  capture replayed after Stripe forgot its key finds the intent already ``succeeded``);
+* void = ``PaymentIntent.cancel``; an intent already cancelled (or never authorized) counts as
+  voided;
+* refund = ``Refund.create(payment_intent=…)``; an already refunded charge counts as refunded;
+* find = ``PaymentIntent.retrieve`` by id, else ``PaymentIntent.search`` by
+  ``metadata['booking_id']`` (Stripe's search index trails writes by up to a minute).
 
-Every call carries the idempotency key the agent derived from booking and step. Network
-errors, timeouts, rate limits and 5xx raise ``GatewayUnavailable`` (retried through the retry
-topics); other errors are permanent (dead-lettered for an operator).
+Every call carries the idempotency key the agent derived from booking and step. Timeouts,
+dropped connections and 5xx raise ``OutcomeUnknown`` (the request may have been applied; the
+agent looks the intent up), rate limits and a key still in use ``GatewayUnavailable``; both are
+retried. Other errors are permanent (dead-lettered for an operator).
 """
 
 from __future__ import annotations
@@ -35,32 +41,40 @@ from streams.payment.gateway import (
     CaptureFailed,
     CaptureResult,
     Declined,
+    Found,
     GatewayUnavailable,
+    IntentStatus,
+    OutcomeUnknown,
     Refunded,
+    UnexpectedState,
     Voided,
 )
 
 # Capture errors that mean "this authorization can no longer be captured", not "try again".
-_CAPTURE_GONE = frozenset(
-    {
-        "charge_expired_for_capture",
-        "payment_intent_unexpected_state",
-        "payment_intent_invalid_parameter",
-    }
-)
+_CAPTURE_GONE = frozenset({"charge_expired_for_capture", "payment_intent_invalid_parameter"})
+UNEXPECTED_STATE = "payment_intent_unexpected_state"
 
 
 def classify_error(error: stripe.StripeError) -> Exception:
-    """The exception the agent should see for a Stripe error (retryable or permanent)."""
+    """The exception the agent should see for a Stripe error.
+
+    A dropped connection or a timeout may come after Stripe applied the request, and Stripe
+    says a 5xx may have been applied too: those are ``OutcomeUnknown``. A rate limit or a key
+    whose first request is still running (409) applied nothing: ``GatewayUnavailable``. A key
+    reused with other parameters means our picture of the intent is wrong: ``UnexpectedState``.
+    """
     status = error.http_status or 0
-    if (
-        isinstance(error, stripe.APIConnectionError | stripe.RateLimitError)
-        or status >= 500
-        or status == 429
-    ):
-        return GatewayUnavailable(f"stripe: {error.user_message or error}")
+    text = f"stripe: {error.user_message or error}"
+    if isinstance(error, stripe.RateLimitError) or status in (409, 429):
+        return GatewayUnavailable(text)
+    if isinstance(error, stripe.APIConnectionError) or status >= 500:
+        return OutcomeUnknown(text)
     if isinstance(error, stripe.APIError) and not status:
-        return GatewayUnavailable(f"stripe: {error.user_message or error}")
+        return OutcomeUnknown(text)
+    if isinstance(error, stripe.IdempotencyError):
+        return UnexpectedState("idempotency_error", str(error.user_message or error))
+    if error.code == UNEXPECTED_STATE:
+        return UnexpectedState(UNEXPECTED_STATE, str(error.user_message or error))
     return PermanentError(
         f"stripe {type(error).__name__} ({status}): {error.user_message or error}"
     )
@@ -149,6 +163,7 @@ class StripeGateway:
         except (stripe.InvalidRequestError, stripe.CardError) as exc:
             if (exc.code or "") in _CAPTURE_GONE or isinstance(exc, stripe.CardError):
                 return CaptureFailed(exc.code or "capture_failed", exc.user_message or str(exc))
+            # payment_intent_unexpected_state among them: perhaps captured by an earlier try.
             raise classify_error(exc) from exc
         except stripe.StripeError as exc:
             raise classify_error(exc) from exc
@@ -205,6 +220,27 @@ class StripeGateway:
             raise classify_error(exc) from exc
         return Refunded(str(_field(refund, "id")))
 
+    async def find(self, *, booking_id: str, payment_id: str | None) -> Found:
+        try:
+            if payment_id is not None:
+                intent = await self._client.v1.payment_intents.retrieve_async(payment_id)
+                return found_from_intent(intent)
+            quoted = booking_id.replace("\\", "\\\\").replace("'", "\\'")
+            page = await self._client.v1.payment_intents.search_async(
+                {"query": f"metadata['booking_id']:'{quoted}'", "limit": 10}
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.code == "resource_missing":
+                return Found(IntentStatus.NOT_FOUND, payment_id)
+            raise classify_error(exc) from exc
+        except stripe.StripeError as exc:
+            raise classify_error(exc) from exc
+        found = [found_from_intent(i) for i in _field(page, "data") or ()]
+        if not found:
+            return Found(IntentStatus.NOT_FOUND)
+        # One booking, one intent; should there be more, the one holding money matters most.
+        return min(found, key=lambda f: _PRECEDENCE.index(f.status))
+
 
 def authorize_outcome(intent: Any) -> AuthorizeResult:
     """What a confirmed manual-capture PaymentIntent's status means for the booking."""
@@ -219,3 +255,30 @@ def authorize_outcome(intent: Any) -> AuthorizeResult:
     code = (_field(error, "code") or _field(error, "type") or status) if error else status
     message = (_field(error, "message") if error else None) or f"PaymentIntent is {status}"
     return Declined(str(code), str(message), payment_id)
+
+
+_PRECEDENCE = (
+    IntentStatus.CAPTURED,
+    IntentStatus.AUTHORIZED,
+    IntentStatus.ACTION_REQUIRED,
+    IntentStatus.CANCELED,
+    IntentStatus.FAILED,
+    IntentStatus.NOT_FOUND,
+)
+
+_INTENT_STATUS = {
+    "requires_capture": IntentStatus.AUTHORIZED,
+    "succeeded": IntentStatus.CAPTURED,
+    "requires_action": IntentStatus.ACTION_REQUIRED,
+    "requires_confirmation": IntentStatus.ACTION_REQUIRED,
+    "processing": IntentStatus.ACTION_REQUIRED,
+    "canceled": IntentStatus.CANCELED,
+    "requires_payment_method": IntentStatus.FAILED,
+}
+
+
+def found_from_intent(intent: Any) -> Found:
+    """A manual-capture PaymentIntent's status as the saga reads it."""
+    status = _INTENT_STATUS.get(str(_field(intent, "status")), IntentStatus.FAILED)
+    secret = _field(intent, "client_secret") if status == IntentStatus.ACTION_REQUIRED else None
+    return Found(status, str(_field(intent, "id")), secret)

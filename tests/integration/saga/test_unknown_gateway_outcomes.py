@@ -1,0 +1,138 @@
+"""Gateway calls whose outcome the payment agent did not learn: it looks the PaymentIntent up and
+acts on its real state, so money taken is recorded and money held is given back.
+
+The sandbox gateway's ``answer lost`` outage makes a call take effect and then fail like a
+timeout; while it lasts the gateway cannot be asked either. Its idempotency window (like
+Stripe's) is what a replay long after the first attempt runs into.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import pytest
+
+from erynoa.kafka import EventPublisher
+from erynoa.saga import BookingState, Payment, Status
+from streams.payment.sandbox import IDEMPOTENCY_WINDOW, MASTERCARD, outage_reason_answer_lost
+from tests.integration.saga.conftest import Agents
+from tests.integration.saga.harness import (
+    EventLog,
+    answer,
+    assert_invariants,
+    cancel,
+    create_service,
+    create_user,
+    request_booking,
+    status_is,
+)
+
+pytestmark = pytest.mark.integration
+
+# A card of its own, so that the outage touches no other test's bookings.
+CARD = MASTERCARD
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not reached within {within}s: {check}")
+        await asyncio.sleep(0.2)
+
+
+async def ledger(db: asyncpg.Pool, booking: str) -> list[tuple[str, str]]:
+    rows = await db.fetch(
+        "SELECT operation, outcome FROM sandbox_ledger WHERE booking_id = $1 ORDER BY id", booking
+    )
+    return [(r["operation"], r["outcome"]) for r in rows]
+
+
+async def answers_lost(db: asyncpg.Pool, *operations: str) -> None:
+    await db.execute(
+        """INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, $2)
+           ON CONFLICT (payment_method) DO UPDATE SET reason = EXCLUDED.reason""",
+        CARD,
+        outage_reason_answer_lost(operations),
+    )
+
+
+async def outage_over(db: asyncpg.Pool) -> None:
+    await db.execute("DELETE FROM sandbox_outages WHERE payment_method = $1", CARD)
+
+
+def deadline_started(state: BookingState | None) -> bool:
+    return state is not None and state.provider_deadline_at is not None
+
+
+async def test_an_authorization_whose_answer_was_lost_is_voided_when_the_booking_is_cancelled(
+    agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    await answers_lost(db, "authorize")
+    try:
+        booking = await request_booking(publisher, service, customer, payment_method=CARD)
+
+        async def authorized_at_the_gateway() -> bool:
+            return ("authorize", "authorized") in await ledger(db, booking)
+
+        await eventually(authorized_at_the_gateway)
+        # The customer cancels while the agent still does not know the authorization's fate.
+        await cancel(publisher, event_log, booking)
+
+        async def payment_agent_saw_the_cancel() -> bool:
+            status = await db.fetchval(
+                """SELECT state->>'status' FROM agent_state
+                   WHERE agent = 'payment' AND booking_id = $1""",
+                booking,
+            )
+            return bool(status == Status.CANCELLED.value)
+
+        await eventually(payment_agent_saw_the_cancel)
+    finally:
+        await outage_over(db)
+
+    state = await event_log.wait(
+        booking, lambda s: s is not None and s.payment == Payment.VOIDED, within=60
+    )
+    assert state.status == Status.CANCELLED
+    assert await ledger(db, booking) == [("authorize", "authorized"), ("void", "voided")]
+    await event_log.wait(booking)
+    await assert_invariants(db, [booking], event_log.events)
+
+
+async def test_a_capture_that_took_effect_confirms_once_when_replayed_after_the_key_expired(
+    agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(publisher, service, customer, payment_method=CARD)
+    await event_log.wait(booking, deadline_started)
+    await answers_lost(db, "capture")
+    try:
+        await answer(publisher, event_log, booking, "accept")
+
+        async def captured_at_the_gateway() -> bool:
+            return ("capture", "captured") in await ledger(db, booking)
+
+        await eventually(captured_at_the_gateway)
+        # The retry comes after the gateway forgot the capture's idempotency key.
+        await db.execute(
+            """UPDATE sandbox_ledger SET created_at = created_at - $2::interval - interval '1 hour'
+               WHERE booking_id = $1 AND operation = 'capture'""",
+            booking,
+            IDEMPOTENCY_WINDOW,
+        )
+    finally:
+        await outage_over(db)
+
+    decided = await event_log.wait(booking, status_is(Status.CONFIRMED, Status.FAILED), within=60)
+    assert decided.status == Status.CONFIRMED
+    final = await event_log.wait(booking)
+    assert final.payment == Payment.CAPTURED
+    assert await ledger(db, booking) == [("authorize", "authorized"), ("capture", "captured")]
+    assert event_log.count(booking, "PaymentCaptureFailed") == 0
+    await assert_invariants(db, [booking], event_log.events)
