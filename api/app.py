@@ -1,10 +1,10 @@
 """``create_app(settings)``: the FastAPI application, wired in one place.
 
-The lifespan builds the ``Runtime`` (Postgres pool, Kafka producer, Redis, JWKS cache) and
-stores it on ``app.state``; importing this module connects to nothing. Middleware, from the
-outside in: Prometheus request metrics, request id + trace span + access log + last-resort 500,
-CORS, gzip, the request-body guard. ``GET /metrics`` serves the process's metrics
-(``api.metrics``).
+The lifespan builds the ``Runtime`` (Postgres pool, Kafka producer and the outbox relay,
+Redis, JWKS cache) and stores it on ``app.state``; importing this module connects to nothing.
+Middleware, from the outside in: Prometheus request metrics, request id + trace span + access
+log + last-resort 500, CORS, gzip, the request-body guard. ``GET /metrics`` serves the
+process's metrics (``api.metrics``).
 
     uvicorn --factory api.app:app_from_env     # or: erynoa api
 """
@@ -26,8 +26,9 @@ from api.envelopes import error_response, errors, install_error_handlers, reques
 from api.metrics import METRICS_PATH, ApiMetrics, MetricsMiddleware, metrics_endpoint
 from api.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from api.routes import admin, auth, bookings, health, payments, services, users, webhooks
-from api.runtime import KafkaUnavailable, Runtime
+from api.runtime import KafkaUnavailable, PublisherFactory, Runtime
 from erynoa import __version__
+from erynoa.kafka import EventPublisher
 from erynoa.metrics import new_registry
 from erynoa.settings import Settings, get_settings
 
@@ -67,10 +68,14 @@ Money is `{"amount": <integer minor units>, "currency": "EUR"}`; times are RFC 3
 """
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings, *, publisher_factory: PublisherFactory = EventPublisher
+) -> FastAPI:
+    """The app; ``publisher_factory`` builds its Kafka publisher (tests pass one that fails)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await Runtime.start(settings)
+        runtime = await Runtime.start(settings, publisher_factory)
         app.state.runtime = runtime
         try:
             yield
@@ -155,10 +160,12 @@ def _install_dependency_errors(app: FastAPI) -> None:
 
 
 def _unavailable(request: Request, component: str, exc: Exception) -> JSONResponse:
+    # Raised wherever the request was, perhaps after a write: no claim about what changed
+    # (routes that know say so themselves, see ``api.envelopes.unavailable``).
     return error_response(
         request_id_of(request),
         503,
-        f"{component} is unavailable; nothing was changed, try again",
+        f"{component} is unavailable; try again",
         details=[{"component": component, "error": str(exc) or type(exc).__name__}],
         headers={"Retry-After": "2"},
     )

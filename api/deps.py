@@ -21,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.admission import Limit, admit
 from api.auth import AuthError, KeysUnavailable, Principal, RevocationUnavailable
 from api.envelopes import ApiError, forbidden, request_id_of, unauthorized, unavailable
+from api.outbox import ApiOutbox
 from api.ratelimit import Verdict
 from api.runtime import EventContext, KafkaLink, Runtime
 from erynoa.kafka import H_REQUEST_ID, H_SYNTHETIC, H_TRACEPARENT
@@ -55,6 +56,14 @@ async def _kafka(runtime: RuntimeDep) -> KafkaLink:
 
 
 Publisher = Annotated[KafkaLink, Depends(_kafka)]
+
+
+async def _outbox(runtime: RuntimeDep) -> ApiOutbox:
+    return runtime.outbox
+
+
+Outbox = Annotated[ApiOutbox, Depends(_outbox)]
+"""Where a route queues the events of a change it commits (``api.outbox``)."""
 
 
 # W3C trace context (version 00): passed on only if well-formed.

@@ -87,10 +87,24 @@ def conflict(message: str, *, code: str = "CONFLICT", **details: Any) -> ApiErro
 
 
 def unavailable(component: str, error: object) -> ApiError:
+    """503 for a failure known to have changed nothing (before any write, or rolled back)."""
     return ApiError(
         503,
         f"{component} is unavailable; nothing was changed, try again",
         details=[{"component": component, "error": str(error) or type(error).__name__}],
+        headers={"Retry-After": "2"},
+    )
+
+
+def outcome_unknown(component: str, error: object, what: str, **details: Any) -> ApiError:
+    """503 for a write whose COMMIT may or may not have happened (the connection was lost
+    while it was under way): ``what`` tells the client how to find out or retry safely."""
+    return ApiError(
+        503,
+        f"{component} failed while the change was being committed; it may have taken effect: "
+        f"{what}",
+        code="OUTCOME_UNKNOWN",
+        details=[{"component": component, "error": str(error) or type(error).__name__, **details}],
         headers={"Retry-After": "2"},
     )
 
@@ -297,7 +311,7 @@ _ERROR_EXAMPLES: dict[int, str] = {
     422: "Invalid input",
     429: "too many requests; retry after 12 seconds",
     500: "internal error; it has been logged",
-    503: "kafka is unavailable; nothing was changed, try again",
+    503: "postgres is unavailable; nothing was changed, try again",
 }
 
 

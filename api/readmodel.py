@@ -3,6 +3,8 @@
 The bookings row the API writes at 202 time comes from the same pure fold the materializer
 uses (``erynoa.saga.start``), with ``INSERT ... ON CONFLICT DO NOTHING``: whichever of the two
 writes first, the row is the same, so a client polling right after its 202 sees ``requested``.
+The row is written in the same statement as the booking's first event in the outbox
+(``api.outbox``).
 The materializer later fills in its own bookkeeping columns (``state``, ``last_event_*``).
 """
 
@@ -13,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from api.outbox import OUTBOX_COLUMNS, OutboxEntry
 from api.schemas import Pagination
 from erynoa.saga import BookingState
 
@@ -85,14 +88,22 @@ def _placeholders(first: int, count: int) -> str:
 
 _INITIAL_COUNT = len(_INITIAL_COLUMNS.split(","))
 
-_INSERT_INITIAL = (
-    f"INSERT INTO bookings ({_INITIAL_COLUMNS}) "
-    f"VALUES ({_placeholders(1, _INITIAL_COUNT)}) ON CONFLICT (id) DO NOTHING"
-)
+_OUTBOX_COUNT = len(OUTBOX_COLUMNS.split(","))
 
-# Both writes of an idempotent request in one statement (one round trip): the key's claim
-# and, only if this statement made it, the booking's row. A concurrent claim of the same key
-# makes the INSERT wait for that transaction, as a separate statement would.
+# The booking's first row and its BookingRequested in the outbox, in one statement: one round
+# trip, and one implicit transaction, so both are written or neither.
+_INSERT_INITIAL = f"""
+    WITH booking AS (
+        INSERT INTO bookings ({_INITIAL_COLUMNS})
+        VALUES ({_placeholders(1, _INITIAL_COUNT)}) ON CONFLICT (id) DO NOTHING
+    )
+    INSERT INTO api_outbox ({OUTBOX_COLUMNS})
+    VALUES ({_placeholders(_INITIAL_COUNT + 1, _OUTBOX_COUNT)}) ON CONFLICT (event_id) DO NOTHING
+"""
+
+# Every write of an idempotent request in one statement: the key's claim and, only if this
+# statement made it, the booking's row and its event in the outbox. A concurrent claim of the
+# same key makes the INSERT wait for that transaction, as a separate statement would.
 _CLAIM_AND_INSERT_INITIAL = f"""
     WITH claimed AS (
         INSERT INTO idempotency_keys (customer_id, key, request_hash, booking_id)
@@ -101,21 +112,35 @@ _CLAIM_AND_INSERT_INITIAL = f"""
         INSERT INTO bookings ({_INITIAL_COLUMNS})
         SELECT {_placeholders(5, _INITIAL_COUNT)} WHERE EXISTS (SELECT FROM claimed)
         ON CONFLICT (id) DO NOTHING
+    ), queued AS (
+        INSERT INTO api_outbox ({OUTBOX_COLUMNS})
+        SELECT {_placeholders(5 + _INITIAL_COUNT, _OUTBOX_COUNT)}
+        WHERE EXISTS (SELECT FROM claimed)
+        ON CONFLICT (event_id) DO NOTHING
     )
     SELECT EXISTS (SELECT FROM claimed)
 """
 
 
-async def insert_initial_booking(conn: asyncpg.Connection, state: BookingState) -> None:
-    """The booking's first read-model row (no-op if the materializer was faster)."""
-    await conn.execute(_INSERT_INITIAL, *_initial_values(state))
+async def insert_initial_booking(
+    conn: asyncpg.Connection, state: BookingState, requested: OutboxEntry
+) -> None:
+    """The booking's first read-model row (kept if the materializer was faster) and the
+    ``requested`` event in the outbox, both or neither."""
+    await conn.execute(_INSERT_INITIAL, *_initial_values(state), *requested.values)
 
 
 async def claim_key_and_insert_initial_booking(
-    conn: asyncpg.Connection, state: BookingState, *, key: str, request_hash: str
+    conn: asyncpg.Connection,
+    state: BookingState,
+    requested: OutboxEntry,
+    *,
+    key: str,
+    request_hash: str,
 ) -> bool:
-    """Claim the customer's ``Idempotency-Key`` for this booking and write the booking's first
-    row, in one statement; False (and nothing written) if the key was claimed before."""
+    """Claim the customer's ``Idempotency-Key`` for this booking, write the booking's first row
+    and queue ``requested``, in one statement; False (and nothing written) if the key was
+    claimed before."""
     claimed: bool = await conn.fetchval(
         _CLAIM_AND_INSERT_INITIAL,
         state.customer_id,
@@ -123,6 +148,7 @@ async def claim_key_and_insert_initial_booking(
         request_hash,
         state.booking_id,
         *_initial_values(state),
+        *requested.values,
     )
     return claimed
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -23,12 +23,13 @@ from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
 from api.auth import DevIssuer, KeySource, Principal, RemoteJwks, RevocationList, TokenVerifier
+from api.outbox import ApiOutbox
 from api.ratelimit import RateLimiter
 from erynoa import tracing
 from erynoa.codec import EventCodec, default_codec
 from erynoa.db import create_pool
 from erynoa.events import BookingEvent, CatalogEvent
-from erynoa.kafka import EventPublisher, Published, producer_config
+from erynoa.kafka import H_REQUEST_ID, EventPublisher, Published, producer_config
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
 
@@ -51,13 +52,24 @@ class KafkaUnavailable(Exception):
     """The event could not be handed to Kafka; the caller must not report success."""
 
 
+PublisherFactory = Callable[[AIOKafkaProducer, EventCodec, TopicCatalog], EventPublisher]
+"""How the API builds its publisher from a producer (``EventPublisher``; tests pass their own)."""
+
+
 class KafkaLink:
     """The API's one producer (idempotent, ``acks=all``), reconnecting in the background."""
 
-    def __init__(self, settings: Settings, codec: EventCodec, catalog: TopicCatalog) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        codec: EventCodec,
+        catalog: TopicCatalog,
+        publisher_factory: PublisherFactory = EventPublisher,
+    ) -> None:
         self._settings = settings
         self._codec = codec
         self._catalog = catalog
+        self._publisher_factory = publisher_factory
         self._publisher: EventPublisher | None = None
         self._last_error: str = "not connected yet"
         self._reconnect: asyncio.Task[None] | None = None
@@ -88,7 +100,7 @@ class KafkaLink:
         # pure latency (measured: p50 ack 0.35 ms with linger 0 against 5.8 ms with 5); the
         # requests in flight at once still share the producer's batches.
         config = producer_config(self._settings.kafka_bootstrap, CLIENT_ID)
-        publisher = EventPublisher(
+        publisher = self._publisher_factory(
             AIOKafkaProducer(**{**config, "linger_ms": 0}), self._codec, self._catalog
         )
         try:
@@ -141,6 +153,31 @@ class KafkaLink:
                     "topic": published.topic,
                     "partition": published.partition,
                     "offset": published.offset,
+                },
+            )
+        return published
+
+    async def publish_encoded(
+        self, items: Sequence[tuple[BookingEvent, bytes, Mapping[str, str]]]
+    ) -> list[Published]:
+        """Send encoded events (outbox rows) in order; return once Kafka acknowledged them all."""
+        publisher = self._publisher
+        if publisher is None:
+            raise KafkaUnavailable(self._last_error)
+        try:
+            published = await publisher.publish_encoded(items)
+        except KafkaError as exc:
+            raise KafkaUnavailable(str(exc) or type(exc).__name__) from exc
+        for (event, _, headers), where in zip(items, published, strict=True):
+            log.info(
+                "published %s",
+                event.event_type,
+                extra={
+                    **tracing.event_attributes(event),
+                    "request_id": headers.get(H_REQUEST_ID),
+                    "topic": where.topic,
+                    "partition": where.partition,
+                    "offset": where.offset,
                 },
             )
         return published
@@ -279,6 +316,7 @@ class Runtime:
     catalog: TopicCatalog
     pool: asyncpg.Pool
     kafka: KafkaLink
+    outbox: ApiOutbox
     redis: Redis
     http: httpx.AsyncClient
     verifier: TokenVerifier
@@ -290,7 +328,9 @@ class Runtime:
     started_at: float
 
     @classmethod
-    async def start(cls, settings: Settings) -> Runtime:
+    async def start(
+        cls, settings: Settings, publisher_factory: PublisherFactory = EventPublisher
+    ) -> Runtime:
         catalog = load_catalog(
             settings.topics_file, settings.topics_environment, settings.topic_prefix
         )
@@ -320,13 +360,17 @@ class Runtime:
             keys=keys,
             revocations=revocations,
         )
-        kafka = KafkaLink(settings, default_codec(), catalog)
+        codec = default_codec()
+        kafka = KafkaLink(settings, codec, catalog, publisher_factory)
         await kafka.start()
+        outbox = ApiOutbox(pool, kafka, codec)
+        outbox.start()
         return cls(
             settings=settings,
             catalog=catalog,
             pool=pool,
             kafka=kafka,
+            outbox=outbox,
             redis=redis,
             http=http,
             verifier=verifier,
@@ -341,6 +385,7 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.outbox.stop()
         await self.kafka.stop()
         await self.http.aclose()
         await self.redis.aclose()

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import kafka_stats
-from api.deps import AdminUser, Context, Db, Publisher, RuntimeDep
+from api.deps import AdminUser, Context, Db, Outbox, Publisher, RuntimeDep
 from api.envelopes import (
     ACCEPTED_RESPONSE,
     Envelope,
@@ -305,6 +305,7 @@ async def act_on_workflow(
     admin: AdminUser,
     conn: Db,
     kafka: Publisher,
+    outbox: Outbox,
     ctx: Context,
 ) -> JSONResponse:
     """Cancel a saga (compensations run) or retry one of its steps."""
@@ -314,7 +315,7 @@ async def act_on_workflow(
     if body.action == "cancel":
         await request_cancellation(
             conn,
-            kafka,
+            outbox,
             row,
             requested_by=admin.sub,
             role="operator",

@@ -34,6 +34,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -43,7 +45,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from api.auth import Principal
-from api.deps import Context, CurrentUser, Db, Publisher, RuntimeDep, connection
+from api.deps import Context, CurrentUser, Db, Outbox, RuntimeDep, connection
 from api.envelopes import (
     ACCEPTED_RESPONSE,
     ApiError,
@@ -55,9 +57,12 @@ from api.envelopes import (
     forbidden,
     not_found,
     ok,
+    outcome_unknown,
     page,
+    unavailable,
     utcnow,
 )
+from api.outbox import OUTBOX_COLUMNS, ApiOutbox, OutboxEntry, queue
 from api.readmodel import (
     BOOKING_COLUMNS,
     claim_key_and_insert_initial_booking,
@@ -308,23 +313,49 @@ async def create_booking(
     )
     estimate = now + timedelta(seconds=service.response_deadline_seconds)
     initial = saga.start(event)
+    requested = OutboxEntry.of(event, runtime.outbox.codec, ctx.headers)
+    poll = poll_path(booking_id)
+    if idempotency_key is None:
+        retry = f"poll {poll} (404: it was not) before asking again"
+    else:
+        retry = "a retry with the same Idempotency-Key is safe"
 
     # The connection only from here: it is the scarce resource (the pool's size bounds the
-    # requests at this point at once), and each holds it across a Kafka ack.
+    # requests at this point at once). One statement, so one implicit transaction.
     async with connection(runtime) as conn:
         if idempotency_key is None:
-            await runtime.kafka.publish(event, ctx)
-            await insert_initial_booking(conn, initial)
-            return accepted(poll_path(booking_id), booking_id, estimate)
-        async with conn.transaction():
+            async with committing(retry, booking_id=booking_id, poll_url=poll):
+                await insert_initial_booking(conn, initial, requested)
+        else:
             request_hash = _request_hash(body)
-            claimed = await claim_key_and_insert_initial_booking(
-                conn, initial, key=idempotency_key, request_hash=request_hash
-            )
+            async with committing(retry, booking_id=booking_id, poll_url=poll):
+                claimed = await claim_key_and_insert_initial_booking(
+                    conn, initial, requested, key=idempotency_key, request_hash=request_hash
+                )
             if not claimed:
                 return await _replay(conn, user, idempotency_key, request_hash, estimate)
-            await runtime.kafka.publish(event, ctx)
-    return accepted(poll_path(booking_id), booking_id, estimate)
+    runtime.outbox.publish_soon(requested)
+    return accepted(poll, booking_id, estimate)
+
+
+@asynccontextmanager
+async def committing(retry: str, **about: str) -> AsyncIterator[None]:
+    """Around the statements that commit a change: PostgreSQL failing there is a 503 that
+    says what is known. An error the server answered with means the transaction rolled back
+    (nothing changed, nothing will be published); a lost connection leaves the COMMIT's fate
+    unknown, so the client is told how to find out (``retry``)."""
+    try:
+        yield
+    except (
+        asyncpg.PostgresConnectionError,
+        asyncpg.exceptions.OperatorInterventionError,  # the server shutting down mid-request
+        asyncpg.InterfaceError,
+        OSError,
+        TimeoutError,
+    ) as exc:
+        raise outcome_unknown("postgres", exc, retry, **about) from exc
+    except asyncpg.PostgresError as exc:
+        raise unavailable("postgres", exc) from exc
 
 
 async def fetch_service_terms(
@@ -447,7 +478,7 @@ async def _answer(
     body: Action | None,
     user: Principal,
     conn: asyncpg.Connection,
-    kafka: Publisher,
+    outbox: ApiOutbox,
     ctx: EventContext,
 ) -> JSONResponse:
     row = await visible_booking(conn, booking_id, user)
@@ -459,9 +490,10 @@ async def _answer(
     deadline = row["provider_deadline_at"]
     reason = body.reason if body else None
     event_id = ev.derived_event_id(str(booking_id), "api.provider-answer")
-    async with conn.transaction():
+    retry = "repeating the same answer is safe (it is taken once)"
+    async with committing(retry, booking_id=str(booking_id)), conn.transaction():
         previous = await conn.fetchval(
-            "SELECT decision FROM provider_answers WHERE booking_id = $1 FOR UPDATE", booking_id
+            "SELECT decision FROM provider_answers WHERE booking_id = $1", booking_id
         )
         if previous is not None:
             if previous == decision:
@@ -480,34 +512,47 @@ async def _answer(
                 code="NOT_AWAITING_PROVIDER",
                 status=status.value,
             )
-        if deadline is not None and utcnow() >= deadline:
-            raise conflict(
-                "the provider's deadline has passed",
-                code="DEADLINE_PASSED",
-                deadline_at=deadline.astimezone(UTC).isoformat(),
-            )
-        inserted = await conn.fetchval(
-            "INSERT INTO provider_answers (booking_id, provider_id, decision, reason, event_id) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING booking_id",
+        # One clock judges the answer: PostgreSQL's. The row's submitted_at (DEFAULT now(), the
+        # transaction's time) is compared with the deadline in the same statement, and it is
+        # the event's occurred_at, which the provider_response agent holds against its deadline.
+        answered = await conn.fetchrow(
+            """WITH answer AS (
+                   INSERT INTO provider_answers
+                       (booking_id, provider_id, decision, reason, event_id)
+                   SELECT $1, $2, $3, $4, $5 WHERE $6::timestamptz IS NULL OR now() < $6
+                   ON CONFLICT DO NOTHING RETURNING submitted_at
+               )
+               SELECT (SELECT submitted_at FROM answer) AS submitted_at,
+                      $6::timestamptz IS NOT NULL AND now() >= $6 AS late""",
             booking_id,
             user.sub,
             decision,
             reason,
             event_id,
+            deadline,
         )
-        if inserted is None:  # a concurrent answer won the race; report it like a repeat
+        if answered["late"]:
+            raise conflict(
+                "the provider's deadline has passed",
+                code="DEADLINE_PASSED",
+                deadline_at=deadline.astimezone(UTC).isoformat(),
+            )
+        if answered["submitted_at"] is None:  # a concurrent answer won the race
             raise conflict("the provider already answered", code="ALREADY_ANSWERED")
         event = ev.make(
             ev.ProviderAnswerSubmitted,
             booking_id=str(booking_id),
             producer="api",
             event_id=event_id,
+            occurred_at=answered["submitted_at"],
             correlation_id=row["correlation_id"],
             provider_id=user.sub,
             decision=decision,
             reason=reason,
         )
-        await kafka.publish(event, ctx)
+        submitted = OutboxEntry.of(event, outbox.codec, ctx.headers)
+        await queue(conn, submitted)
+    outbox.publish_soon(submitted)
     return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)
 
 
@@ -524,12 +569,12 @@ async def accept_booking(
     booking_id: uuid.UUID,
     user: CurrentUser,
     conn: Db,
-    kafka: Publisher,
+    outbox: Outbox,
     ctx: Context,
     body: Action | None = None,
 ) -> JSONResponse:
     """The service's provider accepts the booking (while it awaits their answer)."""
-    return await _answer("accept", booking_id, body, user, conn, kafka, ctx)
+    return await _answer("accept", booking_id, body, user, conn, outbox, ctx)
 
 
 @router.post(
@@ -539,12 +584,12 @@ async def reject_booking(
     booking_id: uuid.UUID,
     user: CurrentUser,
     conn: Db,
-    kafka: Publisher,
+    outbox: Outbox,
     ctx: Context,
     body: Action | None = None,
 ) -> JSONResponse:
     """The service's provider rejects the booking (while it awaits their answer)."""
-    return await _answer("reject", booking_id, body, user, conn, kafka, ctx)
+    return await _answer("reject", booking_id, body, user, conn, outbox, ctx)
 
 
 @router.post(
@@ -554,7 +599,7 @@ async def cancel_booking(
     booking_id: uuid.UUID,
     user: CurrentUser,
     conn: Db,
-    kafka: Publisher,
+    outbox: Outbox,
     ctx: Context,
     body: Action | None = None,
 ) -> JSONResponse:
@@ -565,7 +610,7 @@ async def cancel_booking(
         raise forbidden("only the booking's customer or an admin may cancel it")
     await request_cancellation(
         conn,
-        kafka,
+        outbox,
         row,
         requested_by=user.sub,
         role="customer" if is_customer else "admin",
@@ -577,7 +622,7 @@ async def cancel_booking(
 
 async def request_cancellation(
     conn: asyncpg.Connection,
-    kafka: Publisher,
+    outbox: ApiOutbox,
     row: asyncpg.Record,
     *,
     requested_by: str,
@@ -585,24 +630,53 @@ async def request_cancellation(
     reason: str | None,
     ctx: EventContext,
 ) -> None:
-    """Publish ``BookingCancellationRequested`` unless the booking already ended (409)."""
+    """Record the cancel and queue ``BookingCancellationRequested``, once per booking: a
+    repeated cancel (whoever sends it) is accepted and publishes nothing. A booking that
+    already ended without a cancel recorded here answers 409."""
+    booking_id = str(row["id"])
     state = folded_state(row)
     status = Status(row["status"])
     allowed = saga.can_cancel(state) if state is not None else status not in TERMINAL
     if not allowed:
+        recorded = await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM booking_cancellations WHERE booking_id = $1)", booking_id
+        )
+        if recorded:
+            return
         raise conflict(
             f"the booking already ended as {status.value}",
             code="BOOKING_ENDED",
             status=status.value,
         )
-    # A repeated cancel publishes again; the fold ignores a cancel of a cancelled booking.
     event = ev.make(
         ev.BookingCancellationRequested,
-        booking_id=str(row["id"]),
+        booking_id=booking_id,
         producer="api",
+        event_id=ev.derived_event_id(booking_id, "api.cancellation-requested"),
         correlation_id=row["correlation_id"],
         requested_by=requested_by,
         requested_by_role=role,
         reason=reason,
     )
-    await kafka.publish(event, ctx)
+    cancellation = OutboxEntry.of(event, outbox.codec, ctx.headers)
+    retry = "repeating the cancel is safe (a booking is cancelled once)"
+    async with committing(retry, booking_id=booking_id):
+        # One statement (one implicit transaction): the cancel's row and its event, or neither.
+        queued = await conn.fetchval(
+            f"""WITH cancellation AS (
+                    INSERT INTO booking_cancellations
+                        (booking_id, event_id, requested_by, requested_by_role, reason)
+                    VALUES ($2, $1, $5, $6, $7) ON CONFLICT (booking_id) DO NOTHING
+                    RETURNING booking_id
+                ), queued AS (
+                    INSERT INTO api_outbox ({OUTBOX_COLUMNS})
+                    SELECT $1, $2, $3, $4 FROM cancellation ON CONFLICT (event_id) DO NOTHING
+                )
+                SELECT EXISTS (SELECT FROM cancellation)""",
+            *cancellation.values,
+            requested_by,
+            role,
+            reason,
+        )
+    if queued:
+        outbox.publish_soon(cancellation)

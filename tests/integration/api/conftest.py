@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from api.app import create_app
 from api.auth import issue_dev_token
+from api.runtime import PublisherFactory
 from erynoa.codec import default_codec
 from erynoa.events import BookingEvent, CatalogEvent
 from erynoa.kafka import start_consumer
@@ -65,10 +66,17 @@ def api_settings(key_file: Path, **overrides: Any) -> Settings:
 class ServerThread:
     """uvicorn in a thread with its own event loop, so the tests' loop stays independent."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, publisher_factory: PublisherFactory | None = None
+    ) -> None:
         self.settings = settings
+        app = (
+            create_app(settings)
+            if publisher_factory is None
+            else create_app(settings, publisher_factory=publisher_factory)
+        )
         config = uvicorn.Config(
-            create_app(settings),
+            app,
             host=settings.api_host,
             port=settings.api_port,
             log_level="warning",
@@ -98,8 +106,10 @@ class ServerThread:
 
 
 @contextlib.contextmanager
-def running(settings: Settings) -> Iterator[ServerThread]:
-    server = ServerThread(settings)
+def running(
+    settings: Settings, publisher_factory: PublisherFactory | None = None
+) -> Iterator[ServerThread]:
+    server = ServerThread(settings, publisher_factory)
     server.start()
     try:
         yield server

@@ -1,0 +1,197 @@
+"""The API's transactional outbox: an event is written with the change it announces, in one
+transaction, and published after COMMIT.
+
+A route that changes a booking (create, accept, reject, cancel) writes its rows and an
+``api_outbox`` row holding the encoded event in one transaction, and answers 202 only after
+COMMIT; then ``ApiOutbox.publish_soon`` hands the event to Kafka in the background and deletes
+the row. If Kafka refuses, or the process dies first, the row stays: ``ApiOutbox``'s relay (in
+every API process, ``FOR UPDATE SKIP LOCKED`` so processes share the work) publishes rows
+older than ``RELAY_AFTER_SECONDS``. The event id is fixed when the row is written, so a row
+published twice (the relay and a slow first attempt, a deletion that failed) is the same event
+twice, which every consumer deduplicates. The agents keep their own outbox the same way
+(``agent_outbox``, ``streams.runtime``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+
+from erynoa import tracing
+from erynoa.codec import EventCodec
+from erynoa.events import BookingEvent
+
+log = logging.getLogger("erynoa.api.outbox")
+
+# A row this old was not published by the request that wrote it (Kafka refused, the process
+# died): the relay publishes it. Younger rows are still the writer's to publish.
+RELAY_AFTER_SECONDS = 5.0
+RELAY_INTERVAL_SECONDS = 2.0
+RELAY_BATCH = 500
+# How long stopping waits for committed events still being published.
+STOP_WAIT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One event as the outbox keeps it: encoded, with the Kafka headers it travels with."""
+
+    event: BookingEvent
+    payload: bytes
+    headers: Mapping[str, str]
+
+    @classmethod
+    def of(cls, event: BookingEvent, codec: EventCodec, headers: Mapping[str, str]) -> OutboxEntry:
+        headers = dict(headers)
+        # The trace context of the request that caused the event, taken now: the publish
+        # happens later, outside the request's span.
+        tracing.inject_into(headers)
+        return cls(event, codec.encode(event), headers)
+
+    @property
+    def item(self) -> tuple[BookingEvent, bytes, Mapping[str, str]]:
+        """The entry as ``EventPublisher.publish_encoded`` takes it."""
+        return (self.event, self.payload, self.headers)
+
+    @property
+    def values(self) -> tuple[str, str, bytes, dict[str, str]]:
+        """``(event_id, booking_id, payload, headers)``, the order of ``OUTBOX_COLUMNS``."""
+        return (self.event.event_id, self.event.booking_id, self.payload, dict(self.headers))
+
+
+OUTBOX_COLUMNS = "event_id, booking_id, payload, headers"
+
+
+async def queue(conn: asyncpg.Connection, entry: OutboxEntry) -> None:
+    """Write ``entry`` (in the caller's transaction; see ``ApiOutbox.publish_soon`` after it)."""
+    await conn.execute(
+        f"INSERT INTO api_outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (event_id) DO NOTHING",
+        *entry.values,
+    )
+
+
+class EncodedPublisher(Protocol):
+    """What publishes outbox rows (``api.runtime.KafkaLink``): returns once Kafka acknowledged
+    every event, raises otherwise."""
+
+    async def publish_encoded(
+        self, items: Sequence[tuple[BookingEvent, bytes, Mapping[str, str]]]
+    ) -> object: ...
+
+
+class ApiOutbox:
+    """Publishes what the routes committed, and relays what nobody published."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        kafka: EncodedPublisher,
+        codec: EventCodec,
+        *,
+        relay_after_seconds: float = RELAY_AFTER_SECONDS,
+        relay_interval_seconds: float = RELAY_INTERVAL_SECONDS,
+    ) -> None:
+        self._pool = pool
+        self._kafka = kafka
+        self._codec = codec
+        self._relay_after = relay_after_seconds
+        self._relay_interval = relay_interval_seconds
+        self._pending: list[OutboxEntry] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def codec(self) -> EventCodec:
+        return self._codec
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._publish_committed(), name="api-outbox-publish"),
+            asyncio.create_task(self._relay_forever(), name="api-outbox-relay"),
+        ]
+
+    async def stop(self) -> None:
+        # What is not published by then stays in the table for the relay of any API process.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), STOP_WAIT_SECONDS)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def publish_soon(self, *entries: OutboxEntry) -> None:
+        """Publish committed entries now, off the request's path (the 202 does not wait)."""
+        self._pending.extend(entries)
+        self._idle.clear()
+        self._wake.set()
+
+    async def relay_once(self, older_than_seconds: float | None = None) -> int:
+        """Publish and delete the rows older than ``older_than_seconds``; how many.
+
+        The rows stay locked (``SKIP LOCKED``: another process's relay takes other rows) until
+        they are deleted, in the same transaction, after Kafka acknowledged them all.
+        """
+        older = self._relay_after if older_than_seconds is None else older_than_seconds
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                f"SELECT {OUTBOX_COLUMNS} FROM api_outbox "
+                "WHERE created_at < now() - make_interval(secs => $1) "
+                "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+                older,
+                RELAY_BATCH,
+            )
+            if not rows:
+                return 0
+            entries = []
+            for row in rows:
+                event = self._codec.decode(bytes(row["payload"]))
+                assert isinstance(event, BookingEvent)
+                entries.append(OutboxEntry(event, bytes(row["payload"]), dict(row["headers"])))
+            await self._kafka.publish_encoded([e.item for e in entries])
+            await conn.execute(
+                "DELETE FROM api_outbox WHERE event_id = ANY($1::uuid[])",
+                [r["event_id"] for r in rows],
+            )
+        log.warning("relayed %d event(s) the API had not published", len(rows))
+        return len(rows)
+
+    async def _publish_committed(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            taken, self._pending = self._pending, []
+            try:
+                await self._kafka.publish_encoded([e.item for e in taken])
+                await self._pool.execute(
+                    "DELETE FROM api_outbox WHERE event_id = ANY($1::uuid[])",
+                    [e.event.event_id for e in taken],
+                )
+            except Exception as exc:
+                # Not lost: the rows are in the table, and the relay takes them from there.
+                log.warning(
+                    "%d committed event(s) left to the outbox relay: %s",
+                    len(taken),
+                    str(exc) or type(exc).__name__,
+                )
+            if not self._pending:
+                self._idle.set()
+
+    async def _relay_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._relay_interval)
+            try:
+                while await self.relay_once() == RELAY_BATCH:
+                    pass
+            except Exception as exc:
+                log.warning("outbox relay: %s (next try shortly)", str(exc) or type(exc).__name__)
