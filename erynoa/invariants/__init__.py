@@ -81,13 +81,15 @@ async def check_invariants(
     received: list[Received] | None = None,
     parked: list[Parked] | None = None,
     intents: dict[str, list[PaymentIntent]] | None = None,
+    materializer: bool | None = None,
 ) -> list[Violation]:
     """Every violation of invariants 1-9 for ``booking_ids`` (empty when all hold).
 
     The optional evidence widens what is judged: ``catalog`` the agents' states and processed
     events, ``requests`` what clients were told, ``received`` what receivers got
     (``read_maildir``), ``parked`` the dead-letter topics (``read_parked``), ``intents``
-    Stripe's PaymentIntents (``stripe_intents``).
+    Stripe's PaymentIntents (``stripe_intents``). ``materializer``: whether one ran (by
+    default: when ``events`` are not given).
     """
     ids = list(booking_ids)
     evidence = await gather(
@@ -99,6 +101,7 @@ async def check_invariants(
         received=received,
         parked=parked,
         intents=intents,
+        materializer=materializer,
     )
     return evaluate(
         evidence,

@@ -147,6 +147,9 @@ class Evidence:
     """Agent → booking → the state it keeps (``agent_state``)."""
     processed: dict[str, set[str]] = field(default_factory=dict)
     """Agent → the event ids it processed (``processed_events``)."""
+    materializer: bool = True
+    """A materializer ran: every booking must have its row. When False (agents alone), only
+    the rows it did fold are judged."""
     materialized: set[str] | None = None
     """Event ids in the read model's log (``booking_events``) when ``events`` came from the
     topics; None when ``events`` are that log."""

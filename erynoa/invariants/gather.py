@@ -116,23 +116,34 @@ async def gather(
     received: list[Received] | None = None,
     parked: list[Parked] | None = None,
     intents: dict[str, list[PaymentIntent]] | None = None,
+    materializer: bool | None = None,
 ) -> Evidence:
     """Everything the invariants need for ``booking_ids`` (events from the log unless given).
 
     Without ``catalog`` the agents' states and processed events are not judged (rules 6 and 7
     for agents). ``received``, ``parked`` and ``intents`` are passed through (None: not read).
+    ``materializer``: whether one ran (the read model and its log are judged in full); by
+    default, when the events come from its log, not when the caller read them from the topics.
     """
     ids = sorted(set(booking_ids) | {r.booking_id for r in requests if r.booking_id})
     codec = codec or default_codec()
-    evidence = Evidence(received=received, parked=parked, intents=intents, requests=list(requests))
+    evidence = Evidence(
+        received=received,
+        parked=parked,
+        intents=intents,
+        requests=list(requests),
+        materializer=materializer if materializer is not None else events is None,
+    )
     if events is None:
         log = await _decode_log(pool, ids, codec)
     else:
         log = {b: list(events.get(b, ())) for b in ids}
-        rows = await pool.fetch(
-            "SELECT event_id::text FROM booking_events WHERE booking_id = ANY($1::uuid[])", ids
-        )
-        evidence.materialized = {r["event_id"] for r in rows}
+        if evidence.materializer:
+            rows = await pool.fetch(
+                "SELECT event_id::text FROM booking_events WHERE booking_id = ANY($1::uuid[])",
+                ids,
+            )
+            evidence.materialized = {r["event_id"] for r in rows}
     others = await _related(pool, ids, log, requests)
     log.update(await _decode_log(pool, sorted(others), codec))
     evidence.events = {b: list(log.get(b, ())) for b in sorted(set(ids) | others)}

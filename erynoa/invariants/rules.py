@@ -134,7 +134,7 @@ def evaluate(
         violations += _notifications(
             state, log, deliveries[b], None if received is None else received[b]
         )
-        violations += _read_model(state, evidence.read_model.get(b))
+        violations += _read_model(state, evidence.read_model.get(b), evidence.materializer)
         violations += _agent_states(state, log, evidence)
         violations += _processed(b, log, evidence)
         violations += _stalled(state, log, now, policy, stall_after)
@@ -418,8 +418,12 @@ def _differences(expected: BookingState, actual: BookingState) -> list[str]:
     ]
 
 
-def _read_model(s: BookingState, row: Mapping[str, Any] | None) -> list[Violation]:
+def _read_model(
+    s: BookingState, row: Mapping[str, Any] | None, materializer: bool
+) -> list[Violation]:
     b = s.booking_id
+    if not materializer and (row is None or row.get("state", {}) is None):
+        return []
     if row is None:
         return [Violation(6, b, "missing from the read model")]
     if "state" in row and row["state"] is None:

@@ -610,6 +610,15 @@ def test_6_a_booking_missing_from_the_read_model() -> None:
     assert rules(check(evidence)) == {6}
 
 
+def test_6_without_a_materializer_only_the_rows_it_folded_are_judged() -> None:
+    evidence = happy()
+    evidence.materializer = False
+    evidence.read_model.pop(B)
+    assert check(evidence) == []
+    evidence.read_model[B] = {**row_of(fold_log(happy().events[B])), "status": "reserved"}  # type: ignore[arg-type]
+    assert rules(check(evidence)) == {6}
+
+
 def test_6_an_agent_whose_state_is_behind_the_log() -> None:
     evidence = happy()
     state = evidence.agent_states["reservation"][B]
