@@ -1,0 +1,132 @@
+"""The fault harness's client: how it reads answers and when it retries (pure parts)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from faults.client import (
+    MAX_DELAY_S,
+    Answer,
+    Intent,
+    StatusWatch,
+    classify,
+    intent_of,
+    next_delay,
+    parse_retry_after,
+)
+
+NOW = datetime(2026, 12, 4, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("2", 2.0),
+        (" 7 ", 7.0),
+        ("0", 0.0),
+        ("Fri, 04 Dec 2026 12:00:05 GMT", 5.0),
+        ("Fri, 04 Dec 2026 11:59:00 GMT", 0.0),  # a date in the past: now
+        ("3600", MAX_DELAY_S),  # capped: a client never sleeps through the whole row
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("-1", None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date(
+    header: str | None, expected: float | None
+) -> None:
+    assert parse_retry_after(header, NOW) == expected
+
+
+def test_a_retry_never_comes_sooner_than_the_server_asked() -> None:
+    rng = random.Random(1)
+    assert all(next_delay(0, 2.0, rng) >= 2.0 for _ in range(100))
+
+
+def test_backoff_grows_with_attempts_and_is_capped() -> None:
+    rng = random.Random(1)
+    first = [next_delay(0, None, rng) for _ in range(50)]
+    later = [next_delay(5, None, rng) for _ in range(50)]
+    assert max(first) <= 0.25
+    assert min(later) > max(first)
+    assert all(next_delay(40, None, rng) <= MAX_DELAY_S for _ in range(50))
+
+
+def _error(code: str, **details: str) -> dict[str, object]:
+    return {"error": {"code": code, "message": "x", "details": [details] if details else []}}
+
+
+@pytest.mark.parametrize(
+    ("operation", "status", "body", "answer"),
+    [
+        ("create", 202, {"workflow_id": "b"}, Answer.ACK),
+        ("create", 503, _error("SERVICE_UNAVAILABLE"), Answer.RETRY),
+        ("create", 429, _error("RATE_LIMITED"), Answer.RETRY),
+        ("create", 502, None, Answer.RETRY),
+        ("create", 422, _error("VALIDATION_ERROR"), Answer.REFUSED),
+        ("create", 404, _error("NOT_FOUND"), Answer.REFUSED),
+        ("accept", 202, {}, Answer.ACK),
+        ("accept", 409, _error("ALREADY_ANSWERED", decision="accept"), Answer.ACK),
+        ("accept", 409, _error("ALREADY_ANSWERED", decision="reject"), Answer.REFUSED),
+        ("accept", 409, _error("NOT_AWAITING_PROVIDER", status="reserved"), Answer.RETRY),
+        ("accept", 409, _error("NOT_AWAITING_PROVIDER", status="expired"), Answer.REFUSED),
+        ("accept", 409, _error("DEADLINE_PASSED"), Answer.REFUSED),
+        ("accept", 404, _error("NOT_FOUND"), Answer.RETRY),
+        ("cancel", 409, _error("BOOKING_ENDED", status="confirmed"), Answer.REFUSED),
+        ("cancel", 503, _error("SERVICE_UNAVAILABLE"), Answer.RETRY),
+    ],
+)
+def test_each_answer_is_acknowledged_retried_or_refused(
+    operation: str, status: int, body: object, answer: Answer
+) -> None:
+    got, label = classify(operation, status, body)  # type: ignore[arg-type]
+    assert got is answer
+    assert label.startswith(str(status))
+
+
+def test_every_tenth_customer_cancels() -> None:
+    intents = [intent_of(i) for i in range(100)]
+    assert intents.count(Intent.CANCEL) == 10
+    assert intents[9] is Intent.CANCEL
+    assert intents[0] is Intent.ACCEPT
+
+
+def test_the_watch_remembers_when_each_booking_first_settled_and_survives_failed_reads() -> None:
+    answers: list[Mapping[str, str] | Exception] = [
+        {"a": "reserved", "b": "awaiting_provider"},
+        OSError("connection refused"),
+        {"a": "confirmed", "b": "awaiting_provider"},
+        {"a": "confirmed", "b": "expired"},
+    ]
+    now = [0.0]
+
+    async def fetch(ids: list[str]) -> Mapping[str, str]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    watch = StatusWatch(fetch, lambda: now[0])
+
+    async def run() -> list[bool]:
+        results = []
+        for t in (1.0, 2.0, 3.0, 4.0):
+            now[0] = t
+            results.append(await watch.poll(["a", "b"]))
+        return results
+
+    assert asyncio.run(run()) == [True, False, True, True]
+    assert watch.polls_failed == 1
+    assert watch.settled_at == {"a": 3.0, "b": 4.0}
+    assert watch.unsettled(["a", "b", "c"]) == ["c"]
+
+
+def test_a_date_without_zone_is_read_as_utc() -> None:
+    later = (NOW + timedelta(seconds=3)).strftime("%a, %d %b %Y %H:%M:%S")
+    assert parse_retry_after(later, NOW) == 3.0
