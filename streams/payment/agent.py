@@ -8,6 +8,15 @@ gateway again but charges, voids or refunds once.
 A Stripe webhook (``StripeEventReceived``, published by the API after verifying its signature)
 finishes an authorization that needed customer action: succeeded/amount_capturable_updated →
 ``PaymentAuthorized``; payment_failed/canceled → ``PaymentFailed``.
+
+When a call's outcome is unknown (its answer was lost) or the gateway says the PaymentIntent is
+not in the state the call needs, the agent does not guess: it asks the gateway
+(``PaymentGateway.find``) and records what really happened — an intent already captured is
+``PaymentCaptured``, one already cancelled ``PaymentVoided``, a capturable one an authorization.
+A void finds the intent by the booking when the booking never learned its id (an authorization
+whose answer was lost, then a cancel). Before failing a booking whose customer did not finish
+3-D Secure in time, it asks too: a customer who did finish it (the webhook may still be on its
+way) is authorized, not abandoned.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import asyncpg
 from erynoa import saga
 from erynoa.events import (
     BookingEvent,
+    Money,
     PaymentActionRequired,
     PaymentAuthorized,
     PaymentCaptured,
@@ -29,12 +39,22 @@ from erynoa.events import (
     PaymentVoided,
     StripeEventReceived,
 )
+from streams.failures import PermanentError
 from streams.payment.gateway import (
     ActionRequired,
     Authorized,
+    AuthorizeResult,
     Captured,
+    CaptureFailed,
+    CaptureResult,
     Declined,
+    Found,
+    GatewayUnavailable,
+    IntentStatus,
+    OutcomeUnknown,
     PaymentGateway,
+    UnexpectedState,
+    Voided,
 )
 from streams.runtime import BaseAdapter, Context, Runtime
 
@@ -63,12 +83,7 @@ class PaymentAdapter(BaseAdapter):
         s = ctx.state
         match action:
             case saga.AuthorizePayment(amount=amount):
-                result = await self.gateway.authorize(
-                    booking_id=s.booking_id,
-                    amount=amount,
-                    payment_method=s.payment_method,
-                    idempotency_key=ctx.idempotency_key("authorize"),
-                )
+                result = await self._authorize(s, amount, ctx)
                 if isinstance(result, Authorized):
                     return [self._authorized(ctx, result.payment_id)]
                 if isinstance(result, ActionRequired):
@@ -84,12 +99,7 @@ class PaymentAdapter(BaseAdapter):
                 return [self._failed(ctx, result.payment_id, result.code, result.message)]
             case saga.CapturePayment(amount=amount):
                 payment_id = _require_payment_id(s)
-                captured = await self.gateway.capture(
-                    booking_id=s.booking_id,
-                    payment_id=payment_id,
-                    amount=amount,
-                    idempotency_key=ctx.idempotency_key("capture"),
-                )
+                captured = await self._capture(s, payment_id, amount, ctx)
                 if isinstance(captured, Captured):
                     return [
                         ctx.emit(PaymentCaptured, "captured", payment_id=payment_id, amount=amount)
@@ -104,24 +114,25 @@ class PaymentAdapter(BaseAdapter):
                     )
                 ]
             case saga.VoidPayment():
-                voided = await self.gateway.void(
-                    booking_id=s.booking_id,
-                    payment_id=s.payment_id,
-                    idempotency_key=ctx.idempotency_key("void"),
-                )
+                voided = await self._void(s, ctx, "void")
+                if isinstance(voided, Found):  # it was captured after all
+                    return [self._captured_after_all(ctx, voided)]
                 return [ctx.emit(PaymentVoided, "voided", payment_id=voided.payment_id)]
             case saga.AbandonPayment(reason=reason):
+                # The customer may have finished 3-D Secure with the webhook not processed yet:
+                # what the gateway says now decides, not how long the agent waited.
+                found = await self.gateway.find(booking_id=s.booking_id, payment_id=s.payment_id)
+                if found.status in (IntentStatus.AUTHORIZED, IntentStatus.CAPTURED):
+                    return [self._authorized(ctx, found.payment_id or _require_payment_id(s))]
                 # Cancel the intent first, so a late 3-D Secure success cannot authorize it.
-                voided = await self.gateway.void(
-                    booking_id=s.booking_id,
-                    payment_id=s.payment_id,
-                    idempotency_key=ctx.idempotency_key("abandon"),
-                )
+                abandoned = await self._void(s, ctx, "abandon")
+                if isinstance(abandoned, Found):  # authenticated just now: authorized after all
+                    return [self._authorized(ctx, abandoned.payment_id or _require_payment_id(s))]
                 return [
                     ctx.emit(
                         PaymentFailed,
                         "abandoned",
-                        payment_id=voided.payment_id or s.payment_id,
+                        payment_id=abandoned.payment_id or s.payment_id,
                         reason_code="action_timeout",
                         reason=reason,
                     )
@@ -144,6 +155,90 @@ class PaymentAdapter(BaseAdapter):
                     )
                 ]
         raise TypeError(f"payment cannot {action!r}")
+
+    # --- calls whose outcome may be unknown --------------------------------------------------
+
+    async def _authorize(
+        self, s: saga.BookingState, amount: Money, ctx: Context
+    ) -> AuthorizeResult:
+        try:
+            return await self.gateway.authorize(
+                booking_id=s.booking_id,
+                amount=amount,
+                payment_method=s.payment_method,
+                idempotency_key=ctx.idempotency_key("authorize"),
+            )
+        except (OutcomeUnknown, UnexpectedState) as exc:
+            found = await self.gateway.find(booking_id=s.booking_id, payment_id=None)
+            _log_lookup(s, "authorize", exc, found)
+            if found.payment_id is None or found.status == IntentStatus.NOT_FOUND:
+                # Nothing was created: a retry with the same key is a first attempt.
+                raise _retry_later(exc) from exc
+            if found.status in (IntentStatus.AUTHORIZED, IntentStatus.CAPTURED):
+                return Authorized(found.payment_id)
+            if found.status == IntentStatus.ACTION_REQUIRED:
+                return ActionRequired(found.payment_id, found.client_secret)
+            return Declined(found.status.value, f"the PaymentIntent is {found.status}")
+
+    async def _capture(
+        self, s: saga.BookingState, payment_id: str, amount: Money, ctx: Context
+    ) -> CaptureResult:
+        try:
+            return await self.gateway.capture(
+                booking_id=s.booking_id,
+                payment_id=payment_id,
+                amount=amount,
+                idempotency_key=ctx.idempotency_key("capture"),
+            )
+        except (OutcomeUnknown, UnexpectedState) as exc:
+            found = await self.gateway.find(booking_id=s.booking_id, payment_id=payment_id)
+            _log_lookup(s, "capture", exc, found)
+            if found.status == IntentStatus.CAPTURED:
+                return Captured(payment_id)
+            if found.status in (IntentStatus.AUTHORIZED, IntentStatus.ACTION_REQUIRED):
+                # Still capturable: the capture did not happen; try it again later.
+                raise _retry_later(exc) from exc
+            return CaptureFailed(
+                f"payment_intent_{found.status.value}", f"the PaymentIntent is {found.status}"
+            )
+
+    async def _void(self, s: saga.BookingState, ctx: Context, step: str) -> Voided | Found:
+        """Cancel the booking's authorization, if any: ``Voided``, or the ``Found`` intent when
+        it turns out to be captured (void) or capturable after all (abandon)."""
+        payment_id = s.payment_id
+        if payment_id is None and s.payment == saga.Payment.NONE:
+            # An authorization may have been created whose answer never reached the booking.
+            found = await self.gateway.find(booking_id=s.booking_id, payment_id=None)
+            payment_id = found.payment_id
+        try:
+            return await self.gateway.void(
+                booking_id=s.booking_id,
+                payment_id=payment_id,
+                idempotency_key=ctx.idempotency_key(step),
+            )
+        except (OutcomeUnknown, UnexpectedState) as exc:
+            found = await self.gateway.find(booking_id=s.booking_id, payment_id=payment_id)
+            _log_lookup(s, step, exc, found)
+            if found.status in (IntentStatus.CANCELED, IntentStatus.FAILED, IntentStatus.NOT_FOUND):
+                return Voided(payment_id)
+            if found.status == IntentStatus.CAPTURED:
+                return found
+            if found.status == IntentStatus.AUTHORIZED and step == "abandon":
+                return found
+            raise _retry_later(exc) from exc
+
+    def _captured_after_all(self, ctx: Context, found: Found) -> BookingEvent:
+        s = ctx.state
+        if s.payment != saga.Payment.AUTHORIZED:
+            # The rules recorded no capture that could explain it (a failed capture that did
+            # go through): the money must go back, and no rule here decides how.
+            raise PermanentError(
+                f"booking {s.booking_id}: payment {found.payment_id} is captured at the gateway "
+                f"while the booking's payment is {s.payment.value}; refund it by hand"
+            )
+        return ctx.emit(
+            PaymentCaptured, "captured", payment_id=found.payment_id or s.payment_id, amount=s.price
+        )
 
     async def react(self, event: BookingEvent, ctx: Context) -> list[BookingEvent]:
         """Turn a Stripe webhook about an authorization that needed action into its outcome."""
@@ -193,6 +288,21 @@ class PaymentAdapter(BaseAdapter):
         return ctx.emit(
             PaymentFailed, "failed", payment_id=payment_id, reason_code=code, reason=message
         )
+
+
+def _retry_later(exc: Exception) -> GatewayUnavailable:
+    return exc if isinstance(exc, GatewayUnavailable) else GatewayUnavailable(str(exc))
+
+
+def _log_lookup(s: saga.BookingState, step: str, exc: Exception, found: Found) -> None:
+    log.warning(
+        "%s: %s; the gateway has payment %s %s",
+        step,
+        exc,
+        found.payment_id,
+        found.status.value,
+        extra={"booking_id": s.booking_id, "correlation_id": s.correlation_id},
+    )
 
 
 def _require_payment_id(state: saga.BookingState) -> str:

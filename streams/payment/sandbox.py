@@ -58,6 +58,7 @@ from streams.payment.gateway import (
     IntentStatus,
     OutcomeUnknown,
     Refunded,
+    UnexpectedState,
     Voided,
 )
 
@@ -289,7 +290,7 @@ class SandboxGateway:
         lost.check()
         if recorded.expired and recorded.outcome == "captured":
             # The key is forgotten: this is a new capture of a payment no longer capturable.
-            return CaptureFailed(
+            raise UnexpectedState(
                 "payment_intent_unexpected_state",
                 "This PaymentIntent could not be captured because it has a status of succeeded.",
             )
