@@ -3,27 +3,30 @@
 Every change is one event on Kafka and an answer of ``202`` with the seed's body; the saga's
 agents do the work and the materializer folds their events into the read model the GETs query.
 
-Creating a booking answers 202 only after Kafka acknowledged ``BookingRequested``
-(``acks=all``) and the booking's first read-model row is written (from the pure fold of the
-event, so a poll right after the 202 finds the booking as ``requested``).
+What a 202 guarantees: the change takes effect exactly once, whatever fails after it. Create,
+accept, reject and cancel write their rows and the event (encoded, its id fixed) into the
+``api_outbox`` table in ONE transaction, and answer 202 only after its COMMIT. The event is
+published after that, off the request's path; if Kafka is down or the process dies first, the
+outbox relay of any API process publishes it later (``api.outbox``), with the same event id,
+which consumers deduplicate. So Kafka being down does not refuse these requests.
 
-With an ``Idempotency-Key``, in one database transaction that commits only after Kafka
-acknowledged: one statement claims the key in ``idempotency_keys`` and writes the row (a
-concurrent request with the same key waits on that row, then sees it and answers with the same
-booking, publishing nothing); then the event is published. If Kafka refuses, the transaction
-rolls back: no key, no row, no event. The booking id and event id are derived from (customer,
-key), so even a retry after a lost commit produces the same booking and the same event.
+- Create writes the booking's first read-model row (the pure fold of ``BookingRequested``, so a
+  poll right after the 202 sees ``requested``) with the event, in one statement. With an
+  ``Idempotency-Key`` the same statement claims the key first; a repeated key (even after a
+  lost answer) gets the same booking and writes and publishes nothing. The booking id and event
+  id are derived from (customer, key).
+- Accept/reject: the first answer is the answer (``provider_answers``); the same answer again is
+  a 202 with nothing new, the other a 409. The answer's time is PostgreSQL's (``submitted_at``),
+  the deadline is checked against PostgreSQL's ``now()`` in the statement that records it, and
+  ``ProviderAnswerSubmitted.occurred_at`` is that ``submitted_at``: one clock.
+- Cancel is recorded once per booking (``booking_cancellations``, event id derived from the
+  booking): a repeated cancel, by anyone, answers 202 and publishes nothing.
 
-Without a key there is nothing to claim, so no transaction: the event is published, then the
-row written (``ON CONFLICT DO NOTHING``: the materializer may have been faster). The invariants
-are the transaction's: no row without an acknowledged event, nothing written if Kafka refuses,
-and if the database fails after the acknowledgement (here the insert, there the commit) the
-client gets a 503 while the materializer still writes the row from the event. The connection
-is taken before publishing, so a database that is down refuses the booking before anything is
-published. Two round trips (BEGIN, COMMIT) fewer, and the connection is held for one statement
-and the ack instead of three statements and the ack.
-
-Either way, if Kafka refuses the client gets a 503 and may retry.
+What a 503 means: PostgreSQL could not be reached before anything was written, or refused the
+write (rolled back): nothing changed and nothing is published, so try again. If the connection
+is lost while the write commits, the outcome is unknown and the 503 says so
+(``OUTCOME_UNKNOWN``, with the booking's poll URL): a retry with the same Idempotency-Key, a
+repeated answer or cancel is safe; a create without a key should poll first.
 
 Who may see a booking: its customer, its service's provider, and admins; anyone else gets 404
 (not 403), so booking ids cannot be probed.

@@ -189,6 +189,43 @@ async def test_a_booking_whose_commit_fails_gets_503_and_its_saga_never_starts(
         await bookings.stop()
 
 
+async def test_a_connection_lost_at_commit_gets_a_503_that_does_not_claim_nothing_changed(
+    private: PrivateApi,
+) -> None:
+    actors = await private.actors()
+    # The backend that commits the booking dies at COMMIT: the client cannot know whether the
+    # COMMIT happened (here it did not), so the answer says how to find out.
+    await private.pool.execute(
+        """CREATE OR REPLACE FUNCTION test_die_at_commit() RETURNS trigger
+           LANGUAGE plpgsql AS $$
+           BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$"""
+    )
+    literal = actors.customer.replace("'", "''")
+    await private.pool.execute(
+        f"""CREATE CONSTRAINT TRIGGER "die_{actors.customer}" AFTER INSERT ON bookings
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+            WHEN (NEW.customer_id = '{literal}') EXECUTE FUNCTION test_die_at_commit()"""
+    )
+    bookings = await private.probe("bookings")
+    try:
+        response = await private.http.post(
+            "/bookings", json=booking_body(actors.service_id), headers=actors.customer_auth
+        )
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "OUTCOME_UNKNOWN"
+        assert "nothing was changed" not in error["message"]
+        poll_url = error["details"][0]["poll_url"]
+        assert poll_url in error["message"]
+        poll = await private.http.get(
+            poll_url.removeprefix("/api/v1"), headers=actors.customer_auth
+        )
+        assert poll.status_code == 404
+        assert requested_by(await bookings.events(), actors.customer) == []
+    finally:
+        await bookings.stop()
+
+
 async def test_a_lost_kafka_acknowledgement_still_answers_202_and_starts_one_saga(
     private: PrivateApi,
 ) -> None:
