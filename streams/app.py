@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 import faust
 from aiokafka import AIOKafkaProducer
+from faust.types import TP
 
 from erynoa import metrics, saga, tracing
 from erynoa.codec import default_codec
@@ -184,6 +185,15 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
     )
     app.runtime = runtime
     app.settings = settings
+
+    async def seek(topic: str, partition: int, offset: int) -> int:
+        tp = TP(topic, partition)
+        earliest = (await app.consumer.earliest_offsets(tp)).get(tp)
+        target = max(offset, earliest or 0)
+        await app.consumer.seek(tp, target)
+        return target
+
+    runtime.seek = seek
 
     main_topic = app.topic(*consumer.consumes, key_serializer="raw", value_serializer="raw")
 

@@ -85,11 +85,38 @@ class AgentMetrics:
             ["agent"],
             registry=self.registry,
         )
+        self._paused = Gauge(
+            "erynoa_agent_lanes_paused",
+            "Lanes waiting in place for a dependency that is down (an outage, not a failure)",
+            ["agent"],
+            registry=self.registry,
+        )
+        self._pauses = Counter(
+            "erynoa_agent_outage_pauses",
+            "Times a lane paused because a dependency was down",
+            ["agent"],
+            registry=self.registry,
+        )
+        self._rewinds = Counter(
+            "erynoa_agent_rewinds",
+            "Partitions moved back because a batch started past the recorded position",
+            ["agent", "topic"],
+            registry=self.registry,
+        )
         self.lag = PartitionLag(self.registry, group)
 
     def event_type(self, headers: list[tuple[str, bytes]]) -> str:
         """The label for a consumed message, from its header."""
         return metrics.bounded(k.header(headers, k.H_EVENT_TYPE), self._event_types, UNDECODABLE)
+
+    def paused(self, change: int) -> None:
+        """A lane paused for an outage (+1) or resumed (-1)."""
+        self._paused.labels(self.agent).inc(change)
+        if change > 0:
+            self._pauses.labels(self.agent).inc()
+
+    def rewound(self, topic: str) -> None:
+        self._rewinds.labels(self.agent, topic).inc()
 
     def batch(self, size: int) -> None:
         self._batch_size.labels(self.agent).observe(size)

@@ -193,6 +193,20 @@ class SmtpSender:
         with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
             smtp.send_message(msg)
 
+    async def probe(self) -> str | None:
+        """Whether the relay takes connections and answers NOOP; None when it does."""
+        try:
+            await asyncio.to_thread(self._noop)
+        except (OSError, smtplib.SMTPException) as exc:
+            return f"smtp {self.host}:{self.port}: {describe(exc)}"
+        return None
+
+    def _noop(self) -> None:
+        with smtplib.SMTP(self.host, self.port, timeout=5.0) as smtp:
+            code, _ = smtp.noop()
+            if code != 250:
+                raise smtplib.SMTPResponseException(code, b"NOOP refused")
+
 
 class WebhookSender:
     """POSTs a signed JSON notification to a user's registered URL."""
@@ -257,6 +271,11 @@ class NotificationAdapter(BaseAdapter):
 
     async def stop(self) -> None:
         await self.webhooks.close()
+
+    async def probe(self) -> str | None:
+        # The relay is ours and every e-mail goes through it: down, it is an outage. A
+        # customer's webhook endpoint is theirs: down, it is that message's failure.
+        return await self.smtp.probe()
 
     async def execute(self, action: saga.Action, ctx: Context) -> list[BookingEvent]:
         match action:

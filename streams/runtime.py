@@ -43,7 +43,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -77,8 +77,25 @@ PROPAGATED_HEADERS = (k.H_REQUEST_ID, k.H_TRACEPARENT, "tracestate", k.H_SYNTHET
 _MAX_ROUNDS = 6
 _PUBLISH_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 _TICK = timedelta(microseconds=1)  # the timestamps' resolution on the wire
+_PROBE_TIMEOUT_S = 5.0
+_OUTAGE_BACKOFF_FIRST_S = 0.5
+_OUTAGE_BACKOFF_MAX_S = 10.0
+
+
+def _outage_backoff() -> Iterator[float]:
+    """0.5 s, doubling to 10 s, then every 10 s for as long as the outage lasts."""
+    delay = _OUTAGE_BACKOFF_FIRST_S
+    while True:
+        yield delay
+        delay = min(delay * 2, _OUTAGE_BACKOFF_MAX_S)
+
 
 E = TypeVar("E", bound=BookingEvent)
+T = TypeVar("T")
+
+Seek = Callable[[str, int, int], Awaitable[int]]
+"""Move the consumer of (topic, partition) to an offset; returns the offset it moved to (later
+than asked when the log no longer starts that early)."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +198,11 @@ class Adapter(Protocol):
     async def settle(self, ctx: Context) -> None:
         """Bring the agent's own tables in line with the final state (deadline rows)."""
 
+    async def probe(self) -> str | None:
+        """Which outside service this agent needs is down ("smtp: connection refused"), or
+        None when all answer. Asked only after a retryable failure, to tell an outage (the
+        lane waits) from a message that fails on its own (it goes down the retry tiers)."""
+
 
 class BaseAdapter:
     """Defaults for the optional parts of ``Adapter``."""
@@ -197,6 +219,9 @@ class BaseAdapter:
         return []
 
     async def settle(self, ctx: Context) -> None:
+        return None
+
+    async def probe(self) -> str | None:
         return None
 
 
@@ -240,6 +265,12 @@ class Runtime:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._draining = asyncio.Event()
         self._cleanup: OutboxCleanup | None = None
+        self.positions: store.Positions | None = None
+        self.seek: Seek | None = None
+        """Moves the consumer of a partition back (set by the app that owns the consumer)."""
+        self._positions: dict[store.Partition, int] = {}
+        """The next offset of each partition as this process last recorded it (a cache: the
+        table is the truth, asked whenever a batch does not start where this says)."""
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -261,6 +292,7 @@ class Runtime:
         await self._publisher.start()
         await self.adapter.start(self._pool)
         self._cleanup = OutboxCleanup(self.agent, self._pool)
+        self.positions = store.PgPositions(self._pool, self.consumer.group_id)
         log.info("agent %s ready", self.agent, extra={"agent": self.agent})
 
     async def drain(self, grace_s: float = 30.0) -> None:
@@ -318,6 +350,7 @@ class Runtime:
         message sends only itself to a retry tier and holds back nothing else (the others' side
         effects repeat with the same idempotency keys).
         """
+        batch = await self._continuous(batch)
         if not batch:
             return
         self.metrics.batch(len(batch))
@@ -330,11 +363,105 @@ class Runtime:
                 await self._route_failure(incoming, exc)
         if decoded:
             await self._process_decoded(decoded)
+        await self._record_done(batch)
+
+    # --- positions: no message is skipped, whatever the consumer library acks ------------
+
+    async def _continuous(self, batch: Sequence[Incoming]) -> list[Incoming]:
+        """The messages of ``batch`` that continue where this group stopped in their partition.
+
+        The group's position in each partition is recorded in PostgreSQL once a batch is done
+        (handled, or routed to a retry or dead-letter topic). Kafka's committed offsets are
+        only where redelivery starts: Faust can commit past a message that was never handled
+        (an ack of a skipped message during a rebalance, its gap arithmetic, a lane that died
+        with messages queued). So a batch that starts *past* the recorded position is a gap:
+        the partition is moved back to the position and its messages here are dropped (they
+        come again, in order). Messages *before* the position were done already (a redelivery)
+        and are dropped too, without a transaction.
+        """
+        starts: dict[store.Partition, int] = {}
+        for m in batch:
+            key = (m.topic, m.partition)
+            starts[key] = min(starts.get(key, m.offset), m.offset)
+        unsure = [key for key, first in starts.items() if self._positions.get(key) != first]
+        if unsure:
+            positions = self._stored_positions()
+            self._positions.update(await self._through_outages(lambda: positions.get(unsure)))
+        rewound: set[store.Partition] = set()
+        for key, first in starts.items():
+            recorded = self._positions.get(key)
+            if (
+                recorded is not None
+                and first > recorded
+                and await self._rewind(key, first, recorded)
+            ):
+                rewound.add(key)
+        kept = [
+            m
+            for m in batch
+            if (m.topic, m.partition) not in rewound
+            and m.offset >= self._positions.get((m.topic, m.partition), 0)
+        ]
+        if len(kept) < len(batch) - sum(1 for m in batch if (m.topic, m.partition) in rewound):
+            log.debug("%d redelivered message(s) skipped", len(batch) - len(kept))
+        return kept
+
+    def _stored_positions(self) -> store.Positions:
+        if self.positions is None:
+            raise RuntimeError("runtime not started")
+        return self.positions
+
+    async def _rewind(self, key: store.Partition, first: int, recorded: int) -> bool:
+        """Move the partition back to ``recorded``; False if there is no consumer to move."""
+        topic, partition = key
+        log.error(
+            "%s[%d]: offsets %d..%d were never handled by %s; consuming again from %d",
+            topic,
+            partition,
+            recorded,
+            first - 1,
+            self.consumer.group_id,
+            recorded,
+            extra={"topic": topic, "partition": partition, "agent": self.agent},
+        )
+        self.metrics.rewound(topic)
+        if self.seek is None:
+            return False  # a test driving the runtime directly: nothing to move
+        target = await self.seek(topic, partition, recorded)
+        if target > recorded:
+            # The log starts later than the position: those records are gone for good.
+            log.error(
+                "%s[%d]: offsets %d..%d were deleted from the log before %s handled them",
+                topic,
+                partition,
+                recorded,
+                target - 1,
+                self.consumer.group_id,
+                extra={"topic": topic, "partition": partition, "agent": self.agent},
+            )
+            await self._stored_positions().reset(key, target)
+            self._positions[key] = target
+        return True
+
+    async def _record_done(self, batch: Sequence[Incoming]) -> None:
+        """Every message of ``batch`` was handled or routed: move the positions past them.
+
+        Outside the handler's transaction, and after it: a crash in between only means the
+        batch is delivered again, and ``processed_events`` turns that into no-ops.
+        """
+        ends: dict[store.Partition, int] = {}
+        for m in batch:
+            key = (m.topic, m.partition)
+            ends[key] = max(ends.get(key, -1), m.offset + 1)
+        positions = self._stored_positions()
+        await self._through_outages(lambda: positions.advance(ends))
+        for key, end in ends.items():
+            self._positions[key] = max(self._positions.get(key, end), end)
 
     async def _process_decoded(self, batch: Sequence[Decoded]) -> None:
         began = time.perf_counter()
         try:
-            gave_up = await self.handle(batch)
+            gave_up = await self._handle_through_outages(batch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -362,6 +489,100 @@ class Runtime:
             # The saga moved on (the adapter recorded the failure as an event); the message still
             # goes to the dead-letter topic so operators see what could not be delivered.
             await self._route_failure(incoming, error, kind="retryable")
+
+    async def _handle_through_outages(
+        self, batch: Sequence[Decoded]
+    ) -> list[tuple[Incoming, BaseException]]:
+        """``handle``, repeated in place for as long as a dependency is down.
+
+        A failure is the message's own only if everything the agent depends on answers: an
+        outage (PostgreSQL failing over, a broker gone, the SMTP relay or the gateway away) would
+        otherwise send every message of its window down the retry tiers into the dead-letter
+        topic, and the sagas would wait for an operator. So after a retryable failure the
+        runtime probes its dependencies; while one is down the lane waits (nothing is acked,
+        so the partition stays where it is), then handles the same batch again. Handling is
+        idempotent, so a batch whose commit did happen before the outage is a no-op the second
+        time. Raises what ``handle`` raised when the dependencies are fine (the message's own
+        failure) or when the failure is not retryable.
+        """
+        return await self._through_outages(lambda: self.handle(batch))
+
+    async def _through_outages(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()``, repeated while a dependency is down (see ``_handle_through_outages``)."""
+        while True:
+            try:
+                return await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if failures.classify(exc) != "retryable":
+                    raise
+                down = await self.unavailable(exc)
+                if down is None:
+                    raise
+                if not await self._wait_out(down, exc):
+                    await self.park()  # stopping: the batch is redelivered after the restart
+
+    async def unavailable(self, error: BaseException | None = None) -> str | None:
+        """The dependency that is down (with why), or None when PostgreSQL, Kafka and the
+        adapter's own services all answer."""
+        if isinstance(error, KafkaError):
+            # Sending is the one thing a message cannot make fail (sizes are permanent
+            # errors): a KafkaError means the cluster cannot take writes just now.
+            return f"kafka: {failures.describe(error)}"
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                await self.pool.fetchval("SELECT 1")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return f"postgresql: {failures.describe(exc)}"
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                await self.publisher.producer.client.fetch_all_metadata()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return f"kafka: {failures.describe(exc)}"
+        try:
+            return await self.adapter.probe()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return f"{self.agent} dependency: {failures.describe(exc)}"
+
+    async def _wait_out(self, down: str, error: BaseException) -> bool:
+        """Back off until every dependency answers again; False if the worker stops first."""
+        began = time.monotonic()
+        log.warning(
+            "lane paused, %s (%s); retrying in place",
+            down,
+            failures.describe(error),
+            extra={"agent": self.agent, "dependency": down.split(":", 1)[0]},
+        )
+        self.metrics.paused(+1)
+        try:
+            for delay in _outage_backoff():
+                if not await self._sleep(delay):
+                    return False
+                still_down = await self.unavailable()
+                if still_down is None:
+                    log.warning(
+                        "lane resumed after %.1f s",
+                        time.monotonic() - began,
+                        extra={"agent": self.agent},
+                    )
+                    return True
+                down = still_down
+        finally:
+            self.metrics.paused(-1)
+        return False  # unreachable: the backoff never ends
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless the worker starts draining; False if it did."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._draining.wait(), timeout=seconds)
+        return not self.draining
 
     async def handle(self, batch: Sequence[Decoded]) -> list[tuple[Incoming, BaseException]]:
         """The transaction described in the module docstring, for a whole batch of decoded

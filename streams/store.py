@@ -3,13 +3,15 @@
 Every function takes a connection inside the caller's transaction (``streams.runtime`` opens
 one per batch of messages), so a handler's states, its "processed" marks and the events it
 emitted commit together or not at all. Tables: ``agent_state``, ``processed_events``
-(migrations 0002/0003), ``agent_outbox`` and ``agent_early_events`` (0005).
+(migrations 0002/0003), ``agent_outbox`` and ``agent_early_events`` (0005); and how far the
+agent's group got in each partition it consumes (``consumer_positions``, 0002).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 
@@ -285,3 +287,69 @@ async def missed_events(
         list(topics),
     )
     return [bytes(r["body"]) for r in rows]
+
+
+Partition = tuple[str, int]
+"""(topic, partition)."""
+
+
+class Positions(Protocol):
+    """How far a consumer group got in each partition: everything before the offset is done."""
+
+    async def get(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        """The next offset to handle of each partition that has one recorded."""
+
+    async def advance(self, next_offsets: Mapping[Partition, int]) -> None:
+        """Move forward (never back: a late writer that lost the partition cannot undo)."""
+
+    async def reset(self, partition: Partition, next_offset: int) -> None:
+        """Move to where the log now starts (its earlier records were deleted)."""
+
+
+class PgPositions:
+    """``Positions`` in ``consumer_positions``, the table the materializer uses too."""
+
+    def __init__(self, pool: asyncpg.Pool, consumer: str) -> None:
+        self._pool = pool
+        self._consumer = consumer
+
+    async def get(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        wanted = sorted(set(partitions))
+        rows = await self._pool.fetch(
+            """SELECT topic, partition, next_offset FROM consumer_positions
+               WHERE consumer = $1
+                 AND (topic, partition) IN (SELECT * FROM unnest($2::text[], $3::int[]))""",
+            self._consumer,
+            [t for t, _ in wanted],
+            [p for _, p in wanted],
+        )
+        return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+    async def advance(self, next_offsets: Mapping[Partition, int]) -> None:
+        if not next_offsets:
+            return
+        items = sorted(next_offsets.items())
+        await self._pool.execute(
+            """INSERT INTO consumer_positions (consumer, topic, partition, next_offset, updated_at)
+               SELECT $1, t, p, o, now()
+               FROM unnest($2::text[], $3::int[], $4::bigint[]) AS x(t, p, o)
+               ON CONFLICT (consumer, topic, partition) DO UPDATE
+               SET next_offset = GREATEST(consumer_positions.next_offset, EXCLUDED.next_offset),
+                   updated_at = now()""",
+            self._consumer,
+            [t for (t, _), _ in items],
+            [p for (_, p), _ in items],
+            [o for _, o in items],
+        )
+
+    async def reset(self, partition: Partition, next_offset: int) -> None:
+        await self._pool.execute(
+            """INSERT INTO consumer_positions (consumer, topic, partition, next_offset, updated_at)
+               VALUES ($1, $2, $3, $4, now())
+               ON CONFLICT (consumer, topic, partition) DO UPDATE
+               SET next_offset = EXCLUDED.next_offset, updated_at = now()""",
+            self._consumer,
+            partition[0],
+            partition[1],
+            next_offset,
+        )

@@ -104,11 +104,28 @@ class _RecordingAdapter(ProviderResponseAdapter):
         raise AssertionError(action)
 
 
+class MemoryPositions:
+    """``store.Positions`` in a dict."""
+
+    def __init__(self, recorded: dict[tuple[str, int], int] | None = None) -> None:
+        self.recorded = dict(recorded or {})
+
+    async def get(self, partitions: Any) -> dict[tuple[str, int], int]:
+        return {p: self.recorded[p] for p in partitions if p in self.recorded}
+
+    async def advance(self, next_offsets: Any) -> None:
+        for p, offset in next_offsets.items():
+            self.recorded[p] = max(self.recorded.get(p, offset), offset)
+
+    async def reset(self, partition: tuple[str, int], next_offset: int) -> None:
+        self.recorded[partition] = next_offset
+
+
 def make_runtime(adapter: Any, agent: str = "provider-response") -> Runtime:
     async def no_pool() -> Any:
         raise AssertionError("unit tests do not connect")
 
-    return Runtime(
+    runtime = Runtime(
         adapter=adapter,
         consumer=CATALOG.consumer(agent),
         codec=default_codec(),
@@ -117,6 +134,8 @@ def make_runtime(adapter: Any, agent: str = "provider-response") -> Runtime:
         make_publisher=lambda: None,  # type: ignore[arg-type,return-value]
         clock=lambda: NOW,
     )
+    runtime.positions = MemoryPositions()
+    return runtime
 
 
 async def test_actions_run_until_the_rules_ask_for_nothing_more() -> None:
@@ -184,7 +203,11 @@ async def test_a_failing_handler_sends_the_original_bytes_down_a_tier(
     async def flaky(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
         raise TimeoutError("gateway slow")
 
+    async def all_dependencies_answer(error: BaseException | None = None) -> str | None:
+        return None
+
     monkeypatch.setattr(runtime, "handle", flaky)
+    monkeypatch.setattr(runtime, "unavailable", all_dependencies_answer)
     value = default_codec().encode(requested())
     await runtime.process([incoming(value, [("traceparent", b"00-abc-01")])])
     [(topic, sent_value, key, headers)] = producer.sent
@@ -193,6 +216,159 @@ async def test_a_failing_handler_sends_the_original_bytes_down_a_tier(
     assert key == b"booking-1"
     assert k.header(headers, k.H_ORIGIN_OFFSET) == "17"
     assert k.header(headers, "traceparent") == "00-abc-01"
+
+
+async def test_an_outage_pauses_the_lane_and_the_same_batch_is_handled_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
+    producer = _Producer()
+    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    handled: list[int] = []
+    probes = iter(["postgresql: connection refused", "postgresql: connection refused", None])
+    slept: list[float] = []
+
+    async def down_then_up(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
+        handled.append(len(batch))
+        if len(handled) < 2:
+            raise ConnectionRefusedError("127.0.0.1:15432")
+        return []
+
+    async def probe(error: BaseException | None = None) -> str | None:
+        return next(probes)
+
+    async def no_sleep(seconds: float) -> bool:
+        slept.append(seconds)
+        return True
+
+    monkeypatch.setattr(runtime, "handle", down_then_up)
+    monkeypatch.setattr(runtime, "unavailable", probe)
+    monkeypatch.setattr(runtime, "_sleep", no_sleep)
+    value = default_codec().encode(requested())
+    await runtime.process([incoming(value), incoming(value)])
+    # Nothing went down the retry tiers: the lane waited (backing off) and handled the same
+    # batch again, whole, once the dependency answered.
+    assert producer.sent == []
+    assert handled == [2, 2]
+    assert slept == [0.5, 1.0]
+
+
+async def test_a_kafka_error_is_an_outage_without_probing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
+    assert await runtime.unavailable(KafkaConnectionError()) is not None
+
+
+async def test_an_outage_during_a_stop_leaves_the_batch_unacked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
+    producer = _Producer()
+    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+
+    async def down(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
+        raise ConnectionRefusedError("127.0.0.1:15432")
+
+    async def probe(error: BaseException | None = None) -> str | None:
+        return "postgresql: connection refused"
+
+    monkeypatch.setattr(runtime, "handle", down)
+    monkeypatch.setattr(runtime, "unavailable", probe)
+    await runtime.drain(grace_s=0)
+    value = default_codec().encode(requested())
+    task = asyncio.create_task(runtime.process([incoming(value)]))
+    await asyncio.sleep(0.05)
+    # Parked (redelivered after the restart), never routed to a retry tier.
+    assert not task.done()
+    assert producer.sent == []
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def at(offset: int, value: bytes, partition: int = 2) -> Incoming:
+    return Incoming("bookings", partition, offset, b"booking-1", value, [])
+
+
+class _Seeks:
+    def __init__(self, log_starts_at: int = 0) -> None:
+        self.calls: list[tuple[str, int, int]] = []
+        self.log_starts_at = log_starts_at
+
+    async def __call__(self, topic: str, partition: int, offset: int) -> int:
+        self.calls.append((topic, partition, offset))
+        return max(offset, self.log_starts_at)
+
+
+def handled_offsets(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    seen: list[tuple[int, int]] = []
+
+    async def record(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
+        seen.extend((m.partition, m.offset) for m, _ in batch)
+        return []
+
+    monkeypatch.setattr(runtime, "handle", record)
+    return seen
+
+
+async def test_a_batch_that_starts_past_the_recorded_position_moves_the_partition_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
+    positions = MemoryPositions({("bookings", 2): 10, ("bookings", 3): 5})
+    runtime.positions = positions
+    runtime.seek = seeks = _Seeks()
+    seen = handled_offsets(runtime, monkeypatch)
+    value = default_codec().encode(requested())
+
+    # Offsets 10..11 of partition 2 were acked by the consumer library but never handled.
+    await runtime.process([at(12, value), at(13, value), at(5, value, partition=3)])
+
+    assert seeks.calls == [("bookings", 2, 10)]
+    assert seen == [(3, 5)]  # the other partition goes on
+    assert positions.recorded == {("bookings", 2): 10, ("bookings", 3): 6}
+    # After the seek the partition comes again from the position, in order.
+    await runtime.process([at(10, value), at(11, value), at(12, value), at(13, value)])
+    assert seen == [(3, 5), (2, 10), (2, 11), (2, 12), (2, 13)]
+    assert positions.recorded[("bookings", 2)] == 14
+
+
+async def test_redelivered_messages_before_the_position_are_not_handled_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
+    runtime.positions = MemoryPositions({("bookings", 2): 12})
+    runtime.seek = seeks = _Seeks()
+    seen = handled_offsets(runtime, monkeypatch)
+    value = default_codec().encode(requested())
+    await runtime.process([at(10, value), at(11, value), at(12, value)])
+    assert seen == [(2, 12)]
+    assert seeks.calls == []
+
+
+async def test_a_truncated_log_moves_the_position_to_where_the_log_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
+    positions = MemoryPositions({("bookings", 2): 10})
+    runtime.positions = positions
+    runtime.seek = _Seeks(log_starts_at=40)
+    seen = handled_offsets(runtime, monkeypatch)
+    value = default_codec().encode(requested())
+    await runtime.process([at(41, value)])
+    assert positions.recorded[("bookings", 2)] == 40
+    await runtime.process([at(40, value), at(41, value)])
+    assert seen == [(2, 40), (2, 41)]
+
+
+async def test_a_routed_message_moves_the_position_past_itself() -> None:
+    runtime = make_runtime(_RecordingAdapter(), agent="notification")
+    runtime._publisher = _Publisher(_Producer())  # type: ignore[assignment]
+    positions = MemoryPositions({("bookings", 2): 17})
+    runtime.positions = positions
+    await runtime.process([incoming(b"garbage")])  # offset 17
+    assert positions.recorded[("bookings", 2)] == 18
 
 
 async def test_an_undecodable_message_is_dead_lettered_and_processing_goes_on() -> None:
