@@ -13,6 +13,38 @@ Two questions, answered the same way everywhere:
 
 Compensations run in reverse order of the steps done: the payment is voided or refunded
 first, the hold is released once no money is held, and the customer is told once both ended.
+
+The fold is confluent: a booking's events folded in any order (after its request) give the
+same booking. Retries reorder events even within a topic, and the materializer folds in
+``(occurred_at, event_id)`` order while each agent folds in arrival order; a fixed precedence,
+not arrival, decides every race, so they all agree:
+
+* **Endings.** A cancel, ``ReservationRejected``, ``PaymentFailed``, ``PaymentCaptureFailed``,
+  ``ProviderRejected`` and ``ProviderTimedOut`` each end a booking, whenever they are folded and
+  whatever else is known. All rank the same: the ending that *occurred* first wins, by
+  ``(occurred_at, event_id)``, and brings its status and ``failure_reason``. An ending that
+  occurred later changes nothing (as the API refuses a cancel once a booking ended); one that
+  occurred earlier but was folded later takes over. An ended booking never goes back to a
+  waiting status, so a compensation started for it is never contradicted, only relabelled.
+* **Progress.** ``requested < reserved < payment_action_required < awaiting_provider <
+  confirmed``: each step's event implies the ones before it, the furthest wins, and any ending
+  outranks all of them. A confirmation is not an ending: a cancel after it still ends the
+  booking (and refunds it, below).
+* **Facts only move forward**, each along its own fixed order, the furthest one folded wins:
+  hold ``none < rejected < held < converted < released``; payment ``none < action_required <
+  failed < authorized < capture_failed < voided < captured < refunded``. So an authorization is
+  recorded (to be voided) whether it arrived before or after the failure that ended the
+  booking, a void or refund folded before what it undid still counts, and a capture outranks a
+  void because only a refund gives captured money back.
+* **The provider.** The earliest answer submitted counts, and the earliest deadline announced;
+  a rejection or a timeout outranks an accept as the provider's outcome (it ended the booking),
+  between two of them the earlier wins.
+* **Money captured for a booking that ended** is refunded. The refund policy applies only to a
+  cancel that occurred after the capture (a confirmed booking the customer called off); a
+  cancel that occurred before the capture raced it, the customer never held a confirmed
+  booking, and gets the money back in full. This is the one place the true order of two
+  events decides an outcome, and it is taken from the events' own times, so it too is the same
+  in every delivery order.
 """
 
 from __future__ import annotations
@@ -69,6 +101,27 @@ class Payment(StrEnum):
     FAILED = "failed"
 
 
+# The order each fact moves in (see the module docstring): the furthest one folded wins.
+HOLD_ORDER: tuple[Hold, ...] = (
+    Hold.NONE,
+    Hold.REJECTED,
+    Hold.HELD,
+    Hold.CONVERTED,
+    Hold.RELEASED,
+)
+PAYMENT_ORDER: tuple[Payment, ...] = (
+    Payment.NONE,
+    Payment.ACTION_REQUIRED,
+    Payment.FAILED,
+    Payment.AUTHORIZED,
+    Payment.CAPTURE_FAILED,
+    Payment.VOIDED,
+    Payment.CAPTURED,
+    Payment.REFUNDED,
+)
+_HOLD_RANK = {hold: rank for rank, hold in enumerate(HOLD_ORDER)}
+_PAYMENT_RANK = {payment: rank for rank, payment in enumerate(PAYMENT_ORDER)}
+
 MONEY_HELD: frozenset[Payment] = frozenset(
     {Payment.ACTION_REQUIRED, Payment.AUTHORIZED, Payment.CAPTURE_FAILED}
 )
@@ -111,6 +164,11 @@ class BookingState:
     notified: frozenset[str] = frozenset()
     failure_reason: str | None = None
     events_applied: int = 0
+    # Which ending decided the status, by (occurred_at, event_id): an earlier one takes over.
+    ended_at: datetime | None = None
+    ended_by: str | None = None
+    provider_outcome_at: datetime | None = None
+    captured_at: datetime | None = None  # a cancel before it raced the capture
 
     @property
     def is_outcome(self) -> bool:
@@ -148,6 +206,9 @@ class BookingState:
             "provider_deadline_at",
             "provider_answered_at",
             "payment_action_since",
+            "ended_at",
+            "provider_outcome_at",
+            "captured_at",
         ):
             if values.get(name) is not None:
                 values[name] = datetime.fromisoformat(values[name])
@@ -197,9 +258,9 @@ class SagaError(ValueError):
 def evolve(state: BookingState | None, event: ev.BookingEvent) -> BookingState:
     """The booking after ``event``.
 
-    Events that arrive out of place (late, repeated, after an outcome) never move a booking
-    backwards: they only record facts that still need compensating (an authorization that
-    raced a cancel, say). Only an event for a booking never requested is an error.
+    Order-insensitive (see the module docstring): each field moves along a fixed order or is
+    decided by the events' own times, so events that arrive late, repeated or out of order lead
+    to the same booking. Only an event for a booking never requested is an error.
     """
     if isinstance(event, ev.BookingRequested):
         return state if state is not None else start(event)
@@ -235,80 +296,124 @@ _FORWARD = (
 
 def _advance(state: BookingState, to: Status) -> BookingState:
     """Move forward to ``to`` unless the booking is already there, further, or ended."""
-    if state.is_outcome or _FORWARD.index(state.status) >= _FORWARD.index(to):
+    if state.status in TERMINAL or _FORWARD.index(state.status) >= _FORWARD.index(to):
         return state
     return replace(state, status=to)
 
 
-def _end(state: BookingState, status: Status, reason: str | None) -> BookingState:
-    """Move to an outcome, unless the booking already reached one (the first one wins)."""
-    if state.is_outcome:
+def _end(state: BookingState, status: Status, reason: str | None, e: ev.Event) -> BookingState:
+    """End the booking with ``status``, unless an ending that occurred earlier already did.
+
+    A booking that ended without a recorded time (a state stored before endings were timed)
+    keeps its ending: that is the order it was folded in.
+    """
+    if state.status in TERMINAL and (
+        state.ended_at is None
+        or (state.ended_at, state.ended_by or "") <= (e.occurred_at, e.event_id)
+    ):
         return state
-    return replace(state, status=status, failure_reason=reason)
+    return replace(
+        state,
+        status=status,
+        failure_reason=reason,
+        ended_at=e.occurred_at,
+        ended_by=e.event_id,
+    )
+
+
+def _hold(state: BookingState, hold: Hold, hold_id: str | None) -> BookingState:
+    """Record ``hold`` unless the hold already moved as far or further."""
+    ids = [i for i in (state.hold_id, hold_id) if i is not None]
+    hold_id = min(ids) if ids else None  # one hold per booking; min keeps any order equal
+    if _HOLD_RANK[hold] <= _HOLD_RANK[state.hold]:
+        return state if hold_id == state.hold_id else replace(state, hold_id=hold_id)
+    return replace(state, hold=hold, hold_id=hold_id)
+
+
+def _pay(state: BookingState, payment: Payment, payment_id: str | None) -> BookingState:
+    """Record ``payment`` unless the payment already moved as far or further.
+
+    The payment named is the one the furthest payment event names: an authorization retried
+    after a failed one is the one to void.
+    """
+    rank, current = _PAYMENT_RANK[payment], _PAYMENT_RANK[state.payment]
+    named = state.payment_id
+    if payment_id is not None and (
+        named is None or rank > current or (rank == current and payment_id < named)
+    ):
+        named = payment_id
+    if rank <= current:
+        return state if named == state.payment_id else replace(state, payment_id=named)
+    return replace(state, payment=payment, payment_id=named)
+
+
+def _earliest(current: datetime | None, candidate: datetime) -> datetime:
+    return candidate if current is None else min(current, candidate)
+
+
+_PROVIDER_OUTCOME_RANK: dict[ProviderOutcome, int] = {
+    "rejected": 0,
+    "timed_out": 0,
+    "accepted": 1,
+}
+
+
+def _provider_outcome(state: BookingState, outcome: ProviderOutcome, e: ev.Event) -> BookingState:
+    """Record the provider's outcome: one that ended the wait outranks an accept, and between
+    two of the same rank the earlier wins (a stored outcome without a time stays)."""
+    if state.provider_outcome is not None:
+        if state.provider_outcome_at is None:
+            return state
+        held = (
+            _PROVIDER_OUTCOME_RANK[state.provider_outcome],
+            state.provider_outcome_at,
+            state.provider_outcome,
+        )
+        if held <= (_PROVIDER_OUTCOME_RANK[outcome], e.occurred_at, outcome):
+            return state
+    return replace(state, provider_outcome=outcome, provider_outcome_at=e.occurred_at)
 
 
 def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:
     match e:
         case ev.BookingCancellationRequested():
-            if s.status in TERMINAL:
-                return s
-            return replace(s, status=Status.CANCELLED, failure_reason=e.reason or "cancelled")
+            return _end(s, Status.CANCELLED, e.reason or "cancelled", e)
         case ev.SagaRetryRequested():
             return s
         case ev.ReservationHeld():
-            if s.hold != Hold.NONE:
-                return s
-            return _advance(replace(s, hold=Hold.HELD, hold_id=e.hold_id), Status.RESERVED)
+            return _advance(_hold(s, Hold.HELD, e.hold_id), Status.RESERVED)
         case ev.ReservationRejected():
-            if s.hold != Hold.NONE:
-                return s
-            return _end(replace(s, hold=Hold.REJECTED), Status.REJECTED, e.reason)
+            return _end(_hold(s, Hold.REJECTED, None), Status.REJECTED, e.reason, e)
         case ev.ReservationReleased():
-            return replace(s, hold=Hold.RELEASED) if s.hold in (Hold.HELD, Hold.CONVERTED) else s
+            # A release folded before the hold it released still counts: the hold existed.
+            return _hold(s, Hold.RELEASED, e.hold_id)
         case ev.ReservationConverted():
-            return replace(s, hold=Hold.CONVERTED) if s.hold == Hold.HELD else s
+            return _hold(s, Hold.CONVERTED, e.hold_id)
         case ev.PaymentActionRequired():
-            if s.payment != Payment.NONE:
-                return s
-            action = replace(
-                s,
-                payment=Payment.ACTION_REQUIRED,
-                payment_id=e.payment_id,
-                payment_action_since=e.occurred_at,
+            action = _pay(s, Payment.ACTION_REQUIRED, e.payment_id)
+            since = _earliest(s.payment_action_since, e.occurred_at)
+            return _advance(
+                replace(action, payment_action_since=since), Status.PAYMENT_ACTION_REQUIRED
             )
-            return _advance(action, Status.PAYMENT_ACTION_REQUIRED)
         case ev.PaymentAuthorized():
             # After a failure too: an authorization that still came through (a customer
-            # finishing 3-D Secure late) must be recorded so that it gets voided.
-            if s.payment not in (Payment.NONE, Payment.ACTION_REQUIRED, Payment.FAILED):
-                return s
-            authorized = replace(s, payment=Payment.AUTHORIZED, payment_id=e.payment_id)
-            return _advance(authorized, Status.AWAITING_PROVIDER)
+            # finishing 3-D Secure late) is recorded so that it gets voided.
+            return _advance(_pay(s, Payment.AUTHORIZED, e.payment_id), Status.AWAITING_PROVIDER)
         case ev.PaymentFailed():
-            if s.payment not in (Payment.NONE, Payment.ACTION_REQUIRED):
-                return s
-            failed = replace(s, payment=Payment.FAILED, payment_id=e.payment_id or s.payment_id)
-            return _end(failed, Status.FAILED, f"payment failed: {e.reason}")
+            failed = _pay(s, Payment.FAILED, e.payment_id)
+            return _end(failed, Status.FAILED, f"payment failed: {e.reason}", e)
         case ev.PaymentCaptured():
-            if s.payment != Payment.AUTHORIZED:
-                return s
-            return _advance(replace(s, payment=Payment.CAPTURED), Status.CONFIRMED)
+            captured = _pay(s, Payment.CAPTURED, e.payment_id)
+            captured = replace(captured, captured_at=_earliest(s.captured_at, e.occurred_at))
+            return _advance(captured, Status.CONFIRMED)
         case ev.PaymentCaptureFailed():
-            if s.payment != Payment.AUTHORIZED:
-                return s
-            return _end(
-                replace(s, payment=Payment.CAPTURE_FAILED),
-                Status.FAILED,
-                f"capture failed: {e.reason}",
-            )
+            failed = _pay(s, Payment.CAPTURE_FAILED, e.payment_id)
+            return _end(failed, Status.FAILED, f"capture failed: {e.reason}", e)
         case ev.PaymentVoided():
-            return (
-                replace(s, payment=Payment.VOIDED)
-                if s.payment in MONEY_HELD | {Payment.NONE}
-                else s
-            )
+            # A void succeeds when there was nothing to void, so it may be recorded on NONE.
+            return _pay(s, Payment.VOIDED, e.payment_id)
         case ev.PaymentRefunded():
-            return replace(s, payment=Payment.REFUNDED) if s.payment == Payment.CAPTURED else s
+            return _pay(s, Payment.REFUNDED, e.payment_id)
         case ev.StripeEventReceived():
             return s  # the payment agent turns it into PaymentAuthorized or PaymentFailed
         case ev.NotificationSent() | ev.NotificationFailed():
@@ -316,13 +421,14 @@ def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:
             # dead-lettered, and the saga must not wait on an unreachable inbox.
             return replace(s, notified=s.notified | {e.template})
         case ev.ProviderResponseRequested():
-            if s.provider_deadline_at is not None:
-                return s
-            return replace(s, provider_deadline_at=e.deadline_at)
+            # A deadline once announced is never pushed back by a later request.
+            return replace(s, provider_deadline_at=_earliest(s.provider_deadline_at, e.deadline_at))
         case ev.ProviderAnswerSubmitted():
-            if s.provider_answer is not None:
-                return s
             answer: ProviderAnswer = "accept" if e.decision == "accept" else "reject"
+            if s.provider_answer is not None and s.provider_answered_at is not None:
+                held = (s.provider_answered_at, s.provider_answer, s.provider_answer_reason or "")
+                if held <= (e.occurred_at, answer, e.reason or ""):
+                    return s  # the earliest answer counts
             return replace(
                 s,
                 provider_answer=answer,
@@ -330,22 +436,17 @@ def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:
                 provider_answer_reason=e.reason,
             )
         case ev.ProviderAccepted():
-            if s.provider_outcome is not None:
-                return s
-            return replace(s, provider_outcome="accepted")
+            return _provider_outcome(s, "accepted", e)
         case ev.ProviderRejected():
-            if s.provider_outcome is not None:
-                return s
             return _end(
-                replace(s, provider_outcome="rejected"),
+                _provider_outcome(s, "rejected", e),
                 Status.REJECTED,
                 f"provider rejected: {e.reason}" if e.reason else "provider rejected",
+                e,
             )
         case ev.ProviderTimedOut():
-            if s.provider_outcome is not None:
-                return s
             return _end(
-                replace(s, provider_outcome="timed_out"), Status.EXPIRED, "provider did not answer"
+                _provider_outcome(s, "timed_out", e), Status.EXPIRED, "provider did not answer", e
             )
     raise SagaError(f"no saga rule for {e.event_type}")
 
@@ -461,11 +562,21 @@ def money_settled(s: BookingState, policy: Policy) -> bool:
     """No money is held for a booking that did not (or no longer does) go ahead."""
     if s.payment in MONEY_HELD:
         return False
-    return not (s.payment == Payment.CAPTURED and _should_refund(s, policy))
+    return not refund_owed(s, policy)
 
 
-def _should_refund(s: BookingState, policy: Policy) -> bool:
-    return s.status == Status.CANCELLED and policy.refund_policy == "full"
+def refund_owed(s: BookingState, policy: Policy) -> bool:
+    """Captured money the customer must get back: the booking ended after all.
+
+    The refund policy covers a confirmed booking the customer called off. A booking that ended
+    any other way, or by a cancel that occurred before the capture (it raced the capture, the
+    booking was never confirmed for the customer), is refunded in full.
+    """
+    if s.payment != Payment.CAPTURED or s.status not in TERMINAL:
+        return False
+    if s.status != Status.CANCELLED or policy.refund_policy == "full":
+        return True
+    return s.ended_at is not None and s.captured_at is not None and s.ended_at < s.captured_at
 
 
 def next_actions(
@@ -514,7 +625,11 @@ def _payment(s: BookingState, policy: Policy, now: datetime) -> list[Action]:
         return [CapturePayment(amount=s.price)]
     if s.payment in MONEY_HELD and s.status in TERMINAL:
         return [VoidPayment(reason=s.status.value)]
-    if s.payment == Payment.CAPTURED and _should_refund(s, policy):
+    if s.payment == Payment.NONE and s.status in TERMINAL and s.hold in (Hold.HELD, Hold.RELEASED):
+        # It was reserved, so an authorization was asked for whose answer may never have come
+        # (a timeout, then the cancel): the void finds whatever the gateway created.
+        return [VoidPayment(reason=s.status.value)]
+    if refund_owed(s, policy):
         return [RefundPayment(amount=s.price)]
     return []
 

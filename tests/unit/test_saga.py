@@ -313,9 +313,42 @@ def test_every_status_is_built_from_a_realistic_history() -> None:
 # --- every (status, event type) pair -------------------------------------------------------
 
 # What each event does to (status, hold, payment) from each built status; a status not listed
-# for an event leaves all three unchanged. Out-of-place events (late, repeated, after an
-# outcome) only record facts that still need compensating and never move a booking backwards.
+# for an event leaves all three unchanged. The event occurred after everything folded so far.
+# Each fact only moves forward along its own order (saga.HOLD_ORDER, saga.PAYMENT_ORDER), so a
+# fact folded late still counts; every ending ends a booking not yet ended, a confirmed one
+# included; an ended booking keeps the ending that occurred first.
 ChangeTable = dict[str, dict[Status, tuple[Status, H, P]]]
+_NOT_ENDED = (S.REQUESTED, S.RESERVED, S.PAYMENT_ACTION_REQUIRED, S.AWAITING_PROVIDER, S.CONFIRMED)
+
+
+def _further(order: tuple[Any, ...], before: Any, to: Any) -> Any:
+    """``to`` if it lies further along ``order`` than ``before``, else ``before``."""
+    if to is None:
+        return before
+    return to if order.index(to) > order.index(before) else before
+
+
+def _moves(hold: H | None = None, payment: P | None = None) -> dict[Status, Any]:
+    """A fact: ``hold``/``payment`` move forward where they are not further already."""
+    return {
+        base: (status, hold_after, payment_after)
+        for base, (status, hold_before, payment_before) in BASE.items()
+        for hold_after in [_further(saga.HOLD_ORDER, hold_before, hold)]
+        for payment_after in [_further(saga.PAYMENT_ORDER, payment_before, payment)]
+        if (hold_after, payment_after) != (hold_before, payment_before)
+    }
+
+
+def _ends(ending: Status, payment: P | None = None) -> dict[Status, Any]:
+    """An ending: every booking not yet ended ends with ``ending``; one that ended keeps its
+    ending; ``payment`` moves forward where it is not further already."""
+    table = _moves(payment=payment)
+    for base in _NOT_ENDED:
+        _, hold, payment_before = BASE[base]
+        table[base] = (ending, hold, _further(saga.PAYMENT_ORDER, payment_before, payment))
+    return table
+
+
 CHANGES: ChangeTable = {
     "BookingRequested": {},  # a redelivery: the booking is already started
     "BookingCancellationRequested": {
@@ -328,20 +361,20 @@ CHANGES: ChangeTable = {
     "SagaRetryRequested": {},  # the agents re-run; the state itself does not change
     "ReservationHeld": {
         S.REQUESTED: (S.RESERVED, H.HELD, P.NONE),
+        # Contradicts the rejection, but a seat that is held must be released.
+        S.REJECTED: (S.REJECTED, H.HELD, P.NONE),
     },
     "ReservationRejected": {
         S.REQUESTED: (S.REJECTED, H.REJECTED, P.NONE),
+        # A rejection ends the booking whenever it is folded; a seat held stays to be released.
+        S.RESERVED: (S.REJECTED, H.HELD, P.NONE),
+        S.PAYMENT_ACTION_REQUIRED: (S.REJECTED, H.HELD, P.ACTION_REQUIRED),
+        S.AWAITING_PROVIDER: (S.REJECTED, H.HELD, P.AUTHORIZED),
+        S.CONFIRMED: (S.REJECTED, H.HELD, P.CAPTURED),  # refunded afterwards
     },
-    "ReservationReleased": {
-        status: (status, H.RELEASED, payment)
-        for status, (_, hold, payment) in BASE.items()
-        if hold == H.HELD
-    },
-    "ReservationConverted": {
-        status: (status, H.CONVERTED, payment)
-        for status, (_, hold, payment) in BASE.items()
-        if hold == H.HELD
-    },
+    # A release or conversion folded before the hold it acted on still counts.
+    "ReservationReleased": _moves(hold=H.RELEASED),
+    "ReservationConverted": _moves(hold=H.CONVERTED),
     "PaymentActionRequired": {
         # The payment agent only asks for payment once the seat is held, so this implies a hold
         # even when ReservationHeld (another topic) has not been folded yet.
@@ -364,44 +397,47 @@ CHANGES: ChangeTable = {
         S.REQUESTED: (S.FAILED, H.NONE, P.FAILED),
         S.RESERVED: (S.FAILED, H.HELD, P.FAILED),
         S.PAYMENT_ACTION_REQUIRED: (S.FAILED, H.HELD, P.FAILED),
+        # A failure folded after the authorization it lost to still ends the booking (the
+        # same as when it is folded first); the authorization is voided.
+        S.AWAITING_PROVIDER: (S.FAILED, H.HELD, P.AUTHORIZED),
+        S.CONFIRMED: (S.FAILED, H.HELD, P.CAPTURED),  # refunded afterwards
         S.REJECTED: (S.REJECTED, H.REJECTED, P.FAILED),
         S.CANCELLED: (S.CANCELLED, H.HELD, P.FAILED),
     },
     "PaymentCaptured": {
+        S.REQUESTED: (S.CONFIRMED, H.NONE, P.CAPTURED),
+        S.RESERVED: (S.CONFIRMED, H.HELD, P.CAPTURED),
+        S.PAYMENT_ACTION_REQUIRED: (S.CONFIRMED, H.HELD, P.CAPTURED),
         S.AWAITING_PROVIDER: (S.CONFIRMED, H.HELD, P.CAPTURED),
+        # Captured for a booking that ended: refunded afterwards.
+        S.REJECTED: (S.REJECTED, H.REJECTED, P.CAPTURED),
         S.EXPIRED: (S.EXPIRED, H.HELD, P.CAPTURED),
+        S.CANCELLED: (S.CANCELLED, H.HELD, P.CAPTURED),
+        S.FAILED: (S.FAILED, H.HELD, P.CAPTURED),
     },
-    "PaymentCaptureFailed": {
-        S.AWAITING_PROVIDER: (S.FAILED, H.HELD, P.CAPTURE_FAILED),
-        S.EXPIRED: (S.EXPIRED, H.HELD, P.CAPTURE_FAILED),
-    },
-    "PaymentVoided": {
-        # A void succeeds when there was nothing to void, so it may be recorded on NONE too.
-        status: (status, hold, P.VOIDED)
-        for status, (_, hold, payment) in BASE.items()
-        if payment in (P.NONE, P.ACTION_REQUIRED, P.AUTHORIZED, P.CAPTURE_FAILED)
-    },
-    "PaymentRefunded": {
-        S.CONFIRMED: (S.CONFIRMED, H.HELD, P.REFUNDED),
-    },
+    "PaymentCaptureFailed": _ends(S.FAILED, payment=P.CAPTURE_FAILED),
+    # A void succeeds when there was nothing to void, so it may be recorded on NONE too; it
+    # outranks every payment state but a capture (only a refund gives captured money back).
+    "PaymentVoided": _moves(payment=P.VOIDED),
+    "PaymentRefunded": _moves(payment=P.REFUNDED),
     "StripeEventReceived": {},  # the payment agent turns it into a payment event
     "NotificationSent": {},
     "NotificationFailed": {},
     "ProviderResponseRequested": {},
     "ProviderAnswerSubmitted": {},  # judged by the provider-response agent, not by the fold
     "ProviderAccepted": {},  # confirmed only once the capture succeeds
-    "ProviderRejected": {
-        S.REQUESTED: (S.REJECTED, H.NONE, P.NONE),
-        S.RESERVED: (S.REJECTED, H.HELD, P.NONE),
-        S.PAYMENT_ACTION_REQUIRED: (S.REJECTED, H.HELD, P.ACTION_REQUIRED),
-        S.AWAITING_PROVIDER: (S.REJECTED, H.HELD, P.AUTHORIZED),
-    },
-    "ProviderTimedOut": {
-        S.REQUESTED: (S.EXPIRED, H.NONE, P.NONE),
-        S.RESERVED: (S.EXPIRED, H.HELD, P.NONE),
-        S.PAYMENT_ACTION_REQUIRED: (S.EXPIRED, H.HELD, P.ACTION_REQUIRED),
-        S.AWAITING_PROVIDER: (S.EXPIRED, H.HELD, P.AUTHORIZED),
-    },
+    "ProviderRejected": _ends(S.REJECTED),
+    "ProviderTimedOut": _ends(S.EXPIRED),
+}
+
+# The events that end a booking, and how.
+ENDINGS: dict[str, Status] = {
+    "BookingCancellationRequested": S.CANCELLED,
+    "ReservationRejected": S.REJECTED,
+    "PaymentFailed": S.FAILED,
+    "PaymentCaptureFailed": S.FAILED,
+    "ProviderRejected": S.REJECTED,
+    "ProviderTimedOut": S.EXPIRED,
 }
 
 _RANK = {
@@ -412,41 +448,32 @@ _RANK = {
     S.CONFIRMED: 4,
     **dict.fromkeys(TERMINAL, 5),
 }
-_HOLD_MOVES = {
-    (H.NONE, H.HELD),
-    (H.NONE, H.REJECTED),
-    (H.HELD, H.CONVERTED),
-    (H.HELD, H.RELEASED),
-    (H.CONVERTED, H.RELEASED),
-}
-_PAYMENT_MOVES = {
-    (P.NONE, P.ACTION_REQUIRED),
-    (P.NONE, P.AUTHORIZED),
-    (P.NONE, P.FAILED),
-    (P.NONE, P.VOIDED),
-    (P.ACTION_REQUIRED, P.AUTHORIZED),
-    (P.ACTION_REQUIRED, P.FAILED),
-    (P.ACTION_REQUIRED, P.VOIDED),
-    (P.AUTHORIZED, P.CAPTURED),
-    (P.AUTHORIZED, P.CAPTURE_FAILED),
-    (P.AUTHORIZED, P.VOIDED),
-    (P.CAPTURE_FAILED, P.VOIDED),
-    (P.CAPTURED, P.REFUNDED),
-    (P.FAILED, P.AUTHORIZED),  # a retried authorization after a failed one, to be voided
-}
+_ENDED_WAIT = ("rejected", "timed_out")
 
 
-def assert_forward(before: BookingState, after: BookingState) -> None:
-    """Nothing moves a booking backwards."""
+def assert_forward(before: BookingState, after: BookingState, *, later: bool = True) -> None:
+    """Nothing moves a booking backwards. An event that occurred ``later`` than everything
+    folded so far does not change how an ended booking ended either."""
     assert _RANK[after.status] >= _RANK[before.status]
-    if before.status in TERMINAL:
-        assert after.status == before.status, "the first terminal status wins"
-    assert after.hold == before.hold or (before.hold, after.hold) in _HOLD_MOVES
-    assert after.payment == before.payment or (before.payment, after.payment) in _PAYMENT_MOVES
+    assert saga.HOLD_ORDER.index(after.hold) >= saga.HOLD_ORDER.index(before.hold)
+    assert saga.PAYMENT_ORDER.index(after.payment) >= saga.PAYMENT_ORDER.index(before.payment)
     assert after.notified >= before.notified
-    for name in ("provider_deadline_at", "provider_answer", "provider_outcome", "failure_reason"):
+    for name in ("provider_answer", "provider_outcome", "failure_reason"):
         if getattr(before, name) is not None:
-            assert getattr(after, name) == getattr(before, name), name
+            assert getattr(after, name) is not None, name
+    if before.provider_outcome in _ENDED_WAIT:
+        assert after.provider_outcome in _ENDED_WAIT
+    if before.provider_deadline_at is not None:
+        assert after.provider_deadline_at is not None
+        assert after.provider_deadline_at <= before.provider_deadline_at
+    if later:
+        if before.status in TERMINAL:
+            assert after.status == before.status, "the ending that occurred first wins"
+        for name in ("provider_deadline_at", "provider_answer", "failure_reason"):
+            if getattr(before, name) is not None:
+                assert getattr(after, name) == getattr(before, name), name
+        if before.provider_outcome is not None and after.provider_outcome != "rejected":
+            assert after.provider_outcome in (before.provider_outcome, "timed_out")
 
 
 def _without_counters(state: BookingState) -> BookingState:
@@ -495,10 +522,11 @@ def test_an_event_from_the_past_still_never_moves_a_booking_backwards(
 
     after = evolve(before, event)
 
-    assert (after.status, after.hold, after.payment) == CHANGES[event_type].get(
-        status, BASE[status]
-    )
-    assert_forward(before, after)
+    expected_status, hold, payment = CHANGES[event_type].get(status, BASE[status])
+    if status in TERMINAL and event_type in ENDINGS:
+        expected_status = ENDINGS[event_type]  # it occurred before the ending folded so far
+    assert (after.status, after.hold, after.payment) == (expected_status, hold, payment)
+    assert_forward(before, after, later=False)
     assert after.updated_at == before.updated_at
 
 
@@ -551,13 +579,23 @@ def test_the_first_outcome_folded_wins() -> None:
     assert state.failure_reason == "provider rejected: on holiday"
 
 
-def test_a_second_provider_outcome_is_ignored_after_an_accept() -> None:
+@pytest.mark.parametrize("ending", [ev.ProviderTimedOut, ev.ProviderRejected])
+def test_a_provider_outcome_that_ends_the_wait_outranks_an_accept(
+    ending: type[ev.BookingEvent],
+) -> None:
+    # Folded in either order: the ending is never taken back, so the accept cannot revive the
+    # booking after a void may already have run; the authorization is voided, not captured.
     b, _ = built(S.AWAITING_PROVIDER)
-    b.add(ev.ProviderAccepted)
-    state = b.add(ev.ProviderTimedOut)
-    assert state.status == S.AWAITING_PROVIDER
-    assert state.provider_outcome == "accepted"
-    assert next_actions("payment", state, b.clock) == [CapturePayment(amount=PRICE)]
+    accepted = b.event(ev.ProviderAccepted)
+    ended = b.event(ending)
+    for order in ([accepted, ended], [ended, accepted]):
+        state = fold([*b.events, *order])
+        assert state is not None
+        assert state.status == (S.EXPIRED if ending is ev.ProviderTimedOut else S.REJECTED)
+        assert state.provider_outcome == (
+            "timed_out" if ending is ev.ProviderTimedOut else "rejected"
+        )
+        assert next_actions("payment", state, b.clock) == [VoidPayment(reason=state.status.value)]
 
 
 def test_only_the_first_provider_answer_counts() -> None:
@@ -1065,7 +1103,7 @@ def interleave(events: list[ev.BookingEvent], rng: random.Random) -> list[ev.Boo
     queues: dict[str, list[ev.BookingEvent]] = {}
     for event in rest:
         queues.setdefault(_topic_of(event.event_type), []).append(event)
-    out = [first]
+    out: list[ev.BookingEvent] = [first]
     while queues:
         topic = rng.choice(sorted(queues))
         out.append(queues[topic].pop(0))
