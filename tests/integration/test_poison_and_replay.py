@@ -201,12 +201,16 @@ async def test_poison_messages_park_in_the_dlq_and_replay_completes_the_saga(
     await accept(publisher, db, flowing)
     await eventually(status_becomes(db, flowing, "confirmed"))
 
-    # The stuck booking's payment step tried, retried once, and parked in payment.dlq.
+    # The stuck booking's payment step tried, retried once, and parked in payment.dlq. The
+    # message parked is the one whose handling asked for the authorization: ReservationHeld,
+    # or BookingRequested when the payment agent read `reservations` first (the held seat was
+    # kept until its request came, and the request completed the picture).
     parked = await eventually(lambda: _parked(env, stuck))
     headers = dict(parked["headers"])
     assert parked["topic"] == f"{s.topic_prefix}payment.dlq"
-    assert parked["event_type"] == "ReservationHeld"
-    assert headers[k.H_ORIGIN_TOPIC] == f"{s.topic_prefix}reservations"
+    origin = {"ReservationHeld": "reservations", "BookingRequested": "bookings"}
+    assert parked["event_type"] in origin
+    assert headers[k.H_ORIGIN_TOPIC] == f"{s.topic_prefix}{origin[parked['event_type']]}"
     assert int(headers[k.H_ORIGIN_OFFSET]) >= 0
     assert headers[k.H_ORIGIN_PARTITION].isdigit()
     assert headers[k.H_ATTEMPTS] == "2"
@@ -222,11 +226,11 @@ async def test_poison_messages_park_in_the_dlq_and_replay_completes_the_saga(
     assert poison[k.H_ATTEMPTS] == "1"
 
     # A dry run shows the plan and changes nothing.
-    watched = [f"{s.topic_prefix}reservations", f"{s.topic_prefix}payment.dlq"]
+    watched = [f"{s.topic_prefix}{topic}" for topic in ("bookings", "reservations", "payment.dlq")]
     before = await end_offsets(s, watched)
     dry = erynoa(env, "dlq", "replay", "--booking-id", stuck, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "ReservationHeld" in dry.stdout
+    assert parked["event_type"] in dry.stdout
     assert await end_offsets(s, watched) == before
     assert await db.fetchval("SELECT count(*) FROM dlq_replays") == 0
 
