@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncpg
 
+from erynoa.db import create_pool
 from erynoa.kafka import H_ERROR_CLASS
 from erynoa.settings import Settings
 from faults.client import EXPECTED, SETTLED, Client, Fetch, Ledger, StatusWatch
@@ -114,8 +115,8 @@ async def _row(
         return time.monotonic() - t0
 
     settings = parts.settings
-    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4)
-    assert pool is not None
+    # The project's pool: its connections decode jsonb as the checker expects.
+    pool = await create_pool(settings, min_size=0, max_size=4, command_timeout=10)
     http = HttpPool(parts.local.api_url, size=16, timeout_s=10.0)
     run_id = uuid.uuid4().hex[:8]
     world = worlds.World.build(_profile(timing), f"f{run_id}", 7, datetime.now(UTC))
