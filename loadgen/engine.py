@@ -33,6 +33,7 @@ import contextlib
 import ipaddress
 import logging
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,7 @@ import asyncpg
 from erynoa import saga
 from erynoa.codec import default_codec
 from erynoa.db import create_pool
+from erynoa.invariants.evidence import ClientRequest, RequestKind, RequestOutcome
 from erynoa.kafka import EventPublisher
 from erynoa.saga import OUTCOMES, BookingState, Status
 from erynoa.settings import Settings
@@ -132,6 +134,8 @@ class _Run:
         self.planner = w.Planner(world, seed=(options.seed or 0) + 1)
         self.policy = saga.Policy(refund_policy=settings.refund_policy)
         self.tracked: dict[str, Tracked] = {}
+        # What the run's clients were told, for the invariant checker's rule 8.
+        self.requests: list[ClientRequest] = []
         self.open: set[str] = set()
         self.errors: Counter[str] = Counter()
         self.failed = 0
@@ -186,18 +190,40 @@ class _Run:
             booking_id = await self.gateway.request(plan)
         except RequestFailed as exc:
             self._fail(exc.kind)
+            # An HTTP answer (503, 429, 4xx) says nothing was changed; a timeout says nothing.
+            answered = re.search(r" [45]\d\d\b", exc.kind) is not None
+            self._record_create(plan, None, "refused" if answered else "unknown", sent_at)
             self.open_slots.release()
             return
         except Exception as exc:  # e.g. a Kafka error: counted, never fatal to the run
             self._fail(f"{self.gateway.via} request {type(exc).__name__}")
             log.debug("request failed", exc_info=True)
+            self._record_create(plan, None, "unknown", sent_at)
             self.open_slots.release()
             return
         finally:
             self.wire.release()
             self.pending_submits -= 1
         self.tracked[booking_id] = Tracked(plan, booking_id, sent_at, time.time())
+        self._record_create(plan, booking_id, "acknowledged", sent_at)
         self.open.add(booking_id)
+
+    def _record_create(
+        self, plan: w.Planned, booking_id: str | None, outcome: RequestOutcome, sent_at: float
+    ) -> None:
+        self.requests.append(
+            ClientRequest(
+                "create",
+                f"create-{plan.index}",
+                outcome,
+                datetime.now(UTC),
+                booking_id=booking_id,
+                customer_id=plan.customer_id,
+                service_id=plan.service.id,
+                slot_start=plan.slot_start,
+                sent_at=datetime.fromtimestamp(sent_at, UTC),
+            )
+        )
 
     def _fail(self, kind: str) -> None:
         self.failed += 1
@@ -294,13 +320,26 @@ class _Run:
             self._spawn(action())
 
     async def _after_delay(
-        self, tracked: Tracked, operation: Callable[[], Awaitable[None]]
+        self,
+        tracked: Tracked,
+        operation: Callable[[], Awaitable[None]],
+        kind: RequestKind | None = None,
     ) -> None:
         if tracked.plan.reaction_delay_s > 0:
             await asyncio.sleep(tracked.plan.reaction_delay_s)
         async with self.wire:
             try:
                 await operation()
+                if kind is not None:
+                    self.requests.append(
+                        ClientRequest(
+                            kind,
+                            f"{kind}-{tracked.booking_id}",
+                            "acknowledged",
+                            datetime.now(UTC),
+                            booking_id=tracked.booking_id,
+                        )
+                    )
             except RequestFailed as exc:
                 self.errors[exc.kind] += 1
             except Exception as exc:
@@ -310,12 +349,14 @@ class _Run:
     async def _answer(self, tracked: Tracked, decision: str) -> None:
         provider = tracked.plan.service.provider_id
         await self._after_delay(
-            tracked, lambda: self.api.answer(tracked.booking_id, provider, decision)
+            tracked,
+            lambda: self.api.answer(tracked.booking_id, provider, decision),
+            "accept" if decision == "accept" else "reject",
         )
 
     async def _cancel(self, tracked: Tracked) -> None:
         await self._after_delay(
-            tracked, lambda: self.gateway.cancel(tracked.booking_id, tracked.plan)
+            tracked, lambda: self.gateway.cancel(tracked.booking_id, tracked.plan), "cancel"
         )
 
     async def _complete_action(self, tracked: Tracked, payment_id: str) -> None:
@@ -512,7 +553,9 @@ async def run(
         )
         report = await analyze(pool, data, default_codec())
         if options.check_invariants and data.tracked:
-            report.invariants = await _invariants(pool, list(data.tracked), settings)
+            report.invariants = await _invariants(
+                pool, list(data.tracked), settings, state.requests
+            )
         return report
     finally:
         if lag is not None:
@@ -538,13 +581,17 @@ def _with_seed(options: RunOptions, seed: int) -> RunOptions:
 
 
 async def _invariants(
-    pool: asyncpg.Pool, booking_ids: list[str], settings: Settings
+    pool: asyncpg.Pool,
+    booking_ids: list[str],
+    settings: Settings,
+    requests: list[ClientRequest],
 ) -> dict[str, Any]:
-    """Run the invariant checker (``erynoa.invariants``) over the run's bookings."""
+    """Run the invariant checker (``erynoa.invariants``) over the run's bookings and what its
+    clients were told."""
     from erynoa.invariants import check_invariants
 
     policy = saga.Policy(refund_policy=settings.refund_policy)
-    violations = await check_invariants(pool, booking_ids, policy=policy)
+    violations = await check_invariants(pool, booking_ids, policy=policy, requests=requests)
     return {
         "checked": True,
         "error": None,

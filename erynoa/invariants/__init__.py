@@ -43,7 +43,8 @@ from erynoa.invariants.rules import (
     evaluate,
     fold_log,
 )
-from erynoa.topics import TopicCatalog
+from erynoa.settings import Settings
+from erynoa.topics import TopicCatalog, load_catalog
 
 __all__ = [
     "AgentView",
@@ -85,13 +86,17 @@ async def check_invariants(
 ) -> list[Violation]:
     """Every violation of invariants 1-9 for ``booking_ids`` (empty when all hold).
 
-    The optional evidence widens what is judged: ``catalog`` the agents' states and processed
-    events, ``requests`` what clients were told, ``received`` what receivers got
-    (``read_maildir``), ``parked`` the dead-letter topics (``read_parked``), ``intents``
-    Stripe's PaymentIntents (``stripe_intents``). ``materializer``: whether one ran (by
-    default: when ``events`` are not given).
+    ``catalog`` says which agent consumes what (``topics.yaml`` by default), for the agents'
+    states and processed events. The optional evidence widens what is judged: ``requests`` what
+    clients were told, ``received`` what receivers got (``read_maildir``), ``parked`` the
+    dead-letter topics (``read_parked``), ``intents`` Stripe's PaymentIntents
+    (``stripe_intents``). ``materializer``: whether one ran (by default: when ``events`` are
+    not given).
     """
     ids = list(booking_ids)
+    if catalog is None:
+        # Only which agent consumes which event types is read: no environment or prefix needed.
+        catalog = load_catalog(Settings().topics_file)
     evidence = await gather(
         pool,
         ids,

@@ -105,7 +105,8 @@ class ClientRequest:
     ``acknowledged``: 202 (or a verified webhook's 2xx); ``refused``: the API said nothing
     changed (503, 4xx); ``unknown``: no answer (timeout, dropped connection). ``at`` is when it
     ended (the acknowledgement's time). ``customer_id``/``service_id``/``slot_start``/
-    ``idempotency_key`` describe a create, so duplicate bookings can be counted.
+    ``idempotency_key`` (and ``sent_at``) describe a create, so duplicate bookings can be
+    counted.
     """
 
     kind: RequestKind
@@ -117,6 +118,8 @@ class ClientRequest:
     service_id: str | None = None
     slot_start: datetime | None = None
     idempotency_key: str | None = None
+    sent_at: datetime | None = None
+    """When its first attempt left: bookings requested earlier are not its duplicates."""
 
 
 @dataclass(frozen=True)

@@ -597,7 +597,8 @@ def _duplicates(
     """More bookings for (customer, service, slot, idempotency key) than create requests that
     may have taken effect (acknowledged, or unanswered)."""
     Key = tuple[str, str, datetime, str | None]
-    may_have: dict[Key, set[str]] = defaultdict(set)
+    may_have: dict[Key, set[str]] = {}
+    first_sent: dict[Key, datetime] = {}
     for r in requests:
         if r.kind != "create" or r.customer_id is None or r.service_id is None:
             continue
@@ -607,12 +608,14 @@ def _duplicates(
         may_have.setdefault(key, set())
         if r.outcome != "refused":
             may_have[key].add(r.request_key)
+        if r.sent_at is not None:
+            first_sent[key] = min(first_sent.get(key, r.sent_at), r.sent_at)
     bookings: dict[Key, set[str]] = defaultdict(set)
     for b, log in logs.items():
         for e in log:
             if isinstance(e, ev.BookingRequested):
                 key = (e.customer_id, str(e.service_id), e.slot_start, e.idempotency_key)
-                if key in may_have:
+                if key in may_have and (key not in first_sent or e.occurred_at >= first_sent[key]):
                     bookings[key].add(b)
     out: list[Violation] = []
     for key, found in sorted(bookings.items(), key=lambda kv: sorted(kv[1])):

@@ -698,8 +698,14 @@ def test_8_a_duplicate_booking_from_one_create_request() -> None:
     violations = evaluate(evidence, [B], NOW)
     assert rules(violations) == {8}
     assert "2 bookings of alice" in violations[0].message
+    # A booking of the same seat from before the client's request is not its duplicate.
+    evidence.requests = [replace(r, sent_at=T0 + timedelta(seconds=1)) for r in evidence.requests]
+    later = replace(evidence.events[B][0], occurred_at=T0 + timedelta(milliseconds=1500))
+    evidence.events[B] = [later, *evidence.events[B][1:]]
+    evidence.read_model[B] = row_of(fold_log(evidence.events[B]))  # type: ignore[arg-type]
+    assert rules(evaluate(evidence, [B], NOW)) == set()
     # Two create requests (two seats wanted): two bookings are right.
-    evidence.requests.append(created(B2, "r2"))
+    evidence.requests = [created(B, "r1"), created(B2, "r2")]
     assert rules(evaluate(evidence, [B], NOW)) == set()
 
 
