@@ -625,10 +625,6 @@ def _payment(s: BookingState, policy: Policy, now: datetime) -> list[Action]:
         return [CapturePayment(amount=s.price)]
     if s.payment in MONEY_HELD and s.status in TERMINAL:
         return [VoidPayment(reason=s.status.value)]
-    if s.payment == Payment.NONE and s.status in TERMINAL and s.hold in (Hold.HELD, Hold.RELEASED):
-        # It was reserved, so an authorization was asked for whose answer may never have come
-        # (a timeout, then the cancel): the void finds whatever the gateway created.
-        return [VoidPayment(reason=s.status.value)]
     if refund_owed(s, policy):
         return [RefundPayment(amount=s.price)]
     return []
