@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from erynoa import saga
 from erynoa.events import Money
-from erynoa.invariants import agent_views, read_maildir
+from erynoa.invariants import PaymentIntent, agent_views, read_maildir, stripe_intents
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
 from streams.notification import SmtpSender, compose
@@ -65,3 +68,62 @@ def test_each_agent_folds_what_topics_yaml_has_it_consume() -> None:
     assert "BookingRequested" in views["provider-response"].consumes
     assert "NotificationSent" not in views["provider-response"].consumes
     assert "ReservationHeld" in views["payment"].consumes
+
+
+class _Page:
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+
+    async def auto_paging_iter(self) -> AsyncIterator[dict[str, Any]]:
+        for item in self.items:
+            yield item
+
+
+class _Intents:
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+        self.params: dict[str, Any] = {}
+
+    async def list_async(self, params: dict[str, Any]) -> _Page:
+        self.params = params
+        return _Page(self.items)
+
+
+class FakeStripe:
+    """The part of ``stripe.StripeClient`` the evidence reads: ``v1.payment_intents``."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.v1 = SimpleNamespace(payment_intents=_Intents(items))
+
+
+def intent(
+    pi: str, booking: str, status: str, received: int = 0, refunded: int = 0
+) -> dict[str, Any]:
+    return {
+        "id": pi,
+        "metadata": {"booking_id": booking},
+        "status": status,
+        "amount": 4500,
+        "amount_capturable": 4500 if status == "requires_capture" else 0,
+        "amount_received": received,
+        "latest_charge": {"amount_refunded": refunded},
+    }
+
+
+async def test_stripe_intents_are_every_intent_of_the_booking_by_its_metadata() -> None:
+    since = datetime(2026, 6, 1, tzinfo=UTC)
+    client = FakeStripe(
+        [
+            intent("pi_1", B, "succeeded", received=4500, refunded=4500),
+            intent("pi_2", B, "requires_capture"),  # one the log never heard of
+            intent("pi_3", OTHER, "succeeded", received=4500),
+        ]
+    )
+    found = await stripe_intents(client, [B], since)
+    assert found == {
+        B: [
+            PaymentIntent(B, "pi_1", "succeeded", 4500, 0, 4500, 4500),
+            PaymentIntent(B, "pi_2", "requires_capture", 4500, 4500, 0, 0),
+        ]
+    }
+    assert client.v1.payment_intents.params["created"] == {"gte": int(since.timestamp())}
