@@ -495,9 +495,7 @@ async def _answer(
     event_id = ev.derived_event_id(str(booking_id), "api.provider-answer")
     retry = "repeating the same answer is safe (it is taken once)"
     async with committing(retry, booking_id=str(booking_id)), conn.transaction():
-        previous = await conn.fetchval(
-            "SELECT decision FROM provider_answers WHERE booking_id = $1", booking_id
-        )
+        previous = await _answer_given(conn, booking_id)
         if previous is not None:
             if previous == decision:
                 # The same answer again (a retry): accepted already, nothing more to publish.
@@ -540,8 +538,18 @@ async def _answer(
                 code="DEADLINE_PASSED",
                 deadline_at=deadline.astimezone(UTC).isoformat(),
             )
-        if answered["submitted_at"] is None:  # a concurrent answer won the race
-            raise conflict("the provider already answered", code="ALREADY_ANSWERED")
+        if answered["submitted_at"] is None:
+            # A concurrent answer won the race (its row is committed now): judged like a repeat.
+            winner = await _answer_given(conn, booking_id)
+            if winner == decision:
+                return accepted(
+                    poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE
+                )
+            raise conflict(
+                f"the provider already answered {winner!r}",
+                code="ALREADY_ANSWERED",
+                decision=winner,
+            )
         event = ev.make(
             ev.ProviderAnswerSubmitted,
             booking_id=str(booking_id),
@@ -557,6 +565,13 @@ async def _answer(
         await queue(conn, submitted)
     outbox.publish_soon(submitted)
     return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)
+
+
+async def _answer_given(conn: asyncpg.Connection, booking_id: uuid.UUID) -> str | None:
+    decision: str | None = await conn.fetchval(
+        "SELECT decision FROM provider_answers WHERE booking_id = $1", booking_id
+    )
+    return decision
 
 
 _ACTION_RESPONSES = {

@@ -342,3 +342,24 @@ async def test_an_accepts_event_occurred_when_postgresql_recorded_the_answer(
         assert answer.event.occurred_at == submitted_at
     finally:
         await answers.stop()
+
+
+async def test_concurrent_identical_answers_are_all_accepted_and_published_once(
+    private: PrivateApi,
+) -> None:
+    actors = await private.actors()
+    answers = await private.probe("provider-answers")
+    try:
+        booking_id = await insert_booking(private.pool, actors, "awaiting_provider")
+        responses = await asyncio.gather(
+            *(
+                private.http.post(f"/bookings/{booking_id}/accept", headers=actors.provider_auth)
+                for _ in range(5)
+            )
+        )
+        assert [r.status_code for r in responses] == [202] * 5, [r.text for r in responses]
+        await private.outbox_drained(booking_id)
+        published = of_booking(await answers.events(), booking_id, ev.ProviderAnswerSubmitted)
+        assert [s.event.decision for s in published] == ["accept"]
+    finally:
+        await answers.stop()
