@@ -304,8 +304,8 @@ def _advance(state: BookingState, to: Status) -> BookingState:
 def _end(state: BookingState, status: Status, reason: str | None, e: ev.Event) -> BookingState:
     """End the booking with ``status``, unless an ending that occurred earlier already did.
 
-    A booking that ended without a recorded time (a state stored before endings were timed)
-    keeps its ending: that is the order it was folded in.
+    A stored state that ended without a recorded time keeps its ending: nothing says which
+    occurred first, and keeping it never moves the booking.
     """
     if state.status in TERMINAL and (
         state.ended_at is None
