@@ -54,7 +54,7 @@ class StackPaths:
 class Service:
     """One background service. Subclasses say how to prepare, run and probe it."""
 
-    name: ClassVar[str]
+    name: str  # a class attribute; one of several instances (a cluster's nodes) may set its own
     port_settings: ClassVar[tuple[str, ...]]  # the Settings fields of its ports, clients' first
     optional: ClassVar[bool] = False
     stop_signal: ClassVar[signal.Signals] = signal.SIGTERM

@@ -1,4 +1,8 @@
-"""``erynoa stack up|down|status|logs|clean``: the local stack from the command line.
+"""``erynoa stack up|down|stop|status|env|logs|clean``: the local stack from the command line.
+
+    erynoa stack up --brokers 3       a three-broker Kafka cluster (KRaft), not one node
+    erynoa stack stop kafka-2 --kill  kill -9 one broker, data kept (`up` restarts it)
+    eval "$(erynoa stack env)"        every broker's address and the topics' environment
 
 Expected failures (a busy port, a missing tool, a service that does not become healthy) end
 with a short message and exit code 1, never a traceback.
@@ -44,9 +48,46 @@ def _run(action: Callable[[Settings], None]) -> None:
 
 
 @stack_app.command()
-def up() -> None:
+def up(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Only these services (kafka: every broker); default all.", metavar="[SERVICE]"
+        ),
+    ] = None,
+    brokers: Annotated[
+        int | None,
+        typer.Option(
+            help="Kafka brokers on a fresh state dir (3: a KRaft cluster, 512 MiB heap each); "
+            "later the number it was set up with.",
+            min=1,
+        ),
+    ] = None,
+) -> None:
     """Start every service not yet running and wait until all are healthy."""
-    _run(lambda settings: manager.up(settings, typer.echo))
+    _run(lambda settings: manager.up(settings, typer.echo, brokers=brokers, only=names))
+
+
+@stack_app.command()
+def stop(
+    names: Annotated[
+        list[str], typer.Argument(help="The services, e.g. kafka-2.", metavar="SERVICE")
+    ],
+    kill: Annotated[
+        bool, typer.Option("--kill", help="SIGKILL at once, as a crash would (kill -9).")
+    ] = False,
+) -> None:
+    """Stop the named services only (`erynoa stack up` starts them again)."""
+    _run(lambda settings: manager.stop(settings, typer.echo, names, kill=kill))
+
+
+@stack_app.command()
+def env() -> None:
+    """Print `export` lines for clients of this stack: every broker's address, and the
+    topics' environment (production, replication 3, from three brokers on)."""
+    settings = _settings()
+    for key, value in manager.client_env(settings).items():
+        typer.echo(f"export {key}={value}")
 
 
 @stack_app.command()

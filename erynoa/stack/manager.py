@@ -1,8 +1,11 @@
 """Bring the local stack up and down, and report on it.
 
 Services start in order (each prepared first: downloads, initdb, storage format), then are
-waited for together until healthy. ``up`` on a running stack changes nothing; a failing ``up``
-stops what it started. ``down`` stops every process group and checks the ports are closed.
+waited for together until healthy. ``up`` on a running stack changes nothing, and starts
+whatever is down (one killed broker, say); a failing ``up`` stops what it started. ``down``
+stops every process group and checks the ports are closed; ``stop`` stops (or kills) named
+services only. Kafka is one node (``kafka``) or a cluster (``kafka-1`` .. ``kafka-N``, see
+:mod:`erynoa.stack.kafka`).
 """
 
 from __future__ import annotations
@@ -10,13 +13,13 @@ from __future__ import annotations
 import fcntl
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from erynoa.settings import Settings
-from erynoa.stack import procs
+from erynoa.stack import kafka, procs
 from erynoa.stack.base import Echo, Service, StackError, StackPaths, Unavailable, last_lines
 from erynoa.stack.kafka import Kafka
 from erynoa.stack.mail import MailSink
@@ -25,19 +28,54 @@ from erynoa.stack.redis import Redis
 from erynoa.stack.stripe_mock import StripeMock
 
 SERVICES: tuple[type[Service], ...] = (Kafka, Postgres, Redis, StripeMock, MailSink)
+# The services of a stack with one Kafka node (a cluster names its nodes kafka-1 .. kafka-N).
 SERVICE_NAMES: tuple[str, ...] = tuple(cls.name for cls in SERVICES)
+MAX_BROKERS = 5
 
 
-def services(settings: Settings) -> list[Service]:
+def services(settings: Settings, brokers: int | None = None) -> list[Service]:
+    """The stack's services, with ``brokers`` Kafka nodes (default: as the state dir has)."""
     paths = StackPaths.from_settings(settings)
-    return [cls(settings, paths) for cls in SERVICES]
+    nodes = brokers or kafka.recorded_brokers(paths) or 1
+    found: list[Service] = []
+    for cls in SERVICES:
+        if cls is Kafka:
+            found += [Kafka(settings, paths, node, nodes) for node in range(1, nodes + 1)]
+        else:
+            found.append(cls(settings, paths))
+    return found
+
+
+def _select(all_services: list[Service], names: Sequence[str] | None) -> list[Service]:
+    """The services named (``kafka`` means every Kafka node), in start order."""
+    if not names:
+        return all_services
+    known = [svc.name for svc in all_services]
+    unknown = [n for n in names if n not in known and n != "kafka"]
+    if unknown:
+        raise StackError(
+            f"no service {', '.join(map(repr, unknown))}; the services are {', '.join(known)}"
+        )
+    return [
+        svc
+        for svc in all_services
+        if svc.name in names or ("kafka" in names and isinstance(svc, Kafka))
+    ]
 
 
 def service(settings: Settings, name: str) -> Service:
-    for svc in services(settings):
-        if svc.name == name:
-            return svc
-    raise StackError(f"no service {name!r}; the services are {', '.join(SERVICE_NAMES)}")
+    return _select(services(settings), [name])[0]
+
+
+def client_env(settings: Settings) -> dict[str, str]:
+    """The ERYNOA_* settings a client of this stack's Kafka needs (every broker's address,
+    and the topics' environment: ``production`` from three brokers on)."""
+    paths = StackPaths.from_settings(settings)
+    brokers = kafka.recorded_brokers(paths) or 1
+    return {
+        "ERYNOA_KAFKA_BOOTSTRAP": kafka.bootstrap_servers(settings, brokers),
+        "ERYNOA_TOPICS_ENVIRONMENT": "production" if brokers >= 3 else "local",
+    }
 
 
 @dataclass(frozen=True)
@@ -144,15 +182,39 @@ def _stop(svc: Service, record: procs.PidRecord, echo: Echo) -> list[str]:
     return problems
 
 
-def up(settings: Settings, echo: Echo) -> None:
-    """Start every service that is not running and wait until all are healthy."""
+def _choose_brokers(paths: StackPaths, brokers: int | None) -> int:
+    recorded = kafka.recorded_brokers(paths)
+    if brokers is None:
+        return recorded or 1
+    if not 1 <= brokers <= MAX_BROKERS:
+        raise StackError(f"--brokers must be between 1 and {MAX_BROKERS}, not {brokers}")
+    if recorded is not None and recorded != brokers:
+        raise StackError(
+            f"the stack in {paths.state_dir} has {recorded} Kafka broker(s), not {brokers}: "
+            "run `erynoa stack clean` first (deletes its data) or use another ERYNOA_STATE_DIR"
+        )
+    return brokers
+
+
+def up(
+    settings: Settings,
+    echo: Echo,
+    brokers: int | None = None,
+    only: Sequence[str] | None = None,
+) -> None:
+    """Start every service that is not running (or those ``only`` names) and wait until all
+    are healthy; ``brokers`` Kafka nodes on a fresh state dir (later: as it was set up)."""
     paths = StackPaths.from_settings(settings)
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     with _locked(paths, echo):
+        nodes = _choose_brokers(paths, brokers)
+        chosen = _select(services(settings, nodes), only)
+        if nodes > 1:
+            kafka.record_cluster(paths, nodes)
         started: list[tuple[Service, procs.PidRecord]] = []
         waiting: list[tuple[Service, procs.PidRecord, float]] = []
         try:
-            for svc in services(settings):
+            for svc in chosen:
                 record = _running(svc)
                 if record is not None:
                     echo(f"{svc.name}: already running (pid {record.pid})")
@@ -175,12 +237,50 @@ def up(settings: Settings, echo: Echo) -> None:
                 waiting.append((svc, record, time.monotonic()))
                 echo(f"{svc.name}: starting (pid {record.pid}, log {svc.log_path})")
             _wait_healthy(waiting, echo)
+            if nodes > 1 and any(isinstance(svc, Kafka) for svc in chosen):
+                env = " ".join(f"{k}={v}" for k, v in client_env(settings).items())
+                echo(
+                    f"kafka: {nodes} brokers; clients need {env} "
+                    '(eval "$(erynoa stack env)"), then `erynoa topics apply`'
+                )
         except BaseException:
             for svc, record in reversed(started):
                 if _leftovers(svc) is not None:
                     _stop(svc, record, echo)
                 svc.pid_path.unlink(missing_ok=True)
             raise
+
+
+def _stop_all(chosen: list[Service], echo: Echo, kill: bool = False) -> None:
+    problems: list[str] = []
+    running = [(svc, _leftovers(svc)) for svc in reversed(chosen)]
+    nodes = [(s, r) for s, r in running if r is not None and isinstance(s, Kafka)]
+    if len(nodes) > 1 and not kill:
+        # Together: a node stopped after the others would wait in its controlled shutdown
+        # for a controller quorum that has already gone.
+        for node, started in nodes:
+            procs.signal_group(started.pid, node.stop_signal)
+    for svc, record in running:
+        if record is None:
+            echo(f"{svc.name}: not running")
+            svc.pid_path.unlink(missing_ok=True)
+        elif kill:
+            procs.kill_all(record.pid, procs.members(record.pid))
+            svc.pid_path.unlink(missing_ok=True)
+            echo(f"{svc.name}: killed (pid {record.pid}, SIGKILL)")
+        else:
+            problems += _stop(svc, record, echo)
+    if problems:
+        raise StackError("; ".join(problems))
+
+
+def stop(settings: Settings, echo: Echo, names: Sequence[str], kill: bool = False) -> None:
+    """Stop the named services only; ``kill``: SIGKILL at once, as a crash would (``up``
+    starts them again, on their data as the crash left it)."""
+    paths = StackPaths.from_settings(settings)
+    chosen = _select(services(settings), names)
+    with _locked(paths, echo):
+        _stop_all(chosen, echo, kill)
 
 
 def down(settings: Settings, echo: Echo) -> None:
@@ -190,16 +290,7 @@ def down(settings: Settings, echo: Echo) -> None:
         echo(f"nothing to stop: no state dir {paths.state_dir}")
         return
     with _locked(paths, echo):
-        problems: list[str] = []
-        for svc in reversed(services(settings)):
-            record = _leftovers(svc)
-            if record is None:
-                echo(f"{svc.name}: not running")
-                svc.pid_path.unlink(missing_ok=True)
-            else:
-                problems += _stop(svc, record, echo)
-        if problems:
-            raise StackError("; ".join(problems))
+        _stop_all(services(settings), echo)
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
@@ -229,7 +320,8 @@ def clean(settings: Settings, echo: Echo) -> None:
     doomed += [
         paths.state_dir / name for name in ("kafka", "postgres", "redis", "mail", "logs", "run")
     ]
-    doomed.append(paths.state_dir / "postgres.location")
+    doomed += sorted(paths.state_dir.glob("kafka-[0-9]*"))
+    doomed += [paths.state_dir / "postgres.location", paths.state_dir / kafka.CLUSTER_FILE]
     for path in doomed:
         if path.is_dir():
             shutil.rmtree(path)
