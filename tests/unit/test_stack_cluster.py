@@ -94,7 +94,7 @@ def test_up_refuses_another_broker_count_than_the_state_dir_has(tmp_path: Path) 
 def test_unknown_service_names_are_refused_with_the_known_ones(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     record_cluster(StackPaths.from_settings(settings), 3)
-    with pytest.raises(StackError, match="no service 'kafka-4'.*kafka-1, kafka-2, kafka-3"):
+    with pytest.raises(StackError, match=r"no service 'kafka-4'.*kafka-1, kafka-2, kafka-3"):
         manager.stop(settings, lambda line: None, ["kafka-4"])
 
 
