@@ -16,8 +16,9 @@ from erynoa.stack.base import StackError, StackPaths
 from erynoa.stack.kafka import Kafka, record_cluster, recorded_brokers
 
 
-def _settings(tmp_path: Path, **extra: object) -> Settings:
-    return Settings(state_dir=tmp_path, kafka_port=30000, kafka_controller_port=30001, **extra)
+def _settings(tmp_path: Path, **extra: str) -> Settings:
+    base = Settings(state_dir=tmp_path, kafka_port=30000, kafka_controller_port=30001)
+    return base.model_copy(update=extra) if extra else base
 
 
 def _kafka_nodes(settings: Settings, brokers: int | None = None) -> list[Kafka]:
