@@ -16,7 +16,7 @@ import asyncpg
 
 from erynoa.settings import Settings
 from faults.client import Client
-from faults.private import Echo, Parts, PrivateStack, wait_until
+from faults.private import Echo, Parts, PrivateStack, supports_brokers, wait_until
 from loadgen.profile import DEFAULT_PAYMENT_METHOD
 
 # How long a killed part may take to say it is ready again.
@@ -38,6 +38,7 @@ class Fault:
     name: str = ""
     title: str = ""
     hold_s: float = 0.0
+    brokers: int = 1  # the Kafka cluster the row needs
 
     def skip_reason(self, settings: Settings) -> str | None:
         """Why this row cannot run here (None: it can)."""
@@ -79,22 +80,26 @@ class BrokerKilled(Fault):
 
 
 class OneOfThreeBrokers(Fault):
+    """On a three-broker cluster (replication 3, min ISR 2): one broker killed, back later."""
+
     name = "broker-of-3"
     title = "one of three brokers kill -9, back after 60 s"
+    brokers = 3
+    victim = "kafka-2"
 
     def __init__(self, seconds: float = 60.0) -> None:
         self.hold_s = seconds
 
     def skip_reason(self, settings: Settings) -> str | None:
-        if not any(f in type(settings).model_fields for f in ("kafka_brokers", "brokers")):
+        if not supports_brokers():
             return "skipped: needs --brokers 3 support in erynoa.stack"
-        return "skipped: the harness does not yet drive a 3-broker stack"
+        return None
 
     async def start(self, target: Target) -> None:
-        raise NotImplementedError
+        await asyncio.to_thread(target.stack.kill9, self.victim)
 
     async def end(self, target: Target) -> None:
-        raise NotImplementedError
+        await asyncio.to_thread(target.stack.up)
 
 
 class ServiceStopped(Fault):

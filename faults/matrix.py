@@ -31,7 +31,16 @@ from erynoa.kafka import H_ERROR_CLASS
 from erynoa.settings import Settings
 from faults.client import EXPECTED, SETTLED, Client, Fetch, Ledger, StatusWatch
 from faults.injectors import Fault, Target
-from faults.private import Echo, Parts, PrivateStack, answers, private_settings, wait_until
+from faults.private import (
+    PORT_OFFSET,
+    STATE_DIR,
+    Echo,
+    Parts,
+    PrivateStack,
+    answers,
+    private_settings,
+    wait_until,
+)
 from faults.report import RowResult, Second
 from loadgen import world as worlds
 from loadgen.clients import HttpPool, Tokens
@@ -71,27 +80,44 @@ def run_matrix(
             runnable.append(fault)
         else:
             results[fault.name] = RowResult(fault.name, fault.title, skipped=reason)
-    if runnable:
-        stack = PrivateStack(private_settings(base), echo)
-        parts: Parts | None = None
-        try:
-            echo(f"faults: private stack in {stack.settings.state_dir}")
-            stack.up()
-            parts = Parts(stack, log_dir, rate_limit_per_minute=100_000_000)
-            echo(f"faults: starting the system (logs in {log_dir})")
-            parts.start()
-            for fault in runnable:
-                echo(f"faults: row {fault.name}: {fault.title}")
-                results[fault.name] = asyncio.run(_row(fault, stack, parts, timing, echo))
-                echo(f"faults: row {fault.name} done")
-        finally:
-            echo("faults: tearing down the private system and stack")
-            try:
-                if parts is not None:
-                    parts.stop()
-            finally:
-                stack.down()
+    for brokers in sorted({f.brokers for f in runnable}):
+        group = [f for f in runnable if f.brokers == brokers]
+        # A cluster gets its own state dir and ports: a state dir keeps its broker count.
+        state_dir = (
+            STATE_DIR if brokers == 1 else STATE_DIR.with_name(f"{STATE_DIR.name}-{brokers}")
+        )
+        settings = private_settings(base, state_dir, PORT_OFFSET * (1 if brokers == 1 else 2))
+        results.update(
+            _run_group(group, PrivateStack(settings, echo, brokers), timing, log_dir, echo)
+        )
     return [results[f.name] for f in faults]
+
+
+def _run_group(
+    faults: list[Fault], stack: PrivateStack, timing: Timing, log_dir: Path, echo: Echo
+) -> dict[str, RowResult]:
+    results: dict[str, RowResult] = {}
+    parts: Parts | None = None
+    try:
+        echo(f"faults: private stack in {stack.settings.state_dir} ({stack.brokers} broker(s))")
+        stack.up()
+        parts = Parts(
+            stack, log_dir / f"brokers-{stack.brokers}", rate_limit_per_minute=100_000_000
+        )
+        echo(f"faults: starting the system (logs in {parts.local.log_dir})")
+        parts.start()
+        for fault in faults:
+            echo(f"faults: row {fault.name}: {fault.title}")
+            results[fault.name] = asyncio.run(_row(fault, stack, parts, timing, echo))
+            echo(f"faults: row {fault.name} done")
+    finally:
+        echo("faults: tearing down the private system and stack")
+        try:
+            if parts is not None:
+                parts.stop()
+        finally:
+            stack.down()
+    return results
 
 
 def _profile(timing: Timing) -> Profile:

@@ -11,6 +11,7 @@ database, its own API port.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from erynoa.settings import PROJECT_ROOT, Settings
 from erynoa.stack import manager, procs
@@ -57,12 +59,18 @@ def private_settings(
     )
 
 
+def supports_brokers() -> bool:
+    """Whether ``erynoa.stack`` can bring up a several-broker cluster."""
+    return "brokers" in inspect.signature(manager.up).parameters and hasattr(manager, "client_env")
+
+
 class PrivateStack:
     """Up, down, and breaking one service of the harness's own stack."""
 
-    def __init__(self, settings: Settings, echo: Echo) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, echo: Echo, brokers: int = 1) -> None:
+        self.brokers = brokers
         self.echo = echo
+        self.settings = settings
 
     def up(self) -> None:
         state = self.settings.state_dir
@@ -70,7 +78,18 @@ class PrivateStack:
         ignore = state / ".gitignore"
         if not ignore.exists():
             ignore.write_text("*\n")
-        manager.up(self.settings, self.echo)
+        if self.brokers > 1:
+            up: Any = manager.up
+            up(self.settings, self.echo, brokers=self.brokers)
+            env: dict[str, str] = getattr(manager, "client_env")(self.settings)  # noqa: B009
+            self.settings = self.settings.model_copy(
+                update={
+                    "kafka_bootstrap": env["ERYNOA_KAFKA_BOOTSTRAP"],
+                    "topics_environment": env["ERYNOA_TOPICS_ENVIRONMENT"],
+                }
+            )
+        else:
+            manager.up(self.settings, self.echo)
 
     def down(self) -> None:
         manager.down(self.settings, self.echo)
@@ -117,6 +136,7 @@ class Parts:
             log_dir,
             extra_env={
                 "ERYNOA_STATE_DIR": str(settings.state_dir),
+                "ERYNOA_TOPICS_ENVIRONMENT": settings.topics_environment,
                 "ERYNOA_SMTP_PORT": str(settings.smtp_port),
                 "ERYNOA_METRICS_PORT_BASE": "0",  # other systems on this machine use them
                 "ERYNOA_LOG_LEVEL": "INFO",
