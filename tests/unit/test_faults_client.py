@@ -6,12 +6,15 @@ import asyncio
 import random
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
 import pytest
 
 from faults.client import (
     MAX_DELAY_S,
     Answer,
+    Client,
     Intent,
     StatusWatch,
     classify,
@@ -19,6 +22,8 @@ from faults.client import (
     next_delay,
     parse_retry_after,
 )
+from loadgen.profile import Outcomes, Profile
+from loadgen.world import Planner, World
 
 NOW = datetime(2026, 12, 4, 12, 0, 0, tzinfo=UTC)
 
@@ -130,3 +135,97 @@ def test_the_watch_remembers_when_each_booking_first_settled_and_survives_failed
 def test_a_date_without_zone_is_read_as_utc() -> None:
     later = (NOW + timedelta(seconds=3)).strftime("%a, %d %b %Y %H:%M:%S")
     assert parse_retry_after(later, NOW) == 3.0
+
+
+class FakeApi:
+    """Answers each POST from a script (a response, or an exception to raise), and records
+    the headers every attempt carried."""
+
+    def __init__(self, script: list[httpx.Response | Exception]) -> None:
+        self.script = script
+        self.seen: list[dict[str, str]] = []
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        self.seen.append(dict(kwargs.get("headers") or {}))
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+def _client(api: FakeApi) -> Client:
+    profile = Profile(outcomes=Outcomes(provider_accepts=1))
+    world = World.build(profile, "unit", 1, NOW)
+    tokens: Any = lambda sub, role: f"token-{sub}"  # noqa: E731
+    client = Client(api, tokens, Planner(world, 1), "unit", lambda: 0.0)  # type: ignore[arg-type]
+    client.rng = random.Random(0)
+    return client
+
+
+def _response(status: int, body: object, retry_after: str | None = None) -> httpx.Response:
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def test_a_create_is_retried_with_the_same_idempotency_key_until_acknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    api = FakeApi(
+        [
+            _response(503, _error("SERVICE_UNAVAILABLE"), retry_after="2"),
+            httpx.ConnectError("refused"),
+            _response(202, {"workflow_id": "b-1"}),
+        ]
+    )
+    client = _client(api)
+    booking_id = asyncio.run(client.create(client.planner.plan(0)))
+    assert booking_id == "b-1"
+    keys = {attempt["Idempotency-Key"] for attempt in api.seen}
+    assert len(api.seen) == 3
+    assert len(keys) == 1
+    assert slept[0] >= 2.0  # Retry-After honoured
+    assert [e.outcome for e in client.ledger.ended] == ["acknowledged"]
+    assert len(client.ledger.refusals) == 1
+    assert len(client.ledger.failures) == 1
+
+
+def test_an_accept_answered_already_counts_as_acknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    api = FakeApi(
+        [
+            httpx.ReadError("the API died mid-request"),
+            _response(409, _error("ALREADY_ANSWERED", decision="accept")),
+        ]
+    )
+    client = _client(api)
+    assert asyncio.run(client.accept("b-1", "p-1"))
+    assert client.ledger.acknowledged("accept") == {"b-1": 0.0}
+
+
+def test_a_request_out_of_time_ends_refused_after_a_503_and_unknown_after_silence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    api = FakeApi([_response(503, _error("SERVICE_UNAVAILABLE"), retry_after="5")])
+    client = _client(api)
+    client.answer_budget_s = 1.0  # less than the Retry-After: one attempt only
+    assert not asyncio.run(client.cancel("b-1", "c-1"))
+    api.script = [httpx.ConnectTimeout("no answer")]
+    client.request_budget_s = 0.0
+    assert asyncio.run(client.create(client.planner.plan(1))) is None
+    assert [e.outcome for e in client.ledger.ended] == ["refused", "unknown"]
+    assert client.ledger.abandoned == [("cancel", "b-1"), ("create", "faults-unit-1")]
