@@ -13,10 +13,10 @@ When a call's outcome is unknown (its answer was lost) or the gateway says the P
 not in the state the call needs, the agent does not guess: it asks the gateway
 (``PaymentGateway.find``) and records what really happened — an intent already captured is
 ``PaymentCaptured``, one already cancelled ``PaymentVoided``, a capturable one an authorization.
-A void finds the intent by the booking when the booking never learned its id (an authorization
-whose answer was lost, then a cancel). Before failing a booking whose customer did not finish
-3-D Secure in time, it asks too: a customer who did finish it (the webhook may still be on its
-way) is authorized, not abandoned.
+A booking that ended after it was reserved with no payment recorded (an authorization whose
+answer was lost, then a cancel) is looked up by the booking, and what is found is voided.
+Before failing a booking whose customer did not finish 3-D Secure in time, it asks too: a
+customer who did finish it (the webhook may still be on its way) is authorized, not abandoned.
 """
 
 from __future__ import annotations
@@ -206,10 +206,6 @@ class PaymentAdapter(BaseAdapter):
         """Cancel the booking's authorization, if any: ``Voided``, or the ``Found`` intent when
         it turns out to be captured (void) or capturable after all (abandon)."""
         payment_id = s.payment_id
-        if payment_id is None and s.payment == saga.Payment.NONE:
-            # An authorization may have been created whose answer never reached the booking.
-            found = await self.gateway.find(booking_id=s.booking_id, payment_id=None)
-            payment_id = found.payment_id
         try:
             return await self.gateway.void(
                 booking_id=s.booking_id,
@@ -241,9 +237,48 @@ class PaymentAdapter(BaseAdapter):
         )
 
     async def react(self, event: BookingEvent, ctx: Context) -> list[BookingEvent]:
-        """Turn a Stripe webhook about an authorization that needed action into its outcome."""
-        if not isinstance(event, StripeEventReceived):
+        """Turn outside facts into events: a Stripe webhook about an authorization that needed
+        action, and an authorization the booking never heard of (``_void_unrecorded``)."""
+        if isinstance(event, StripeEventReceived):
+            return self._webhook(event, ctx)
+        if may_hold_unrecorded_authorization(ctx.state):
+            return await self._void_unrecorded(ctx)
+        return []
+
+    async def _void_unrecorded(self, ctx: Context) -> list[BookingEvent]:
+        """Void the authorization a booking that ended may have without knowing it.
+
+        The booking was reserved, so the authorization was asked for; when its answer was lost
+        and the booking ended (a cancel) before a retry learned it, the rules see no payment
+        and ask for nothing, while the gateway may hold the customer's money. Found by the
+        booking, it is voided like any other; nothing found, nothing is recorded.
+        """
+        s = ctx.state
+        found = await self.gateway.find(booking_id=s.booking_id, payment_id=None)
+        if found.payment_id is None or found.status not in (
+            IntentStatus.AUTHORIZED,
+            IntentStatus.ACTION_REQUIRED,
+        ):
+            if found.status == IntentStatus.CAPTURED:
+                raise PermanentError(
+                    f"booking {s.booking_id} ended with no payment recorded, yet payment "
+                    f"{found.payment_id} is captured at the gateway; refund it by hand"
+                )
             return []
+        log.warning(
+            "an authorization the booking never recorded: payment %s %s; voiding it",
+            found.payment_id,
+            found.status.value,
+            extra={"booking_id": s.booking_id, "correlation_id": s.correlation_id},
+        )
+        await self.gateway.void(
+            booking_id=s.booking_id,
+            payment_id=found.payment_id,
+            idempotency_key=ctx.idempotency_key("void"),
+        )
+        return [ctx.emit(PaymentVoided, "voided", payment_id=found.payment_id)]
+
+    def _webhook(self, event: StripeEventReceived, ctx: Context) -> list[BookingEvent]:
         s = ctx.state
         if s.payment_id is not None and event.payment_id != s.payment_id:
             log.warning(
@@ -288,6 +323,16 @@ class PaymentAdapter(BaseAdapter):
         return ctx.emit(
             PaymentFailed, "failed", payment_id=payment_id, reason_code=code, reason=message
         )
+
+
+def may_hold_unrecorded_authorization(s: saga.BookingState) -> bool:
+    """The booking ended after it was reserved with no payment recorded: its authorization was
+    asked for, and its answer may have been lost."""
+    return (
+        s.payment == saga.Payment.NONE
+        and s.status in saga.TERMINAL
+        and s.hold in (saga.Hold.HELD, saga.Hold.RELEASED)
+    )
 
 
 def _retry_later(exc: Exception) -> GatewayUnavailable:

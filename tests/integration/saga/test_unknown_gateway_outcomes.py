@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 
+from erynoa import events as ev
 from erynoa.kafka import EventPublisher
 from erynoa.saga import BookingState, Payment, Status
 from streams.payment.sandbox import IDEMPOTENCY_WINDOW, MASTERCARD, outage_reason_answer_lost
@@ -82,21 +83,26 @@ async def test_an_authorization_whose_answer_was_lost_is_voided_when_the_booking
         await eventually(authorized_at_the_gateway)
         # The customer cancels while the agent still does not know the authorization's fate.
         await cancel(publisher, event_log, booking)
+        await event_log.wait(booking, status_is(Status.CANCELLED))
+        [cancelled] = [
+            e for e in event_log.events[booking] if isinstance(e, ev.BookingCancellationRequested)
+        ]
 
-        async def payment_agent_saw_the_cancel() -> bool:
-            status = await db.fetchval(
-                """SELECT state->>'status' FROM agent_state
-                   WHERE agent = 'payment' AND booking_id = $1""",
-                booking,
+        async def payment_agent_took_the_cancel() -> bool:
+            done = await db.fetchval(
+                """SELECT 1 FROM processed_events
+                   WHERE consumer = 'payment' AND event_id = $1""",
+                cancelled.event_id,
             )
-            return bool(status == Status.CANCELLED.value)
+            return done is not None
 
-        await eventually(payment_agent_saw_the_cancel)
+        await eventually(payment_agent_took_the_cancel)
     finally:
         await outage_over(db)
 
+    # The retry tiers bring the authorization's message back; the booking is cancelled by then.
     state = await event_log.wait(
-        booking, lambda s: s is not None and s.payment == Payment.VOIDED, within=60
+        booking, lambda s: s is not None and s.payment == Payment.VOIDED, within=150
     )
     assert state.status == Status.CANCELLED
     assert await ledger(db, booking) == [("authorize", "authorized"), ("void", "voided")]
