@@ -1,10 +1,13 @@
 """Stripe's webhook: verified, deduplicated, and handed to the payment agent through Kafka.
 
 The signature is checked with the stripe library against ``settings.stripe_webhook_secret``
-with a 300-second tolerance, so a replayed (old) delivery is refused. Stripe delivers at least
-once: the event id is recorded in ``stripe_webhook_events`` in the same transaction that
-publishes ``StripeEventReceived``, so a redelivery is acknowledged (200) without a second
-event, and a failed publish rolls the record back (503) so Stripe's retry gets through.
+with a 300-second tolerance, so a replayed (old) delivery is refused. A verified webhook takes
+effect exactly once, whatever fails after its 200: Stripe's event id is recorded in
+``stripe_webhook_events`` and ``StripeEventReceived`` (its id derived from Stripe's) is written
+to the API's outbox in ONE transaction, and the 200 comes only after its COMMIT; the event is
+published after that, or by the outbox relay if Kafka is down (``api.outbox``). A redelivery
+finds the record: acknowledged (200), nothing queued. A COMMIT that fails answers 503, so
+Stripe redelivers.
 Only ``payment_intent.*`` events that name one of our bookings (``metadata.booking_id``) are
 forwarded; anything else is acknowledged and ignored, or Stripe would retry it for days.
 """
@@ -19,8 +22,10 @@ import stripe
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict
 
-from api.deps import Context, Db, Publisher, SettingsDep
+from api.deps import Context, Db, Outbox, SettingsDep
 from api.envelopes import ApiError, Envelope, errors, ok
+from api.outbox import OUTBOX_COLUMNS, OutboxEntry
+from api.routes.bookings import committing
 from erynoa import events as ev
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
@@ -89,7 +94,7 @@ def _text(value: object, limit: int = 255) -> str | None:
 async def stripe_webhook(
     request: Request,
     conn: Db,
-    kafka: Publisher,
+    outbox: Outbox,
     settings: SettingsDep,
     ctx: Context,
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
@@ -135,27 +140,37 @@ async def stripe_webhook(
         await conn.fetchval("SELECT correlation_id FROM bookings WHERE id = $1", booking_id)
         or ctx.request_id
     )
-    async with conn.transaction():
+    received = ev.make(
+        ev.StripeEventReceived,
+        booking_id=str(booking_id),
+        producer="api",
+        # Derived from Stripe's id: the same delivery is the same event, whatever happens.
+        event_id=ev.derived_event_id(str(booking_id), f"stripe.{stripe_event_id}"),
+        correlation_id=correlation_id,
+        stripe_event_id=stripe_event_id,
+        stripe_event_type=event_type,
+        payment_id=payment_id,
+        payment_status=_text(intent.get("status"), 100) or "unknown",
+    )
+    entry = OutboxEntry.of(received, outbox.codec, ctx.headers)
+    retry = "Stripe's redelivery is safe (each Stripe event is taken once)"
+    async with committing(retry, booking_id=str(booking_id)):
+        # One statement (one implicit transaction): the webhook's record and its event, or
+        # neither; a redelivery finds the record and queues nothing.
         fresh = await conn.fetchval(
-            "INSERT INTO stripe_webhook_events (stripe_event_id, booking_id) VALUES ($1, $2) "
-            "ON CONFLICT DO NOTHING RETURNING true",
+            f"""WITH receipt AS (
+                    INSERT INTO stripe_webhook_events (stripe_event_id, booking_id)
+                    VALUES ($5, $2) ON CONFLICT (stripe_event_id) DO NOTHING
+                    RETURNING booking_id
+                ), queued AS (
+                    INSERT INTO api_outbox ({OUTBOX_COLUMNS})
+                    SELECT $1, $2, $3, $4 FROM receipt ON CONFLICT (event_id) DO NOTHING
+                )
+                SELECT EXISTS (SELECT FROM receipt)""",
+            *entry.values,
             stripe_event_id,
-            booking_id,
         )
-        if not fresh:
-            receipt = WebhookReceipt(forwarded=False, duplicate=True, booking_id=booking_id)
-            return ok(request, receipt)
-        received = ev.make(
-            ev.StripeEventReceived,
-            booking_id=str(booking_id),
-            producer="api",
-            # Derived from Stripe's id: the same delivery is the same event, whatever happens.
-            event_id=ev.derived_event_id(str(booking_id), f"stripe.{stripe_event_id}"),
-            correlation_id=correlation_id,
-            stripe_event_id=stripe_event_id,
-            stripe_event_type=event_type,
-            payment_id=payment_id,
-            payment_status=_text(intent.get("status"), 100) or "unknown",
-        )
-        await kafka.publish(received, ctx)
+    if not fresh:
+        return ok(request, WebhookReceipt(forwarded=False, duplicate=True, booking_id=booking_id))
+    outbox.publish_soon(entry)
     return ok(request, WebhookReceipt(forwarded=True, booking_id=booking_id))
