@@ -198,19 +198,14 @@ def _capacity(slots: Sequence[Slot], logs: Mapping[str, Sequence[BookingEvent]])
     for slot in slots:
         key = (str(slot.service_id), slot.slot_start)
         subject = f"{slot.service_id}/{slot.slot_start.isoformat()}"
-        in_use = peak = 0
-        peak_at: datetime | None = None
-        # At one instant, releases count before holds: a seat freed and retaken is one seat.
-        for at, delta in sorted(changes.get(key, []), key=lambda c: (c[0], c[1])):
-            in_use += delta
-            if in_use > peak:
-                peak, peak_at = in_use, at
-        if peak > slot.capacity and peak_at is not None:
+        over = _over_capacity(sorted(changes.get(key, [])), slot.capacity)
+        if over is not None:
+            seats, since = over
             out.append(
                 Violation(
                     2,
                     subject,
-                    f"{peak} seats in use at {peak_at.isoformat()}, capacity {slot.capacity}",
+                    f"{seats} seats in use from {since.isoformat()}, capacity {slot.capacity}",
                 )
             )
         if (slot.held, slot.confirmed) != (held[key], converted[key]):
@@ -223,6 +218,33 @@ def _capacity(slots: Sequence[Slot], logs: Mapping[str, Sequence[BookingEvent]])
                 )
             )
     return out
+
+
+# A seat one agent process released and another took at once can carry times up to this far
+# apart in the wrong order (each stamps its event when its handler started, not when it won the
+# slot's row lock); an overbooking is a state that lasts longer than that.
+CLOCK_TOLERANCE = timedelta(seconds=1)
+
+
+def _over_capacity(
+    changes: Sequence[tuple[datetime, int]], capacity: int
+) -> tuple[int, datetime] | None:
+    """The most seats in use while over ``capacity`` for longer than ``CLOCK_TOLERANCE`` (or
+    to the end of the log), and since when; None if never."""
+    in_use = peak = 0
+    since: datetime | None = None
+    # Sorted by (time, change): at one instant releases count first, a seat freed and retaken
+    # is one seat.
+    for at, delta in changes:
+        if since is not None and at - since > CLOCK_TOLERANCE:
+            return peak, since
+        in_use += delta
+        if in_use > capacity:
+            since = since or at
+            peak = max(peak, in_use)
+        else:
+            since, peak = None, 0
+    return (peak, since) if since is not None else None
 
 
 # --- 3 ------------------------------------------------------------------------------------
