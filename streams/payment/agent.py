@@ -178,7 +178,9 @@ class PaymentAdapter(BaseAdapter):
                 return Authorized(found.payment_id)
             if found.status == IntentStatus.ACTION_REQUIRED:
                 return ActionRequired(found.payment_id, found.client_secret)
-            return Declined(found.status.value, f"the PaymentIntent is {found.status}")
+            return Declined(
+                found.status.value, f"the PaymentIntent is {found.status}", found.payment_id
+            )
 
     async def _capture(
         self, s: saga.BookingState, payment_id: str, amount: Money, ctx: Context

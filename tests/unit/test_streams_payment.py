@@ -21,7 +21,12 @@ from streams.payment.gateway import (
     CaptureFailed,
     CaptureResult,
     Declined,
+    Found,
+    GatewayUnavailable,
+    IntentStatus,
+    OutcomeUnknown,
     Refunded,
+    UnexpectedState,
     Voided,
 )
 from streams.runtime import Context
@@ -32,8 +37,14 @@ PRICE = Money(4500, "EUR")
 
 @dataclass
 class FakeGateway:
-    authorize_result: AuthorizeResult = field(default_factory=lambda: Authorized("pi_1"))
-    capture_result: CaptureResult = field(default_factory=lambda: Captured("pi_1"))
+    """Answers as told; an exception as an answer is raised (a lost answer, a refusal)."""
+
+    authorize_result: AuthorizeResult | Exception = field(
+        default_factory=lambda: Authorized("pi_1")
+    )
+    capture_result: CaptureResult | Exception = field(default_factory=lambda: Captured("pi_1"))
+    void_error: Exception | None = None
+    found: Found = field(default_factory=lambda: Found(IntentStatus.NOT_FOUND))
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     name: str = "fake"
     remote: bool = False
@@ -46,15 +57,28 @@ class FakeGateway:
 
     async def authorize(self, **kwargs: Any) -> AuthorizeResult:
         self.calls.append(("authorize", kwargs))
+        if isinstance(self.authorize_result, Exception):
+            raise self.authorize_result
         return self.authorize_result
 
     async def capture(self, **kwargs: Any) -> CaptureResult:
         self.calls.append(("capture", kwargs))
+        if isinstance(self.capture_result, Exception):
+            raise self.capture_result
         return self.capture_result
 
     async def void(self, **kwargs: Any) -> Voided:
         self.calls.append(("void", kwargs))
+        if self.void_error is not None:
+            raise self.void_error
         return Voided(kwargs["payment_id"])
+
+    async def find(self, **kwargs: Any) -> Found:
+        self.calls.append(("find", kwargs))
+        return self.found
+
+    def called(self) -> list[str]:
+        return [name for name, _ in self.calls]
 
     async def refund(self, **kwargs: Any) -> Refunded:
         self.calls.append(("refund", kwargs))
@@ -192,3 +216,132 @@ async def test_a_success_after_a_failure_is_recorded_so_it_gets_voided() -> None
     [event] = await PaymentAdapter(FakeGateway()).react(hook, ctx_for(failed, hook))
     state = saga.evolve(failed, event)
     assert saga.next_actions("payment", state, NOW) == [saga.VoidPayment(reason="failed")]
+
+
+# --- outcomes the agent did not learn: it asks the gateway ------------------------------------
+
+LOST = OutcomeUnknown("read timeout")
+REFUSED = UnexpectedState("payment_intent_unexpected_state", "status succeeded")
+
+
+def authorized() -> saga.BookingState:
+    return replace(
+        reserved(),
+        status=saga.Status.AWAITING_PROVIDER,
+        payment=saga.Payment.AUTHORIZED,
+        payment_id="pi_1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("found", "event_type"),
+    [
+        (Found(IntentStatus.AUTHORIZED, "pi_9"), "PaymentAuthorized"),
+        (Found(IntentStatus.ACTION_REQUIRED, "pi_9", "secret"), "PaymentActionRequired"),
+        (Found(IntentStatus.FAILED, "pi_9"), "PaymentFailed"),
+    ],
+)
+async def test_an_authorization_whose_answer_was_lost_is_what_the_gateway_has(
+    found: Found, event_type: str
+) -> None:
+    gateway = FakeGateway(authorize_result=LOST, found=found)
+    [event] = await PaymentAdapter(gateway).execute(
+        saga.AuthorizePayment(PRICE), ctx_for(reserved())
+    )
+    assert event.event_type == event_type
+    assert getattr(event, "payment_id", None) == "pi_9"
+    assert gateway.calls[1] == ("find", {"booking_id": REQUESTED.booking_id, "payment_id": None})
+
+
+async def test_an_authorization_the_gateway_never_saw_is_tried_again() -> None:
+    gateway = FakeGateway(authorize_result=LOST)
+    with pytest.raises(GatewayUnavailable):
+        await PaymentAdapter(gateway).execute(saga.AuthorizePayment(PRICE), ctx_for(reserved()))
+
+
+async def test_a_capture_refused_because_it_already_happened_is_a_capture() -> None:
+    gateway = FakeGateway(capture_result=REFUSED, found=Found(IntentStatus.CAPTURED, "pi_1"))
+    [event] = await PaymentAdapter(gateway).execute(
+        saga.CapturePayment(PRICE), ctx_for(authorized())
+    )
+    assert isinstance(event, ev.PaymentCaptured)
+    assert gateway.calls[1] == ("find", {"booking_id": REQUESTED.booking_id, "payment_id": "pi_1"})
+
+
+async def test_a_capture_whose_answer_was_lost_and_is_still_capturable_is_tried_again() -> None:
+    gateway = FakeGateway(capture_result=LOST, found=Found(IntentStatus.AUTHORIZED, "pi_1"))
+    with pytest.raises(GatewayUnavailable):
+        await PaymentAdapter(gateway).execute(saga.CapturePayment(PRICE), ctx_for(authorized()))
+
+
+async def test_a_capture_of_a_cancelled_intent_fails() -> None:
+    gateway = FakeGateway(capture_result=REFUSED, found=Found(IntentStatus.CANCELED, "pi_1"))
+    [event] = await PaymentAdapter(gateway).execute(
+        saga.CapturePayment(PRICE), ctx_for(authorized())
+    )
+    assert isinstance(event, ev.PaymentCaptureFailed)
+    assert event.reason_code == "payment_intent_canceled"
+
+
+async def test_a_void_whose_answer_was_lost_is_voided_when_the_intent_is_cancelled() -> None:
+    gateway = FakeGateway(void_error=LOST, found=Found(IntentStatus.CANCELED, "pi_1"))
+    cancelled = replace(authorized(), status=saga.Status.CANCELLED)
+    [event] = await PaymentAdapter(gateway).execute(
+        saga.VoidPayment("cancelled"), ctx_for(cancelled)
+    )
+    assert isinstance(event, ev.PaymentVoided)
+    assert event.payment_id == "pi_1"
+
+
+async def test_a_customer_who_finished_3ds_is_authorized_not_abandoned() -> None:
+    gateway = FakeGateway(found=Found(IntentStatus.AUTHORIZED, "pi_1"))
+    [event] = await PaymentAdapter(gateway).execute(
+        saga.AbandonPayment("too late"), ctx_for(waiting_for_customer())
+    )
+    assert isinstance(event, ev.PaymentAuthorized)
+    assert gateway.called() == ["find"]  # nothing cancelled
+
+
+async def test_a_customer_still_asked_to_act_is_abandoned_and_the_intent_cancelled() -> None:
+    gateway = FakeGateway(found=Found(IntentStatus.ACTION_REQUIRED, "pi_1", "secret"))
+    [event] = await PaymentAdapter(gateway).execute(
+        saga.AbandonPayment("too late"), ctx_for(waiting_for_customer())
+    )
+    assert isinstance(event, ev.PaymentFailed)
+    assert event.reason_code == "action_timeout"
+    assert gateway.called() == ["find", "void"]
+    assert gateway.calls[1][1]["idempotency_key"] == f"{REQUESTED.booking_id}:abandon"
+
+
+def cancelled_while_reserved() -> saga.BookingState:
+    return replace(reserved(), status=saga.Status.CANCELLED)
+
+
+async def test_an_authorization_a_cancelled_booking_never_recorded_is_voided() -> None:
+    gateway = FakeGateway(found=Found(IntentStatus.AUTHORIZED, "pi_9"))
+    state = cancelled_while_reserved()
+    [event] = await PaymentAdapter(gateway).react(REQUESTED, ctx_for(state))
+    assert isinstance(event, ev.PaymentVoided)
+    assert event.payment_id == "pi_9"
+    assert gateway.calls == [
+        ("find", {"booking_id": REQUESTED.booking_id, "payment_id": None}),
+        (
+            "void",
+            {
+                "booking_id": REQUESTED.booking_id,
+                "payment_id": "pi_9",
+                "idempotency_key": f"{REQUESTED.booking_id}:void",
+            },
+        ),
+    ]
+    assert saga.evolve(state, event).payment == saga.Payment.VOIDED
+
+
+async def test_a_cancelled_booking_with_nothing_at_the_gateway_records_nothing() -> None:
+    gateway = FakeGateway()
+    assert await PaymentAdapter(gateway).react(REQUESTED, ctx_for(cancelled_while_reserved())) == []
+    assert gateway.called() == ["find"]
+    # Never reserved: nothing was asked of the gateway, so nothing is looked up.
+    never = replace(saga.start(REQUESTED), status=saga.Status.CANCELLED)
+    assert await PaymentAdapter(gateway).react(REQUESTED, ctx_for(never)) == []
+    assert gateway.called() == ["find"]

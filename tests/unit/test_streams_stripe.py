@@ -15,8 +15,12 @@ from streams.payment.gateway import (
     Captured,
     CaptureFailed,
     Declined,
+    Found,
     GatewayUnavailable,
+    IntentStatus,
+    OutcomeUnknown,
     Refunded,
+    UnexpectedState,
     Voided,
 )
 from streams.payment.stripe_gateway import StripeGateway, authorize_outcome, classify_error
@@ -52,6 +56,7 @@ def test_manual_capture_statuses_map_to_outcomes() -> None:
         err(stripe.RateLimitError, "slow down", http_status=429),
         err(stripe.APIError, "boom", http_status=500),
         err(stripe.APIError, "bad gateway", http_status=502),
+        err(stripe.IdempotencyError, "key in use", http_status=409),
     ],
 )
 def test_network_rate_limits_and_5xx_are_retryable(error: stripe.StripeError) -> None:
@@ -61,17 +66,50 @@ def test_network_rate_limits_and_5xx_are_retryable(error: stripe.StripeError) ->
 
 
 @pytest.mark.parametrize(
+    ("error", "unknown"),
+    [
+        (err(stripe.APIConnectionError, "read timeout"), True),
+        (err(stripe.APIError, "boom", http_status=500), True),
+        (err(stripe.RateLimitError, "slow down", http_status=429), False),
+    ],
+)
+def test_a_lost_answer_is_an_unknown_outcome_a_refusal_is_not(
+    error: stripe.StripeError, unknown: bool
+) -> None:
+    # A timeout or a 5xx may come after Stripe applied the request; a rate limit applied nothing.
+    assert isinstance(classify_error(error), OutcomeUnknown) == unknown
+
+
+@pytest.mark.parametrize(
     "error",
     [
         err(stripe.AuthenticationError, "bad key", http_status=401),
         err(stripe.InvalidRequestError, "bad param", "amount", http_status=400),
-        err(stripe.IdempotencyError, "key reused", http_status=400),
     ],
 )
 def test_request_errors_are_permanent(error: stripe.StripeError) -> None:
     mapped = classify_error(error)
     assert isinstance(mapped, PermanentError)
     assert classify(mapped) == "permanent"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        err(stripe.IdempotencyError, "key reused with other parameters", http_status=400),
+        err(
+            stripe.InvalidRequestError,
+            "status succeeded",
+            None,
+            code="payment_intent_unexpected_state",
+            http_status=400,
+        ),
+    ],
+)
+def test_an_intent_not_in_the_expected_state_is_looked_up_not_failed(
+    error: stripe.StripeError,
+) -> None:
+    assert isinstance(classify_error(error), UnexpectedState)
 
 
 class _PaymentIntents:
@@ -94,6 +132,12 @@ class _PaymentIntents:
 
     async def cancel_async(self, intent: str, params: Any, options: Any) -> Any:
         return await self._answer("cancel", intent, params, options)
+
+    async def retrieve_async(self, intent: str) -> Any:
+        return await self._answer("retrieve", intent, None)
+
+    async def search_async(self, params: Any) -> Any:
+        return await self._answer("search", params, None)
 
 
 class _Refunds(_PaymentIntents):
@@ -202,3 +246,71 @@ async def test_refund_returns_the_refund_id() -> None:
     _, (params,), options = client.v1.refunds.calls[0]
     assert params["payment_intent"] == "pi_1"
     assert options == {"idempotency_key": "b1:refund"}
+
+
+async def test_a_capture_refused_for_the_intents_state_is_raised_for_a_lookup() -> None:
+    # Replayed after Stripe forgot the key, a capture that did happen is refused like this.
+    refused = err(
+        stripe.InvalidRequestError,
+        "This PaymentIntent could not be captured because it has a status of succeeded.",
+        None,
+        code="payment_intent_unexpected_state",
+        http_status=400,
+    )
+    gw, _ = gateway(capture=refused)
+    with pytest.raises(UnexpectedState):
+        await gw.capture(booking_id="b1", payment_id="pi_1", amount=AMOUNT, idempotency_key="k")
+
+
+async def test_a_capture_whose_connection_dropped_has_an_unknown_outcome() -> None:
+    gw, _ = gateway(capture=err(stripe.APIConnectionError, "read timeout"))
+    with pytest.raises(OutcomeUnknown):
+        await gw.capture(booking_id="b1", payment_id="pi_1", amount=AMOUNT, idempotency_key="k")
+
+
+@pytest.mark.parametrize(
+    ("status", "found"),
+    [
+        ("requires_capture", IntentStatus.AUTHORIZED),
+        ("succeeded", IntentStatus.CAPTURED),
+        ("requires_action", IntentStatus.ACTION_REQUIRED),
+        ("canceled", IntentStatus.CANCELED),
+        ("requires_payment_method", IntentStatus.FAILED),
+    ],
+)
+async def test_find_by_id_reads_the_intents_status(status: str, found: IntentStatus) -> None:
+    gw, client = gateway(retrieve={"id": "pi_1", "status": status, "client_secret": "sec"})
+    result = await gw.find(booking_id="b1", payment_id="pi_1")
+    assert result.status == found
+    assert result.payment_id == "pi_1"
+    assert client.v1.payment_intents.calls == [("retrieve", ("pi_1",), None)]
+
+
+async def test_find_without_an_id_searches_by_the_bookings_metadata() -> None:
+    page = {
+        "data": [
+            {"id": "pi_old", "status": "canceled"},
+            {"id": "pi_held", "status": "requires_capture"},
+        ]
+    }
+    gw, client = gateway(search=page)
+    assert await gw.find(booking_id="b1", payment_id=None) == Found(
+        IntentStatus.AUTHORIZED, "pi_held"
+    )
+    [(name, (params,), _)] = client.v1.payment_intents.calls
+    assert name == "search"
+    assert params["query"] == "metadata['booking_id']:'b1'"
+    gw, _ = gateway(search={"data": []})
+    assert await gw.find(booking_id="b1", payment_id=None) == Found(IntentStatus.NOT_FOUND)
+
+
+async def test_find_of_a_missing_intent_is_not_found_and_an_outage_is_retryable() -> None:
+    missing = err(
+        stripe.InvalidRequestError, "No such payment_intent", None, code="resource_missing"
+    )
+    gw, _ = gateway(retrieve=missing)
+    found = await gw.find(booking_id="b1", payment_id="pi_x")
+    assert found == Found(IntentStatus.NOT_FOUND, "pi_x")
+    gw, _ = gateway(retrieve=err(stripe.APIConnectionError, "down"))
+    with pytest.raises(GatewayUnavailable):
+        await gw.find(booking_id="b1", payment_id="pi_1")
