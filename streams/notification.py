@@ -272,6 +272,20 @@ class NotificationAdapter(BaseAdapter):
     async def stop(self) -> None:
         await self.webhooks.close()
 
+    async def redrive(self, ctx: Context) -> list[BookingEvent]:
+        """A dead-lettered notification replayed: deliver again what was given up on.
+
+        What was delivered is skipped (``notification_deliveries``); a delivery that fails
+        again raises, so the replayed message goes back to the dead-letter topic instead of
+        being recorded as given up a second time.
+        """
+        ctx.final_attempt = False
+        events: list[BookingEvent] = []
+        for template in sorted(ctx.state.notified):
+            role: Role = "provider" if template == saga.PROVIDER_REQUEST else "customer"
+            events += await self._notify(ctx, compose(ctx.state, template, role))
+        return events
+
     async def probe(self) -> str | None:
         # The relay is ours and every e-mail goes through it: down, it is an outage. A
         # customer's webhook endpoint is theirs: down, it is that message's failure.

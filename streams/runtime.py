@@ -198,6 +198,10 @@ class Adapter(Protocol):
     async def settle(self, ctx: Context) -> None:
         """Bring the agent's own tables in line with the final state (deadline rows)."""
 
+    async def redrive(self, ctx: Context) -> list[BookingEvent]:
+        """An operator replayed a message this agent processed already, after recording a
+        failure so that the saga could go on: try again what was given up on."""
+
     async def probe(self) -> str | None:
         """Which outside service this agent needs is down ("smtp: connection refused"), or
         None when all answer. Asked only after a retryable failure, to tell an outage (the
@@ -220,6 +224,9 @@ class BaseAdapter:
 
     async def settle(self, ctx: Context) -> None:
         return None
+
+    async def redrive(self, ctx: Context) -> list[BookingEvent]:
+        return []
 
     async def probe(self) -> str | None:
         return None
@@ -614,6 +621,7 @@ class Runtime:
                     loaded.stored.get(booking_id),
                     loaded.early.get(booking_id, []),
                     result,
+                    replayed=_replayed(by_booking[booking_id], loaded.processed),
                 )
             outbox = await store.commit_batch(
                 conn,
@@ -634,10 +642,15 @@ class Runtime:
         stored: store.Stored | None,
         early: list[bytes],
         result: _BatchResult,
+        replayed: Sequence[_Message] = (),
     ) -> list[tuple[Incoming, BaseException]]:
         """Fold one booking's new messages, act, and add what to write to ``result``; returns
-        the failures its adapter recorded as events (with the message they belong to)."""
-        if not messages:
+        the failures its adapter recorded as events (with the message they belong to).
+
+        ``replayed`` are messages an operator re-drove from the dead-letter topic that this
+        agent had processed already (it recorded a failure and the saga went on): the adapter
+        gets to redo what it gave up on (``Adapter.redrive``)."""
+        if not messages and (not replayed or stored is None):
             return []
         requested = next((m for m in messages if isinstance(m.event, BookingRequested)), None)
         if stored is None and requested is None:
@@ -681,9 +694,9 @@ class Runtime:
             state = saga.evolve(state, item)
         assert state is not None  # inputs holds at least one event
         headers = dict(stored.headers) if stored is not None else {}
-        for m in messages:
+        for m in messages or replayed:
             headers.update(_propagated(m.incoming.headers))
-        last = messages[-1]
+        last = (messages or replayed)[-1]
         # A child span of the context the latest message carries; what the handler emits (the
         # state and the outbox rows share ``headers``) carries it on.
         with tracing.consumer_span(
@@ -708,6 +721,8 @@ class Runtime:
                 final_attempt=all(m.final_attempt for m in messages),
             )
             emitted: list[BookingEvent] = []
+            if replayed:
+                emitted += self._fold(ctx, await self.adapter.redrive(ctx))
             for item in inputs:
                 emitted += self._fold(ctx, await self.adapter.react(item, ctx))
             emitted += await self._advance(ctx)
@@ -918,6 +933,15 @@ def _fresh(messages: list[_Message], processed: frozenset[str]) -> list[_Message
         seen.add(m.event.event_id)
         fresh.append(m)
     return fresh
+
+
+def _replayed(messages: list[_Message], processed: frozenset[str]) -> list[_Message]:
+    """Messages re-driven from a dead-letter topic whose event this agent processed already."""
+    return [
+        m
+        for m in messages
+        if m.event.event_id in processed and k.header(m.incoming.headers, k.H_REPLAY) is not None
+    ]
 
 
 def _in_slot_order(

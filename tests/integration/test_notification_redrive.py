@@ -1,0 +1,183 @@
+"""A notification given up on its last retry is delivered when an operator replays it.
+
+The notification agent's runtime is driven directly with consumed-message records (no Faust),
+on its own topics and database. The customer's only channel is a webhook on a loopback port
+that refuses connections at first: the last retry records ``NotificationFailed`` (the saga goes
+on) and dead-letters the message. Once the endpoint is up, the replayed message must deliver the
+notification — a replay that is deduplicated away would leave the customer never told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from erynoa import events as ev
+from erynoa import kafka as k
+from erynoa import saga
+from erynoa.codec import default_codec
+from erynoa.db import create_pool
+from erynoa.kafka import EventPublisher
+from erynoa.settings import Settings
+from erynoa.topics import TopicCatalog, load_catalog
+from streams.notification import IDEMPOTENCY_HEADER, NotificationAdapter
+from streams.runtime import Incoming, Runtime
+from tests.conftest import own_namespace
+from tests.integration.saga.harness import a_slot, create_service, create_user, read_topic
+
+CODEC = default_codec()
+
+
+@pytest.fixture
+async def isolated(settings: Settings) -> AsyncIterator[Settings]:
+    async with own_namespace(settings) as own:
+        yield own
+
+
+@pytest.fixture
+def catalog(isolated: Settings) -> TopicCatalog:
+    return load_catalog(isolated.topics_file, isolated.topics_environment, isolated.topic_prefix)
+
+
+@pytest.fixture
+async def pool(isolated: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(isolated, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def runtime(isolated: Settings, catalog: TopicCatalog) -> AsyncIterator[Runtime]:
+    async def connect_pool() -> asyncpg.Pool:
+        return await create_pool(isolated, min_size=1, max_size=4)
+
+    runtime = Runtime(
+        adapter=NotificationAdapter.from_settings(isolated),
+        consumer=catalog.consumer("notification"),
+        codec=CODEC,
+        policy=saga.Policy(),
+        connect_pool=connect_pool,
+        make_publisher=lambda: EventPublisher.create(
+            isolated.kafka_bootstrap, "test-redrive", CODEC, catalog
+        ),
+    )
+    await runtime.start()
+    yield runtime
+    await runtime.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Receiver:
+    """A webhook endpoint on loopback that answers 200 and keeps the idempotency keys."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        headers = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+        lowered = {name.lower(): value for name, value in headers.items()}
+        await reader.readexactly(int(lowered.get("content-length", "0")))
+        self.keys.append(lowered[IDEMPOTENCY_HEADER.lower()])
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+
+def message(
+    catalog: TopicCatalog, event: ev.BookingEvent, offset: int, headers: list[tuple[str, bytes]]
+) -> Incoming:
+    return Incoming(
+        topic=catalog.topic_for(event.event_type),
+        partition=0,
+        offset=offset,
+        key=event.booking_id.encode(),
+        value=CODEC.encode(event),
+        headers=[(k.H_EVENT_TYPE, event.event_type.encode()), *headers],
+    )
+
+
+async def test_a_replayed_notification_that_was_given_up_is_delivered(
+    isolated: Settings, catalog: TopicCatalog, pool: asyncpg.Pool, runtime: Runtime
+) -> None:
+    port = free_port()
+    customer = await create_user(
+        pool, "customer", email=False, webhook_url=f"http://127.0.0.1:{port}/hook"
+    )
+    service = await create_service(pool)
+    slot = a_slot()
+    requested = ev.make(
+        ev.BookingRequested,
+        booking_id=str(uuid.uuid4()),
+        producer="api",
+        customer_id=customer.id,
+        service_id=service.id,
+        provider_id=service.provider.id,
+        slot_start=slot,
+        slot_end=slot.replace(hour=(slot.hour + 1) % 24),
+        price=service.price,
+        payment_method="pm_card_visa",
+        response_deadline_seconds=60,
+    )
+    rejected = ev.make(
+        ev.ReservationRejected,
+        booking_id=requested.booking_id,
+        producer="reservation",
+        cause=requested,
+        service_id=service.id,
+        slot_start=slot,
+        reason="slot full",
+    )
+    last_try = [(k.H_ATTEMPTS, str(len(runtime.consumer.retry_topics)).encode())]
+
+    # The endpoint refuses connections: the last retry gives up and the saga goes on.
+    await runtime.process(
+        [message(catalog, requested, 0, []), message(catalog, rejected, 1, last_try)]
+    )
+    notifications = catalog.topics[catalog.topic_for("NotificationSent")]
+    published = [
+        CODEC.decode(r.value)
+        for r in await read_topic(
+            isolated.kafka_bootstrap, notifications.name, notifications.partitions
+        )
+    ]
+    assert [type(e).__name__ for e in published] == ["NotificationFailed"]
+    dlq = catalog.topics[runtime.consumer.dead_letter_topic]
+    parked = await read_topic(isolated.kafka_bootstrap, dlq.name, dlq.partitions)
+    assert [CODEC.decode(r.value).event_id for r in parked] == [rejected.event_id]
+
+    # The endpoint is back; an operator replays the dead letter (a new offset of the origin).
+    receiver = Receiver()
+    server = await asyncio.start_server(receiver.handle, "127.0.0.1", port)
+    try:
+        replayed = message(catalog, rejected, 2, [*last_try, (k.H_REPLAY, b"replay-1")])
+        await runtime.process([replayed])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    template = saga.customer_template(saga.Status.REJECTED)
+    assert receiver.keys, "the replay delivered nothing"
+    published = [
+        CODEC.decode(r.value)
+        for r in await read_topic(
+            isolated.kafka_bootstrap, notifications.name, notifications.partitions
+        )
+    ]
+    sent = [e for e in published if isinstance(e, ev.NotificationSent)]
+    assert [(e.template, e.channel) for e in sent] == [(template, "webhook")]
+    delivered = await pool.fetchval(
+        "SELECT count(*) FROM notification_deliveries WHERE booking_id = $1::uuid",
+        requested.booking_id,
+    )
+    assert delivered == 1
