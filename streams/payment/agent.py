@@ -39,7 +39,6 @@ from erynoa.events import (
     PaymentVoided,
     StripeEventReceived,
 )
-from streams.failures import PermanentError
 from streams.payment.gateway import (
     ActionRequired,
     Authorized,
@@ -226,14 +225,9 @@ class PaymentAdapter(BaseAdapter):
             raise _retry_later(exc) from exc
 
     def _captured_after_all(self, ctx: Context, found: Found) -> BookingEvent:
+        # The money was taken (a capture whose answer was lost or misread): recorded as
+        # captured, the rules refund it when the booking ended.
         s = ctx.state
-        if s.payment != saga.Payment.AUTHORIZED:
-            # The rules recorded no capture that could explain it (a failed capture that did
-            # go through): the money must go back, and no rule here decides how.
-            raise PermanentError(
-                f"booking {s.booking_id}: payment {found.payment_id} is captured at the gateway "
-                f"while the booking's payment is {s.payment.value}; refund it by hand"
-            )
         return ctx.emit(
             PaymentCaptured, "captured", payment_id=found.payment_id or s.payment_id, amount=s.price
         )
@@ -257,15 +251,12 @@ class PaymentAdapter(BaseAdapter):
         """
         s = ctx.state
         found = await self.gateway.find(booking_id=s.booking_id, payment_id=None)
+        if found.payment_id is not None and found.status == IntentStatus.CAPTURED:
+            return [self._captured_after_all(ctx, found)]
         if found.payment_id is None or found.status not in (
             IntentStatus.AUTHORIZED,
             IntentStatus.ACTION_REQUIRED,
         ):
-            if found.status == IntentStatus.CAPTURED:
-                raise PermanentError(
-                    f"booking {s.booking_id} ended with no payment recorded, yet payment "
-                    f"{found.payment_id} is captured at the gateway; refund it by hand"
-                )
             return []
         log.warning(
             "an authorization the booking never recorded: payment %s %s; voiding it",

@@ -345,3 +345,12 @@ async def test_a_cancelled_booking_with_nothing_at_the_gateway_records_nothing()
     never = replace(saga.start(REQUESTED), status=saga.Status.CANCELLED)
     assert await PaymentAdapter(gateway).react(REQUESTED, ctx_for(never)) == []
     assert gateway.called() == ["find"]
+
+
+async def test_a_void_that_finds_the_money_captured_records_the_capture_to_refund_it() -> None:
+    gateway = FakeGateway(void_error=REFUSED, found=Found(IntentStatus.CAPTURED, "pi_1"))
+    failed = replace(authorized(), status=saga.Status.FAILED, payment=saga.Payment.CAPTURE_FAILED)
+    [event] = await PaymentAdapter(gateway).execute(saga.VoidPayment("failed"), ctx_for(failed))
+    assert isinstance(event, ev.PaymentCaptured)
+    state = saga.evolve(failed, event)
+    assert saga.next_actions("payment", state, NOW) == [saga.RefundPayment(PRICE)]
