@@ -513,6 +513,28 @@ async def _answer(
                 code="NOT_AWAITING_PROVIDER",
                 status=status.value,
             )
+        # The deadline row is the provider-response agent's: it times a booking out under a
+        # FOR UPDATE lock on it, after looking for an answer. Sharing that lock makes the two
+        # wait for each other: either this answer commits first and the agent sees it, or the
+        # timeout commits first and the answer is refused here, never both taken.
+        timer = await conn.fetchrow(
+            "SELECT status, deadline_at FROM provider_deadlines WHERE booking_id = $1 FOR SHARE",
+            booking_id,
+        )
+        if timer is not None:
+            if timer["status"] == "timed_out":
+                raise conflict(
+                    "the provider's deadline has passed",
+                    code="DEADLINE_PASSED",
+                    deadline_at=timer["deadline_at"].astimezone(UTC).isoformat(),
+                )
+            if timer["status"] != "pending":
+                raise conflict(
+                    f"the booking is no longer awaiting the provider's answer ({timer['status']})",
+                    code="NOT_AWAITING_PROVIDER",
+                    status=timer["status"],
+                )
+            deadline = timer["deadline_at"]
         # One clock judges the answer: PostgreSQL's. The row's submitted_at (DEFAULT now(), the
         # transaction's time) is compared with the deadline in the same statement, and it is
         # the event's occurred_at, which the provider_response agent holds against its deadline.
