@@ -341,6 +341,10 @@ class NotificationAdapter(BaseAdapter):
             except DeliveryUnavailable as exc:
                 if not ctx.final_attempt:
                     raise
+                if channel == "email" and await self.smtp.probe() is not None:
+                    # Our relay is down: an outage, which the runtime waits out in place; only
+                    # a recipient's own refusal is given up on.
+                    raise
                 # The last retry failed too: record the failure so the saga goes on; the
                 # runtime also dead-letters the message for operators.
                 ctx.gave_up.append(exc)

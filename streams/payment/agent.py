@@ -78,6 +78,9 @@ class PaymentAdapter(BaseAdapter):
     async def stop(self) -> None:
         await self.gateway.close()
 
+    async def probe(self) -> str | None:
+        return await self.gateway.probe()
+
     async def execute(self, action: saga.Action, ctx: Context) -> list[BookingEvent]:
         s = ctx.state
         match action:

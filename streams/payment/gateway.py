@@ -142,6 +142,11 @@ class PaymentGateway(Protocol):
         self, *, booking_id: str, payment_id: str, amount: Money, idempotency_key: str
     ) -> Refunded: ...
 
+    async def probe(self) -> str | None:
+        """Why the gateway cannot be reached now, or None when it answers. Asked after a
+        retryable failure: a gateway that is down is an outage (the lane waits), not a failure
+        of the payment that happened to be in flight."""
+
     async def find(self, *, booking_id: str, payment_id: str | None) -> Found:
         """The booking's PaymentIntent as the gateway knows it now: by ``payment_id`` when
         known, else the one created for ``booking_id`` (its metadata). Raises

@@ -23,6 +23,8 @@ does not roll back when the agent crashes. ``ERYNOA_SANDBOX_LATENCY_MS`` adds a 
 Outages: while ``sandbox_outages`` has a row for a payment method, every call for it (authorize,
 capture, void, refund of a payment made with it, and ``find``) raises ``GatewayUnavailable``
 (retryable, like a gateway that does not answer); delete the row and the gateway works again.
+A row for ``*`` (``WHOLE_GATEWAY``) is the gateway itself down: every call for every payment
+method fails that way, and ``probe`` says so.
 A row whose reason starts with ``answer lost`` (``outage_reason_answer_lost``) is the nastier
 outage: the listed operations take effect, then raise ``OutcomeUnknown`` (a timeout after the
 request was sent), and ``find`` still fails until the row is deleted.
@@ -71,6 +73,8 @@ CAPTURE_FAILS = "pm_card_captureFails"
 _NAMESPACE = uuid.UUID("2b0f4a8e-7c1d-5e59-b3a4-9d0c6e1f2a77")
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
+WHOLE_GATEWAY = "*"
+"""The ``sandbox_outages.payment_method`` that takes the whole gateway down."""
 """How long a key's first answer is replayed (Stripe keeps keys at least 24 hours)."""
 
 ANSWER_LOST = "answer lost"
@@ -204,9 +208,7 @@ class SandboxGateway:
         for an ``answer lost`` outage covering ``operation``, what to raise after the effect."""
         if payment_method is None:
             return _Lost(operation, None)
-        reason = await self.pool.fetchval(
-            "SELECT reason FROM sandbox_outages WHERE payment_method = $1", payment_method
-        )
+        reason = await self._outage_reason(payment_method)
         if reason is None:
             return _Lost(operation, None)
         if operation in _answer_lost_for(reason):
@@ -337,6 +339,22 @@ class SandboxGateway:
         lost.check()
         return Refunded(_object_id("re", idempotency_key))
 
+    async def probe(self) -> str | None:
+        reason = await self.pool.fetchval(
+            "SELECT reason FROM sandbox_outages WHERE payment_method = $1", WHOLE_GATEWAY
+        )
+        return None if reason is None else f"sandbox gateway down: {reason}"
+
+    async def _outage_reason(self, payment_method: str) -> str | None:
+        """The outage on for this payment method (or the whole gateway), if any."""
+        reason: str | None = await self.pool.fetchval(
+            """SELECT reason FROM sandbox_outages WHERE payment_method IN ($1, $2)
+               ORDER BY payment_method = $2 LIMIT 1""",
+            payment_method,
+            WHOLE_GATEWAY,
+        )
+        return reason
+
     async def find(self, *, booking_id: str, payment_id: str | None) -> Found:
         await self._delay()
         if payment_id is not None:
@@ -350,9 +368,7 @@ class SandboxGateway:
         if auth is None:
             return Found(IntentStatus.NOT_FOUND, payment_id)
         found_id = str(auth["payment_id"])
-        reason = await self.pool.fetchval(
-            "SELECT reason FROM sandbox_outages WHERE payment_method = $1", auth["payment_method"]
-        )
+        reason = await self._outage_reason(auth["payment_method"])
         if reason is not None:
             raise GatewayUnavailable(f"sandbox outage for {auth['payment_method']}: {reason}")
         if await self._done(found_id, "capture", "captured"):

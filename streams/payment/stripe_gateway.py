@@ -32,7 +32,7 @@ import asyncpg
 import stripe
 
 from erynoa.events import Money
-from streams.failures import PermanentError
+from streams.failures import PermanentError, describe
 from streams.payment.gateway import (
     ActionRequired,
     Authorized,
@@ -219,6 +219,16 @@ class StripeGateway:
         except stripe.StripeError as exc:
             raise classify_error(exc) from exc
         return Refunded(str(_field(refund, "id")))
+
+    async def probe(self) -> str | None:
+        try:
+            await self._client.v1.balance.retrieve_async()
+        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+            # Unreachable, throttling us, or failing itself (5xx).
+            return f"stripe: {describe(exc)}"
+        except stripe.StripeError:
+            return None  # it answered (a refusal of this call says nothing about an outage)
+        return None
 
     async def find(self, *, booking_id: str, payment_id: str | None) -> Found:
         try:

@@ -1,0 +1,235 @@
+"""An outside service down is an outage: the agent's lane waits in place, nothing is parked.
+
+Agents' runtimes are driven directly with consumed-message records (no Faust), on their own
+topics and database. The payment gateway is taken down whole (the sandbox's ``*`` outage) and
+the SMTP relay is a loopback port nobody listens on; while they are down a message must stay in
+flight — not go down the retry tiers into the dead-letter topic — and once they are back the same
+message completes its step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+
+import asyncpg
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Sink
+
+from erynoa import events as ev
+from erynoa import kafka as k
+from erynoa import saga
+from erynoa.codec import default_codec
+from erynoa.db import create_pool
+from erynoa.kafka import EventPublisher
+from erynoa.settings import Settings
+from erynoa.topics import TopicCatalog, load_catalog
+from streams.notification import NotificationAdapter, SmtpSender, WebhookSender
+from streams.payment.agent import PaymentAdapter
+from streams.payment.sandbox import WHOLE_GATEWAY, SandboxGateway
+from streams.runtime import Adapter, Incoming, Runtime
+from tests.conftest import own_namespace
+from tests.integration.saga.harness import a_slot, create_service, create_user, read_topic
+
+CODEC = default_codec()
+
+
+@pytest.fixture
+async def isolated(settings: Settings) -> AsyncIterator[Settings]:
+    async with own_namespace(settings) as own:
+        yield own
+
+
+@pytest.fixture
+def catalog(isolated: Settings) -> TopicCatalog:
+    return load_catalog(isolated.topics_file, isolated.topics_environment, isolated.topic_prefix)
+
+
+@pytest.fixture
+async def pool(isolated: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(isolated, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+MakeRuntime = Callable[[str, Adapter], "asyncio.Future[Runtime]"]
+
+
+@pytest.fixture
+async def runtimes(isolated: Settings, catalog: TopicCatalog) -> AsyncIterator[list[Runtime]]:
+    started: list[Runtime] = []
+    yield started
+    for runtime in started:
+        await runtime.stop()
+
+
+async def start(
+    isolated: Settings, catalog: TopicCatalog, agent: str, adapter: Adapter, into: list[Runtime]
+) -> Runtime:
+    async def connect_pool() -> asyncpg.Pool:
+        return await create_pool(isolated, min_size=1, max_size=4)
+
+    runtime = Runtime(
+        adapter=adapter,
+        consumer=catalog.consumer(agent),
+        codec=CODEC,
+        policy=saga.Policy(),
+        connect_pool=connect_pool,
+        make_publisher=lambda: EventPublisher.create(
+            isolated.kafka_bootstrap, f"test-outage-{agent}", CODEC, catalog
+        ),
+    )
+    await runtime.start()
+    into.append(runtime)
+    return runtime
+
+
+def message(catalog: TopicCatalog, event: ev.BookingEvent, offset: int) -> Incoming:
+    return Incoming(
+        topic=catalog.topic_for(event.event_type),
+        partition=0,
+        offset=offset,
+        key=event.booking_id.encode(),
+        value=CODEC.encode(event),
+        # The last retry: any failure now that is taken for the message's own would park it.
+        headers=[(k.H_EVENT_TYPE, event.event_type.encode()), (k.H_ATTEMPTS, b"9")],
+    )
+
+
+async def parked_or_retried(isolated: Settings, catalog: TopicCatalog, agent: str) -> int:
+    consumer = catalog.consumer(agent)
+    count = 0
+    for name in (*consumer.retry_topics, consumer.dead_letter_topic):
+        topic = catalog.topics[name]
+        count += len(await read_topic(isolated.kafka_bootstrap, topic.name, topic.partitions))
+    return count
+
+
+async def paused(runtime: Runtime) -> bool:
+    """Whether the runtime reports a lane waiting on an outage (its own metric)."""
+    for _ in range(300):
+        value = runtime.metrics.registry.get_sample_value(
+            "erynoa_agent_lanes_paused", {"agent": runtime.agent}
+        )
+        if value == 1:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def booking(
+    pool: asyncpg.Pool, *, email: bool
+) -> tuple[ev.BookingRequested, ev.ReservationHeld]:
+    customer = await create_user(pool, "customer", email=email)
+    service = await create_service(pool)
+    slot = a_slot()
+    requested = ev.make(
+        ev.BookingRequested,
+        booking_id=str(uuid.uuid4()),
+        producer="api",
+        customer_id=customer.id,
+        service_id=service.id,
+        provider_id=service.provider.id,
+        slot_start=slot,
+        slot_end=slot + timedelta(hours=1),
+        price=service.price,
+        payment_method="pm_card_visa",
+        response_deadline_seconds=3600,
+    )
+    held = ev.make(
+        ev.ReservationHeld,
+        booking_id=requested.booking_id,
+        producer="reservation",
+        cause=requested,
+        hold_id=str(uuid.uuid4()),
+        service_id=service.id,
+        slot_start=slot,
+    )
+    return requested, held
+
+
+async def test_a_gateway_outage_pauses_the_payment_lane_and_parks_nothing(
+    isolated: Settings,
+    catalog: TopicCatalog,
+    pool: asyncpg.Pool,
+    runtimes: list[Runtime],
+) -> None:
+    runtime = await start(isolated, catalog, "payment", PaymentAdapter(SandboxGateway()), runtimes)
+    requested, held = await booking(pool, email=True)
+    await pool.execute(
+        "INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, 'gateway down')",
+        WHOLE_GATEWAY,
+    )
+    work = asyncio.create_task(
+        runtime.process([message(catalog, requested, 0), message(catalog, held, 1)])
+    )
+    try:
+        assert await paused(runtime), "the lane did not pause for the gateway outage"
+        assert not work.done()
+        assert await parked_or_retried(isolated, catalog, "payment") == 0
+        await pool.execute("DELETE FROM sandbox_outages WHERE payment_method = $1", WHOLE_GATEWAY)
+        await asyncio.wait_for(work, timeout=60)
+    finally:
+        work.cancel()
+    assert await parked_or_retried(isolated, catalog, "payment") == 0
+    state = await pool.fetchval(
+        "SELECT state->>'payment' FROM agent_state WHERE agent = 'payment' AND booking_id = $1",
+        requested.booking_id,
+    )
+    assert state == saga.Payment.AUTHORIZED
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_an_smtp_relay_outage_pauses_the_notification_lane_and_parks_nothing(
+    isolated: Settings,
+    catalog: TopicCatalog,
+    pool: asyncpg.Pool,
+    runtimes: list[Runtime],
+) -> None:
+    port = free_port()
+    adapter = NotificationAdapter(
+        SmtpSender("127.0.0.1", port, "bookings@example.test", timeout_s=2.0),
+        WebhookSender(isolated.webhook_signing_secret),
+    )
+    runtime = await start(isolated, catalog, "notification", adapter, runtimes)
+    requested, _ = await booking(pool, email=True)
+    rejected = ev.make(
+        ev.ReservationRejected,
+        booking_id=requested.booking_id,
+        producer="reservation",
+        cause=requested,
+        service_id=requested.service_id,
+        slot_start=requested.slot_start,
+        reason="slot full",
+    )
+    work = asyncio.create_task(
+        runtime.process([message(catalog, requested, 0), message(catalog, rejected, 1)])
+    )
+    relay = Controller(Sink(), hostname="127.0.0.1", port=port)
+    try:
+        assert await paused(runtime), "the lane did not pause for the SMTP outage"
+        assert not work.done()
+        assert await parked_or_retried(isolated, catalog, "notification") == 0
+        relay.start()
+        await asyncio.wait_for(work, timeout=60)
+    finally:
+        work.cancel()
+        relay.stop(no_assert=True)
+    assert await parked_or_retried(isolated, catalog, "notification") == 0
+    notifications = catalog.topics[catalog.topic_for("NotificationSent")]
+    sent = [
+        CODEC.decode(r.value)
+        for r in await read_topic(
+            isolated.kafka_bootstrap, notifications.name, notifications.partitions
+        )
+    ]
+    assert [type(e).__name__ for e in sent] == ["NotificationSent"]
