@@ -573,10 +573,16 @@ def _answer(
 ) -> list[Violation]:
     b = r.booking_id or ""
     decision = "accept" if r.kind == "accept" else "reject"
-    answers = [e for e in log if isinstance(e, ev.ProviderAnswerSubmitted)]
-    if not any(e.decision == decision for e in answers):
+    answers = [
+        e for e in log if isinstance(e, ev.ProviderAnswerSubmitted) and e.decision == decision
+    ]
+    if not answers:
         return [Violation(8, b, f"acknowledged {r.kind} has no ProviderAnswerSubmitted")]
-    if s is None or s.provider_deadline_at is None or r.at >= s.provider_deadline_at:
+    # Judged by when PostgreSQL took the answer (the event's occurred_at is its submitted_at),
+    # not when the 202 reached the client: a COMMIT that ends after the deadline still
+    # answers an answer taken before it.
+    taken = min(e.occurred_at for e in answers)
+    if s is None or s.provider_deadline_at is None or taken >= s.provider_deadline_at:
         return []
     lost_to = {"accept": ("timed_out", "rejected"), "reject": ("timed_out", "accepted")}[r.kind]
     if s.provider_outcome in lost_to:
@@ -584,7 +590,7 @@ def _answer(
             Violation(
                 8,
                 b,
-                f"{r.kind} acknowledged at {r.at.isoformat()}, before the deadline "
+                f"{r.kind} taken at {taken.isoformat()}, before the deadline "
                 f"{s.provider_deadline_at.isoformat()}, but the provider outcome is "
                 f"{s.provider_outcome}",
             )

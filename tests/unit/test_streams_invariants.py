@@ -757,6 +757,15 @@ def test_8_an_accept_given_before_the_deadline_lost_to_the_timeout() -> None:
     assert "before the deadline" in violations[0].message
 
 
+def test_8_an_accept_taken_before_the_deadline_but_acknowledged_after_it_still_counts() -> None:
+    # The COMMIT (and so the 202) ended after the deadline; PostgreSQL took the answer before.
+    evidence = expired_despite(DEADLINE - timedelta(seconds=1))
+    evidence.requests[-1] = replace(evidence.requests[-1], at=DEADLINE + timedelta(seconds=2))
+    violations = check(evidence, now=DEADLINE + timedelta(minutes=5))
+    assert rules(violations) == {8}
+    assert "before the deadline" in violations[0].message
+
+
 def test_8_an_acknowledged_cancel_that_took_no_effect() -> None:
     evidence = happy()
     evidence.requests.append(ClientRequest("cancel", "r3", "acknowledged", NOW, B))
