@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -40,7 +40,7 @@ from consumers.projection import BatchResult, Projection, Record
 from erynoa import kafka as k
 from erynoa import metrics, tracing
 from erynoa.codec import EventCodec, UndecodableEvent, default_codec
-from erynoa.db import create_pool
+from erynoa.db import wait_for_pool
 from erynoa.events import BookingEvent
 from erynoa.metrics import MetricsServer
 from erynoa.settings import Settings
@@ -145,7 +145,7 @@ async def start(settings: Settings) -> Runtime:
     catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
     spec = catalog.consumer(CONSUMER)
     codec = default_codec()
-    pool = await create_pool(settings)
+    pool = await wait_for_pool(settings)
     consumer = AIOKafkaConsumer(**consumer_config(settings, spec.group_id))
     dead_letters = AIOKafkaProducer(
         **k.producer_config(settings.kafka_bootstrap, f"erynoa-{CONSUMER}-dlq")
@@ -361,6 +361,17 @@ async def update_lag(runtime: Runtime) -> None:
     runtime.metrics.lag.update(lags)
 
 
+# What a dependency being away raises (PostgreSQL failing over, a connection cut mid-query, the
+# broker refusing a dead letter): the batch waits and is tried again; anything else is a bug.
+_OUTAGE: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    KafkaError,
+)
+
+
 async def run(settings: Settings, stopping: asyncio.Event | None = None) -> None:
     """Consume until ``stopping`` is set (or forever); a failed batch is retried in place."""
     stopping = stopping or asyncio.Event()
@@ -383,7 +394,7 @@ async def run(settings: Settings, stopping: asyncio.Event | None = None) -> None
             try:
                 await process_batch(runtime, messages)
                 backoff = 0.5
-            except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
+            except _OUTAGE as exc:
                 # Nothing was committed: go back to where this batch started and try again.
                 log.warning(
                     "batch failed, retrying", extra={"error": repr(exc), "backoff": backoff}

@@ -7,8 +7,10 @@ file's checksum is kept; editing it afterwards is refused rather than silently i
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from erynoa.settings import PROJECT_ROOT, Settings
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 # An arbitrary constant: the advisory lock id only has to be the same for every migrator.
+_log = logging.getLogger("erynoa.db")
 _MIGRATION_LOCK_ID = 0x45_52_59_4E_4F_41
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -68,6 +71,35 @@ async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(settings.database_url, **options)
     assert pool is not None  # asyncpg types it Optional; it is only None on a closed pool
     return pool
+
+
+# Errors of a server that is not there (yet): down, starting, failing over, refusing more
+# connections. A wrong password or database name is none of these and fails at once.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+)
+
+
+async def wait_for_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
+    """``create_pool``, waiting for as long as PostgreSQL is unreachable.
+
+    For the long-running consumers (agents, materializer): one that starts, or is restarted,
+    while PostgreSQL is down waits for it instead of exiting, so an outage never uses up a
+    supervisor's restarts and leaves the system needing an operator.
+    """
+    delay = 0.5
+    while True:
+        try:
+            return await create_pool(settings, **overrides)
+        except _UNREACHABLE as exc:
+            _log.warning("PostgreSQL unreachable (%s); retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 @dataclass(frozen=True)

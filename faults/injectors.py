@@ -17,7 +17,7 @@ import asyncpg
 from erynoa.settings import Settings
 from faults.client import Client
 from faults.private import Echo, Parts, PrivateStack, supports_brokers, wait_until
-from loadgen.profile import DEFAULT_PAYMENT_METHOD
+from streams.payment.sandbox import WHOLE_GATEWAY
 
 # How long a killed part may take to say it is ready again.
 READY_TIMEOUT_S = 120.0
@@ -136,12 +136,13 @@ class SmtpDown(ServiceStopped):
 
 
 class GatewayOutage(Fault):
-    """The sandbox gateway's switch: a ``sandbox_outages`` row for the card the load uses."""
+    """The sandbox gateway's switch: the ``*`` row of ``sandbox_outages`` takes the whole
+    gateway down (every call fails as an unreachable gateway's do, and its probe says so)."""
 
     name = "gateway"
     title = "payment gateway outage (sandbox switch)"
 
-    def __init__(self, seconds: float = 90.0, payment_method: str = DEFAULT_PAYMENT_METHOD) -> None:
+    def __init__(self, seconds: float = 90.0, payment_method: str = WHOLE_GATEWAY) -> None:
         self.hold_s = seconds
         self.payment_method = payment_method
 

@@ -36,7 +36,7 @@ from faust.types import TP
 
 from erynoa import metrics, saga, tracing
 from erynoa.codec import default_codec
-from erynoa.db import create_pool
+from erynoa.db import wait_for_pool
 from erynoa.kafka import EventPublisher, producer_config
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
@@ -141,7 +141,7 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
     codec = default_codec()
 
     async def connect_pool() -> asyncpg.Pool:
-        return await create_pool(settings)
+        return await wait_for_pool(settings)
 
     def make_publisher() -> EventPublisher:
         config = producer_config(settings.kafka_bootstrap, f"{consumer.group_id}-publisher")
