@@ -366,8 +366,13 @@ async def update_lag(runtime: Runtime) -> None:
 _OUTAGE: tuple[type[BaseException], ...] = (
     TimeoutError,
     OSError,
-    asyncpg.PostgresError,
+    asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
     KafkaError,
 )
 

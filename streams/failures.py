@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import asyncpg
+from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 
 from erynoa import kafka as k
@@ -64,6 +65,18 @@ class PermanentError(Exception):
     """A failure that will fail the same way every time (bad input, a refused request)."""
 
 
+KAFKA_REFUSALS: tuple[type[BaseException], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+    kafka_errors.UnsupportedVersionError,
+    kafka_errors.CorruptRecordException,
+)
+"""What a broker answers the same way however often it is asked: not an outage."""
+
 _RETRYABLE: tuple[type[BaseException], ...] = (
     RetryableError,
     TimeoutError,
@@ -77,6 +90,11 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.CannotConnectNowError,
     asyncpg.QueryCanceledError,
+    # The server going away under us: a shutdown (pg_ctl stop, a failover's switchover, an
+    # administrator's pg_terminate_backend), or writes reaching an old primary now read-only.
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.ReadOnlySQLTransactionError,
     smtplib.SMTPServerDisconnected,
     smtplib.SMTPConnectError,
 )
@@ -88,8 +106,9 @@ def classify(error: BaseException) -> ErrorKind:
     if isinstance(error, UndecodableEvent | SagaError | PermanentError):
         return "permanent"
     if isinstance(error, KafkaError):
-        # Publishing the handler's result failed: the broker is unwell, not the message.
-        return "retryable"
+        # Publishing the handler's result failed: the broker is unwell, not the message —
+        # unless the broker refused the record itself, which it will do every time.
+        return "permanent" if isinstance(error, KAFKA_REFUSALS) else "retryable"
     if isinstance(error, smtplib.SMTPResponseException):
         return "retryable" if 400 <= error.smtp_code < 500 else "permanent"
     return "retryable" if isinstance(error, _RETRYABLE) else "permanent"

@@ -78,6 +78,7 @@ _MAX_ROUNDS = 6
 _PUBLISH_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 _TICK = timedelta(microseconds=1)  # the timestamps' resolution on the wire
 _PROBE_TIMEOUT_S = 5.0
+_REWIND_REARM_S = 30.0
 _OUTAGE_BACKOFF_FIRST_S = 0.5
 _OUTAGE_BACKOFF_MAX_S = 10.0
 
@@ -275,6 +276,8 @@ class Runtime:
         self.positions: store.Positions | None = None
         self.seek: Seek | None = None
         """Moves the consumer of a partition back (set by the app that owns the consumer)."""
+        self._rewinding: dict[store.Partition, _Rewind] = {}
+        """Partitions moved back whose re-read has not arrived yet."""
         self._positions: dict[store.Partition, int] = {}
         """The next offset of each partition as this process last recorded it (a cache: the
         table is the truth, asked whenever a batch does not start where this says)."""
@@ -375,79 +378,110 @@ class Runtime:
     # --- positions: no message is skipped, whatever the consumer library acks ------------
 
     async def _continuous(self, batch: Sequence[Incoming]) -> list[Incoming]:
-        """The messages of ``batch`` that continue where this group stopped in their partition.
+        """The messages of ``batch`` that continue, without a hole, where this group stopped.
 
         The group's position in each partition is recorded in PostgreSQL once a batch is done
         (handled, or routed to a retry or dead-letter topic). Kafka's committed offsets are
         only where redelivery starts: Faust can commit past a message that was never handled
         (an ack of a skipped message during a rebalance, its gap arithmetic, a lane that died
-        with messages queued). So a batch that starts *past* the recorded position is a gap:
-        the partition is moved back to the position and its messages here are dropped (they
-        come again, in order). Messages *before* the position were done already (a redelivery)
-        and are dropped too, without a transaction.
+        with messages queued). So each partition's messages are taken only as an unbroken run
+        from the position: one *before* it was done already (a redelivery) and is dropped; one
+        *past* the next expected offset means a hole, and the partition is moved back to the
+        expected offset (``_rewind``), its messages here dropped until the re-read arrives.
         """
-        starts: dict[store.Partition, int] = {}
+        firsts: dict[store.Partition, int] = {}
         for m in batch:
-            key = (m.topic, m.partition)
-            starts[key] = min(starts.get(key, m.offset), m.offset)
-        unsure = [key for key, first in starts.items() if self._positions.get(key) != first]
+            firsts.setdefault((m.topic, m.partition), m.offset)
+        unsure = [
+            key
+            for key, first in firsts.items()
+            if self._positions.get(key) != first and key not in self._rewinding
+        ]
         if unsure:
             positions = self._stored_positions()
             self._positions.update(await self._through_outages(lambda: positions.get(unsure)))
-        rewound: set[store.Partition] = set()
-        for key, first in starts.items():
-            recorded = self._positions.get(key)
-            if (
-                recorded is not None
-                and first > recorded
-                and await self._rewind(key, first, recorded)
-            ):
-                rewound.add(key)
-        kept = [
-            m
-            for m in batch
-            if (m.topic, m.partition) not in rewound
-            and m.offset >= self._positions.get((m.topic, m.partition), 0)
-        ]
-        if len(kept) < len(batch) - sum(1 for m in batch if (m.topic, m.partition) in rewound):
-            log.debug("%d redelivered message(s) skipped", len(batch) - len(kept))
+        expected: dict[store.Partition, int] = {}
+        kept: list[Incoming] = []
+        for m in batch:
+            key = (m.topic, m.partition)
+            if not await self._resumes(key, m.offset):
+                continue
+            want = expected.get(key, self._positions.get(key))
+            if want is None or m.offset == want:
+                kept.append(m)
+                expected[key] = m.offset + 1
+            elif m.offset < want:
+                continue  # done already: a redelivery
+            elif not await self._rewind(key, want, m.offset):
+                kept.append(m)  # nothing to move back (a test driving the runtime directly)
+                expected[key] = m.offset + 1
+        if len(kept) < len(batch):
+            log.debug("%d message(s) skipped or awaiting a re-read", len(batch) - len(kept))
         return kept
+
+    async def _resumes(self, key: store.Partition, offset: int) -> bool:
+        """False for a message fetched before its partition was moved back (it comes again)."""
+        rewind = self._rewinding.get(key)
+        if rewind is None:
+            return True
+        if offset > rewind.hole_at:
+            if time.monotonic() - rewind.since > _REWIND_REARM_S:
+                # Still no re-read (the partition moved to another worker and back, say): ask
+                # again rather than drop this partition's messages for ever.
+                del self._rewinding[key]
+                await self._rewind(key, rewind.to, rewind.hole_at)
+            return False
+        if offset < rewind.to:
+            return False
+        # The re-read has begun; offsets between rewind.to and this one do not exist.
+        del self._rewinding[key]
+        self._positions[key] = offset
+        return True
 
     def _stored_positions(self) -> store.Positions:
         if self.positions is None:
             raise RuntimeError("runtime not started")
         return self.positions
 
-    async def _rewind(self, key: store.Partition, first: int, recorded: int) -> bool:
-        """Move the partition back to ``recorded``; False if there is no consumer to move."""
+    async def _rewind(self, key: store.Partition, to: int, hole_at: int) -> bool:
+        """Move the partition back to ``to`` (a message at ``hole_at`` came with ``to`` never
+        handled); False if there is no consumer to move."""
         topic, partition = key
         log.error(
             "%s[%d]: offsets %d..%d were never handled by %s; consuming again from %d",
             topic,
             partition,
-            recorded,
-            first - 1,
+            to,
+            hole_at - 1,
             self.consumer.group_id,
-            recorded,
+            to,
             extra={"topic": topic, "partition": partition, "agent": self.agent},
         )
-        self.metrics.rewound(topic)
         if self.seek is None:
-            return False  # a test driving the runtime directly: nothing to move
-        target = await self.seek(topic, partition, recorded)
-        if target > recorded:
+            return False
+        self.metrics.rewound(topic)
+        try:
+            target = await self.seek(topic, partition, to)
+        except Exception as exc:
+            # No longer assigned here (a rebalance): its new owner checks the position itself.
+            log.warning("%s[%d]: cannot move back (%s)", topic, partition, failures.describe(exc))
+            return True
+        if target > to:
             # The log starts later than the position: those records are gone for good.
             log.error(
                 "%s[%d]: offsets %d..%d were deleted from the log before %s handled them",
                 topic,
                 partition,
-                recorded,
+                to,
                 target - 1,
                 self.consumer.group_id,
                 extra={"topic": topic, "partition": partition, "agent": self.agent},
             )
             await self._stored_positions().reset(key, target)
             self._positions[key] = target
+        self._rewinding[key] = _Rewind(
+            to=target, hole_at=max(hole_at, target), since=time.monotonic()
+        )
         return True
 
     async def _record_done(self, batch: Sequence[Incoming]) -> None:
@@ -522,7 +556,7 @@ class Runtime:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if failures.classify(exc) != "retryable":
+                if failures.classify(exc) != "retryable" and not _from_postgresql(exc):
                     raise
                 down = await self.unavailable(exc)
                 if down is None:
@@ -533,13 +567,16 @@ class Runtime:
     async def unavailable(self, error: BaseException | None = None) -> str | None:
         """The dependency that is down (with why), or None when PostgreSQL, Kafka and the
         adapter's own services all answer."""
-        if isinstance(error, KafkaError):
-            # Sending is the one thing a message cannot make fail (sizes are permanent
-            # errors): a KafkaError means the cluster cannot take writes just now.
+        if isinstance(error, KafkaError) and not isinstance(error, failures.KAFKA_REFUSALS):
+            # Sending is the one thing a message cannot make fail (a record the broker refuses
+            # is a permanent error): this means the cluster cannot take writes just now.
             return f"kafka: {failures.describe(error)}"
         try:
             async with asyncio.timeout(_PROBE_TIMEOUT_S):
-                await self.pool.fetchval("SELECT 1")
+                # A server that answers but is in recovery is an old primary after a failover
+                # (or a replica): it cannot take the agent's writes.
+                if await self.pool.fetchval("SELECT pg_is_in_recovery()"):
+                    return "postgresql: read-only (in recovery)"
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -903,6 +940,15 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class _Rewind:
+    """A partition moved back to ``to``; messages past ``hole_at`` were fetched before that."""
+
+    to: int
+    hole_at: int
+    since: float
+
+
+@dataclass(frozen=True)
 class _Message:
     """A decoded message of a batch."""
 
@@ -933,6 +979,12 @@ def _fresh(messages: list[_Message], processed: frozenset[str]) -> list[_Message
         seen.add(m.event.event_id)
         fresh.append(m)
     return fresh
+
+
+def _from_postgresql(error: BaseException) -> bool:
+    """Raised by the database driver or the socket under it: worth asking whether the server
+    is there before blaming the message (a shutdown's error codes look permanent)."""
+    return isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError | OSError)
 
 
 def _replayed(messages: list[_Message], processed: frozenset[str]) -> list[_Message]:

@@ -507,20 +507,21 @@ async def _answer(
                 code="ALREADY_ANSWERED",
                 decision=previous,
             )
-        if not awaiting:
+        # The deadline row is the provider-response agent's: it times a booking out under a
+        # FOR UPDATE lock on it, after looking for an answer. Sharing that lock makes the two
+        # wait for each other: either this answer commits first and the agent sees it, or the
+        # timeout commits first and the answer is refused here, never both taken. A pending
+        # row is also the truth about waiting: the read model may lag behind it.
+        timer = await conn.fetchrow(
+            "SELECT status, deadline_at FROM provider_deadlines WHERE booking_id = $1 FOR SHARE",
+            booking_id,
+        )
+        if not awaiting and (timer is None or timer["status"] != "pending"):
             raise conflict(
                 f"the booking is {status.value}, not awaiting the provider's answer",
                 code="NOT_AWAITING_PROVIDER",
                 status=status.value,
             )
-        # The deadline row is the provider-response agent's: it times a booking out under a
-        # FOR UPDATE lock on it, after looking for an answer. Sharing that lock makes the two
-        # wait for each other: either this answer commits first and the agent sees it, or the
-        # timeout commits first and the answer is refused here, never both taken.
-        timer = await conn.fetchrow(
-            "SELECT status, deadline_at FROM provider_deadlines WHERE booking_id = $1 FOR SHARE",
-            booking_id,
-        )
         if timer is not None:
             if timer["status"] == "timed_out":
                 raise conflict(

@@ -151,3 +151,21 @@ def test_not_before_is_read_back_from_its_header() -> None:
 def test_long_error_messages_are_cut() -> None:
     hop = next_hop(CONSUMER, ORIGIN, [], RetryableError("x" * 5000), NOW)
     assert len(header(hop, k.H_ERROR) or "") <= 1000
+
+
+def test_a_database_going_away_is_retryable_not_a_poison_message() -> None:
+    # pg_ctl stop -m fast, a switchover, pg_terminate_backend; writes reaching an old primary.
+    for error in (
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.CrashShutdownError("crash"),
+        asyncpg.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"),
+    ):
+        assert classify(error) == "retryable", error
+
+
+def test_a_record_the_broker_refuses_is_permanent_but_a_broker_away_is_not() -> None:
+    from aiokafka import errors as kafka_errors
+
+    assert classify(kafka_errors.MessageSizeTooLargeError()) == "permanent"
+    assert classify(kafka_errors.KafkaTimeoutError()) == "retryable"
+    assert classify(kafka_errors.NotEnoughReplicasError()) == "retryable"

@@ -245,7 +245,7 @@ async def test_an_outage_pauses_the_lane_and_the_same_batch_is_handled_after_it(
     monkeypatch.setattr(runtime, "unavailable", probe)
     monkeypatch.setattr(runtime, "_sleep", no_sleep)
     value = default_codec().encode(requested())
-    await runtime.process([incoming(value), incoming(value)])
+    await runtime.process([at(17, value), at(18, value)])
     # Nothing went down the retry tiers: the lane waited (backing off) and handled the same
     # batch again, whole, once the dependency answered.
     assert producer.sent == []
@@ -332,6 +332,46 @@ async def test_a_batch_that_starts_past_the_recorded_position_moves_the_partitio
     await runtime.process([at(10, value), at(11, value), at(12, value), at(13, value)])
     assert seen == [(3, 5), (2, 10), (2, 11), (2, 12), (2, 13)]
     assert positions.recorded[("bookings", 2)] == 14
+
+
+async def test_messages_fetched_before_a_move_back_wait_for_the_re_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
+    positions = MemoryPositions({("bookings", 2): 100})
+    runtime.positions = positions
+    runtime.seek = seeks = _Seeks()
+    seen = handled_offsets(runtime, monkeypatch)
+    value = default_codec().encode(requested())
+
+    await runtime.process([at(150, value), at(151, value)])  # 100..149 skipped by a commit
+    assert seeks.calls == [("bookings", 2, 100)]
+    # What was queued behind the hole comes first, then the re-read: only the re-read counts,
+    # and the position must not jump over 102..149.
+    await runtime.process([at(160, value), at(161, value), at(100, value), at(101, value)])
+    assert seen == [(2, 100), (2, 101)]
+    assert positions.recorded[("bookings", 2)] == 102
+    assert seeks.calls == [("bookings", 2, 100)]  # no second move for the stale messages
+
+
+async def test_a_hole_inside_a_batch_moves_the_partition_back_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
+    positions = MemoryPositions({("bookings", 2): 10})
+    runtime.positions = positions
+    runtime.seek = seeks = _Seeks()
+    seen = handled_offsets(runtime, monkeypatch)
+    value = default_codec().encode(requested())
+
+    await runtime.process([at(10, value), at(11, value), at(13, value), at(14, value)])
+    assert seen == [(2, 10), (2, 11)]
+    assert seeks.calls == [("bookings", 2, 12)]
+    assert positions.recorded[("bookings", 2)] == 12
+    # Offset 12 does not exist (the re-read starts at 13): taken as the continuation, once.
+    await runtime.process([at(13, value), at(14, value)])
+    assert seen == [(2, 10), (2, 11), (2, 13), (2, 14)]
+    assert seeks.calls == [("bookings", 2, 12)]
 
 
 async def test_redelivered_messages_before_the_position_are_not_handled_again(

@@ -325,6 +325,23 @@ async def test_answering_a_booking_not_awaiting_the_provider_is_409(
         assert error["details"] == [{"status": status}]
 
 
+async def test_an_answer_counts_when_the_deadline_runs_though_the_read_model_lags(
+    http: httpx.AsyncClient, actors: Actors, pg: asyncpg.Pool
+) -> None:
+    # The provider-response agent started the deadline (so the provider was asked); the
+    # materializer has not folded that in yet and the read model still says "reserved".
+    booking_id = await insert_booking(pg, actors, "reserved")
+    await pg.execute(
+        """INSERT INTO provider_deadlines (booking_id, provider_id, deadline_at, status,
+                                           correlation_id)
+           VALUES ($1::uuid, $2, now() + interval '1 hour', 'pending', 'c')""",
+        booking_id,
+        actors.provider,
+    )
+    response = await http.post(f"/bookings/{booking_id}/accept", headers=actors.provider_auth)
+    assert response.status_code == 202, response.text
+
+
 async def test_answering_after_the_deadline_is_409(
     http: httpx.AsyncClient, actors: Actors, pg: asyncpg.Pool
 ) -> None:
