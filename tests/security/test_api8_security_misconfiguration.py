@@ -197,7 +197,7 @@ def test_the_compose_api_passes_the_start_up_checks(monkeypatch: pytest.MonkeyPa
         for key, value in env.items()
         if key.startswith("ERYNOA_")
     }
-    settings = Settings(_env_file=None, **values)
+    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
     assert settings.environment == "development"
     settings.require_safe_dev_issuer()
 
@@ -207,15 +207,17 @@ def test_the_compose_api_passes_the_start_up_checks(monkeypatch: pytest.MonkeyPa
 
 def _docker_excluded(path: str, patterns: list[str]) -> bool:
     """Docker's rule: the last pattern that matches the path or one of its parent directories
-    decides; ``!`` re-includes; ``*`` stays within a path segment, ``**`` crosses them."""
+    decides; ``!`` re-includes; ``*`` stays within a path segment, ``**`` crosses them (``**/``
+    also matches no directory at all)."""
     excluded = False
     parts = path.split("/")
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
     for raw in patterns:
         negate = raw.startswith("!")
         pattern = raw.removeprefix("!").strip("/")
-        regex = re.escape(pattern).replace(r"\*\*", "\x00").replace(r"\*", "[^/]*")
-        regex = regex.replace(r"\?", "[^/]").replace("\x00", ".*")
+        regex = re.escape(pattern).replace(r"\*\*/", "\x01").replace(r"\*\*", "\x00")
+        regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        regex = regex.replace("\x01", "(?:.*/)?").replace("\x00", ".*")
         if any(re.fullmatch(regex, prefix) for prefix in prefixes):
             excluded = not negate
     return excluded
@@ -279,7 +281,7 @@ def _production(**overrides: Any) -> Settings:
         "webhook_signing_secret": "s3cr3t-" * 6,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 def test_a_complete_production_configuration_is_accepted() -> None:
@@ -308,9 +310,9 @@ def test_production_refuses_test_money_and_weak_secrets(
 ) -> None:
     with pytest.raises(ValidationError) as refused:
         _production(**override)
-    message = str(refused.value)
+    # What `erynoa` prints (erynoa.cli.load_settings): names the problem, never the secret.
+    message = "; ".join(str(error["msg"]) for error in refused.value.errors())
     assert variable in message
-    # The message names the problem, never the secret it was given.
     for value in override.values():
         if isinstance(value, str) and value not in ("sandbox",):
             assert value not in message
@@ -344,7 +346,8 @@ async def test_503_bodies_name_the_component_never_its_address(
     for what, answer in answers.items():
         assert answer.status_code == 503, f"{what}: {answer.text}"
         details = answer.json()["error"]["details"]
-        assert details and all(d["component"] in ports for d in details), answer.text
+        assert details, answer.text
+        assert all(d["component"] in ports for d in details), answer.text
         for marker in (*LEAK_MARKERS, *(str(port) for port in ports.values())):
             assert marker not in answer.text, f"{what} leaks {marker!r}: {answer.text}"
     ready = answers["ready"].json()["error"]["details"]
