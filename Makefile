@@ -15,6 +15,11 @@ STAMP := $(VENV)/.installed-stamp
 TEST_PATHS := tests/unit tests/integration \
 	$(filter-out tests/unit tests/integration tests/__pycache__,$(patsubst %/,%,$(wildcard tests/*/)))
 PYTEST_ARGS ?=
+# `make run` is the local development system, and says so: ERYNOA_ENVIRONMENT=development is
+# what lets the development token issuer run (on 127.0.0.1 only; erynoa/settings.py). An
+# environment set in the shell or in .env wins. `make test` needs nothing: the tests declare
+# themselves the test environment (tests/conftest.py).
+RUN_ENVIRONMENT := $(if $(or $(ERYNOA_ENVIRONMENT),$(shell grep -s '^ERYNOA_ENVIRONMENT=' .env)),,ERYNOA_ENVIRONMENT=development)
 
 .PHONY: help setup system-packages stack run test _test lint down clean bench bench-quick faults
 
@@ -46,7 +51,7 @@ stack: setup
 	@$(ERYNOA) db migrate
 
 run: stack
-	exec $(ERYNOA) run
+	exec env $(RUN_ENVIRONMENT) $(ERYNOA) run
 
 test: setup
 	@$(PY) -m erynoa.stack.with_stack -- $(MAKE) --no-print-directory _test

@@ -3,8 +3,8 @@
 The lifespan builds the ``Runtime`` (Postgres pool, Kafka producer and the outbox relay,
 Redis, JWKS cache) and stores it on ``app.state``; importing this module connects to nothing.
 Middleware, from the outside in: Prometheus request metrics, request id + trace span + access
-log + last-resort 500, CORS, gzip, the request-body guard. ``GET /metrics`` serves the
-process's metrics (``api.metrics``).
+log + last-resort 500, CORS, gzip, the request-body guard. The process's metrics
+(``api.metrics``) are served on their own port (``api.server``), not on the API's.
 
     uvicorn --factory api.app:app_from_env     # or: erynoa api
 """
@@ -22,8 +22,14 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from api.deps import limit_ip
-from api.envelopes import error_response, errors, install_error_handlers, request_id_of
-from api.metrics import METRICS_PATH, ApiMetrics, MetricsMiddleware, metrics_endpoint
+from api.envelopes import (
+    error_response,
+    errors,
+    install_error_handlers,
+    log_unavailable,
+    request_id_of,
+)
+from api.metrics import ApiMetrics, MetricsMiddleware
 from api.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from api.routes import admin, auth, bookings, health, payments, services, users, webhooks
 from api.runtime import KafkaUnavailable, PublisherFactory, Runtime
@@ -71,7 +77,11 @@ Money is `{"amount": <integer minor units>, "currency": "EUR"}`; times are RFC 3
 def create_app(
     settings: Settings, *, publisher_factory: PublisherFactory = EventPublisher
 ) -> FastAPI:
-    """The app; ``publisher_factory`` builds its Kafka publisher (tests pass one that fails)."""
+    """The app; ``publisher_factory`` builds its Kafka publisher (tests pass one that fails).
+
+    Raises ``UnsafeConfiguration`` for settings the API must not run with.
+    """
+    settings.require_safe_dev_issuer()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -115,8 +125,6 @@ def create_app(
     app.include_router(payments.router, prefix=API_PREFIX, dependencies=limited)
     app.include_router(webhooks.router, prefix=API_PREFIX, dependencies=limited)
     app.include_router(admin.router, prefix=API_PREFIX, dependencies=limited)
-    # For the scraper, beside the API rather than in it: no rate limit, not in the schema.
-    app.add_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
 
     # Added innermost first: the last one added sees the request first.
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
@@ -162,11 +170,13 @@ def _install_dependency_errors(app: FastAPI) -> None:
 def _unavailable(request: Request, component: str, exc: Exception) -> JSONResponse:
     # Raised wherever the request was, perhaps after a write: no claim about what changed
     # (routes that know say so themselves, see ``api.envelopes.unavailable``).
+    request_id = request_id_of(request)
+    log_unavailable(component, exc, request_id)
     return error_response(
-        request_id_of(request),
+        request_id,
         503,
         f"{component} is unavailable; try again",
-        details=[{"component": component, "error": str(exc) or type(exc).__name__}],
+        details=[{"component": component}],
         headers={"Retry-After": "2"},
     )
 

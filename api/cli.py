@@ -19,8 +19,13 @@ from erynoa.settings import get_settings
 def serve() -> None:
     """Run the REST API (uvicorn) with the process's settings."""
     from api.server import serve as run
+    from erynoa.settings import UnsafeConfiguration
 
-    run(get_settings())
+    try:
+        run(get_settings())
+    except UnsafeConfiguration as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
 
 
 def token(

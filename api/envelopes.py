@@ -86,12 +86,27 @@ def conflict(message: str, *, code: str = "CONFLICT", **details: Any) -> ApiErro
     return ApiError(409, message, code=code, details=[details] if details else ())
 
 
+def log_unavailable(component: str, error: object, request_id: str | None = None) -> None:
+    """Log why a dependency failed. The text names hosts, ports and drivers, so it goes to
+    operators only: a response names the component and nothing more."""
+    log.warning(
+        "%s unavailable",
+        component,
+        extra={
+            "component": component,
+            "error": str(error) or type(error).__name__,
+            "request_id": request_id,
+        },
+    )
+
+
 def unavailable(component: str, error: object) -> ApiError:
     """503 for a failure known to have changed nothing (before any write, or rolled back)."""
+    log_unavailable(component, error)
     return ApiError(
         503,
         f"{component} is unavailable; nothing was changed, try again",
-        details=[{"component": component, "error": str(error) or type(error).__name__}],
+        details=[{"component": component}],
         headers={"Retry-After": "2"},
     )
 
@@ -99,12 +114,13 @@ def unavailable(component: str, error: object) -> ApiError:
 def outcome_unknown(component: str, error: object, what: str, **details: Any) -> ApiError:
     """503 for a write whose COMMIT may or may not have happened (the connection was lost
     while it was under way): ``what`` tells the client how to find out or retry safely."""
+    log_unavailable(component, error)
     return ApiError(
         503,
         f"{component} failed while the change was being committed; it may have taken effect: "
         f"{what}",
         code="OUTCOME_UNKNOWN",
-        details=[{"component": component, "error": str(error) or type(error).__name__, **details}],
+        details=[{"component": component, **details}],
         headers={"Retry-After": "2"},
     )
 

@@ -1,5 +1,5 @@
-"""The API's Prometheus metrics and ``GET /metrics`` (outside ``/api/v1``, not rate-limited, not
-in the OpenAPI schema)::
+"""The API's Prometheus metrics, served on their own port (``erynoa.metrics``, part ``api``),
+never on the API's: the public port must not show traffic, routes and process details::
 
     erynoa_http_requests_total{method, route, status}         counter
     erynoa_http_request_duration_seconds{method, route}       histogram
@@ -20,26 +20,22 @@ from dataclasses import dataclass
 
 from fastapi.routing import iter_route_contexts
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
 )
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import BaseRoute, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from erynoa.metrics import LATENCY_BUCKETS, UNMATCHED_ROUTE, bounded
 
-METRICS_PATH = "/metrics"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class ApiMetrics:
-    """The API process's metrics, in the registry ``GET /metrics`` serves."""
+    """The API process's metrics, in the registry its metrics port serves."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -156,9 +152,3 @@ class MetricsMiddleware:
             route = route_template(scope)
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - began)
-
-
-async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus text exposition of the API process's registry."""
-    metrics: ApiMetrics = request.app.state.metrics
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

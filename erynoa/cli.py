@@ -142,9 +142,16 @@ def db_migrate() -> None:
 @app.command("run")
 def run() -> None:
     """Run the whole system in the foreground: API, every agent, the materializer."""
+    from erynoa.settings import UnsafeConfiguration
     from erynoa.supervisor import run_foreground
 
     settings = load_settings()
+    try:
+        # Checked here too, so a refusal is one clear message, not an API restarted until
+        # the supervisor gives up.
+        settings.require_safe_dev_issuer()
+    except UnsafeConfiguration as exc:
+        raise fail(str(exc)) from None
     raise typer.Exit(run_foreground(settings.public_base_url))
 
 

@@ -3,8 +3,8 @@
 Each process owns one ``CollectorRegistry`` (not prometheus-client's global one, so a test can
 build several apps in one interpreter) and exposes it on ``/metrics``:
 
-* the API on its own port (``GET /metrics`` beside ``/api/v1``, see ``api.metrics``);
-* every other process on ``settings.metrics_port_base + PORT_OFFSETS[part]``:
+* every process on ``settings.metrics_port_base + PORT_OFFSETS[part]`` (the API too: its
+  public port does not serve them):
 
   ============================  ======  ==================================
   part                          offset  default port
@@ -14,6 +14,7 @@ build several apps in one interpreter) and exposes it on ``/metrics``:
   payment                       2       9102
   notification                  3       9103
   provider-response             4       9104
+  api                           5       9105
   ============================  ======  ==================================
 
   ``ERYNOA_METRICS_PORT_BASE=0`` turns these ports off. A second process of the same part on
@@ -45,6 +46,7 @@ PORT_OFFSETS: Mapping[str, int] = {
     "payment": 2,
     "notification": 3,
     "provider-response": 4,
+    "api": 5,
 }
 
 OTHER = "other"

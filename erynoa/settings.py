@@ -6,6 +6,8 @@ environment anywhere else. Invalid values fail at start-up with the variable's n
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -18,6 +20,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 Environment = Literal["development", "test", "production"]
 
 _PLACEHOLDER_SECRETS = {"", "changeme", "dev-secret", "whsec_dev"}
+# Stripe's live secret and restricted keys; test-mode keys move no money.
+_LIVE_STRIPE_KEY = re.compile(r"^(sk|rk)_live_[A-Za-z0-9]{16,}$")
+# What Stripe issues for an endpoint: "whsec_" and at least 24 more characters.
+_STRIPE_WEBHOOK_SECRET = re.compile(r"^whsec_[A-Za-z0-9+/=_-]{24,}$")
+MIN_SECRET_LENGTH = 32
+
+
+class UnsafeConfiguration(RuntimeError):
+    """Settings a process must refuse to start with (the message says why and what to set)."""
 
 
 class Settings(BaseSettings):
@@ -25,7 +36,9 @@ class Settings(BaseSettings):
         env_prefix="ERYNOA_", env_file=".env", extra="ignore", frozen=True
     )
 
-    environment: Environment = "development"
+    # No default: a process is development, test or production only when told so. Unset, it
+    # gets no development conveniences (the token issuer, placeholder secrets).
+    environment: Environment | None = None
 
     # --- local stack: where `erynoa stack` keeps its services (all git-ignored) ---
     state_dir: Path = PROJECT_ROOT / ".stack"
@@ -69,7 +82,13 @@ class Settings(BaseSettings):
     oidc_audience: str = "erynoa-api"
     oidc_discovery_url: str | None = None
     roles_claim: str = "roles"
+    # Mints a token for any user and role without a login: it runs only where the environment
+    # is explicitly development or test and the API listens on loopback (see
+    # ``require_safe_dev_issuer``); elsewhere set it false and point oidc_issuer at the IdP.
     dev_issuer_enabled: bool = True
+    # For a container only: the API listens on 0.0.0.0 inside it, and its port is published on
+    # the host's 127.0.0.1 alone (compose.yaml), so loopback is still the only way in.
+    dev_issuer_published_on_loopback: bool = False
     dev_signing_key_file: Path = PROJECT_ROOT / ".stack" / "dev-signing-key.pem"
 
     # --- payments ---
@@ -90,9 +109,9 @@ class Settings(BaseSettings):
 
     # --- observability ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # Each non-API process serves /metrics on base + its offset (erynoa.metrics.PORT_OFFSETS:
-    # materializer 0, reservation 1, payment 2, notification 3, provider-response 4);
-    # 0 turns them off. The API serves GET /metrics on its own port.
+    # Each process serves /metrics on base + its offset (erynoa.metrics.PORT_OFFSETS:
+    # materializer 0, reservation 1, payment 2, notification 3, provider-response 4, api 5),
+    # on metrics_host; 0 turns them off. The API's public port does not serve them.
     metrics_port_base: int = Field(default=9100, ge=0, le=65535 - 10)
     metrics_host: str = "127.0.0.1"
     # OpenTelemetry traces: off by default (a no-op tracer). "console" writes one JSON line per
@@ -107,16 +126,82 @@ class Settings(BaseSettings):
     def _refuse_placeholders_in_production(self) -> Settings:
         if self.environment != "production":
             return self
+        # Each message names the variable and the rule, never the value (it may be a secret).
         problems = []
         if self.dev_issuer_enabled:
             problems.append("ERYNOA_DEV_ISSUER_ENABLED must be false in production")
+        if self.payment_gateway != "stripe":
+            problems.append(
+                "ERYNOA_PAYMENT_GATEWAY must be stripe in production (the sandbox confirms "
+                "bookings without taking money)"
+            )
+        if not _LIVE_STRIPE_KEY.match(self.stripe_api_key):
+            problems.append(
+                "ERYNOA_STRIPE_API_KEY must be a live secret or restricted key "
+                "(sk_live_... or rk_live_...), not a test or publishable key"
+            )
         if self.stripe_webhook_secret in _PLACEHOLDER_SECRETS:
             problems.append("ERYNOA_STRIPE_WEBHOOK_SECRET is a placeholder")
+        elif not _STRIPE_WEBHOOK_SECRET.match(self.stripe_webhook_secret):
+            problems.append(
+                "ERYNOA_STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret as Stripe "
+                "shows it (whsec_ and at least 24 more characters)"
+            )
         if self.webhook_signing_secret in _PLACEHOLDER_SECRETS:
             problems.append("ERYNOA_WEBHOOK_SIGNING_SECRET is a placeholder")
+        elif len(self.webhook_signing_secret) < MIN_SECRET_LENGTH:
+            problems.append(
+                f"ERYNOA_WEBHOOK_SIGNING_SECRET must be at least {MIN_SECRET_LENGTH} characters"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def development_or_test(self) -> bool:
+        """Whether this process was explicitly declared a development or test environment."""
+        return self.environment in ("development", "test")
+
+    @property
+    def stripe_webhook_secret_usable(self) -> bool:
+        """Whether Stripe events signed with ``stripe_webhook_secret`` may be trusted: a
+        placeholder is public (it is in this file), so only development and test accept it."""
+        return self.development_or_test or self.stripe_webhook_secret not in _PLACEHOLDER_SECRETS
+
+    def require_safe_dev_issuer(self) -> None:
+        """Raise ``UnsafeConfiguration`` unless the development issuer is off, or on where only
+        this machine can reach it: an explicit development or test environment, on loopback."""
+        if not self.dev_issuer_enabled:
+            return
+        problems = []
+        if not self.development_or_test:
+            problems.append(
+                f"ERYNOA_ENVIRONMENT is {self.environment or 'not set'}; the issuer needs "
+                "development or test, set explicitly"
+            )
+        if not (_is_loopback(self.api_host) or self.dev_issuer_published_on_loopback):
+            problems.append(
+                f"ERYNOA_API_HOST={self.api_host} is reachable from other machines; the "
+                "issuer listens on loopback only (127.0.0.1 or ::1)"
+            )
+        if problems:
+            raise UnsafeConfiguration(
+                "refusing to start: the development token issuer (ERYNOA_DEV_ISSUER_ENABLED, "
+                "on by default) gives anyone who reaches it a token for any user and role, "
+                f"admin included. {'; '.join(problems)}. For a local run set "
+                "ERYNOA_ENVIRONMENT=development and keep ERYNOA_API_HOST=127.0.0.1 (make run "
+                "does); anywhere else set ERYNOA_DEV_ISSUER_ENABLED=false and ERYNOA_OIDC_ISSUER "
+                "to your identity provider."
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to anything
 
 
 @lru_cache(maxsize=1)

@@ -82,6 +82,8 @@ class LocalSystem:
         self.api_url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
         self.env = {
+            # A throwaway system on loopback whose tokens come from the development issuer.
+            "ERYNOA_ENVIRONMENT": "test",
             "ERYNOA_API_HOST": "127.0.0.1",
             "ERYNOA_API_PORT": str(self.port),
             "ERYNOA_PUBLIC_BASE_URL": self.api_url,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -11,6 +12,11 @@ import asyncpg
 import pytest
 
 from erynoa.settings import Settings
+
+# The tests are the test environment, and say so: it is what lets the servers and systems they
+# start run the development issuer (on loopback). Subprocesses inherit it. A value set by the
+# caller wins.
+os.environ.setdefault("ERYNOA_ENVIRONMENT", "test")
 
 
 def unique(prefix: str = "") -> str:

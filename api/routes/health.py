@@ -3,25 +3,28 @@
 Readiness checks Kafka (a metadata request), Postgres (``SELECT 1``) and Redis (``PING``)
 concurrently, each bounded by ``CHECK_TIMEOUT_SECONDS``; it answers 503 naming exactly the
 components that failed, so an orchestrator stops routing traffic here until they are back.
+These routes are public: they name components and say "unreachable" or "timeout", never the
+driver's text (hosts, ports, versions), which goes to the log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import platform
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from api.deps import RuntimeDep
 from api.envelopes import Envelope, error_response, errors, ok, request_id_of
 from erynoa import __version__
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("erynoa.api")
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -45,7 +48,7 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
     service: str
     version: str
-    environment: str
+    environment: str | None  # None: not declared (see ERYNOA_ENVIRONMENT)
     uptime_seconds: float
     kafka_connected: bool
 
@@ -59,7 +62,7 @@ class Live(BaseModel):
 class Check(BaseModel):
     ok: bool
     latency_ms: float
-    error: str | None = None
+    error: Literal["timeout", "unreachable"] | None = None
 
 
 class Ready(BaseModel):
@@ -84,14 +87,11 @@ class Ready(BaseModel):
 
 class Version(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"version": "0.1.0", "api_version": "v1", "python": "3.11.9"}]
-        }
+        json_schema_extra={"examples": [{"version": "0.1.0", "api_version": "v1"}]}
     )
 
     version: str
     api_version: Literal["v1"] = "v1"
-    python: str = Field(default_factory=platform.python_version)
 
 
 @router.get("/health", response_model=Envelope[Health], responses=errors(500))
@@ -115,16 +115,21 @@ async def live(request: Request) -> Envelope[Live]:
     return ok(request, Live())
 
 
-async def _timed(probe: Callable[[], Awaitable[object]]) -> Check:
+async def _timed(name: str, probe: Callable[[], Awaitable[object]]) -> Check:
     began = time.perf_counter()
+    error: Literal["timeout", "unreachable"] | None = None
     try:
         await asyncio.wait_for(probe(), timeout=CHECK_TIMEOUT_SECONDS)
     except TimeoutError:
-        error: str | None = f"no answer within {CHECK_TIMEOUT_SECONDS:g}s"
+        error = "timeout"
+        log.warning("readiness: %s gave no answer within %gs", name, CHECK_TIMEOUT_SECONDS)
     except Exception as exc:  # any failure of the probe means "not ready", whatever its type
-        error = str(exc) or type(exc).__name__
-    else:
-        error = None
+        error = "unreachable"
+        log.warning(
+            "readiness: %s unreachable",
+            name,
+            extra={"component": name, "error": str(exc) or type(exc).__name__},
+        )
     latency = round((time.perf_counter() - began) * 1000, 2)
     return Check(ok=error is None, latency_ms=latency, error=error)
 
@@ -144,7 +149,9 @@ async def ready(request: Request, runtime: RuntimeDep) -> Envelope[Ready] | JSON
         return await runtime.redis.ping()
 
     names = ("kafka", "postgres", "redis")
-    results = await asyncio.gather(_timed(runtime.kafka.check), _timed(postgres), _timed(redis))
+    results = await asyncio.gather(
+        _timed("kafka", runtime.kafka.check), _timed("postgres", postgres), _timed("redis", redis)
+    )
     checks = dict(zip(names, results, strict=True))
     down = [name for name, check in checks.items() if not check.ok]
     if down:

@@ -121,7 +121,7 @@ async def put_me(
     return ok(request, await _fetch(conn, user.sub))
 
 
-def _check_webhook_url(url: AnyHttpUrl | None, environment: str) -> None:
+def _check_webhook_url(url: AnyHttpUrl | None, environment: str | None) -> None:
     if url is None:
         return
     problems = []

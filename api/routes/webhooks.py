@@ -15,6 +15,7 @@ forwarded; anything else is acknowledged and ignored, or Stripe would retry it f
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Annotated, Any
 
@@ -31,6 +32,8 @@ from erynoa import events as ev
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 SIGNATURE_TOLERANCE_SECONDS = 300
+
+log = logging.getLogger("erynoa.api")
 
 
 class WebhookReceipt(BaseModel):
@@ -100,6 +103,15 @@ async def stripe_webhook(
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
 ) -> Envelope[WebhookReceipt]:
     """Receive a Stripe event (signature verified; each event forwarded once)."""
+    if not settings.stripe_webhook_secret_usable:
+        # 503, not 400: the fault is ours, and Stripe redelivers once the secret is set.
+        log.error(
+            "stripe webhook refused: ERYNOA_STRIPE_WEBHOOK_SECRET is a placeholder and "
+            "ERYNOA_ENVIRONMENT is not development or test"
+        )
+        raise ApiError(
+            503, "Stripe webhooks are not configured on this server", code="WEBHOOK_NOT_CONFIGURED"
+        )
     payload = await request.body()
     try:
         stripe.Webhook.construct_event(

@@ -76,8 +76,6 @@ class Running:
         self.base_url = settings.public_base_url
 
     def metrics_url(self, part: str) -> str:
-        if part == "api":
-            return f"{self.base_url}/metrics"
         return f"http://127.0.0.1:{self.metrics_base + PORT_OFFSETS[part]}/metrics"
 
     def scrape(self, part: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
