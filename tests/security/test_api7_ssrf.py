@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -30,6 +32,7 @@ from erynoa.topics import TopicCatalog, load_catalog
 from streams.notification import (
     IDEMPOTENCY_HEADER,
     DeliveryFailed,
+    DeliveryUnavailable,
     NotificationAdapter,
     SmtpSender,
     WebhookSender,
@@ -100,7 +103,7 @@ class Listener:
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> Listener:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -109,7 +112,7 @@ class Listener:
         self._server.close()
         await self._server.wait_closed()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
             head = (await reader.readuntil(b"\r\n\r\n")).decode()
@@ -329,3 +332,69 @@ async def test_the_agent_records_a_refused_webhook_as_failed_without_the_remote_
     # What happened, in our words: no URL, port or remote error text.
     assert failed.reason.endswith("webhook refused: points to a loopback address")
     assert str(listener.port) not in failed.reason
+
+
+def _self_signed(name: str, directory: Any) -> tuple[str, str]:
+    """A certificate for ``name`` (and its key) as PEM files: the receiver's identity."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+async def test_https_to_the_checked_address_still_verifies_the_certificate_of_the_name(
+    tmp_path: Any,
+) -> None:
+    name = "hooks.erynoa.test"
+    cert_file, key_file = _self_signed(name, tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_file, key_file)
+    client_tls = ssl.create_default_context(cafile=cert_file)
+
+    async def to_loopback(host: str, port: int) -> list[Address]:
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    listener = Listener()
+    server = await asyncio.start_server(listener.handle, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    policy = OutboundPolicy(allow=(parse_allow_rule("127.0.0.1"),), resolver=to_loopback)
+    sender = WebhookSender(
+        "s3cret", policy=policy, transport=httpx.AsyncHTTPTransport(verify=client_tls)
+    )
+    await sender.start()
+    try:
+        await sender.send(notice(), f"https://{name}:{port}/hook")
+        # The same address under another name: its certificate does not match, so no send.
+        with pytest.raises(DeliveryUnavailable):
+            await sender.send(notice(), f"https://other.erynoa.test:{port}/hook")
+    finally:
+        await sender.close()
+        server.close()
+        await server.wait_closed()
+    assert [h["host"] for h in listener.heads] == [f"{name}:{port}"]
