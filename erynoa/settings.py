@@ -10,10 +10,12 @@ import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from erynoa.outbound import STANDARD_PORTS, parse_allow_rule
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,6 +109,15 @@ class Settings(BaseSettings):
     mail_from: str = "bookings@erynoa.local"
     webhook_signing_secret: str = "dev-secret"
 
+    # --- outbound requests to URLs users choose (webhooks; see erynoa.outbound) ---
+    # Comma-separated addresses or networks, optionally with :port, exempt from the guard
+    # (e.g. 127.0.0.1 for tests and development). Empty: public addresses only.
+    outbound_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Ports a public destination may use (comma-separated).
+    outbound_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: sorted(STANDARD_PORTS)
+    )
+
     # --- observability ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Each process serves /metrics on base + its offset (erynoa.metrics.PORT_OFFSETS:
@@ -121,6 +132,20 @@ class Settings(BaseSettings):
     otlp_endpoint: str | None = None
     # Fraction of new traces recorded (a trace started upstream keeps its own decision).
     tracing_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @field_validator("outbound_allow", "outbound_ports", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("outbound_allow")
+    @classmethod
+    def _parse_allow_rules(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_allow_rule(entry)  # fails at start-up with the entry, not at first send
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:

@@ -5,9 +5,10 @@ Run: ``erynoa worker notification``. Consumes ``bookings``, ``reservations``, ``
 
 Channels, per recipient (``users``): e-mail over SMTP (``ERYNOA_SMTP_HOST``/``_PORT``,
 ``ERYNOA_MAIL_FROM``) when the user has an address, and a signed webhook when the user
-registered ``webhook_url``. The webhook's body is JSON; ``X-Erynoa-Signature: t=<unix>,v1=<hex>``
-is HMAC-SHA256 over ``"<t>.<body>"`` with ``ERYNOA_WEBHOOK_SIGNING_SECRET`` (``verify_signature``
-is the receiver's check).
+registered ``webhook_url`` (sent only where ``erynoa.outbound`` allows, checked again at every
+send: ``ERYNOA_OUTBOUND_ALLOW``/``_PORTS``). The webhook's body is JSON;
+``X-Erynoa-Signature: t=<unix>,v1=<hex>`` is HMAC-SHA256 over ``"<t>.<body>"`` with
+``ERYNOA_WEBHOOK_SIGNING_SECRET`` (``verify_signature`` is the receiver's check).
 
 Delivered once in effect: the notification id is derived from booking and template. Before
 sending, ``notification_deliveries`` is checked for (id, channel); after sending, the row is
@@ -42,6 +43,7 @@ import httpx
 
 from erynoa import saga
 from erynoa.events import BookingEvent, NotificationFailed, NotificationSent, derived_event_id
+from erynoa.outbound import OutboundPolicy, OutboundRefused, guarded_client
 from erynoa.settings import Settings
 from streams.failures import PermanentError, RetryableError, classify, describe
 from streams.runtime import BaseAdapter, Context
@@ -209,15 +211,26 @@ class SmtpSender:
 
 
 class WebhookSender:
-    """POSTs a signed JSON notification to a user's registered URL."""
+    """POSTs a signed JSON notification to a user's registered URL, through the outbound guard
+    (``erynoa.outbound``): only to addresses ``policy`` allows, to the address it checked, and
+    never following a redirect. ``transport`` replaces the network under the guard."""
 
-    def __init__(self, secret: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        secret: str,
+        timeout_s: float = 10.0,
+        *,
+        policy: OutboundPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.secret = secret
         self.timeout_s = timeout_s
+        self.policy = policy if policy is not None else OutboundPolicy()
+        self._transport = transport
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(timeout=self.timeout_s)
+        self._client = guarded_client(self.policy, timeout_s=self.timeout_s, inner=self._transport)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -239,16 +252,23 @@ class WebhookSender:
         if self._client is None:
             raise RuntimeError("WebhookSender not started")
         body, headers = self.request(notice)
+        # The reasons raised here end up in NotificationFailed: what happened, in our words;
+        # the remote side's own error text only goes to the log.
         try:
             response = await self._client.post(url, content=body, headers=headers)
-        except httpx.TransportError as exc:  # connect, read, timeouts
-            raise DeliveryUnavailable(f"webhook {url}: {describe(exc)}") from exc
+        except OutboundRefused as exc:  # nothing was sent
+            raise DeliveryFailed(f"webhook refused: {exc.reason}") from exc
+        except httpx.InvalidURL as exc:  # e.g. an octal IPv4 form: nothing was sent
+            raise DeliveryFailed("webhook refused: not a valid URL") from exc
+        except httpx.TransportError as exc:  # connect, read, timeouts, no address
+            log.info("webhook %s unreachable: %s", url, describe(exc))
+            raise DeliveryUnavailable(f"webhook unreachable ({type(exc).__name__})") from exc
         status = response.status_code
         if 200 <= status < 300:
             return
         if status in (408, 425, 429) or status >= 500:
-            raise DeliveryUnavailable(f"webhook {url} answered {status}")
-        raise DeliveryFailed(f"webhook {url} answered {status}")
+            raise DeliveryUnavailable(f"webhook answered {status}")
+        raise DeliveryFailed(f"webhook answered {status}")
 
 
 class NotificationAdapter(BaseAdapter):
@@ -263,7 +283,9 @@ class NotificationAdapter(BaseAdapter):
     def from_settings(cls, settings: Settings) -> NotificationAdapter:
         return cls(
             SmtpSender(settings.smtp_host, settings.smtp_port, settings.mail_from),
-            WebhookSender(settings.webhook_signing_secret),
+            WebhookSender(
+                settings.webhook_signing_secret, policy=OutboundPolicy.from_settings(settings)
+            ),
         )
 
     async def start(self, pool: asyncpg.Pool) -> None:

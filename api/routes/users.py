@@ -18,6 +18,8 @@ from api.envelopes import ApiError, Envelope, Page, errors, not_found, ok, page
 from api.readmodel import fetch_page
 from api.routes.auth import DisplayName, Email
 from api.schemas import Body, Paging
+from erynoa.outbound import OutboundPolicy, OutboundRefused
+from erynoa.settings import Settings
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -67,7 +69,10 @@ class ProfileUpdate(Body):
     email: Email | None = None
     webhook_url: WebhookUrl | None = Field(
         default=None,
-        description="where signed notification webhooks are sent (https in production)",
+        description=(
+            "where signed notification webhooks are sent (https in production; a public "
+            "address on port 80 or 443)"
+        ),
     )
 
 
@@ -110,7 +115,7 @@ async def put_me(
         changes[name] = str(value) if value is not None else None
     url = changes.get("webhook_url")
     if url is not None:
-        _check_webhook_url(body.webhook_url, settings.environment)
+        await _check_webhook_url(body.webhook_url, settings)
     if changes:
         assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
         await conn.execute(
@@ -121,14 +126,20 @@ async def put_me(
     return ok(request, await _fetch(conn, user.sub))
 
 
-def _check_webhook_url(url: AnyHttpUrl | None, environment: str | None) -> None:
+async def _check_webhook_url(url: AnyHttpUrl | None, settings: Settings) -> None:
     if url is None:
         return
     problems = []
     if url.username or url.password:
         problems.append("must not carry credentials")
-    if environment == "production" and url.scheme != "https":
+    if settings.environment == "production" and url.scheme != "https":
         problems.append("must use https")
+    try:
+        # Refused here so the user learns at once; the notification agent checks again at
+        # every send, as the name may resolve elsewhere by then.
+        await OutboundPolicy.from_settings(settings).check_url(str(url))
+    except OutboundRefused as exc:
+        problems.append(exc.reason)
     if problems:
         raise ApiError(
             422,
