@@ -38,8 +38,8 @@ class Revoked:
     def __init__(self, *ids: str) -> None:
         self.ids = set(ids)
 
-    async def is_revoked(self, token_id: str) -> bool:
-        return token_id in self.ids
+    async def is_revoked(self, token_id: str, session_id: str | None = None) -> bool:
+        return token_id in self.ids or session_id in self.ids
 
 
 @pytest.fixture(scope="module")
