@@ -19,7 +19,7 @@ from tests.integration.api.conftest import (
     future_slot,
     insert_booking,
 )
-from tests.security.operations import operations
+from tests.security.operations import Operation, operations
 
 pytestmark = pytest.mark.integration
 
@@ -64,11 +64,8 @@ def test_every_operation_with_a_token_has_its_roles_decided() -> None:
     "op", [op for op in SECURED if ALLOWED.get(op.key, ANY) != ANY], ids=lambda op: op.key
 )
 async def test_a_role_that_is_not_allowed_is_refused(
-    op: object, http: httpx.AsyncClient, live_api: LiveApi, pg: asyncpg.Pool
+    op: Operation, http: httpx.AsyncClient, live_api: LiveApi, pg: asyncpg.Pool
 ) -> None:
-    from tests.security.operations import Operation
-
-    assert isinstance(op, Operation)
     refused = sorted(ANY - ALLOWED[op.key])
     for role in refused:
         sub = unique("caller-")
