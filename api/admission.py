@@ -58,7 +58,7 @@ async def admit(
     ip_hit: PendingHit | None = None
     if ip is not None:
         ip_hit = limiter.queue(pipe, ip.scope, ip.identity, ip.per_window, now)
-    revocations.queue(pipe, principal.token_id)
+    revocations.queue(pipe, principal.token_id, principal.session_id)
     user_hit = limiter.queue(pipe, user.scope, user.identity, user.per_window, now)
     try:
         replies = await pipe.execute()

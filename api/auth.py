@@ -58,6 +58,22 @@ ZITADEL_ROLES_CLAIM = "urn:zitadel:iam:org:project:roles"
 LEEWAY_SECONDS = 30
 _SUBJECT = re.compile(r"^[^\x00-\x1f]{1,255}$")
 _REVOKED_PREFIX = "erynoa:revoked:"
+_REVOKED_SESSION_PREFIX = "erynoa:revoked-session:"
+# JOSE `typ` values of access tokens (RFC 9068's, and the generic one most providers send).
+ACCESS_TOKEN_TYPES: tuple[str, ...] = ("at+jwt", "JWT")
+# Claims of an OIDC ID token (nonce, the access-token and code hashes) no access token has.
+_ID_TOKEN_CLAIMS = frozenset({"nonce", "at_hash", "c_hash"})
+
+
+def _media_type(typ: str) -> str:
+    # RFC 7515 §4.1.9: "application/" may be left out, and media types are case-insensitive.
+    lowered = typ.strip().lower()
+    return lowered.removeprefix("application/")
+
+
+def _number(value: object) -> float:
+    # exp and iat were checked to be numbers by jwt.decode.
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 class AuthError(Exception):
@@ -89,6 +105,10 @@ class Principal:
     issued_at: datetime | None
     expires_at: datetime
     claims: Mapping[str, Any] = field(repr=False, compare=False)
+    # The login this token descends from (``sid``), and when it happened (``auth_time``):
+    # the development issuer's refresh keeps both, so a session can be revoked as a whole.
+    session_id: str | None = None
+    authenticated_at: datetime | None = None
 
     def has(self, *roles: str) -> bool:
         return not self.roles.isdisjoint(roles)
@@ -143,6 +163,7 @@ def principal_from_claims(claims: Mapping[str, Any], token: str, roles_claim: st
     name = claims.get("name") or claims.get("preferred_username")
     expires_at = _timestamp(claims, "exp")
     assert expires_at is not None  # jwt.decode requires exp
+    sid = claims.get("sid")
     return Principal(
         sub=sub,
         roles=roles_from_claims(claims, roles_claim),
@@ -153,6 +174,8 @@ def principal_from_claims(claims: Mapping[str, Any], token: str, roles_claim: st
         issued_at=_timestamp(claims, "iat"),
         expires_at=expires_at,
         claims=dict(claims),
+        session_id=sid if isinstance(sid, str) and 0 < len(sid) <= 200 else None,
+        authenticated_at=_timestamp(claims, "auth_time"),
     )
 
 
@@ -178,8 +201,15 @@ class RemoteJwks:
 
     An unknown ``kid`` triggers a refetch (the provider rotated its keys), but at most once
     per ``min_refresh_seconds``, so a flood of tokens with made-up ``kid``s cannot turn
-    into a flood of requests to the provider. Keys older than ``max_age_seconds`` are
-    refetched too, so a key the provider withdrew stops being trusted.
+    into a flood of requests to the provider. Keys are trusted for ``max_age_seconds`` after
+    the last fetch that *succeeded*; then they are refetched, so a key the provider withdrew
+    stops being trusted. If the provider cannot be reached by then, the old keys are dropped
+    and every token is refused (503, ``KeysUnavailable``) until it answers again: an outage
+    of the identity provider must not keep a withdrawn (perhaps leaked) key trusted. Failed
+    attempts are retried at most every ``min_refresh_seconds``.
+
+    The discovery document must name ``issuer`` as its issuer (OpenID Connect Discovery
+    §4.3): otherwise a document served from somewhere else could hand us another issuer's keys.
     """
 
     def __init__(
@@ -187,15 +217,21 @@ class RemoteJwks:
         discovery_url: str,
         http: httpx.AsyncClient,
         *,
+        issuer: str | None = None,
         min_refresh_seconds: float = 30.0,
         max_age_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.discovery_url = discovery_url
+        self.issuer = issuer
         self._http = http
         self._min_refresh = min_refresh_seconds
         self._max_age = max_age_seconds
+        self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at: float | None = None
+        self._fetched_at: float | None = None  # the last fetch that succeeded
+        self._attempted_at: float | None = None  # the last fetch, whatever its outcome
+        self._last_error = ""
         self._lock = asyncio.Lock()
 
     async def get(self, kid: str) -> jwt.PyJWK | None:
@@ -205,27 +241,36 @@ class RemoteJwks:
             stale = not self._fresh()
             if kid not in self._keys or stale:
                 recently = (
-                    self._fetched_at is not None
-                    and time.monotonic() - self._fetched_at < self._min_refresh
+                    self._attempted_at is not None
+                    and self._clock() - self._attempted_at < self._min_refresh
                 )
-                if stale or not recently:
+                if not recently:
                     await self._refresh()
+            if not self._fresh():
+                self._keys = {}  # too old to trust, and no newer ones could be had
+                raise KeysUnavailable(self._last_error or "the issuer's keys are out of date")
             return self._keys.get(kid)
 
     def _fresh(self) -> bool:
-        return self._fetched_at is not None and time.monotonic() - self._fetched_at < self._max_age
+        return self._fetched_at is not None and self._clock() - self._fetched_at < self._max_age
 
     async def _refresh(self) -> None:
-        self._fetched_at = time.monotonic()
+        self._attempted_at = self._clock()
         try:
             discovery = (await self._http.get(self.discovery_url, timeout=5.0)).raise_for_status()
-            jwks_uri = discovery.json()["jwks_uri"]
+            document = discovery.json()
+            if self.issuer is not None and document.get("issuer") != self.issuer:
+                raise ValueError(
+                    f"the discovery document names the issuer {document.get('issuer')!r}, "
+                    f"not {self.issuer!r}"
+                )
+            jwks_uri = document["jwks_uri"]
             jwks = (await self._http.get(jwks_uri, timeout=5.0)).raise_for_status().json()
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Not a successful fetch: the keys we have keep their age (see the class).
             log.warning("cannot fetch the issuer's keys", extra={"error": str(exc)})
-            if not self._keys:
-                raise KeysUnavailable(str(exc)) from exc
-            return  # keep serving the keys we have
+            self._last_error = str(exc)
+            return
         keys: dict[str, jwt.PyJWK] = {}
         for data in jwks.get("keys", []) if isinstance(jwks, dict) else []:
             kid = data.get("kid") if isinstance(data, dict) else None
@@ -238,39 +283,80 @@ class RemoteJwks:
             if key.algorithm_name in ALLOWED_ALGORITHMS:
                 keys[kid] = key
         self._keys = keys
+        self._fetched_at = self._attempted_at
 
 
 # --- revocation -----------------------------------------------------------------------------
 
 
 class RevocationCheck(Protocol):
-    async def is_revoked(self, token_id: str) -> bool: ...
+    async def is_revoked(self, token_id: str, session_id: str | None = None) -> bool: ...
 
 
 class RevocationList:
-    """Revoked token ids in Redis, each kept until the token would have expired anyway."""
+    """Revoked token ids in Redis, each kept until the token would have expired anyway, and
+    revoked sessions (every token refreshed from one login), kept until the session ends."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
     async def revoke(self, principal: Principal) -> None:
-        remaining = int((principal.expires_at - datetime.now(UTC)).total_seconds()) + 1
-        # Clock skew: keep it past the verification leeway too.
-        ttl = max(remaining + LEEWAY_SECONDS, 1)
         try:
-            await self._redis.set(_REVOKED_PREFIX + principal.token_id, "1", ex=ttl)
+            await self._redis.set(
+                _REVOKED_PREFIX + principal.token_id, "1", ex=_ttl_until(principal.expires_at)
+            )
         except RedisError as exc:
             raise RevocationUnavailable(str(exc)) from exc
 
-    async def is_revoked(self, token_id: str) -> bool:
+    async def use_once(self, principal: Principal) -> bool:
+        """Revoke the token unless it already was: True for the one caller that did it (two
+        refreshes of one token race here, and only one wins)."""
         try:
-            return bool(await self._redis.exists(_REVOKED_PREFIX + token_id))
+            return bool(
+                await self._redis.set(
+                    _REVOKED_PREFIX + principal.token_id,
+                    "used",
+                    ex=_ttl_until(principal.expires_at),
+                    nx=True,
+                )
+            )
         except RedisError as exc:
             raise RevocationUnavailable(str(exc)) from exc
 
-    def queue(self, pipe: Pipeline, token_id: str) -> None:
+    async def revoke_session(self, session_id: str, until: datetime) -> None:
+        try:
+            await self._redis.set(_REVOKED_SESSION_PREFIX + session_id, "1", ex=_ttl_until(until))
+        except RedisError as exc:
+            raise RevocationUnavailable(str(exc)) from exc
+
+    async def is_session_revoked(self, session_id: str) -> bool:
+        try:
+            return bool(await self._redis.exists(_REVOKED_SESSION_PREFIX + session_id))
+        except RedisError as exc:
+            raise RevocationUnavailable(str(exc)) from exc
+
+    async def is_revoked(self, token_id: str, session_id: str | None = None) -> bool:
+        try:
+            return bool(await self._redis.exists(*_revocation_keys(token_id, session_id)))
+        except RedisError as exc:
+            raise RevocationUnavailable(str(exc)) from exc
+
+    def queue(self, pipe: Pipeline, token_id: str, session_id: str | None = None) -> None:
         """Add the check to a caller's pipeline: one reply, truthy if the token is revoked."""
-        pipe.exists(_REVOKED_PREFIX + token_id)
+        pipe.exists(*_revocation_keys(token_id, session_id))
+
+
+def _revocation_keys(token_id: str, session_id: str | None) -> list[str]:
+    keys = [_REVOKED_PREFIX + token_id]
+    if session_id is not None:
+        keys.append(_REVOKED_SESSION_PREFIX + session_id)
+    return keys
+
+
+def _ttl_until(moment: datetime) -> int:
+    remaining = int((moment - datetime.now(UTC)).total_seconds()) + 1
+    # Clock skew: keep it past the verification leeway too.
+    return max(remaining + LEEWAY_SECONDS, 1)
 
 
 # --- verification ---------------------------------------------------------------------------
@@ -300,6 +386,8 @@ class TokenVerifier:
         roles_claim: str,
         keys: KeySource,
         revocations: RevocationCheck,
+        max_lifetime_seconds: int = 86_400,
+        token_types: Iterable[str] = ACCESS_TOKEN_TYPES,
         verified_ttl_seconds: float = VERIFIED_TTL_SECONDS,
         max_verified: int = 10_000,
         clock: Callable[[], float] = time.time,
@@ -309,6 +397,8 @@ class TokenVerifier:
         self.roles_claim = roles_claim
         self._keys = keys
         self._revocations = revocations
+        self._max_lifetime = max_lifetime_seconds
+        self._token_types = frozenset(_media_type(t) for t in token_types)
         self._verified_ttl = verified_ttl_seconds
         self._max_verified = max_verified
         self._clock = clock
@@ -318,7 +408,7 @@ class TokenVerifier:
     async def verify(self, token: str) -> Principal:
         """The caller behind ``token``; raises ``AuthError`` (401) for any unacceptable token."""
         principal = await self.decode(token)
-        if await self._revocations.is_revoked(principal.token_id):
+        if await self._revocations.is_revoked(principal.token_id, principal.session_id):
             raise AuthError("the token was revoked")
         return principal
 
@@ -349,6 +439,11 @@ class TokenVerifier:
         # Pinned before any key is touched: `none` and HS256-with-the-public-key end here.
         if alg not in ALLOWED_ALGORITHMS:
             raise AuthError(f"the token's algorithm {alg!r} is not accepted")
+        # RFC 8725 §3.11 / RFC 9068 §4: an access token says so in its JOSE type; an ID token
+        # or a logout token meant for the same audience must not pass for one.
+        typ = header.get("typ")
+        if not isinstance(typ, str) or _media_type(typ) not in self._token_types:
+            raise AuthError(f"the token's type {typ!r} is not an access token's")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise AuthError("the token names no signing key (kid)")
@@ -381,6 +476,15 @@ class TokenVerifier:
             raise AuthError("the token's signature is invalid") from None
         except jwt.PyJWTError:
             raise AuthError("the token is invalid") from None
+        # Many providers type their ID tokens "JWT" too; these claims only ID tokens carry.
+        if _ID_TOKEN_CLAIMS.intersection(claims):
+            raise AuthError("an ID token is not an access token")
+        lifetime = _number(claims.get("exp")) - _number(claims.get("iat"))
+        if lifetime > self._max_lifetime:
+            raise AuthError(
+                f"the token's lifetime ({lifetime:.0f} s) is longer than the "
+                f"{self._max_lifetime} s accepted"
+            )
         return principal_from_claims(claims, token, self.roles_claim)
 
 
@@ -493,7 +597,11 @@ class DevIssuer:
         email: str | None = None,
         name: str | None = None,
         now: datetime | None = None,
+        session_id: str | None = None,
+        authenticated_at: datetime | None = None,
     ) -> str:
+        """An access token; a refresh passes the session (``sid``) and login time
+        (``auth_time``) of the token it replaces, a login leaves them to start a session."""
         issued = int((now or datetime.now(UTC)).timestamp())
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -503,13 +611,17 @@ class DevIssuer:
             "nbf": issued,
             "exp": issued + ttl_seconds,
             "jti": str(uuid.uuid4()),
+            "sid": session_id or str(uuid.uuid4()),
+            "auth_time": int(authenticated_at.timestamp()) if authenticated_at else issued,
             self.roles_claim: roles_claim_value(self.roles_claim, roles),
         }
         if email is not None:
             claims["email"] = email
         if name is not None:
             claims["name"] = name
-        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
+        return jwt.encode(
+            claims, self._key, algorithm="RS256", headers={"kid": self.kid, "typ": "at+jwt"}
+        )
 
     def sign_raw(self, claims: Mapping[str, Any], headers: Mapping[str, Any] | None = None) -> str:
         """Sign arbitrary claims with the development key (tests build odd tokens with it)."""

@@ -2,8 +2,8 @@
 
 ``CurrentUser`` verifies the bearer token, checks it is not revoked and counts the request
 against the caller's rate limit (one Redis round trip, ``api.admission``) and makes sure their
-``users`` row exists; ``AdminUser`` and ``ProviderUser`` add a role check
-(403). ``limit_ip`` is mounted on every router except health.
+``users`` row exists; ``AdminUser``, ``ProviderUser``, ``CustomerUser`` and ``MemberUser`` add a
+role check (403). ``limit_ip`` is mounted on every router except health.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from api.admission import Limit, admit
 from api.auth import AuthError, KeysUnavailable, Principal, RevocationUnavailable
 from api.envelopes import ApiError, forbidden, request_id_of, unauthorized, unavailable
 from api.outbox import ApiOutbox
-from api.ratelimit import Verdict
+from api.ratelimit import Verdict, client_bucket
 from api.runtime import EventContext, KafkaLink, Runtime
 from erynoa.kafka import H_REQUEST_ID, H_SYNTHETIC, H_TRACEPARENT
 from erynoa.settings import Settings
@@ -126,7 +126,7 @@ def rate_limited(verdict: Verdict, who: str) -> ApiError:
 
 def _ip_limit(request: Request, settings: Settings) -> Limit:
     ip = request.client.host if request.client else "unknown"
-    return Limit("ip", ip, settings.rate_limit_per_minute_ip)
+    return Limit("ip", client_bucket(ip), settings.rate_limit_per_minute_ip)
 
 
 async def _count_ip(runtime: Runtime, limit: Limit) -> None:
@@ -211,6 +211,9 @@ def _authenticates(route: object) -> bool:
     return answer
 
 
+BearerToken = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+"""The bearer credentials as sent, unchecked (for a route that checks them its own way)."""
+
 TokenUser = Annotated[Principal, Depends(_principal)]
 """The verified caller, without touching the database (for /auth routes)."""
 
@@ -240,3 +243,9 @@ def require_role(*roles: str) -> Callable[[Principal], Awaitable[Principal]]:
 
 AdminUser = Annotated[Principal, Depends(require_role("admin"))]
 ProviderUser = Annotated[Principal, Depends(require_role("provider", "admin"))]
+# A customer's actions (booking, confirming a payment) are not an admin's: an operator acts
+# through the admin routes, which say who did what.
+CustomerUser = Annotated[Principal, Depends(require_role("customer"))]
+# A verified token with none of our roles (an IdP account nobody let in) may read who it is,
+# but not change anything.
+MemberUser = Annotated[Principal, Depends(require_role("customer", "provider", "admin"))]

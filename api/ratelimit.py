@@ -14,6 +14,7 @@ logged): rate limiting protects capacity, it is not a security boundary.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
@@ -26,6 +27,25 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 log = logging.getLogger("erynoa.api.ratelimit")
+
+
+# One IPv6 subscriber usually gets a whole /64 (SLAAC, privacy addresses): counted per /128,
+# each client could rotate through 2**64 addresses, each with a fresh limit.
+IPV6_CLIENT_PREFIX = 64
+
+
+def client_bucket(host: str) -> str:
+    """The rate-limit identity of a client address: an IPv4 address as it is, an IPv6
+    address's /64 (an IPv4-mapped one as its IPv4 address); anything else, as given."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64]  # not an address (a unix socket, a test client): bounded, as is
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False))
+    return str(address)
 
 
 @dataclass(frozen=True)

@@ -102,12 +102,15 @@ _INSERT_INITIAL = f"""
 """
 
 # Every write of an idempotent request in one statement: the key's claim and, only if this
-# statement made it, the booking's row and its event in the outbox. A concurrent claim of the
+# statement made it, the booking's row and its event in the outbox. A key whose booking exists
+# while its own row does not has expired and was deleted: it is not claimed again (the booking
+# id derives from the key, so it would name the old booking). A concurrent claim of the
 # same key makes the INSERT wait for that transaction, as a separate statement would.
 _CLAIM_AND_INSERT_INITIAL = f"""
     WITH claimed AS (
         INSERT INTO idempotency_keys (customer_id, key, request_hash, booking_id)
-        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING booking_id
+        SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT FROM bookings WHERE id = $4)
+        ON CONFLICT DO NOTHING RETURNING booking_id
     ), booking AS (
         INSERT INTO bookings ({_INITIAL_COLUMNS})
         SELECT {_placeholders(5, _INITIAL_COUNT)} WHERE EXISTS (SELECT FROM claimed)
@@ -176,3 +179,23 @@ async def fetch_history(conn: asyncpg.Connection, booking_id: str) -> list[async
             booking_id,
         )
     )
+
+
+async def delete_expired_idempotency_keys(
+    db: asyncpg.Pool | asyncpg.Connection, ttl_seconds: int, batch: int = 5000
+) -> int:
+    """Delete idempotency keys older than ``ttl_seconds``, at most ``batch`` of them (oldest
+    first, so a backlog shrinks over several calls without one long lock); how many went."""
+    deleted: int = await db.fetchval(
+        """WITH expired AS (
+               DELETE FROM idempotency_keys WHERE ctid IN (
+                   SELECT ctid FROM idempotency_keys
+                   WHERE created_at < now() - make_interval(secs => $1)
+                   ORDER BY created_at LIMIT $2
+               ) RETURNING 1
+           )
+           SELECT count(*) FROM expired""",
+        float(ttl_seconds),
+        batch,
+    )
+    return deleted

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import httpx
@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from api.auth import DevIssuer, KeySource, Principal, RemoteJwks, RevocationList, TokenVerifier
 from api.outbox import ApiOutbox
 from api.ratelimit import RateLimiter
+from api.readmodel import delete_expired_idempotency_keys
 from erynoa import tracing
 from erynoa.codec import EventCodec, default_codec
 from erynoa.db import create_pool
@@ -328,6 +329,7 @@ class Runtime:
     users: SeenUsers
     services: ServiceTermsCache
     started_at: float
+    key_expiry: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
     async def start(
@@ -354,13 +356,15 @@ class Runtime:
             discovery = settings.oidc_discovery_url or (
                 settings.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration"
             )
-            keys = RemoteJwks(discovery, http)
+            keys = RemoteJwks(discovery, http, issuer=settings.oidc_issuer)
         verifier = TokenVerifier(
             issuer=settings.oidc_issuer,
             audience=settings.oidc_audience,
             roles_claim=settings.roles_claim,
             keys=keys,
             revocations=revocations,
+            max_lifetime_seconds=settings.max_token_lifetime_seconds,
+            token_types=settings.access_token_types,
         )
         codec = default_codec()
         kafka = KafkaLink(settings, codec, catalog, publisher_factory)
@@ -384,9 +388,17 @@ class Runtime:
             users=SeenUsers(),
             services=ServiceTermsCache(),
             started_at=time.time(),
+            key_expiry=asyncio.create_task(
+                _expire_idempotency_keys(pool, settings.idempotency_key_ttl_seconds),
+                name="idempotency-key-expiry",
+            ),
         )
 
     async def close(self) -> None:
+        if self.key_expiry is not None:
+            self.key_expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.key_expiry
         await self.outbox.stop()
         await self.kafka.stop()
         await self.http.aclose()
@@ -401,3 +413,16 @@ async def _pool(settings: Settings) -> asyncpg.Pool:
         # Start anyway with a lazy pool: readiness reports postgres down until it is back.
         log.warning("postgres not reachable at start", extra={"error": str(exc)})
         return await create_pool(settings, min_size=0)
+
+
+async def _expire_idempotency_keys(pool: asyncpg.Pool, ttl_seconds: int) -> None:
+    """Delete expired idempotency keys now and then, in every API process (a delete that
+    finds nothing costs an index probe; two replicas deleting the same rows is harmless)."""
+    interval = min(600.0, ttl_seconds / 4)
+    while True:
+        try:
+            # One batch a round: a backlog (after a long outage) goes over a few rounds.
+            await delete_expired_idempotency_keys(pool, ttl_seconds)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("idempotency keys not expired this round", extra={"error": str(exc)})
+        await asyncio.sleep(interval)

@@ -13,6 +13,8 @@ from typing import Annotated
 from fastapi import Depends, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
+from api.envelopes import ApiError
+
 # Printable text without NUL; the JSON schema says so, so generated clients and fuzzers agree.
 _NO_NUL = r"^[^\x00]*$"
 
@@ -72,10 +74,29 @@ class Pagination:
         return (self.page - 1) * self.per_page
 
 
+# How deep a listing may page (page x per_page). An OFFSET makes PostgreSQL build and throw
+# away every row before the page, so a deep page costs as much as reading the whole table;
+# past this, a narrower filter finds the rows for less.
+MAX_PAGE_DEPTH = 10_000
+
+
 def _pagination(
     page: Annotated[int, Query(ge=1, le=10_000, description="1-based page number")] = 1,
     per_page: Annotated[int, Query(ge=1, le=100, description="items per page")] = 20,
 ) -> Pagination:
+    if page * per_page > MAX_PAGE_DEPTH:
+        raise ApiError(
+            422,
+            "Invalid input",
+            details=[
+                {
+                    "field": "query.page",
+                    "message": f"page x per_page may be at most {MAX_PAGE_DEPTH}; "
+                    "narrow the filter instead of paging deeper",
+                    "type": "value_error",
+                }
+            ],
+        )
     return Pagination(page=page, per_page=per_page)
 
 

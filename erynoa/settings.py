@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -78,12 +79,23 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     rate_limit_per_minute_user: int = 600
     rate_limit_per_minute_ip: int = 1200
+    # Proxies (CIDRs, JSON list) whose X-Forwarded-For names the client; from anyone else the
+    # header is ignored. Empty: the API is reached directly and the peer is the client.
+    trusted_proxies: list[IPv4Network | IPv6Network] = Field(default_factory=list)
+    # A repeated Idempotency-Key returns its booking for this long; after it, the key is
+    # refused as expired (422) and its row is deleted.
+    idempotency_key_ttl_seconds: int = Field(default=86_400, ge=60)
 
     # --- auth ---
     oidc_issuer: str = "http://127.0.0.1:8080/api/v1/auth/dev"
     oidc_audience: str = "erynoa-api"
     oidc_discovery_url: str | None = None
     roles_claim: str = "roles"
+    # The longest lifetime (exp - iat) of a token the API accepts.
+    max_token_lifetime_seconds: int = Field(default=86_400, ge=60)
+    # The JOSE `typ` of an access token (compared case-insensitively, "application/" dropped).
+    # RFC 9068 says "at+jwt"; many providers still send "JWT". ID tokens are refused.
+    access_token_types: list[str] = Field(default_factory=lambda: ["at+jwt", "JWT"])
     # Mints a token for any user and role without a login: it runs only where the environment
     # is explicitly development or test and the API listens on loopback (see
     # ``require_safe_dev_issuer``); elsewhere set it false and point oidc_issuer at the IdP.
@@ -91,6 +103,9 @@ class Settings(BaseSettings):
     # For a container only: the API listens on 0.0.0.0 inside it, and its port is published on
     # the host's 127.0.0.1 alone (compose.yaml), so loopback is still the only way in.
     dev_issuer_published_on_loopback: bool = False
+    # The development issuer's refresh: a session (the tokens refreshed from one login) ends
+    # this long after the login, however often it was refreshed.
+    dev_session_max_seconds: int = Field(default=86_400, ge=60)
     dev_signing_key_file: Path = PROJECT_ROOT / ".stack" / "dev-signing-key.pem"
 
     # --- payments ---

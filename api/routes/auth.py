@@ -4,6 +4,12 @@ In production the OIDC provider (ZITADEL) logs people in and issues tokens; the 
 verifies them. ``POST /auth/token`` and ``/auth/refresh`` are the *development* issuer's
 login: they exist only while ``settings.dev_issuer_enabled`` (404 otherwise, as in production).
 ``/auth/logout`` revokes the presented token in every API replica until it expires.
+
+A development refresh uses the presented token up (once: two refreshes racing with one token
+get one new token between them) and hands out its successor in the same session (``sid``),
+which ends ``settings.dev_session_max_seconds`` after the login however often it is refreshed.
+A token presented a second time means it was copied: the whole session is revoked, the
+successors included (RFC 9700 §4.14.2's refresh-token reuse detection).
 """
 
 from __future__ import annotations
@@ -15,9 +21,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
-from api.auth import DevIssuer, RevocationUnavailable
-from api.deps import RuntimeDep, TokenUser
-from api.envelopes import ApiError, Envelope, errors, ok, unavailable
+from api.auth import AuthError, DevIssuer, RevocationUnavailable
+from api.deps import BearerToken, RuntimeDep, TokenUser
+from api.envelopes import ApiError, Envelope, errors, ok, unauthorized, unavailable
 from api.schemas import Body
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -201,17 +207,51 @@ async def issue_token(request: Request, body: TokenRequest, runtime: RuntimeDep)
     response_model=Envelope[Token],
     responses=errors(401, 404, 429, 500, 503),
 )
-async def refresh(request: Request, user: TokenUser, runtime: RuntimeDep) -> Envelope[Token]:
-    """Development issuer: a fresh token for the same user; the presented one is revoked."""
+async def refresh(
+    request: Request, credentials: BearerToken, runtime: RuntimeDep
+) -> Envelope[Token]:
+    """Development issuer: a fresh token for the same session; the presented one is used up."""
     issuer = _dev_issuer(runtime)
-    issued = user.issued_at or datetime.now(UTC)
-    ttl = int((user.expires_at - issued).total_seconds())
-    ttl = min(max(ttl, 60), 86_400)
-    token = _token(issuer, user.sub, sorted(user.roles), ttl, user.email, user.name)
+    if credentials is None:
+        raise unauthorized()
+    # Checked here rather than by ``TokenUser``: a revoked token is refused there, and a
+    # refresh must see a used-up token come back to revoke its session.
     try:
-        await runtime.revocations.revoke(user)
+        user = await runtime.verifier.decode(credentials.credentials)
+    except AuthError as exc:
+        raise unauthorized(str(exc)) from None
+    now = datetime.now(UTC).replace(microsecond=0)
+    login = user.authenticated_at or user.issued_at or now
+    session_ends = login + timedelta(seconds=runtime.settings.dev_session_max_seconds)
+    if session_ends <= now:
+        raise unauthorized("the session has reached its maximum lifetime; log in again")
+    try:
+        if user.session_id is not None and await runtime.revocations.is_session_revoked(
+            user.session_id
+        ):
+            raise unauthorized("the session was revoked; log in again")
+        if not await runtime.revocations.use_once(user):
+            if user.session_id is not None:
+                await runtime.revocations.revoke_session(user.session_id, session_ends)
+            raise unauthorized(
+                "the token was already used or revoked; its session is revoked, log in again"
+            )
     except RevocationUnavailable as exc:
         raise unavailable("redis", exc) from exc
+    issued = user.issued_at or now
+    ttl = int((user.expires_at - issued).total_seconds())
+    ttl = min(max(ttl, 60), 86_400, int((session_ends - now).total_seconds()))
+    access = issuer.issue(
+        user.sub,
+        sorted(user.roles),
+        ttl,
+        email=user.email,
+        name=user.name,
+        now=now,
+        session_id=user.session_id,
+        authenticated_at=login,
+    )
+    token = Token(access_token=access, expires_in=ttl, expires_at=now + timedelta(seconds=ttl))
     return ok(request, token)
 
 

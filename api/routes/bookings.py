@@ -48,7 +48,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from api.auth import Principal
-from api.deps import Context, CurrentUser, Db, Outbox, RuntimeDep, connection
+from api.deps import Context, CurrentUser, CustomerUser, Db, Outbox, RuntimeDep, connection
 from api.envelopes import (
     ACCEPTED_RESPONSE,
     ApiError,
@@ -262,13 +262,13 @@ def _request_hash(body: BookingCreate) -> str:
     response_model=None,
     responses={
         **ACCEPTED_RESPONSE,
-        **errors(401, 404, 413, 415, 422, 429, 500, 503),
+        **errors(401, 403, 404, 413, 415, 422, 429, 500, 503),
     },
 )
 async def create_booking(
     request: Request,
     body: BookingCreate,
-    user: CurrentUser,
+    user: CustomerUser,
     runtime: RuntimeDep,
     ctx: Context,
     idempotency_key: IdempotencyKey = None,
@@ -290,6 +290,10 @@ async def create_booking(
         raise not_found("service")
     if not service.active:
         raise ApiError(422, "the service is no longer offered", code="SERVICE_INACTIVE")
+    if service.provider_id == user.sub:
+        # Booking yourself and accepting would confirm a booking with no customer behind it
+        # (fake reviews, capacity taken from real customers).
+        raise forbidden("a provider cannot book its own service")
 
     if idempotency_key is not None:
         booking_id = str(uuid.uuid5(_BOOKING_ID_NAMESPACE, f"{user.sub}\x1f{idempotency_key}"))
@@ -336,7 +340,14 @@ async def create_booking(
                     conn, initial, requested, key=idempotency_key, request_hash=request_hash
                 )
             if not claimed:
-                return await _replay(conn, user, idempotency_key, request_hash, estimate)
+                return await _replay(
+                    conn,
+                    user,
+                    idempotency_key,
+                    request_hash,
+                    estimate,
+                    runtime.settings.idempotency_key_ttl_seconds,
+                )
     runtime.outbox.publish_soon(requested)
     return accepted(poll, booking_id, estimate)
 
@@ -382,15 +393,29 @@ async def fetch_service_terms(
 
 
 async def _replay(
-    conn: asyncpg.Connection, user: Principal, key: str, request_hash: str, estimate: datetime
+    conn: asyncpg.Connection,
+    user: Principal,
+    key: str,
+    request_hash: str,
+    estimate: datetime,
+    ttl_seconds: int,
 ) -> JSONResponse:
-    """The answer to a repeated ``Idempotency-Key``: the same booking, nothing published."""
+    """The answer to a repeated ``Idempotency-Key``: the same booking, nothing published; or
+    422 once the key has expired (its row is old, or already deleted while its booking stays)."""
     existing = await conn.fetchrow(
-        "SELECT request_hash, booking_id FROM idempotency_keys WHERE customer_id = $1 AND key = $2",
+        "SELECT request_hash, booking_id, created_at < now() - make_interval(secs => $3) "
+        "AS expired FROM idempotency_keys WHERE customer_id = $1 AND key = $2",
         user.sub,
         key,
+        float(ttl_seconds),
     )
-    assert existing is not None  # the conflicting row is committed and keys are never deleted
+    if existing is None or existing["expired"]:
+        raise ApiError(
+            422,
+            f"this Idempotency-Key expired (keys are kept for {ttl_seconds} seconds); "
+            "send a new key for a new request",
+            code="IDEMPOTENCY_KEY_EXPIRED",
+        )
     if existing["request_hash"] != request_hash:
         raise ApiError(
             422,
@@ -487,6 +512,8 @@ async def _answer(
     row = await visible_booking(conn, booking_id, user)
     if row["provider_id"] != user.sub or not user.has("provider"):
         raise forbidden("only the service's provider may accept or reject the booking")
+    if row["customer_id"] == user.sub:
+        raise forbidden("a provider cannot answer a booking of its own")
     state = folded_state(row)
     status = Status(row["status"])
     awaiting = saga.can_answer(state) if state is not None else status == Status.AWAITING_PROVIDER
@@ -646,7 +673,7 @@ async def cancel_booking(
 ) -> JSONResponse:
     """Cancel the booking (its customer or an admin) unless it already ended."""
     row = await visible_booking(conn, booking_id, user)
-    is_customer = row["customer_id"] == user.sub
+    is_customer = row["customer_id"] == user.sub and user.has("customer")
     if not (is_customer or user.is_admin):
         raise forbidden("only the booking's customer or an admin may cancel it")
     await request_cancellation(

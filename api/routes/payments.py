@@ -17,7 +17,7 @@ import asyncpg
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CurrentUser, Db, SettingsDep
+from api.deps import CurrentUser, CustomerUser, Db, SettingsDep
 from api.envelopes import Envelope, conflict, errors, forbidden, not_found, ok
 from api.readmodel import BOOKING_COLUMNS
 from api.routes.bookings import can_see, visible_booking
@@ -107,11 +107,11 @@ class PaymentStatus(BaseModel):
     responses=errors(401, 403, 404, 409, 413, 415, 422, 429, 500, 503),
 )
 async def payment_intent(
-    request: Request, body: IntentRequest, user: CurrentUser, conn: Db, settings: SettingsDep
+    request: Request, body: IntentRequest, user: CustomerUser, conn: Db, settings: SettingsDep
 ) -> Envelope[Intent]:
     """The PaymentIntent a customer must confirm (only while the booking needs their action)."""
     row = await visible_booking(conn, body.booking_id, user)
-    if row["customer_id"] != user.sub and not user.is_admin:
+    if row["customer_id"] != user.sub:
         raise forbidden("only the booking's customer confirms its payment")
     if row["status"] != Status.PAYMENT_ACTION_REQUIRED or row["payment_id"] is None:
         raise conflict(

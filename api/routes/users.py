@@ -13,7 +13,7 @@ import asyncpg
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
-from api.deps import AdminUser, CurrentUser, Db, SettingsDep
+from api.deps import AdminUser, CurrentUser, Db, MemberUser, SettingsDep
 from api.envelopes import ApiError, Envelope, Page, errors, not_found, ok, page
 from api.readmodel import fetch_page
 from api.routes.auth import DisplayName, Email
@@ -104,9 +104,11 @@ async def get_me(request: Request, user: CurrentUser, conn: Db) -> Envelope[User
     return ok(request, await _fetch(conn, user.sub))
 
 
-@router.put("/me", response_model=Envelope[User], responses=errors(401, 404, 422, 429, 500, 503))
+@router.put(
+    "/me", response_model=Envelope[User], responses=errors(401, 403, 404, 422, 429, 500, 503)
+)
 async def put_me(
-    request: Request, body: ProfileUpdate, user: CurrentUser, conn: Db, settings: SettingsDep
+    request: Request, body: ProfileUpdate, user: MemberUser, conn: Db, settings: SettingsDep
 ) -> Envelope[User]:
     """Change the caller's display name, email or webhook URL."""
     changes: dict[str, Any] = {}

@@ -38,8 +38,8 @@ class Revoked:
     def __init__(self, *ids: str) -> None:
         self.ids = set(ids)
 
-    async def is_revoked(self, token_id: str) -> bool:
-        return token_id in self.ids
+    async def is_revoked(self, token_id: str, session_id: str | None = None) -> bool:
+        return token_id in self.ids or session_id in self.ids
 
 
 @pytest.fixture(scope="module")
@@ -343,3 +343,130 @@ async def test_remote_jwks_unreachable_before_the_first_fetch(dev: DevIssuer) ->
         keys = RemoteJwks("http://idp.test/.well-known/openid-configuration", http)
         with pytest.raises(KeysUnavailable):
             await keys.get(dev.kid)
+
+
+async def test_a_failed_jwks_fetch_does_not_keep_stale_keys_trusted(dev: DevIssuer) -> None:
+    # The provider withdrew a key and then became unreachable: once the keys are older than
+    # max_age, the old key must not verify anything any more (503, not a silent pass).
+    provider = FakeProvider(dev)
+    clock = Clock()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(provider.handler)) as http:
+        keys = RemoteJwks(
+            "http://idp.test/.well-known/openid-configuration",
+            http,
+            min_refresh_seconds=30,
+            max_age_seconds=3600,
+            clock=clock,
+        )
+        assert await keys.get(dev.kid) is not None
+        provider.up = False
+        clock.now += 3601
+        with pytest.raises(KeysUnavailable):
+            await keys.get(dev.kid)
+        clock.now += 60  # a failed attempt did not make the keys fresh again
+        with pytest.raises(KeysUnavailable):
+            await keys.get(dev.kid)
+        provider.up = True
+        clock.now += 31
+        assert await keys.get(dev.kid) is not None  # the provider is back: trusted again
+
+
+async def test_an_unreachable_provider_is_not_asked_more_than_every_interval(
+    dev: DevIssuer,
+) -> None:
+    provider = FakeProvider(dev)
+    clock = Clock()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(provider.handler)) as http:
+        keys = RemoteJwks(
+            "http://idp.test/.well-known/openid-configuration",
+            http,
+            min_refresh_seconds=30,
+            max_age_seconds=3600,
+            clock=clock,
+        )
+        await keys.get(dev.kid)
+        clock.now += 3601
+        provider.jwks_fetches = 0
+        for _ in range(5):
+            with contextlib.suppress(KeysUnavailable):
+                await keys.get(dev.kid)
+        assert provider.jwks_fetches == 1
+
+
+async def test_a_discovery_document_naming_another_issuer_is_refused(dev: DevIssuer) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/.well-known/openid-configuration"):
+            return httpx.Response(
+                200, json={"issuer": "https://evil.test", "jwks_uri": "http://idp.test/keys"}
+            )
+        return httpx.Response(200, json=dev.jwks())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        keys = RemoteJwks("http://idp.test/.well-known/openid-configuration", http, issuer=ISSUER)
+        with pytest.raises(KeysUnavailable, match=r"evil\.test"):
+            await keys.get(dev.kid)
+
+
+async def test_a_discovery_document_naming_our_issuer_is_used(dev: DevIssuer) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/.well-known/openid-configuration"):
+            return httpx.Response(200, json={"issuer": ISSUER, "jwks_uri": "http://idp.test/k"})
+        return httpx.Response(200, json=dev.jwks())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        keys = RemoteJwks("http://idp.test/.well-known/openid-configuration", http, issuer=ISSUER)
+        assert await keys.get(dev.kid) is not None
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "AT+JWT", "JWT"])
+async def test_access_token_types_are_accepted(dev: DevIssuer, typ: str) -> None:
+    assert (await verifier(dev).verify(dev.sign_raw(claims(), {"typ": typ}))).sub == "alice"
+
+
+@pytest.mark.parametrize("typ", ["id_token+jwt", "logout+jwt", "secevent+jwt", None])
+async def test_other_token_types_are_refused(dev: DevIssuer, typ: str | None) -> None:
+    import jwt as pyjwt
+
+    token = dev.sign_raw(claims(), {"typ": typ}) if typ else _without_typ(dev, pyjwt)
+    with pytest.raises(AuthError, match="type"):
+        await verifier(dev).verify(token)
+
+
+def _without_typ(dev: DevIssuer, pyjwt: Any) -> str:
+    # PyJWT writes typ "JWT" unless told otherwise; an explicit None leaves it out.
+    key = load_or_create_dev_key_for(dev)
+    return str(
+        pyjwt.encode(claims(), key, algorithm="RS256", headers={"kid": dev.kid, "typ": None})
+    )
+
+
+def load_or_create_dev_key_for(dev: DevIssuer) -> Any:
+    return dev._key
+
+
+@pytest.mark.parametrize("claim", ["nonce", "at_hash", "c_hash"])
+async def test_an_id_token_is_refused(dev: DevIssuer, claim: str) -> None:
+    with pytest.raises(AuthError, match="ID token"):
+        await verifier(dev).verify(dev.sign_raw(claims(**{claim: "x"})))
+
+
+async def test_a_token_living_longer_than_the_maximum_is_refused(dev: DevIssuer) -> None:
+    now = int(time.time())
+    strict = TokenVerifier(
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        roles_claim="roles",
+        keys=dev.key_set(),
+        revocations=Revoked(),
+        max_lifetime_seconds=3600,
+    )
+    assert await strict.verify(dev.sign_raw(claims(exp=now + 3600)))
+    with pytest.raises(AuthError, match="lifetime"):
+        await strict.verify(dev.sign_raw(claims(exp=now + 3601, jti="long")))
+
+
+async def test_a_revoked_session_revokes_its_tokens(dev: DevIssuer) -> None:
+    token = dev.issue("alice", ["customer"], 600, session_id="session-1")
+    assert (await verifier(dev).verify(token)).session_id == "session-1"
+    with pytest.raises(AuthError, match="revoked"):
+        await verifier(dev, Revoked("session-1")).verify(token)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from api.ratelimit import RateLimiter
+from api.ratelimit import RateLimiter, client_bucket
 
 
 class FakePipeline:
@@ -94,3 +95,19 @@ async def test_identities_and_scopes_are_counted_apart() -> None:
 async def test_redis_down_means_not_limited() -> None:
     verdict = await limiter(FakeRedis(fail=True)).hit("user", "a", 1, now=WINDOW_START)
     assert verdict.allowed
+
+
+@pytest.mark.parametrize(
+    ("host", "bucket"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:7:8::1", "2001:db8:7:8::/64"),
+        ("2001:db8:7:8:ffff:ffff:ffff:ffff", "2001:db8:7:8::/64"),
+        ("2001:db8:7:9::1", "2001:db8:7:9::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("testclient", "testclient"),
+        ("x" * 500, "x" * 64),
+    ],
+)
+def test_clients_are_counted_per_ipv4_address_and_per_ipv6_64(host: str, bucket: str) -> None:
+    assert client_bucket(host) == bucket

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from api.app import create_app
 from api.auth import issue_dev_token
 from api.runtime import PublisherFactory
+from api.server import uvicorn_config
 from erynoa.codec import default_codec
 from erynoa.events import BookingEvent, CatalogEvent
 from erynoa.kafka import start_consumer
@@ -75,14 +76,7 @@ class ServerThread:
             if publisher_factory is None
             else create_app(settings, publisher_factory=publisher_factory)
         )
-        config = uvicorn.Config(
-            app,
-            host=settings.api_host,
-            port=settings.api_port,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-        )
+        config = uvicorn_config(app, settings, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="api-under-test", daemon=True)
 
