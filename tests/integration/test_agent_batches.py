@@ -244,7 +244,9 @@ async def test_an_undecodable_message_goes_alone_to_the_dead_letter_topic(
     slot = a_slot()
     before, after = request(service, slot), request(service, slot)
     [first, second] = as_messages(catalog, [before, after])
-    garbage = Incoming(first.topic, 0, 99, b"not-a-booking", b"\x00garbage", [])
+    # The garbage sits between the two in the partition.
+    garbage = Incoming(first.topic, 0, 1, b"not-a-booking", b"\x00garbage", [])
+    second = Incoming(second.topic, 0, 2, second.key, second.value, second.headers)
     runtime = await make_runtime()
 
     with caplog.at_level("WARNING", logger="streams.runtime"):
