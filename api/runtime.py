@@ -172,17 +172,27 @@ class KafkaLink:
         except KafkaError as exc:
             raise KafkaUnavailable(str(exc) or type(exc).__name__) from exc
         for (event, _, headers), where in zip(items, published, strict=True):
-            log.info(
-                "published %s",
-                event.event_type,
-                extra={
-                    **tracing.event_attributes(event),
-                    "request_id": headers.get(H_REQUEST_ID),
-                    "topic": where.topic,
-                    "partition": where.partition,
-                    "offset": where.offset,
-                },
-            )
+            # Published after the request's COMMIT, outside its span: the acknowledgement is
+            # recorded as a producer span in the request's trace (its context travels in the
+            # outbox row's headers), and the log line carries that trace.
+            with tracing.consumer_span(
+                "erynoa.api",
+                f"publish {event.event_type}",
+                headers,
+                {**tracing.event_attributes(event), "messaging.destination.name": where.topic},
+                kind=SpanKind.PRODUCER,
+            ):
+                log.info(
+                    "published %s",
+                    event.event_type,
+                    extra={
+                        **tracing.event_attributes(event),
+                        "request_id": headers.get(H_REQUEST_ID),
+                        "topic": where.topic,
+                        "partition": where.partition,
+                        "offset": where.offset,
+                    },
+                )
         return published
 
     async def check(self) -> None:
