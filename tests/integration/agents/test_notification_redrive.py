@@ -10,72 +10,18 @@ notification — a replay that is deduplicated away would leave the customer nev
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa import saga
-from erynoa.codec import default_codec
-from erynoa.db import create_pool
-from erynoa.kafka import EventPublisher
 from erynoa.settings import Settings
-from erynoa.topics import TopicCatalog, load_catalog
+from erynoa.topics import TopicCatalog
 from streams.notification import IDEMPOTENCY_HEADER, NotificationAdapter
-from streams.runtime import Incoming, Runtime
-from tests.conftest import own_namespace
+from tests.integration.agents.records import CODEC, StartRuntime, free_port, message
 from tests.integration.saga.harness import a_slot, create_service, create_user, read_topic
-
-CODEC = default_codec()
-
-
-@pytest.fixture
-async def isolated(settings: Settings) -> AsyncIterator[Settings]:
-    async with own_namespace(settings) as own:
-        # The customer's webhook is on loopback, which the outbound guard refuses unless allowed.
-        yield own.model_copy(update={"outbound_allow": ["127.0.0.1"]})
-
-
-@pytest.fixture
-def catalog(isolated: Settings) -> TopicCatalog:
-    return load_catalog(isolated.topics_file, isolated.topics_environment, isolated.topic_prefix)
-
-
-@pytest.fixture
-async def pool(isolated: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(isolated, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def runtime(isolated: Settings, catalog: TopicCatalog) -> AsyncIterator[Runtime]:
-    async def connect_pool() -> asyncpg.Pool:
-        return await create_pool(isolated, min_size=1, max_size=4)
-
-    runtime = Runtime(
-        adapter=NotificationAdapter.from_settings(isolated),
-        consumer=catalog.consumer("notification"),
-        codec=CODEC,
-        policy=saga.Policy(),
-        connect_pool=connect_pool,
-        make_publisher=lambda: EventPublisher.create(
-            isolated.kafka_bootstrap, "test-redrive", CODEC, catalog
-        ),
-    )
-    await runtime.start()
-    yield runtime
-    await runtime.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Receiver:
@@ -95,22 +41,12 @@ class Receiver:
         writer.close()
 
 
-def message(
-    catalog: TopicCatalog, event: ev.BookingEvent, offset: int, headers: list[tuple[str, bytes]]
-) -> Incoming:
-    return Incoming(
-        topic=catalog.topic_for(event.event_type),
-        partition=0,
-        offset=offset,
-        key=event.booking_id.encode(),
-        value=CODEC.encode(event),
-        headers=[(k.H_EVENT_TYPE, event.event_type.encode()), *headers],
-    )
-
-
 async def test_a_replayed_notification_that_was_given_up_is_delivered(
-    isolated: Settings, catalog: TopicCatalog, pool: asyncpg.Pool, runtime: Runtime
+    isolated: Settings, catalog: TopicCatalog, pool: asyncpg.Pool, start_runtime: StartRuntime
 ) -> None:
+    # The customer's webhook is on loopback, which the outbound guard refuses unless allowed.
+    allowed = isolated.model_copy(update={"outbound_allow": ["127.0.0.1"]})
+    runtime = await start_runtime("notification", NotificationAdapter.from_settings(allowed))
     port = free_port()
     customer = await create_user(
         pool, "customer", email=False, webhook_url=f"http://127.0.0.1:{port}/hook"

@@ -10,94 +10,27 @@ message completes its step.
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import asyncpg
-import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Sink
 
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa import saga
-from erynoa.codec import default_codec
-from erynoa.db import create_pool
-from erynoa.kafka import EventPublisher
 from erynoa.settings import Settings
-from erynoa.topics import TopicCatalog, load_catalog
+from erynoa.topics import TopicCatalog
 from streams.notification import NotificationAdapter, SmtpSender, WebhookSender
 from streams.payment.agent import PaymentAdapter
 from streams.payment.sandbox import WHOLE_GATEWAY, SandboxGateway
-from streams.runtime import Adapter, Incoming, Runtime
-from tests.conftest import own_namespace
+from streams.runtime import Runtime
+from tests.integration.agents.records import CODEC, StartRuntime, free_port, message
 from tests.integration.saga.harness import a_slot, create_service, create_user, read_topic
 
-CODEC = default_codec()
-
-
-@pytest.fixture
-async def isolated(settings: Settings) -> AsyncIterator[Settings]:
-    async with own_namespace(settings) as own:
-        yield own
-
-
-@pytest.fixture
-def catalog(isolated: Settings) -> TopicCatalog:
-    return load_catalog(isolated.topics_file, isolated.topics_environment, isolated.topic_prefix)
-
-
-@pytest.fixture
-async def pool(isolated: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(isolated, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
-
-
-MakeRuntime = Callable[[str, Adapter], "asyncio.Future[Runtime]"]
-
-
-@pytest.fixture
-async def runtimes(isolated: Settings, catalog: TopicCatalog) -> AsyncIterator[list[Runtime]]:
-    started: list[Runtime] = []
-    yield started
-    for runtime in started:
-        await runtime.stop()
-
-
-async def start(
-    isolated: Settings, catalog: TopicCatalog, agent: str, adapter: Adapter, into: list[Runtime]
-) -> Runtime:
-    async def connect_pool() -> asyncpg.Pool:
-        return await create_pool(isolated, min_size=1, max_size=4)
-
-    runtime = Runtime(
-        adapter=adapter,
-        consumer=catalog.consumer(agent),
-        codec=CODEC,
-        policy=saga.Policy(),
-        connect_pool=connect_pool,
-        make_publisher=lambda: EventPublisher.create(
-            isolated.kafka_bootstrap, f"test-outage-{agent}", CODEC, catalog
-        ),
-    )
-    await runtime.start()
-    into.append(runtime)
-    return runtime
-
-
-def message(catalog: TopicCatalog, event: ev.BookingEvent, offset: int) -> Incoming:
-    return Incoming(
-        topic=catalog.topic_for(event.event_type),
-        partition=0,
-        offset=offset,
-        key=event.booking_id.encode(),
-        value=CODEC.encode(event),
-        # The last retry: any failure now that is taken for the message's own would park it.
-        headers=[(k.H_EVENT_TYPE, event.event_type.encode()), (k.H_ATTEMPTS, b"9")],
-    )
+# The last retry: any failure now that is taken for the message's own would park it.
+LAST_TRY = [(k.H_ATTEMPTS, b"9")]
 
 
 async def parked_or_retried(isolated: Settings, catalog: TopicCatalog, agent: str) -> int:
@@ -156,16 +89,18 @@ async def test_a_gateway_outage_pauses_the_payment_lane_and_parks_nothing(
     isolated: Settings,
     catalog: TopicCatalog,
     pool: asyncpg.Pool,
-    runtimes: list[Runtime],
+    start_runtime: StartRuntime,
 ) -> None:
-    runtime = await start(isolated, catalog, "payment", PaymentAdapter(SandboxGateway()), runtimes)
+    runtime = await start_runtime("payment", PaymentAdapter(SandboxGateway()))
     requested, held = await booking(pool, email=True)
     await pool.execute(
         "INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, 'gateway down')",
         WHOLE_GATEWAY,
     )
     work = asyncio.create_task(
-        runtime.process([message(catalog, requested, 0), message(catalog, held, 1)])
+        runtime.process(
+            [message(catalog, requested, 0, LAST_TRY), message(catalog, held, 1, LAST_TRY)]
+        )
     )
     try:
         assert await paused(runtime), "the lane did not pause for the gateway outage"
@@ -183,24 +118,18 @@ async def test_a_gateway_outage_pauses_the_payment_lane_and_parks_nothing(
     assert state == saga.Payment.AUTHORIZED
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_an_smtp_relay_outage_pauses_the_notification_lane_and_parks_nothing(
     isolated: Settings,
     catalog: TopicCatalog,
     pool: asyncpg.Pool,
-    runtimes: list[Runtime],
+    start_runtime: StartRuntime,
 ) -> None:
     port = free_port()
     adapter = NotificationAdapter(
         SmtpSender("127.0.0.1", port, "bookings@example.test", timeout_s=2.0),
         WebhookSender(isolated.webhook_signing_secret),
     )
-    runtime = await start(isolated, catalog, "notification", adapter, runtimes)
+    runtime = await start_runtime("notification", adapter)
     requested, _ = await booking(pool, email=True)
     rejected = ev.make(
         ev.ReservationRejected,
@@ -212,7 +141,9 @@ async def test_an_smtp_relay_outage_pauses_the_notification_lane_and_parks_nothi
         reason="slot full",
     )
     work = asyncio.create_task(
-        runtime.process([message(catalog, requested, 0), message(catalog, rejected, 1)])
+        runtime.process(
+            [message(catalog, requested, 0, LAST_TRY), message(catalog, rejected, 1, LAST_TRY)]
+        )
     )
     relay = Controller(Sink(), hostname="127.0.0.1", port=port)
     try:

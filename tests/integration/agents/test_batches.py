@@ -11,7 +11,7 @@ that message takes the failure path (retry tier or dead-letter topic).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -21,34 +21,14 @@ from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa import saga
 from erynoa.codec import default_codec
-from erynoa.db import create_pool
-from erynoa.kafka import EventPublisher
 from erynoa.settings import Settings
-from erynoa.topics import TopicCatalog, load_catalog
+from erynoa.topics import TopicCatalog
 from streams.reservation import SLOT_FULL, ReservationAdapter
 from streams.runtime import Context, Incoming, Runtime
-from tests.conftest import own_namespace
+from tests.integration.agents.records import StartRuntime
 from tests.integration.saga.harness import Service, a_slot, create_service, read_topic
 
 CODEC = default_codec()
-
-
-@pytest.fixture
-async def isolated(settings: Settings) -> AsyncIterator[Settings]:
-    async with own_namespace(settings) as own:
-        yield own
-
-
-@pytest.fixture
-def catalog(isolated: Settings) -> TopicCatalog:
-    return load_catalog(isolated.topics_file, isolated.topics_environment, isolated.topic_prefix)
-
-
-@pytest.fixture
-async def pool(isolated: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(isolated, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
 
 
 class FailsFor(ReservationAdapter):
@@ -67,31 +47,13 @@ MakeRuntime = Callable[..., Awaitable[Runtime]]
 
 
 @pytest.fixture
-async def make_runtime(isolated: Settings, catalog: TopicCatalog) -> AsyncIterator[MakeRuntime]:
-    """Reservation runtimes on the module's topics and database, stopped afterwards."""
-    started: list[Runtime] = []
+def make_runtime(start_runtime: StartRuntime) -> MakeRuntime:
+    """Reservation runtimes on the test's topics and database, stopped afterwards."""
 
     async def make(adapter: ReservationAdapter | None = None) -> Runtime:
-        async def connect_pool() -> asyncpg.Pool:
-            return await create_pool(isolated, min_size=1, max_size=4)
+        return await start_runtime("reservation", adapter or ReservationAdapter())
 
-        runtime = Runtime(
-            adapter=adapter or ReservationAdapter(),
-            consumer=catalog.consumer("reservation"),
-            codec=CODEC,
-            policy=saga.Policy(),
-            connect_pool=connect_pool,
-            make_publisher=lambda: EventPublisher.create(
-                isolated.kafka_bootstrap, "test-batches", CODEC, catalog
-            ),
-        )
-        await runtime.start()
-        started.append(runtime)
-        return runtime
-
-    yield make
-    for runtime in started:
-        await runtime.stop()
+    return make
 
 
 def request(service: Service, slot_start: datetime) -> ev.BookingRequested:
