@@ -40,9 +40,9 @@ from streams.notification import (
 )
 from streams.runtime import Runtime
 from tests.conftest import own_namespace, unique
+from tests.integration.agents.records import message
 from tests.integration.api.conftest import LiveApi, api_settings, running
 from tests.integration.saga.harness import a_slot, create_service, create_user, read_topic
-from tests.integration.test_notification_redrive import message
 from tests.unit.test_streams_notification import a_state
 
 SSRF_TARGETS = [
