@@ -28,6 +28,7 @@ import typing
 import uuid
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 __all__ = [
@@ -66,8 +67,10 @@ __all__ = [
     "StripeEventReceived",
     "derived_event_id",
     "field_specs",
+    "format_money",
     "make",
     "make_catalog",
+    "minor_digits",
 ]
 
 # The schemas carry these as plain strings (Avro enums are awkward to extend compatibly); the
@@ -78,6 +81,33 @@ Channel = Literal["email", "webhook"]
 Decision = Literal["accept", "reject"]
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
+# ISO 4217 minor-unit exponents that are not 2 (the list's other currencies all use cents).
+_MINOR_DIGITS: dict[str, int] = {
+    **dict.fromkeys(
+        [
+            "BIF",
+            "CLP",
+            "DJF",
+            "GNF",
+            "ISK",
+            "JPY",
+            "KMF",
+            "KRW",
+            "PYG",
+            "RWF",
+            "UGX",
+            "UYI",
+            "VND",
+            "VUV",
+            "XAF",
+            "XOF",
+            "XPF",
+        ],
+        0,
+    ),
+    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
+    **dict.fromkeys(["CLF", "UYW"], 4),
+}
 # Avro `long` is a signed 64-bit integer; anything larger could never be encoded.
 _MAX_LONG = 2**63 - 1
 
@@ -108,6 +138,18 @@ class Money:
                 f"Money.currency must be an ISO 4217 code of three upper-case letters "
                 f"like 'EUR', got {self.currency!r}"
             )
+
+
+def minor_digits(currency: str) -> int:
+    """How many digits of ``currency`` are minor units (ISO 4217: 2 for EUR, 0 for JPY)."""
+    return _MINOR_DIGITS.get(currency, 2)
+
+
+def format_money(money: Money) -> str:
+    """``Money(4500, "EUR")`` → "45.00 EUR"; ``Money(4500, "JPY")`` → "4,500 JPY"."""
+    digits = minor_digits(money.currency)
+    major = Decimal(money.amount_minor).scaleb(-digits)
+    return f"{major:,.{digits}f} {money.currency}"
 
 
 class FieldSpec(NamedTuple):

@@ -42,7 +42,13 @@ import asyncpg
 import httpx
 
 from erynoa import saga
-from erynoa.events import BookingEvent, NotificationFailed, NotificationSent, derived_event_id
+from erynoa.events import (
+    BookingEvent,
+    NotificationFailed,
+    NotificationSent,
+    derived_event_id,
+    format_money,
+)
 from erynoa.outbound import OutboundPolicy, OutboundRefused, guarded_client
 from erynoa.settings import Settings
 from streams.failures import PermanentError, RetryableError, classify, describe
@@ -123,7 +129,7 @@ def compose(state: saga.BookingState, template: str, role: Role) -> Notice:
     nid = notification_id(state.booking_id, template)
     subject = _SUBJECTS.get(template, f"Booking {state.status.value}")
     slot = f"{state.slot_start.isoformat()} to {state.slot_end.isoformat()}"
-    price = f"{state.price.amount_minor / 100:.2f} {state.price.currency}"
+    price = format_money(state.price)
     lines = [
         subject + ".",
         "",

@@ -81,6 +81,22 @@ def test_a_failed_booking_tells_the_customer_why() -> None:
     assert "payment failed: declined" in compose(state, "customer_failed", "customer").body
 
 
+@pytest.mark.parametrize(
+    ("price", "shown"),
+    [
+        (Money(4550, "EUR"), "45.50 EUR"),
+        (Money(4500, "JPY"), "4,500 JPY"),  # yen have no minor unit: 4,500, not 45.00
+        (Money(1234, "KWD"), "1.234 KWD"),  # three minor digits
+        (Money(12345678, "USD"), "123,456.78 USD"),
+    ],
+)
+def test_the_price_is_shown_in_the_currencys_own_minor_units(price: Money, shown: str) -> None:
+    from dataclasses import replace
+
+    state = replace(a_state(), price=price)
+    assert f"Price:   {shown}" in compose(state, "customer_confirmed", "customer").body
+
+
 def test_the_mail_carries_the_notification_id_as_message_id() -> None:
     notice = compose(a_state(), "customer_confirmed", "customer")
     msg = SmtpSender("127.0.0.1", 25, "bookings@erynoa.local").message(notice, "alice@example.test")
