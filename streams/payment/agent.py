@@ -59,6 +59,10 @@ from streams.runtime import BaseAdapter, Context, Runtime
 
 log = logging.getLogger("streams.payment")
 
+# Stripe keeps an idempotency key for at least 24 hours; a request older than half that is
+# looked up before it is authorized again.
+IDEMPOTENCY_KEY_TRUSTED = timedelta(hours=12)
+
 WEBHOOK_AUTHORIZED = frozenset(
     {"payment_intent.succeeded", "payment_intent.amount_capturable_updated"}
 )
@@ -163,6 +167,20 @@ class PaymentAdapter(BaseAdapter):
     async def _authorize(
         self, s: saga.BookingState, amount: Money, ctx: Context
     ) -> AuthorizeResult:
+        if _key_may_be_forgotten(ctx):
+            # An earlier attempt may have authorized with a key the gateway no longer
+            # remembers; the same key would now create a second PaymentIntent.
+            known = _as_authorization(
+                await self.gateway.find(booking_id=s.booking_id, payment_id=None)
+            )
+            if known is not None:
+                log.warning(
+                    "authorize for a booking requested %s ago: the gateway already has %s",
+                    ctx.now - s.requested_at,
+                    known,
+                    extra={"booking_id": s.booking_id},
+                )
+                return known
         try:
             return await self.gateway.authorize(
                 booking_id=s.booking_id,
@@ -173,16 +191,11 @@ class PaymentAdapter(BaseAdapter):
         except (OutcomeUnknown, UnexpectedState) as exc:
             found = await self.gateway.find(booking_id=s.booking_id, payment_id=None)
             _log_lookup(s, "authorize", exc, found)
-            if found.payment_id is None or found.status == IntentStatus.NOT_FOUND:
+            known = _as_authorization(found)
+            if known is None:
                 # Nothing was created: a retry with the same key is a first attempt.
                 raise _retry_later(exc) from exc
-            if found.status in (IntentStatus.AUTHORIZED, IntentStatus.CAPTURED):
-                return Authorized(found.payment_id)
-            if found.status == IntentStatus.ACTION_REQUIRED:
-                return ActionRequired(found.payment_id, found.client_secret)
-            return Declined(
-                found.status.value, f"the PaymentIntent is {found.status}", found.payment_id
-            )
+            return known
 
     async def _capture(
         self, s: saga.BookingState, payment_id: str, amount: Money, ctx: Context
@@ -319,6 +332,26 @@ class PaymentAdapter(BaseAdapter):
         return ctx.emit(
             PaymentFailed, "failed", payment_id=payment_id, reason_code=code, reason=message
         )
+
+
+def _key_may_be_forgotten(ctx: Context) -> bool:
+    """Whether the gateway may have forgotten this booking's authorize key. The key is first
+    used after the booking was requested, so a booking younger than the window has its key
+    remembered; an older one (a dead letter replayed late, a worker that died after the call,
+    an operator's retry days later) is looked up first. Half the window leaves room for
+    clocks that disagree."""
+    return ctx.now - ctx.state.requested_at > IDEMPOTENCY_KEY_TRUSTED
+
+
+def _as_authorization(found: Found) -> AuthorizeResult | None:
+    """What an authorization the gateway already has came to; None when it has none."""
+    if found.payment_id is None or found.status == IntentStatus.NOT_FOUND:
+        return None
+    if found.status in (IntentStatus.AUTHORIZED, IntentStatus.CAPTURED):
+        return Authorized(found.payment_id)
+    if found.status == IntentStatus.ACTION_REQUIRED:
+        return ActionRequired(found.payment_id, found.client_secret)
+    return Declined(found.status.value, f"the PaymentIntent is {found.status}", found.payment_id)
 
 
 def may_hold_unrecorded_authorization(s: saga.BookingState) -> bool:

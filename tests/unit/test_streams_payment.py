@@ -354,3 +354,37 @@ async def test_a_void_that_finds_the_money_captured_records_the_capture_to_refun
     assert isinstance(event, ev.PaymentCaptured)
     state = saga.evolve(failed, event)
     assert saga.next_actions("payment", state, NOW) == [saga.RefundPayment(PRICE)]
+
+
+@pytest.mark.parametrize(
+    ("found", "event_type"),
+    [
+        (Found(IntentStatus.AUTHORIZED, "pi_9"), "PaymentAuthorized"),
+        (Found(IntentStatus.ACTION_REQUIRED, "pi_9", "secret"), "PaymentActionRequired"),
+    ],
+)
+async def test_an_authorization_redelivered_after_the_key_window_asks_the_gateway_first(
+    found: Found, event_type: str
+) -> None:
+    # The gateway forgets an idempotency key after a day: a booking that old (a dead letter
+    # replayed late, an operator's retry) would be authorized a second time.
+    old = replace(reserved(), requested_at=NOW - timedelta(hours=25))
+    gateway = FakeGateway(found=found)
+    [event] = await PaymentAdapter(gateway).execute(saga.AuthorizePayment(PRICE), ctx_for(old))
+    assert event.event_type == event_type
+    assert getattr(event, "payment_id", None) == "pi_9"
+    assert gateway.called() == ["find"]
+
+
+async def test_an_old_authorization_the_gateway_never_saw_is_made() -> None:
+    old = replace(reserved(), requested_at=NOW - timedelta(hours=25))
+    gateway = FakeGateway()
+    [event] = await PaymentAdapter(gateway).execute(saga.AuthorizePayment(PRICE), ctx_for(old))
+    assert event.event_type == "PaymentAuthorized"
+    assert gateway.called() == ["find", "authorize"]
+
+
+async def test_a_fresh_authorization_does_not_pay_for_a_lookup() -> None:
+    gateway = FakeGateway()
+    await PaymentAdapter(gateway).execute(saga.AuthorizePayment(PRICE), ctx_for(reserved()))
+    assert gateway.called() == ["authorize"]
