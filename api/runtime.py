@@ -31,7 +31,7 @@ from erynoa import tracing
 from erynoa.codec import EventCodec, default_codec
 from erynoa.db import create_pool
 from erynoa.events import BookingEvent, CatalogEvent
-from erynoa.kafka import H_REQUEST_ID, EventPublisher, Published, producer_config
+from erynoa.kafka import H_REQUEST_ID, KAFKA_REFUSALS, EventPublisher, Published, producer_config
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
 
@@ -169,6 +169,8 @@ class KafkaLink:
             raise KafkaUnavailable(self._last_error)
         try:
             published = await publisher.publish_encoded(items)
+        except KAFKA_REFUSALS:
+            raise  # not an outage: the outbox sets the refused record aside
         except KafkaError as exc:
             raise KafkaUnavailable(str(exc) or type(exc).__name__) from exc
         for (event, _, headers), where in zip(items, published, strict=True):

@@ -14,12 +14,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient
 
 from erynoa import tracing
 from erynoa.codec import EventCodec
 from erynoa.events import BookingEvent, CatalogEvent
 from erynoa.topics import TopicCatalog
+
+KAFKA_REFUSALS: tuple[type[BaseException], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+    kafka_errors.UnsupportedVersionError,
+    kafka_errors.CorruptRecordException,
+)
+"""What a broker answers the same way however often it is asked: not an outage."""
 
 # Header names (ASCII, lower-case): what travels beside every event.
 H_REQUEST_ID = "x-request-id"

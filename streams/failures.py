@@ -26,11 +26,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import asyncpg
-from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 
 from erynoa import kafka as k
 from erynoa.codec import UndecodableEvent
+from erynoa.kafka import KAFKA_REFUSALS
 from erynoa.saga import SagaError
 from erynoa.topics import Consumer
 
@@ -64,18 +64,6 @@ class RetryableError(Exception):
 class PermanentError(Exception):
     """A failure that will fail the same way every time (bad input, a refused request)."""
 
-
-KAFKA_REFUSALS: tuple[type[BaseException], ...] = (
-    kafka_errors.MessageSizeTooLargeError,
-    kafka_errors.RecordTooLargeError,
-    kafka_errors.RecordListTooLargeError,
-    kafka_errors.InvalidTopicError,
-    kafka_errors.TopicAuthorizationFailedError,
-    kafka_errors.ClusterAuthorizationFailedError,
-    kafka_errors.UnsupportedVersionError,
-    kafka_errors.CorruptRecordException,
-)
-"""What a broker answers the same way however often it is asked: not an outage."""
 
 _RETRYABLE: tuple[type[BaseException], ...] = (
     RetryableError,
