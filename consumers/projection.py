@@ -369,17 +369,12 @@ class Projection:
 
 
 def fold_history(events: Sequence[BookingEvent]) -> Fold | None:
-    """A booking's fold from its whole log, sorted by ``(occurred_at, event_id)``; None
-    while its BookingRequested has not arrived (it refolds when it does)."""
-    requested = [e for e in events if isinstance(e, BookingRequested)]
-    if not requested:
+    """A booking's fold from its whole log (``saga.fold_log``); None while its
+    BookingRequested has not arrived (it refolds when it does)."""
+    state = saga.fold_log(events)
+    if state is None:
         return None
-    # BookingRequested always comes first: a clock skew must not make it look late.
-    state = saga.start(requested[0])
-    for event in events:
-        if not isinstance(event, BookingRequested):
-            state = saga.evolve(state, event)
-    return Fold(state, _order_key(events[-1]))
+    return Fold(state, max(_order_key(e) for e in events))
 
 
 class BulkLoad:

@@ -47,7 +47,6 @@ import asyncpg
 from erynoa import saga
 from erynoa.codec import default_codec
 from erynoa.db import create_pool
-from erynoa.invariants.evidence import ClientRequest, RequestKind, RequestOutcome
 from erynoa.kafka import EventPublisher
 from erynoa.saga import OUTCOMES, BookingState, Status
 from erynoa.settings import Settings
@@ -66,10 +65,10 @@ from loadgen.model import Progress, RunData, RunOptions, RunRefused, Tracked
 from loadgen.pacing import Pacer
 from loadgen.profile import Intent
 from loadgen.report import Report, analyze
+from ops.invariants.evidence import ClientRequest, RequestKind, RequestOutcome
 
 log = logging.getLogger("loadgen")
 
-AGENTS: tuple[saga.Agent, ...] = ("reservation", "payment", "notification", "provider-response")
 # Status changes the simulated people react to.
 _ANSWERS = {
     Intent.PROVIDER_ACCEPTS: "accept",
@@ -132,7 +131,7 @@ class _Run:
         self.gateway = gateway
         self.lag = lag
         self.planner = w.Planner(world, seed=(options.seed or 0) + 1)
-        self.policy = saga.Policy(refund_policy=settings.refund_policy)
+        self.policy = saga.Policy.from_settings(settings)
         self.tracked: dict[str, Tracked] = {}
         # What the run's clients were told, for the invariant checker's rule 8.
         self.requests: list[ClientRequest] = []
@@ -283,7 +282,7 @@ class _Run:
                 continue
             state = BookingState.from_json(row["state"])
             if state.is_outcome and not any(
-                saga.next_actions(agent, state, later, self.policy) for agent in AGENTS
+                saga.next_actions(agent, state, later, self.policy) for agent in saga.AGENTS
             ):
                 tracked = self.tracked[row["id"]]
                 if tracked.settled_at is None:
@@ -586,11 +585,11 @@ async def _invariants(
     settings: Settings,
     requests: list[ClientRequest],
 ) -> dict[str, Any]:
-    """Run the invariant checker (``erynoa.invariants``) over the run's bookings and what its
+    """Run the invariant checker (``ops.invariants``) over the run's bookings and what its
     clients were told."""
-    from erynoa.invariants import check_invariants
+    from ops.invariants import check_invariants
 
-    policy = saga.Policy(refund_policy=settings.refund_policy)
+    policy = saga.Policy.from_settings(settings)
     violations = await check_invariants(pool, booking_ids, policy=policy, requests=requests)
     return {
         "checked": True,

@@ -45,7 +45,7 @@ from streams.runtime import Adapter, Incoming, Runtime
 
 log = logging.getLogger("streams.app")
 
-AGENTS: tuple[saga.Agent, ...] = ("reservation", "payment", "notification", "provider-response")
+AGENTS = saga.AGENTS
 DEADLINE_SWEEP_INTERVAL_S = 1.0
 MAX_LANES = 8
 LANE_BUFFER = 256
@@ -153,10 +153,7 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
         adapter=adapter if adapter is not None else make_adapter(agent, settings),
         consumer=consumer,
         codec=codec,
-        policy=saga.Policy(
-            refund_policy=settings.refund_policy,
-            payment_action_timeout=timedelta(seconds=settings.payment_action_timeout_seconds),
-        ),
+        policy=saga.Policy.from_settings(settings),
         connect_pool=connect_pool,
         make_publisher=make_publisher,
     )

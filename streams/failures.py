@@ -11,7 +11,7 @@ retried in place, so one poison message cannot block its partition:
 
 Headers say why, where from and how often (names in ``erynoa.kafka``). The origin
 (topic, partition, offset) and the first failure time are those of the *first* failure and
-are kept across tiers, and the attempt count survives a DLQ replay (``consumers.dlq``), whose
+are kept across tiers, and the attempt count survives a DLQ replay (``ops.dlq``), whose
 ``erynoa-replay`` marker sends a message that fails again straight back to the dead-letter topic
 instead of starting the tiers over.
 """

@@ -43,13 +43,14 @@ from api.routes.bookings import (
 )
 from api.schemas import Body, Paging, Reason
 from erynoa import events as ev
+from erynoa import saga
 from erynoa.saga import MONEY_HELD, OUTCOMES, TERMINAL, Status
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 log = logging.getLogger("erynoa.api.admin")
 
 KAFKA_STATS_TIMEOUT_SECONDS = 5.0
-Step = Literal["all", "reservation", "payment", "notification", "provider-response"]
+Step = Literal["all", saga.Agent]
 
 
 def _quoted(values: Iterable[str]) -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 from api.envelopes import Accepted
 from api.routes.admin import Stats, Workflow, WorkflowAction, in_flight_sql
 from api.routes.auth import Discovery, Jwks, LoggedOut, Token, TokenRequest, UserInfo
-from api.routes.bookings import Action, Booking, BookingCreate
+from api.routes.bookings import Booking, BookingCreate, ReasonBody
 from api.routes.health import Health, Live, Ready, Version
 from api.routes.payments import Intent, IntentRequest, PaymentStatus
 from api.routes.services import Service, ServiceIn, ServiceUpdate
@@ -31,7 +31,7 @@ DOCUMENTED: list[type[BaseModel]] = [
     Token,
     TokenRequest,
     UserInfo,
-    Action,
+    ReasonBody,
     Booking,
     BookingCreate,
     Health,

@@ -2,7 +2,7 @@
 and the two things an operator may do to a saga (cancel it, retry a step).
 
 A library: functions take their connections and return frozen dataclasses (``to_json`` for
-machines), so ``erynoa saga ...`` (``consumers.ops_cli``) and the admin API serve the same data.
+machines), so ``erynoa saga ...`` (``cli.ops``) and the admin API serve the same data.
 Nothing here prints. Try it on a running stack::
 
     erynoa saga show <booking_id>

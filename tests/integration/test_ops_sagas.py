@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from typer.testing import CliRunner, Result
 
-from consumers import materializer, saga_view
-from consumers.ops_cli import saga_app
+from cli.ops import saga_app
+from consumers import materializer
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.codec import default_codec
@@ -31,6 +31,7 @@ from erynoa.kafka import EventPublisher
 from erynoa.saga import Hold, Payment, Status, TimeOutProvider
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
+from ops import sagas
 from tests.conftest import own_namespace, unique
 
 pytestmark = pytest.mark.integration
@@ -242,7 +243,7 @@ async def test_show_returns_the_timeline_in_event_order_with_compensations_marke
     events = rejected_and_compensated(booking_id, start)
     await publish_and_fold(db, publisher, events)
 
-    timeline = await saga_view.saga_timeline(db, booking_id, default_codec(), datetime.now(UTC))
+    timeline = await sagas.saga_timeline(db, booking_id, default_codec(), datetime.now(UTC))
 
     assert [e.event_id for e in timeline.entries] == [e.event_id for e in events]
     assert [e.producer for e in timeline.entries] == [e.producer for e in events]
@@ -314,12 +315,10 @@ async def test_ls_stuck_finds_a_passed_deadline_and_an_idle_step_but_not_a_waiti
     )
     mine = (overdue, idle, waiting)
 
-    stuck = await saga_view.list_sagas(
-        db, saga_view.SagaQuery(stuck=True, booking_ids=mine), datetime.now(UTC)
+    stuck = await sagas.list_sagas(
+        db, sagas.SagaQuery(stuck=True, booking_ids=mine), datetime.now(UTC)
     )
-    in_flight = await saga_view.list_sagas(
-        db, saga_view.SagaQuery(booking_ids=mine), datetime.now(UTC)
-    )
+    in_flight = await sagas.list_sagas(db, sagas.SagaQuery(booking_ids=mine), datetime.now(UTC))
 
     assert [s.booking_id for s in stuck] == [overdue, idle]  # oldest request first
     late, quiet = stuck
@@ -405,7 +404,7 @@ async def test_cancel_dry_run_publishes_nothing_and_cancel_publishes_one_request
 
     # The materializer folds it: compensations are now due, and a second cancel is refused.
     await wait_for_status(db, booking_id, Status.CANCELLED)
-    timeline = await saga_view.saga_timeline(db, booking_id, default_codec(), datetime.now(UTC))
+    timeline = await sagas.saga_timeline(db, booking_id, default_codec(), datetime.now(UTC))
     assert timeline.in_flight
     assert [w.who for w in timeline.waiting] == ["payment"]  # void first, then release
     after_cancel = await end_offsets(settings, catalog, bookings_topic)

@@ -1,7 +1,7 @@
 """``erynoa dlq ...`` and ``erynoa saga ...``: the operator's commands.
 
-Thin: each command parses its options, calls the library (``consumers.dlq``,
-``consumers.saga_view``) and renders the dataclasses it returns as rich tables for people or as
+Thin: each command parses its options, calls the library (``ops.dlq``,
+``ops.sagas``) and renders the dataclasses it returns as rich tables for people or as
 JSON (``--json``) for machines. Progress and errors go to stderr, so ``--json`` output pipes
 cleanly. Bad input (an unknown topic, an unreadable time, a malformed id) prints one line and
 exits 2; an unreachable service or a refused action exits 1.
@@ -42,12 +42,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from consumers import dlq, saga_view
 from erynoa import kafka as k
 from erynoa.codec import default_codec
 from erynoa.saga import Policy, Status
 from erynoa.settings import Settings
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
+from ops import dlq, sagas
 
 dlq_app = typer.Typer(
     no_args_is_help=True, help="Dead-letter topics: see what failed, and replay it."
@@ -114,9 +114,9 @@ def _run(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
     """Run ``work``; a service that is down or a schema not migrated is one line, exit 1."""
     try:
         return asyncio.run(work)
-    except (dlq.DeadLetterError, saga_view.InvalidBookingId) as exc:
+    except (dlq.DeadLetterError, sagas.InvalidBookingId) as exc:
         _bad_input(str(exc))
-    except saga_view.SagaNotFound as exc:
+    except sagas.SagaNotFound as exc:
         _fail(str(exc))
     except asyncpg.UndefinedTableError as exc:
         _fail(f"PostgreSQL: {exc} (run `erynoa db migrate`)")
@@ -135,16 +135,16 @@ def _when(moment: datetime | None, now: datetime | None = None) -> str:
         return "-"
     text = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     if now is not None:
-        text += f" ({saga_view.format_duration(now - moment)} ago)"
+        text += f" ({sagas.format_duration(now - moment)} ago)"
     return text
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
-    return f"{saga_view.format_duration(now - moment)} ago" if moment is not None else ""
+    return f"{sagas.format_duration(now - moment)} ago" if moment is not None else ""
 
 
 def _duration(delta: timedelta | None) -> str:
-    return saga_view.format_duration(delta) if delta is not None else "-"
+    return sagas.format_duration(delta) if delta is not None else "-"
 
 
 # --- dlq -------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def _query(
     try:
         topics = dlq.resolve_topics(catalog, topic or [])
         if booking_id is not None:
-            booking_id = saga_view.check_booking_id(booking_id)
+            booking_id = sagas.check_booking_id(booking_id)
         if event_type is not None and event_type not in catalog.event_types:
             known = ", ".join(sorted(catalog.event_types))
             raise dlq.DeadLetterError(f"unknown event type {event_type!r}; known: {known}")
@@ -197,7 +197,7 @@ def _query(
             until=dlq.parse_when(until, now) if until else None,
             limit=limit,
         )
-    except (dlq.DeadLetterError, saga_view.InvalidBookingId) as exc:
+    except (dlq.DeadLetterError, sagas.InvalidBookingId) as exc:
         _bad_input(str(exc))
 
 
@@ -514,8 +514,8 @@ BookingArg = Annotated[str, typer.Argument(help="The booking id (a uuid).")]
 
 def _check_id(booking_id: str) -> str:
     try:
-        return saga_view.check_booking_id(booking_id)
-    except saga_view.InvalidBookingId as exc:
+        return sagas.check_booking_id(booking_id)
+    except sagas.InvalidBookingId as exc:
         _bad_input(str(exc))
 
 
@@ -528,7 +528,7 @@ _KIND_STYLE = {
 }
 
 
-def _waiting_text(w: saga_view.Waiting) -> str:
+def _waiting_text(w: sagas.Waiting) -> str:
     return f"{w.who}: {w.what}" + (f" until {_when(w.until)}" if w.until else "")
 
 
@@ -544,10 +544,10 @@ def saga_show(booking_id: BookingArg, as_json: JsonOpt = False) -> None:
     settings = _settings()
     now = datetime.now(UTC)
 
-    async def work() -> saga_view.SagaTimeline:
+    async def work() -> sagas.SagaTimeline:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await saga_view.saga_timeline(
+            return await sagas.saga_timeline(
                 conn, booking_id, default_codec(), now, policy=_policy(settings)
             )
         finally:
@@ -634,26 +634,26 @@ def saga_ls(
             _bad_input(str(exc))
     settings = _settings()
     now = datetime.now(UTC)
-    query = saga_view.SagaQuery(stuck=stuck, status=wanted, older_than=age, limit=limit)
+    query = sagas.SagaQuery(stuck=stuck, status=wanted, older_than=age, limit=limit)
 
-    async def work() -> list[saga_view.SagaSummary]:
+    async def work() -> list[sagas.SagaSummary]:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await saga_view.list_sagas(conn, query, now, policy=_policy(settings))
+            return await sagas.list_sagas(conn, query, now, policy=_policy(settings))
         finally:
             await conn.close()
 
-    sagas = _run(settings, work())
+    found = _run(settings, work())
     if as_json:
-        _echo_json([s.to_json() for s in sagas])
+        _echo_json([s.to_json() for s in found])
         return
-    title = f"{len(sagas)} {'stuck ' if stuck else ''}saga(s) in flight"
+    title = f"{len(found)} {'stuck ' if stuck else ''}saga(s) in flight"
     table = Table(title=title, title_justify="left", show_lines=True)
     table.add_column("booking", overflow="fold")
     table.add_column("status\nhold/payment", overflow="fold")
     table.add_column("age\nidle", no_wrap=True)
     table.add_column("waiting for", overflow="fold", ratio=1)
-    for s in sagas:
+    for s in found:
         waiting = Text("; ".join(_waiting_text(w) for w in s.waiting) or "-")
         if s.stuck_reason:
             waiting.append(f"\nstuck: {s.stuck_reason}", style="red")
@@ -663,7 +663,7 @@ def saga_ls(
     Console().print(table)
 
 
-def _print_request(request: saga_view.OperatorRequest, as_json: bool) -> None:
+def _print_request(request: sagas.OperatorRequest, as_json: bool) -> None:
     if as_json:
         _echo_json(request.to_json())
     elif request.refused:
@@ -687,10 +687,10 @@ def _print_request(request: saga_view.OperatorRequest, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-Act = Callable[[asyncpg.Connection, k.EventPublisher | None], Awaitable[saga_view.OperatorRequest]]
+Act = Callable[[asyncpg.Connection, k.EventPublisher | None], Awaitable[sagas.OperatorRequest]]
 
 
-async def _with_publisher(settings: Settings, dry_run: bool, act: Act) -> saga_view.OperatorRequest:
+async def _with_publisher(settings: Settings, dry_run: bool, act: Act) -> sagas.OperatorRequest:
     """Run ``act(conn, publisher)`` with a database connection and, unless a dry run, a started
     publisher (a dry run never connects to Kafka)."""
     conn = await asyncpg.connect(settings.database_url)
@@ -725,8 +725,8 @@ def saga_cancel(
 
     async def act(
         conn: asyncpg.Connection, publisher: k.EventPublisher | None
-    ) -> saga_view.OperatorRequest:
-        return await saga_view.cancel_saga(
+    ) -> sagas.OperatorRequest:
+        return await sagas.cancel_saga(
             conn,
             publisher,
             booking_id,
@@ -746,7 +746,7 @@ def saga_retry(
     booking_id: BookingArg,
     step: Annotated[
         str,
-        typer.Option(help=f"Whose step to re-run: {', '.join(saga_view.RETRY_STEPS)}."),
+        typer.Option(help=f"Whose step to re-run: {', '.join(sagas.RETRY_STEPS)}."),
     ] = "all",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the request; publish nothing.")
@@ -756,15 +756,15 @@ def saga_retry(
 ) -> None:
     """Ask an agent (or all) to re-run what it owes this saga now (a fresh request each time)."""
     booking_id = _check_id(booking_id)
-    if step not in saga_view.RETRY_STEPS:
-        _bad_input(f"unknown step {step!r}; one of: {', '.join(saga_view.RETRY_STEPS)}")
+    if step not in sagas.RETRY_STEPS:
+        _bad_input(f"unknown step {step!r}; one of: {', '.join(sagas.RETRY_STEPS)}")
     settings = _settings()
     who = _operator(operator)
 
     async def act(
         conn: asyncpg.Connection, publisher: k.EventPublisher | None
-    ) -> saga_view.OperatorRequest:
-        return await saga_view.retry_saga(
+    ) -> sagas.OperatorRequest:
+        return await sagas.retry_saga(
             conn,
             publisher,
             booking_id,

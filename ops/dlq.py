@@ -1,6 +1,6 @@
 """Dead-letter topics: what is in them, and re-driving their messages to where they came from.
 
-A library for ``erynoa dlq ls|show|replay`` (``consumers.ops_cli``) and the admin API alike:
+A library for ``erynoa dlq ls|show|replay`` (``cli.ops``) and the admin API alike:
 functions take their connections and return frozen dataclasses; nothing here prints. Try it on a
 running stack::
 
@@ -46,13 +46,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from consumers import saga_view
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa import saga
 from erynoa.codec import EventCodec, UndecodableEvent
 from erynoa.saga import Action, Policy, Status
 from erynoa.topics import TopicCatalog, parse_duration_ms
+from ops import sagas
 
 # Written by the agents' failure routing (streams.failures) beside the shared headers: whether
 # the error was judged retryable. A failure header like the others, so a replay drops it.
@@ -233,8 +233,8 @@ class DeadLetter:
             "size": self.size,
             "undecodable": self.undecodable,
             "hex_preview": self.hex_preview() if self.event is None else None,
-            "event": saga_view.jsonable(self.event) if self.event else None,
-            "failure": saga_view.jsonable(self.failure),
+            "event": sagas.jsonable(self.event) if self.event else None,
+            "failure": sagas.jsonable(self.failure),
             "headers": [[name, value.decode("utf-8", "replace")] for name, value in self.headers],
         }
 
@@ -435,7 +435,7 @@ class TopicSummary:
     sampled: int
 
     def to_json(self) -> dict[str, Any]:
-        return saga_view.jsonable(self)  # type: ignore[no-any-return]
+        return sagas.jsonable(self)  # type: ignore[no-any-return]
 
 
 async def summarize(
@@ -605,17 +605,15 @@ class SagaEffect:
         text = f"{before} → {after}" if before != after else f"stays {after}"
         if self.actions:
             owner = self.consumer or "?"
-            text += f"; {owner} would " + ", ".join(
-                saga_view.describe_action(a) for a in self.actions
-            )
-        elif self.consumer in saga_view.AGENTS and self.status_after is not None:
+            text += f"; {owner} would " + ", ".join(sagas.describe_action(a) for a in self.actions)
+        elif self.consumer in sagas.AGENTS and self.status_after is not None:
             text += f"; {self.consumer} has nothing left to do"
         if self.note:
             text += f" ({self.note})"
         return text
 
     def to_json(self) -> dict[str, Any]:
-        data = saga_view.jsonable(self)
+        data = sagas.jsonable(self)
         data["description"] = self.describe()
         return data  # type: ignore[no-any-return]
 
@@ -624,7 +622,7 @@ def effect_on_saga(
     message: DeadLetter,
     log: Sequence[ev.BookingEvent],
     now: datetime,
-    policy: Policy = saga_view.DEFAULT_POLICY,
+    policy: Policy = sagas.DEFAULT_POLICY,
 ) -> SagaEffect | None:
     """Fold the booking's log without and with the message's event (pure); None for messages
     that are not booking events."""
@@ -635,8 +633,8 @@ def effect_on_saga(
     others = [e for e in log if e.event_id != event.event_id]
     already = len(others) != len(log)
     try:
-        before = saga_view.fold_log(others)
-        after = saga_view.fold_log([*others, event])
+        before = sagas.fold_log(others)
+        after = sagas.fold_log([*others, event])
     except saga.SagaError as exc:
         return SagaEffect(event.booking_id, consumer, None, None, already, (), str(exc))
     note = None
@@ -647,7 +645,7 @@ def effect_on_saga(
     elif already:
         note = "already in the event log: other consumers handled it"
     actions: tuple[Action, ...] = ()
-    if after is not None and consumer in saga_view.AGENTS:
+    if after is not None and consumer in sagas.AGENTS:
         actions = tuple(saga.next_actions(consumer, after, now, policy))
     return SagaEffect(
         booking_id=event.booking_id,
@@ -735,7 +733,7 @@ class PlannedReplay:
             "message": self.message.to_json(),
             "replay": self.replay,
             "skip": self.skip,
-            "previous": saga_view.jsonable(self.previous),
+            "previous": sagas.jsonable(self.previous),
             "effect": self.effect.to_json() if self.effect else None,
         }
 
@@ -778,7 +776,7 @@ async def plan_replay(
     again: bool = False,
     include_undecodable: bool = False,
     with_effects: bool = False,
-    policy: Policy = saga_view.DEFAULT_POLICY,
+    policy: Policy = sagas.DEFAULT_POLICY,
 ) -> list[PlannedReplay]:
     """Decide for each message whether it will be replayed (reads, never writes); with
     ``with_effects``, what each replayed booking event would do to its saga."""
@@ -804,10 +802,10 @@ async def _booking_log(
     conn: asyncpg.Connection | asyncpg.Pool, booking_id: str, codec: EventCodec
 ) -> list[ev.BookingEvent]:
     try:
-        booking_id = saga_view.check_booking_id(booking_id)
-    except saga_view.InvalidBookingId:
+        booking_id = sagas.check_booking_id(booking_id)
+    except sagas.InvalidBookingId:
         return []  # not a uuid: no event of it can be in the log
-    logged = await saga_view.load_log(conn, booking_id, codec)
+    logged = await sagas.load_log(conn, booking_id, codec)
     return [e.event for e in logged if e.event is not None]
 
 

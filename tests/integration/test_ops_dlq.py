@@ -20,14 +20,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from typer.testing import CliRunner, Result
 
-from consumers import dlq
-from consumers.ops_cli import dlq_app
+from cli.ops import dlq_app
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.codec import default_codec
 from erynoa.db import create_pool
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
+from ops import dlq
 from tests.conftest import own_namespace, unique
 
 pytestmark = pytest.mark.integration

@@ -8,14 +8,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from consumers import dlq
-from consumers.dlq import DeadLetterError, PreviousReplay, Query
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa import saga
 from erynoa.codec import default_codec
 from erynoa.settings import PROJECT_ROOT
 from erynoa.topics import TopicCatalog, load_catalog
+from ops import dlq
+from ops.dlq import DeadLetterError, PreviousReplay, Query
 
 NOW = datetime(2026, 1, 28, 12, 0, tzinfo=UTC)
 BOOKING = "0b5c1d2e-8f3a-4c6b-9d7e-1f2a3b4c5d6e"
