@@ -47,7 +47,8 @@ from erynoa.codec import default_codec
 from erynoa.saga import Policy, Status
 from erynoa.settings import Settings
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
-from ops import dlq, sagas
+from ops import assess, dead_letters, replay, sagas, when
+from ops.errors import BadInput
 
 dlq_app = typer.Typer(
     no_args_is_help=True, help="Dead-letter topics: see what failed, and replay it."
@@ -107,14 +108,14 @@ def _operator(given: str | None) -> str:
 
 
 def _policy(settings: Settings) -> Policy:
-    return Policy(refund_policy=settings.refund_policy)
+    return Policy.from_settings(settings)
 
 
 def _run(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
     """Run ``work``; a service that is down or a schema not migrated is one line, exit 1."""
     try:
         return asyncio.run(work)
-    except (dlq.DeadLetterError, sagas.InvalidBookingId) as exc:
+    except BadInput as exc:
         _bad_input(str(exc))
     except sagas.SagaNotFound as exc:
         _fail(str(exc))
@@ -135,16 +136,16 @@ def _when(moment: datetime | None, now: datetime | None = None) -> str:
         return "-"
     text = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     if now is not None:
-        text += f" ({sagas.format_duration(now - moment)} ago)"
+        text += f" ({assess.format_duration(now - moment)} ago)"
     return text
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
-    return f"{sagas.format_duration(now - moment)} ago" if moment is not None else ""
+    return f"{assess.format_duration(now - moment)} ago" if moment is not None else ""
 
 
 def _duration(delta: timedelta | None) -> str:
-    return sagas.format_duration(delta) if delta is not None else "-"
+    return assess.format_duration(delta) if delta is not None else "-"
 
 
 # --- dlq -------------------------------------------------------------------------------------
@@ -179,25 +180,25 @@ def _query(
     since: str | None,
     until: str | None,
     limit: int | None,
-) -> dlq.Query:
+) -> dead_letters.Query:
     now = datetime.now(UTC)
     try:
-        topics = dlq.resolve_topics(catalog, topic or [])
+        topics = dead_letters.resolve_topics(catalog, topic or [])
         if booking_id is not None:
             booking_id = sagas.check_booking_id(booking_id)
         if event_type is not None and event_type not in catalog.event_types:
             known = ", ".join(sorted(catalog.event_types))
-            raise dlq.DeadLetterError(f"unknown event type {event_type!r}; known: {known}")
-        return dlq.Query(
+            raise dead_letters.DeadLetterError(f"unknown event type {event_type!r}; known: {known}")
+        return dead_letters.Query(
             topics=topics,
             booking_id=booking_id,
             event_type=event_type,
             error_class=error_class,
-            since=dlq.parse_when(since, now) if since else None,
-            until=dlq.parse_when(until, now) if until else None,
+            since=when.parse_when(since, now) if since else None,
+            until=when.parse_when(until, now) if until else None,
             limit=limit,
         )
-    except (dlq.DeadLetterError, sagas.InvalidBookingId) as exc:
+    except BadInput as exc:
         _bad_input(str(exc))
 
 
@@ -211,7 +212,9 @@ def dlq_ls(
     """Every dead-letter topic: depth, oldest and newest message, counts by error class."""
     settings = _settings()
     catalog = _catalog(settings)
-    summaries = _run(settings, dlq.summarize(catalog, settings.kafka_bootstrap, sample=sample))
+    summaries = _run(
+        settings, dead_letters.summarize(catalog, settings.kafka_bootstrap, sample=sample)
+    )
     if as_json:
         _echo_json([s.to_json() for s in summaries])
         return
@@ -246,7 +249,7 @@ def dlq_ls(
         )
 
 
-def _message_cells(m: dlq.DeadLetter) -> tuple[Text, str]:
+def _message_cells(m: dead_letters.DeadLetter) -> tuple[Text, str]:
     if m.event is not None:
         event = Text(f"{m.event_type}", style="bold")
         event.append(f"  id {m.event_id}", style="dim")
@@ -258,7 +261,7 @@ def _message_cells(m: dlq.DeadLetter) -> tuple[Text, str]:
     return event, m.booking_id or "-"
 
 
-def _failure_cell(m: dlq.DeadLetter) -> Text:
+def _failure_cell(m: dead_letters.DeadLetter) -> Text:
     f = m.failure
     text = Text(f"{f.error_class or '?'}", style="bold yellow")
     if f.error_kind:
@@ -271,7 +274,7 @@ def _failure_cell(m: dlq.DeadLetter) -> Text:
     return text
 
 
-def _message_block(m: dlq.DeadLetter, now: datetime) -> Table:
+def _message_block(m: dead_letters.DeadLetter, now: datetime) -> Table:
     """One dead letter as a labelled block: fits any terminal width, unlike a wide table."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -288,7 +291,7 @@ def _message_block(m: dlq.DeadLetter, now: datetime) -> Table:
     return grid
 
 
-def _origin_cell(m: dlq.DeadLetter) -> str:
+def _origin_cell(m: dead_letters.DeadLetter) -> str:
     f = m.failure
     origin = f"{f.origin_topic or '?'}[{f.origin_partition}]@{f.origin_offset}"
     return f"{origin}\nfirst {_when(f.first_failure)}\nlast  {_when(f.last_failure)}"
@@ -321,7 +324,9 @@ def dlq_show(
     )
     result = _run(
         settings,
-        dlq.find(catalog, settings.kafka_bootstrap, query, default_codec(), max_scan=max_scan),
+        dead_letters.find(
+            catalog, settings.kafka_bootstrap, query, default_codec(), max_scan=max_scan
+        ),
     )
     if as_json:
         _echo_json(result.to_json())
@@ -334,7 +339,7 @@ def dlq_show(
     _scan_notes(result)
 
 
-def _scan_notes(result: dlq.ScanResult) -> None:
+def _scan_notes(result: dead_letters.ScanResult) -> None:
     notes = []
     if result.limited:
         notes.append("stopped at --limit; more may match")
@@ -406,15 +411,17 @@ def dlq_replay(
         disable=as_json,
     )
 
-    async def work() -> tuple[list[dlq.PlannedReplay], dlq.ReplayReport | None]:
+    async def work() -> tuple[list[replay.PlannedReplay], replay.ReplayReport | None]:
         from erynoa.db import create_pool
 
         codec = default_codec()
-        found = await dlq.find(catalog, settings.kafka_bootstrap, query, codec, max_scan=max_scan)
+        found = await dead_letters.find(
+            catalog, settings.kafka_bootstrap, query, codec, max_scan=max_scan
+        )
         _scan_notes(found)
         pool = await create_pool(settings, min_size=1, max_size=2)
         try:
-            plan = await dlq.plan_replay(
+            plan = await replay.plan_replay(
                 pool,
                 catalog,
                 found.messages,
@@ -434,7 +441,7 @@ def dlq_replay(
             try:
                 with progress:
                     task = progress.add_task("replay", total=len(plan))
-                    report = await dlq.replay(
+                    report = await replay.replay(
                         pool,
                         producer,
                         plan,
@@ -458,7 +465,7 @@ def dlq_replay(
         raise typer.Exit(1)
 
 
-def _print_dry_run(plan: list[dlq.PlannedReplay], as_json: bool) -> None:
+def _print_dry_run(plan: list[replay.PlannedReplay], as_json: bool) -> None:
     would = sum(1 for p in plan if p.replay)
     if as_json:
         _echo_json({"dry_run": True, "would_replay": would, "plan": [p.to_json() for p in plan]})
@@ -481,7 +488,7 @@ def _print_dry_run(plan: list[dlq.PlannedReplay], as_json: bool) -> None:
     )
 
 
-def _print_report(report: dlq.ReplayReport, as_json: bool) -> None:
+def _print_report(report: replay.ReplayReport, as_json: bool) -> None:
     if as_json:
         _echo_json(report.to_json())
         return
@@ -528,7 +535,7 @@ _KIND_STYLE = {
 }
 
 
-def _waiting_text(w: sagas.Waiting) -> str:
+def _waiting_text(w: assess.Waiting) -> str:
     return f"{w.who}: {w.what}" + (f" until {_when(w.until)}" if w.until else "")
 
 
@@ -629,8 +636,8 @@ def saga_ls(
             _bad_input(f"unknown status {status!r}; one of: {', '.join(s.value for s in Status)}")
     if older_than is not None:
         try:
-            age = dlq.parse_age(older_than)
-        except dlq.DeadLetterError as exc:
+            age = when.parse_age(older_than)
+        except BadInput as exc:
             _bad_input(str(exc))
     settings = _settings()
     now = datetime.now(UTC)
@@ -687,7 +694,7 @@ def _print_request(request: sagas.OperatorRequest, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-Act = Callable[[asyncpg.Connection, k.EventPublisher | None], Awaitable[sagas.OperatorRequest]]
+Act = Callable[[asyncpg.Connection, sagas.Publish | None], Awaitable[sagas.OperatorRequest]]
 
 
 async def _with_publisher(settings: Settings, dry_run: bool, act: Act) -> sagas.OperatorRequest:
@@ -701,7 +708,7 @@ async def _with_publisher(settings: Settings, dry_run: bool, act: Act) -> sagas.
                 settings.kafka_bootstrap, "erynoa-ops", default_codec(), _catalog(settings)
             )
             await publisher.start()
-        return await act(conn, publisher)
+        return await act(conn, publisher.publish if publisher is not None else None)
     finally:
         if publisher is not None:
             await publisher.stop()
@@ -723,12 +730,10 @@ def saga_cancel(
     settings = _settings()
     who = _operator(operator)
 
-    async def act(
-        conn: asyncpg.Connection, publisher: k.EventPublisher | None
-    ) -> sagas.OperatorRequest:
+    async def act(conn: asyncpg.Connection, publish: sagas.Publish | None) -> sagas.OperatorRequest:
         return await sagas.cancel_saga(
             conn,
-            publisher,
+            publish,
             booking_id,
             operator=who,
             reason=reason,
@@ -746,7 +751,7 @@ def saga_retry(
     booking_id: BookingArg,
     step: Annotated[
         str,
-        typer.Option(help=f"Whose step to re-run: {', '.join(sagas.RETRY_STEPS)}."),
+        typer.Option(help=f"Whose step to re-run: {', '.join(assess.RETRY_STEPS)}."),
     ] = "all",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the request; publish nothing.")
@@ -756,17 +761,15 @@ def saga_retry(
 ) -> None:
     """Ask an agent (or all) to re-run what it owes this saga now (a fresh request each time)."""
     booking_id = _check_id(booking_id)
-    if step not in sagas.RETRY_STEPS:
-        _bad_input(f"unknown step {step!r}; one of: {', '.join(sagas.RETRY_STEPS)}")
+    if step not in assess.RETRY_STEPS:
+        _bad_input(f"unknown step {step!r}; one of: {', '.join(assess.RETRY_STEPS)}")
     settings = _settings()
     who = _operator(operator)
 
-    async def act(
-        conn: asyncpg.Connection, publisher: k.EventPublisher | None
-    ) -> sagas.OperatorRequest:
+    async def act(conn: asyncpg.Connection, publish: sagas.Publish | None) -> sagas.OperatorRequest:
         return await sagas.retry_saga(
             conn,
-            publisher,
+            publish,
             booking_id,
             operator=who,
             step=step,

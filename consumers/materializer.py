@@ -206,29 +206,15 @@ async def dead_letter(
     error_class: str,
 ) -> None:
     """Park ``message`` in ``topic`` with headers saying why, from where and when."""
-    now = datetime.now(UTC).isoformat()
-    origin = list(message.headers or ())
-    first = k.header(origin, k.H_FIRST_FAILURE) or now
-    attempts = int(k.header(origin, k.H_ATTEMPTS) or "0") + 1
-    replaced = {
-        k.H_ERROR, k.H_ERROR_CLASS, k.H_ATTEMPTS, k.H_FIRST_FAILURE, k.H_LAST_FAILURE,
-        k.H_ORIGIN_TOPIC, k.H_ORIGIN_PARTITION, k.H_ORIGIN_OFFSET, k.H_CONSUMER,
-    }  # fmt: skip
-    headers = [(key, value) for key, value in origin if key not in replaced]
-    headers += [
-        (k.H_ERROR, error[:1000].encode()),
-        (k.H_ERROR_CLASS, error_class.encode()),
-        (k.H_ATTEMPTS, str(attempts).encode()),
-        (k.H_FIRST_FAILURE, first.encode()),
-        (k.H_LAST_FAILURE, now.encode()),
-        (k.H_ORIGIN_TOPIC, (k.header(origin, k.H_ORIGIN_TOPIC) or message.topic).encode()),
-        (
-            k.H_ORIGIN_PARTITION,
-            (k.header(origin, k.H_ORIGIN_PARTITION) or str(message.partition)).encode(),
-        ),
-        (k.H_ORIGIN_OFFSET, (k.header(origin, k.H_ORIGIN_OFFSET) or str(message.offset)).encode()),
-        (k.H_CONSUMER, CONSUMER.encode()),
-    ]
+    headers = k.failure_headers(
+        list(message.headers or ()),
+        origin=(message.topic, message.partition, message.offset),
+        consumer=CONSUMER,
+        error=error,
+        error_class=error_class,
+        error_kind="permanent",
+        now=datetime.now(UTC),
+    )
     await producer.send_and_wait(topic, value=message.value, key=message.key, headers=headers)
 
 

@@ -6,7 +6,7 @@
    pointed at someone else's system by accident.
 2. Writes the run's world (``loadgen.world``) and connects: the API client always (providers
    answer through it), the Kafka publisher for ``via="kafka"``, a consumer-lag sampler.
-3. Sends on an open-loop schedule (``loadgen.pacing``) while at most ``in_flight`` sagas are
+3. Sends on an open-loop schedule (``erynoa.pacing``) while at most ``in_flight`` sagas are
    open; each booking's send time is taken just before its request leaves.
 4. Watches the read model — directly in PostgreSQL, one batched query per ``poll_interval_s``
    for every open booking. Not through ``GET /bookings/{id}``: a GET per open booking per poll
@@ -48,6 +48,7 @@ from erynoa import saga
 from erynoa.codec import default_codec
 from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher
+from erynoa.pacing import Pacer
 from erynoa.saga import OUTCOMES, BookingState, Status
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
@@ -62,7 +63,6 @@ from loadgen.clients import (
 )
 from loadgen.lag import LagSampler
 from loadgen.model import Progress, RunData, RunOptions, RunRefused, Tracked
-from loadgen.pacing import Pacer
 from loadgen.profile import Intent
 from loadgen.report import Report, analyze
 from ops.invariants.evidence import ClientRequest, RequestKind, RequestOutcome

@@ -1,36 +1,23 @@
-"""Saga visibility for operators: one booking's timeline, the sagas in flight, the stuck ones,
-and the two things an operator may do to a saga (cancel it, retry a step).
+"""Sagas for operators: one booking's timeline, the sagas in flight (the stuck ones among
+them), and what an operator may do to a saga (cancel it, retry a step), each with a dry run.
 
-A library: functions take their connections and return frozen dataclasses (``to_json`` for
-machines), so ``erynoa saga ...`` (``cli.ops``) and the admin API serve the same data.
-Nothing here prints. Try it on a running stack::
+Functions take their connections and return frozen dataclasses (``to_json`` for machines); the
+judgement is ``ops.assess``. Nothing here prints. Try it on a running stack::
 
     erynoa saga show <booking_id>
     erynoa saga ls --stuck
     erynoa saga cancel <booking_id> --reason "customer called" --dry-run
 
 The event log (``booking_events``) is the truth: a timeline is the log in fold order
-(``occurred_at``, then ``event_id``, as the materializer folds it) and the state is its fold with
-``erynoa.saga``. Where a saga waits comes from the same rules the agents follow
-(``saga.next_actions`` of every agent on the current state), so this view can never disagree
-with what the agents would do next.
-
-A saga is *in flight* while its booking has no outcome, or has one while a compensation or the
-hold's conversion is still due (the admin API's rule). It is *stuck* when the provider deadline
-passed without an outcome, or when nothing happened for longer than its step is expected to take
-(``Expectations``): each step is a handful of Kafka hops and one external call, so a minute
-without an event means an agent is down, lagging, or dead-lettered the booking's message.
+(``saga.log_order``) and the state is its fold (``saga.fold_log``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import json
-import typing
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -39,57 +26,38 @@ import asyncpg
 from erynoa import events as ev
 from erynoa import saga
 from erynoa.codec import EventCodec, UndecodableEvent
-from erynoa.kafka import EventPublisher, Published
-from erynoa.saga import Action, BookingState, Hold, Payment, Policy, Status
-
-AGENTS: tuple[saga.Agent, ...] = ("reservation", "payment", "notification", "provider-response")
-"""Every saga agent, in the order of the steps they own."""
-
-RETRY_STEPS: tuple[str, ...] = ("all", *AGENTS)
-"""What ``SagaRetryRequested.step`` may name: one agent's step, or every agent (the admin API's
-values too)."""
+from erynoa.kafka import Published
+from erynoa.saga import BookingState, Hold, Payment, Policy, Status
+from ops import wire
+from ops.assess import (
+    DEFAULT_EXPECTATIONS,
+    DEFAULT_POLICY,
+    RETRY_STEPS,
+    Assessment,
+    EntryKind,
+    Expectations,
+    Waiting,
+    assess,
+    assess_row,
+    describe_event,
+    entry_kind,
+    where_it_waits,
+)
+from ops.errors import BadInput
 
 OPERATOR_PRODUCER = "operator"
 """The ``producer`` of events an operator asks for from the command line."""
 
-_ENVELOPE = frozenset(
-    {"event_id", "booking_id", "occurred_at", "correlation_id", "causation_id", "producer"}
-)
-_ACTION_TYPES: tuple[type, ...] = typing.get_args(Action)
-
-EntryKind = Literal["request", "step", "failure", "compensation", "notification"]
-
-# Which events start compensations, and which are compensations: the timeline marks both.
-_FAILURES = frozenset(
-    {
-        "ReservationRejected",
-        "PaymentFailed",
-        "PaymentCaptureFailed",
-        "ProviderRejected",
-        "ProviderTimedOut",
-        "NotificationFailed",
-    }
-)
-_COMPENSATIONS = frozenset({"ReservationReleased", "PaymentVoided", "PaymentRefunded"})
-_REQUESTS = frozenset(
-    {
-        "BookingRequested",
-        "BookingCancellationRequested",
-        "SagaRetryRequested",
-        "ProviderAnswerSubmitted",
-        "StripeEventReceived",
-    }
-)
-
-
-DEFAULT_POLICY = Policy()
+Publish = Callable[[ev.BookingEvent], Awaitable[Published | None]]
+"""How a face publishes an operator's request (the CLI straight to Kafka, the API through its
+outbox)."""
 
 
 class SagaNotFound(LookupError):
     """No event and no read-model row for this booking id."""
 
 
-class InvalidBookingId(ValueError):
+class InvalidBookingId(BadInput):
     """Booking ids are uuids; anything else cannot name a booking."""
 
 
@@ -99,145 +67,6 @@ def check_booking_id(booking_id: str) -> str:
         return str(uuid.UUID(booking_id.strip()))
     except ValueError:
         raise InvalidBookingId(f"{booking_id!r} is not a booking id (a uuid)") from None
-
-
-# --- expectations and assessment (pure) -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Expectations:
-    """How long a saga may sit in a step without an event before it counts as stuck."""
-
-    requested: timedelta = timedelta(seconds=60)  # reservation holds or rejects
-    reserved: timedelta = timedelta(seconds=60)  # payment authorizes or fails
-    # The customer must finish 3-D Secure; Stripe's webhook resolves it, or it expires.
-    payment_action_required: timedelta = timedelta(hours=1)
-    # Authorized: notification tells the provider and provider-response starts the deadline.
-    # Once the deadline runs, the provider deadline is the expectation instead.
-    awaiting_provider: timedelta = timedelta(seconds=60)
-    # An outcome was reached: voids, refunds, releases and the hold's conversion.
-    finishing: timedelta = timedelta(seconds=60)
-
-    def for_step(self, status: Status) -> timedelta:
-        if status == Status.REQUESTED:
-            return self.requested
-        if status == Status.RESERVED:
-            return self.reserved
-        if status == Status.PAYMENT_ACTION_REQUIRED:
-            return self.payment_action_required
-        if status == Status.AWAITING_PROVIDER:
-            return self.awaiting_provider
-        return self.finishing
-
-    @property
-    def shortest(self) -> timedelta:
-        values: list[timedelta] = [getattr(self, f.name) for f in dataclasses.fields(self)]
-        return min(values)
-
-
-@dataclass(frozen=True)
-class Waiting:
-    """Who the saga waits for (an agent, ``provider``, ``customer`` or ``materializer``), for
-    what, and until when if there is a deadline."""
-
-    who: str
-    what: str
-    until: datetime | None = None
-    action: Action | None = None
-
-
-@dataclass(frozen=True)
-class Assessment:
-    in_flight: bool
-    waiting: tuple[Waiting, ...]
-    stuck_reason: str | None
-
-    @property
-    def stuck(self) -> bool:
-        return self.stuck_reason is not None
-
-
-def in_flight(state: BookingState, policy: Policy = DEFAULT_POLICY) -> bool:
-    """No outcome yet, or one whose compensation (or hold conversion) is still due."""
-    if not state.is_outcome:
-        return True
-    if state.status in saga.TERMINAL:
-        return (
-            state.hold in (Hold.HELD, Hold.CONVERTED)
-            or state.payment in saga.MONEY_HELD
-            or (
-                state.status == Status.CANCELLED
-                and state.payment == Payment.CAPTURED
-                and policy.refund_policy == "full"
-            )
-        )
-    return state.hold == Hold.HELD  # confirmed: the held seat must still be converted
-
-
-def where_it_waits(
-    state: BookingState, now: datetime, policy: Policy = DEFAULT_POLICY
-) -> tuple[Waiting, ...]:
-    """What each agent must do next (``saga.next_actions``), plus the outside world's part."""
-    waiting = [
-        Waiting(agent, describe_action(action), action=action)
-        for agent in AGENTS
-        for action in saga.next_actions(agent, state, now, policy)
-    ]
-    if waiting:
-        return tuple(waiting)
-    if state.status == Status.PAYMENT_ACTION_REQUIRED:
-        return (Waiting("customer", "finish the payment action (3-D Secure); Stripe tells us"),)
-    if (
-        state.status == Status.AWAITING_PROVIDER
-        and state.provider_outcome is None
-        and state.provider_deadline_at is not None
-    ):
-        return (Waiting("provider", "accept or reject", until=state.provider_deadline_at),)
-    return ()
-
-
-def assess(
-    state: BookingState,
-    last_event_at: datetime,
-    now: datetime,
-    expectations: Expectations = Expectations(),
-    policy: Policy = DEFAULT_POLICY,
-) -> Assessment:
-    """Whether the saga is in flight, what it waits for, and why it is stuck (if it is)."""
-    waiting = where_it_waits(state, now, policy)
-    flying = in_flight(state, policy)
-    if not flying:
-        return Assessment(False, waiting, None)
-    deadline = state.provider_deadline_at
-    if (
-        state.status == Status.AWAITING_PROVIDER
-        and state.provider_outcome is None
-        and deadline is not None
-        and now >= deadline
-    ):
-        return Assessment(
-            True,
-            waiting,
-            f"provider deadline passed {format_duration(now - deadline)} ago "
-            f"({deadline.isoformat(timespec='seconds')}) and provider-response recorded no outcome",
-        )
-    agents_owe = any(w.who in AGENTS for w in waiting)
-    if not agents_owe and waiting and waiting[0].who == "provider":
-        return Assessment(True, waiting, None)  # the provider's own deadline is the clock
-    expected = expectations.for_step(state.status)
-    idle = now - last_event_at
-    if idle <= expected:
-        return Assessment(True, waiting, None)
-    step_name = state.status.value if not state.is_outcome else f"{state.status.value}, finishing"
-    return Assessment(
-        True,
-        waiting,
-        f"no event for {format_duration(idle)} in step {step_name} "
-        f"(expected within {format_duration(expected)})",
-    )
-
-
-# --- the event log ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -287,24 +116,6 @@ async def load_log(
     return logged
 
 
-def fold_log(events: Iterable[ev.BookingEvent]) -> BookingState | None:
-    """The booking's state as the materializer folds its log: ``BookingRequested`` first
-    (a clock skew must not make it look late), then every other event in
-    ``(occurred_at, event_id)`` order. None while the request is not in the log."""
-    ordered = sorted(events, key=lambda e: (e.occurred_at, e.event_id))
-    requested = next((e for e in ordered if isinstance(e, ev.BookingRequested)), None)
-    if requested is None:
-        return None
-    state = saga.start(requested)
-    for event in ordered:
-        if not isinstance(event, ev.BookingRequested):
-            state = saga.evolve(state, event)
-    return state
-
-
-# --- one saga ---------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class TimelineEntry:
     event_id: str
@@ -345,35 +156,16 @@ class SagaTimeline:
     entries: tuple[TimelineEntry, ...]
     state: BookingState | None
 
+    @property
+    def stuck(self) -> bool:
+        return self.stuck_reason is not None
+
     def to_json(self) -> dict[str, Any]:
-        data = jsonable(self)
-        data["stuck"] = self.stuck_reason is not None
-        return data  # type: ignore[no-any-return]
-
-
-def _entry_kind(event_type: str) -> EntryKind:
-    if event_type in _COMPENSATIONS:
-        return "compensation"
-    if event_type in _FAILURES:
-        return "failure"
-    if event_type in _REQUESTS:
-        return "request"
-    if event_type == "NotificationSent":
-        return "notification"
-    return "step"
-
-
-def describe_event(event: ev.Event | None) -> str:
-    """The event's own fields (not the envelope) as ``name=value``, for one table cell."""
-    if event is None:
-        return "(body no longer decodes)"
-    parts = []
-    for f in dataclasses.fields(event):
-        value = getattr(event, f.name)
-        if f.name in _ENVELOPE or value is None:
-            continue
-        parts.append(f"{f.name}={_plain_text(value)}")
-    return ", ".join(parts)
+        return {
+            **wire.plain(replace(self, waiting=())),
+            "waiting": [w.to_json() for w in self.waiting],
+            "stuck": self.stuck,
+        }
 
 
 async def saga_timeline(
@@ -381,7 +173,7 @@ async def saga_timeline(
     booking_id: str,
     codec: EventCodec,
     now: datetime,
-    expectations: Expectations = Expectations(),
+    expectations: Expectations = DEFAULT_EXPECTATIONS,
     policy: Policy = DEFAULT_POLICY,
 ) -> SagaTimeline:
     """The saga of ``booking_id``; ``SagaNotFound`` if nothing is known about it."""
@@ -390,7 +182,7 @@ async def saga_timeline(
     row = await conn.fetchrow(_BOOKING_SQL + " WHERE b.id = $1::uuid", booking_id)
     if not logged and row is None:
         raise SagaNotFound(f"no booking {booking_id}: no event in the log and no read-model row")
-    state = fold_log(e.event for e in logged if e.event is not None)
+    state = saga.fold_log(e.event for e in logged if e.event is not None)
     if state is None and row is not None:
         state = _row_state(row)
 
@@ -407,7 +199,7 @@ async def saga_timeline(
                 occurred_at=item.occurred_at,
                 since_previous=item.occurred_at - previous if previous is not None else None,
                 since_start=item.occurred_at - start,
-                kind=_entry_kind(item.event_type),
+                kind=entry_kind(item.event_type),
                 detail=describe_event(item.event),
                 topic=item.topic,
                 partition=item.partition,
@@ -443,17 +235,16 @@ async def saga_timeline(
     # that the materializer has not folded yet.
     requested_at = row["requested_at"] if row else None
     first = requested_at or (logged[0].occurred_at if logged else now)
-    waiting = (Waiting("materializer", "fold the booking's BookingRequested into the read model"),)
-    idle = now - (last_event_at or first)
     correlation_id = row["correlation_id"] if row else None
     if correlation_id is None and logged and logged[0].event is not None:
         correlation_id = logged[0].event.correlation_id
-    stuck = None
-    if idle > expectations.requested:
-        stuck = (
-            f"BookingRequested not in the event log after {format_duration(idle)} "
-            f"(expected within {format_duration(expectations.requested)})"
-        )
+    if row is not None:
+        assessment = _assess_row(row, now, expectations, policy)
+    else:
+        assessment = assess_row(
+            Status.REQUESTED, Hold.NONE, Payment.NONE, None, last_event_at or first, now,
+            expectations, policy,
+        )  # fmt: skip
     return SagaTimeline(
         booking_id=booking_id,
         status=Status(row["status"]) if row else None,
@@ -465,27 +256,28 @@ async def saga_timeline(
         requested_at=requested_at,
         last_event_at=last_event_at,
         provider_deadline_at=row["provider_deadline_at"] if row else None,
-        in_flight=True,
-        stuck_reason=stuck,
-        waiting=waiting,
+        in_flight=assessment.in_flight,
+        stuck_reason=assessment.stuck_reason,
+        waiting=assessment.waiting,
         elapsed=now - first,
         entries=tuple(entries),
         state=None,
     )
 
 
-# --- sagas in flight ----------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class SagaQuery:
-    """Which in-flight sagas to list. ``booking_ids`` narrows to some (tests, the admin API)."""
+    """Which in-flight sagas to list, oldest request first: every filter given must match.
+    ``offset`` and ``limit`` count matching sagas (stuck ones, with ``stuck``)."""
 
     stuck: bool = False
     status: Status | None = None
     older_than: timedelta | None = None  # requested at least this long ago
-    limit: int = 50
+    provider_id: str | None = None
+    customer_id: str | None = None
     booking_ids: tuple[str, ...] | None = None
+    offset: int = 0
+    limit: int = 50
 
 
 @dataclass(frozen=True)
@@ -508,9 +300,17 @@ class SagaSummary:
         return self.stuck_reason is not None
 
     def to_json(self) -> dict[str, Any]:
-        data = jsonable(self)
-        data["stuck"] = self.stuck
-        return data  # type: ignore[no-any-return]
+        return {
+            **wire.plain(replace(self, waiting=())),
+            "waiting": [w.to_json() for w in self.waiting],
+            "stuck": self.stuck,
+        }
+
+
+@dataclass(frozen=True)
+class SagaPage:
+    sagas: tuple[SagaSummary, ...]
+    total: int  # every saga the query matches, past this page too
 
 
 _BOOKING_SQL = (
@@ -521,22 +321,23 @@ _BOOKING_SQL = (
 _PAGE = 500
 
 
-def _quoted(values: Iterable[str]) -> str:
+def _sql_literals(values: Iterable[str]) -> str:
     # Only our own enum values are ever quoted into SQL, never operator input.
     return ", ".join(f"'{v}'" for v in sorted(values))
 
 
 def in_flight_sql(policy: Policy = DEFAULT_POLICY) -> str:
-    """SQL true for a ``bookings b`` row whose saga is in flight (``in_flight`` in SQL)."""
+    """SQL true for a ``bookings b`` row whose saga is in flight (``assess.status_in_flight``)."""
     refund = (
         " OR (b.status = 'cancelled' AND b.payment = 'captured')"
         if policy.refund_policy == "full"
         else ""
     )
     return (
-        f"(b.status NOT IN ({_quoted(saga.OUTCOMES)})"
-        f" OR (b.status IN ({_quoted(saga.TERMINAL)})"
-        f" AND (b.hold IN ('held', 'converted') OR b.payment IN ({_quoted(saga.MONEY_HELD)})))"
+        f"(b.status NOT IN ({_sql_literals(saga.OUTCOMES)})"
+        f" OR (b.status IN ({_sql_literals(saga.TERMINAL)})"
+        f" AND (b.hold IN ('held', 'converted')"
+        f" OR b.payment IN ({_sql_literals(saga.MONEY_HELD)})))"
         f" OR (b.status = 'confirmed' AND b.hold = 'held'){refund})"
     )
 
@@ -549,26 +350,38 @@ def _row_state(row: Mapping[str, Any]) -> BookingState | None:
     return BookingState.from_json(json.loads(raw) if isinstance(raw, str) else raw)
 
 
+def _last_event_at(row: Mapping[str, Any]) -> datetime:
+    last: datetime = row["last_event_at"] or row["updated_at"]
+    return last
+
+
+def _assess_row(
+    row: Mapping[str, Any], now: datetime, expectations: Expectations, policy: Policy
+) -> Assessment:
+    state = _row_state(row)
+    if state is not None:
+        return assess(state, _last_event_at(row), now, expectations, policy)
+    return assess_row(
+        Status(row["status"]),
+        Hold(row["hold"]),
+        Payment(row["payment"]),
+        row["provider_deadline_at"],
+        _last_event_at(row),
+        now,
+        expectations,
+        policy,
+    )
+
+
 def summarize_row(
     row: Mapping[str, Any],
     now: datetime,
-    expectations: Expectations = Expectations(),
+    expectations: Expectations = DEFAULT_EXPECTATIONS,
     policy: Policy = DEFAULT_POLICY,
 ) -> SagaSummary:
     """One ``bookings`` row as a saga summary (pure: the row carries the fold's state)."""
-    last = row["last_event_at"] or row["updated_at"]
-    state = _row_state(row)
-    if state is None:
-        idle = now - last
-        waiting: tuple[Waiting, ...] = (
-            Waiting("materializer", "fold the booking's BookingRequested into the read model"),
-        )
-        reason = None
-        if idle > expectations.requested:
-            reason = f"BookingRequested not in the event log after {format_duration(idle)}"
-    else:
-        assessment = assess(state, last, now, expectations, policy)
-        waiting, reason = assessment.waiting, assessment.stuck_reason
+    last = _last_event_at(row)
+    assessment = _assess_row(row, now, expectations, policy)
     return SagaSummary(
         booking_id=row["booking_id"],
         status=Status(row["status"]),
@@ -580,23 +393,22 @@ def summarize_row(
         events_applied=row["events_applied"],
         age=now - row["requested_at"],
         idle=now - last,
-        waiting=waiting,
-        stuck_reason=reason,
+        waiting=assessment.waiting,
+        stuck_reason=assessment.stuck_reason,
     )
 
 
-async def list_sagas(
+async def _matching(
     conn: asyncpg.Connection | asyncpg.Pool,
     query: SagaQuery,
     now: datetime,
-    expectations: Expectations = Expectations(),
-    policy: Policy = DEFAULT_POLICY,
-) -> list[SagaSummary]:
-    """In-flight sagas, oldest request first; with ``query.stuck`` only the stuck ones.
+    expectations: Expectations,
+    policy: Policy,
+) -> AsyncIterator[SagaSummary]:
+    """Every saga ``query`` matches, oldest request first.
 
     SQL narrows to in-flight rows (and, for ``stuck``, to rows that could be stuck: deadline
-    passed or idle for the shortest expectation); ``assess`` decides, page by page, so a
-    ``limit`` counts stuck sagas, not candidates.
+    passed or idle for the shortest expectation); the assessment decides, page by page.
     """
     conditions = [
         in_flight_sql(policy),
@@ -604,11 +416,13 @@ async def list_sagas(
         "($2::timestamptz IS NULL OR b.requested_at <= $2)",
         "($3::uuid[] IS NULL OR b.id = ANY($3::uuid[]))",
         "($4::timestamptz IS NULL OR (b.requested_at, b.id) > ($4, $5::uuid))",
+        "($6::text IS NULL OR b.provider_id = $6)",
+        "($7::text IS NULL OR b.customer_id = $7)",
     ]
     if query.stuck:
         conditions.append(
-            "((b.status = 'awaiting_provider' AND b.provider_deadline_at <= $6)"
-            " OR coalesce(b.last_event_at, b.updated_at) < $6 - $7::interval)"
+            "((b.status = 'awaiting_provider' AND b.provider_deadline_at <= $8)"
+            " OR coalesce(b.last_event_at, b.updated_at) < $8 - $9::interval)"
         )
     sql = (
         f"{_BOOKING_SQL} WHERE {' AND '.join(conditions)} "
@@ -618,15 +432,16 @@ async def list_sagas(
         [check_booking_id(b) for b in query.booking_ids] if query.booking_ids is not None else None
     )
     older = now - query.older_than if query.older_than is not None else None
-    found: list[SagaSummary] = []
     after: tuple[datetime, str] | None = None
-    while len(found) < query.limit:
+    while True:
         params: list[Any] = [
             query.status.value if query.status else None,
             older,
             ids,
             after[0] if after else None,
             after[1] if after else None,
+            query.provider_id,
+            query.customer_id,
         ]
         if query.stuck:
             params += [now, expectations.shortest]
@@ -634,14 +449,48 @@ async def list_sagas(
         for row in rows:
             summary = summarize_row(row, now, expectations, policy)
             if not query.stuck or summary.stuck:
-                found.append(summary)
+                yield summary
         if len(rows) < _PAGE:
-            break
+            return
         after = (rows[-1]["requested_at"], rows[-1]["booking_id"])
-    return found[: query.limit]
 
 
-# --- operator actions ---------------------------------------------------------------------
+async def list_sagas(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    query: SagaQuery,
+    now: datetime,
+    expectations: Expectations = DEFAULT_EXPECTATIONS,
+    policy: Policy = DEFAULT_POLICY,
+) -> list[SagaSummary]:
+    """In-flight sagas, oldest request first; with ``query.stuck`` only the stuck ones. Stops
+    reading once the page is full."""
+    found: list[SagaSummary] = []
+    skipped = 0
+    async for summary in _matching(conn, query, now, expectations, policy):
+        if skipped < query.offset:
+            skipped += 1
+            continue
+        found.append(summary)
+        if len(found) >= query.limit:
+            break
+    return found
+
+
+async def page_sagas(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    query: SagaQuery,
+    now: datetime,
+    expectations: Expectations = DEFAULT_EXPECTATIONS,
+    policy: Policy = DEFAULT_POLICY,
+) -> SagaPage:
+    """``list_sagas`` and how many match in all (reads every candidate to count them)."""
+    found: list[SagaSummary] = []
+    total = 0
+    async for summary in _matching(conn, query, now, expectations, policy):
+        if query.offset <= total < query.offset + query.limit:
+            found.append(summary)
+        total += 1
+    return SagaPage(tuple(found), total)
 
 
 @dataclass(frozen=True)
@@ -659,7 +508,11 @@ class OperatorRequest:
     waiting_before: tuple[Waiting, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return jsonable(self)  # type: ignore[no-any-return]
+        return {
+            **wire.plain(replace(self, event=None, waiting_before=())),
+            "event": wire.event_json(self.event),
+            "waiting_before": [w.to_json() for w in self.waiting_before],
+        }
 
 
 @dataclass(frozen=True)
@@ -672,12 +525,11 @@ class _Current:
 async def _current(
     conn: asyncpg.Connection | asyncpg.Pool, booking_id: str, codec: EventCodec
 ) -> _Current:
-    booking_id = check_booking_id(booking_id)
     logged = await load_log(conn, booking_id, codec)
     row = await conn.fetchrow(_BOOKING_SQL + " WHERE b.id = $1::uuid", booking_id)
     if not logged and row is None:
         raise SagaNotFound(f"no booking {booking_id}: no event in the log and no read-model row")
-    state = fold_log(e.event for e in logged if e.event is not None)
+    state = saga.fold_log(e.event for e in logged if e.event is not None)
     if state is None and row is not None:
         state = _row_state(row)
     if state is not None:
@@ -688,21 +540,18 @@ async def _current(
     return _Current(None, None, first.correlation_id)
 
 
-async def _publish(
-    publisher: EventPublisher | None,
-    event: ev.BookingEvent,
-    dry_run: bool,
-) -> Published | None:
-    if dry_run:
+def cancel_refusal(state: BookingState | None, status: Status | None) -> str | None:
+    """Why an operator's cancel is refused (the booking ended), or None: the rule the API's
+    customer cancel follows (``saga.can_cancel``)."""
+    allowed = saga.can_cancel(state) if state is not None else status not in saga.TERMINAL
+    if allowed or status is None:
         return None
-    if publisher is None:
-        raise ValueError("a publisher is needed unless dry_run")
-    return await publisher.publish(event)
+    return f"booking is already {status.value} (terminal): nothing to cancel"
 
 
 async def cancel_saga(
     conn: asyncpg.Connection | asyncpg.Pool,
-    publisher: EventPublisher | None,
+    publish: Publish | None,
     booking_id: str,
     *,
     operator: str,
@@ -711,24 +560,25 @@ async def cancel_saga(
     now: datetime,
     dry_run: bool = False,
     policy: Policy = DEFAULT_POLICY,
+    producer: str = OPERATOR_PRODUCER,
 ) -> OperatorRequest:
-    """Publish ``BookingCancellationRequested`` (role ``operator``) unless the booking is terminal.
+    """Publish ``BookingCancellationRequested`` (role ``operator``) unless the booking ended.
 
     The agents run the compensations (void or refund, release, tell the customer); the
     request only states the operator's wish, so a cancel that races an outcome is harmless.
     """
-    current = await _current(conn, booking_id, codec)
     booking_id = check_booking_id(booking_id)
+    current = await _current(conn, booking_id, codec)
     waiting = where_it_waits(current.state, now, policy) if current.state else ()
-    if current.status in saga.TERMINAL:
-        assert current.status is not None
+    refused = cancel_refusal(current.state, current.status)
+    if refused is not None:
         return OperatorRequest(
             booking_id=booking_id,
             action="cancel",
             dry_run=dry_run,
             event=None,
             published=None,
-            refused=f"booking is already {current.status.value} (terminal): nothing to cancel",
+            refused=refused,
             status_before=current.status,
             status_after=current.status,
             waiting_before=waiting,
@@ -736,7 +586,7 @@ async def cancel_saga(
     event = ev.make(
         ev.BookingCancellationRequested,
         booking_id=booking_id,
-        producer=OPERATOR_PRODUCER,
+        producer=producer,
         correlation_id=current.correlation_id,
         occurred_at=now,
         requested_by=operator,
@@ -744,13 +594,12 @@ async def cancel_saga(
         reason=reason,
     )
     after = saga.evolve(current.state, event).status if current.state else Status.CANCELLED
-    published = await _publish(publisher, event, dry_run)
     return OperatorRequest(
         booking_id=booking_id,
         action="cancel",
         dry_run=dry_run,
         event=event,
-        published=published,
+        published=await _publish(publish, event, dry_run),
         refused=None,
         status_before=current.status,
         status_after=after,
@@ -758,9 +607,15 @@ async def cancel_saga(
     )
 
 
+def check_step(step: str) -> str:
+    if step not in RETRY_STEPS:
+        raise BadInput(f"unknown step {step!r}; choose one of: {', '.join(RETRY_STEPS)}")
+    return step
+
+
 async def retry_saga(
     conn: asyncpg.Connection | asyncpg.Pool,
-    publisher: EventPublisher | None,
+    publish: Publish | None,
     booking_id: str,
     *,
     operator: str,
@@ -769,6 +624,7 @@ async def retry_saga(
     now: datetime,
     dry_run: bool = False,
     policy: Policy = DEFAULT_POLICY,
+    producer: str = OPERATOR_PRODUCER,
 ) -> OperatorRequest:
     """Publish ``SagaRetryRequested(step=...)``: the named agent (or every agent, ``all``)
     re-runs what the rules say it owes the booking now.
@@ -776,27 +632,25 @@ async def retry_saga(
     Each retry is a new request with a fresh event id, so two retries are two attempts (the
     agents' side effects still carry idempotency keys per booking and step).
     """
-    if step not in RETRY_STEPS:
-        raise ValueError(f"unknown step {step!r}; choose one of: {', '.join(RETRY_STEPS)}")
-    current = await _current(conn, booking_id, codec)
+    step = check_step(step)
     booking_id = check_booking_id(booking_id)
+    current = await _current(conn, booking_id, codec)
     waiting = where_it_waits(current.state, now, policy) if current.state else ()
     event = ev.make(
         ev.SagaRetryRequested,
         booking_id=booking_id,
-        producer=OPERATOR_PRODUCER,
+        producer=producer,
         correlation_id=current.correlation_id,
         occurred_at=now,
         step=step,
         requested_by=operator,
     )
-    published = await _publish(publisher, event, dry_run)
     return OperatorRequest(
         booking_id=booking_id,
         action="retry",
         dry_run=dry_run,
         event=event,
-        published=published,
+        published=await _publish(publish, event, dry_run),
         refused=None,
         status_before=current.status,
         status_after=current.status,
@@ -804,76 +658,11 @@ async def retry_saga(
     )
 
 
-# --- presentation helpers (pure) ---------------------------------------------------------
-
-# ISO 4217 currencies without minor units; every other one shown here has two.
-_ZERO_DECIMAL = frozenset({"JPY", "KRW", "VND", "CLP", "ISK", "UGX", "XAF", "XOF", "PYG"})
-
-
-def format_money(money: ev.Money) -> str:
-    if money.currency in _ZERO_DECIMAL:
-        return f"{money.amount_minor} {money.currency}"
-    whole, cents = divmod(money.amount_minor, 100)
-    return f"{whole}.{cents:02d} {money.currency}"
-
-
-def format_duration(delta: timedelta) -> str:
-    """``2d 3h``, ``4m 05s``, ``1.250s``: the two largest units, for people."""
-    seconds = delta.total_seconds()
-    sign = "-" if seconds < 0 else ""
-    seconds = abs(seconds)
-    if seconds < 60:
-        return f"{sign}{seconds:.3f}s" if seconds < 10 else f"{sign}{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{sign}{days}d {hours}h"
-    if hours:
-        return f"{sign}{hours}h {minutes:02d}m"
-    return f"{sign}{minutes}m {secs:02d}s"
-
-
-def describe_action(action: Action) -> str:
-    """``AuthorizePayment(amount=45.00 EUR)``: an action as one line of text."""
-    fields = dataclasses.fields(action)
-    inner = ", ".join(f"{f.name}={_plain_text(getattr(action, f.name))}" for f in fields)
-    return f"{type(action).__name__}({inner})" if inner else type(action).__name__
-
-
-def _plain_text(value: Any) -> str:
-    if isinstance(value, ev.Money):
-        return format_money(value)
-    if isinstance(value, datetime):
-        return value.isoformat(timespec="seconds")
-    return str(value)
-
-
-def jsonable(value: Any) -> Any:
-    """Dataclasses, events, enums, datetimes and durations as plain JSON values.
-
-    Durations become seconds (float); events carry their ``event_type``; saga actions their
-    ``action`` name; bytes become hex.
-    """
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        data = {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, ev.Event):
-            data = {"event_type": value.event_type, **data}
-        elif isinstance(value, _ACTION_TYPES):
-            data = {"action": type(value).__name__, **data}
-        return data
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).hex()
-    if isinstance(value, frozenset | set):
-        return sorted(jsonable(v) for v in value)
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return [jsonable(v) for v in value]
-    return value
+async def _publish(
+    publish: Publish | None, event: ev.BookingEvent, dry_run: bool
+) -> Published | None:
+    if dry_run:
+        return None
+    if publish is None:
+        raise ValueError("a publisher is needed unless dry_run")
+    return await publish(event)

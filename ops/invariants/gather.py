@@ -26,7 +26,7 @@ from erynoa.codec import EventCodec, default_codec
 from erynoa.events import BookingEvent, BookingRequested
 from erynoa.saga import BookingState
 from erynoa.topics import TopicCatalog
-from ops import dlq
+from ops import dead_letters
 from ops.invariants.evidence import (
     AgentView,
     ClientRequest,
@@ -262,8 +262,10 @@ async def read_parked(
     codec: EventCodec | None = None,
 ) -> list[Parked]:
     """Every message in the catalog's dead-letter topics (dead-lettered after ``since``)."""
-    result = await dlq.find(catalog, bootstrap, dlq.Query(since=since), codec or default_codec())
-    owners = dlq.dead_letter_topics(catalog)
+    result = await dead_letters.find(
+        catalog, bootstrap, dead_letters.Query(since=since), codec or default_codec()
+    )
+    owners = dead_letters.dead_letter_topics(catalog)
     return [
         Parked(
             consumer=m.failure.consumer or owners.get(m.topic) or m.topic,

@@ -27,7 +27,7 @@ from erynoa.codec import default_codec
 from erynoa.db import create_pool
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
-from ops import dlq
+from ops import dead_letters, replay
 from tests.conftest import own_namespace, unique
 
 pytestmark = pytest.mark.integration
@@ -201,7 +201,7 @@ async def cli(settings: Settings, *args: str) -> Result:
 async def test_ls_counts_dead_letters_by_error_class(
     settings: Settings, catalog: TopicCatalog, poisoned: Poisoned
 ) -> None:
-    summaries = await dlq.summarize(catalog, settings.kafka_bootstrap)
+    summaries = await dead_letters.summarize(catalog, settings.kafka_bootstrap)
 
     by_topic = {s.topic: s for s in summaries}
     assert set(by_topic) == {t.name for t in catalog.by_kind("dead_letter")}
@@ -226,8 +226,8 @@ async def test_show_decodes_and_filters_by_booking_and_error_class(
     settings: Settings, catalog: TopicCatalog, poisoned: Poisoned
 ) -> None:
     codec = default_codec()
-    found = await dlq.find(
-        catalog, settings.kafka_bootstrap, dlq.Query(booking_id=poisoned.booking_id), codec
+    found = await dead_letters.find(
+        catalog, settings.kafka_bootstrap, dead_letters.Query(booking_id=poisoned.booking_id), codec
     )
 
     assert len(found.messages) == 2
@@ -246,17 +246,17 @@ async def test_show_decodes_and_filters_by_booking_and_error_class(
     assert garbage.hex_preview().startswith("00 01 74 68")
     assert garbage.booking_id == poisoned.booking_id  # from the key
 
-    only_garbage = await dlq.find(
+    only_garbage = await dead_letters.find(
         catalog,
         settings.kafka_bootstrap,
-        dlq.Query(booking_id=poisoned.booking_id, error_class="undecodableevent"),
+        dead_letters.Query(booking_id=poisoned.booking_id, error_class="undecodableevent"),
         codec,
     )
     assert [m.offset for m in only_garbage.messages] == [garbage.offset]
-    by_type = await dlq.find(
+    by_type = await dead_letters.find(
         catalog,
         settings.kafka_bootstrap,
-        dlq.Query(
+        dead_letters.Query(
             topics=(poisoned.dlq_topic,),
             booking_id=poisoned.booking_id,
             event_type="BookingRequested",
@@ -265,10 +265,12 @@ async def test_show_decodes_and_filters_by_booking_and_error_class(
         codec,
     )
     assert [m.offset for m in by_type.messages] == [decoded.offset]
-    later = await dlq.find(
+    later = await dead_letters.find(
         catalog,
         settings.kafka_bootstrap,
-        dlq.Query(booking_id=poisoned.booking_id, since=datetime.now(UTC) + timedelta(minutes=1)),
+        dead_letters.Query(
+            booking_id=poisoned.booking_id, since=datetime.now(UTC) + timedelta(minutes=1)
+        ),
         codec,
     )
     assert later.messages == ()
@@ -358,7 +360,7 @@ async def test_replay_redrives_once_to_the_origin_and_skips_the_undecodable(
     assert headers[k.H_REPLAY] == report["replay_id"].encode()
     assert headers[k.H_ATTEMPTS] == b"3"  # kept: a new failure continues the count
     assert headers[k.H_TRACEPARENT].startswith(b"00-0af7651916cd43dd")
-    assert not dlq.FAILURE_HEADERS & set(headers)
+    assert not k.FAILURE_HEADERS & set(headers)
     rows = await audit_rows(db, poisoned.booking_id)
     assert len(rows) == 1
     row = rows[0]
@@ -391,10 +393,10 @@ async def test_again_forces_a_second_replay_and_logs_both(
     settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, poisoned: Poisoned
 ) -> None:
     codec = default_codec()
-    found = await dlq.find(
+    found = await dead_letters.find(
         catalog,
         settings.kafka_bootstrap,
-        dlq.Query(booking_id=poisoned.booking_id, event_type="BookingRequested"),
+        dead_letters.Query(booking_id=poisoned.booking_id, event_type="BookingRequested"),
         codec,
     )
     origin_before = await end_offsets(settings, catalog, poisoned.origin)
@@ -402,10 +404,10 @@ async def test_again_forces_a_second_replay_and_logs_both(
     await producer.start()
     try:
         for again in (False, True):
-            plan = await dlq.plan_replay(
+            plan = await replay.plan_replay(
                 db, catalog, found.messages, codec, datetime.now(UTC), again=again
             )
-            report = await dlq.replay(db, producer, plan, operator="tester", again=again)
+            report = await replay.replay(db, producer, plan, operator="tester", again=again)
             assert report.counts["replayed"] == 1
     finally:
         await producer.stop()
