@@ -624,6 +624,8 @@ def saga_ls(
     older_than: Annotated[
         str | None, typer.Option("--older-than", help="Requested at least this long ago: 10m.")
     ] = None,
+    provider: Annotated[str | None, typer.Option(help="Only this provider's bookings.")] = None,
+    customer: Annotated[str | None, typer.Option(help="Only this customer's bookings.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
@@ -641,7 +643,14 @@ def saga_ls(
             _bad_input(str(exc))
     settings = _settings()
     now = datetime.now(UTC)
-    query = sagas.SagaQuery(stuck=stuck, status=wanted, older_than=age, limit=limit)
+    query = sagas.SagaQuery(
+        stuck=stuck,
+        status=wanted,
+        older_than=age,
+        provider_id=provider,
+        customer_id=customer,
+        limit=limit,
+    )
 
     async def work() -> list[sagas.SagaSummary]:
         conn = await asyncpg.connect(settings.database_url)

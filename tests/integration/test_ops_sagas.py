@@ -33,6 +33,7 @@ from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
 from ops import sagas
 from tests.conftest import own_namespace, unique
+from tests.integration.saga_events import awaiting_provider, rejected_and_compensated, request
 
 pytestmark = pytest.mark.integration
 
@@ -76,76 +77,6 @@ async def running_materializer(settings: Settings) -> AsyncIterator[None]:
 
 
 # --- building sagas -------------------------------------------------------------------------
-
-
-def request(booking_id: str, at: datetime) -> ev.BookingRequested:
-    slot = at.replace(microsecond=0) + timedelta(days=3)
-    return ev.make(
-        ev.BookingRequested,
-        booking_id=booking_id,
-        producer="api",
-        occurred_at=at,
-        customer_id=unique("cust-"),
-        service_id=unique(),
-        provider_id=unique("prov-"),
-        slot_start=slot,
-        slot_end=slot + timedelta(hours=1),
-        price=ev.Money(4500, "EUR"),
-        payment_method="pm_card_visa",
-        response_deadline_seconds=3600,
-    )
-
-
-def awaiting_provider(
-    booking_id: str, start: datetime, deadline: datetime
-) -> list[ev.BookingEvent]:
-    """Requested, held, authorized, provider told, deadline running: one second apart."""
-    requested = request(booking_id, start)
-    held = ev.make(
-        ev.ReservationHeld, cause=requested, producer="reservation",
-        occurred_at=start + timedelta(seconds=1), hold_id=unique(),
-        service_id=requested.service_id, slot_start=requested.slot_start,
-    )  # fmt: skip
-    authorized = ev.make(
-        ev.PaymentAuthorized, cause=held, producer="payment",
-        occurred_at=start + timedelta(seconds=3), payment_id=f"pi_{booking_id[:8]}",
-        amount=requested.price, gateway="sandbox",
-    )  # fmt: skip
-    told = ev.make(
-        ev.NotificationSent, cause=authorized, producer="notification",
-        occurred_at=start + timedelta(seconds=4), notification_id=unique(),
-        recipient_role="provider", channel="email", template="provider_request",
-    )  # fmt: skip
-    waiting = ev.make(
-        ev.ProviderResponseRequested, cause=authorized, producer="provider-response",
-        occurred_at=start + timedelta(seconds=5), provider_id=requested.provider_id,
-        deadline_at=deadline,
-    )  # fmt: skip
-    return [requested, held, authorized, told, waiting]
-
-
-def rejected_and_compensated(booking_id: str, start: datetime) -> list[ev.BookingEvent]:
-    events = awaiting_provider(booking_id, start, start + timedelta(hours=1))
-    authorized = events[2]
-    assert isinstance(authorized, ev.PaymentAuthorized)
-    rejected = ev.make(
-        ev.ProviderRejected, cause=events[-1], producer="provider-response",
-        occurred_at=start + timedelta(seconds=65), provider_id="prov", reason="fully booked",
-    )  # fmt: skip
-    voided = ev.make(
-        ev.PaymentVoided, cause=rejected, producer="payment",
-        occurred_at=start + timedelta(seconds=66), payment_id=authorized.payment_id,
-    )  # fmt: skip
-    released = ev.make(
-        ev.ReservationReleased, cause=voided, producer="reservation",
-        occurred_at=start + timedelta(seconds=68), hold_id=None, reason="rejected",
-    )  # fmt: skip
-    told = ev.make(
-        ev.NotificationSent, cause=released, producer="notification",
-        occurred_at=start + timedelta(seconds=70), notification_id=unique(),
-        recipient_role="customer", channel="email", template="customer_rejected",
-    )  # fmt: skip
-    return [*events, rejected, voided, released, told]
 
 
 async def publish_and_fold(
