@@ -1,4 +1,4 @@
-"""Everything the API talks to, wired once per process (``Runtime.start`` in the lifespan).
+"""Everything the API talks to, wired once per process (``ApiRuntime.start`` in the lifespan).
 
 The API starts even when a dependency is down — readiness reports it, and requests that need
 it answer 503 (changes to bookings need only PostgreSQL: their events wait in the outbox,
@@ -324,7 +324,7 @@ class ServiceTermsCache:
 
 
 @dataclass
-class Runtime:
+class ApiRuntime:
     settings: Settings
     catalog: TopicCatalog
     pool: asyncpg.Pool
@@ -344,7 +344,7 @@ class Runtime:
     @classmethod
     async def start(
         cls, settings: Settings, publisher_factory: PublisherFactory = EventPublisher
-    ) -> Runtime:
+    ) -> ApiRuntime:
         catalog = load_catalog(
             settings.topics_file, settings.topics_environment, settings.topic_prefix
         )

@@ -89,7 +89,7 @@ class MaterializerMetrics:
 
 
 @dataclass
-class Runtime:
+class MaterializerRuntime:
     """Everything the materializer's loop needs, wired once by ``start``."""
 
     settings: Settings
@@ -107,7 +107,7 @@ class Runtime:
 class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
     """On assignment, continue from the positions stored with the read model."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: MaterializerRuntime) -> None:
         self.runtime = runtime
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
@@ -141,7 +141,7 @@ def consumer_config(settings: Settings, group_id: str | None) -> dict[str, objec
     }
 
 
-async def start(settings: Settings) -> Runtime:
+async def start(settings: Settings) -> MaterializerRuntime:
     catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
     spec = catalog.consumer(CONSUMER)
     codec = default_codec()
@@ -150,7 +150,7 @@ async def start(settings: Settings) -> Runtime:
     dead_letters = AIOKafkaProducer(
         **k.producer_config(settings.kafka_bootstrap, f"erynoa-{CONSUMER}-dlq")
     )
-    runtime = Runtime(
+    runtime = MaterializerRuntime(
         settings, catalog, spec, codec, pool, consumer, dead_letters,
         Projection(CONSUMER, codec),
         MaterializerMetrics(metrics.new_registry(), spec.group_id),
@@ -164,7 +164,7 @@ async def start(settings: Settings) -> Runtime:
     return runtime
 
 
-async def stop(runtime: Runtime) -> None:
+async def stop(runtime: MaterializerRuntime) -> None:
     if runtime.metrics_server is not None:
         runtime.metrics_server.stop()
     with contextlib.suppress(Exception):
@@ -218,7 +218,9 @@ async def dead_letter(
     await producer.send_and_wait(topic, value=message.value, key=message.key, headers=headers)
 
 
-async def process_batch(runtime: Runtime, messages: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+async def process_batch(
+    runtime: MaterializerRuntime, messages: Sequence[ConsumerRecord[bytes, bytes]]
+) -> None:
     records, bad = decode_batch(runtime.codec, messages)
     for message, why in bad:
         log.warning(
@@ -327,7 +329,7 @@ def _log_events(
             )
 
 
-async def update_lag(runtime: Runtime) -> None:
+async def update_lag(runtime: MaterializerRuntime) -> None:
     """Lag of every partition this process is assigned: end offset minus position.
 
     The end is the last stable offset (we read committed), falling back to the high

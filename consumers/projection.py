@@ -265,9 +265,10 @@ class Projection:
         rows = [event_record(r) for r in records]
         columns = list(EVENT_COLUMNS)
         await conn.copy_records_to_table("incoming_events", records=rows, columns=columns)
+        listed = ", ".join(_quoted_columns(columns))
         inserted = await conn.fetch(
-            f"INSERT INTO {self.schema}.booking_events ({', '.join(_quoted(columns))}) "
-            f"SELECT DISTINCT ON (event_id) {', '.join(_quoted(columns))} FROM incoming_events "
+            f"INSERT INTO {self.schema}.booking_events ({listed}) "
+            f"SELECT DISTINCT ON (event_id) {listed} FROM incoming_events "
             # The first copy in log order wins, so a redelivery never moves an event.
             'ORDER BY event_id, "offset" ON CONFLICT (event_id) DO NOTHING RETURNING event_id'
         )
@@ -447,5 +448,5 @@ class BulkLoad:
         return len(self.folds)
 
 
-def _quoted(columns: list[str]) -> list[str]:
+def _quoted_columns(columns: list[str]) -> list[str]:
     return [f'"{c}"' for c in columns]

@@ -245,7 +245,7 @@ def log_extra(event: BookingEvent | None = None, **more: object) -> dict[str, ob
     return extra
 
 
-class Runtime:
+class AgentRuntime:
     """One agent's processing: resources, the handler, failure routing, graceful drain."""
 
     def __init__(
@@ -1024,8 +1024,8 @@ class OutboxCleanup:
     many batches in one statement.
 
     A published row left over (the worker died before its deletion, or the deletion failed)
-    only means the relay (``Runtime.relay_outbox``, for rows older than a few seconds) publishes
-    it again — with the same event id, which every consumer deduplicates.
+    only means the relay (``AgentRuntime.relay_outbox``, for rows older than a few seconds)
+    publishes it again — with the same event id, which every consumer deduplicates.
     """
 
     def __init__(self, agent: str, pool: asyncpg.Pool) -> None:

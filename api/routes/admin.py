@@ -136,8 +136,20 @@ class Workflow(BookingSummary):
                             "topic": "bookings",
                             "partition": 3,
                             "offset": 1041,
+                            "kind": "request",
+                            "detail": "customer_id=alice, provider_id=bob, price=45.00 EUR",
                         }
                     ],
+                    "stuck": False,
+                    "stuck_reason": None,
+                    "waiting": [
+                        {
+                            "who": "provider",
+                            "what": "accept or reject",
+                            "until": "2026-01-29T10:00:00Z",
+                        }
+                    ],
+                    "elapsed_seconds": 5.2,
                 }
             ]
         }

@@ -55,7 +55,7 @@ from streams.payment.gateway import (
     UnexpectedState,
     Voided,
 )
-from streams.runtime import BaseAdapter, Context, Runtime
+from streams.runtime import AgentRuntime, BaseAdapter, Context
 
 log = logging.getLogger("streams.payment")
 
@@ -356,7 +356,7 @@ def _require_payment_id(state: saga.BookingState) -> str:
 SWEEP_BATCH = 100
 
 
-async def sweep_abandoned_actions(runtime: Runtime, allowed: timedelta) -> int:
+async def sweep_abandoned_actions(runtime: AgentRuntime, allowed: timedelta) -> int:
     """Fail every booking whose customer did not finish the payment action in time.
 
     The same rules decide (``saga.next_actions`` with the current time); this only finds the

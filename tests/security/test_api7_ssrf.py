@@ -38,7 +38,7 @@ from streams.notification import (
     WebhookSender,
     compose,
 )
-from streams.runtime import Runtime
+from streams.runtime import AgentRuntime
 from tests.conftest import own_namespace, unique
 from tests.integration.agents.records import message
 from tests.integration.api.conftest import LiveApi, api_settings, running
@@ -279,7 +279,7 @@ async def test_the_agent_records_a_refused_webhook_as_failed_without_the_remote_
             SmtpSender("127.0.0.1", 9, "bookings@example.test"),
             WebhookSender(own.webhook_signing_secret, policy=OutboundPolicy.from_settings(own)),
         )
-        runtime = Runtime(
+        runtime = AgentRuntime(
             adapter=adapter,
             consumer=catalog.consumer("notification"),
             codec=CODEC,

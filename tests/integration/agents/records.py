@@ -1,4 +1,4 @@
-"""Consumed-message records and small helpers for tests that drive an agent's ``Runtime``."""
+"""Consumed-message records and small helpers for tests that drive an agent's ``AgentRuntime``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.codec import default_codec
 from erynoa.topics import TopicCatalog
-from streams.runtime import Adapter, Incoming, Runtime
+from streams.runtime import Adapter, AgentRuntime, Incoming
 
 CODEC = default_codec()
 
-StartRuntime = Callable[[str, Adapter], Awaitable[Runtime]]
+StartRuntime = Callable[[str, Adapter], Awaitable[AgentRuntime]]
 """Start the runtime of ``agent`` with ``adapter`` on the test's namespace (stopped after)."""
 
 

@@ -25,7 +25,7 @@ from erynoa.topics import TopicCatalog
 from streams.notification import NotificationAdapter, SmtpSender, WebhookSender
 from streams.payment.agent import PaymentAdapter
 from streams.payment.sandbox import WHOLE_GATEWAY, SandboxGateway
-from streams.runtime import Runtime
+from streams.runtime import AgentRuntime
 from tests.integration.agents.records import CODEC, StartRuntime, free_port, message
 from tests.integration.saga.harness import a_slot, create_service, create_user, read_topic
 
@@ -42,7 +42,7 @@ async def parked_or_retried(isolated: Settings, catalog: TopicCatalog, agent: st
     return count
 
 
-async def paused(runtime: Runtime) -> bool:
+async def paused(runtime: AgentRuntime) -> bool:
     """Whether the runtime reports a lane waiting on an outage (its own metric)."""
     for _ in range(300):
         value = runtime.metrics.registry.get_sample_value(
