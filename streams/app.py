@@ -263,9 +263,9 @@ def lanes_for(settings: Settings, adapter: Adapter) -> int:
     """How many partitions one worker processes at once (``ERYNOA_AGENT_LANES``; 0: automatic).
 
     One lane when the agent's work is all in PostgreSQL: everything that queued up then goes
-    into one batch, and on two CPUs that beat four lanes on both counts (bench/saga_only.py:
-    34 vs 48 ms of CPU per booking, e2e median 0.65 vs 1.1 s at 20 bookings/s). Several when
-    it waits on outside services, so that one slow call does not hold every partition.
+    into one batch, which costs less CPU per booking and answers sooner than several lanes
+    competing for the same database (``bench/saga_only.py`` measures it). Several when it
+    waits on outside services, so that one slow call does not hold every partition.
 
     A handler holds one pooled connection for its transaction and may briefly take a second
     (the sandbox ledger, a delivery record); with at most ``pool // 2 - 1`` lanes plus the

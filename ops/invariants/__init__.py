@@ -1,4 +1,4 @@
-"""DESIGN.md's invariants 1-9, checked over the evidence a run leaves behind.
+"""The booking backbone's invariants 1-9, checked over the evidence a run leaves behind.
 
     violations = await check_invariants(pool, booking_ids, catalog=catalog, requests=requests)
     assert not violations, "\\n".join(map(str, violations))

@@ -1,4 +1,4 @@
-"""DESIGN.md's invariants 1-9 as pure rules over ``Evidence`` (no I/O).
+"""The booking backbone's invariants 1-9 as pure rules over ``Evidence`` (no I/O).
 
 ``evaluate(evidence, booking_ids, now)`` returns every violation for the checked bookings. Each
 rule reads evidence that can show it broken: the event log and the agents' own records, the
