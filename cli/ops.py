@@ -724,35 +724,57 @@ async def _with_publisher(settings: Settings, dry_run: bool, act: Act) -> sagas.
         await conn.close()
 
 
-@saga_app.command("cancel")
-def saga_cancel(
-    booking_id: BookingArg,
-    reason: Annotated[str | None, typer.Option(help="Why; shown to the customer.")] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show the request; publish nothing.")
-    ] = False,
-    operator: OperatorOpt = None,
-    as_json: JsonOpt = False,
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the request; publish nothing.")]
+
+
+def _request(
+    booking_id: str,
+    command: Callable[..., Awaitable[sagas.OperatorRequest]],
+    *,
+    dry_run: bool,
+    operator: str | None,
+    as_json: bool,
+    **fields: Any,
 ) -> None:
-    """Ask the saga to cancel (compensations run) unless the booking already ended."""
+    """Run an operator's ``command`` (``sagas.cancel_saga``, ``sagas.retry_saga``) and print
+    what it published or would publish."""
     booking_id = _check_id(booking_id)
     settings = _settings()
     who = _operator(operator)
 
     async def act(conn: asyncpg.Connection, publish: sagas.Publish | None) -> sagas.OperatorRequest:
-        return await sagas.cancel_saga(
+        return await command(
             conn,
             publish,
             booking_id,
             operator=who,
-            reason=reason,
             codec=default_codec(),
             now=datetime.now(UTC),
             dry_run=dry_run,
             policy=_policy(settings),
+            **fields,
         )
 
     _print_request(_run(settings, _with_publisher(settings, dry_run, act)), as_json)
+
+
+@saga_app.command("cancel")
+def saga_cancel(
+    booking_id: BookingArg,
+    reason: Annotated[str | None, typer.Option(help="Why; shown to the customer.")] = None,
+    dry_run: DryRunOpt = False,
+    operator: OperatorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask the saga to cancel (compensations run) unless the booking already ended."""
+    _request(
+        booking_id,
+        sagas.cancel_saga,
+        dry_run=dry_run,
+        operator=operator,
+        as_json=as_json,
+        reason=reason,
+    )
 
 
 @saga_app.command("retry")
@@ -762,30 +784,13 @@ def saga_retry(
         str,
         typer.Option(help=f"Whose step to re-run: {', '.join(assess.RETRY_STEPS)}."),
     ] = "all",
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show the request; publish nothing.")
-    ] = False,
+    dry_run: DryRunOpt = False,
     operator: OperatorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask an agent (or all) to re-run what it owes this saga now (a fresh request each time)."""
-    booking_id = _check_id(booking_id)
     if step not in assess.RETRY_STEPS:
         _bad_input(f"unknown step {step!r}; one of: {', '.join(assess.RETRY_STEPS)}")
-    settings = _settings()
-    who = _operator(operator)
-
-    async def act(conn: asyncpg.Connection, publish: sagas.Publish | None) -> sagas.OperatorRequest:
-        return await sagas.retry_saga(
-            conn,
-            publish,
-            booking_id,
-            operator=who,
-            step=step,
-            codec=default_codec(),
-            now=datetime.now(UTC),
-            dry_run=dry_run,
-            policy=_policy(settings),
-        )
-
-    _print_request(_run(settings, _with_publisher(settings, dry_run, act)), as_json)
+    _request(
+        booking_id, sagas.retry_saga, dry_run=dry_run, operator=operator, as_json=as_json, step=step
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -135,8 +135,26 @@ class TimelineEntry:
         return self.kind == "compensation"
 
 
+class Judged:
+    """A saga with ops' verdict on it: what it waits for and why it is stuck (if it is)."""
+
+    waiting: tuple[Waiting, ...]
+    stuck_reason: str | None
+
+    @property
+    def stuck(self) -> bool:
+        return self.stuck_reason is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **wire.plain(self),
+            "waiting": [w.to_json() for w in self.waiting],
+            "stuck": self.stuck,
+        }
+
+
 @dataclass(frozen=True)
-class SagaTimeline:
+class SagaTimeline(Judged):
     """One saga as an operator needs it: what happened, where it stands, what it waits for."""
 
     booking_id: str
@@ -156,17 +174,6 @@ class SagaTimeline:
     entries: tuple[TimelineEntry, ...]
     state: BookingState | None
 
-    @property
-    def stuck(self) -> bool:
-        return self.stuck_reason is not None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **wire.plain(replace(self, waiting=())),
-            "waiting": [w.to_json() for w in self.waiting],
-            "stuck": self.stuck,
-        }
-
 
 async def saga_timeline(
     conn: asyncpg.Connection | asyncpg.Pool,
@@ -178,13 +185,7 @@ async def saga_timeline(
 ) -> SagaTimeline:
     """The saga of ``booking_id``; ``SagaNotFound`` if nothing is known about it."""
     booking_id = check_booking_id(booking_id)
-    logged = await load_log(conn, booking_id, codec)
-    row = await conn.fetchrow(_BOOKING_SQL + " WHERE b.id = $1::uuid", booking_id)
-    if not logged and row is None:
-        raise SagaNotFound(f"no booking {booking_id}: no event in the log and no read-model row")
-    state = saga.fold_log(e.event for e in logged if e.event is not None)
-    if state is None and row is not None:
-        state = _row_state(row)
+    logged, row, state = await _load(conn, booking_id, codec)
 
     entries = []
     previous: datetime | None = None
@@ -281,7 +282,7 @@ class SagaQuery:
 
 
 @dataclass(frozen=True)
-class SagaSummary:
+class SagaSummary(Judged):
     booking_id: str
     status: Status
     hold: Hold
@@ -294,17 +295,6 @@ class SagaSummary:
     idle: timedelta
     waiting: tuple[Waiting, ...]
     stuck_reason: str | None
-
-    @property
-    def stuck(self) -> bool:
-        return self.stuck_reason is not None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **wire.plain(replace(self, waiting=())),
-            "waiting": [w.to_json() for w in self.waiting],
-            "stuck": self.stuck,
-        }
 
 
 @dataclass(frozen=True)
@@ -509,14 +499,29 @@ class OperatorRequest:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            **wire.plain(replace(self, event=None, waiting_before=())),
+            **wire.plain(self),
             "event": wire.event_json(self.event),
             "waiting_before": [w.to_json() for w in self.waiting_before],
         }
 
 
+async def _load(
+    conn: asyncpg.Connection | asyncpg.Pool, booking_id: str, codec: EventCodec
+) -> tuple[list[LoggedEvent], asyncpg.Record | None, BookingState | None]:
+    """The booking's log, its read-model row and its state: the log's fold, else the row's."""
+    logged = await load_log(conn, booking_id, codec)
+    row = await conn.fetchrow(_BOOKING_SQL + " WHERE b.id = $1::uuid", booking_id)
+    if not logged and row is None:
+        raise SagaNotFound(f"no booking {booking_id}: no event in the log and no read-model row")
+    state = saga.fold_log(e.event for e in logged if e.event is not None)
+    if state is None and row is not None:
+        state = _row_state(row)
+    return logged, row, state
+
+
 @dataclass(frozen=True)
 class _Current:
+    booking_id: str
     state: BookingState | None
     status: Status | None
     correlation_id: str
@@ -525,19 +530,13 @@ class _Current:
 async def _current(
     conn: asyncpg.Connection | asyncpg.Pool, booking_id: str, codec: EventCodec
 ) -> _Current:
-    logged = await load_log(conn, booking_id, codec)
-    row = await conn.fetchrow(_BOOKING_SQL + " WHERE b.id = $1::uuid", booking_id)
-    if not logged and row is None:
-        raise SagaNotFound(f"no booking {booking_id}: no event in the log and no read-model row")
-    state = saga.fold_log(e.event for e in logged if e.event is not None)
-    if state is None and row is not None:
-        state = _row_state(row)
+    logged, row, state = await _load(conn, booking_id, codec)
     if state is not None:
-        return _Current(state, state.status, state.correlation_id)
+        return _Current(booking_id, state, state.status, state.correlation_id)
     if row is not None:
-        return _Current(None, Status(row["status"]), row["correlation_id"])
+        return _Current(booking_id, None, Status(row["status"]), row["correlation_id"])
     first = next(e.event for e in logged if e.event is not None)
-    return _Current(None, None, first.correlation_id)
+    return _Current(booking_id, None, None, first.correlation_id)
 
 
 def cancel_refusal(state: BookingState | None, status: Status | None) -> str | None:
@@ -572,16 +571,8 @@ async def cancel_saga(
     waiting = where_it_waits(current.state, now, policy) if current.state else ()
     refused = cancel_refusal(current.state, current.status)
     if refused is not None:
-        return OperatorRequest(
-            booking_id=booking_id,
-            action="cancel",
-            dry_run=dry_run,
-            event=None,
-            published=None,
-            refused=refused,
-            status_before=current.status,
-            status_after=current.status,
-            waiting_before=waiting,
+        return await _answer(
+            "cancel", current, waiting, None, current.status, None, dry_run, refused
         )
     event = ev.make(
         ev.BookingCancellationRequested,
@@ -594,17 +585,7 @@ async def cancel_saga(
         reason=reason,
     )
     after = saga.evolve(current.state, event).status if current.state else Status.CANCELLED
-    return OperatorRequest(
-        booking_id=booking_id,
-        action="cancel",
-        dry_run=dry_run,
-        event=event,
-        published=await _publish(publish, event, dry_run),
-        refused=None,
-        status_before=current.status,
-        status_after=after,
-        waiting_before=waiting,
-    )
+    return await _answer("cancel", current, waiting, event, after, publish, dry_run)
 
 
 def check_step(step: str) -> str:
@@ -645,24 +626,33 @@ async def retry_saga(
         step=step,
         requested_by=operator,
     )
+    return await _answer("retry", current, waiting, event, current.status, publish, dry_run)
+
+
+async def _answer(
+    action: Literal["cancel", "retry"],
+    current: _Current,
+    waiting: tuple[Waiting, ...],
+    event: ev.BookingEvent | None,
+    status_after: Status | None,
+    publish: Publish | None,
+    dry_run: bool,
+    refused: str | None = None,
+) -> OperatorRequest:
+    """Publish ``event`` (unless a dry run or refused) and say what was done."""
+    published = None
+    if event is not None and not dry_run:
+        if publish is None:
+            raise ValueError("a publisher is needed unless dry_run")
+        published = await publish(event)
     return OperatorRequest(
-        booking_id=booking_id,
-        action="retry",
+        booking_id=current.booking_id,
+        action=action,
         dry_run=dry_run,
         event=event,
-        published=await _publish(publish, event, dry_run),
-        refused=None,
+        published=published,
+        refused=refused,
         status_before=current.status,
-        status_after=current.status,
+        status_after=status_after,
         waiting_before=waiting,
     )
-
-
-async def _publish(
-    publish: Publish | None, event: ev.BookingEvent, dry_run: bool
-) -> Published | None:
-    if dry_run:
-        return None
-    if publish is None:
-        raise ValueError("a publisher is needed unless dry_run")
-    return await publish(event)

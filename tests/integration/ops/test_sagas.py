@@ -9,71 +9,27 @@ reach the real agents, and ``ls`` sees only this module's bookings.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 from typer.testing import CliRunner, Result
 
 from cli.ops import saga_app
-from consumers import materializer
 from erynoa import events as ev
-from erynoa import kafka as k
 from erynoa.codec import default_codec
-from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher
 from erynoa.saga import Hold, Payment, Status, TimeOutProvider
 from erynoa.settings import Settings
-from erynoa.topics import TopicCatalog, load_catalog
+from erynoa.topics import TopicCatalog
 from ops import sagas
-from tests.conftest import own_namespace, unique
+from tests.conftest import unique
+from tests.integration.ops.conftest import end_offsets, keyed_since
 from tests.integration.saga_events import awaiting_provider, rejected_and_compensated, request
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-async def settings(settings: Settings) -> AsyncIterator[Settings]:
-    async with own_namespace(settings) as isolated:
-        yield isolated
-
-
-@pytest.fixture(scope="module")
-async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(settings, min_size=1, max_size=5)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture(scope="module")
-def catalog(settings: Settings) -> TopicCatalog:
-    return load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
-
-
-@pytest.fixture(scope="module")
-async def publisher(settings: Settings, catalog: TopicCatalog) -> AsyncIterator[EventPublisher]:
-    pub = EventPublisher.create(
-        settings.kafka_bootstrap, "test-saga-view", default_codec(), catalog
-    )
-    await pub.start()
-    yield pub
-    await pub.stop()
-
-
-@pytest.fixture(scope="module")
-async def running_materializer(settings: Settings) -> AsyncIterator[None]:
-    stopping = asyncio.Event()
-    task = asyncio.create_task(materializer.run(settings, stopping))
-    yield
-    stopping.set()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, 30)
 
 
 # --- building sagas -------------------------------------------------------------------------
@@ -105,48 +61,6 @@ async def wait_for_status(db: asyncpg.Pool, booking_id: str, status: Status) -> 
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"booking {booking_id} never became {status.value}")
-
-
-async def end_offsets(
-    settings: Settings, catalog: TopicCatalog, topic: str
-) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await k.start_consumer(consumer)
-    try:
-        tps = [TopicPartition(topic, p) for p in range(catalog.topics[topic].partitions)]
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
-
-
-async def keyed_since(
-    settings: Settings, since: dict[TopicPartition, int], key: str
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """Records keyed ``key`` written after ``since`` (per partition), up to the end now."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
-    )
-    await k.start_consumer(consumer)
-    found: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        ends = await consumer.end_offsets(list(since))
-        todo = {tp: ends[tp] for tp in since if ends[tp] > since[tp]}
-        if not todo:
-            return found
-        consumer.assign(list(todo))
-        for tp in todo:
-            consumer.seek(tp, since[tp])
-        deadline = asyncio.get_running_loop().time() + 20
-        while todo and asyncio.get_running_loop().time() < deadline:
-            for tp, records in (await consumer.getmany(*todo, timeout_ms=500)).items():
-                found += [r for r in records if r.offset < todo[tp] and r.key == key.encode()]
-            for tp in list(todo):
-                if await consumer.position(tp) >= todo[tp]:
-                    del todo[tp]
-        assert not todo, "could not read to the end of the topic"
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def cli(settings: Settings, *args: str) -> Result:
