@@ -5,7 +5,6 @@ landed on a topic."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -13,14 +12,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumers import materializer
 from erynoa import kafka as k
-from erynoa.codec import default_codec
-from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
 from tests.conftest import own_namespace
+from tests.integration.materializing import materializer_running, pool_for, publisher_for
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +28,8 @@ async def settings(settings: Settings) -> AsyncIterator[Settings]:
 
 @pytest.fixture(scope="module")
 async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(settings, min_size=1, max_size=5)
-    yield pool
-    await pool.close()
+    async with pool_for(settings) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="module")
@@ -42,21 +38,15 @@ def catalog(settings: Settings) -> TopicCatalog:
 
 
 @pytest.fixture(scope="module")
-async def publisher(settings: Settings, catalog: TopicCatalog) -> AsyncIterator[EventPublisher]:
-    pub = EventPublisher.create(settings.kafka_bootstrap, "test-ops", default_codec(), catalog)
-    await pub.start()
-    yield pub
-    await pub.stop()
+async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
+    async with publisher_for(settings, "test-ops") as publisher:
+        yield publisher
 
 
 @pytest.fixture(scope="module")
 async def running_materializer(settings: Settings) -> AsyncIterator[None]:
-    stopping = asyncio.Event()
-    task = asyncio.create_task(materializer.run(settings, stopping))
-    yield
-    stopping.set()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, 30)
+    async with materializer_running(settings):
+        yield
 
 
 async def end_offsets(
