@@ -48,7 +48,7 @@ from erynoa.saga import Policy, Status
 from erynoa.settings import Settings
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
 from ops import assess, dead_letters, replay, sagas, when
-from ops.errors import BadInput
+from ops.errors import BadInput, check_booking_id
 
 dlq_app = typer.Typer(
     no_args_is_help=True, help="Dead-letter topics: see what failed, and replay it."
@@ -172,7 +172,6 @@ MaxScanOpt = Annotated[
 
 def _query(
     catalog: TopicCatalog,
-    *,
     topic: list[str] | None,
     booking_id: str | None,
     event_type: str | None,
@@ -181,21 +180,16 @@ def _query(
     until: str | None,
     limit: int | None,
 ) -> dead_letters.Query:
-    now = datetime.now(UTC)
     try:
-        topics = dead_letters.resolve_topics(catalog, topic or [])
-        if booking_id is not None:
-            booking_id = sagas.check_booking_id(booking_id)
-        if event_type is not None and event_type not in catalog.event_types:
-            known = ", ".join(sorted(catalog.event_types))
-            raise dead_letters.DeadLetterError(f"unknown event type {event_type!r}; known: {known}")
-        return dead_letters.Query(
-            topics=topics,
+        return dead_letters.query_from(
+            catalog,
+            datetime.now(UTC),
+            topics=topic or [],
             booking_id=booking_id,
             event_type=event_type,
             error_class=error_class,
-            since=when.parse_when(since, now) if since else None,
-            until=when.parse_when(until, now) if until else None,
+            since=since,
+            until=until,
             limit=limit,
         )
     except BadInput as exc:
@@ -312,16 +306,7 @@ def dlq_show(
     """Dead letters, decoded, with why, where from, when and how often they failed."""
     settings = _settings()
     catalog = _catalog(settings)
-    query = _query(
-        catalog,
-        topic=topic,
-        booking_id=booking_id,
-        event_type=event_type,
-        error_class=error_class,
-        since=since,
-        until=until,
-        limit=limit,
-    )
+    query = _query(catalog, topic, booking_id, event_type, error_class, since, until, limit)
     result = _run(
         settings,
         dead_letters.find(
@@ -389,16 +374,7 @@ def dlq_replay(
     """
     settings = _settings()
     catalog = _catalog(settings)
-    query = _query(
-        catalog,
-        topic=topic,
-        booking_id=booking_id,
-        event_type=event_type,
-        error_class=error_class,
-        since=since,
-        until=until,
-        limit=limit,
-    )
+    query = _query(catalog, topic, booking_id, event_type, error_class, since, until, limit)
     who = _operator(operator)
     progress = Progress(
         TextColumn("replaying"),
@@ -521,8 +497,8 @@ BookingArg = Annotated[str, typer.Argument(help="The booking id (a uuid).")]
 
 def _check_id(booking_id: str) -> str:
     try:
-        return sagas.check_booking_id(booking_id)
-    except sagas.InvalidBookingId as exc:
+        return check_booking_id(booking_id)
+    except BadInput as exc:
         _bad_input(str(exc))
 
 

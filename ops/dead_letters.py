@@ -28,8 +28,8 @@ from erynoa import kafka as k
 from erynoa.codec import EventCodec, UndecodableEvent
 from erynoa.topics import TopicCatalog
 from ops import wire
-from ops.errors import BadInput
-from ops.when import parse_time
+from ops.errors import BadInput, check_booking_id
+from ops.when import parse_time, parse_when
 
 
 class DeadLetterError(BadInput):
@@ -228,6 +228,36 @@ class Query:
         if self.since is not None and message.timestamp < self.since:
             return False
         return not (self.until is not None and message.timestamp >= self.until)
+
+
+def query_from(
+    catalog: TopicCatalog,
+    now: datetime,
+    *,
+    topics: Sequence[str] = (),
+    booking_id: str | None = None,
+    event_type: str | None = None,
+    error_class: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    limit: int | None = None,
+) -> Query:
+    """A ``Query`` from what an operator typed (topics or consumers, ``2h`` or ISO times);
+    ``BadInput`` names what cannot be understood."""
+    if booking_id is not None:
+        booking_id = check_booking_id(booking_id)
+    if event_type is not None and event_type not in catalog.event_types:
+        known = ", ".join(sorted(catalog.event_types))
+        raise DeadLetterError(f"unknown event type {event_type!r}; known: {known}")
+    return Query(
+        topics=resolve_topics(catalog, topics),
+        booking_id=booking_id,
+        event_type=event_type,
+        error_class=error_class,
+        since=parse_when(since, now) if since else None,
+        until=parse_when(until, now) if until else None,
+        limit=limit,
+    )
 
 
 def dead_letter_topics(catalog: TopicCatalog) -> dict[str, str | None]:

@@ -40,7 +40,7 @@ from erynoa.topics import TopicCatalog
 from ops import sagas, wire
 from ops.assess import DEFAULT_POLICY, SagaEffect, effect_on_saga
 from ops.dead_letters import DeadLetter
-from ops.errors import BadInput
+from ops.errors import BadInput, InvalidBookingId, check_booking_id
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,8 @@ async def _booking_log(
     conn: asyncpg.Connection | asyncpg.Pool, booking_id: str, codec: EventCodec
 ) -> list[ev.BookingEvent]:
     try:
-        booking_id = sagas.check_booking_id(booking_id)
-    except sagas.InvalidBookingId:
+        booking_id = check_booking_id(booking_id)
+    except InvalidBookingId:
         return []  # not a uuid: no event of it can be in the log
     logged = await sagas.load_log(conn, booking_id, codec)
     return [e.event for e in logged if e.event is not None]

@@ -15,7 +15,6 @@ The event log (``booking_events``) is the truth: a timeline is the log in fold o
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,7 +42,7 @@ from ops.assess import (
     entry_kind,
     where_it_waits,
 )
-from ops.errors import BadInput
+from ops.errors import BadInput, check_booking_id
 
 OPERATOR_PRODUCER = "operator"
 """The ``producer`` of events an operator asks for from the command line."""
@@ -55,18 +54,6 @@ outbox)."""
 
 class SagaNotFound(LookupError):
     """No event and no read-model row for this booking id."""
-
-
-class InvalidBookingId(BadInput):
-    """Booking ids are uuids; anything else cannot name a booking."""
-
-
-def check_booking_id(booking_id: str) -> str:
-    """The booking id in canonical form (lower-case uuid); ``InvalidBookingId`` otherwise."""
-    try:
-        return str(uuid.UUID(booking_id.strip()))
-    except ValueError:
-        raise InvalidBookingId(f"{booking_id!r} is not a booking id (a uuid)") from None
 
 
 @dataclass(frozen=True)

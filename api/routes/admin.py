@@ -52,7 +52,6 @@ from erynoa.saga import Status
 from ops import assess, dead_letters, replay, sagas
 from ops.assess import DEFAULT_EXPECTATIONS, Expectations
 from ops.errors import BadInput
-from ops.when import parse_when
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 log = logging.getLogger("erynoa.api.admin")
@@ -449,15 +448,16 @@ class ReplayRequest(DeadLetterFilter):
 
 
 def _dlq_query(runtime: RuntimeDep, f: DeadLetterFilter) -> dead_letters.Query:
-    now = utcnow()
     try:
-        return dead_letters.Query(
-            topics=dead_letters.resolve_topics(runtime.catalog, f.topics),
+        return dead_letters.query_from(
+            runtime.catalog,
+            utcnow(),
+            topics=f.topics,
             booking_id=str(f.booking_id) if f.booking_id else None,
             event_type=f.event_type,
             error_class=f.error_class,
-            since=parse_when(f.since, now) if f.since else None,
-            until=parse_when(f.until, now) if f.until else None,
+            since=f.since,
+            until=f.until,
             limit=f.limit,
         )
     except BadInput as exc:
