@@ -18,7 +18,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 
@@ -506,6 +506,9 @@ async def _load(
     return logged, row, state
 
 
+Req = TypeVar("Req", ev.BookingCancellationRequested, ev.SagaRetryRequested)
+
+
 @dataclass(frozen=True)
 class _Current:
     booking_id: str
@@ -513,17 +516,35 @@ class _Current:
     status: Status | None
     correlation_id: str
 
+    def request(self, kind: type[Req], producer: str, now: datetime, **fields: Any) -> Req:
+        """An operator's request event about this booking, in its correlation."""
+        return ev.make(
+            kind,
+            booking_id=self.booking_id,
+            producer=producer,
+            correlation_id=self.correlation_id,
+            occurred_at=now,
+            **fields,
+        )
+
 
 async def _current(
-    conn: asyncpg.Connection | asyncpg.Pool, booking_id: str, codec: EventCodec
-) -> _Current:
+    conn: asyncpg.Connection | asyncpg.Pool,
+    booking_id: str,
+    codec: EventCodec,
+    now: datetime,
+    policy: Policy,
+) -> tuple[_Current, tuple[Waiting, ...]]:
+    """The booking as a request about it needs it, and what it waits for now."""
+    booking_id = check_booking_id(booking_id)
     logged, row, state = await _load(conn, booking_id, codec)
     if state is not None:
-        return _Current(booking_id, state, state.status, state.correlation_id)
+        current = _Current(booking_id, state, state.status, state.correlation_id)
+        return current, where_it_waits(state, now, policy)
     if row is not None:
-        return _Current(booking_id, None, Status(row["status"]), row["correlation_id"])
+        return _Current(booking_id, None, Status(row["status"]), row["correlation_id"]), ()
     first = next(e.event for e in logged if e.event is not None)
-    return _Current(booking_id, None, None, first.correlation_id)
+    return _Current(booking_id, None, None, first.correlation_id), ()
 
 
 def cancel_refusal(state: BookingState | None, status: Status | None) -> str | None:
@@ -553,20 +574,16 @@ async def cancel_saga(
     The agents run the compensations (void or refund, release, tell the customer); the
     request only states the operator's wish, so a cancel that races an outcome is harmless.
     """
-    booking_id = check_booking_id(booking_id)
-    current = await _current(conn, booking_id, codec)
-    waiting = where_it_waits(current.state, now, policy) if current.state else ()
+    current, waiting = await _current(conn, booking_id, codec, now, policy)
     refused = cancel_refusal(current.state, current.status)
     if refused is not None:
         return await _answer(
             "cancel", current, waiting, None, current.status, None, dry_run, refused
         )
-    event = ev.make(
+    event = current.request(
         ev.BookingCancellationRequested,
-        booking_id=booking_id,
-        producer=producer,
-        correlation_id=current.correlation_id,
-        occurred_at=now,
+        producer,
+        now,
         requested_by=operator,
         requested_by_role="operator",
         reason=reason,
@@ -601,18 +618,8 @@ async def retry_saga(
     agents' side effects still carry idempotency keys per booking and step).
     """
     step = check_step(step)
-    booking_id = check_booking_id(booking_id)
-    current = await _current(conn, booking_id, codec)
-    waiting = where_it_waits(current.state, now, policy) if current.state else ()
-    event = ev.make(
-        ev.SagaRetryRequested,
-        booking_id=booking_id,
-        producer=producer,
-        correlation_id=current.correlation_id,
-        occurred_at=now,
-        step=step,
-        requested_by=operator,
-    )
+    current, waiting = await _current(conn, booking_id, codec, now, policy)
+    event = current.request(ev.SagaRetryRequested, producer, now, step=step, requested_by=operator)
     return await _answer("retry", current, waiting, event, current.status, publish, dry_run)
 
 
