@@ -315,7 +315,7 @@ async def _check(
     """The invariant checker over the row's acknowledged bookings, with every kind of
     evidence its ``check_invariants`` accepts (the client's requests, the dead letters, what
     the mail sink received, the agents' states through the catalog)."""
-    from erynoa import invariants
+    from ops import invariants
 
     module: Any = invariants
     check = module.check_invariants

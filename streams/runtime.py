@@ -63,7 +63,7 @@ from erynoa.events import (
     derived_event_id,
     make,
 )
-from erynoa.kafka import EventPublisher
+from erynoa.kafka import KAFKA_REFUSALS, EventPublisher
 from erynoa.topics import Consumer
 from streams import failures, store
 from streams.metrics import AgentMetrics
@@ -245,7 +245,7 @@ def log_extra(event: BookingEvent | None = None, **more: object) -> dict[str, ob
     return extra
 
 
-class Runtime:
+class AgentRuntime:
     """One agent's processing: resources, the handler, failure routing, graceful drain."""
 
     def __init__(
@@ -567,7 +567,7 @@ class Runtime:
     async def unavailable(self, error: BaseException | None = None) -> str | None:
         """The dependency that is down (with why), or None when PostgreSQL, Kafka and the
         adapter's own services all answer."""
-        if isinstance(error, KafkaError) and not isinstance(error, failures.KAFKA_REFUSALS):
+        if isinstance(error, KafkaError) and not isinstance(error, KAFKA_REFUSALS):
             # Sending is the one thing a message cannot make fail (a record the broker refuses
             # is a permanent error): this means the cluster cannot take writes just now.
             return f"kafka: {failures.describe(error)}"
@@ -1024,8 +1024,8 @@ class OutboxCleanup:
     many batches in one statement.
 
     A published row left over (the worker died before its deletion, or the deletion failed)
-    only means the relay (``Runtime.relay_outbox``, for rows older than a few seconds) publishes
-    it again — with the same event id, which every consumer deduplicates.
+    only means the relay (``AgentRuntime.relay_outbox``, for rows older than a few seconds)
+    publishes it again — with the same event id, which every consumer deduplicates.
     """
 
     def __init__(self, agent: str, pool: asyncpg.Pool) -> None:

@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from typer.testing import CliRunner
 
-from erynoa.cli import app
+from cli.main import app
 from erynoa.settings import Settings
 from erynoa.stack import manager
 

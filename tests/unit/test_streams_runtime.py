@@ -21,7 +21,7 @@ from erynoa.settings import Settings
 from erynoa.topics import load_catalog
 from streams.app import AGENTS, _incoming, check_agent, create_app
 from streams.provider_response import ProviderResponseAdapter
-from streams.runtime import Context, Decoded, Incoming, Runtime
+from streams.runtime import AgentRuntime, Context, Decoded, Incoming
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SETTINGS = Settings()
@@ -121,11 +121,11 @@ class MemoryPositions:
         self.recorded[partition] = next_offset
 
 
-def make_runtime(adapter: Any, agent: str = "provider-response") -> Runtime:
+def make_runtime(adapter: Any, agent: str = "provider-response") -> AgentRuntime:
     async def no_pool() -> Any:
         raise AssertionError("unit tests do not connect")
 
-    runtime = Runtime(
+    runtime = AgentRuntime(
         adapter=adapter,
         consumer=CATALOG.consumer(agent),
         codec=default_codec(),
@@ -301,7 +301,9 @@ class _Seeks:
         return max(offset, self.log_starts_at)
 
 
-def handled_offsets(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+def handled_offsets(
+    runtime: AgentRuntime, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
 
     async def record(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:

@@ -10,6 +10,7 @@ real: a deferred constraint trigger on one customer's rows raises at COMMIT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -119,8 +120,9 @@ class PrivateApi:
         raise AssertionError(f"booking {booking_id}: outbox rows still unpublished after 60 s")
 
 
-@pytest.fixture(scope="module")
-async def private(settings: Settings, key_file: Path) -> AsyncIterator[PrivateApi]:
+@contextlib.asynccontextmanager
+async def private_api(settings: Settings, key_file: Path) -> AsyncIterator[PrivateApi]:
+    """An API of its own (namespace, port) whose Kafka link a test can break."""
     switch = KafkaSwitch()
     async with own_namespace(settings) as namespace:
         api = api_settings(
@@ -135,6 +137,12 @@ async def private(settings: Settings, key_file: Path) -> AsyncIterator[PrivateAp
                     yield PrivateApi(LiveApi(api, server.base_url), http, pool, switch)
             finally:
                 await pool.close()
+
+
+@pytest.fixture(scope="module")
+async def private(settings: Settings, key_file: Path) -> AsyncIterator[PrivateApi]:
+    async with private_api(settings, key_file) as api:
+        yield api
 
 
 @pytest.fixture(autouse=True)

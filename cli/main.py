@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from api import cli as api_cli
+from cli.ops import dlq_app, saga_app
 from consumers.cli import materializer_app
-from consumers.ops_cli import dlq_app, saga_app
 from erynoa.settings import Settings, get_settings
 from erynoa.stack.cli import stack_app
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
