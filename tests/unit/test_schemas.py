@@ -19,7 +19,7 @@ import avro.schema
 import pytest
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
-from erynoa.codec import EventCodec, SchemaError, default_codec
+from erynoa.codec import EventCodec, SchemaError, local_codec
 from erynoa.events import (
     EVENT_TYPES,
     BookingEvent,
@@ -82,7 +82,7 @@ def test_every_schema_file_is_named_after_its_record_and_version(path: Path) -> 
 def test_every_event_class_has_a_schema_and_every_schema_a_class() -> None:
     schema_types = {FILE_NAME.fullmatch(p.name)[1] for p in SCHEMA_FILES}  # type: ignore[index]
     assert schema_types == set(EVENT_TYPES)
-    assert default_codec().versions.keys() == EVENT_TYPES.keys()
+    assert local_codec().versions.keys() == EVENT_TYPES.keys()
 
 
 @pytest.mark.parametrize("path", SCHEMA_FILES, ids=_id)
@@ -225,7 +225,7 @@ def test_a_subscriber_with_only_the_avsc_files_reads_what_we_write(
     event = sample(cls, optionals=optionals)
     decode = independent_decoder(SCHEMAS)
 
-    name, record = decode(default_codec().encode(event))
+    name, record = decode(local_codec().encode(event))
 
     assert name == cls.event_type
     assert record == as_record(event)
@@ -303,7 +303,7 @@ def test_the_codec_reads_old_versions_into_the_newest_class(tmp_path: Path) -> N
     old_event = sample(ProviderAccepted, optionals=True)
     assert isinstance(old_event, BookingEvent)
 
-    decoded = new_codec.decode(default_codec().encode(old_event))
+    decoded = new_codec.decode(local_codec().encode(old_event))
 
     assert decoded == ProviderAcceptedV2(**vars(old_event), note=None)
     assert new_codec.versions == {"ProviderAccepted": (1, 2)}
