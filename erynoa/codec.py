@@ -71,6 +71,7 @@ __all__ = [
     "default_codec",
     "local_codec",
     "registry_codec",
+    "warm_up",
 ]
 
 log = logging.getLogger(__name__)
@@ -446,26 +447,20 @@ def default_codec() -> EventCodec:
     return registry_codec(settings)
 
 
-def connect_codec(
-    settings: Settings,
-    registry: SchemaRegistry | None = None,
-    *,
-    wait: bool = True,
-    sleep: Callable[[float], None] = time.sleep,
-) -> EventCodec:
-    """A codec with ``settings``' registry, warmed up; while the registry does not answer,
-    retries with backoff (0.5 s doubling to 10 s) for as long as it takes, so a process started
-    before the registry waits instead of crashing (``wait=False``: raises
-    ``RegistryUnavailable``)."""
-    codec = registry_codec(settings, registry)
+def connect_codec(settings: Settings, registry: SchemaRegistry | None = None) -> EventCodec:
+    """A codec with ``settings``' registry, warmed up (waiting for the registry if need be)."""
+    return warm_up(registry_codec(settings, registry))
+
+
+def warm_up(codec: EventCodec, sleep: Callable[[float], None] = time.sleep) -> EventCodec:
+    """``codec.warm_up()``, retried with backoff (0.5 s doubling to 10 s) for as long as the
+    registry does not answer: a process started before the registry waits, it does not crash."""
     delay = 0.5
     began = time.monotonic()
     while True:
         try:
             codec.warm_up()
         except RegistryUnavailable as exc:
-            if not wait:
-                raise
             log.warning(
                 "schema registry unavailable for %.0f s (%s); retrying in %.1f s",
                 time.monotonic() - began,

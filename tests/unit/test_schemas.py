@@ -7,7 +7,6 @@ import io
 import json
 import re
 import shutil
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +16,6 @@ from typing import Any, ClassVar
 import avro.io
 import avro.schema
 import pytest
-from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
 from erynoa.codec import EventCodec, SchemaError, local_codec
 from erynoa.events import (
@@ -28,6 +26,7 @@ from erynoa.events import (
     ProviderAccepted,
     field_specs,
 )
+from erynoa.schemas import local_incompatibilities as incompatibilities
 from erynoa.settings import PROJECT_ROOT
 
 SCHEMAS = PROJECT_ROOT / "schemas"
@@ -232,28 +231,6 @@ def test_a_subscriber_with_only_the_avsc_files_reads_what_we_write(
 
 
 # --- evolution ------------------------------------------------------------------------------
-
-
-def incompatibilities(schemas_dir: Path) -> list[str]:
-    """Every (newer reader, older writer) pair of one event type that cannot be resolved."""
-    versions: dict[str, dict[int, avro.schema.Schema]] = defaultdict(dict)
-    for path in schemas_dir.glob("*.avsc"):
-        match = FILE_NAME.fullmatch(path.name)
-        assert match, path.name
-        versions[match[1]][int(match[2])] = avro.schema.parse(path.read_text(encoding="utf-8"))
-    problems = []
-    for event_type, by_version in sorted(versions.items()):
-        for new, reader in sorted(by_version.items()):
-            for old, writer in sorted(by_version.items()):
-                if old >= new:
-                    continue
-                checker = ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
-                result = checker.get_compatibility(reader, writer)
-                if result.compatibility is not SchemaCompatibilityType.compatible:
-                    where = ", ".join(sorted(result.locations))
-                    what = ", ".join(sorted(result.messages))
-                    problems.append(f"{event_type}.v{new} cannot read v{old} at {where}: {what}")
-    return problems
 
 
 def test_every_schema_version_reads_data_written_with_any_earlier_version() -> None:
