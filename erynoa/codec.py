@@ -417,11 +417,15 @@ def _resolve_id(
             f"{version.path}: not registered under subject {subject} in {registry.url}; run "
             "`erynoa schemas register` (ERYNOA_REGISTRY_AUTO_REGISTER is off)"
         )
+    # A new subject gets the registry-wide compatibility level (BACKWARD, set by the stack and
+    # by `erynoa schemas register`, which also sets it per subject).
     try:
-        if version.version == 1:
-            registry.set_compatibility("BACKWARD", subject)
         return registry.register(subject, version.text)
     except RegistryError as exc:
+        # Several processes starting together register the same schema at once; the loser of
+        # that race finds the winner's id.
+        if exc.status == 409 and (found := registry.lookup(subject, version.text)) is not None:
+            return found
         raise SchemaError(f"{version.path}: {exc}") from None
 
 

@@ -121,7 +121,7 @@ def register_all(
     for file in schema_files(schemas_dir):
         subject = file.subject(catalog)
         if subject not in configured:
-            registry.set_compatibility(COMPATIBILITY, subject)
+            _set_compatibility(registry, subject)
             configured.add(subject)
         existing = registry.lookup(subject, file.text)
         if existing is not None:
@@ -129,3 +129,14 @@ def register_all(
             continue
         done.append((file, subject, registry.register(subject, file.text), True))
     return done
+
+
+def _set_compatibility(registry: SchemaRegistry, subject: str) -> None:
+    try:
+        registry.set_compatibility(COMPATIBILITY, subject)
+    except RegistryError as exc:
+        # Apicurio answers 409 when a runtime created the subject's rule a moment before;
+        # the second request updates it.
+        if exc.status != 409:
+            raise
+        registry.set_compatibility(COMPATIBILITY, subject)

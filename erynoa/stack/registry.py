@@ -140,6 +140,10 @@ class Registry(Service):
             "-Dquarkus.management.host=127.0.0.1",
             f"-Dquarkus.management.port={s.registry_management_port}",
             "-Dquarkus.otel.sdk.disabled=true",
+            # Its default pool holds 20 connections to the in-memory database from the start.
+            "-Dapicurio.datasource.jdbc.initial-size=2",
+            "-Dapicurio.datasource.jdbc.min-size=2",
+            "-Dapicurio.datasource.jdbc.max-size=10",
             "-Dquarkus.log.console.json=false",
             "-jar",
             str(self.app_dir / "quarkus-run.jar"),

@@ -1,0 +1,146 @@
+"""What a subscriber of another system sees: the saga's topics, read with nothing but
+confluent-kafka's stock ``AvroDeserializer`` and ``SchemaRegistryClient`` (no project code in
+the consumer), and the ``examples/`` subscriber that follows one booking."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from confluent_kafka import Consumer, KafkaError
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from erynoa.kafka import EventPublisher
+from erynoa.saga import Status
+from erynoa.settings import PROJECT_ROOT, Settings
+from erynoa.topics import TopicCatalog
+from tests.integration.saga.conftest import Agents
+from tests.integration.saga.harness import (
+    EventLog,
+    answer,
+    create_service,
+    create_user,
+    request_booking,
+    status_is,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def read_every_topic(settings: Settings, topics: list[str]) -> list[tuple[str, bytes, Any]]:
+    """(topic, key, record) of every message of ``topics``, read to their ends from offset 0."""
+    assert settings.registry_url is not None
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": settings.registry_url}))
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"stock-subscriber-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.subscribe(topics)
+    found: list[tuple[str, bytes, Any]] = []
+    ended: set[tuple[str, int]] = set()
+    assigned: set[tuple[str, int]] = set()
+    try:
+        while not assigned or ended < assigned:
+            message = consumer.poll(1.0)
+            assigned |= {(p.topic, p.partition) for p in consumer.assignment()}
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                assert error.code() == KafkaError._PARTITION_EOF, error
+                ended.add((message.topic(), message.partition()))
+                continue
+            ended.discard((message.topic(), message.partition()))
+            context = SerializationContext(message.topic(), MessageField.VALUE)
+            found.append((message.topic(), message.key(), deserialize(message.value(), context)))
+    finally:
+        consumer.close()
+    return found
+
+
+async def test_a_stock_deserializer_decodes_every_event_of_a_booking_on_every_topic(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    saga_settings: Settings,
+    saga_catalog: TopicCatalog,
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(publisher, service, customer)
+    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+    await answer(publisher, event_log, booking, "accept")
+    assert (await event_log.wait(booking)).status == Status.CONFIRMED
+    await event_log.quiet()
+
+    topics = [t.name for t in saga_catalog.by_kind("event")]
+    messages = await asyncio.to_thread(read_every_topic, saga_settings, topics)
+
+    mine = [(topic, record) for topic, key, record in messages if key == booking.encode()]
+    # At least once: a redelivered event is the same event_id again, which a subscriber drops.
+    assert {r["event_id"] for _, r in mine} == {e.event_id for e in event_log.events[booking]}
+    for topic, record in mine:
+        assert record["booking_id"] == booking
+        assert saga_catalog.topic_for(record["event_type"]) == topic
+    decoded_types = {r["event_type"] for _, r in mine}
+    assert {"BookingRequested", "ReservationHeld", "PaymentAuthorized", "PaymentCaptured"} <= (
+        decoded_types
+    )
+    # Every message on every topic decodes, not only this booking's.
+    assert all(isinstance(record, dict) for _, _, record in messages)
+
+
+async def test_the_example_subscriber_follows_one_booking(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    saga_settings: Settings,
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(publisher, service, customer)
+    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+    await answer(publisher, event_log, booking, "reject")
+    assert (await event_log.wait(booking)).status == Status.REJECTED
+    await event_log.quiet()
+
+    assert saga_settings.registry_url is not None
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            str(Path(PROJECT_ROOT, "examples", "follow_booking.py")),
+            "--booking-id", booking,
+            "--bootstrap", saga_settings.kafka_bootstrap,
+            "--registry", saga_settings.registry_url,
+            "--topic-prefix", saga_settings.topic_prefix,
+            "--idle", "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    printed = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(e["event_id"] for e in printed) == sorted(
+        {e.event_id for e in event_log.events[booking]}
+    )
+    assert {"BookingRequested", "ProviderRejected"} <= {e["event_type"] for e in printed}
