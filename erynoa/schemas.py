@@ -19,7 +19,7 @@ import avro.errors
 import avro.schema
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
-from erynoa.registry import RegistryError, SchemaRegistry, subject_name
+from erynoa.registry import Compatibility, RegistryError, SchemaRegistry, subject_name
 from erynoa.topics import TopicCatalog
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
     "schema_files",
 ]
 
-COMPATIBILITY = "BACKWARD"
+COMPATIBILITY: Compatibility = "BACKWARD"
 _FILE_NAME = re.compile(r"([A-Z][A-Za-z0-9]*)\.v([1-9][0-9]*)\.avsc")
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 from confluent_kafka.schema_registry import Schema, topic_record_subject_name_strategy
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
     MockSchemaRegistryClient,
 )
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import schemaless_reader
 
@@ -75,7 +75,9 @@ class FakeRegistry:
         return httpx.Response(500, json={"message": f"fake: {request.url.path}"})
 
     def api(self) -> SchemaRegistry:
-        return SchemaRegistry("http://registry.test/apis/ccompat/v7", 1.0, httpx.MockTransport(self.handle))
+        return SchemaRegistry(
+            "http://registry.test/apis/ccompat/v7", 1.0, httpx.MockTransport(self.handle)
+        )
 
 
 @pytest.fixture
