@@ -247,6 +247,12 @@ class EventCodec:
                 )
             self._ids = ids
             self._ready = True
+        log.info(
+            "schema ids resolved: %d versions from %s",
+            len(ids),
+            registry.url,
+            extra={"dependency": "schema-registry"},
+        )
 
     @property
     def wire_format(self) -> WireFormat:

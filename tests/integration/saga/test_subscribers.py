@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -144,3 +145,31 @@ async def test_the_example_subscriber_follows_one_booking(
         {e.event_id for e in event_log.events[booking]}
     )
     assert {"BookingRequested", "ProviderRejected"} <= {e["event_type"] for e in printed}
+
+
+async def test_kcat_shows_each_events_key_and_type_as_the_readme_says(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    saga_settings: Settings,
+) -> None:
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.skip("kcat is not installed (make setup installs it)")
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(publisher, service, customer)
+    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [kcat, "-C", "-b", saga_settings.kafka_bootstrap, "-t",
+         f"{saga_settings.topic_prefix}payments", "-o", "beginning", "-e", "-q",
+         "-f", "%k %p/%o %h\\n"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    mine = [line for line in done.stdout.splitlines() if line.startswith(booking)]
+    assert any("erynoa-event-type=PaymentAuthorized" in line for line in mine), done.stdout
