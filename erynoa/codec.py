@@ -67,7 +67,6 @@ __all__ = [
     "UndecodableEvent",
     "UnencodableEvent",
     "WireFormat",
-    "connect_codec",
     "default_codec",
     "local_codec",
     "registry_codec",
@@ -171,14 +170,16 @@ class EventCodec:
         registry: SchemaRegistry | None = None,
         topic_for: Callable[[str], str] | None = None,
         auto_register: bool = True,
+        write_format: WireFormat = "confluent",
     ) -> None:
         """Load and check every ``.avsc`` in ``schemas_dir``; raises ``SchemaError``.
 
         ``event_types`` maps each event type to its dataclass (default ``EVENT_TYPES``); tests pass
         their own to try out a new schema version. With a ``registry`` (and ``topic_for``, the
         topic of each event type, for the subject names) every version's id is looked up, or
-        registered when ``auto_register``, before this returns: ``RegistryUnavailable`` when the
-        registry does not answer, ``SchemaError`` when it refuses a schema or lacks one.
+        registered when ``auto_register``, on first use (see ``warm_up``). ``write_format``
+        ``single-object`` keeps writing the old format while reading both (a cluster moving to
+        the registry); without a registry it is always single-object.
         """
         self.schemas_dir = schemas_dir if schemas_dir is not None else PROJECT_ROOT / "schemas"
         types = dict(EVENT_TYPES if event_types is None else event_types)
@@ -188,10 +189,13 @@ class EventCodec:
         self.registry = registry
         self._topic_for = topic_for
         self._auto_register = auto_register
+        self._write_format: WireFormat = "single-object" if registry is None else write_format
         self._files = versions
         self._lock = threading.Lock()
         # Without a registry there is nothing to resolve; with one, ``warm_up`` sets it.
         self._ready = registry is None
+        # Whether encode can write without resolving ids first.
+        self._writers_ready = self._ready or self._write_format != "confluent"
 
         self._readers: dict[bytes, _Reader] = {}
         self._by_id: dict[int, _Reader] = {}
@@ -239,14 +243,15 @@ class EventCodec:
                     )
             for (event_type, number), schema_id in ids.items():
                 self._by_id[schema_id] = self._readers[self._files[event_type][number].fingerprint]
-            for cls, writer in list(self._writers.items()):
-                event_type = str(dict(writer.constants)["event_type"])
-                latest_id = ids[(event_type, self._versions[event_type][-1])]
-                self._writers[cls] = replace(
-                    writer, header=CONFLUENT_MAGIC + latest_id.to_bytes(4, "big")
-                )
+            if self._write_format == "confluent":
+                for cls, writer in list(self._writers.items()):
+                    event_type = str(dict(writer.constants)["event_type"])
+                    latest_id = ids[(event_type, self._versions[event_type][-1])]
+                    self._writers[cls] = replace(
+                        writer, header=CONFLUENT_MAGIC + latest_id.to_bytes(4, "big")
+                    )
             self._ids = ids
-            self._ready = True
+            self._ready = self._writers_ready = True
         log.info(
             "schema ids resolved: %d versions from %s",
             len(ids),
@@ -257,7 +262,7 @@ class EventCodec:
     @property
     def wire_format(self) -> WireFormat:
         """What ``encode`` writes."""
-        return "confluent" if self.registry is not None else "single-object"
+        return self._write_format
 
     @property
     def versions(self) -> dict[str, tuple[int, ...]]:
@@ -282,7 +287,7 @@ class EventCodec:
 
     def encode(self, event: Event) -> bytes:
         """The event in this codec's wire format, written with its type's newest schema."""
-        if not self._ready:
+        if not self._writers_ready:
             self.warm_up()
         writer = self._writers.get(type(event))
         if writer is None:
@@ -437,8 +442,8 @@ def _resolve_id(
 
 @cache
 def local_codec() -> EventCodec:
-    """The codec of the configured ``schemas/`` without a registry (single-object writer), for
-    tools that need no network; it decodes Confluent bytes only of ids it was never told."""
+    """The codec of the configured ``schemas/`` without a registry, for code that must not touch
+    the network: it writes single-object encoding and cannot look up Confluent schema ids."""
     from erynoa.settings import get_settings
 
     return require_complete(EventCodec(get_settings().schemas_dir))
@@ -455,11 +460,6 @@ def default_codec() -> EventCodec:
     if settings.registry_url is None:
         return local_codec()
     return registry_codec(settings)
-
-
-def connect_codec(settings: Settings, registry: SchemaRegistry | None = None) -> EventCodec:
-    """A codec with ``settings``' registry, warmed up (waiting for the registry if need be)."""
-    return warm_up(registry_codec(settings, registry))
 
 
 def warm_up(codec: EventCodec, sleep: Callable[[float], None] = time.sleep) -> EventCodec:
@@ -499,6 +499,7 @@ def registry_codec(settings: Settings, registry: SchemaRegistry | None = None) -
             registry=registry,
             topic_for=catalog.topic_for,
             auto_register=settings.registry_auto_register,
+            write_format=settings.wire_format,
         )
     )
 

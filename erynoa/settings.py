@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # wire format (magic 0, schema id) under TopicRecordNameStrategy subjects. Empty: Avro
     # single-object encoding and no registry (a cluster not yet migrated; see README).
     registry_url: str | None = "http://127.0.0.1:18081/apis/ccompat/v7"
+    # What the writers write when a registry is set: "single-object" only while a running
+    # cluster moves to the registry (readers decode both formats either way; README).
+    wire_format: Literal["confluent", "single-object"] = "confluent"
     # Register a missing schema version at start-up. Production turns it off and registers
     # from the release pipeline (`erynoa schemas register`), so a runtime cannot add schemas.
     registry_auto_register: bool = True

@@ -289,3 +289,21 @@ def test_the_materializer_dead_letters_an_unknown_schema_id_with_the_reason(
     assert [(m.offset, why) for m, why in bad] == [
         (1, "unknown schema id 77777: the registry has no such schema")
     ]
+
+
+def test_during_a_migration_writers_keep_single_object_while_reading_both(
+    fake: FakeRegistry,
+) -> None:
+    migrating = EventCodec(
+        SCHEMAS, registry=fake.api(), topic_for=CATALOG.topic_for, write_format="single-object"
+    )
+    switched = codec_with(fake)
+    fake.down = True  # writing the old format needs no registry at all
+
+    for event in STORY:
+        assert migrating.encode(event)[:2] == MAGIC
+    fake.down = False
+    for event in STORY:
+        assert migrating.wire_format == "single-object"
+        assert migrating.decode(switched.encode(event)) == event
+        assert switched.decode(migrating.encode(event)) == event
