@@ -49,6 +49,7 @@ stack: setup
 	@$(ERYNOA) stack up
 	@$(ERYNOA) topics apply
 	@$(ERYNOA) db migrate
+	@$(ERYNOA) schemas register
 
 run: stack
 	exec env $(RUN_ENVIRONMENT) $(ERYNOA) run

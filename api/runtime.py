@@ -29,7 +29,7 @@ from api.outbox import ApiOutbox
 from api.ratelimit import RateLimiter
 from api.readmodel import delete_expired_idempotency_keys
 from erynoa import tracing
-from erynoa.codec import EventCodec, default_codec
+from erynoa.codec import EventCodec, default_codec, warm_up
 from erynoa.db import create_pool
 from erynoa.events import BookingEvent, CatalogEvent
 from erynoa.kafka import H_REQUEST_ID, KAFKA_REFUSALS, EventPublisher, Published, producer_config
@@ -371,6 +371,9 @@ class ApiRuntime:
             token_types=settings.access_token_types,
         )
         codec = default_codec()
+        # Schema ids resolved before the first request, not inside it; waits out a registry
+        # that is still starting.
+        await asyncio.to_thread(warm_up, codec)
         kafka = KafkaLink(settings, codec, catalog, publisher_factory)
         await kafka.start()
         outbox = ApiOutbox(pool, kafka, codec)

@@ -74,6 +74,7 @@ class LocalSystem:
             "ERYNOA_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
             "ERYNOA_DATABASE_URL": database_url,
             "ERYNOA_REDIS_URL": base.redis_url,
+            "ERYNOA_REGISTRY_URL": base.registry_url or "",
             "ERYNOA_PAYMENT_GATEWAY": "sandbox",
             "ERYNOA_RATE_LIMIT_PER_MINUTE_IP": str(rate_limit_per_minute),
             "ERYNOA_RATE_LIMIT_PER_MINUTE_USER": str(rate_limit_per_minute),

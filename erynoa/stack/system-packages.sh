@@ -9,6 +9,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
+# A subscriber's command-line view of the topics (README, "For subscribers"; tested).
+command -v kcat >/dev/null || missing+=(kcat)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
