@@ -7,14 +7,16 @@
 2. (e) our Avro codec against the ``avro`` package (``bench/codec.py``);
 3. (a) the raw ceiling: consume → produce → commit with aiokafka and confluent-kafka, our
    message size, bench-only topics (``bench/raw_kafka.py``);
-4. starts the system (API, four agents, materializer: ``loadgen.system.LocalSystem``, its own
+4. the peers: the same happy-path saga on Temporal and DBOS, steps that do nothing
+   (``bench/peers``; builds Temporal's dev server once, a few minutes; ``--no-peers`` skips);
+5. starts the system (API, four agents, materializer: ``loadgen.system.LocalSystem``, its own
    topics and port) and measures (c) ``POST /bookings`` against a trivial FastAPI endpoint
    (``bench/http_load.py``) and (b) the saga's maximum sustained rate and its latency at half
    of it (``bench/saga_load.py``, loadgen's library);
-5. (d) stops the API and the agents, publishes a corpus of finished sagas that the live
+6. (d) stops the API and the agents, publishes a corpus of finished sagas that the live
    materializer folds in (``bench/corpus.py``, timed), stops the materializer and rebuilds the
    read model from the system's topics (``consumers.rebuild.rebuild``);
-6. writes ``bench/results/<date>.json`` and ``.md`` (the table against the targets, the
+7. writes ``bench/results/<date>.json`` and ``.md`` (the table against the targets, the
    machine, the versions).
 
 Everything runs against 127.0.0.1 only. The measurements run one after the other, never
@@ -38,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import corpus, costs, http_load, raw_kafka, saga_load, summary  # noqa: E402
+from bench import corpus, costs, http_load, peers, raw_kafka, saga_load, summary  # noqa: E402
+from bench.peers import temporal_server  # noqa: E402
 from erynoa.settings import Settings  # noqa: E402
 from loadgen.engine import check_loopback  # noqa: E402
 from loadgen.system import LocalSystem, free_port  # noqa: E402
@@ -191,6 +194,35 @@ async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
     return result
 
 
+def peers_bench(settings: Settings, quick: bool, log_dir: Path) -> dict[str, Any]:
+    """The same happy-path saga on Temporal and DBOS, one after the other (``bench/peers``).
+
+    Run while our system is stopped: its idle agents would take CPU from the peer.
+    """
+    seconds, concurrency = (6.0, 100) if quick else (20.0, 100)
+    rows: list[dict[str, Any]] = []
+    names = list(peers.PEERS)
+    say(f"peers: Temporal dev server {temporal_server.VERSION} (built once, a few minutes)")
+    why = temporal_server.build(log_dir / "temporal-build.log")
+    if why is not None:
+        say(f"peers: temporal unavailable: {why}")
+        rows.append({"peer": "temporal", "unavailable": why})
+        names.remove("temporal")
+    loadavg = summary.machine()["loadavg"]
+    rows += peers.measure(
+        settings.database_url, seconds=seconds, concurrency=concurrency, log=say, peers=names
+    )
+    rows.sort(key=lambda row: list(peers.PEERS).index(row["peer"]))
+    return {
+        "rows": rows,
+        "steps": list(peers.STEPS),
+        "seconds": seconds,
+        "concurrency": concurrency,
+        "loadavg_before": loadavg,
+        "loadavg_after": summary.machine()["loadavg"],
+    }
+
+
 def corpus_bench(system: LocalSystem, bookings: int) -> dict[str, Any]:
     """(d) set-up: finished sagas for the rebuild to replay, through the live materializer.
 
@@ -242,6 +274,9 @@ def main() -> int:
         action="store_true",
         help="the stack is up already: skip `stack up` (topics and migrations still apply)",
     )
+    parser.add_argument(
+        "--no-peers", action="store_true", help="skip the peers (Temporal, DBOS: bench/peers)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     quick: bool = args.quick
@@ -285,6 +320,9 @@ def main() -> int:
     ]
     for r in results["raw_ceiling"]:
         say(f"raw ceiling: {r['client']} {r['per_second']:,.0f} msg/s")
+
+    if not args.no_peers:
+        results["peers"] = peers_bench(settings, quick, log_dir)
 
     say("system: starting API, agents, materializer")
     with LocalSystem(settings, log_dir) as system:
