@@ -7,7 +7,7 @@
 2. (e) our Avro codec against the ``avro`` package (``bench/codec.py``);
 3. (a) the raw ceiling: consume → produce → commit with aiokafka and confluent-kafka, our
    message size, bench-only topics (``bench/raw_kafka.py``);
-4. the peers: the same happy-path saga on Temporal and DBOS, steps that do nothing
+4. the peers: the same happy-path saga on Temporal, DBOS and Restate, steps that do nothing
    (``bench/peers``; builds Temporal's dev server once, a few minutes; ``--no-peers`` skips);
 5. starts the system (API, four agents, materializer: ``loadgen.system.LocalSystem``, its own
    topics and port) and measures (c) ``POST /bookings`` against a trivial FastAPI endpoint
@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import corpus, costs, http_load, peers, raw_kafka, saga_load, summary  # noqa: E402
-from bench.peers import temporal_server  # noqa: E402
+from bench.peers import restate_server, temporal_server  # noqa: E402
 from erynoa.settings import Settings  # noqa: E402
 from loadgen.engine import check_loopback  # noqa: E402
 from loadgen.system import LocalSystem, free_port  # noqa: E402
@@ -195,7 +195,8 @@ async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
 
 
 def peers_bench(settings: Settings, quick: bool, log_dir: Path) -> dict[str, Any]:
-    """The same happy-path saga on Temporal and DBOS, one after the other (``bench/peers``).
+    """The same happy-path saga on Temporal, DBOS and Restate, one after the other
+    (``bench/peers``).
 
     Run while our system is stopped: its idle agents would take CPU from the peer.
     """
@@ -208,6 +209,12 @@ def peers_bench(settings: Settings, quick: bool, log_dir: Path) -> dict[str, Any
         say(f"peers: temporal unavailable: {why}")
         rows.append({"peer": "temporal", "unavailable": why})
         names.remove("temporal")
+    say(f"peers: Restate server {restate_server.VERSION} (npm, once)")
+    why = restate_server.install(log_dir / "restate-install.log")
+    if why is not None:
+        say(f"peers: restate unavailable: {why}")
+        rows.append({"peer": "restate", "unavailable": why})
+        names.remove("restate")
     loadavg = summary.machine()["loadavg"]
     rows += peers.measure(
         settings.database_url, seconds=seconds, concurrency=concurrency, log=say, peers=names
@@ -275,7 +282,9 @@ def main() -> int:
         help="the stack is up already: skip `stack up` (topics and migrations still apply)",
     )
     parser.add_argument(
-        "--no-peers", action="store_true", help="skip the peers (Temporal, DBOS: bench/peers)"
+        "--no-peers",
+        action="store_true",
+        help="skip the peers (Temporal, DBOS, Restate: bench/peers)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()

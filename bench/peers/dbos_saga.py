@@ -96,7 +96,7 @@ async def _main(args: argparse.Namespace) -> int:
         }
         prefix = uuid.uuid4().hex[:8]
         await peers.closed_loop(
-            booking_saga, concurrency=min(args.concurrency, 20), max_sagas=100, seconds=10,
+            booking_saga, concurrency=min(args.concurrency, 20), max_sagas=40, seconds=5,
             prefix=f"w{prefix}",
         )  # fmt: skip
         before = peers.cpu_by_part(parts)

@@ -106,7 +106,7 @@ async def _main(args: argparse.Namespace) -> int:
         # Warm up (connections, caches, the sandbox's module cache) outside the measurement.
         await peers.closed_loop(
             lambda b: run_saga(env.client, b),
-            concurrency=min(args.concurrency, 20), max_sagas=100, seconds=10, prefix=f"w{prefix}",
+            concurrency=min(args.concurrency, 20), max_sagas=40, seconds=5, prefix=f"w{prefix}",
         )  # fmt: skip
         before = peers.cpu_by_part(parts)
         loop = await peers.closed_loop(

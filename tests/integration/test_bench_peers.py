@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from bench import peers
-from bench.peers import temporal_server
+from bench.peers import restate_server, temporal_server
 from erynoa.db import drop_database
 from erynoa.settings import Settings
 
@@ -75,5 +75,17 @@ async def test_dbos_saga_runs_the_seven_steps_in_order(settings: Settings) -> No
 def test_temporal_saga_runs_the_seven_steps_in_order() -> None:
     _needs("temporalio")
     report = _one("temporal")
+    steps = list(peers.STEPS)
+    assert (report["returned"], report["executed"], report["recorded"]) == (steps, steps, steps)
+
+
+@pytest.mark.skipif(
+    restate_server.installed_version() != restate_server.VERSION,
+    reason=f"the Restate server is not installed yet ({restate_server.BINARY} "
+    f"{restate_server.VERSION}): `make bench` installs it with npm, once",
+)
+def test_restate_saga_runs_the_seven_steps_in_order() -> None:
+    _needs("restate")
+    report = _one("restate")
     steps = list(peers.STEPS)
     assert (report["returned"], report["executed"], report["recorded"]) == (steps, steps, steps)
