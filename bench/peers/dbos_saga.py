@@ -16,6 +16,7 @@ import json
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from importlib import metadata
 
 import asyncpg
 from dbos import DBOS, SetWorkflowID
@@ -47,6 +48,10 @@ STEPS = {name: _step(name) for name in peers.STEPS}
 async def booking_saga(booking_id: str) -> list[str]:
     """The happy path: each step checkpointed, in the order our saga takes them."""
     return [await STEPS[name](booking_id) for name in peers.STEPS]
+
+
+def _version() -> str:
+    return metadata.version("dbos")
 
 
 async def ensure_database(database_url: str, name: str = DATABASE) -> str:
@@ -111,7 +116,7 @@ async def _main(args: argparse.Namespace) -> int:
         "dbos",
         loop,
         peers.per_saga_ms(before, after, loop.completed),
-        {"concurrency": args.concurrency, "server": f"PostgreSQL, database {args.database}"},
+        {"concurrency": args.concurrency, "server": f"{_version()} on PostgreSQL, own database"},
     )
     print(json.dumps(row), flush=True)
     return 0

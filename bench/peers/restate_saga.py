@@ -202,7 +202,7 @@ async def _main(args: argparse.Namespace) -> int:
         "restate",
         loop,
         peers.per_saga_ms(before, after, loop.completed),
-        {"concurrency": args.concurrency, "server": f"restate-server {VERSION}, defaults"},
+        {"concurrency": args.concurrency, "server": f"restate-server {VERSION}, default settings"},
     )
     print(json.dumps(row), flush=True)
     return 0

@@ -119,7 +119,7 @@ async def _main(args: argparse.Namespace) -> int:
         "temporal",
         loop,
         peers.per_saga_ms(before, after, loop.completed),
-        {"concurrency": args.concurrency, "server": f"temporal CLI {VERSION} dev server"},
+        {"concurrency": args.concurrency, "server": f"CLI {VERSION} dev server, in-memory SQLite"},
     )
     print(json.dumps(row), flush=True)
     return 0
