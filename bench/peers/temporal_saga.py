@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -126,4 +127,9 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(_main(peers.arguments(__doc__.splitlines()[0]))))
+    code = asyncio.run(_main(peers.arguments(__doc__.splitlines()[0])))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The SDK's core threads can still call into Python while the interpreter finalizes (an
+    # abort or a segfault at exit, after the work is done): leave without finalizing.
+    os._exit(code)
