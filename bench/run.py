@@ -145,7 +145,14 @@ async def http_bench(
 async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
     """(b): the rate search, then a run at half the best rate with the invariant checker."""
     seconds = 6.0 if quick else 20.0
+    idle_wait_s = 15 if quick else 60
+    await saga_load.wait_idle(system.settings, system.catalog, idle_wait_s)
     cpu_before = costs.cpu_used(system)
+    probe = await saga_load.saturate(system.settings, 6.0 if quick else 15.0)
+    # CPU per booking while saturated: what the peers are measured at (bench/peers).
+    cpu_probe = costs.cpu_per_booking(
+        cpu_before, costs.cpu_used(system), int(probe.run["completed"])
+    )
     probe, steps = await saga_load.search(
         system.settings,
         system.catalog,
@@ -153,8 +160,9 @@ async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
         probe_seconds=6.0 if quick else 15.0,
         bisections=1 if quick else 2,
         budget_s=45 if quick else 330,
-        idle_wait_s=15 if quick else 60,
+        idle_wait_s=idle_wait_s,
         log=say,
+        probe=probe,
     )
     # CPU per completed booking over the whole search: where a booking's cost goes, by part,
     # robust to whatever else the machine ran meanwhile (unlike the rates).
@@ -166,6 +174,7 @@ async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
         "steps": [s.to_json() for s in steps],
         "seconds_per_step": seconds,
         "cpu_ms_per_booking": cpu,
+        "cpu_ms_per_booking_saturated": cpu_probe,
         "mean_batch": costs.mean_batch_sizes(system.settings),
     }
     if top is None:

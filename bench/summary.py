@@ -191,7 +191,7 @@ def peers_table(results: dict[str, Any]) -> list[str]:
         return []
     saga = results.get("saga") or {}
     ours_rate = saga.get("probe_capacity_per_s")
-    ours_cpu = (saga.get("cpu_ms_per_booking") or {}).get("total")
+    ours_cpu = (saga.get("cpu_ms_per_booking_saturated") or {}).get("total")
     load = " ".join(block.get("loadavg_before") or ["?"])
     lines = [
         "",
@@ -200,8 +200,8 @@ def peers_table(results: dict[str, Any]) -> list[str]:
         f"Seven steps, in order: {', '.join(block.get('steps', []))}. Each peer: a closed loop of "
         f"{block['concurrency']} sagas in flight for {block['seconds']:.0f} s (bounded in count "
         "too), client and worker in one process, the server on the same machine; its CPU "
-        "counts every process of it (from /proc). Ours: the probe of the rate search and the "
-        f"CPU over the whole search. Load average before the peers: {load}.",
+        "counts every process of it (from /proc). Ours: the probe of the rate search (300 "
+        f"sagas in flight) and the CPU during it. Load average before the peers: {load}.",
         "",
         "| system | what its steps do | completed/s at saturation | CPU ms per completed "
         "saga | ours/peer, rate (above 1: ours faster) | ours/peer, CPU (below 1: ours "
@@ -311,6 +311,15 @@ def markdown(results: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v:,.1f}" for k, v in cpu.items() if k != "total")
             + ". Mean messages per agent transaction: "
             + (", ".join(f"{k} {v}" for k, v in saga.get("mean_batch", {}).items()) or "n/a")
+            + ".",
+        ]
+    saturated = saga.get("cpu_ms_per_booking_saturated")
+    if saturated:
+        lines += [
+            "",
+            f"CPU per completed booking during the probe (saturated): "
+            f"{saturated['total']:,.1f} ms; by part (ms): "
+            + ", ".join(f"{k} {v:,.1f}" for k, v in saturated.items() if k != "total")
             + ".",
         ]
     lines += peers_table(results)
