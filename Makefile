@@ -68,10 +68,19 @@ lint: setup
 	$(VENV)/bin/lint-imports || rc=1; \
 	exit $$rc
 
-bench: stack
+PEERS_STAMP := $(VENV)/.peers-stamp
+
+# The benchmark's peers (bench/peers) come from the `peers` extra; Temporal's dev server is
+# built by bench/run.py itself (once, a few minutes).
+$(PEERS_STAMP): pyproject.toml
+	@echo "bench: pip install -e '.[dev,peers]' into $(VENV)"
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,peers]'
+	@touch $(PEERS_STAMP)
+
+bench: stack $(PEERS_STAMP)
 	$(PY) bench/run.py --no-stack
 
-bench-quick: stack
+bench-quick: stack $(PEERS_STAMP)
 	$(PY) bench/run.py --quick --no-stack
 
 faults: setup

@@ -7,14 +7,16 @@
 2. (e) our Avro codec against the ``avro`` package (``bench/codec.py``);
 3. (a) the raw ceiling: consume → produce → commit with aiokafka and confluent-kafka, our
    message size, bench-only topics (``bench/raw_kafka.py``);
-4. starts the system (API, four agents, materializer: ``loadgen.system.LocalSystem``, its own
+4. the peers: the same happy-path saga on Temporal, DBOS and Restate, steps that do nothing
+   (``bench/peers``; builds Temporal's dev server once, a few minutes; ``--no-peers`` skips);
+5. starts the system (API, four agents, materializer: ``loadgen.system.LocalSystem``, its own
    topics and port) and measures (c) ``POST /bookings`` against a trivial FastAPI endpoint
    (``bench/http_load.py``) and (b) the saga's maximum sustained rate and its latency at half
    of it (``bench/saga_load.py``, loadgen's library);
-5. (d) stops the API and the agents, publishes a corpus of finished sagas that the live
+6. (d) stops the API and the agents, publishes a corpus of finished sagas that the live
    materializer folds in (``bench/corpus.py``, timed), stops the materializer and rebuilds the
    read model from the system's topics (``consumers.rebuild.rebuild``);
-6. writes ``bench/results/<date>.json`` and ``.md`` (the table against the targets, the
+7. writes ``bench/results/<date>.json`` and ``.md`` (the table against the targets, the
    machine, the versions).
 
 Everything runs against 127.0.0.1 only. The measurements run one after the other, never
@@ -38,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import corpus, costs, http_load, raw_kafka, saga_load, summary  # noqa: E402
+from bench import corpus, costs, http_load, peers, raw_kafka, saga_load, summary  # noqa: E402
+from bench.peers import restate_server, temporal_server  # noqa: E402
 from erynoa.settings import Settings  # noqa: E402
 from loadgen.engine import check_loopback  # noqa: E402
 from loadgen.system import LocalSystem, free_port  # noqa: E402
@@ -142,7 +145,14 @@ async def http_bench(
 async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
     """(b): the rate search, then a run at half the best rate with the invariant checker."""
     seconds = 6.0 if quick else 20.0
+    idle_wait_s = 15 if quick else 60
+    await saga_load.wait_idle(system.settings, system.catalog, idle_wait_s)
     cpu_before = costs.cpu_used(system)
+    probe = await saga_load.saturate(system.settings, 6.0 if quick else 15.0)
+    # CPU per booking while saturated: what the peers are measured at (bench/peers).
+    cpu_probe = costs.cpu_per_booking(
+        cpu_before, costs.cpu_used(system), int(probe.run["completed"])
+    )
     probe, steps = await saga_load.search(
         system.settings,
         system.catalog,
@@ -150,8 +160,9 @@ async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
         probe_seconds=6.0 if quick else 15.0,
         bisections=1 if quick else 2,
         budget_s=45 if quick else 330,
-        idle_wait_s=15 if quick else 60,
+        idle_wait_s=idle_wait_s,
         log=say,
+        probe=probe,
     )
     # CPU per completed booking over the whole search: where a booking's cost goes, by part,
     # robust to whatever else the machine ran meanwhile (unlike the rates).
@@ -163,6 +174,7 @@ async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
         "steps": [s.to_json() for s in steps],
         "seconds_per_step": seconds,
         "cpu_ms_per_booking": cpu,
+        "cpu_ms_per_booking_saturated": cpu_probe,
         "mean_batch": costs.mean_batch_sizes(system.settings),
     }
     if top is None:
@@ -189,6 +201,42 @@ async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
         "invariants": report.invariants,
     }
     return result
+
+
+def peers_bench(settings: Settings, quick: bool, log_dir: Path) -> dict[str, Any]:
+    """The same happy-path saga on Temporal, DBOS and Restate, one after the other
+    (``bench/peers``).
+
+    Run while our system is stopped: its idle agents would take CPU from the peer.
+    """
+    seconds, concurrency = (6.0, 100) if quick else (20.0, 100)
+    rows: list[dict[str, Any]] = []
+    names = list(peers.PEERS)
+    say(f"peers: Temporal dev server {temporal_server.VERSION} (built once, a few minutes)")
+    why = temporal_server.build(log_dir / "temporal-build.log")
+    if why is not None:
+        say(f"peers: temporal unavailable: {why}")
+        rows.append({"peer": "temporal", "unavailable": why})
+        names.remove("temporal")
+    say(f"peers: Restate server {restate_server.VERSION} (npm, once)")
+    why = restate_server.install(log_dir / "restate-install.log")
+    if why is not None:
+        say(f"peers: restate unavailable: {why}")
+        rows.append({"peer": "restate", "unavailable": why})
+        names.remove("restate")
+    loadavg = summary.machine()["loadavg"]
+    rows += peers.measure(
+        settings.database_url, seconds=seconds, concurrency=concurrency, log=say, peers=names
+    )
+    rows.sort(key=lambda row: list(peers.PEERS).index(row["peer"]))
+    return {
+        "rows": rows,
+        "steps": list(peers.STEPS),
+        "seconds": seconds,
+        "concurrency": concurrency,
+        "loadavg_before": loadavg,
+        "loadavg_after": summary.machine()["loadavg"],
+    }
 
 
 def corpus_bench(system: LocalSystem, bookings: int) -> dict[str, Any]:
@@ -242,6 +290,11 @@ def main() -> int:
         action="store_true",
         help="the stack is up already: skip `stack up` (topics and migrations still apply)",
     )
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="skip the peers (Temporal, DBOS, Restate: bench/peers)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     quick: bool = args.quick
@@ -285,6 +338,9 @@ def main() -> int:
     ]
     for r in results["raw_ceiling"]:
         say(f"raw ceiling: {r['client']} {r['per_second']:,.0f} msg/s")
+
+    if not args.no_peers:
+        results["peers"] = peers_bench(settings, quick, log_dir)
 
     say("system: starting API, agents, materializer")
     with LocalSystem(settings, log_dir) as system:

@@ -140,6 +140,13 @@ async def step(
     return await run(settings, options)
 
 
+async def saturate(settings: Settings, seconds: float) -> Report:
+    """The probe: as fast as ``PROBE_IN_FLIGHT`` open sagas allow, for ``seconds``."""
+    # The in-flight cap bounds the backlog the probe leaves; its drain is short on purpose:
+    # only the completion rate while saturated matters here.
+    return await step(settings, None, seconds, in_flight=PROBE_IN_FLIGHT, drain_s=5)
+
+
 async def search(
     settings: Settings,
     catalog: TopicCatalog,
@@ -150,15 +157,16 @@ async def search(
     budget_s: float,
     idle_wait_s: float,
     log: Callable[[str], None],
+    probe: Report | None = None,
 ) -> tuple[Report, list[Step]]:
-    """Probe, ramp, bisect; returns the probe's report and every step run."""
+    """Probe (unless ``probe`` is one already run), ramp, bisect; returns the probe's report
+    and every step run."""
     steps: list[Step] = []
     ends = time.monotonic() + budget_s
 
-    await wait_idle(settings, catalog, idle_wait_s)
-    # The in-flight cap bounds the backlog the probe leaves; its drain is short on purpose:
-    # only the completion rate while saturated matters here.
-    probe = await step(settings, None, probe_seconds, in_flight=PROBE_IN_FLIGHT, drain_s=5)
+    if probe is None:
+        await wait_idle(settings, catalog, idle_wait_s)
+        probe = await saturate(settings, probe_seconds)
     capacity = max(probe.throughput["steady_completed_sagas_per_s"], 1.0)
     log(f"saga probe: {capacity:.0f} completed/s at saturation")
 

@@ -1,0 +1,91 @@
+"""The benchmark's peers run the same saga as ours: seven steps, in our order, all durable.
+
+Each peer runs one booking (``python -m bench.peers.<peer>_saga --one``) and reports the steps
+three ways: what its workflow returned, what its step code executed (in order), and what its
+engine recorded as completed durable steps. All three must be our happy path, or the
+benchmark would compare ours against less work than it claims.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import peers
+from bench.peers import restate_server, temporal_server
+from erynoa.db import drop_database
+from erynoa.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _one(peer: str, *args: str) -> dict[str, Any]:
+    booking = f"bk-{uuid.uuid4().hex[:12]}"
+    done = subprocess.run(
+        [sys.executable, "-m", f"bench.peers.{peer}_saga", "--one", booking, *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+def _needs(package: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed: pip install -e '.[peers]'")
+
+
+def test_the_steps_are_our_happy_path_in_order() -> None:
+    assert peers.STEPS == (
+        "reserve",
+        "authorize",
+        "notify_provider",
+        "provider_accepts",
+        "capture",
+        "convert_hold",
+        "notify_customer",
+    )
+
+
+async def test_dbos_saga_runs_the_seven_steps_in_order(settings: Settings) -> None:
+    _needs("dbos")
+    database = f"t{uuid.uuid4().hex[:10]}_dbos"
+    try:
+        report = _one("dbos", "--database-url", settings.database_url, "--database", database)
+    finally:
+        await drop_database(settings.database_url, database)
+    steps = list(peers.STEPS)
+    assert (report["returned"], report["executed"], report["recorded"]) == (steps, steps, steps)
+
+
+@pytest.mark.skipif(
+    temporal_server.built_version() != temporal_server.VERSION,
+    reason=f"Temporal's dev server is not built yet ({temporal_server.BINARY} "
+    f"{temporal_server.VERSION}): `make bench` builds it, a few minutes, once",
+)
+def test_temporal_saga_runs_the_seven_steps_in_order() -> None:
+    _needs("temporalio")
+    report = _one("temporal")
+    steps = list(peers.STEPS)
+    assert (report["returned"], report["executed"], report["recorded"]) == (steps, steps, steps)
+
+
+@pytest.mark.skipif(
+    restate_server.installed_version() != restate_server.VERSION,
+    reason=f"the Restate server is not installed yet ({restate_server.BINARY} "
+    f"{restate_server.VERSION}): `make bench` installs it with npm, once",
+)
+def test_restate_saga_runs_the_seven_steps_in_order() -> None:
+    _needs("restate")
+    report = _one("restate")
+    steps = list(peers.STEPS)
+    assert (report["returned"], report["executed"], report["recorded"]) == (steps, steps, steps)
