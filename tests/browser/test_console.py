@@ -196,6 +196,51 @@ def test_swagger_docs_render_without_any_external_request(
     assert outside == []
 
 
+def test_the_console_shows_the_stuck_sagas_and_timelines_the_admin_api_reports(
+    browser: WebDriver, system: Running, parked: Parked
+) -> None:
+    token = system.token(f"op-{uuid.uuid4()}", "admin")
+    log_in(browser, system, token)
+    wait(browser, shown("table[data-testid=sagas]"))
+    click(browser, "#live")  # still: what is compared is one answer, not a moving one
+    click(browser, "#f-stuck")
+    after = browser.find_element(By.ID, "f-after")
+    after.clear()
+    after.send_keys("2")
+    click(browser, "form.filters button[type=submit]")
+    wait(browser, shown(f"tr[data-booking-id='{parked.hostile}'][data-stuck=true]"))
+    shown_rows = browser.execute_script(
+        "return [...document.querySelectorAll('table[data-testid=sagas] tbody tr')]"
+        ".map(r => [r.dataset.bookingId, r.dataset.status, r.dataset.stuck])"
+    )
+    api = httpx.Client(
+        base_url=f"{system.base_url}/api/v1",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    with api:
+        listed = api.get(
+            "/admin/workflows",
+            params={"stuck": "true", "stuck_after_seconds": 2, "per_page": 50},
+        ).json()["data"]
+        assert shown_rows == [[s["id"], s["status"], str(s["stuck"]).lower()] for s in listed]
+        assert {parked.stuck, parked.hostile} <= {row[0] for row in shown_rows}
+
+        for booking in (parked.stuck, parked.hostile):
+            go(browser, f"#/sagas/{booking}")
+            wait(browser, shown("table[data-testid=timeline] tr[data-event-id]"))
+            timeline = browser.execute_script(
+                "return [...document.querySelectorAll('table[data-testid=timeline] tbody tr')]"
+                ".map(r => [r.dataset.eventId, r.cells[3].textContent, r.cells[6].textContent])"
+            )
+            workflow = api.get(f"/admin/workflows/{booking}").json()["data"]
+            assert timeline == [
+                [e["event_id"], e["event_type"], f"{e['topic']}[{e['partition']}]@{e['offset']}"]
+                for e in workflow["timeline"]
+            ]
+            assert text(browser, "[data-testid=saga-status]") == workflow["status"]
+
+
 async def test_an_operator_finds_a_stuck_saga_and_replays_its_dead_letter(
     browser: WebDriver,
     system: Running,

@@ -2,15 +2,15 @@
 //
 // Every value the console shows (customer ids, reasons, error texts, whole event payloads)
 // is hostile input. `h` sets text with text nodes and attributes with setAttribute from a
-// fixed list of names, so no value can become markup or a script: there is no innerHTML
-// anywhere in the console.
+// fixed list of names, so no value can become markup or a script: nothing in the console
+// assigns HTML.
 
 const ATTRIBUTES = new Set([
   "id", "class", "href", "type", "for", "name", "value", "title", "role", "colspan",
   "scope", "min", "max", "step", "placeholder", "hidden", "disabled", "checked", "selected",
   "aria-label", "aria-live", "aria-describedby", "aria-current", "aria-busy", "aria-modal",
   "aria-labelledby", "tabindex", "datetime", "data-testid", "data-booking-id", "data-topic",
-  "data-kind", "data-status", "rows", "autocomplete", "spellcheck",
+  "data-kind", "data-status", "data-event-id", "data-stuck", "rows", "autocomplete", "spellcheck",
 ]);
 
 /** An element: h("td", {class: "num"}, "12"); children may be nodes, strings, arrays or null. */

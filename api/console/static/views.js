@@ -32,7 +32,7 @@ function pairs(caption, entries, attributes = {}) {
 // --- sagas in flight ------------------------------------------------------------------------
 
 export function sagaRows(page) {
-  return page.data.map((s) => h("tr", { "data-booking-id": s.id, "data-status": s.status },
+  return page.data.map((s) => h("tr", { "data-booking-id": s.id, "data-status": s.status, "data-stuck": String(s.stuck) },
     h("td", {}, sagaLink(s.id)),
     h("td", {}, s.status),
     h("td", {}, s.hold),
@@ -93,7 +93,7 @@ export function timelineTable(workflow, assessment) {
   const rows = workflow.timeline.map((e, i) => {
     const entry = kinds.get(e.event_id);
     const kind = entry ? entry.kind : "step";
-    return h("tr", { class: `kind-${kind}`, "data-kind": kind },
+    return h("tr", { class: `kind-${kind}`, "data-kind": kind, "data-event-id": e.event_id },
       h("td", { class: "num" }, String(i + 1)),
       h("td", {}, time(e.occurred_at)),
       h("td", { class: "num" }, e.since_previous_ms === null ? "" : duration(e.since_previous_ms / 1000)),
