@@ -416,3 +416,26 @@ def test_the_console_keeps_its_last_data_while_the_api_is_down(
     banner = wait(browser, text_of("#banner", "cannot be reached"))
     assert isinstance(banner, WebElement)
     assert browser.find_element(By.CSS_SELECTOR, "table[data-testid=sagas]").is_displayed()
+
+
+def test_an_operator_cancels_a_saga_after_its_dry_run(
+    browser: WebDriver, system: Running, parked: Parked
+) -> None:
+    log_in(browser, system, system.token(f"op-{uuid.uuid4()}", "admin"))
+    wait(browser, shown("table[data-testid=sagas]"))
+    go(browser, f"#/sagas/{parked.hostile}")
+    wait(browser, shown("table[data-testid=timeline]"))
+    browser.find_element(By.ID, "cancel-reason").send_keys("customer called support")
+    click(browser, "[data-testid=cancel]")
+    plan = wait(browser, text_of("[data-testid=action-plan]", "→ cancelled"))
+    assert isinstance(plan, WebElement)
+    assert "BookingCancellationRequested" in plan.text
+    click(browser, "[data-testid=confirm-action]")
+    wait(browser, shown("[data-testid=action-done]"))
+    click(browser, "dialog button:not(.danger)")
+    wait(browser, text_of("[data-testid=saga-status]", "cancelled"), within=60)
+    wait(browser, text_of("table[data-testid=timeline]", "customer called support"))
+    # Refused once the saga is over: nothing to cancel.
+    click(browser, "[data-testid=cancel]")
+    wait(browser, text_of("[data-testid=action-plan]", "Refused"))
+    assert not browser.find_element(By.CSS_SELECTOR, "[data-testid=confirm-action]").is_enabled()
