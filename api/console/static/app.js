@@ -185,9 +185,18 @@ function sagasScreen(view) {
   const pager = h("div", { class: "pager" },
     h("button", { type: "button", onclick: () => { if (filters.page > 1) { filters.page -= 1; refresh(); } } }, "Previous page"),
     h("button", { type: "button", onclick: () => { filters.page += 1; refresh(); } }, "Next page"));
-  fill(view, h("h2", {}, "Sagas in flight"), form, body, pager);
+  const stats = h("div", { "aria-live": "off" });
+  let statsPending = false;
+  fill(view, h("h2", {}, "Sagas in flight"), stats, form, body, pager);
   return {
     async refresh() {
+      // The figures a load test moves: bookings by status, consumer lag, dead letters.
+      // Kafka's figures can take seconds: never more than one request in flight.
+      if (!statsPending) {
+        statsPending = true;
+        api.stats().then((answer) => fill(stats, views.statsStrip(answer.data)), () => {})
+          .finally(() => { statsPending = false; });
+      }
       const page = await api.workflows({ ...filters, stuck: filters.stuck ? "true" : "false", per_page: 50 });
       if (!page.data.length && filters.page > 1) { filters.page -= 1; return this.refresh(); }
       if (unchanged(this, page.data)) return;

@@ -78,3 +78,16 @@ export function plain(value) {
   if (typeof value === "object") return JSON.stringify(value);
   return String(value);
 }
+
+/** {amount: 4500, currency: "JPY"} -> "¥4,500"; the currency's ISO 4217 minor units come from
+ * the browser's Intl data, so yen have none and euros two. */
+export function money(price) {
+  if (!price || typeof price.amount !== "number" || typeof price.currency !== "string") return "—";
+  try {
+    const format = new Intl.NumberFormat(undefined, { style: "currency", currency: price.currency });
+    const digits = format.resolvedOptions().maximumFractionDigits;
+    return format.format(price.amount / 10 ** digits);
+  } catch (error) {
+    return `${price.amount} ${price.currency} (minor units)`;
+  }
+}

@@ -1,6 +1,6 @@
 // What each screen draws from the admin API's JSON: pure functions from data to DOM nodes.
 
-import { duration, h, plain, time } from "./dom.js";
+import { duration, h, money, plain, time } from "./dom.js";
 
 export const STATUSES = [
   "requested", "reserved", "payment_action_required", "awaiting_provider",
@@ -55,6 +55,21 @@ export function sagaTable(page) {
   ];
 }
 
+export function statsStrip(stats) {
+  const byStatus = Object.entries(stats.bookings_by_status || {}).sort(([a], [b]) => a.localeCompare(b));
+  const lag = stats.consumer_lag
+    ? Object.entries(stats.consumer_lag).map(([group, n]) => h("span", { class: "chip" }, `${group}: ${n}`))
+    : h("span", { class: "muted" }, `unknown (${stats.kafka_error ?? "no answer"})`);
+  const dead = stats.dead_letters
+    ? Object.values(stats.dead_letters).reduce((sum, n) => sum + Number(n || 0), 0) : null;
+  return h("div", { class: "stats", "data-testid": "stats" },
+    h("p", {}, h("strong", {}, `${stats.bookings_total} bookings: `),
+      byStatus.map(([status, n]) => h("span", { class: "chip" }, `${status} ${n}`))),
+    h("p", {}, h("strong", {}, "Consumer lag: "), lag),
+    h("p", {}, h("strong", {}, "Dead letters: "),
+      dead === null ? "unknown" : h("a", { href: "#/dead-letters" }, String(dead))));
+}
+
 // --- one saga -------------------------------------------------------------------------------
 
 export function sagaHeader(workflow, assessment) {
@@ -66,7 +81,7 @@ export function sagaHeader(workflow, assessment) {
         ["In flight", workflow.in_flight ? "yes" : "no"],
         ["Hold", workflow.hold],
         ["Payment", workflow.payment],
-        ["Price", `${plain(workflow.price && workflow.price.amount)} ${plain(workflow.price && workflow.price.currency)} (minor units)`],
+        ["Price", money(workflow.price)],
         ["Customer", workflow.customer_id],
         ["Provider", workflow.provider_id],
         ["Slot", `${time(workflow.slot_start)} – ${time(workflow.slot_end)}`],
