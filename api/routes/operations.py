@@ -75,11 +75,18 @@ def _now() -> datetime:
     responses=errors(401, 403, 429, 500, 503),
 )
 async def dead_letter_topics(
-    request: Request, _admin: AdminUser, runtime: RuntimeDep
+    request: Request,
+    _admin: AdminUser,
+    runtime: RuntimeDep,
+    sample: Annotated[
+        int, Query(ge=1, le=10_000, description="error classes over this many newest messages")
+    ] = 1000,
 ) -> Envelope[list[dict[str, Any]]]:
     """Every dead-letter topic: depth, oldest and newest message, error classes."""
     try:
-        summaries = await dlq.summarize(runtime.catalog, runtime.settings.kafka_bootstrap)
+        summaries = await dlq.summarize(
+            runtime.catalog, runtime.settings.kafka_bootstrap, sample=sample
+        )
     except (KafkaError, OSError, TimeoutError) as exc:
         raise _kafka_down(exc) from exc
     return ok(request, [s.to_json() for s in summaries])
