@@ -11,6 +11,10 @@ escapes event payloads (hostile input) by construction; and with no inline scrip
 the page runs under a strict Content-Security-Policy (``script-src 'self'``, no
 ``unsafe-inline``, no ``eval``). The files ship inside this package: nothing comes from a CDN.
 
+Live views poll (``fetch`` every few seconds while *Live* is ticked) rather than use server-sent
+events: ``EventSource`` cannot send an ``Authorization`` header, so the token would have to
+travel in the URL or a cookie, and a poll of the same JSON endpoints needs no second protocol.
+
 The shell is public (it holds no data); every request for data carries the bearer token the
 operator pasted, which the console keeps in memory only (never in a URL or in storage), and
 the admin API refuses anything but the ``admin`` role.

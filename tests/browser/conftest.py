@@ -160,6 +160,7 @@ def browser(chromium: WebDriver, request: pytest.FixtureRequest) -> Iterator[Web
     """The package's browser on a blank page; a screenshot and the HTML when the test fails."""
     chromium.get("about:blank")
     chromium.get_log("performance")  # drop what earlier tests left
+    chromium.get_log("browser")
     yield chromium
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:

@@ -112,6 +112,13 @@ def requested_urls(driver: WebDriver) -> list[str]:
     return urls
 
 
+def policy_violations(driver: WebDriver) -> list[str]:
+    """What the browser refused under the page's Content-Security-Policy (its console log)."""
+    return [
+        e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]
+    ]
+
+
 async def eventually(check: Callable[[], Any], within: float = 60) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
@@ -313,6 +320,7 @@ async def test_an_operator_finds_a_stuck_saga_and_replays_its_dead_letter(
     # The live refresh shows it finish.
     wait(browser, text_of("[data-testid=saga-status]", "confirmed"), within=60)
     wait(browser, text_of("[data-testid=waiting]", "finished"), within=30)
+    assert policy_violations(browser) == []
 
 
 async def test_hostile_event_fields_and_headers_are_shown_as_text(
@@ -346,6 +354,7 @@ async def test_hostile_event_fields_and_headers_are_shown_as_text(
     assert browser.execute_script("return window.__pwned === undefined")
     injected = "return document.querySelectorAll('body img, main script').length"
     assert browser.execute_script(injected) == 0
+    assert policy_violations(browser) == []
 
 
 def test_a_replay_after_a_stale_dry_run_is_refused_and_shows_the_new_plan(
