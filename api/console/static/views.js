@@ -225,6 +225,10 @@ export function actionPlan(dry) {
       : h("p", { "data-testid": "action-plan" },
         `${dry.action}: ${dry.status_before ?? "(not requested yet)"} → ${dry.status_after ?? "(not requested yet)"}; `
         + `publishes ${event.event_type ?? "nothing"}.`),
+    (dry.waiting_before || []).length
+      ? h("div", {}, h("h3", {}, "The saga waits for"), h("ul", {}, dry.waiting_before.map((w) =>
+        h("li", {}, h("strong", {}, w.who), ` — ${w.what}`))))
+      : null,
     dry.event ? pairs("Event to publish", Object.entries(event).map(([k, v]) => [k, plain(v)])) : null,
   ];
 }
