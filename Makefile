@@ -28,7 +28,7 @@ help:
 	@echo "make stack   setup, then the local stack up, topics applied, migrations run"
 	@echo "make run     stack, then the API, agents and materializer in the foreground"
 	@echo "make test    stack, unit and integration tests, stack stopped if this run started it"
-	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make lint    ruff check, ruff format --check, mypy, lint-imports (layers)"
 	@echo "make bench   the benchmark (bench/run.py): writes bench/results/<date>.md and .json"
 	@echo "make faults  the fault matrix on a private stack: bench/results/faults-<date>.*"
 	@echo "make down    stop the local stack"
@@ -49,6 +49,7 @@ stack: setup
 	@$(ERYNOA) stack up
 	@$(ERYNOA) topics apply
 	@$(ERYNOA) db migrate
+	@$(ERYNOA) schemas register
 
 run: stack
 	exec env $(RUN_ENVIRONMENT) $(ERYNOA) run
@@ -64,6 +65,7 @@ lint: setup
 	$(VENV)/bin/ruff check . || rc=1; \
 	$(VENV)/bin/ruff format --check . || rc=1; \
 	$(VENV)/bin/mypy || rc=1; \
+	$(VENV)/bin/lint-imports || rc=1; \
 	exit $$rc
 
 bench: stack

@@ -1,18 +1,18 @@
 """Admitting a caller whose token verified: its revocation check and its rate limits, in one
 Redis round trip.
 
-Per authenticated request the API used to ask Redis three times (the client address's limit,
-the deny-list, the user's limit); each round trip costs the event loop a write and a wake-up
-and holds the request for Redis's answer. ``admit`` sends all of them in one pipeline (not a
-transaction: each command stands alone, as before) and decides in the order the separate
-checks did: the address's limit, then the revocation, then the user's limit.
+An authenticated request needs three answers from Redis (the client address's limit, the
+deny-list, the user's limit); each round trip costs the event loop a write and a wake-up and
+holds the request for Redis's answer. ``admit`` sends all of them in one pipeline (not a
+transaction: each command stands alone) and decides in this order: the address's limit, then
+the revocation, then the user's limit.
 
-One difference is taken back explicitly: the user's counter is incremented before Redis says
+The user's counter is incremented before Redis says
 whether the token is revoked, so for a revoked token ``admit`` decrements it again — a stolen,
 revoked token must not use up its owner's rate limit.
 
-If Redis cannot answer, the token cannot be trusted: ``RevocationUnavailable`` (a 503), exactly
-what the separate revocation check raised. (The limits alone fail open; see ``api.ratelimit``.)
+If Redis cannot answer, the token cannot be trusted: ``RevocationUnavailable`` (a 503). (The
+limits alone fail open; see ``api.ratelimit``.)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``create_app(settings)``: the FastAPI application, wired in one place.
 
-The lifespan builds the ``Runtime`` (Postgres pool, Kafka producer and the outbox relay,
+The lifespan builds the ``ApiRuntime`` (Postgres pool, Kafka producer and the outbox relay,
 Redis, JWKS cache) and stores it on ``app.state``; importing this module connects to nothing.
 Middleware, from the outside in: Prometheus request metrics, request id + trace span + access
 log + last-resort 500, CORS, gzip, the request-body guard. The process's metrics
@@ -33,18 +33,8 @@ from api.envelopes import (
 )
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.middleware import BodyGuardMiddleware, RequestContextMiddleware
-from api.routes import (
-    admin,
-    auth,
-    bookings,
-    health,
-    operations,
-    payments,
-    services,
-    users,
-    webhooks,
-)
-from api.runtime import KafkaUnavailable, PublisherFactory, Runtime
+from api.routes import admin, auth, bookings, health, payments, services, users, webhooks
+from api.runtime import ApiRuntime, KafkaUnavailable, PublisherFactory
 from erynoa import __version__
 from erynoa.kafka import EventPublisher
 from erynoa.metrics import new_registry
@@ -97,7 +87,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await Runtime.start(settings, publisher_factory)
+        runtime = await ApiRuntime.start(settings, publisher_factory)
         app.state.runtime = runtime
         try:
             yield
@@ -138,7 +128,6 @@ def create_app(
     app.include_router(payments.router, prefix=API_PREFIX, dependencies=limited)
     app.include_router(webhooks.router, prefix=API_PREFIX, dependencies=limited)
     app.include_router(admin.router, prefix=API_PREFIX, dependencies=limited)
-    app.include_router(operations.router, prefix=API_PREFIX, dependencies=limited)
     app.include_router(console.router)
     install_docs(
         app,

@@ -1,4 +1,4 @@
-"""Command-line hooks for the API, registered in ``erynoa.cli`` as ``erynoa api`` and
+"""Command-line hooks for the API, registered in ``cli.main`` as ``erynoa api`` and
 ``erynoa token``::
 
     erynoa api                                         # serve on ERYNOA_API_HOST:ERYNOA_API_PORT

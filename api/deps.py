@@ -23,7 +23,7 @@ from api.auth import AuthError, KeysUnavailable, Principal, RevocationUnavailabl
 from api.envelopes import ApiError, forbidden, request_id_of, unauthorized, unavailable
 from api.outbox import ApiOutbox
 from api.ratelimit import Verdict, client_bucket
-from api.runtime import EventContext, KafkaLink, Runtime
+from api.runtime import ApiRuntime, EventContext, KafkaLink
 from erynoa.kafka import H_REQUEST_ID, H_SYNTHETIC, H_TRACEPARENT
 from erynoa.settings import Settings
 
@@ -36,12 +36,12 @@ _bearer = HTTPBearer(
 # These dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
 # dependency in its thread pool, and the four thread hops per request were the API's largest
 # cost under load (profiled: run_in_threadpool / Condition.wait in every request).
-async def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+async def _runtime(request: Request) -> ApiRuntime:
+    runtime: ApiRuntime = request.app.state.runtime
     return runtime
 
 
-RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+RuntimeDep = Annotated[ApiRuntime, Depends(_runtime)]
 
 
 async def _settings(runtime: RuntimeDep) -> Settings:
@@ -94,7 +94,7 @@ Context = Annotated[EventContext, Depends(_event_context)]
 
 
 @asynccontextmanager
-async def connection(runtime: Runtime) -> AsyncIterator[asyncpg.Connection]:
+async def connection(runtime: ApiRuntime) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection for the block (503 if none can be had), for code that needs one
     only on some paths or only for part of the request."""
     try:
@@ -129,7 +129,7 @@ def _ip_limit(request: Request, settings: Settings) -> Limit:
     return Limit("ip", client_bucket(ip), settings.rate_limit_per_minute_ip)
 
 
-async def _count_ip(runtime: Runtime, limit: Limit) -> None:
+async def _count_ip(runtime: ApiRuntime, limit: Limit) -> None:
     verdict = await runtime.limiter.hit(limit.scope, limit.identity, limit.per_window)
     if not verdict.allowed:
         raise rate_limited(verdict, "client address")

@@ -26,6 +26,7 @@ import asyncpg
 from erynoa import tracing
 from erynoa.codec import EventCodec
 from erynoa.events import BookingEvent
+from erynoa.kafka import KAFKA_REFUSALS
 
 log = logging.getLogger("erynoa.api.outbox")
 
@@ -140,31 +141,86 @@ class ApiOutbox:
         """Publish and delete the rows older than ``older_than_seconds``; how many.
 
         The rows stay locked (``SKIP LOCKED``: another process's relay takes other rows) until
-        they are deleted, in the same transaction, after Kafka acknowledged them all.
+        they are deleted, in the same transaction, after Kafka acknowledged them all. A row
+        the broker refuses every time (``KAFKA_REFUSALS``), or that cannot be decoded, is set
+        aside with its reason instead of failing the batch forever; the rows of its booking
+        wait with it, so a booking's events are never published out of order.
         """
         older = self._relay_after if older_than_seconds is None else older_than_seconds
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                f"SELECT {OUTBOX_COLUMNS} FROM api_outbox "
-                "WHERE created_at < now() - make_interval(secs => $1) "
+                f"SELECT {OUTBOX_COLUMNS} FROM api_outbox o "
+                "WHERE created_at < now() - make_interval(secs => $1) AND refused_at IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM api_outbox r "
+                "                WHERE r.booking_id = o.booking_id AND r.refused_at IS NOT NULL) "
                 "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED",
                 older,
                 RELAY_BATCH,
             )
             if not rows:
                 return 0
-            entries = []
+            entries: list[OutboxEntry] = []
+            refused: list[tuple[OutboxEntry | None, str, str]] = []
             for row in rows:
-                event = self._codec.decode(bytes(row["payload"]))
-                assert isinstance(event, BookingEvent)
+                try:
+                    event = self._codec.decode(bytes(row["payload"]))
+                    if not isinstance(event, BookingEvent):
+                        raise TypeError(f"a {type(event).__name__} is not a booking event")
+                except Exception as exc:
+                    refused.append((None, str(row["event_id"]), _reason(exc)))
+                    continue
                 entries.append(OutboxEntry(event, bytes(row["payload"]), dict(row["headers"])))
-            await self._kafka.publish_encoded([e.item for e in entries])
+            try:
+                await self._kafka.publish_encoded([e.item for e in entries])
+            except KAFKA_REFUSALS:
+                entries, one_by_one = await self._publish_each(entries)
+                refused += one_by_one
+            if refused:
+                await self._set_aside(conn, refused)
             await conn.execute(
                 "DELETE FROM api_outbox WHERE event_id = ANY($1::uuid[])",
-                [r["event_id"] for r in rows],
+                [e.event.event_id for e in entries],
             )
-        log.warning("relayed %d event(s) the API had not published", len(rows))
+        if entries:
+            log.warning("relayed %d event(s) the API had not published", len(entries))
         return len(rows)
+
+    async def _publish_each(
+        self, entries: list[OutboxEntry]
+    ) -> tuple[list[OutboxEntry], list[tuple[OutboxEntry | None, str, str]]]:
+        """Publish one by one: which were published, which the broker refused. Anything
+        but a refusal (the broker gone) propagates, and the whole batch is tried again."""
+        published: list[OutboxEntry] = []
+        refused: list[tuple[OutboxEntry | None, str, str]] = []
+        held_back: set[str] = set()
+        for entry in entries:
+            if entry.event.booking_id in held_back:
+                continue  # published after the refused one, once an operator cleared it
+            try:
+                await self._kafka.publish_encoded([entry.item])
+            except KAFKA_REFUSALS as exc:
+                refused.append((entry, entry.event.event_id, _reason(exc)))
+                held_back.add(entry.event.booking_id)
+                continue
+            published.append(entry)
+        return published, refused
+
+    async def _set_aside(
+        self, conn: asyncpg.Connection, refused: list[tuple[OutboxEntry | None, str, str]]
+    ) -> None:
+        for entry, event_id, reason in refused:
+            await conn.execute(
+                "UPDATE api_outbox SET refused_at = now(), refusal = $2 WHERE event_id = $1",
+                event_id,
+                reason,
+            )
+            log.error(
+                "outbox event %s set aside, it is refused every time: %s "
+                "(the booking's events wait until refused_at is cleared)",
+                event_id,
+                reason,
+                extra={"booking_id": entry.event.booking_id} if entry else {},
+            )
 
     async def _publish_committed(self) -> None:
         while True:
@@ -195,3 +251,7 @@ class ApiOutbox:
                     pass
             except Exception as exc:
                 log.warning("outbox relay: %s (next try shortly)", str(exc) or type(exc).__name__)
+
+
+def _reason(exc: BaseException) -> str:
+    return (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:500]

@@ -31,10 +31,9 @@ def serve(settings: Settings) -> None:
         app.state.metrics.registry, settings.metrics_host, metrics.port_for(settings, "api")
     )
     # Everything imported and built so far lives as long as the process. Without this, every
-    # full (oldest-generation) garbage collection walks it all again (≈ 130,000 objects):
-    # measured under the benchmark's load, 80-100 ms each, a few times a minute, while the
-    # event loop stands still and every request in flight waits (the p99). Frozen, a full
-    # collection looks only at what came later: 6-8 ms.
+    # full (oldest-generation) garbage collection walks it all again while the event loop
+    # stands still and every request in flight waits. Frozen, a full collection looks only
+    # at what came later.
     gc.freeze()
     config = uvicorn_config(app, settings, log_config=None, timeout_graceful_shutdown=10)
     uvicorn.Server(config).run()

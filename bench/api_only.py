@@ -36,9 +36,9 @@ if str(ROOT) not in sys.path:
 
 from bench.run import http_bench, say  # noqa: E402
 from erynoa.settings import Settings  # noqa: E402
-from erynoa.supervisor import System  # noqa: E402
+from erynoa.supervisor import System, commands  # noqa: E402
 from loadgen.engine import check_loopback  # noqa: E402
-from loadgen.system import LocalSystem, system_commands  # noqa: E402
+from loadgen.system import LocalSystem  # noqa: E402
 
 
 def _profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -63,7 +63,7 @@ class ApiAlone(LocalSystem):
     def __init__(self, base: Settings, log_dir: Path) -> None:
         super().__init__(base, log_dir)
         self.system = System(
-            {"api": system_commands()["api"]}, env={**os.environ, **self.env}, log_dir=log_dir
+            {"api": commands()["api"]}, env={**os.environ, **self.env}, log_dir=log_dir
         )
 
     def wait_ready(self, timeout_s: float = 90.0, parts: tuple[str, ...] = ("api",)) -> None:

@@ -1,7 +1,13 @@
-"""Benchmark: encode + decode of one BookingRequested, our fastavro codec vs the `avro` package.
+"""Benchmark: encode + decode of one BookingRequested with ``erynoa.codec``.
 
-Both sides do the same work: dataclass -> single-object encoded bytes -> dataclass, with the same
-schema file. It backs the choice of fastavro for ``erynoa.codec``.
+1. Our fastavro codec against the `avro` package: the same work (dataclass -> single-object
+   encoded bytes -> dataclass) with the same schema file; it backs the choice of fastavro.
+2. The two wire formats of our codec: Avro single-object encoding (the codec without a
+   registry) and the Confluent format (magic 0 + schema id, the codec with a Schema Registry),
+   measured in alternating rounds, best of each, plus confluent-kafka's own
+   ``AvroSerializer``/``AvroDeserializer`` on the same record for reference. The registry is
+   the configured one (``ERYNOA_REGISTRY_URL``) when it answers, else an in-memory stand-in;
+   either way the requests reaching it while measuring are counted (the hot path makes none).
 
     python bench/codec.py [--n 20000]
 
@@ -23,9 +29,13 @@ import avro
 import avro.io
 import avro.schema
 import fastavro
+import httpx
 
-from erynoa.codec import MAGIC, default_codec
+from erynoa.codec import MAGIC, EventCodec, local_codec
 from erynoa.events import BookingRequested, Event, Money, derived_event_id, make
+from erynoa.registry import SchemaRegistry
+from erynoa.settings import get_settings
+from erynoa.topics import load_catalog
 
 
 def sample() -> BookingRequested:
@@ -100,12 +110,121 @@ def measure(
     }
 
 
+class CountingTransport(httpx.BaseTransport):
+    """Every request to the registry, counted; served by ``inner``."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.requests = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        return self.inner.handle_request(request)
+
+
+def in_memory_registry(request: httpx.Request) -> httpx.Response:
+    """Just enough of the Confluent API for a codec to warm up: every schema gets an id."""
+    ids = _IDS
+    body = json.loads(request.content) if request.content else {}
+    if request.url.path.endswith("/versions") or "/subjects/" in request.url.path:
+        text = body.get("schema", "")
+        return httpx.Response(200, json={"id": ids.setdefault(text, len(ids) + 1)})
+    return httpx.Response(200, json={"compatibility": "BACKWARD"})
+
+
+_IDS: dict[str, int] = {}
+
+
+def registry_codec_for_bench() -> tuple[EventCodec, CountingTransport, str]:
+    settings = get_settings()
+    catalog = load_catalog(settings.topics_file, settings.topics_environment)
+    url = settings.registry_url
+    if url is not None:
+        counting = CountingTransport(httpx.HTTPTransport())
+        codec = EventCodec(
+            settings.schemas_dir,
+            registry=SchemaRegistry(url, 5.0, counting),
+            topic_for=catalog.topic_for,
+        )
+        try:
+            codec.warm_up()
+            return codec, counting, url
+        except Exception:
+            pass  # not running: measure against the stand-in
+    counting = CountingTransport(httpx.MockTransport(in_memory_registry))
+    codec = EventCodec(
+        settings.schemas_dir,
+        registry=SchemaRegistry("http://in-memory/apis/ccompat/v7", 5.0, counting),
+        topic_for=catalog.topic_for,
+    )
+    codec.warm_up()
+    return codec, counting, "in-memory stand-in"
+
+
+def confluent_kafka_reference(
+    codec: EventCodec, event: BookingRequested, n: int
+) -> dict[str, float] | None:
+    """confluent-kafka's own serializer pair on the same record (dicts, no dataclasses)."""
+    try:
+        from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
+            MockSchemaRegistryClient,
+        )
+        from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+        from confluent_kafka.serialization import MessageField, SerializationContext
+    except ImportError:  # the dev extra (confluent-kafka[avro,schemaregistry]) is not installed
+        return None
+    client = MockSchemaRegistryClient({"url": "mock://bench"})
+    path = codec.schemas_dir / f"BookingRequested.v{BookingRequested.schema_version}.avsc"
+    serialize = AvroSerializer(client, path.read_text(encoding="utf-8"))
+    deserialize = AvroDeserializer(client)
+    context = SerializationContext("bookings", MessageField.VALUE)
+    single = local_codec().encode(event)
+    record = fastavro.schemaless_reader(
+        io.BytesIO(single[10:]), fastavro.parse_schema(json.loads(path.read_text())), None
+    )
+    data = serialize(record, context)
+    timed(min(n, 1_000), lambda: deserialize(serialize(record, context), context))
+    encode_s = timed(n, lambda: serialize(record, context))
+    decode_s = timed(n, lambda: deserialize(data, context))
+    return {
+        "encode_per_s": n / encode_s,
+        "decode_per_s": n / decode_s,
+        "round_trip_per_s": n / (encode_s + decode_s),
+        "bytes": len(data or b""),
+    }
+
+
+ROUNDS = 5
+
+
+def formats(n: int, event: BookingRequested) -> dict[str, Any]:
+    single = local_codec()
+    confluent, counting, where = registry_codec_for_bench()
+    before = counting.requests
+    # Alternating rounds, best of each: on a shared machine the load changes between two
+    # measurements more than the formats differ.
+    results: dict[str, Any] = {}
+    for _ in range(ROUNDS):
+        for key, codec in (("single_object", single), ("confluent", confluent)):
+            result = measure(n // ROUNDS, codec.encode, codec.decode, event)
+            best = results.setdefault(key, result)
+            for metric, value in result.items():
+                best[metric] = max(best[metric], value)
+    results["registry_requests_while_measuring"] = counting.requests - before
+    results["warm_up_requests"] = before
+    results["registry"] = where
+    reference = confluent_kafka_reference(confluent, event, n)
+    if reference is not None:
+        results["confluent_kafka_serializer"] = reference
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="events per measurement")
     n = parser.parse_args().n
 
-    codec = default_codec()
+    codec = local_codec()
     event = sample()
     schema_path = codec.schemas_dir / f"BookingRequested.v{BookingRequested.schema_version}.avsc"
     reference = AvroPackageCodec(
@@ -129,6 +248,25 @@ def main() -> None:
             f"{result['round_trip_per_s']:>14,.0f}"
         )
     print(f"fastavro is {ratio:.1f}x faster per encode+decode round trip")
+    wire = formats(n, event)
+    print()
+    print(f"wire formats of erynoa.codec (registry: {wire['registry']})")
+    print(f"{'':<30}{'encode/s':>12}{'decode/s':>12}{'round trip/s':>14}{'bytes':>7}")
+    rows = [
+        ("single-object (today)", wire["single_object"]),
+        ("Confluent (with registry)", wire["confluent"]),
+    ]
+    if "confluent_kafka_serializer" in wire:
+        rows.append(("confluent-kafka Avro(De)Ser.", wire["confluent_kafka_serializer"]))
+    for label, result in rows:
+        print(
+            f"{label:<30}{result['encode_per_s']:>12,.0f}{result['decode_per_s']:>12,.0f}"
+            f"{result['round_trip_per_s']:>14,.0f}{result['bytes']:>7.0f}"
+        )
+    print(
+        f"registry requests: {wire['warm_up_requests']} to warm up, "
+        f"{wire['registry_requests_while_measuring']} while measuring"
+    )
     print(
         json.dumps(
             {
@@ -139,6 +277,10 @@ def main() -> None:
                 "ratio": round(ratio, 2),
                 "fastavro": {k: round(v) for k, v in ours.items()},
                 "avro": {k: round(v) for k, v in theirs.items()},
+                "formats": {
+                    k: ({m: round(x) for m, x in v.items()} if isinstance(v, dict) else v)
+                    for k, v in wire.items()
+                },
             }
         )
     )

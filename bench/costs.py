@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import urllib.request
 
+from erynoa import saga
 from erynoa.settings import Settings
 from loadgen.system import LocalSystem
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-AGENT_NAMES = ("reservation", "payment", "notification", "provider-response")
+AGENT_NAMES = saga.AGENTS
 
 
 def _part_of(pid: int, cmdline: str, ours: dict[int, str]) -> str | None:

@@ -6,7 +6,7 @@ server:
 
 * ``closed_loop``: ``concurrency`` requests always in flight, for ``seconds`` — the most the
   server (and this client, on the same two cores) can do: requests/s.
-* ``open_loop``: requests sent on a schedule at ``rate`` per second (``loadgen.pacing``), at
+* ``open_loop``: requests sent on a schedule at ``rate`` per second (``erynoa.pacing``), at
   most ``concurrency`` in flight — the latency at a given load (p50/p99).
 
 The client shares the machine with the server, so both numbers include its cost; it is the
@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
+from erynoa.pacing import Pacer
 from loadgen.clients import HttpPool
-from loadgen.pacing import Pacer
 from loadgen.stats import LatencySummary, summarize
 
 Request = Callable[[int], tuple[str, dict[str, str], dict[str, Any]]]

@@ -1,4 +1,4 @@
-"""The benchmark: one command, one machine, every number of issue 6 in one run.
+"""The benchmark: one command, one machine, every number of the performance targets in one run.
 
     .venv/bin/python bench/run.py            # ≈ 10 min
     .venv/bin/python bench/run.py --quick    # ≈ 2 min, shorter steps, fewer messages

@@ -198,6 +198,18 @@ def markdown(results: dict[str, Any]) -> str:
             f"| Avro encode+decode, fastavro (ours) vs avro | {codec['fastavro_events_per_s']:,} "
             f"vs {codec['avro_events_per_s']:,} /s ({codec['ratio']}x) |"
         )
+    wire = codec.get("formats") or {}
+    for key, label in (("single_object", "single-object"), ("confluent", "Confluent")):
+        if key in wire:
+            lines.append(
+                f"| codec encode / decode, {label} wire format | "
+                f"{wire[key]['encode_per_s']:,} / {wire[key]['decode_per_s']:,} /s |"
+            )
+    if "registry_requests_while_measuring" in wire:
+        lines.append(
+            "| Schema Registry requests while encoding and decoding (after warm-up) | "
+            f"{wire['registry_requests_while_measuring']} |"
+        )
     for part, key, label in (
         ("http", "trivial_closed", "trivial endpoint, max (closed loop)"),
         ("http", "api_closed", "POST /bookings, max (closed loop)"),

@@ -89,7 +89,7 @@ class MaterializerMetrics:
 
 
 @dataclass
-class Runtime:
+class MaterializerRuntime:
     """Everything the materializer's loop needs, wired once by ``start``."""
 
     settings: Settings
@@ -107,7 +107,7 @@ class Runtime:
 class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
     """On assignment, continue from the positions stored with the read model."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: MaterializerRuntime) -> None:
         self.runtime = runtime
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
@@ -141,7 +141,7 @@ def consumer_config(settings: Settings, group_id: str | None) -> dict[str, objec
     }
 
 
-async def start(settings: Settings) -> Runtime:
+async def start(settings: Settings) -> MaterializerRuntime:
     catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
     spec = catalog.consumer(CONSUMER)
     codec = default_codec()
@@ -150,7 +150,7 @@ async def start(settings: Settings) -> Runtime:
     dead_letters = AIOKafkaProducer(
         **k.producer_config(settings.kafka_bootstrap, f"erynoa-{CONSUMER}-dlq")
     )
-    runtime = Runtime(
+    runtime = MaterializerRuntime(
         settings, catalog, spec, codec, pool, consumer, dead_letters,
         Projection(CONSUMER, codec),
         MaterializerMetrics(metrics.new_registry(), spec.group_id),
@@ -164,7 +164,7 @@ async def start(settings: Settings) -> Runtime:
     return runtime
 
 
-async def stop(runtime: Runtime) -> None:
+async def stop(runtime: MaterializerRuntime) -> None:
     if runtime.metrics_server is not None:
         runtime.metrics_server.stop()
     with contextlib.suppress(Exception):
@@ -206,33 +206,21 @@ async def dead_letter(
     error_class: str,
 ) -> None:
     """Park ``message`` in ``topic`` with headers saying why, from where and when."""
-    now = datetime.now(UTC).isoformat()
-    origin = list(message.headers or ())
-    first = k.header(origin, k.H_FIRST_FAILURE) or now
-    attempts = int(k.header(origin, k.H_ATTEMPTS) or "0") + 1
-    replaced = {
-        k.H_ERROR, k.H_ERROR_CLASS, k.H_ATTEMPTS, k.H_FIRST_FAILURE, k.H_LAST_FAILURE,
-        k.H_ORIGIN_TOPIC, k.H_ORIGIN_PARTITION, k.H_ORIGIN_OFFSET, k.H_CONSUMER,
-    }  # fmt: skip
-    headers = [(key, value) for key, value in origin if key not in replaced]
-    headers += [
-        (k.H_ERROR, error[:1000].encode()),
-        (k.H_ERROR_CLASS, error_class.encode()),
-        (k.H_ATTEMPTS, str(attempts).encode()),
-        (k.H_FIRST_FAILURE, first.encode()),
-        (k.H_LAST_FAILURE, now.encode()),
-        (k.H_ORIGIN_TOPIC, (k.header(origin, k.H_ORIGIN_TOPIC) or message.topic).encode()),
-        (
-            k.H_ORIGIN_PARTITION,
-            (k.header(origin, k.H_ORIGIN_PARTITION) or str(message.partition)).encode(),
-        ),
-        (k.H_ORIGIN_OFFSET, (k.header(origin, k.H_ORIGIN_OFFSET) or str(message.offset)).encode()),
-        (k.H_CONSUMER, CONSUMER.encode()),
-    ]
+    headers = k.failure_headers(
+        list(message.headers or ()),
+        origin=(message.topic, message.partition, message.offset),
+        consumer=CONSUMER,
+        error=error,
+        error_class=error_class,
+        error_kind="permanent",
+        now=datetime.now(UTC),
+    )
     await producer.send_and_wait(topic, value=message.value, key=message.key, headers=headers)
 
 
-async def process_batch(runtime: Runtime, messages: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+async def process_batch(
+    runtime: MaterializerRuntime, messages: Sequence[ConsumerRecord[bytes, bytes]]
+) -> None:
     records, bad = decode_batch(runtime.codec, messages)
     for message, why in bad:
         log.warning(
@@ -341,7 +329,7 @@ def _log_events(
             )
 
 
-async def update_lag(runtime: Runtime) -> None:
+async def update_lag(runtime: MaterializerRuntime) -> None:
     """Lag of every partition this process is assigned: end offset minus position.
 
     The end is the last stable offset (we read committed), falling back to the high

@@ -265,9 +265,10 @@ class Projection:
         rows = [event_record(r) for r in records]
         columns = list(EVENT_COLUMNS)
         await conn.copy_records_to_table("incoming_events", records=rows, columns=columns)
+        listed = ", ".join(_quoted_columns(columns))
         inserted = await conn.fetch(
-            f"INSERT INTO {self.schema}.booking_events ({', '.join(_quoted(columns))}) "
-            f"SELECT DISTINCT ON (event_id) {', '.join(_quoted(columns))} FROM incoming_events "
+            f"INSERT INTO {self.schema}.booking_events ({listed}) "
+            f"SELECT DISTINCT ON (event_id) {listed} FROM incoming_events "
             # The first copy in log order wins, so a redelivery never moves an event.
             'ORDER BY event_id, "offset" ON CONFLICT (event_id) DO NOTHING RETURNING event_id'
         )
@@ -369,17 +370,12 @@ class Projection:
 
 
 def fold_history(events: Sequence[BookingEvent]) -> Fold | None:
-    """A booking's fold from its whole log, sorted by ``(occurred_at, event_id)``; None
-    while its BookingRequested has not arrived (it refolds when it does)."""
-    requested = [e for e in events if isinstance(e, BookingRequested)]
-    if not requested:
+    """A booking's fold from its whole log (``saga.fold_log``); None while its
+    BookingRequested has not arrived (it refolds when it does)."""
+    state = saga.fold_log(events)
+    if state is None:
         return None
-    # BookingRequested always comes first: a clock skew must not make it look late.
-    state = saga.start(requested[0])
-    for event in events:
-        if not isinstance(event, BookingRequested):
-            state = saga.evolve(state, event)
-    return Fold(state, _order_key(events[-1]))
+    return Fold(state, max(_order_key(e) for e in events))
 
 
 class BulkLoad:
@@ -452,5 +448,5 @@ class BulkLoad:
         return len(self.folds)
 
 
-def _quoted(columns: list[str]) -> list[str]:
+def _quoted_columns(columns: list[str]) -> list[str]:
     return [f'"{c}"' for c in columns]

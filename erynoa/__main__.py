@@ -1,5 +1,5 @@
 """``python -m erynoa`` is the ``erynoa`` command."""
 
-from erynoa.cli import main
+from cli.main import main
 
 main()

@@ -1,15 +1,29 @@
 """The one Avro codec every runtime uses to put events on Kafka and read them back.
 
-Wire format: Avro single-object encoding, so a subscriber in any language needs nothing but
-``schemas/``::
+Two wire formats, both Avro binary after a header naming the writer schema:
 
-    0xC3 0x01 | CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form (8 bytes,
-    little-endian) | Avro binary body
+* **Confluent** (written when a Schema Registry is configured, ``ERYNOA_REGISTRY_URL``)::
+
+      0x00 | schema id (4 bytes, big-endian) | Avro binary body
+
+  byte for byte what confluent-kafka's ``AvroSerializer`` writes, so Kafka's stock
+  deserializers, Connect and stream processors read our topics. Subjects follow the
+  TopicRecordNameStrategy (``<topic>-<namespace>.<EventType>``).
+* **Avro single-object encoding** (written without a registry)::
+
+      0xC3 0x01 | CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form
+      (8 bytes, little-endian) | Avro binary body
+
+The decoder reads both, so a running cluster can move from one to the other (README, "Moving a
+cluster to the Confluent wire format").
 
 ``EventCodec`` loads every ``schemas/<EventType>.v<N>.avsc`` once, checks each against the
 envelope contract and its dataclass in ``erynoa.events``, and precompiles them with fastavro.
-It writes with the newest version of each type and reads any version it knows (looked up by
-fingerprint), resolved to the newest version, so old events keep decoding after a schema change.
+It writes with the newest version of each type and reads any version it knows, resolved to the
+newest version, so old events keep decoding after a schema change. With a registry it resolves
+(or registers) the id of every local version once, when it is built; a schema id it has not
+seen is asked of the registry once and cached, found or not. Encoding and decoding a known id
+never touch the network.
 
     codec = default_codec()
     data = codec.encode(event)       # bytes for the Kafka message value
@@ -21,33 +35,55 @@ Check a schema directory from a shell: ``python -m erynoa.codec [schemas-dir]``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from erynoa.events import EVENT_TYPES, BookingEvent, CatalogEvent, Event, Money, field_specs
+from erynoa.registry import RegistryError, RegistryUnavailable, SchemaRegistry, subject_name
 from erynoa.settings import PROJECT_ROOT
 
+if TYPE_CHECKING:
+    from erynoa.settings import Settings
+
 __all__ = [
+    "CONFLUENT_MAGIC",
     "MAGIC",
     "EventCodec",
+    "RegistryUnavailable",
     "SchemaError",
     "UndecodableEvent",
     "UnencodableEvent",
+    "WireFormat",
     "default_codec",
+    "local_codec",
+    "registry_codec",
+    "warm_up",
 ]
 
+log = logging.getLogger(__name__)
+
+WireFormat = Literal["confluent", "single-object"]
+
 MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
 _HEADER_LEN = len(MAGIC) + 8
+_CONFLUENT_HEADER_LEN = len(CONFLUENT_MAGIC) + 4
+# Ids the registry did not know (or that match no local schema) are remembered so a stream of
+# them costs one request each; past this many the memory is dropped and refilled.
+_MAX_UNKNOWN_IDS = 10_000
 _FILE_NAME = re.compile(r"(?P<type>[A-Z][A-Za-z0-9]*)\.v(?P<version>[1-9][0-9]*)\.avsc")
 _NAMESPACES: dict[type[Event], str] = {
     BookingEvent: "erynoa.booking",
@@ -98,6 +134,9 @@ class _Version:
     path: Path
     parsed: dict[str, Any]
     fingerprint: bytes
+    # The file's text, exactly as registered: the registry keys ids by content.
+    text: str
+    full_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,23 +159,48 @@ class _Writer:
 
 
 class EventCodec:
-    """Encodes events to, and decodes them from, Avro single-object encoding."""
+    """Encodes events to, and decodes them from, Avro in the Confluent wire format (with a
+    registry) or single-object encoding (without one); decodes both either way."""
 
     def __init__(
         self,
         schemas_dir: Path | None = None,
         event_types: Mapping[str, type[Event]] | None = None,
+        *,
+        registry: SchemaRegistry | None = None,
+        topic_for: Callable[[str], str] | None = None,
+        auto_register: bool = True,
+        write_format: WireFormat = "confluent",
     ) -> None:
         """Load and check every ``.avsc`` in ``schemas_dir``; raises ``SchemaError``.
 
         ``event_types`` maps each event type to its dataclass (default ``EVENT_TYPES``); tests pass
-        their own to try out a new schema version.
+        their own to try out a new schema version. With a ``registry`` (and ``topic_for``, the
+        topic of each event type, for the subject names) every version's id is looked up, or
+        registered when ``auto_register``, on first use (see ``warm_up``). ``write_format``
+        ``single-object`` keeps writing the old format while reading both (a cluster moving to
+        the registry); without a registry it is always single-object.
         """
         self.schemas_dir = schemas_dir if schemas_dir is not None else PROJECT_ROOT / "schemas"
         types = dict(EVENT_TYPES if event_types is None else event_types)
         versions = _load_dir(self.schemas_dir, types)
+        if registry is not None and topic_for is None:
+            raise ValueError("a codec with a registry needs topic_for (for the subject names)")
+        self.registry = registry
+        self._topic_for = topic_for
+        self._auto_register = auto_register
+        self._write_format: WireFormat = "single-object" if registry is None else write_format
+        self._files = versions
+        self._lock = threading.Lock()
+        # Without a registry there is nothing to resolve; with one, ``warm_up`` sets it.
+        self._ready = registry is None
+        # Whether encode can write without resolving ids first.
+        self._writers_ready = self._ready or self._write_format != "confluent"
 
         self._readers: dict[bytes, _Reader] = {}
+        self._by_id: dict[int, _Reader] = {}
+        self._unknown_ids: dict[int, str] = {}
+        self._ids: dict[tuple[str, int], int] = {}
         self._writers: dict[type[Event], _Writer] = {}
         self._versions: dict[str, tuple[int, ...]] = {}
         for event_type, by_version in sorted(versions.items()):
@@ -146,15 +210,59 @@ class EventCodec:
             latest = by_version[max(by_version)]
             money = tuple(s.name for s in field_specs(cls) if s.kind is Money)
             self._versions[event_type] = tuple(sorted(by_version))
+            for version in by_version.values():
+                reader_schema = None if version is latest else latest.parsed
+                self._readers[version.fingerprint] = _Reader(version, reader_schema, cls, money)
             self._writers[cls] = _Writer(
                 header=MAGIC + latest.fingerprint,
                 parsed=latest.parsed,
                 money_fields=money,
                 constants=(("event_type", event_type), ("schema_version", latest.version)),
             )
-            for version in by_version.values():
-                reader_schema = None if version is latest else latest.parsed
-                self._readers[version.fingerprint] = _Reader(version, reader_schema, cls, money)
+
+    def warm_up(self) -> None:
+        """Look up (or register) the id of every local schema version, once; the encoder then
+        writes the Confluent format. Raises ``RegistryUnavailable`` while the registry does not
+        answer (call again later), ``SchemaError`` when it refuses or lacks a schema. Runs by
+        itself on the first encode or decode; runtimes call it at start-up."""
+        if self._ready:
+            return
+        registry, topic_for = self.registry, self._topic_for
+        assert registry is not None
+        assert topic_for is not None
+        with self._lock:
+            if self._ready:
+                return
+            ids: dict[tuple[str, int], int] = {}
+            for event_type, by_version in sorted(self._files.items()):
+                latest = by_version[max(by_version)]
+                subject = subject_name(topic_for(event_type), latest.full_name)
+                for number in sorted(by_version):
+                    ids[(event_type, number)] = _resolve_id(
+                        registry, subject, by_version[number], self._auto_register
+                    )
+            for (event_type, number), schema_id in ids.items():
+                self._by_id[schema_id] = self._readers[self._files[event_type][number].fingerprint]
+            if self._write_format == "confluent":
+                for cls, writer in list(self._writers.items()):
+                    event_type = str(dict(writer.constants)["event_type"])
+                    latest_id = ids[(event_type, self._versions[event_type][-1])]
+                    self._writers[cls] = replace(
+                        writer, header=CONFLUENT_MAGIC + latest_id.to_bytes(4, "big")
+                    )
+            self._ids = ids
+            self._ready = self._writers_ready = True
+        log.info(
+            "schema ids resolved: %d versions from %s",
+            len(ids),
+            registry.url,
+            extra={"dependency": "schema-registry"},
+        )
+
+    @property
+    def wire_format(self) -> WireFormat:
+        """What ``encode`` writes."""
+        return self._write_format
 
     @property
     def versions(self) -> dict[str, tuple[int, ...]]:
@@ -170,8 +278,17 @@ class EventCodec:
                 return reader.writer.fingerprint
         raise KeyError(f"{event_type} has no schema version {wanted}")
 
+    def schema_id(self, event_type: str, version: int | None = None) -> int:
+        """The registry's id of one schema version (default: the newest); KeyError without
+        a registry."""
+        self.warm_up()
+        versions = self._versions[event_type]
+        return self._ids[(event_type, versions[-1] if version is None else version)]
+
     def encode(self, event: Event) -> bytes:
-        """The event as single-object encoded Avro, written with its type's newest schema."""
+        """The event in this codec's wire format, written with its type's newest schema."""
+        if not self._writers_ready:
+            self.warm_up()
         writer = self._writers.get(type(event))
         if writer is None:
             raise UnencodableEvent(f"no schema loaded for {type(event).__name__}")
@@ -192,22 +309,79 @@ class EventCodec:
         return out.getvalue()
 
     def decode(self, data: bytes) -> BookingEvent | CatalogEvent:
-        """The event in ``data``; raises ``UndecodableEvent`` for anything else."""
+        """The event in ``data`` (either wire format); raises ``UndecodableEvent`` for anything
+        else, and ``RegistryUnavailable`` when a schema id it has not seen arrives while the
+        registry is down (an outage, not the message's fault)."""
         if not data:
             raise UndecodableEvent("empty message (no value, or a tombstone)")
-        if len(data) < _HEADER_LEN:
-            raise UndecodableEvent(f"{len(data)} bytes is shorter than the 10-byte header")
-        if data[:2] != MAGIC:
+        if data[:1] == CONFLUENT_MAGIC:
+            if len(data) < _CONFLUENT_HEADER_LEN:
+                raise UndecodableEvent(
+                    f"{len(data)} bytes is shorter than the Confluent 5-byte header"
+                )
+            schema_id = int.from_bytes(data[1:_CONFLUENT_HEADER_LEN], "big")
+            reader = self._by_id.get(schema_id) or self._look_up_id(schema_id)
+            return self._read(reader, data, _CONFLUENT_HEADER_LEN)
+        if data[:2] == MAGIC:
+            if len(data) < _HEADER_LEN:
+                raise UndecodableEvent(
+                    f"{len(data)} bytes is shorter than the 10-byte header (single-object)"
+                )
+            fp = bytes(data[2:_HEADER_LEN])
+            found = self._readers.get(fp)
+            if found is None:
+                raise UndecodableEvent(f"unknown schema fingerprint {fp.hex()}")
+            return self._read(found, data, _HEADER_LEN)
+        raise UndecodableEvent(
+            f"not an event: starts with {bytes(data[:2]).hex()}, neither the Confluent magic "
+            "byte 00 nor Avro single-object c301"
+        )
+
+    def _look_up_id(self, schema_id: int) -> _Reader:
+        """The reader of a schema id not seen before, asked of the registry once."""
+        if not self._ready:
+            self.warm_up()
+            if schema_id in self._by_id:
+                return self._by_id[schema_id]
+        if schema_id in self._unknown_ids:
+            raise UndecodableEvent(self._unknown_ids[schema_id])
+        if self.registry is None:
             raise UndecodableEvent(
-                f"not Avro single-object encoding: starts with {bytes(data[:2]).hex()}, not c301"
+                f"Confluent wire format with schema id {schema_id}, but no schema registry is "
+                "configured (ERYNOA_REGISTRY_URL) to look it up"
             )
-        fp = bytes(data[2:_HEADER_LEN])
-        reader = self._readers.get(fp)
-        if reader is None:
-            raise UndecodableEvent(f"unknown schema fingerprint {fp.hex()}")
+        text = self.registry.schema_by_id(schema_id)  # RegistryUnavailable: an outage
+        reason: str | None = None
+        found = None
+        if text is None:
+            reason = f"unknown schema id {schema_id}: the registry has no such schema"
+        else:
+            try:
+                parsed = parse_schema(json.loads(text))
+                fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+            except Exception as exc:  # fastavro raises several types for a bad schema
+                reason = f"schema id {schema_id}: the registry's schema does not parse ({exc})"
+            else:
+                found = self._readers.get(fp)
+                if found is None:
+                    name = parsed.get("name") if isinstance(parsed, dict) else None
+                    reason = (
+                        f"schema id {schema_id} ({name}) is none of the versions in "
+                        f"{self.schemas_dir} (a newer producer? deploy its schema version first)"
+                    )
+        if found is None:
+            assert reason is not None
+            if len(self._unknown_ids) >= _MAX_UNKNOWN_IDS:
+                self._unknown_ids.clear()
+            self._unknown_ids[schema_id] = reason
+            raise UndecodableEvent(reason)
+        self._by_id[schema_id] = found
+        return found
+
+    def _read(self, reader: _Reader, data: bytes, header_len: int) -> BookingEvent | CatalogEvent:
         writer = reader.writer
         body = BytesIO(data)
-        body.seek(_HEADER_LEN)
+        body.seek(header_len)
         try:
             record = schemaless_reader(body, writer.parsed, reader.reader_schema)
         # fastavro signals a short or corrupt body with EOFError, IndexError, ValueError,
@@ -228,7 +402,7 @@ class EventCodec:
         schema_version = record.pop("schema_version")
         if event_type != writer.event_type or schema_version != writer.version:
             raise UndecodableEvent(
-                f"envelope says {event_type} v{schema_version} but the fingerprint is "
+                f"envelope says {event_type} v{schema_version} but the schema header is "
                 f"{writer.event_type} v{writer.version}"
             )
         try:
@@ -243,12 +417,91 @@ class EventCodec:
             raise UndecodableEvent(f"{writer.event_type} v{writer.version}: {exc}") from exc
 
 
+def _resolve_id(
+    registry: SchemaRegistry, subject: str, version: _Version, auto_register: bool
+) -> int:
+    schema_id = registry.lookup(subject, version.text)
+    if schema_id is not None:
+        return schema_id
+    if not auto_register:
+        raise SchemaError(
+            f"{version.path}: not registered under subject {subject} in {registry.url}; run "
+            "`erynoa schemas register` (ERYNOA_REGISTRY_AUTO_REGISTER is off)"
+        )
+    # A new subject gets the registry-wide compatibility level (BACKWARD, set by the stack and
+    # by `erynoa schemas register`, which also sets it per subject).
+    try:
+        return registry.register(subject, version.text)
+    except RegistryError as exc:
+        # Several processes starting together register the same schema at once; the loser of
+        # that race finds the winner's id.
+        if exc.status == 409 and (found := registry.lookup(subject, version.text)) is not None:
+            return found
+        raise SchemaError(f"{version.path}: {exc}") from None
+
+
 @cache
-def default_codec() -> EventCodec:
-    """The codec for the configured ``schemas/`` directory, loaded once per process."""
+def local_codec() -> EventCodec:
+    """The codec of the configured ``schemas/`` without a registry, for code that must not touch
+    the network: it writes single-object encoding and cannot look up Confluent schema ids."""
     from erynoa.settings import get_settings
 
     return require_complete(EventCodec(get_settings().schemas_dir))
+
+
+@cache
+def default_codec() -> EventCodec:
+    """The codec of this process's settings, built once: with the Schema Registry when one is
+    configured, else without. Nothing connects here: the registry is first asked on the first
+    encode or decode (or ``warm_up``)."""
+    from erynoa.settings import get_settings
+
+    settings = get_settings()
+    if settings.registry_url is None:
+        return local_codec()
+    return registry_codec(settings)
+
+
+def warm_up(codec: EventCodec, sleep: Callable[[float], None] = time.sleep) -> EventCodec:
+    """``codec.warm_up()``, retried with backoff (0.5 s doubling to 10 s) for as long as the
+    registry does not answer: a process started before the registry waits, it does not crash."""
+    delay = 0.5
+    began = time.monotonic()
+    while True:
+        try:
+            codec.warm_up()
+        except RegistryUnavailable as exc:
+            log.warning(
+                "schema registry unavailable for %.0f s (%s); retrying in %.1f s",
+                time.monotonic() - began,
+                exc,
+                delay,
+                extra={"dependency": "schema-registry"},
+            )
+            sleep(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        return codec
+
+
+def registry_codec(settings: Settings, registry: SchemaRegistry | None = None) -> EventCodec:
+    """A codec with ``settings``' registry, not yet connected (it warms up on first use)."""
+    from erynoa.topics import load_catalog
+
+    if registry is None:
+        if settings.registry_url is None:
+            raise ValueError("no schema registry configured (ERYNOA_REGISTRY_URL)")
+        registry = SchemaRegistry(settings.registry_url, settings.registry_timeout_seconds)
+    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+    return require_complete(
+        EventCodec(
+            settings.schemas_dir,
+            registry=registry,
+            topic_for=catalog.topic_for,
+            auto_register=settings.registry_auto_register,
+            write_format=settings.wire_format,
+        )
+    )
 
 
 def require_complete(codec: EventCodec) -> EventCodec:
@@ -353,7 +606,8 @@ def _load_file(path: Path, types: Mapping[str, type[Event]]) -> _Version:
     _check_union_defaults(path, raw_fields)
     canonical = to_parsing_canonical_form(parsed)
     fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
-    return _Version(event_type, version, path, parsed, fp)
+    text = path.read_text(encoding="utf-8")
+    return _Version(event_type, version, path, parsed, fp, text, f"{namespace}.{event_type}")
 
 
 def _parse(path: Path, schema: dict[str, Any]) -> dict[str, Any]:

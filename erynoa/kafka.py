@@ -12,14 +12,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient
 
 from erynoa import tracing
 from erynoa.codec import EventCodec
 from erynoa.events import BookingEvent, CatalogEvent
 from erynoa.topics import TopicCatalog
+
+KAFKA_REFUSALS: tuple[type[BaseException], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+    kafka_errors.UnsupportedVersionError,
+    kafka_errors.CorruptRecordException,
+)
+"""What a broker answers the same way however often it is asked: not an outage."""
 
 # Header names (ASCII, lower-case): what travels beside every event.
 H_REQUEST_ID = "x-request-id"
@@ -43,6 +57,25 @@ H_ERROR_KIND = "erynoa-error-kind"  # retryable | permanent
 
 Headers = list[tuple[str, bytes]]
 
+FAILURE_HEADERS: frozenset[str] = frozenset(
+    {
+        H_ERROR,
+        H_ERROR_CLASS,
+        H_ERROR_KIND,
+        H_ORIGIN_TOPIC,
+        H_ORIGIN_PARTITION,
+        H_ORIGIN_OFFSET,
+        H_FIRST_FAILURE,
+        H_LAST_FAILURE,
+        H_NOT_BEFORE,
+        H_CONSUMER,
+    }
+)
+"""Headers that describe a failure, not the event: a replay removes them. ``erynoa-attempts``
+is not among them: a replayed message that fails again continues its count."""
+
+MAX_ERROR_LEN = 1000
+
 
 def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
     """The last value of header ``name`` as text, or None."""
@@ -51,6 +84,60 @@ def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None
         if key == name:
             value = raw.decode("utf-8", "replace")
     return value
+
+
+def attempts_so_far(headers: Sequence[tuple[str, bytes]] | None) -> int:
+    raw = header(headers, H_ATTEMPTS)
+    try:
+        return max(0, int(raw)) if raw is not None else 0
+    except ValueError:
+        return 0
+
+
+def failure_headers(
+    headers: Sequence[tuple[str, bytes]] | None,
+    *,
+    origin: tuple[str, int, int],
+    consumer: str,
+    error: str,
+    error_class: str,
+    error_kind: str,
+    now: datetime,
+    not_before: datetime | None = None,
+) -> Headers:
+    """``headers`` after one more failed attempt of ``consumer`` at the message: the other
+    headers kept, the attempt counted, and the origin (topic, partition, offset) and first
+    failure time of the *first* failure kept across retry tiers and replays."""
+
+    def first(name: str, value: str) -> tuple[str, bytes]:
+        previous = header(headers, name)
+        return (name, (previous if previous is not None else value).encode())
+
+    topic, partition, offset = origin
+    now_iso = now.astimezone(UTC).isoformat()
+    due = not_before or now
+    kept = [(n, v) for n, v in headers or () if n not in FAILURE_HEADERS and n != H_ATTEMPTS]
+    return [
+        *kept,
+        (H_ATTEMPTS, str(attempts_so_far(headers) + 1).encode()),
+        (H_ERROR, error[:MAX_ERROR_LEN].encode()),
+        (H_ERROR_CLASS, error_class.encode()),
+        (H_ERROR_KIND, error_kind.encode()),
+        first(H_ORIGIN_TOPIC, topic),
+        first(H_ORIGIN_PARTITION, str(partition)),
+        first(H_ORIGIN_OFFSET, str(offset)),
+        first(H_FIRST_FAILURE, now_iso),
+        (H_LAST_FAILURE, now_iso.encode()),
+        (H_NOT_BEFORE, str(int(due.timestamp() * 1000)).encode()),
+        (H_CONSUMER, consumer.encode()),
+    ]
+
+
+def replay_headers(headers: Sequence[tuple[str, bytes]], replay_id: str) -> Headers:
+    """The headers a replayed message carries: the original ones without the failure headers
+    (and without an earlier replay marker), ``erynoa-attempts`` kept, this replay's id added."""
+    kept = [(n, v) for n, v in headers if n not in FAILURE_HEADERS and n != H_REPLAY]
+    return [*kept, (H_REPLAY, replay_id.encode())]
 
 
 async def start_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -63,16 +150,20 @@ async def start_consumer(consumer: AIOKafkaConsumer) -> None:
     await asyncio.sleep(0)
 
 
-async def topic_partitions(bootstrap: str, topics: Sequence[str]) -> list[TopicPartition]:
-    """The partitions of ``topics`` that exist, from the brokers' metadata.
+async def topic_partitions(
+    bootstrap: str, topics: Sequence[str] | None = None
+) -> list[TopicPartition]:
+    """The partitions of ``topics`` (None: of every topic) that exist, from the brokers'
+    metadata.
 
-    A consumer's ``partitions_for_topic`` knows only topics it subscribed to; the admin
-    client asks the cluster, and never auto-creates a topic by asking about it.
+    A consumer's ``partitions_for_topic`` knows only topics it subscribed to (one without a
+    group learns none); the admin client asks the cluster, and never auto-creates a topic by
+    asking about it.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="erynoa-metadata")
     await admin.start()
     try:
-        described = await admin.describe_topics(list(topics))
+        described = await admin.describe_topics(list(topics) if topics is not None else None)
     finally:
         await admin.close()
     return sorted(

@@ -53,3 +53,5 @@ def configure(service: str, level: str = "INFO") -> None:
     root.setLevel(level)
     # aiokafka logs every rebalance step at INFO; keep its warnings.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: the Schema Registry's start-up lookups, a webhook each.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -50,14 +50,18 @@ not arrival, decides every race, so they all agree:
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from erynoa import events as ev
 from erynoa.events import Money
+
+if TYPE_CHECKING:
+    from erynoa.settings import Settings
 
 
 class Status(StrEnum):
@@ -283,6 +287,28 @@ def fold(events: Iterable[ev.BookingEvent]) -> BookingState | None:
     return state
 
 
+def log_order(events: Iterable[ev.BookingEvent]) -> list[ev.BookingEvent]:
+    """A booking's log in fold order, one copy per event id: its ``BookingRequested`` first
+    (a clock skew must not make the request look late), then ``(occurred_at, event_id)``."""
+    unique = sorted(
+        {e.event_id: e for e in events}.values(), key=lambda e: (e.occurred_at, e.event_id)
+    )
+    requested = next((e for e in unique if isinstance(e, ev.BookingRequested)), None)
+    if requested is None:
+        return unique
+    return [requested, *(e for e in unique if not isinstance(e, ev.BookingRequested))]
+
+
+def fold_log(events: Iterable[ev.BookingEvent]) -> BookingState | None:
+    """The booking's state from its log, in ``log_order``; None while the log holds no
+    ``BookingRequested``. The materializer, the operators' views and the invariant checker
+    all fold with it, so they agree on every booking."""
+    ordered = log_order(events)
+    if not ordered or not isinstance(ordered[0], ev.BookingRequested):
+        return None
+    return fold(ordered)
+
+
 # The forward path. Each step implies the ones before it, so an event folded before an
 # earlier step's event (they travel on different topics) still moves the booking forward.
 _FORWARD = (
@@ -454,6 +480,8 @@ def _apply(s: BookingState, e: ev.BookingEvent) -> BookingState:
 # --- what each agent must do ------------------------------------------------------------
 
 Agent = Literal["reservation", "payment", "notification", "provider-response"]
+AGENTS: tuple[Agent, ...] = typing.get_args(Agent)
+"""Every saga agent, in the order of the steps they own."""
 
 
 @dataclass(frozen=True)
@@ -556,6 +584,14 @@ class Policy:
     # How long a customer has to finish 3-D Secure (or similar) before the booking fails:
     # without it a booking could wait in payment_action_required forever (invariant 1).
     payment_action_timeout: timedelta = timedelta(minutes=30)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        """The policy a deployment runs with: every face judges a saga as its agents do."""
+        return cls(
+            refund_policy=settings.refund_policy,
+            payment_action_timeout=timedelta(seconds=settings.payment_action_timeout_seconds),
+        )
 
 
 def money_settled(s: BookingState, policy: Policy) -> bool:

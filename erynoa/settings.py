@@ -51,11 +51,27 @@ class Settings(BaseSettings):
     postgres_port: int = 15432
     redis_port: int = 16379
     stripe_mock_port: int = 12111
+    # The Schema Registry (Apicurio): its API port and its health/metrics port, both loopback.
+    registry_port: int = 18081
+    registry_management_port: int = 18082
+    registry_heap: str = "256m"
 
     # --- connections used by every runtime ---
     kafka_bootstrap: str = "127.0.0.1:19092"
     database_url: str = "postgresql://erynoa@127.0.0.1:15432/erynoa"
     redis_url: str = "redis://127.0.0.1:16379/0"
+    # The Confluent-compatible Schema Registry API. Set: events are written in the Confluent
+    # wire format (magic 0, schema id) under TopicRecordNameStrategy subjects. Empty: Avro
+    # single-object encoding and no registry (a cluster not yet migrated; see README).
+    registry_url: str | None = "http://127.0.0.1:18081/apis/ccompat/v7"
+    # What the writers write when a registry is set: "single-object" only while a running
+    # cluster moves to the registry (readers decode both formats either way; README).
+    wire_format: Literal["confluent", "single-object"] = "confluent"
+    # Register a missing schema version at start-up. Production turns it off and registers
+    # from the release pipeline (`erynoa schemas register`), so a runtime cannot add schemas.
+    registry_auto_register: bool = True
+    # Each registry request's timeout; start-up keeps retrying through an outage.
+    registry_timeout_seconds: float = Field(default=5.0, gt=0)
     db_pool_min: int = 1
     db_pool_max: int = 10
     # Partition lanes per agent worker (handled at once, each its own transaction). 0: one lane
@@ -153,6 +169,19 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("registry_url")
+    @classmethod
+    def _registry_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{value!r} is not an http(s) URL; give the registry's Confluent-compatible API, "
+                "e.g. http://127.0.0.1:18081/apis/ccompat/v7, or leave it empty for none"
+            )
         return value
 
     @field_validator("outbound_allow")

@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-AGENTS = ("reservation", "payment", "notification", "provider-response")
+from erynoa import saga
+
+AGENTS = saga.AGENTS
 
 
 def commands() -> dict[str, list[str]]:

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import asyncpg
 
+from erynoa import saga
 from erynoa.settings import Settings
 from faults.client import Client
 from faults.private import Echo, Parts, PrivateStack, supports_brokers, wait_until
@@ -204,7 +205,7 @@ class ApiKilled(Fault):
             target.echo(f"the API is not ready {READY_TIMEOUT_S:.0f} s after its restart")
 
 
-AGENT_PARTS = ("reservation", "payment", "notification", "provider-response")
+AGENT_PARTS = saga.AGENTS
 
 
 def full_matrix() -> list[Fault]:

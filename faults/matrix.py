@@ -44,6 +44,7 @@ from faults.private import (
 from faults.report import RowResult, Second
 from loadgen import world as worlds
 from loadgen.clients import HttpPool, Tokens
+from loadgen.lag import LagSampler
 from loadgen.profile import Catalog, Outcomes, Population, Profile
 
 
@@ -199,6 +200,9 @@ async def _row(
         row.finished_s = clock()
         stopping = True
         await asyncio.gather(*background)
+        behind = await _until_agents_caught_up(parts, within_s=max(10.0, timing.drain_s / 2))
+        if behind:
+            row.notes.append(f"consumers still behind when checked: {behind}")
         await _measure(row, client.ledger, watch, pool, client.sent, parts, started_at)
         dlq_after = await asyncio.to_thread(end_offsets, settings.kafka_bootstrap, dlq_topics)
         row.parked, classes = await asyncio.to_thread(
@@ -223,6 +227,21 @@ async def _row(
         await http.aclose()
         await pool.close()
     return row
+
+
+async def _until_agents_caught_up(parts: Parts, within_s: float) -> dict[str, int]:
+    """Wait until every consumer group has read to the end of its topics; returns the groups
+    still behind (empty when all caught up). A booking's status settles with the
+    materializer, but an agent may not yet have consumed the saga's last event, and the
+    checker compares each agent's state with the log."""
+    groups = {c.name: c.group_id for c in parts.local.catalog.consumers.values()}
+    sampler = LagSampler(parts.settings.kafka_bootstrap, groups)
+    await sampler.start()
+    try:
+        lags = await sampler.until_caught_up(within_s)
+    finally:
+        await sampler.stop()
+    return {group: lag for group, lag in lags.items() if lag}
 
 
 def _fetcher(pool: asyncpg.Pool) -> Fetch:
@@ -296,7 +315,7 @@ async def _check(
     """The invariant checker over the row's acknowledged bookings, with every kind of
     evidence its ``check_invariants`` accepts (the client's requests, the dead letters, what
     the mail sink received, the agents' states through the catalog)."""
-    from erynoa import invariants
+    from ops import invariants
 
     module: Any = invariants
     check = module.check_invariants

@@ -51,10 +51,13 @@ def private_settings(
             "redis_port": redis,
             "stripe_mock_port": base.stripe_mock_port + offset,
             "smtp_port": base.smtp_port + offset,
+            "registry_port": base.registry_port + offset,
+            "registry_management_port": base.registry_management_port + offset,
             "kafka_heap": "512m",
             "kafka_bootstrap": f"127.0.0.1:{kafka}",
             "database_url": f"postgresql://erynoa@127.0.0.1:{pg}/erynoa",
             "redis_url": f"redis://127.0.0.1:{redis}/0",
+            "registry_url": f"http://127.0.0.1:{base.registry_port + offset}/apis/ccompat/v7",
         }
     )
 

@@ -6,7 +6,7 @@
    pointed at someone else's system by accident.
 2. Writes the run's world (``loadgen.world``) and connects: the API client always (providers
    answer through it), the Kafka publisher for ``via="kafka"``, a consumer-lag sampler.
-3. Sends on an open-loop schedule (``loadgen.pacing``) while at most ``in_flight`` sagas are
+3. Sends on an open-loop schedule (``erynoa.pacing``) while at most ``in_flight`` sagas are
    open; each booking's send time is taken just before its request leaves.
 4. Watches the read model — directly in PostgreSQL, one batched query per ``poll_interval_s``
    for every open booking. Not through ``GET /bookings/{id}``: a GET per open booking per poll
@@ -47,8 +47,8 @@ import asyncpg
 from erynoa import saga
 from erynoa.codec import default_codec
 from erynoa.db import create_pool
-from erynoa.invariants.evidence import ClientRequest, RequestKind, RequestOutcome
 from erynoa.kafka import EventPublisher
+from erynoa.pacing import Pacer
 from erynoa.saga import OUTCOMES, BookingState, Status
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
@@ -63,13 +63,12 @@ from loadgen.clients import (
 )
 from loadgen.lag import LagSampler
 from loadgen.model import Progress, RunData, RunOptions, RunRefused, Tracked
-from loadgen.pacing import Pacer
 from loadgen.profile import Intent
 from loadgen.report import Report, analyze
+from ops.invariants.evidence import ClientRequest, RequestKind, RequestOutcome
 
 log = logging.getLogger("loadgen")
 
-AGENTS: tuple[saga.Agent, ...] = ("reservation", "payment", "notification", "provider-response")
 # Status changes the simulated people react to.
 _ANSWERS = {
     Intent.PROVIDER_ACCEPTS: "accept",
@@ -132,7 +131,7 @@ class _Run:
         self.gateway = gateway
         self.lag = lag
         self.planner = w.Planner(world, seed=(options.seed or 0) + 1)
-        self.policy = saga.Policy(refund_policy=settings.refund_policy)
+        self.policy = saga.Policy.from_settings(settings)
         self.tracked: dict[str, Tracked] = {}
         # What the run's clients were told, for the invariant checker's rule 8.
         self.requests: list[ClientRequest] = []
@@ -283,7 +282,7 @@ class _Run:
                 continue
             state = BookingState.from_json(row["state"])
             if state.is_outcome and not any(
-                saga.next_actions(agent, state, later, self.policy) for agent in AGENTS
+                saga.next_actions(agent, state, later, self.policy) for agent in saga.AGENTS
             ):
                 tracked = self.tracked[row["id"]]
                 if tracked.settled_at is None:
@@ -586,11 +585,11 @@ async def _invariants(
     settings: Settings,
     requests: list[ClientRequest],
 ) -> dict[str, Any]:
-    """Run the invariant checker (``erynoa.invariants``) over the run's bookings and what its
+    """Run the invariant checker (``ops.invariants``) over the run's bookings and what its
     clients were told."""
-    from erynoa.invariants import check_invariants
+    from ops.invariants import check_invariants
 
-    policy = saga.Policy(refund_policy=settings.refund_policy)
+    policy = saga.Policy.from_settings(settings)
     violations = await check_invariants(pool, booking_ids, policy=policy, requests=requests)
     return {
         "checked": True,

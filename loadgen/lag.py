@@ -96,6 +96,27 @@ class LagSampler:
             for name, offsets in committed.items()
         }
 
+    async def until_caught_up(self, within_s: float) -> dict[str, int]:
+        """Sample until every group has consumed to the end of its partitions, or ``within_s``
+        has passed; returns the last reading (all zero when caught up).
+
+        A saga's read model can show it settled while an agent has yet to consume its last
+        event (the materializer and the agents read at their own pace), so whoever judges
+        the agents' states waits here first. A failed sample counts as not caught up.
+        """
+        deadline = time.monotonic() + within_s
+        lags: dict[str, int] = {}
+        while True:
+            try:
+                lags = await self.sample()
+                if not any(lags.values()):
+                    return lags
+            except Exception as exc:
+                log.warning("consumer lag sample failed: %s", exc)
+            if time.monotonic() >= deadline:
+                return lags
+            await asyncio.sleep(0.5)
+
     async def _loop(self) -> None:
         while True:
             started = time.monotonic()

@@ -10,8 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
+from erynoa.pacing import bounded_total
 from erynoa.saga import Status
-from loadgen.pacing import bounded_total
 from loadgen.profile import Profile
 from loadgen.world import Planned, World
 

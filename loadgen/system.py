@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import sys
 import time
 import urllib.request
 import uuid
@@ -45,23 +44,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _api_command_registered() -> bool:
-    """Whether ``erynoa api`` exists (else the API is started through ``api.cli.serve``)."""
-    import typer.main
-
-    from erynoa.cli import app
-
-    group = typer.main.get_command(app)
-    return "api" in getattr(group, "commands", {})
-
-
-def system_commands() -> dict[str, list[str]]:
-    parts = commands()
-    if not _api_command_registered():
-        parts["api"] = [sys.executable, "-c", "from api.cli import serve; serve()"]
-    return parts
 
 
 class LocalSystem:
@@ -92,6 +74,7 @@ class LocalSystem:
             "ERYNOA_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
             "ERYNOA_DATABASE_URL": database_url,
             "ERYNOA_REDIS_URL": base.redis_url,
+            "ERYNOA_REGISTRY_URL": base.registry_url or "",
             "ERYNOA_PAYMENT_GATEWAY": "sandbox",
             "ERYNOA_RATE_LIMIT_PER_MINUTE_IP": str(rate_limit_per_minute),
             "ERYNOA_RATE_LIMIT_PER_MINUTE_USER": str(rate_limit_per_minute),
@@ -110,7 +93,7 @@ class LocalSystem:
         self.catalog: TopicCatalog = load_catalog(
             base.topics_file, base.topics_environment, self.prefix
         )
-        self.system = System(system_commands(), env={**os.environ, **self.env}, log_dir=log_dir)
+        self.system = System(commands(), env={**os.environ, **self.env}, log_dir=log_dir)
 
     def __enter__(self) -> LocalSystem:
         self.start()

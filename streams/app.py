@@ -41,11 +41,11 @@ from erynoa.kafka import EventPublisher, producer_config
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
 from streams.metrics import consumer_lag
-from streams.runtime import Adapter, Incoming, Runtime
+from streams.runtime import Adapter, AgentRuntime, Incoming
 
 log = logging.getLogger("streams.app")
 
-AGENTS: tuple[saga.Agent, ...] = ("reservation", "payment", "notification", "provider-response")
+AGENTS = saga.AGENTS
 DEADLINE_SWEEP_INTERVAL_S = 1.0
 MAX_LANES = 8
 LANE_BUFFER = 256
@@ -84,7 +84,7 @@ def check_agent(name: str) -> saga.Agent:
 class AgentApp(faust.App):
     """A Faust app that starts the runtime's resources before its agents and drains them at stop."""
 
-    runtime: Runtime
+    runtime: AgentRuntime
     settings: Settings
     metrics_server: metrics.MetricsServer | None = None
 
@@ -149,14 +149,11 @@ def create_app(agent_name: str, settings: Settings, *, adapter: Adapter | None =
         # linger is pure latency here; the lanes' concurrent sends still share batches.
         return EventPublisher(AIOKafkaProducer(**{**config, "linger_ms": 0}), codec, catalog)
 
-    runtime = Runtime(
+    runtime = AgentRuntime(
         adapter=adapter if adapter is not None else make_adapter(agent, settings),
         consumer=consumer,
         codec=codec,
-        policy=saga.Policy(
-            refund_policy=settings.refund_policy,
-            payment_action_timeout=timedelta(seconds=settings.payment_action_timeout_seconds),
-        ),
+        policy=saga.Policy.from_settings(settings),
         connect_pool=connect_pool,
         make_publisher=make_publisher,
     )
@@ -266,9 +263,9 @@ def lanes_for(settings: Settings, adapter: Adapter) -> int:
     """How many partitions one worker processes at once (``ERYNOA_AGENT_LANES``; 0: automatic).
 
     One lane when the agent's work is all in PostgreSQL: everything that queued up then goes
-    into one batch, and on two CPUs that beat four lanes on both counts (bench/saga_only.py:
-    34 vs 48 ms of CPU per booking, e2e median 0.65 vs 1.1 s at 20 bookings/s). Several when
-    it waits on outside services, so that one slow call does not hold every partition.
+    into one batch, which costs less CPU per booking and answers sooner than several lanes
+    competing for the same database (``bench/saga_only.py`` measures it). Several when it
+    waits on outside services, so that one slow call does not hold every partition.
 
     A handler holds one pooled connection for its transaction and may briefly take a second
     (the sandbox ledger, a delivery record); with at most ``pool // 2 - 1`` lanes plus the
@@ -278,11 +275,11 @@ def lanes_for(settings: Settings, adapter: Adapter) -> int:
     return max(1, min(wanted, settings.db_pool_max // 2 - 1))
 
 
-def _main_stream(runtime: Runtime, lanes: int) -> Callable[[Any], Awaitable[None]]:
+def _main_stream(runtime: AgentRuntime, lanes: int) -> Callable[[Any], Awaitable[None]]:
     """The consumed topics' messages, handled in ``lanes`` parallel lanes by partition.
 
     One partition always goes to the same lane and a lane handles its messages one batch after
-    another (what queued up while the last batch ran, in arrival order: ``Runtime.process``),
+    another (what queued up while the last batch ran, in arrival order: ``AgentRuntime.process``),
     so each partition is processed — and acknowledged — in order: a booking's events keep
     their order, and an offset is never committed past an unfinished message (Faust's
     bookkeeping of out-of-order acks is not trusted with that). Acks are manual: see the
@@ -321,7 +318,7 @@ def _main_stream(runtime: Runtime, lanes: int) -> Callable[[Any], Awaitable[None
     return main_stream
 
 
-def _retry_stream(runtime: Runtime) -> Callable[[Any], Awaitable[None]]:
+def _retry_stream(runtime: AgentRuntime) -> Callable[[Any], Awaitable[None]]:
     """A retry tier's messages wait until their ``not-before`` time, then run the same handler.
 
     Sleeping is fine here: a retry topic holds only retries, in the order they failed, so the

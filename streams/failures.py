@@ -11,7 +11,7 @@ retried in place, so one poison message cannot block its partition:
 
 Headers say why, where from and how often (names in ``erynoa.kafka``). The origin
 (topic, partition, offset) and the first failure time are those of the *first* failure and
-are kept across tiers, and the attempt count survives a DLQ replay (``consumers.dlq``), whose
+are kept across tiers, and the attempt count survives a DLQ replay (``ops.dlq``), whose
 ``erynoa-replay`` marker sends a message that fails again straight back to the dead-letter topic
 instead of starting the tiers over.
 """
@@ -26,35 +26,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import asyncpg
-from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 
 from erynoa import kafka as k
 from erynoa.codec import UndecodableEvent
+from erynoa.kafka import KAFKA_REFUSALS
 from erynoa.saga import SagaError
 from erynoa.topics import Consumer
 
 ErrorKind = Literal["retryable", "permanent"]
-
-_MAX_ERROR_LEN = 1000
-
-# Headers a hop rewrites; every other header (trace context, request id, synthetic marker, the
-# replay marker) travels with the message unchanged.
-_BOOKKEEPING = frozenset(
-    {
-        k.H_ATTEMPTS,
-        k.H_ERROR,
-        k.H_ERROR_CLASS,
-        k.H_ERROR_KIND,
-        k.H_ORIGIN_TOPIC,
-        k.H_ORIGIN_PARTITION,
-        k.H_ORIGIN_OFFSET,
-        k.H_FIRST_FAILURE,
-        k.H_LAST_FAILURE,
-        k.H_NOT_BEFORE,
-        k.H_CONSUMER,
-    }
-)
 
 
 class RetryableError(Exception):
@@ -64,18 +44,6 @@ class RetryableError(Exception):
 class PermanentError(Exception):
     """A failure that will fail the same way every time (bad input, a refused request)."""
 
-
-KAFKA_REFUSALS: tuple[type[BaseException], ...] = (
-    kafka_errors.MessageSizeTooLargeError,
-    kafka_errors.RecordTooLargeError,
-    kafka_errors.RecordListTooLargeError,
-    kafka_errors.InvalidTopicError,
-    kafka_errors.TopicAuthorizationFailedError,
-    kafka_errors.ClusterAuthorizationFailedError,
-    kafka_errors.UnsupportedVersionError,
-    kafka_errors.CorruptRecordException,
-)
-"""What a broker answers the same way however often it is asked: not an outage."""
 
 _RETRYABLE: tuple[type[BaseException], ...] = (
     RetryableError,
@@ -116,7 +84,7 @@ def classify(error: BaseException) -> ErrorKind:
 
 def describe(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return text[:_MAX_ERROR_LEN]
+    return text[: k.MAX_ERROR_LEN]
 
 
 @dataclass(frozen=True)
@@ -139,17 +107,9 @@ class Hop:
     not_before: datetime
 
 
-def attempts_so_far(headers: Sequence[tuple[str, bytes]] | None) -> int:
-    raw = k.header(headers, k.H_ATTEMPTS)
-    try:
-        return max(0, int(raw)) if raw is not None else 0
-    except ValueError:
-        return 0
-
-
 def is_final_attempt(consumer: Consumer, headers: Sequence[tuple[str, bytes]] | None) -> bool:
     """Whether a retryable failure of this delivery would go to the dead-letter topic."""
-    return attempts_so_far(headers) >= len(consumer.retry_topics) or _replayed(headers)
+    return k.attempts_so_far(headers) >= len(consumer.retry_topics) or _replayed(headers)
 
 
 def _replayed(headers: Sequence[tuple[str, bytes]] | None) -> bool:
@@ -176,7 +136,7 @@ def next_hop(
 ) -> Hop:
     """The retry tier (or the DLQ) for a message whose handling raised ``error``."""
     kind = kind or classify(error)
-    attempts = attempts_so_far(headers) + 1
+    attempts = k.attempts_so_far(headers) + 1
     tier = attempts - 1
     dead = kind == "permanent" or tier >= len(consumer.retry_topics) or _replayed(headers)
     if dead:
@@ -184,36 +144,14 @@ def next_hop(
     else:
         topic, delay_ms = consumer.retry_topics[tier], consumer.retry_delays_ms[tier]
     due = now + timedelta(milliseconds=delay_ms)
-
-    first_origin = k.header(headers, k.H_ORIGIN_TOPIC) is not None
-    kept: list[tuple[str, bytes]] = [(n, v) for n, v in headers or () if n not in _BOOKKEEPING]
-
-    def keep_or(name: str, value: str) -> tuple[str, bytes]:
-        previous = k.header(headers, name)
-        return (name, (previous if previous is not None else value).encode())
-
-    now_iso = now.astimezone(UTC).isoformat()
-    if first_origin:
-        origin_headers = [
-            keep_or(k.H_ORIGIN_TOPIC, origin.topic),
-            keep_or(k.H_ORIGIN_PARTITION, str(origin.partition)),
-            keep_or(k.H_ORIGIN_OFFSET, str(origin.offset)),
-        ]
-    else:
-        origin_headers = [
-            (k.H_ORIGIN_TOPIC, origin.topic.encode()),
-            (k.H_ORIGIN_PARTITION, str(origin.partition).encode()),
-            (k.H_ORIGIN_OFFSET, str(origin.offset).encode()),
-        ]
-    kept += [
-        (k.H_ATTEMPTS, str(attempts).encode()),
-        (k.H_ERROR, describe(error).encode()),
-        (k.H_ERROR_CLASS, type(error).__name__.encode()),
-        (k.H_ERROR_KIND, kind.encode()),
-        *origin_headers,
-        keep_or(k.H_FIRST_FAILURE, now_iso),
-        (k.H_LAST_FAILURE, now_iso.encode()),
-        (k.H_NOT_BEFORE, str(int(due.timestamp() * 1000)).encode()),
-        (k.H_CONSUMER, consumer.name.encode()),
-    ]
+    kept = k.failure_headers(
+        headers,
+        origin=(origin.topic, origin.partition, origin.offset),
+        consumer=consumer.name,
+        error=describe(error),
+        error_class=type(error).__name__,
+        error_kind=kind,
+        now=now,
+        not_before=due,
+    )
     return Hop(topic=topic, headers=kept, attempts=attempts, dead_letter=dead, not_before=due)

@@ -8,7 +8,7 @@ Run: ``erynoa worker provider-response``. Consumes ``bookings``, ``payments`` an
 The deadline (the service's ``response_deadline_seconds`` after the payment was authorized) is
 a row in ``provider_deadlines``, so it survives restarts and rebalances. Every worker of the
 group runs ``sweep_deadlines`` once a second: it picks due rows and re-evaluates each booking
-through the same rules with the current time (``Runtime.tick``); the per-booking lock makes
+through the same rules with the current time (``AgentRuntime.tick``); the per-booking lock makes
 sure one worker does it, and the state makes a second evaluation a no-op. An answer counts if
 it was *given* before the deadline (the rules compare the answer's ``occurred_at``), so an
 answer that arrives after the timeout changes nothing.
@@ -37,7 +37,7 @@ from erynoa.events import (
     ProviderResponseRequested,
     ProviderTimedOut,
 )
-from streams.runtime import BaseAdapter, Context, Runtime
+from streams.runtime import AgentRuntime, BaseAdapter, Context
 
 log = logging.getLogger("streams.provider_response")
 
@@ -147,7 +147,7 @@ class ProviderResponseAdapter(BaseAdapter):
         )
 
 
-async def sweep_deadlines(runtime: Runtime) -> int:
+async def sweep_deadlines(runtime: AgentRuntime) -> int:
     """Evaluate every booking whose deadline passed (by the database's clock, the one that set
     the deadline); returns how many this worker handled."""
     rows = await runtime.pool.fetch(

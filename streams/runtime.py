@@ -54,7 +54,7 @@ from opentelemetry.trace import SpanKind
 
 from erynoa import kafka as k
 from erynoa import saga, tracing
-from erynoa.codec import EventCodec, UndecodableEvent
+from erynoa.codec import EventCodec, RegistryUnavailable, UndecodableEvent
 from erynoa.events import (
     BookingEvent,
     BookingRequested,
@@ -63,7 +63,7 @@ from erynoa.events import (
     derived_event_id,
     make,
 )
-from erynoa.kafka import EventPublisher
+from erynoa.kafka import KAFKA_REFUSALS, EventPublisher
 from erynoa.topics import Consumer
 from streams import failures, store
 from streams.metrics import AgentMetrics
@@ -245,7 +245,7 @@ def log_extra(event: BookingEvent | None = None, **more: object) -> dict[str, ob
     return extra
 
 
-class Runtime:
+class AgentRuntime:
     """One agent's processing: resources, the handler, failure routing, graceful drain."""
 
     def __init__(
@@ -367,13 +367,25 @@ class Runtime:
         decoded: list[Decoded] = []
         for incoming in batch:
             try:
-                decoded.append((incoming, self.codec.decode(incoming.value)))
+                decoded.append((incoming, await self._decode(incoming)))
             except UndecodableEvent as exc:
                 self.metrics.handled(self.metrics.event_type(incoming.headers), 0.0)
                 await self._route_failure(incoming, exc)
         if decoded:
             await self._process_decoded(decoded)
         await self._record_done(batch)
+
+    async def _decode(self, incoming: Incoming) -> BookingEvent | CatalogEvent:
+        """The message's event. A schema id the codec has not seen is asked of the registry;
+        while the registry is down that is an outage, so the lane waits in place for it."""
+        try:
+            return self.codec.decode(incoming.value)
+        except RegistryUnavailable:
+
+            async def again() -> BookingEvent | CatalogEvent:
+                return self.codec.decode(incoming.value)
+
+            return await self._through_outages(again)
 
     # --- positions: no message is skipped, whatever the consumer library acks ------------
 
@@ -567,7 +579,9 @@ class Runtime:
     async def unavailable(self, error: BaseException | None = None) -> str | None:
         """The dependency that is down (with why), or None when PostgreSQL, Kafka and the
         adapter's own services all answer."""
-        if isinstance(error, KafkaError) and not isinstance(error, failures.KAFKA_REFUSALS):
+        if isinstance(error, RegistryUnavailable):
+            return f"schema-registry: {failures.describe(error)}"
+        if isinstance(error, KafkaError) and not isinstance(error, KAFKA_REFUSALS):
             # Sending is the one thing a message cannot make fail (a record the broker refuses
             # is a permanent error): this means the cluster cannot take writes just now.
             return f"kafka: {failures.describe(error)}"
@@ -1024,8 +1038,8 @@ class OutboxCleanup:
     many batches in one statement.
 
     A published row left over (the worker died before its deletion, or the deletion failed)
-    only means the relay (``Runtime.relay_outbox``, for rows older than a few seconds) publishes
-    it again — with the same event id, which every consumer deduplicates.
+    only means the relay (``AgentRuntime.relay_outbox``, for rows older than a few seconds)
+    publishes it again — with the same event id, which every consumer deduplicates.
     """
 
     def __init__(self, agent: str, pool: asyncpg.Pool) -> None:

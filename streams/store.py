@@ -179,9 +179,9 @@ async def commit_batch(
     events: Sequence[OutboxRow],
     started: Sequence[str] = (),
 ) -> list[OutboxRow]:
-    """``save_state`` + ``mark_processed`` + ``add_to_outbox`` + ``pending_outbox`` for a whole
-    batch in ONE round trip: the end of every handled batch (profiled: these statements, one
-    per message, were a third of an agent's PostgreSQL waits). The events kept early for the
+    """``save_state``, the ``processed_events`` marks, ``add_to_outbox`` and
+    ``pending_outbox`` for a whole batch in one statement: the end of every handled batch, so
+    its cost must not grow with the number of messages in it. The events kept early for the
     ``started`` bookings (folded in now) are deleted in the same statement.
 
     Returns the outbox of ``bookings`` in publishing order: rows left by an earlier failed

@@ -1,9 +1,9 @@
-"""Operators' endpoints (role admin): statistics and the sagas ("workflows") in flight.
+"""Operators' endpoints (role admin): statistics, the sagas ("workflows") in flight with one
+saga's timeline, cancel/retry with a dry run, and the dead-letter topics with replay.
 
-A saga is in flight while its booking has no outcome yet, or has one but a compensation is
-still pending (money still held or to refund, a hold not yet released) — the same rules the
-agents follow (``erynoa.saga``). It is *stuck* when its provider deadline passed without a
-timeout, or nothing happened to it for ``stuck_after_seconds``.
+Every answer comes from ``ops``, as ``erynoa saga|dlq`` does: a saga is in flight, waiting or
+stuck by the same rules (``ops.assess``) with the deployment's ``Policy``, so the command line,
+this API and the console report the same sagas.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable
-from datetime import datetime
-from typing import Annotated, Literal
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
 
+from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +23,7 @@ from api import kafka_stats
 from api.deps import AdminUser, Context, Db, Outbox, Publisher, RuntimeDep
 from api.envelopes import (
     ACCEPTED_RESPONSE,
+    ApiError,
     Envelope,
     Page,
     accepted,
@@ -32,7 +33,7 @@ from api.envelopes import (
     page,
     utcnow,
 )
-from api.readmodel import BOOKING_COLUMNS, fetch_booking, fetch_history, fetch_page
+from api.readmodel import BOOKING_COLUMNS, fetch_booking
 from api.routes.bookings import (
     BOOKING_EXAMPLE,
     REACTION_ESTIMATE,
@@ -42,38 +43,26 @@ from api.routes.bookings import (
     request_cancellation,
 )
 from api.schemas import Body, Paging, Reason
-from erynoa import events as ev
-from erynoa.saga import MONEY_HELD, OUTCOMES, TERMINAL, Status
+from erynoa import kafka as k
+from erynoa import saga
+from erynoa.codec import default_codec
+from erynoa.events import BookingEvent
+from erynoa.kafka import Published
+from erynoa.saga import Status
+from ops import assess, dead_letters, replay, sagas
+from ops.assess import DEFAULT_EXPECTATIONS, Expectations
+from ops.errors import BadInput
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 log = logging.getLogger("erynoa.api.admin")
 
 KAFKA_STATS_TIMEOUT_SECONDS = 5.0
-Step = Literal["all", "reservation", "payment", "notification", "provider-response"]
+Step = Literal["all", saga.Agent]
+Json = dict[str, Any]
 
 
-def _quoted(values: Iterable[str]) -> str:
-    # Only our own enum values are ever quoted here, never client input.
-    return ", ".join(f"'{v}'" for v in sorted(values))
-
-
-def in_flight_sql(refund_policy: str) -> str:
-    """SQL true for a booking whose saga still has work to do (see the module docstring)."""
-    refund_pending = (
-        " OR (b.status = 'cancelled' AND b.payment = 'captured')" if refund_policy == "full" else ""
-    )
-    return (
-        f"(b.status NOT IN ({_quoted(OUTCOMES)})"
-        f" OR (b.status IN ({_quoted(TERMINAL)})"
-        f" AND (b.hold IN ('held', 'converted') OR b.payment IN ({_quoted(MONEY_HELD)})))"
-        f" OR (b.status = 'confirmed' AND b.hold = 'held'){refund_pending})"
-    )
-
-
-STUCK_SQL = (
-    "COALESCE(b.status = 'awaiting_provider' AND b.provider_deadline_at < now(), false)"
-    " OR b.updated_at < now() - make_interval(secs => {param})"
-)
+def bad_input(exc: BadInput) -> ApiError:
+    return ApiError(422, str(exc), code="VALIDATION_ERROR")
 
 
 class Stats(BaseModel):
@@ -102,9 +91,18 @@ class Stats(BaseModel):
     kafka_error: str | None = Field(description="why the Kafka figures are missing, if they are")
 
 
+class Waiting(BaseModel):
+    who: str = Field(description="an agent, provider, customer or materializer")
+    what: str
+    until: datetime | None = None
+
+
 class WorkflowSummary(BookingSummary):
     stuck: bool
     age_seconds: float
+    stuck_reason: str | None = Field(description="why it counts as stuck (ops' rule)")
+    idle_seconds: float = Field(description="time since the booking's last event")
+    waiting: list[Waiting] = Field(description="who the saga waits for, and for what")
 
 
 class TimelineEntry(BaseModel):
@@ -116,6 +114,8 @@ class TimelineEntry(BaseModel):
     topic: str
     partition: int
     offset: int
+    kind: Literal["request", "step", "failure", "compensation", "notification"]
+    detail: str = Field(description="the event's own fields, for people")
 
 
 class Workflow(BookingSummary):
@@ -135,8 +135,20 @@ class Workflow(BookingSummary):
                             "topic": "bookings",
                             "partition": 3,
                             "offset": 1041,
+                            "kind": "request",
+                            "detail": "customer_id=alice, provider_id=bob, price=45.00 EUR",
                         }
                     ],
+                    "stuck": False,
+                    "stuck_reason": None,
+                    "waiting": [
+                        {
+                            "who": "provider",
+                            "what": "accept or reject",
+                            "until": "2026-01-29T10:00:00Z",
+                        }
+                    ],
+                    "elapsed_seconds": 5.2,
                 }
             ]
         }
@@ -144,6 +156,10 @@ class Workflow(BookingSummary):
 
     in_flight: bool
     timeline: list[TimelineEntry]
+    stuck: bool
+    stuck_reason: str | None
+    waiting: list[Waiting]
+    elapsed_seconds: float = Field(description="first event to the last, or to now in flight")
 
 
 class WorkflowAction(Body):
@@ -159,6 +175,9 @@ class WorkflowAction(Body):
     action: Literal["cancel", "retry"]
     step: Step = Field(default="all", description="retry: which agent's step to re-run")
     reason: Reason | None = None
+    dry_run: bool = Field(
+        default=False, description="answer 200 with what would be published; publish nothing"
+    )
 
 
 @router.get("/stats", response_model=Envelope[Stats], responses=errors(401, 403, 429, 500, 503))
@@ -192,6 +211,16 @@ async def stats(
     )
 
 
+def _expectations(stuck_after_seconds: int | None) -> Expectations:
+    if stuck_after_seconds is None:
+        return DEFAULT_EXPECTATIONS
+    return Expectations.uniform(timedelta(seconds=stuck_after_seconds))
+
+
+def _waiting(found: tuple[assess.Waiting, ...]) -> list[Waiting]:
+    return [Waiting(who=w.who, what=w.what, until=w.until) for w in found]
+
+
 @router.get(
     "/workflows",
     response_model=Page[WorkflowSummary],
@@ -209,8 +238,13 @@ async def list_workflows(
     ] = 0,
     stuck: Annotated[bool, Query(description="only sagas past their deadline or idle")] = False,
     stuck_after_seconds: Annotated[
-        int, Query(ge=1, le=10**7, description="idle for this long counts as stuck")
-    ] = 300,
+        int | None,
+        Query(
+            ge=1,
+            le=10**7,
+            description="idle this long counts as stuck in any step (default: per step)",
+        ),
+    ] = None,
     provider_id: Annotated[
         str | None, Query(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")
     ] = None,
@@ -219,39 +253,40 @@ async def list_workflows(
     ] = None,
 ) -> Page[WorkflowSummary]:
     """Sagas in flight, oldest first; filter by status, age, stuck, provider or customer."""
-    stuck_sql = "(" + STUCK_SQL.format(param="$1") + ")"
-    conditions = [
-        in_flight_sql(runtime.settings.refund_policy),
-        "($2::text IS NULL OR b.status = $2)",
-        "b.requested_at <= now() - make_interval(secs => $3)",
-        "($4::text IS NULL OR b.provider_id = $4)",
-        "($5::text IS NULL OR b.customer_id = $5)",
-        # Always present (even when not filtering) so every parameter is used in the count.
-        f"($6::bool IS FALSE OR {stuck_sql})",
-    ]
-    rows, total = await fetch_page(
-        conn,
-        columns=f"{BOOKING_COLUMNS}, {stuck_sql} AS stuck, "
-        "extract(epoch FROM now() - b.requested_at)::float8 AS age_seconds",
-        from_where="FROM bookings b WHERE " + " AND ".join(conditions),
-        order_by="b.requested_at, b.id",
-        params=[
-            float(stuck_after_seconds),
-            status.value if status else None,
-            float(min_age_seconds),
-            provider_id,
-            customer_id,
-            stuck,
-        ],
-        paging=paging,
+    query = sagas.SagaQuery(
+        stuck=stuck,
+        status=status,
+        older_than=timedelta(seconds=min_age_seconds),
+        provider_id=provider_id,
+        customer_id=customer_id,
+        offset=paging.offset,
+        limit=paging.per_page,
     )
+    found = await sagas.page_sagas(
+        conn,
+        query,
+        utcnow(),
+        _expectations(stuck_after_seconds),
+        saga.Policy.from_settings(runtime.settings),
+    )
+    rows = await conn.fetch(
+        f"SELECT {BOOKING_COLUMNS} FROM bookings b WHERE b.id = ANY($1::uuid[])",
+        [s.booking_id for s in found.sagas],
+    )
+    by_id = {str(r["id"]): r for r in rows}
     items = [
         WorkflowSummary(
-            **booking_summary(r).model_dump(), stuck=r["stuck"], age_seconds=r["age_seconds"]
+            **booking_summary(by_id[s.booking_id]).model_dump(),
+            stuck=s.stuck,
+            age_seconds=s.age.total_seconds(),
+            stuck_reason=s.stuck_reason,
+            idle_seconds=s.idle.total_seconds(),
+            waiting=_waiting(s.waiting),
         )
-        for r in rows
+        for s in found.sagas
+        if s.booking_id in by_id
     ]
-    return page(request, items, page=paging.page, per_page=paging.per_page, total=total)
+    return page(request, items, page=paging.page, per_page=paging.per_page, total=found.total)
 
 
 @router.get(
@@ -260,35 +295,56 @@ async def list_workflows(
     responses=errors(401, 403, 404, 422, 429, 500, 503),
 )
 async def get_workflow(
-    request: Request, booking_id: uuid.UUID, _admin: AdminUser, conn: Db, runtime: RuntimeDep
+    request: Request,
+    booking_id: uuid.UUID,
+    _admin: AdminUser,
+    conn: Db,
+    runtime: RuntimeDep,
+    stuck_after_seconds: Annotated[
+        int | None,
+        Query(ge=1, le=10**7, description="idle this long counts as stuck (default: per step)"),
+    ] = None,
 ) -> Envelope[Workflow]:
-    """One saga's timeline: each event, who produced it, when, and the time since the last."""
+    """One saga's timeline: each event, who produced it, when, the time since the last, and
+    what the saga waits for."""
     row = await fetch_booking(conn, str(booking_id))
     if row is None:
         raise not_found("workflow")
-    in_flight = await conn.fetchval(
-        f"SELECT {in_flight_sql(runtime.settings.refund_policy)} FROM bookings b WHERE b.id = $1",
-        booking_id,
+    timeline = await sagas.saga_timeline(
+        conn,
+        str(booking_id),
+        default_codec(),
+        utcnow(),
+        _expectations(stuck_after_seconds),
+        saga.Policy.from_settings(runtime.settings),
     )
-    timeline: list[TimelineEntry] = []
-    previous: datetime | None = None
-    for h in await fetch_history(conn, str(booking_id)):
-        gap = (h["occurred_at"] - previous).total_seconds() * 1000 if previous else None
-        timeline.append(
-            TimelineEntry(
-                event_id=h["event_id"],
-                event_type=h["event_type"],
-                producer=h["producer"],
-                occurred_at=h["occurred_at"],
-                since_previous_ms=round(gap, 3) if gap is not None else None,
-                topic=h["topic"],
-                partition=h["partition"],
-                offset=h["offset"],
-            )
+    entries = [
+        TimelineEntry(
+            event_id=uuid.UUID(e.event_id),
+            event_type=e.event_type,
+            producer=e.producer,
+            occurred_at=e.occurred_at,
+            since_previous_ms=(
+                round(e.since_previous.total_seconds() * 1000, 3)
+                if e.since_previous is not None
+                else None
+            ),
+            topic=e.topic,
+            partition=e.partition,
+            offset=e.offset,
+            kind=e.kind,
+            detail=e.detail,
         )
-        previous = h["occurred_at"]
+        for e in timeline.entries
+    ]
     workflow = Workflow(
-        **booking_summary(row).model_dump(), in_flight=bool(in_flight), timeline=timeline
+        **booking_summary(row).model_dump(),
+        in_flight=timeline.in_flight,
+        timeline=entries,
+        stuck=timeline.stuck,
+        stuck_reason=timeline.stuck_reason,
+        waiting=_waiting(timeline.waiting),
+        elapsed_seconds=timeline.elapsed.total_seconds(),
     )
     return ok(request, workflow)
 
@@ -297,22 +353,55 @@ async def get_workflow(
     "/workflows/{booking_id}",
     status_code=202,
     response_model=None,
-    responses={**ACCEPTED_RESPONSE, **errors(401, 403, 404, 409, 413, 415, 422, 429, 500, 503)},
+    responses={
+        **ACCEPTED_RESPONSE,
+        200: {"description": "a dry run: what would be published (``ops`` OperatorRequest)"},
+        **errors(401, 403, 404, 409, 413, 415, 422, 429, 500, 503),
+    },
 )
 async def act_on_workflow(
+    request: Request,
     booking_id: uuid.UUID,
     body: WorkflowAction,
     admin: AdminUser,
     conn: Db,
+    runtime: RuntimeDep,
     kafka: Publisher,
     outbox: Outbox,
     ctx: Context,
-) -> JSONResponse:
-    """Cancel a saga (compensations run) or retry one of its steps."""
+) -> JSONResponse | Envelope[Json]:
+    """Cancel a saga (compensations run) or retry one of its steps; ``dry_run`` shows what
+    would be published."""
     row = await fetch_booking(conn, str(booking_id))
     if row is None:
         raise not_found("workflow")
-    if body.action == "cancel":
+    policy = saga.Policy.from_settings(runtime.settings)
+
+    async def publish(event: BookingEvent) -> Published:
+        return await kafka.publish(event, ctx)
+
+    if body.dry_run or body.action == "retry":
+        common: dict[str, Any] = {
+            "operator": admin.sub,
+            "codec": default_codec(),
+            "now": utcnow(),
+            "dry_run": body.dry_run,
+            "policy": policy,
+            "producer": "api",
+        }
+        if body.action == "retry":
+            answer = await sagas.retry_saga(
+                conn, publish, str(booking_id), step=body.step, **common
+            )
+        else:
+            answer = await sagas.cancel_saga(
+                conn, None, str(booking_id), reason=body.reason, **common
+            )
+        if body.dry_run:
+            return ok(request, answer.to_json())
+    else:
+        # Through the outbox with the customer's cancel: once per booking, whatever fails
+        # after the 202.
         await request_cancellation(
             conn,
             outbox,
@@ -322,14 +411,136 @@ async def act_on_workflow(
             reason=body.reason or "cancelled by an operator",
             ctx=ctx,
         )
-    else:
-        event = ev.make(
-            ev.SagaRetryRequested,
-            booking_id=str(booking_id),
-            producer="api",
-            correlation_id=row["correlation_id"],
-            step=body.step,
-            requested_by=admin.sub,
-        )
-        await kafka.publish(event, ctx)
     return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+class DeadLetterFilter(Body):
+    """Which dead letters: every filter given must match."""
+
+    topics: list[str] = Field(
+        default_factory=list, description="dead-letter topics (payment.dlq) or consumers (payment)"
+    )
+    booking_id: uuid.UUID | None = None
+    event_type: str | None = Field(default=None, max_length=100)
+    error_class: str | None = Field(default=None, max_length=200)
+    since: str | None = Field(
+        default=None, max_length=64, description="ISO time, or a duration ago: 90s, 15m, 2h, 7d"
+    )
+    until: str | None = Field(default=None, max_length=64)
+    limit: int | None = Field(default=50, ge=1, le=10_000)
+    max_scan: int = Field(default=100_000, ge=1, le=10_000_000)
+
+
+class ReplayRequest(DeadLetterFilter):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error_class": "GatewayUnavailable", "since": "2h", "dry_run": True}]
+        }
+    )
+
+    dry_run: bool = Field(default=True, description="plan only: what would be replayed")
+    again: bool = Field(default=False, description="re-drive messages replayed before")
+    include_undecodable: bool = False
+    rate: float | None = Field(default=None, gt=0, le=10_000, description="messages per second")
+
+
+def _dlq_query(runtime: RuntimeDep, f: DeadLetterFilter) -> dead_letters.Query:
+    try:
+        return dead_letters.query_from(
+            runtime.catalog,
+            utcnow(),
+            topics=f.topics,
+            booking_id=str(f.booking_id) if f.booking_id else None,
+            event_type=f.event_type,
+            error_class=f.error_class,
+            since=f.since,
+            until=f.until,
+            limit=f.limit,
+        )
+    except BadInput as exc:
+        raise bad_input(exc) from None
+
+
+@router.get("/dlq", response_model=Envelope[list[Json]], responses=errors(401, 403, 429, 500, 503))
+async def dead_letter_topics(
+    request: Request,
+    _admin: AdminUser,
+    runtime: RuntimeDep,
+    sample: Annotated[int, Query(ge=1, le=1_000_000, description="newest messages read")] = 10_000,
+) -> Envelope[list[Json]]:
+    """Every dead-letter topic: depth, oldest and newest message, counts by error class."""
+    found = await dead_letters.summarize(
+        runtime.catalog, runtime.settings.kafka_bootstrap, sample=sample
+    )
+    return ok(request, [s.to_json() for s in found])
+
+
+@router.post(
+    "/dlq/messages",
+    response_model=Envelope[Json],
+    responses=errors(401, 403, 422, 429, 500, 503),
+)
+async def dead_letter_messages(
+    request: Request, body: DeadLetterFilter, _admin: AdminUser, runtime: RuntimeDep
+) -> Envelope[Json]:
+    """Dead letters, decoded, with their headers: why, where from, when, how often."""
+    query = _dlq_query(runtime, body)
+    try:
+        found = await dead_letters.find(
+            runtime.catalog,
+            runtime.settings.kafka_bootstrap,
+            query,
+            default_codec(),
+            max_scan=body.max_scan,
+        )
+    except BadInput as exc:
+        raise bad_input(exc) from None
+    return ok(request, found.to_json())
+
+
+@router.post(
+    "/dlq/replay",
+    response_model=Envelope[Json],
+    responses=errors(401, 403, 413, 415, 422, 429, 500, 503),
+)
+async def replay_dead_letters(
+    request: Request, body: ReplayRequest, admin: AdminUser, conn: Db, runtime: RuntimeDep
+) -> Envelope[Json]:
+    """Plan (``dry_run``, the default) or run a replay of the matching dead letters to their
+    origin topics, audited under the admin's name."""
+    query = _dlq_query(runtime, body)
+    codec = default_codec()
+    found = await dead_letters.find(
+        runtime.catalog, runtime.settings.kafka_bootstrap, query, codec, max_scan=body.max_scan
+    )
+    plan = await replay.plan_replay(
+        conn,
+        runtime.catalog,
+        found.messages,
+        codec,
+        utcnow(),
+        again=body.again,
+        include_undecodable=body.include_undecodable,
+        with_effects=body.dry_run,
+        policy=saga.Policy.from_settings(runtime.settings),
+    )
+    if body.dry_run:
+        would = sum(1 for p in plan if p.replay)
+        return ok(
+            request,
+            {"dry_run": True, "would_replay": would, "plan": [p.to_json() for p in plan]},
+        )
+    producer = AIOKafkaProducer(
+        **k.producer_config(runtime.settings.kafka_bootstrap, "erynoa-api-dlq-replay")
+    )
+    await producer.start()
+    try:
+        report = await replay.replay(
+            runtime.pool, producer, plan, operator=admin.sub, again=body.again, rate=body.rate
+        )
+    finally:
+        await producer.stop()
+    return ok(request, {"dry_run": False, **report.to_json()})

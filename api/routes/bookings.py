@@ -134,7 +134,7 @@ class BookingCreate(Body):
     notes: Notes | None = Field(default=None, description="for the provider, <= 2000 characters")
 
 
-class Action(Body):
+class ReasonBody(Body):
     """An optional reason, kept with the event (shown to the other party)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "Fully booked that day"}]})
@@ -503,7 +503,7 @@ async def list_bookings(
 async def _answer(
     decision: ev.Decision,
     booking_id: uuid.UUID,
-    body: Action | None,
+    body: ReasonBody | None,
     user: Principal,
     conn: asyncpg.Connection,
     outbox: ApiOutbox,
@@ -639,7 +639,7 @@ async def accept_booking(
     conn: Db,
     outbox: Outbox,
     ctx: Context,
-    body: Action | None = None,
+    body: ReasonBody | None = None,
 ) -> JSONResponse:
     """The service's provider accepts the booking (while it awaits their answer)."""
     return await _answer("accept", booking_id, body, user, conn, outbox, ctx)
@@ -654,7 +654,7 @@ async def reject_booking(
     conn: Db,
     outbox: Outbox,
     ctx: Context,
-    body: Action | None = None,
+    body: ReasonBody | None = None,
 ) -> JSONResponse:
     """The service's provider rejects the booking (while it awaits their answer)."""
     return await _answer("reject", booking_id, body, user, conn, outbox, ctx)
@@ -669,7 +669,7 @@ async def cancel_booking(
     conn: Db,
     outbox: Outbox,
     ctx: Context,
-    body: Action | None = None,
+    body: ReasonBody | None = None,
 ) -> JSONResponse:
     """Cancel the booking (its customer or an admin) unless it already ended."""
     row = await visible_booking(conn, booking_id, user)

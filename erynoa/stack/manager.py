@@ -25,9 +25,10 @@ from erynoa.stack.kafka import Kafka
 from erynoa.stack.mail import MailSink
 from erynoa.stack.postgres import Postgres
 from erynoa.stack.redis import Redis
+from erynoa.stack.registry import Registry
 from erynoa.stack.stripe_mock import StripeMock
 
-SERVICES: tuple[type[Service], ...] = (Kafka, Postgres, Redis, StripeMock, MailSink)
+SERVICES: tuple[type[Service], ...] = (Kafka, Postgres, Redis, Registry, StripeMock, MailSink)
 # The services of a stack with one Kafka node (a cluster names its nodes kafka-1 .. kafka-N).
 SERVICE_NAMES: tuple[str, ...] = tuple(cls.name for cls in SERVICES)
 MAX_BROKERS = 5
@@ -318,7 +319,8 @@ def clean(settings: Settings, echo: Echo) -> None:
     paths = StackPaths.from_settings(settings)
     doomed: list[Path] = [paths.outside_dir]
     doomed += [
-        paths.state_dir / name for name in ("kafka", "postgres", "redis", "mail", "logs", "run")
+        paths.state_dir / name
+        for name in ("kafka", "postgres", "redis", "registry", "mail", "logs", "run")
     ]
     doomed += sorted(paths.state_dir.glob("kafka-[0-9]*"))
     doomed += [paths.state_dir / "postgres.location", paths.state_dir / kafka.CLUSTER_FILE]

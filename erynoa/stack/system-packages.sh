@@ -12,6 +12,8 @@ compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgres
 # The operator console's browser tests (tests/browser) drive a real, headless Chromium.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+# A subscriber's command-line view of the topics (README, "For subscribers"; tested).
+command -v kcat >/dev/null || missing+=(kcat)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -39,25 +39,14 @@ from erynoa.events import (
     PaymentVoided,
     StripeEventReceived,
 )
-from streams.payment.gateway import (
-    ActionRequired,
-    Authorized,
-    AuthorizeResult,
-    Captured,
-    CaptureFailed,
-    CaptureResult,
-    Declined,
-    Found,
-    GatewayUnavailable,
-    IntentStatus,
-    OutcomeUnknown,
-    PaymentGateway,
-    UnexpectedState,
-    Voided,
-)
-from streams.runtime import BaseAdapter, Context, Runtime
+from streams.payment import gateway as gw
+from streams.runtime import AgentRuntime, BaseAdapter, Context
 
 log = logging.getLogger("streams.payment")
+
+# Stripe keeps an idempotency key for at least 24 hours; a request older than half that is
+# looked up before it is authorized again.
+IDEMPOTENCY_KEY_TRUSTED = timedelta(hours=12)
 
 WEBHOOK_AUTHORIZED = frozenset(
     {"payment_intent.succeeded", "payment_intent.amount_capturable_updated"}
@@ -68,7 +57,7 @@ WEBHOOK_FAILED = frozenset({"payment_intent.payment_failed", "payment_intent.can
 class PaymentAdapter(BaseAdapter):
     agent: saga.Agent = "payment"
 
-    def __init__(self, gateway: PaymentGateway) -> None:
+    def __init__(self, gateway: gw.PaymentGateway) -> None:
         self.gateway = gateway
         self.waits_on_outside = gateway.remote
 
@@ -86,9 +75,9 @@ class PaymentAdapter(BaseAdapter):
         match action:
             case saga.AuthorizePayment(amount=amount):
                 result = await self._authorize(s, amount, ctx)
-                if isinstance(result, Authorized):
+                if isinstance(result, gw.Authorized):
                     return [self._authorized(ctx, result.payment_id)]
-                if isinstance(result, ActionRequired):
+                if isinstance(result, gw.ActionRequired):
                     return [
                         ctx.emit(
                             PaymentActionRequired,
@@ -97,12 +86,12 @@ class PaymentAdapter(BaseAdapter):
                             client_secret=result.client_secret,
                         )
                     ]
-                assert isinstance(result, Declined)
+                assert isinstance(result, gw.Declined)
                 return [self._failed(ctx, result.payment_id, result.code, result.message)]
             case saga.CapturePayment(amount=amount):
                 payment_id = _require_payment_id(s)
                 captured = await self._capture(s, payment_id, amount, ctx)
-                if isinstance(captured, Captured):
+                if isinstance(captured, gw.Captured):
                     return [
                         ctx.emit(PaymentCaptured, "captured", payment_id=payment_id, amount=amount)
                     ]
@@ -117,18 +106,18 @@ class PaymentAdapter(BaseAdapter):
                 ]
             case saga.VoidPayment():
                 voided = await self._void(s, ctx, "void")
-                if isinstance(voided, Found):  # it was captured after all
+                if isinstance(voided, gw.Found):  # it was captured after all
                     return [self._captured_after_all(ctx, voided)]
                 return [ctx.emit(PaymentVoided, "voided", payment_id=voided.payment_id)]
             case saga.AbandonPayment(reason=reason):
                 # The customer may have finished 3-D Secure with the webhook not processed yet:
                 # what the gateway says now decides, not how long the agent waited.
                 found = await self.gateway.find(booking_id=s.booking_id, payment_id=s.payment_id)
-                if found.status in (IntentStatus.AUTHORIZED, IntentStatus.CAPTURED):
+                if found.status in (gw.IntentStatus.AUTHORIZED, gw.IntentStatus.CAPTURED):
                     return [self._authorized(ctx, found.payment_id or _require_payment_id(s))]
                 # Cancel the intent first, so a late 3-D Secure success cannot authorize it.
                 abandoned = await self._void(s, ctx, "abandon")
-                if isinstance(abandoned, Found):  # authenticated just now: authorized after all
+                if isinstance(abandoned, gw.Found):  # authenticated just now: authorized after all
                     return [self._authorized(ctx, abandoned.payment_id or _require_payment_id(s))]
                 return [
                     ctx.emit(
@@ -162,7 +151,21 @@ class PaymentAdapter(BaseAdapter):
 
     async def _authorize(
         self, s: saga.BookingState, amount: Money, ctx: Context
-    ) -> AuthorizeResult:
+    ) -> gw.AuthorizeResult:
+        if _key_may_be_forgotten(ctx):
+            # An earlier attempt may have authorized with a key the gateway no longer
+            # remembers; the same key would now create a second PaymentIntent.
+            known = _as_authorization(
+                await self.gateway.find(booking_id=s.booking_id, payment_id=None)
+            )
+            if known is not None:
+                log.warning(
+                    "authorize for a booking requested %s ago: the gateway already has %s",
+                    ctx.now - s.requested_at,
+                    known,
+                    extra={"booking_id": s.booking_id},
+                )
+                return known
         try:
             return await self.gateway.authorize(
                 booking_id=s.booking_id,
@@ -170,23 +173,18 @@ class PaymentAdapter(BaseAdapter):
                 payment_method=s.payment_method,
                 idempotency_key=ctx.idempotency_key("authorize"),
             )
-        except (OutcomeUnknown, UnexpectedState) as exc:
+        except (gw.OutcomeUnknown, gw.UnexpectedState) as exc:
             found = await self.gateway.find(booking_id=s.booking_id, payment_id=None)
             _log_lookup(s, "authorize", exc, found)
-            if found.payment_id is None or found.status == IntentStatus.NOT_FOUND:
+            known = _as_authorization(found)
+            if known is None:
                 # Nothing was created: a retry with the same key is a first attempt.
                 raise _retry_later(exc) from exc
-            if found.status in (IntentStatus.AUTHORIZED, IntentStatus.CAPTURED):
-                return Authorized(found.payment_id)
-            if found.status == IntentStatus.ACTION_REQUIRED:
-                return ActionRequired(found.payment_id, found.client_secret)
-            return Declined(
-                found.status.value, f"the PaymentIntent is {found.status}", found.payment_id
-            )
+            return known
 
     async def _capture(
         self, s: saga.BookingState, payment_id: str, amount: Money, ctx: Context
-    ) -> CaptureResult:
+    ) -> gw.CaptureResult:
         try:
             return await self.gateway.capture(
                 booking_id=s.booking_id,
@@ -194,19 +192,19 @@ class PaymentAdapter(BaseAdapter):
                 amount=amount,
                 idempotency_key=ctx.idempotency_key("capture"),
             )
-        except (OutcomeUnknown, UnexpectedState) as exc:
+        except (gw.OutcomeUnknown, gw.UnexpectedState) as exc:
             found = await self.gateway.find(booking_id=s.booking_id, payment_id=payment_id)
             _log_lookup(s, "capture", exc, found)
-            if found.status == IntentStatus.CAPTURED:
-                return Captured(payment_id)
-            if found.status in (IntentStatus.AUTHORIZED, IntentStatus.ACTION_REQUIRED):
+            if found.status == gw.IntentStatus.CAPTURED:
+                return gw.Captured(payment_id)
+            if found.status in (gw.IntentStatus.AUTHORIZED, gw.IntentStatus.ACTION_REQUIRED):
                 # Still capturable: the capture did not happen; try it again later.
                 raise _retry_later(exc) from exc
-            return CaptureFailed(
+            return gw.CaptureFailed(
                 f"payment_intent_{found.status.value}", f"the PaymentIntent is {found.status}"
             )
 
-    async def _void(self, s: saga.BookingState, ctx: Context, step: str) -> Voided | Found:
+    async def _void(self, s: saga.BookingState, ctx: Context, step: str) -> gw.Voided | gw.Found:
         """Cancel the booking's authorization, if any: ``Voided``, or the ``Found`` intent when
         it turns out to be captured (void) or capturable after all (abandon)."""
         payment_id = s.payment_id
@@ -216,18 +214,22 @@ class PaymentAdapter(BaseAdapter):
                 payment_id=payment_id,
                 idempotency_key=ctx.idempotency_key(step),
             )
-        except (OutcomeUnknown, UnexpectedState) as exc:
+        except (gw.OutcomeUnknown, gw.UnexpectedState) as exc:
             found = await self.gateway.find(booking_id=s.booking_id, payment_id=payment_id)
             _log_lookup(s, step, exc, found)
-            if found.status in (IntentStatus.CANCELED, IntentStatus.FAILED, IntentStatus.NOT_FOUND):
-                return Voided(payment_id)
-            if found.status == IntentStatus.CAPTURED:
+            if found.status in (
+                gw.IntentStatus.CANCELED,
+                gw.IntentStatus.FAILED,
+                gw.IntentStatus.NOT_FOUND,
+            ):
+                return gw.Voided(payment_id)
+            if found.status == gw.IntentStatus.CAPTURED:
                 return found
-            if found.status == IntentStatus.AUTHORIZED and step == "abandon":
+            if found.status == gw.IntentStatus.AUTHORIZED and step == "abandon":
                 return found
             raise _retry_later(exc) from exc
 
-    def _captured_after_all(self, ctx: Context, found: Found) -> BookingEvent:
+    def _captured_after_all(self, ctx: Context, found: gw.Found) -> BookingEvent:
         # The money was taken (a capture whose answer was lost or misread): recorded as
         # captured, the rules refund it when the booking ended.
         s = ctx.state
@@ -254,11 +256,11 @@ class PaymentAdapter(BaseAdapter):
         """
         s = ctx.state
         found = await self.gateway.find(booking_id=s.booking_id, payment_id=None)
-        if found.payment_id is not None and found.status == IntentStatus.CAPTURED:
+        if found.payment_id is not None and found.status == gw.IntentStatus.CAPTURED:
             return [self._captured_after_all(ctx, found)]
         if found.payment_id is None or found.status not in (
-            IntentStatus.AUTHORIZED,
-            IntentStatus.ACTION_REQUIRED,
+            gw.IntentStatus.AUTHORIZED,
+            gw.IntentStatus.ACTION_REQUIRED,
         ):
             return []
         log.warning(
@@ -321,6 +323,26 @@ class PaymentAdapter(BaseAdapter):
         )
 
 
+def _key_may_be_forgotten(ctx: Context) -> bool:
+    """Whether the gateway may have forgotten this booking's authorize key. The key is first
+    used after the booking was requested, so a booking younger than the window has its key
+    remembered; an older one (a dead letter replayed late, a worker that died after the call,
+    an operator's retry days later) is looked up first. Half the window leaves room for
+    clocks that disagree."""
+    return ctx.now - ctx.state.requested_at > IDEMPOTENCY_KEY_TRUSTED
+
+
+def _as_authorization(found: gw.Found) -> gw.AuthorizeResult | None:
+    """What an authorization the gateway already has came to; None when it has none."""
+    if found.payment_id is None or found.status == gw.IntentStatus.NOT_FOUND:
+        return None
+    if found.status in (gw.IntentStatus.AUTHORIZED, gw.IntentStatus.CAPTURED):
+        return gw.Authorized(found.payment_id)
+    if found.status == gw.IntentStatus.ACTION_REQUIRED:
+        return gw.ActionRequired(found.payment_id, found.client_secret)
+    return gw.Declined(found.status.value, f"the PaymentIntent is {found.status}", found.payment_id)
+
+
 def may_hold_unrecorded_authorization(s: saga.BookingState) -> bool:
     """The booking ended after it was reserved with no payment recorded: its authorization was
     asked for, and its answer may have been lost."""
@@ -331,11 +353,11 @@ def may_hold_unrecorded_authorization(s: saga.BookingState) -> bool:
     )
 
 
-def _retry_later(exc: Exception) -> GatewayUnavailable:
-    return exc if isinstance(exc, GatewayUnavailable) else GatewayUnavailable(str(exc))
+def _retry_later(exc: Exception) -> gw.GatewayUnavailable:
+    return exc if isinstance(exc, gw.GatewayUnavailable) else gw.GatewayUnavailable(str(exc))
 
 
-def _log_lookup(s: saga.BookingState, step: str, exc: Exception, found: Found) -> None:
+def _log_lookup(s: saga.BookingState, step: str, exc: Exception, found: gw.Found) -> None:
     log.warning(
         "%s: %s; the gateway has payment %s %s",
         step,
@@ -356,7 +378,7 @@ def _require_payment_id(state: saga.BookingState) -> str:
 SWEEP_BATCH = 100
 
 
-async def sweep_abandoned_actions(runtime: Runtime, allowed: timedelta) -> int:
+async def sweep_abandoned_actions(runtime: AgentRuntime, allowed: timedelta) -> int:
     """Fail every booking whose customer did not finish the payment action in time.
 
     The same rules decide (``saga.next_actions`` with the current time); this only finds the

@@ -47,22 +47,7 @@ from datetime import timedelta
 import asyncpg
 
 from erynoa.events import Money
-from streams.payment.gateway import (
-    ActionRequired,
-    Authorized,
-    AuthorizeResult,
-    Captured,
-    CaptureFailed,
-    CaptureResult,
-    Declined,
-    Found,
-    GatewayUnavailable,
-    IntentStatus,
-    OutcomeUnknown,
-    Refunded,
-    UnexpectedState,
-    Voided,
-)
+from streams.payment import gateway as gw
 
 VISA = "pm_card_visa"
 MASTERCARD = "pm_card_mastercard"
@@ -133,7 +118,7 @@ class _Lost:
 
     def check(self) -> None:
         if self.reason is not None:
-            raise OutcomeUnknown(
+            raise gw.OutcomeUnknown(
                 f"sandbox outage ({self.reason}): the {self.operation} was sent, its answer lost"
             )
 
@@ -213,11 +198,11 @@ class SandboxGateway:
             return _Lost(operation, None)
         if operation in _answer_lost_for(reason):
             return _Lost(operation, reason)
-        raise GatewayUnavailable(f"sandbox outage for {payment_method}: {reason}")
+        raise gw.GatewayUnavailable(f"sandbox outage for {payment_method}: {reason}")
 
     async def authorize(
         self, *, booking_id: str, amount: Money, payment_method: str, idempotency_key: str
-    ) -> AuthorizeResult:
+    ) -> gw.AuthorizeResult:
         await self._delay()
         lost = await self._outage(payment_method, "authorize")
         if payment_method in (VISA, MASTERCARD, CAPTURE_FAILS):
@@ -239,15 +224,15 @@ class SandboxGateway:
         )
         lost.check()
         if recorded.outcome == "authorized":
-            return Authorized(recorded.payment_id)
+            return gw.Authorized(recorded.payment_id)
         if recorded.outcome == "action_required":
-            return ActionRequired(recorded.payment_id, f"{recorded.payment_id}_secret_sandbox")
+            return gw.ActionRequired(recorded.payment_id, f"{recorded.payment_id}_secret_sandbox")
         message = (
             "Your card was declined."
             if recorded.outcome == "card_declined"
             else f"The sandbox does not know payment method {payment_method!r}."
         )
-        return Declined(recorded.outcome, message, recorded.payment_id)
+        return gw.Declined(recorded.outcome, message, recorded.payment_id)
 
     async def _authorization(self, payment_id: str) -> asyncpg.Record | None:
         return await self.pool.fetchrow(
@@ -268,7 +253,7 @@ class SandboxGateway:
 
     async def capture(
         self, *, booking_id: str, payment_id: str, amount: Money, idempotency_key: str
-    ) -> CaptureResult:
+    ) -> gw.CaptureResult:
         await self._delay()
         auth = await self._authorization(payment_id)
         lost = await self._outage(auth["payment_method"] if auth else None, "capture")
@@ -292,23 +277,23 @@ class SandboxGateway:
         lost.check()
         if recorded.expired and recorded.outcome == "captured":
             # The key is forgotten: this is a new capture of a payment no longer capturable.
-            raise UnexpectedState(
+            raise gw.UnexpectedState(
                 "payment_intent_unexpected_state",
                 "This PaymentIntent could not be captured because it has a status of succeeded.",
             )
         if recorded.outcome == "captured":
-            return Captured(payment_id)
-        return CaptureFailed(recorded.outcome, f"sandbox capture failed: {recorded.outcome}")
+            return gw.Captured(payment_id)
+        return gw.CaptureFailed(recorded.outcome, f"sandbox capture failed: {recorded.outcome}")
 
     async def void(
         self, *, booking_id: str, payment_id: str | None, idempotency_key: str
-    ) -> Voided:
+    ) -> gw.Voided:
         await self._delay()
         if payment_id is None:
-            return Voided(None)  # nothing was ever authorized: nothing to record
+            return gw.Voided(None)  # nothing was ever authorized: nothing to record
         auth = await self._authorization(payment_id)
         if auth is None:
-            return Voided(payment_id)
+            return gw.Voided(payment_id)
         lost = await self._outage(auth["payment_method"], "void")
         amount = Money(int(auth["amount_minor"]), str(auth["currency"]).strip())
         await self._record(
@@ -320,11 +305,11 @@ class SandboxGateway:
             outcome="voided",
         )
         lost.check()
-        return Voided(payment_id)
+        return gw.Voided(payment_id)
 
     async def refund(
         self, *, booking_id: str, payment_id: str, amount: Money, idempotency_key: str
-    ) -> Refunded:
+    ) -> gw.Refunded:
         await self._delay()
         auth = await self._authorization(payment_id)
         lost = await self._outage(auth["payment_method"] if auth else None, "refund")
@@ -337,7 +322,7 @@ class SandboxGateway:
             outcome="refunded",
         )
         lost.check()
-        return Refunded(_object_id("re", idempotency_key))
+        return gw.Refunded(_object_id("re", idempotency_key))
 
     async def probe(self) -> str | None:
         reason = await self.pool.fetchval(
@@ -355,7 +340,7 @@ class SandboxGateway:
         )
         return reason
 
-    async def find(self, *, booking_id: str, payment_id: str | None) -> Found:
+    async def find(self, *, booking_id: str, payment_id: str | None) -> gw.Found:
         await self._delay()
         if payment_id is not None:
             auth = await self._authorization(payment_id)
@@ -366,17 +351,17 @@ class SandboxGateway:
                 booking_id,
             )
         if auth is None:
-            return Found(IntentStatus.NOT_FOUND, payment_id)
+            return gw.Found(gw.IntentStatus.NOT_FOUND, payment_id)
         found_id = str(auth["payment_id"])
         reason = await self._outage_reason(auth["payment_method"])
         if reason is not None:
-            raise GatewayUnavailable(f"sandbox outage for {auth['payment_method']}: {reason}")
+            raise gw.GatewayUnavailable(f"sandbox outage for {auth['payment_method']}: {reason}")
         if await self._done(found_id, "capture", "captured"):
-            return Found(IntentStatus.CAPTURED, found_id)
+            return gw.Found(gw.IntentStatus.CAPTURED, found_id)
         if await self._done(found_id, "void", "voided"):
-            return Found(IntentStatus.CANCELED, found_id)
+            return gw.Found(gw.IntentStatus.CANCELED, found_id)
         if auth["outcome"] == "authorized":
-            return Found(IntentStatus.AUTHORIZED, found_id)
+            return gw.Found(gw.IntentStatus.AUTHORIZED, found_id)
         if auth["outcome"] == "action_required":
-            return Found(IntentStatus.ACTION_REQUIRED, found_id, f"{found_id}_secret_sandbox")
-        return Found(IntentStatus.FAILED, found_id)
+            return gw.Found(gw.IntentStatus.ACTION_REQUIRED, found_id, f"{found_id}_secret_sandbox")
+        return gw.Found(gw.IntentStatus.FAILED, found_id)

@@ -33,22 +33,7 @@ import stripe
 
 from erynoa.events import Money
 from streams.failures import PermanentError, describe
-from streams.payment.gateway import (
-    ActionRequired,
-    Authorized,
-    AuthorizeResult,
-    Captured,
-    CaptureFailed,
-    CaptureResult,
-    Declined,
-    Found,
-    GatewayUnavailable,
-    IntentStatus,
-    OutcomeUnknown,
-    Refunded,
-    UnexpectedState,
-    Voided,
-)
+from streams.payment import gateway as gw
 
 # Capture errors that mean "this authorization can no longer be captured", not "try again".
 _CAPTURE_GONE = frozenset({"charge_expired_for_capture", "payment_intent_invalid_parameter"})
@@ -66,15 +51,15 @@ def classify_error(error: stripe.StripeError) -> Exception:
     status = error.http_status or 0
     text = f"stripe: {error.user_message or error}"
     if isinstance(error, stripe.RateLimitError) or status in (409, 429):
-        return GatewayUnavailable(text)
+        return gw.GatewayUnavailable(text)
     if isinstance(error, stripe.APIConnectionError) or status >= 500:
-        return OutcomeUnknown(text)
+        return gw.OutcomeUnknown(text)
     if isinstance(error, stripe.APIError) and not status:
-        return OutcomeUnknown(text)
+        return gw.OutcomeUnknown(text)
     if isinstance(error, stripe.IdempotencyError):
-        return UnexpectedState("idempotency_error", str(error.user_message or error))
+        return gw.UnexpectedState("idempotency_error", str(error.user_message or error))
     if error.code == UNEXPECTED_STATE:
-        return UnexpectedState(UNEXPECTED_STATE, str(error.user_message or error))
+        return gw.UnexpectedState(UNEXPECTED_STATE, str(error.user_message or error))
     return PermanentError(
         f"stripe {type(error).__name__} ({status}): {error.user_message or error}"
     )
@@ -125,7 +110,7 @@ class StripeGateway:
 
     async def authorize(
         self, *, booking_id: str, amount: Money, payment_method: str, idempotency_key: str
-    ) -> AuthorizeResult:
+    ) -> gw.AuthorizeResult:
         try:
             intent = await self._client.v1.payment_intents.create_async(
                 {
@@ -142,7 +127,7 @@ class StripeGateway:
             )
         except stripe.CardError as exc:
             payment_intent = _field(exc.error, "payment_intent") if exc.error else None
-            return Declined(
+            return gw.Declined(
                 exc.code or "card_declined",
                 exc.user_message or str(exc),
                 _field(payment_intent, "id") if payment_intent else None,
@@ -153,7 +138,7 @@ class StripeGateway:
 
     async def capture(
         self, *, booking_id: str, payment_id: str, amount: Money, idempotency_key: str
-    ) -> CaptureResult:
+    ) -> gw.CaptureResult:
         try:
             intent = await self._client.v1.payment_intents.capture_async(
                 payment_id,
@@ -162,21 +147,21 @@ class StripeGateway:
             )
         except (stripe.InvalidRequestError, stripe.CardError) as exc:
             if (exc.code or "") in _CAPTURE_GONE or isinstance(exc, stripe.CardError):
-                return CaptureFailed(exc.code or "capture_failed", exc.user_message or str(exc))
+                return gw.CaptureFailed(exc.code or "capture_failed", exc.user_message or str(exc))
             # payment_intent_unexpected_state among them: perhaps captured by an earlier try.
             raise classify_error(exc) from exc
         except stripe.StripeError as exc:
             raise classify_error(exc) from exc
         status = _field(intent, "status")
         if status in ("succeeded", "processing"):
-            return Captured(payment_id)
-        return CaptureFailed(f"status_{status}", f"PaymentIntent is {status} after capture")
+            return gw.Captured(payment_id)
+        return gw.CaptureFailed(f"status_{status}", f"PaymentIntent is {status} after capture")
 
     async def void(
         self, *, booking_id: str, payment_id: str | None, idempotency_key: str
-    ) -> Voided:
+    ) -> gw.Voided:
         if payment_id is None:
-            return Voided(None)
+            return gw.Voided(None)
         try:
             await self._client.v1.payment_intents.cancel_async(
                 payment_id,
@@ -194,15 +179,15 @@ class StripeGateway:
                     "requires_payment_method",
                 )
             ) or exc.code == "resource_missing":
-                return Voided(payment_id)
+                return gw.Voided(payment_id)
             raise classify_error(exc) from exc
         except stripe.StripeError as exc:
             raise classify_error(exc) from exc
-        return Voided(payment_id)
+        return gw.Voided(payment_id)
 
     async def refund(
         self, *, booking_id: str, payment_id: str, amount: Money, idempotency_key: str
-    ) -> Refunded:
+    ) -> gw.Refunded:
         try:
             refund = await self._client.v1.refunds.create_async(
                 {
@@ -214,11 +199,11 @@ class StripeGateway:
             )
         except stripe.InvalidRequestError as exc:
             if exc.code == "charge_already_refunded":
-                return Refunded(f"already_refunded:{payment_id}")
+                return gw.Refunded(f"already_refunded:{payment_id}")
             raise classify_error(exc) from exc
         except stripe.StripeError as exc:
             raise classify_error(exc) from exc
-        return Refunded(str(_field(refund, "id")))
+        return gw.Refunded(str(_field(refund, "id")))
 
     async def probe(self) -> str | None:
         try:
@@ -230,7 +215,7 @@ class StripeGateway:
             return None  # it answered (a refusal of this call says nothing about an outage)
         return None
 
-    async def find(self, *, booking_id: str, payment_id: str | None) -> Found:
+    async def find(self, *, booking_id: str, payment_id: str | None) -> gw.Found:
         try:
             if payment_id is not None:
                 intent = await self._client.v1.payment_intents.retrieve_async(payment_id)
@@ -241,54 +226,54 @@ class StripeGateway:
             )
         except stripe.InvalidRequestError as exc:
             if exc.code == "resource_missing":
-                return Found(IntentStatus.NOT_FOUND, payment_id)
+                return gw.Found(gw.IntentStatus.NOT_FOUND, payment_id)
             raise classify_error(exc) from exc
         except stripe.StripeError as exc:
             raise classify_error(exc) from exc
         found = [found_from_intent(i) for i in _field(page, "data") or ()]
         if not found:
-            return Found(IntentStatus.NOT_FOUND)
+            return gw.Found(gw.IntentStatus.NOT_FOUND)
         # One booking, one intent; should there be more, the one holding money matters most.
         return min(found, key=lambda f: _PRECEDENCE.index(f.status))
 
 
-def authorize_outcome(intent: Any) -> AuthorizeResult:
+def authorize_outcome(intent: Any) -> gw.AuthorizeResult:
     """What a confirmed manual-capture PaymentIntent's status means for the booking."""
     payment_id = str(_field(intent, "id"))
     status = _field(intent, "status")
     if status in ("requires_capture", "succeeded"):
-        return Authorized(payment_id)
+        return gw.Authorized(payment_id)
     if status in ("requires_action", "requires_confirmation", "processing"):
         # The customer (or the bank) still has to act; a webhook reports how it ended.
-        return ActionRequired(payment_id, _field(intent, "client_secret"))
+        return gw.ActionRequired(payment_id, _field(intent, "client_secret"))
     error = _field(intent, "last_payment_error")
     code = (_field(error, "code") or _field(error, "type") or status) if error else status
     message = (_field(error, "message") if error else None) or f"PaymentIntent is {status}"
-    return Declined(str(code), str(message), payment_id)
+    return gw.Declined(str(code), str(message), payment_id)
 
 
 _PRECEDENCE = (
-    IntentStatus.CAPTURED,
-    IntentStatus.AUTHORIZED,
-    IntentStatus.ACTION_REQUIRED,
-    IntentStatus.CANCELED,
-    IntentStatus.FAILED,
-    IntentStatus.NOT_FOUND,
+    gw.IntentStatus.CAPTURED,
+    gw.IntentStatus.AUTHORIZED,
+    gw.IntentStatus.ACTION_REQUIRED,
+    gw.IntentStatus.CANCELED,
+    gw.IntentStatus.FAILED,
+    gw.IntentStatus.NOT_FOUND,
 )
 
 _INTENT_STATUS = {
-    "requires_capture": IntentStatus.AUTHORIZED,
-    "succeeded": IntentStatus.CAPTURED,
-    "requires_action": IntentStatus.ACTION_REQUIRED,
-    "requires_confirmation": IntentStatus.ACTION_REQUIRED,
-    "processing": IntentStatus.ACTION_REQUIRED,
-    "canceled": IntentStatus.CANCELED,
-    "requires_payment_method": IntentStatus.FAILED,
+    "requires_capture": gw.IntentStatus.AUTHORIZED,
+    "succeeded": gw.IntentStatus.CAPTURED,
+    "requires_action": gw.IntentStatus.ACTION_REQUIRED,
+    "requires_confirmation": gw.IntentStatus.ACTION_REQUIRED,
+    "processing": gw.IntentStatus.ACTION_REQUIRED,
+    "canceled": gw.IntentStatus.CANCELED,
+    "requires_payment_method": gw.IntentStatus.FAILED,
 }
 
 
-def found_from_intent(intent: Any) -> Found:
+def found_from_intent(intent: Any) -> gw.Found:
     """A manual-capture PaymentIntent's status as the saga reads it."""
-    status = _INTENT_STATUS.get(str(_field(intent, "status")), IntentStatus.FAILED)
-    secret = _field(intent, "client_secret") if status == IntentStatus.ACTION_REQUIRED else None
-    return Found(status, str(_field(intent, "id")), secret)
+    status = _INTENT_STATUS.get(str(_field(intent, "status")), gw.IntentStatus.FAILED)
+    secret = _field(intent, "client_secret") if status == gw.IntentStatus.ACTION_REQUIRED else None
+    return gw.Found(status, str(_field(intent, "id")), secret)

@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from typer.testing import CliRunner
 
-from erynoa.cli import app
+from cli.main import app
 from erynoa.settings import PROJECT_ROOT
 from erynoa.stack.kafka import under_replicated
 from erynoa.topics import load_catalog

@@ -5,7 +5,6 @@ from a log with late, repeated and undecodable messages, in parts or in one proc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -15,15 +14,14 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from consumers import materializer
 from consumers.rebuild import rebuild
 from erynoa import events as ev
 from erynoa.codec import default_codec
-from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher, start_consumer, topic_partitions
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
 from tests.conftest import own_namespace, unique
+from tests.integration.materializing import materializer_running, pool_for, publisher_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,30 +36,20 @@ async def settings(settings: Settings) -> AsyncIterator[Settings]:
 
 @pytest.fixture(scope="module")
 async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(settings, min_size=1, max_size=5)
-    yield pool
-    await pool.close()
+    async with pool_for(settings) as pool:
+        yield pool
 
 
 @pytest.fixture
 async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
-    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
-    pub = EventPublisher.create(
-        settings.kafka_bootstrap, "test-materializer", default_codec(), catalog
-    )
-    await pub.start()
-    yield pub
-    await pub.stop()
+    async with publisher_for(settings, "test-materializer") as publisher:
+        yield publisher
 
 
 @pytest.fixture
 async def running_materializer(settings: Settings) -> AsyncIterator[None]:
-    stopping = asyncio.Event()
-    task = asyncio.create_task(materializer.run(settings, stopping))
-    yield
-    stopping.set()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, 30)
+    async with materializer_running(settings):
+        yield
 
 
 async def wait_for(check: Callable[[], Any], within: float = 30.0) -> Any:
@@ -181,39 +169,31 @@ async def test_redelivery_and_replay_from_offset_zero_change_nothing(
     ids = [unique() for _ in range(3)]
     for booking_id in ids:
         await publisher.publish_many(saga_events(booking_id))
-    stopping = asyncio.Event()
-    task = asyncio.create_task(materializer.run(settings, stopping))
 
     async def all_confirmed() -> bool:
         rows = await snapshot(db, ids)
         return len(rows) == 3 and all(r["status"] == "confirmed" for r in rows)
 
-    await wait_for(all_confirmed)
-    before = await snapshot(db, ids)
+    async with materializer_running(settings):
+        await wait_for(all_confirmed)
+        before = await snapshot(db, ids)
 
-    # Redelivery: every event of these sagas produced again, with the same event ids.
-    codec = default_codec()
-    for booking_id in ids:
-        rows = await db.fetch(
-            "SELECT body FROM booking_events WHERE booking_id = $1::uuid", booking_id
-        )
-        replayed = [codec.decode(r["body"]) for r in rows]
-        await publisher.publish_many([e for e in replayed if isinstance(e, ev.BookingEvent)])
-    ends = await _end_offsets(settings)
-    await wait_for(lambda: _caught_up(db, ends))
-    stopping.set()
-    await asyncio.wait_for(task, 30)
+        # Redelivery: every event of these sagas produced again, with the same event ids.
+        codec = default_codec()
+        for booking_id in ids:
+            rows = await db.fetch(
+                "SELECT body FROM booking_events WHERE booking_id = $1::uuid", booking_id
+            )
+            replayed = [codec.decode(r["body"]) for r in rows]
+            await publisher.publish_many([e for e in replayed if isinstance(e, ev.BookingEvent)])
+        ends = await _end_offsets(settings)
+        await wait_for(lambda: _caught_up(db, ends))
     assert await snapshot(db, ids) == before
 
     # Replay from offset 0: with its positions forgotten the materializer re-reads the log.
     await db.execute("DELETE FROM consumer_positions WHERE consumer = 'materializer'")
-    stopping = asyncio.Event()
-    task = asyncio.create_task(materializer.run(settings, stopping))
-    try:
+    async with materializer_running(settings):
         await wait_for(lambda: _caught_up(db, ends), within=90)
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, 30)
 
     assert await snapshot(db, ids) == before
 

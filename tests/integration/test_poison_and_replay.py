@@ -27,11 +27,11 @@ from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.codec import default_codec
 from erynoa.db import create_pool
-from erynoa.invariants import check_invariants
 from erynoa.kafka import EventPublisher, start_consumer, topic_partitions
 from erynoa.settings import PROJECT_ROOT, Settings
 from erynoa.supervisor import AGENTS, System, commands
 from erynoa.topics import TopicCatalog, load_catalog
+from ops.invariants import check_invariants
 from tests.conftest import own_namespace
 from tests.integration.saga.harness import (
     Service,

@@ -7,8 +7,6 @@ client's deleteRecords (what retention does to old segments), then ``rebuild`` i
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -16,15 +14,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import TopicPartition
 
-from consumers import materializer
 from consumers.rebuild import TruncatedLog, rebuild
-from erynoa.codec import default_codec
-from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher
 from erynoa.settings import Settings
 from erynoa.topic_admin import admin_client
 from erynoa.topics import load_catalog
 from tests.conftest import own_namespace, unique
+from tests.integration.materializing import materializer_running, pool_for, publisher_for
 from tests.integration.test_materializer import saga_events, wait_for
 
 pytestmark = pytest.mark.integration
@@ -39,28 +35,20 @@ async def settings(settings: Settings) -> AsyncIterator[Settings]:
 
 @pytest.fixture
 async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(settings, min_size=1, max_size=3)
-    yield pool
-    await pool.close()
+    async with pool_for(settings, max_size=3) as pool:
+        yield pool
 
 
 @pytest.fixture
 async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
-    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
-    pub = EventPublisher.create(settings.kafka_bootstrap, "test-rebuild", default_codec(), catalog)
-    await pub.start()
-    yield pub
-    await pub.stop()
+    async with publisher_for(settings, "test-rebuild") as publisher:
+        yield publisher
 
 
 @pytest.fixture
 async def running_materializer(settings: Settings) -> AsyncIterator[None]:
-    stopping = asyncio.Event()
-    task = asyncio.create_task(materializer.run(settings, stopping))
-    yield
-    stopping.set()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, 30)
+    async with materializer_running(settings):
+        yield
 
 
 def _delete_records_before(settings: Settings, topic: str, partition: int, offset: int) -> None:

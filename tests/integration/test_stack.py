@@ -28,13 +28,13 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from typer.testing import CliRunner
 
-from erynoa.cli import app
+from cli.main import app
 from erynoa.settings import Settings
 from erynoa.stack import manager
 
 pytestmark = pytest.mark.integration
 
-REQUIRED = ("kafka", "postgres", "redis")
+REQUIRED = ("kafka", "postgres", "redis", "registry")
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +105,15 @@ def test_status_reports_every_service_healthy(settings: Settings) -> None:
     lines = {line.split(":")[0]: line for line in result.output.splitlines()}
     assert set(lines) == set(manager.SERVICE_NAMES)
     ports = {"kafka": settings.kafka_port, "postgres": settings.postgres_port,
-             "redis": settings.redis_port}  # fmt: skip
+             "redis": settings.redis_port, "registry": settings.registry_port}  # fmt: skip
     for name in REQUIRED:
         words = lines[name].split()
         assert words[1:3] == ["healthy", "pid"], lines[name]
         assert int(words[3]) > 0
         assert words[4:6] == ["port", str(ports[name])]
     assert "healthy" in lines["stripe-mock"] or "unavailable (" in lines["stripe-mock"]
+    # Where subscribers find the Schema Registry's Confluent-compatible API.
+    assert lines["registry"].endswith(f"http://127.0.0.1:{settings.registry_port}/apis/ccompat/v7")
 
 
 def test_up_again_changes_nothing(settings: Settings) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import ssl
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,11 +37,12 @@ from streams.notification import (
     WebhookSender,
     compose,
 )
-from streams.runtime import Runtime
+from streams.runtime import AgentRuntime
 from tests.conftest import own_namespace, unique
+from tests.integration.agents import records
 from tests.integration.agents.records import message
 from tests.integration.api.conftest import LiveApi, api_settings, running
-from tests.integration.saga.harness import a_slot, create_service, create_user, read_topic
+from tests.integration.saga.harness import create_service, create_user, read_topic
 from tests.unit.test_streams_notification import a_state
 
 SSRF_TARGETS = [
@@ -279,7 +279,7 @@ async def test_the_agent_records_a_refused_webhook_as_failed_without_the_remote_
             SmtpSender("127.0.0.1", 9, "bookings@example.test"),
             WebhookSender(own.webhook_signing_secret, policy=OutboundPolicy.from_settings(own)),
         )
-        runtime = Runtime(
+        runtime = AgentRuntime(
             adapter=adapter,
             consumer=catalog.consumer("notification"),
             codec=CODEC,
@@ -292,29 +292,8 @@ async def test_the_agent_records_a_refused_webhook_as_failed_without_the_remote_
         await runtime.start()
         try:
             service = await create_service(pool)
-            slot = a_slot()
-            requested = ev.make(
-                ev.BookingRequested,
-                booking_id=str(uuid.uuid4()),
-                producer="api",
-                customer_id=customer.id,
-                service_id=service.id,
-                provider_id=service.provider.id,
-                slot_start=slot,
-                slot_end=slot.replace(hour=(slot.hour + 1) % 24),
-                price=service.price,
-                payment_method="pm_card_visa",
-                response_deadline_seconds=60,
-            )
-            rejected = ev.make(
-                ev.ReservationRejected,
-                booking_id=requested.booking_id,
-                producer="reservation",
-                cause=requested,
-                service_id=service.id,
-                slot_start=slot,
-                reason="slot full",
-            )
+            requested = records.requested(customer, service)
+            rejected = records.rejected(requested)
             # The first attempt, not the last: a refusal is permanent, never retried.
             await runtime.process(
                 [message(catalog, requested, 0, []), message(catalog, rejected, 1, [])]

@@ -12,7 +12,7 @@ from api.envelopes import ApiError
 from api.outbox import OutboxEntry
 from api.routes.bookings import committing
 from erynoa import events as ev
-from erynoa.codec import default_codec
+from erynoa.codec import local_codec
 
 
 async def failure_while_committing(error: BaseException) -> ApiError:
@@ -58,7 +58,7 @@ async def test_other_errors_pass_through_unchanged() -> None:
 
 
 def test_an_outbox_entry_keeps_the_encoded_event_and_its_headers() -> None:
-    codec = default_codec()
+    codec = local_codec()
     event = ev.make(
         ev.BookingCancellationRequested,
         booking_id="0b5c1d2e-8f3a-4c6b-9d7e-1f2a3b4c5d6e",

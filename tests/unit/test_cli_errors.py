@@ -49,7 +49,8 @@ def test_a_malformed_avsc_names_the_file_and_the_field(tmp_path: Path) -> None:
             field["type"] = "strnig"
     target.write_text(json.dumps(schema))
 
-    result = erynoa("schemas", "check", ERYNOA_SCHEMAS_DIR=str(schemas))
+    # Unit tier: no registry; the local checks alone must find it.
+    result = erynoa("schemas", "check", "--local-only", ERYNOA_SCHEMAS_DIR=str(schemas))
 
     assert result.returncode == 1
     assert "PaymentCaptured.v1.avsc" in result.stderr
@@ -58,7 +59,7 @@ def test_a_malformed_avsc_names_the_file_and_the_field(tmp_path: Path) -> None:
 
 
 def test_the_shipped_schemas_check_clean() -> None:
-    result = erynoa("schemas", "check")
+    result = erynoa("schemas", "check", "--local-only")
 
     assert result.returncode == 0, result.stderr
     assert "BookingRequested" in result.stdout

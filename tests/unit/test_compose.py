@@ -10,7 +10,7 @@ from typing import Any
 import typer.main
 import yaml
 
-from erynoa.cli import app
+from cli.main import app
 from erynoa.settings import PROJECT_ROOT
 from erynoa.supervisor import commands
 

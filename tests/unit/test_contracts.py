@@ -4,7 +4,7 @@ the code runs is a consumer declared there."""
 
 from __future__ import annotations
 
-from erynoa.codec import default_codec
+from erynoa.codec import local_codec
 from erynoa.events import EVENT_TYPES
 from erynoa.saga import Agent
 from erynoa.settings import PROJECT_ROOT
@@ -19,7 +19,7 @@ def test_every_event_type_in_code_is_declared_on_a_topic_and_nothing_else_is() -
 
 
 def test_every_event_type_has_a_schema() -> None:
-    assert set(default_codec().versions) == set(EVENT_TYPES)
+    assert set(local_codec().versions) == set(EVENT_TYPES)
 
 
 def test_every_agent_and_the_materializer_are_declared_consumers() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastavro import schemaless_writer
 
-from erynoa.codec import MAGIC, EventCodec, UndecodableEvent, UnencodableEvent, default_codec
+from erynoa.codec import MAGIC, EventCodec, UndecodableEvent, UnencodableEvent, local_codec
 from erynoa.events import (
     EVENT_TYPES,
     BookingCancellationRequested,
@@ -209,7 +209,7 @@ def test_the_story_covers_every_event_type() -> None:
 
 @pytest.mark.parametrize("event", STORY, ids=_name)
 def test_every_event_type_survives_a_round_trip(event: Event) -> None:
-    codec = default_codec()
+    codec = local_codec()
 
     data = codec.encode(event)
 
@@ -223,10 +223,10 @@ def test_round_trip_keeps_none_and_non_ascii_text() -> None:
     assert isinstance(with_notes, BookingRequested)
     assert isinstance(without_notes, BookingRequested)
 
-    decoded = default_codec().decode(default_codec().encode(with_notes))
+    decoded = local_codec().decode(local_codec().encode(with_notes))
     assert isinstance(decoded, BookingRequested)
     assert decoded.notes == "Bitte klingeln, 2. OG, Tür links 🚪 (予約)"
-    empty = default_codec().decode(default_codec().encode(without_notes))
+    empty = local_codec().decode(local_codec().encode(without_notes))
     assert isinstance(empty, BookingRequested)
     assert (empty.notes, empty.idempotency_key, empty.causation_id) == (None, None, None)
 
@@ -240,7 +240,7 @@ def test_decoded_timestamps_are_utc_with_microseconds() -> None:
         deadline_at=datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
     )
 
-    decoded = default_codec().decode(default_codec().encode(event))
+    decoded = local_codec().decode(local_codec().encode(event))
 
     assert decoded.occurred_at == datetime(2025, 1, 2, 2, 4, 5, 678901, tzinfo=UTC)
     assert decoded.occurred_at.tzinfo is UTC
@@ -250,11 +250,11 @@ def test_decoded_timestamps_are_utc_with_microseconds() -> None:
 
 def test_encoding_the_same_event_twice_gives_the_same_bytes() -> None:
     # A redelivered handler re-emits byte-identical messages, so log compaction and dedup agree.
-    assert default_codec().encode(STORY[3]) == default_codec().encode(STORY[3])
+    assert local_codec().encode(STORY[3]) == local_codec().encode(STORY[3])
 
 
 def test_encoding_an_event_without_a_loaded_schema_is_refused(tmp_path: Path) -> None:
-    source = default_codec().schemas_dir / "ProviderAccepted.v1.avsc"
+    source = local_codec().schemas_dir / "ProviderAccepted.v1.avsc"
     (tmp_path / source.name).write_text(source.read_text())
     codec = EventCodec(tmp_path)
 
@@ -272,7 +272,7 @@ def test_encoding_an_event_without_a_loaded_schema_is_refused(tmp_path: Path) ->
 
 def _write_raw(kind: str, **overrides: object) -> bytes:
     """Bytes with a valid header but a body written straight with fastavro, bypassing checks."""
-    codec = default_codec()
+    codec = local_codec()
     event = next(e for e in STORY if e.event_type == kind)
     record: dict[str, object] = dict(vars(event))
     for name, value in record.items():
@@ -284,7 +284,7 @@ def _write_raw(kind: str, **overrides: object) -> bytes:
     return MAGIC + codec.fingerprint(kind) + body.getvalue()
 
 
-VALID = default_codec().encode(STORY[0])
+VALID = local_codec().encode(STORY[0])
 
 
 @pytest.mark.parametrize(
@@ -292,8 +292,10 @@ VALID = default_codec().encode(STORY[0])
     [
         (b"", "empty message"),
         (b"\xc3\x01\x00", "shorter than the 10-byte header"),
-        (b'{"event_type": "BookingRequested"}', "not Avro single-object encoding"),
-        (b"\x00\x00\x00\x00\x01" + VALID[10:], "not Avro single-object encoding"),
+        (b'{"event_type": "BookingRequested"}', "neither the Confluent magic byte 00 nor"),
+        (b"\x01\x00\x00\x00\x01" + VALID[10:], "neither the Confluent magic byte 00 nor"),
+        (b"\x00\x00\x00\x00\x01" + VALID[10:], "schema id 1, but no schema registry"),
+        (b"\x00\x00\x01", "shorter than the Confluent 5-byte header"),
         (MAGIC + b"\xff" * 8 + VALID[10:], "unknown schema fingerprint ffffffffffffffff"),
         (VALID[:10], "corrupt or truncated body"),
         (VALID[:-1], "corrupt or truncated body"),
@@ -312,13 +314,13 @@ VALID = default_codec().encode(STORY[0])
 )
 def test_undecodable_bytes_raise_undecodable_event(data: bytes, reason: str) -> None:
     with pytest.raises(UndecodableEvent, match=reason) as caught:
-        default_codec().decode(data)
+        local_codec().decode(data)
     assert caught.value.reason == str(caught.value)
 
 
 def test_decoding_random_garbage_never_raises_anything_but_undecodable_event() -> None:
     rng = random.Random(20250314)
-    codec = default_codec()
+    codec = local_codec()
     header = VALID[:10]
     for _ in range(2_000):
         body = rng.randbytes(rng.randrange(0, 80))

@@ -25,7 +25,7 @@ from api.metrics import ApiMetrics, MetricsMiddleware
 from api.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from erynoa import events as ev
 from erynoa import metrics, tracing
-from erynoa.codec import default_codec
+from erynoa.codec import local_codec
 from erynoa.events import Money
 from erynoa.kafka import EventPublisher
 from erynoa.logs import JsonFormatter
@@ -131,7 +131,7 @@ def _requested() -> ev.BookingRequested:
 
 async def _publish_in_span(headers: dict[str, str]) -> tuple[list[tuple[str, bytes]], str | None]:
     producer = _Sent()
-    publisher = EventPublisher(producer, default_codec(), load_catalog(SETTINGS.topics_file))  # type: ignore[arg-type]
+    publisher = EventPublisher(producer, local_codec(), load_catalog(SETTINGS.topics_file))  # type: ignore[arg-type]
     with tracing.span("test", "request") as span:
         await publisher.publish(_requested(), headers)
     trace_id = trace.format_trace_id(span.get_span_context().trace_id) if span is not None else None

@@ -15,7 +15,7 @@ from consumers.projection import (
 )
 from erynoa import events as ev
 from erynoa import saga
-from erynoa.codec import default_codec
+from erynoa.codec import local_codec
 
 T0 = datetime(2030, 1, 2, 9, 0, tzinfo=UTC)
 
@@ -109,7 +109,7 @@ def test_a_history_without_its_request_folds_to_nothing_yet() -> None:
 async def test_new_events_of_a_booking_never_logged_fold_without_reading_the_log() -> None:
     first = requested()
     held, authorized = later_events(first)
-    projection = Projection("materializer", default_codec())
+    projection = Projection("materializer", local_codec())
     new = {first.booking_id: [authorized, first, held]}
 
     # No connection: nothing may be read back for a booking named as having no stored log.
@@ -121,7 +121,7 @@ async def test_new_events_of_a_booking_never_logged_fold_without_reading_the_log
 async def test_later_events_extend_the_current_fold_without_reading_the_log() -> None:
     first = requested()
     held, authorized = later_events(first)
-    projection = Projection("materializer", default_codec())
+    projection = Projection("materializer", local_codec())
     current = {first.booking_id: Fold(saga.start(first), (first.occurred_at, first.event_id))}
 
     folded = await projection.fold(None, {first.booking_id: [authorized, held]}, current)  # type: ignore[arg-type]
@@ -131,7 +131,7 @@ async def test_later_events_extend_the_current_fold_without_reading_the_log() ->
 
 async def test_events_of_a_booking_whose_request_is_missing_wait_for_it() -> None:
     held, authorized = later_events(requested())
-    projection = Projection("materializer", default_codec())
+    projection = Projection("materializer", local_codec())
 
     folded = await projection.fold(None, {held.booking_id: [held, authorized]}, {})  # type: ignore[arg-type]
 

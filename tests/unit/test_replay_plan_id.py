@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from api.routes.operations import plan_id
-from consumers.dlq import DeadLetter, Failure, PlannedReplay, PreviousReplay
+import pytest
+
+from ops.dead_letters import DeadLetter, Failure
+from ops.replay import PlannedReplay, PreviousReplay, StalePlan, check_plan, plan_id
 
 WHEN = datetime(2026, 1, 28, 10, 0, tzinfo=UTC)
 
@@ -46,3 +48,12 @@ def test_another_message_or_one_more_changes_the_id() -> None:
     assert plan_id(one) != plan_id([PlannedReplay(message(2), None, None)])
     assert plan_id(one) != plan_id([*one, PlannedReplay(message(2), None, None)])
     assert plan_id(one) != plan_id([replace(one[0], skip="undecodable")])
+
+
+def test_a_replay_naming_another_plan_is_refused_with_the_current_one() -> None:
+    plan = [PlannedReplay(message(1), None, None)]
+    assert check_plan(plan, None) == plan_id(plan)
+    assert check_plan(plan, plan_id(plan)) == plan_id(plan)
+    with pytest.raises(StalePlan) as refused:
+        check_plan(plan, plan_id([PlannedReplay(message(2), None, None)]))
+    assert refused.value.current == plan_id(plan)

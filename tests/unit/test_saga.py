@@ -56,7 +56,7 @@ from erynoa.topics import load_catalog
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
 PRICE = Money(amount_minor=4500, currency="EUR")
 DEADLINE_SECONDS = 3600
-AGENTS: tuple[Agent, ...] = ("reservation", "payment", "notification", "provider-response")
+AGENTS = saga.AGENTS
 
 # Every booking event type the catalog knows; a new one fails the coverage check below until
 # the (status, event) table says what it does.

@@ -7,7 +7,6 @@ import io
 import json
 import re
 import shutil
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,9 +16,8 @@ from typing import Any, ClassVar
 import avro.io
 import avro.schema
 import pytest
-from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
-from erynoa.codec import EventCodec, SchemaError, default_codec
+from erynoa.codec import EventCodec, SchemaError, local_codec
 from erynoa.events import (
     EVENT_TYPES,
     BookingEvent,
@@ -28,6 +26,7 @@ from erynoa.events import (
     ProviderAccepted,
     field_specs,
 )
+from erynoa.schemas import local_incompatibilities as incompatibilities
 from erynoa.settings import PROJECT_ROOT
 
 SCHEMAS = PROJECT_ROOT / "schemas"
@@ -82,7 +81,7 @@ def test_every_schema_file_is_named_after_its_record_and_version(path: Path) -> 
 def test_every_event_class_has_a_schema_and_every_schema_a_class() -> None:
     schema_types = {FILE_NAME.fullmatch(p.name)[1] for p in SCHEMA_FILES}  # type: ignore[index]
     assert schema_types == set(EVENT_TYPES)
-    assert default_codec().versions.keys() == EVENT_TYPES.keys()
+    assert local_codec().versions.keys() == EVENT_TYPES.keys()
 
 
 @pytest.mark.parametrize("path", SCHEMA_FILES, ids=_id)
@@ -225,35 +224,13 @@ def test_a_subscriber_with_only_the_avsc_files_reads_what_we_write(
     event = sample(cls, optionals=optionals)
     decode = independent_decoder(SCHEMAS)
 
-    name, record = decode(default_codec().encode(event))
+    name, record = decode(local_codec().encode(event))
 
     assert name == cls.event_type
     assert record == as_record(event)
 
 
 # --- evolution ------------------------------------------------------------------------------
-
-
-def incompatibilities(schemas_dir: Path) -> list[str]:
-    """Every (newer reader, older writer) pair of one event type that cannot be resolved."""
-    versions: dict[str, dict[int, avro.schema.Schema]] = defaultdict(dict)
-    for path in schemas_dir.glob("*.avsc"):
-        match = FILE_NAME.fullmatch(path.name)
-        assert match, path.name
-        versions[match[1]][int(match[2])] = avro.schema.parse(path.read_text(encoding="utf-8"))
-    problems = []
-    for event_type, by_version in sorted(versions.items()):
-        for new, reader in sorted(by_version.items()):
-            for old, writer in sorted(by_version.items()):
-                if old >= new:
-                    continue
-                checker = ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
-                result = checker.get_compatibility(reader, writer)
-                if result.compatibility is not SchemaCompatibilityType.compatible:
-                    where = ", ".join(sorted(result.locations))
-                    what = ", ".join(sorted(result.messages))
-                    problems.append(f"{event_type}.v{new} cannot read v{old} at {where}: {what}")
-    return problems
 
 
 def test_every_schema_version_reads_data_written_with_any_earlier_version() -> None:
@@ -303,7 +280,7 @@ def test_the_codec_reads_old_versions_into_the_newest_class(tmp_path: Path) -> N
     old_event = sample(ProviderAccepted, optionals=True)
     assert isinstance(old_event, BookingEvent)
 
-    decoded = new_codec.decode(default_codec().encode(old_event))
+    decoded = new_codec.decode(local_codec().encode(old_event))
 
     assert decoded == ProviderAcceptedV2(**vars(old_event), note=None)
     assert new_codec.versions == {"ProviderAccepted": (1, 2)}

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import smtplib
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -129,8 +130,14 @@ def test_the_webhook_request_is_signed_json_with_an_idempotency_key() -> None:
     assert verify_signature("s3cret", headers[SIGNATURE_HEADER], body, now=1_700_000_000)
 
 
-def _sender_answering(status: int | Exception) -> WebhookSender:
+def _sender_answering(
+    status: int | Exception, received: list[httpx.Request] | None = None
+) -> WebhookSender:
+    """A sender whose receiver answers ``status``; it appends what it got to ``received``."""
+
     def respond(request: httpx.Request) -> httpx.Response:
+        if received is not None:
+            received.append(request)
         if isinstance(status, Exception):
             raise status
         return httpx.Response(status)
@@ -166,9 +173,20 @@ async def test_a_refusing_webhook_is_not_retried(status: int) -> None:
 
 
 async def test_a_2xx_webhook_is_delivered() -> None:
-    sender = _sender_answering(204)
-    await sender.send(compose(a_state(), "customer_confirmed", "customer"), "http://hooks")
+    received: list[httpx.Request] = []
+    sender = _sender_answering(204, received)
+    notice = compose(a_state(), "customer_confirmed", "customer")
+
+    await sender.send(notice, "http://hooks/erynoa")
     await sender.close()
+
+    [request] = received
+    assert (request.method, str(request.url)) == ("POST", "http://hooks/erynoa")
+    assert json.loads(request.content)["id"] == notice.notification_id
+    assert request.headers[IDEMPOTENCY_HEADER] == notice.notification_id
+    assert verify_signature(
+        "s3cret", request.headers[SIGNATURE_HEADER], request.content, now=int(time.time())
+    )
 
 
 class _Smtp:

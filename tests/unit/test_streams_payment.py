@@ -12,23 +12,8 @@ import pytest
 from erynoa import events as ev
 from erynoa import saga
 from erynoa.events import Money
+from streams.payment import gateway as gw
 from streams.payment.agent import PaymentAdapter
-from streams.payment.gateway import (
-    ActionRequired,
-    Authorized,
-    AuthorizeResult,
-    Captured,
-    CaptureFailed,
-    CaptureResult,
-    Declined,
-    Found,
-    GatewayUnavailable,
-    IntentStatus,
-    OutcomeUnknown,
-    Refunded,
-    UnexpectedState,
-    Voided,
-)
 from streams.runtime import Context
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -39,12 +24,14 @@ PRICE = Money(4500, "EUR")
 class FakeGateway:
     """Answers as told; an exception as an answer is raised (a lost answer, a refusal)."""
 
-    authorize_result: AuthorizeResult | Exception = field(
-        default_factory=lambda: Authorized("pi_1")
+    authorize_result: gw.AuthorizeResult | Exception = field(
+        default_factory=lambda: gw.Authorized("pi_1")
     )
-    capture_result: CaptureResult | Exception = field(default_factory=lambda: Captured("pi_1"))
+    capture_result: gw.CaptureResult | Exception = field(
+        default_factory=lambda: gw.Captured("pi_1")
+    )
     void_error: Exception | None = None
-    found: Found = field(default_factory=lambda: Found(IntentStatus.NOT_FOUND))
+    found: gw.Found = field(default_factory=lambda: gw.Found(gw.IntentStatus.NOT_FOUND))
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     name: str = "fake"
     remote: bool = False
@@ -55,34 +42,34 @@ class FakeGateway:
     async def close(self) -> None:
         return None
 
-    async def authorize(self, **kwargs: Any) -> AuthorizeResult:
+    async def authorize(self, **kwargs: Any) -> gw.AuthorizeResult:
         self.calls.append(("authorize", kwargs))
         if isinstance(self.authorize_result, Exception):
             raise self.authorize_result
         return self.authorize_result
 
-    async def capture(self, **kwargs: Any) -> CaptureResult:
+    async def capture(self, **kwargs: Any) -> gw.CaptureResult:
         self.calls.append(("capture", kwargs))
         if isinstance(self.capture_result, Exception):
             raise self.capture_result
         return self.capture_result
 
-    async def void(self, **kwargs: Any) -> Voided:
+    async def void(self, **kwargs: Any) -> gw.Voided:
         self.calls.append(("void", kwargs))
         if self.void_error is not None:
             raise self.void_error
-        return Voided(kwargs["payment_id"])
+        return gw.Voided(kwargs["payment_id"])
 
-    async def find(self, **kwargs: Any) -> Found:
+    async def find(self, **kwargs: Any) -> gw.Found:
         self.calls.append(("find", kwargs))
         return self.found
 
     def called(self) -> list[str]:
         return [name for name, _ in self.calls]
 
-    async def refund(self, **kwargs: Any) -> Refunded:
+    async def refund(self, **kwargs: Any) -> gw.Refunded:
         self.calls.append(("refund", kwargs))
-        return Refunded("re_1")
+        return gw.Refunded("re_1")
 
 
 REQUESTED = ev.make(
@@ -114,13 +101,13 @@ def reserved() -> saga.BookingState:
 @pytest.mark.parametrize(
     ("answer", "event_type"),
     [
-        (Authorized("pi_1"), "PaymentAuthorized"),
-        (ActionRequired("pi_1", "secret"), "PaymentActionRequired"),
-        (Declined("card_declined", "Declined.", "pi_1"), "PaymentFailed"),
+        (gw.Authorized("pi_1"), "PaymentAuthorized"),
+        (gw.ActionRequired("pi_1", "secret"), "PaymentActionRequired"),
+        (gw.Declined("card_declined", "Declined.", "pi_1"), "PaymentFailed"),
     ],
 )
 async def test_each_authorization_answer_becomes_its_event(
-    answer: AuthorizeResult, event_type: str
+    answer: gw.AuthorizeResult, event_type: str
 ) -> None:
     gateway = FakeGateway(authorize_result=answer)
     [event] = await PaymentAdapter(gateway).execute(
@@ -135,7 +122,7 @@ async def test_each_authorization_answer_becomes_its_event(
 
 
 async def test_a_failed_capture_is_recorded_not_raised() -> None:
-    gateway = FakeGateway(capture_result=CaptureFailed("charge_expired_for_capture", "expired"))
+    gateway = FakeGateway(capture_result=gw.CaptureFailed("charge_expired_for_capture", "expired"))
     state = replace(reserved(), payment=saga.Payment.AUTHORIZED, payment_id="pi_1")
     [event] = await PaymentAdapter(gateway).execute(saga.CapturePayment(PRICE), ctx_for(state))
     assert isinstance(event, ev.PaymentCaptureFailed)
@@ -220,8 +207,8 @@ async def test_a_success_after_a_failure_is_recorded_so_it_gets_voided() -> None
 
 # --- outcomes the agent did not learn: it asks the gateway ------------------------------------
 
-LOST = OutcomeUnknown("read timeout")
-REFUSED = UnexpectedState("payment_intent_unexpected_state", "status succeeded")
+LOST = gw.OutcomeUnknown("read timeout")
+REFUSED = gw.UnexpectedState("payment_intent_unexpected_state", "status succeeded")
 
 
 def authorized() -> saga.BookingState:
@@ -236,13 +223,13 @@ def authorized() -> saga.BookingState:
 @pytest.mark.parametrize(
     ("found", "event_type"),
     [
-        (Found(IntentStatus.AUTHORIZED, "pi_9"), "PaymentAuthorized"),
-        (Found(IntentStatus.ACTION_REQUIRED, "pi_9", "secret"), "PaymentActionRequired"),
-        (Found(IntentStatus.FAILED, "pi_9"), "PaymentFailed"),
+        (gw.Found(gw.IntentStatus.AUTHORIZED, "pi_9"), "PaymentAuthorized"),
+        (gw.Found(gw.IntentStatus.ACTION_REQUIRED, "pi_9", "secret"), "PaymentActionRequired"),
+        (gw.Found(gw.IntentStatus.FAILED, "pi_9"), "PaymentFailed"),
     ],
 )
 async def test_an_authorization_whose_answer_was_lost_is_what_the_gateway_has(
-    found: Found, event_type: str
+    found: gw.Found, event_type: str
 ) -> None:
     gateway = FakeGateway(authorize_result=LOST, found=found)
     [event] = await PaymentAdapter(gateway).execute(
@@ -255,12 +242,12 @@ async def test_an_authorization_whose_answer_was_lost_is_what_the_gateway_has(
 
 async def test_an_authorization_the_gateway_never_saw_is_tried_again() -> None:
     gateway = FakeGateway(authorize_result=LOST)
-    with pytest.raises(GatewayUnavailable):
+    with pytest.raises(gw.GatewayUnavailable):
         await PaymentAdapter(gateway).execute(saga.AuthorizePayment(PRICE), ctx_for(reserved()))
 
 
 async def test_a_capture_refused_because_it_already_happened_is_a_capture() -> None:
-    gateway = FakeGateway(capture_result=REFUSED, found=Found(IntentStatus.CAPTURED, "pi_1"))
+    gateway = FakeGateway(capture_result=REFUSED, found=gw.Found(gw.IntentStatus.CAPTURED, "pi_1"))
     [event] = await PaymentAdapter(gateway).execute(
         saga.CapturePayment(PRICE), ctx_for(authorized())
     )
@@ -269,13 +256,13 @@ async def test_a_capture_refused_because_it_already_happened_is_a_capture() -> N
 
 
 async def test_a_capture_whose_answer_was_lost_and_is_still_capturable_is_tried_again() -> None:
-    gateway = FakeGateway(capture_result=LOST, found=Found(IntentStatus.AUTHORIZED, "pi_1"))
-    with pytest.raises(GatewayUnavailable):
+    gateway = FakeGateway(capture_result=LOST, found=gw.Found(gw.IntentStatus.AUTHORIZED, "pi_1"))
+    with pytest.raises(gw.GatewayUnavailable):
         await PaymentAdapter(gateway).execute(saga.CapturePayment(PRICE), ctx_for(authorized()))
 
 
 async def test_a_capture_of_a_cancelled_intent_fails() -> None:
-    gateway = FakeGateway(capture_result=REFUSED, found=Found(IntentStatus.CANCELED, "pi_1"))
+    gateway = FakeGateway(capture_result=REFUSED, found=gw.Found(gw.IntentStatus.CANCELED, "pi_1"))
     [event] = await PaymentAdapter(gateway).execute(
         saga.CapturePayment(PRICE), ctx_for(authorized())
     )
@@ -284,7 +271,7 @@ async def test_a_capture_of_a_cancelled_intent_fails() -> None:
 
 
 async def test_a_void_whose_answer_was_lost_is_voided_when_the_intent_is_cancelled() -> None:
-    gateway = FakeGateway(void_error=LOST, found=Found(IntentStatus.CANCELED, "pi_1"))
+    gateway = FakeGateway(void_error=LOST, found=gw.Found(gw.IntentStatus.CANCELED, "pi_1"))
     cancelled = replace(authorized(), status=saga.Status.CANCELLED)
     [event] = await PaymentAdapter(gateway).execute(
         saga.VoidPayment("cancelled"), ctx_for(cancelled)
@@ -294,7 +281,7 @@ async def test_a_void_whose_answer_was_lost_is_voided_when_the_intent_is_cancell
 
 
 async def test_a_customer_who_finished_3ds_is_authorized_not_abandoned() -> None:
-    gateway = FakeGateway(found=Found(IntentStatus.AUTHORIZED, "pi_1"))
+    gateway = FakeGateway(found=gw.Found(gw.IntentStatus.AUTHORIZED, "pi_1"))
     [event] = await PaymentAdapter(gateway).execute(
         saga.AbandonPayment("too late"), ctx_for(waiting_for_customer())
     )
@@ -303,7 +290,7 @@ async def test_a_customer_who_finished_3ds_is_authorized_not_abandoned() -> None
 
 
 async def test_a_customer_still_asked_to_act_is_abandoned_and_the_intent_cancelled() -> None:
-    gateway = FakeGateway(found=Found(IntentStatus.ACTION_REQUIRED, "pi_1", "secret"))
+    gateway = FakeGateway(found=gw.Found(gw.IntentStatus.ACTION_REQUIRED, "pi_1", "secret"))
     [event] = await PaymentAdapter(gateway).execute(
         saga.AbandonPayment("too late"), ctx_for(waiting_for_customer())
     )
@@ -318,7 +305,7 @@ def cancelled_while_reserved() -> saga.BookingState:
 
 
 async def test_an_authorization_a_cancelled_booking_never_recorded_is_voided() -> None:
-    gateway = FakeGateway(found=Found(IntentStatus.AUTHORIZED, "pi_9"))
+    gateway = FakeGateway(found=gw.Found(gw.IntentStatus.AUTHORIZED, "pi_9"))
     state = cancelled_while_reserved()
     [event] = await PaymentAdapter(gateway).react(REQUESTED, ctx_for(state))
     assert isinstance(event, ev.PaymentVoided)
@@ -348,9 +335,43 @@ async def test_a_cancelled_booking_with_nothing_at_the_gateway_records_nothing()
 
 
 async def test_a_void_that_finds_the_money_captured_records_the_capture_to_refund_it() -> None:
-    gateway = FakeGateway(void_error=REFUSED, found=Found(IntentStatus.CAPTURED, "pi_1"))
+    gateway = FakeGateway(void_error=REFUSED, found=gw.Found(gw.IntentStatus.CAPTURED, "pi_1"))
     failed = replace(authorized(), status=saga.Status.FAILED, payment=saga.Payment.CAPTURE_FAILED)
     [event] = await PaymentAdapter(gateway).execute(saga.VoidPayment("failed"), ctx_for(failed))
     assert isinstance(event, ev.PaymentCaptured)
     state = saga.evolve(failed, event)
     assert saga.next_actions("payment", state, NOW) == [saga.RefundPayment(PRICE)]
+
+
+@pytest.mark.parametrize(
+    ("found", "event_type"),
+    [
+        (gw.Found(gw.IntentStatus.AUTHORIZED, "pi_9"), "PaymentAuthorized"),
+        (gw.Found(gw.IntentStatus.ACTION_REQUIRED, "pi_9", "secret"), "PaymentActionRequired"),
+    ],
+)
+async def test_an_authorization_redelivered_after_the_key_window_asks_the_gateway_first(
+    found: gw.Found, event_type: str
+) -> None:
+    # The gateway forgets an idempotency key after a day: a booking that old (a dead letter
+    # replayed late, an operator's retry) would be authorized a second time.
+    old = replace(reserved(), requested_at=NOW - timedelta(hours=25))
+    gateway = FakeGateway(found=found)
+    [event] = await PaymentAdapter(gateway).execute(saga.AuthorizePayment(PRICE), ctx_for(old))
+    assert event.event_type == event_type
+    assert getattr(event, "payment_id", None) == "pi_9"
+    assert gateway.called() == ["find"]
+
+
+async def test_an_old_authorization_the_gateway_never_saw_is_made() -> None:
+    old = replace(reserved(), requested_at=NOW - timedelta(hours=25))
+    gateway = FakeGateway()
+    [event] = await PaymentAdapter(gateway).execute(saga.AuthorizePayment(PRICE), ctx_for(old))
+    assert event.event_type == "PaymentAuthorized"
+    assert gateway.called() == ["find", "authorize"]
+
+
+async def test_a_fresh_authorization_does_not_pay_for_a_lookup() -> None:
+    gateway = FakeGateway()
+    await PaymentAdapter(gateway).execute(saga.AuthorizePayment(PRICE), ctx_for(reserved()))
+    assert gateway.called() == ["authorize"]

@@ -15,13 +15,13 @@ from aiokafka.errors import KafkaConnectionError
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa import saga
-from erynoa.codec import default_codec
+from erynoa.codec import local_codec
 from erynoa.events import Money, derived_event_id
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
 from streams.app import AGENTS, _incoming, check_agent, create_app
 from streams.provider_response import ProviderResponseAdapter
-from streams.runtime import Context, Decoded, Incoming, Runtime
+from streams.runtime import AgentRuntime, Context, Decoded, Incoming
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SETTINGS = Settings()
@@ -121,14 +121,14 @@ class MemoryPositions:
         self.recorded[partition] = next_offset
 
 
-def make_runtime(adapter: Any, agent: str = "provider-response") -> Runtime:
+def make_runtime(adapter: Any, agent: str = "provider-response") -> AgentRuntime:
     async def no_pool() -> Any:
         raise AssertionError("unit tests do not connect")
 
-    runtime = Runtime(
+    runtime = AgentRuntime(
         adapter=adapter,
         consumer=CATALOG.consumer(agent),
-        codec=default_codec(),
+        codec=local_codec(),
         policy=saga.Policy(),
         connect_pool=no_pool,
         make_publisher=lambda: None,  # type: ignore[arg-type,return-value]
@@ -208,7 +208,7 @@ async def test_a_failing_handler_sends_the_original_bytes_down_a_tier(
 
     monkeypatch.setattr(runtime, "handle", flaky)
     monkeypatch.setattr(runtime, "unavailable", all_dependencies_answer)
-    value = default_codec().encode(requested())
+    value = local_codec().encode(requested())
     await runtime.process([incoming(value, [("traceparent", b"00-abc-01")])])
     [(topic, sent_value, key, headers)] = producer.sent
     assert topic == "payment.retry.1s"
@@ -244,7 +244,7 @@ async def test_an_outage_pauses_the_lane_and_the_same_batch_is_handled_after_it(
     monkeypatch.setattr(runtime, "handle", down_then_up)
     monkeypatch.setattr(runtime, "unavailable", probe)
     monkeypatch.setattr(runtime, "_sleep", no_sleep)
-    value = default_codec().encode(requested())
+    value = local_codec().encode(requested())
     await runtime.process([at(17, value), at(18, value)])
     # Nothing went down the retry tiers: the lane waited (backing off) and handled the same
     # batch again, whole, once the dependency answered.
@@ -276,7 +276,7 @@ async def test_an_outage_during_a_stop_leaves_the_batch_unacked(
     monkeypatch.setattr(runtime, "handle", down)
     monkeypatch.setattr(runtime, "unavailable", probe)
     await runtime.drain(grace_s=0)
-    value = default_codec().encode(requested())
+    value = local_codec().encode(requested())
     task = asyncio.create_task(runtime.process([incoming(value)]))
     await asyncio.sleep(0.05)
     # Parked (redelivered after the restart), never routed to a retry tier.
@@ -301,7 +301,9 @@ class _Seeks:
         return max(offset, self.log_starts_at)
 
 
-def handled_offsets(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+def handled_offsets(
+    runtime: AgentRuntime, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
 
     async def record(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
@@ -320,7 +322,7 @@ async def test_a_batch_that_starts_past_the_recorded_position_moves_the_partitio
     runtime.positions = positions
     runtime.seek = seeks = _Seeks()
     seen = handled_offsets(runtime, monkeypatch)
-    value = default_codec().encode(requested())
+    value = local_codec().encode(requested())
 
     # Offsets 10..11 of partition 2 were acked by the consumer library but never handled.
     await runtime.process([at(12, value), at(13, value), at(5, value, partition=3)])
@@ -342,7 +344,7 @@ async def test_messages_fetched_before_a_move_back_wait_for_the_re_read(
     runtime.positions = positions
     runtime.seek = seeks = _Seeks()
     seen = handled_offsets(runtime, monkeypatch)
-    value = default_codec().encode(requested())
+    value = local_codec().encode(requested())
 
     await runtime.process([at(150, value), at(151, value)])  # 100..149 skipped by a commit
     assert seeks.calls == [("bookings", 2, 100)]
@@ -362,7 +364,7 @@ async def test_a_hole_inside_a_batch_moves_the_partition_back_to_it(
     runtime.positions = positions
     runtime.seek = seeks = _Seeks()
     seen = handled_offsets(runtime, monkeypatch)
-    value = default_codec().encode(requested())
+    value = local_codec().encode(requested())
 
     await runtime.process([at(10, value), at(11, value), at(13, value), at(14, value)])
     assert seen == [(2, 10), (2, 11)]
@@ -381,7 +383,7 @@ async def test_redelivered_messages_before_the_position_are_not_handled_again(
     runtime.positions = MemoryPositions({("bookings", 2): 12})
     runtime.seek = seeks = _Seeks()
     seen = handled_offsets(runtime, monkeypatch)
-    value = default_codec().encode(requested())
+    value = local_codec().encode(requested())
     await runtime.process([at(10, value), at(11, value), at(12, value)])
     assert seen == [(2, 12)]
     assert seeks.calls == []
@@ -395,7 +397,7 @@ async def test_a_truncated_log_moves_the_position_to_where_the_log_starts(
     runtime.positions = positions
     runtime.seek = _Seeks(log_starts_at=40)
     seen = handled_offsets(runtime, monkeypatch)
-    value = default_codec().encode(requested())
+    value = local_codec().encode(requested())
     await runtime.process([at(41, value)])
     assert positions.recorded[("bookings", 2)] == 40
     await runtime.process([at(40, value), at(41, value)])

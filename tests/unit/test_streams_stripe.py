@@ -9,20 +9,7 @@ import stripe
 
 from erynoa.events import Money
 from streams.failures import PermanentError, classify
-from streams.payment.gateway import (
-    ActionRequired,
-    Authorized,
-    Captured,
-    CaptureFailed,
-    Declined,
-    Found,
-    GatewayUnavailable,
-    IntentStatus,
-    OutcomeUnknown,
-    Refunded,
-    UnexpectedState,
-    Voided,
-)
+from streams.payment import gateway as gw
 from streams.payment.stripe_gateway import StripeGateway, authorize_outcome, classify_error
 
 AMOUNT = Money(4500, "EUR")
@@ -34,10 +21,10 @@ def err(cls: type[stripe.StripeError], *args: Any, **kwargs: Any) -> stripe.Stri
 
 
 def test_manual_capture_statuses_map_to_outcomes() -> None:
-    assert authorize_outcome({"id": "pi_1", "status": "requires_capture"}) == Authorized("pi_1")
+    assert authorize_outcome({"id": "pi_1", "status": "requires_capture"}) == gw.Authorized("pi_1")
     assert authorize_outcome(
         {"id": "pi_1", "status": "requires_action", "client_secret": "sec"}
-    ) == ActionRequired("pi_1", "sec")
+    ) == gw.ActionRequired("pi_1", "sec")
     declined = authorize_outcome(
         {
             "id": "pi_1",
@@ -45,8 +32,8 @@ def test_manual_capture_statuses_map_to_outcomes() -> None:
             "last_payment_error": {"code": "card_declined", "message": "Declined."},
         }
     )
-    assert declined == Declined("card_declined", "Declined.", "pi_1")
-    assert isinstance(authorize_outcome({"id": "pi_1", "status": "canceled"}), Declined)
+    assert declined == gw.Declined("card_declined", "Declined.", "pi_1")
+    assert isinstance(authorize_outcome({"id": "pi_1", "status": "canceled"}), gw.Declined)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +48,7 @@ def test_manual_capture_statuses_map_to_outcomes() -> None:
 )
 def test_network_rate_limits_and_5xx_are_retryable(error: stripe.StripeError) -> None:
     mapped = classify_error(error)
-    assert isinstance(mapped, GatewayUnavailable)
+    assert isinstance(mapped, gw.GatewayUnavailable)
     assert classify(mapped) == "retryable"
 
 
@@ -77,7 +64,7 @@ def test_a_lost_answer_is_an_unknown_outcome_a_refusal_is_not(
     error: stripe.StripeError, unknown: bool
 ) -> None:
     # A timeout or a 5xx may come after Stripe applied the request; a rate limit applied nothing.
-    assert isinstance(classify_error(error), OutcomeUnknown) == unknown
+    assert isinstance(classify_error(error), gw.OutcomeUnknown) == unknown
 
 
 @pytest.mark.parametrize(
@@ -109,7 +96,7 @@ def test_request_errors_are_permanent(error: stripe.StripeError) -> None:
 def test_an_intent_not_in_the_expected_state_is_looked_up_not_failed(
     error: stripe.StripeError,
 ) -> None:
-    assert isinstance(classify_error(error), UnexpectedState)
+    assert isinstance(classify_error(error), gw.UnexpectedState)
 
 
 class _PaymentIntents:
@@ -160,14 +147,14 @@ def gateway(**behaviour: Any) -> tuple[StripeGateway, _Client]:
 
 
 async def test_authorize_sends_a_manual_capture_confirm_with_the_idempotency_key() -> None:
-    gw, client = gateway(create={"id": "pi_1", "status": "requires_capture"})
-    result = await gw.authorize(
+    stripe_gw, client = gateway(create={"id": "pi_1", "status": "requires_capture"})
+    result = await stripe_gw.authorize(
         booking_id="b1",
         amount=AMOUNT,
         payment_method="pm_card_visa",
         idempotency_key="b1:authorize",
     )
-    assert result == Authorized("pi_1")
+    assert result == gw.Authorized("pi_1")
     name, (params,), options = client.v1.payment_intents.calls[0]
     assert name == "create"
     assert params["capture_method"] == "manual"
@@ -181,18 +168,18 @@ async def test_authorize_sends_a_manual_capture_confirm_with_the_idempotency_key
 
 async def test_a_card_error_is_a_decline() -> None:
     error = err(stripe.CardError, "Your card was declined.", None, "card_declined", http_status=402)
-    gw, _ = gateway(create=error)
-    result = await gw.authorize(
+    stripe_gw, _ = gateway(create=error)
+    result = await stripe_gw.authorize(
         booking_id="b1", amount=AMOUNT, payment_method="pm_card_chargeDeclined", idempotency_key="k"
     )
-    assert isinstance(result, Declined)
+    assert isinstance(result, gw.Declined)
     assert result.code == "card_declined"
 
 
 async def test_a_stripe_outage_while_authorizing_is_retryable() -> None:
-    gw, _ = gateway(create=err(stripe.APIConnectionError, "timeout"))
-    with pytest.raises(GatewayUnavailable):
-        await gw.authorize(
+    stripe_gw, _ = gateway(create=err(stripe.APIConnectionError, "timeout"))
+    with pytest.raises(gw.GatewayUnavailable):
+        await stripe_gw.authorize(
             booking_id="b1", amount=AMOUNT, payment_method="pm_card_visa", idempotency_key="k"
         )
 
@@ -205,25 +192,27 @@ async def test_capture_of_an_expired_authorization_is_the_capture_failed_path() 
         code="charge_expired_for_capture",
         http_status=400,
     )
-    gw, _ = gateway(capture=error)
-    result = await gw.capture(
+    stripe_gw, _ = gateway(capture=error)
+    result = await stripe_gw.capture(
         booking_id="b1", payment_id="pi_1", amount=AMOUNT, idempotency_key="k"
     )
-    assert result == CaptureFailed("charge_expired_for_capture", "expired")
+    assert result == gw.CaptureFailed("charge_expired_for_capture", "expired")
 
 
 async def test_capture_succeeds_with_the_idempotency_key() -> None:
-    gw, client = gateway(capture={"id": "pi_1", "status": "succeeded"})
-    result = await gw.capture(
+    stripe_gw, client = gateway(capture={"id": "pi_1", "status": "succeeded"})
+    result = await stripe_gw.capture(
         booking_id="b1", payment_id="pi_1", amount=AMOUNT, idempotency_key="b1:capture"
     )
-    assert result == Captured("pi_1")
+    assert result == gw.Captured("pi_1")
     assert client.v1.payment_intents.calls[0][2] == {"idempotency_key": "b1:capture"}
 
 
 async def test_void_succeeds_when_there_is_nothing_to_void() -> None:
-    gw, client = gateway()
-    assert await gw.void(booking_id="b1", payment_id=None, idempotency_key="k") == Voided(None)
+    stripe_gw, client = gateway()
+    assert await stripe_gw.void(booking_id="b1", payment_id=None, idempotency_key="k") == gw.Voided(
+        None
+    )
     assert client.v1.payment_intents.calls == []
     already = err(
         stripe.InvalidRequestError,
@@ -233,16 +222,18 @@ async def test_void_succeeds_when_there_is_nothing_to_void() -> None:
         http_status=400,
         json_body={"error": {"payment_intent": {"id": "pi_1", "status": "canceled"}}},
     )
-    gw, _ = gateway(cancel=already)
-    assert await gw.void(booking_id="b1", payment_id="pi_1", idempotency_key="k") == Voided("pi_1")
+    stripe_gw, _ = gateway(cancel=already)
+    assert await stripe_gw.void(
+        booking_id="b1", payment_id="pi_1", idempotency_key="k"
+    ) == gw.Voided("pi_1")
 
 
 async def test_refund_returns_the_refund_id() -> None:
-    gw, client = gateway(refund={"id": "re_1"})
-    result = await gw.refund(
+    stripe_gw, client = gateway(refund={"id": "re_1"})
+    result = await stripe_gw.refund(
         booking_id="b1", payment_id="pi_1", amount=AMOUNT, idempotency_key="b1:refund"
     )
-    assert result == Refunded("re_1")
+    assert result == gw.Refunded("re_1")
     _, (params,), options = client.v1.refunds.calls[0]
     assert params["payment_intent"] == "pi_1"
     assert options == {"idempotency_key": "b1:refund"}
@@ -257,30 +248,34 @@ async def test_a_capture_refused_for_the_intents_state_is_raised_for_a_lookup() 
         code="payment_intent_unexpected_state",
         http_status=400,
     )
-    gw, _ = gateway(capture=refused)
-    with pytest.raises(UnexpectedState):
-        await gw.capture(booking_id="b1", payment_id="pi_1", amount=AMOUNT, idempotency_key="k")
+    stripe_gw, _ = gateway(capture=refused)
+    with pytest.raises(gw.UnexpectedState):
+        await stripe_gw.capture(
+            booking_id="b1", payment_id="pi_1", amount=AMOUNT, idempotency_key="k"
+        )
 
 
 async def test_a_capture_whose_connection_dropped_has_an_unknown_outcome() -> None:
-    gw, _ = gateway(capture=err(stripe.APIConnectionError, "read timeout"))
-    with pytest.raises(OutcomeUnknown):
-        await gw.capture(booking_id="b1", payment_id="pi_1", amount=AMOUNT, idempotency_key="k")
+    stripe_gw, _ = gateway(capture=err(stripe.APIConnectionError, "read timeout"))
+    with pytest.raises(gw.OutcomeUnknown):
+        await stripe_gw.capture(
+            booking_id="b1", payment_id="pi_1", amount=AMOUNT, idempotency_key="k"
+        )
 
 
 @pytest.mark.parametrize(
     ("status", "found"),
     [
-        ("requires_capture", IntentStatus.AUTHORIZED),
-        ("succeeded", IntentStatus.CAPTURED),
-        ("requires_action", IntentStatus.ACTION_REQUIRED),
-        ("canceled", IntentStatus.CANCELED),
-        ("requires_payment_method", IntentStatus.FAILED),
+        ("requires_capture", gw.IntentStatus.AUTHORIZED),
+        ("succeeded", gw.IntentStatus.CAPTURED),
+        ("requires_action", gw.IntentStatus.ACTION_REQUIRED),
+        ("canceled", gw.IntentStatus.CANCELED),
+        ("requires_payment_method", gw.IntentStatus.FAILED),
     ],
 )
-async def test_find_by_id_reads_the_intents_status(status: str, found: IntentStatus) -> None:
-    gw, client = gateway(retrieve={"id": "pi_1", "status": status, "client_secret": "sec"})
-    result = await gw.find(booking_id="b1", payment_id="pi_1")
+async def test_find_by_id_reads_the_intents_status(status: str, found: gw.IntentStatus) -> None:
+    stripe_gw, client = gateway(retrieve={"id": "pi_1", "status": status, "client_secret": "sec"})
+    result = await stripe_gw.find(booking_id="b1", payment_id="pi_1")
     assert result.status == found
     assert result.payment_id == "pi_1"
     assert client.v1.payment_intents.calls == [("retrieve", ("pi_1",), None)]
@@ -293,24 +288,26 @@ async def test_find_without_an_id_searches_by_the_bookings_metadata() -> None:
             {"id": "pi_held", "status": "requires_capture"},
         ]
     }
-    gw, client = gateway(search=page)
-    assert await gw.find(booking_id="b1", payment_id=None) == Found(
-        IntentStatus.AUTHORIZED, "pi_held"
+    stripe_gw, client = gateway(search=page)
+    assert await stripe_gw.find(booking_id="b1", payment_id=None) == gw.Found(
+        gw.IntentStatus.AUTHORIZED, "pi_held"
     )
     [(name, (params,), _)] = client.v1.payment_intents.calls
     assert name == "search"
     assert params["query"] == "metadata['booking_id']:'b1'"
-    gw, _ = gateway(search={"data": []})
-    assert await gw.find(booking_id="b1", payment_id=None) == Found(IntentStatus.NOT_FOUND)
+    stripe_gw, _ = gateway(search={"data": []})
+    assert await stripe_gw.find(booking_id="b1", payment_id=None) == gw.Found(
+        gw.IntentStatus.NOT_FOUND
+    )
 
 
 async def test_find_of_a_missing_intent_is_not_found_and_an_outage_is_retryable() -> None:
     missing = err(
         stripe.InvalidRequestError, "No such payment_intent", None, code="resource_missing"
     )
-    gw, _ = gateway(retrieve=missing)
-    found = await gw.find(booking_id="b1", payment_id="pi_x")
-    assert found == Found(IntentStatus.NOT_FOUND, "pi_x")
-    gw, _ = gateway(retrieve=err(stripe.APIConnectionError, "down"))
-    with pytest.raises(GatewayUnavailable):
-        await gw.find(booking_id="b1", payment_id="pi_1")
+    stripe_gw, _ = gateway(retrieve=missing)
+    found = await stripe_gw.find(booking_id="b1", payment_id="pi_x")
+    assert found == gw.Found(gw.IntentStatus.NOT_FOUND, "pi_x")
+    stripe_gw, _ = gateway(retrieve=err(stripe.APIConnectionError, "down"))
+    with pytest.raises(gw.GatewayUnavailable):
+        await stripe_gw.find(booking_id="b1", payment_id="pi_1")

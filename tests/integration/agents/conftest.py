@@ -1,4 +1,4 @@
-"""Fixtures for tests that drive an agent's ``Runtime`` directly with consumed-message records
+"""Fixtures for tests that drive an agent's ``AgentRuntime`` directly with consumed-message records
 (no Faust), each test on its own topics and database (``own_namespace``)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
-from streams.runtime import Adapter, Runtime
+from streams.runtime import Adapter, AgentRuntime
 from tests.conftest import own_namespace
 from tests.integration.agents.records import CODEC, StartRuntime
 
@@ -38,13 +38,13 @@ async def pool(isolated: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def start_runtime(isolated: Settings, catalog: TopicCatalog) -> AsyncIterator[StartRuntime]:
-    started: list[Runtime] = []
+    started: list[AgentRuntime] = []
 
-    async def start(agent: str, adapter: Adapter) -> Runtime:
+    async def start(agent: str, adapter: Adapter) -> AgentRuntime:
         async def connect_pool() -> asyncpg.Pool:
             return await create_pool(isolated, min_size=1, max_size=4)
 
-        runtime = Runtime(
+        runtime = AgentRuntime(
             adapter=adapter,
             consumer=catalog.consumer(agent),
             codec=CODEC,

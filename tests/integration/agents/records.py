@@ -1,19 +1,22 @@
-"""Consumed-message records and small helpers for tests that drive an agent's ``Runtime``."""
+"""Consumed-message records and small helpers for tests that drive an agent's ``AgentRuntime``."""
 
 from __future__ import annotations
 
 import socket
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.codec import default_codec
 from erynoa.topics import TopicCatalog
-from streams.runtime import Adapter, Incoming, Runtime
+from streams.runtime import Adapter, AgentRuntime, Incoming
+from tests.integration.saga.harness import Service, User, a_slot
 
 CODEC = default_codec()
 
-StartRuntime = Callable[[str, Adapter], Awaitable[Runtime]]
+StartRuntime = Callable[[str, Adapter], Awaitable[AgentRuntime]]
 """Start the runtime of ``agent`` with ``adapter`` on the test's namespace (stopped after)."""
 
 
@@ -39,3 +42,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def requested(
+    customer: User, service: Service, response_deadline_seconds: int = 60
+) -> ev.BookingRequested:
+    """A booking of the next free test slot of ``service`` by ``customer``."""
+    slot = a_slot()
+    return ev.make(
+        ev.BookingRequested,
+        booking_id=str(uuid.uuid4()),
+        producer="api",
+        customer_id=customer.id,
+        service_id=service.id,
+        provider_id=service.provider.id,
+        slot_start=slot,
+        slot_end=slot + timedelta(hours=1),
+        price=service.price,
+        payment_method="pm_card_visa",
+        response_deadline_seconds=response_deadline_seconds,
+    )
+
+
+def rejected(requested: ev.BookingRequested) -> ev.ReservationRejected:
+    """The reservation's answer that the slot is full."""
+    return ev.make(
+        ev.ReservationRejected,
+        booking_id=requested.booking_id,
+        producer="reservation",
+        cause=requested,
+        service_id=requested.service_id,
+        slot_start=requested.slot_start,
+        reason="slot full",
+    )

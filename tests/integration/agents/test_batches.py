@@ -24,7 +24,7 @@ from erynoa.codec import default_codec
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
 from streams.reservation import SLOT_FULL, ReservationAdapter
-from streams.runtime import Context, Incoming, Runtime
+from streams.runtime import AgentRuntime, Context, Incoming
 from tests.integration.agents.records import StartRuntime
 from tests.integration.saga.harness import Service, a_slot, create_service, read_topic
 
@@ -43,14 +43,14 @@ class FailsFor(ReservationAdapter):
         return await super().execute(action, ctx)
 
 
-MakeRuntime = Callable[..., Awaitable[Runtime]]
+MakeRuntime = Callable[..., Awaitable[AgentRuntime]]
 
 
 @pytest.fixture
 def make_runtime(start_runtime: StartRuntime) -> MakeRuntime:
     """Reservation runtimes on the test's topics and database, stopped afterwards."""
 
-    async def make(adapter: ReservationAdapter | None = None) -> Runtime:
+    async def make(adapter: ReservationAdapter | None = None) -> AgentRuntime:
         return await start_runtime("reservation", adapter or ReservationAdapter())
 
     return make

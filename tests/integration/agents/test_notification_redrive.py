@@ -10,7 +10,6 @@ notification — a replay that is deduplicated away would leave the customer nev
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import asyncpg
 
@@ -20,8 +19,9 @@ from erynoa import saga
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
 from streams.notification import IDEMPOTENCY_HEADER, NotificationAdapter
+from tests.integration.agents import records
 from tests.integration.agents.records import CODEC, StartRuntime, free_port, message
-from tests.integration.saga.harness import a_slot, create_service, create_user, read_topic
+from tests.integration.saga.harness import create_service, create_user, read_topic
 
 
 class Receiver:
@@ -52,29 +52,8 @@ async def test_a_replayed_notification_that_was_given_up_is_delivered(
         pool, "customer", email=False, webhook_url=f"http://127.0.0.1:{port}/hook"
     )
     service = await create_service(pool)
-    slot = a_slot()
-    requested = ev.make(
-        ev.BookingRequested,
-        booking_id=str(uuid.uuid4()),
-        producer="api",
-        customer_id=customer.id,
-        service_id=service.id,
-        provider_id=service.provider.id,
-        slot_start=slot,
-        slot_end=slot.replace(hour=(slot.hour + 1) % 24),
-        price=service.price,
-        payment_method="pm_card_visa",
-        response_deadline_seconds=60,
-    )
-    rejected = ev.make(
-        ev.ReservationRejected,
-        booking_id=requested.booking_id,
-        producer="reservation",
-        cause=requested,
-        service_id=service.id,
-        slot_start=slot,
-        reason="slot full",
-    )
+    requested = records.requested(customer, service)
+    rejected = records.rejected(requested)
     last_try = [(k.H_ATTEMPTS, str(len(runtime.consumer.retry_topics)).encode())]
 
     # The endpoint refuses connections: the last retry gives up and the saga goes on.

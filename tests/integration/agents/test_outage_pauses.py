@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
 
 import asyncpg
 from aiosmtpd.controller import Controller
@@ -25,9 +24,10 @@ from erynoa.topics import TopicCatalog
 from streams.notification import NotificationAdapter, SmtpSender, WebhookSender
 from streams.payment.agent import PaymentAdapter
 from streams.payment.sandbox import WHOLE_GATEWAY, SandboxGateway
-from streams.runtime import Runtime
+from streams.runtime import AgentRuntime
+from tests.integration.agents import records
 from tests.integration.agents.records import CODEC, StartRuntime, free_port, message
-from tests.integration.saga.harness import a_slot, create_service, create_user, read_topic
+from tests.integration.saga.harness import create_service, create_user, read_topic
 
 # The last retry: any failure now that is taken for the message's own would park it.
 LAST_TRY = [(k.H_ATTEMPTS, b"9")]
@@ -42,7 +42,7 @@ async def parked_or_retried(isolated: Settings, catalog: TopicCatalog, agent: st
     return count
 
 
-async def paused(runtime: Runtime) -> bool:
+async def paused(runtime: AgentRuntime) -> bool:
     """Whether the runtime reports a lane waiting on an outage (its own metric)."""
     for _ in range(300):
         value = runtime.metrics.registry.get_sample_value(
@@ -59,20 +59,7 @@ async def booking(
 ) -> tuple[ev.BookingRequested, ev.ReservationHeld]:
     customer = await create_user(pool, "customer", email=email)
     service = await create_service(pool)
-    slot = a_slot()
-    requested = ev.make(
-        ev.BookingRequested,
-        booking_id=str(uuid.uuid4()),
-        producer="api",
-        customer_id=customer.id,
-        service_id=service.id,
-        provider_id=service.provider.id,
-        slot_start=slot,
-        slot_end=slot + timedelta(hours=1),
-        price=service.price,
-        payment_method="pm_card_visa",
-        response_deadline_seconds=3600,
-    )
+    requested = records.requested(customer, service, response_deadline_seconds=3600)
     held = ev.make(
         ev.ReservationHeld,
         booking_id=requested.booking_id,
@@ -80,7 +67,7 @@ async def booking(
         cause=requested,
         hold_id=str(uuid.uuid4()),
         service_id=service.id,
-        slot_start=slot,
+        slot_start=requested.slot_start,
     )
     return requested, held
 
@@ -131,15 +118,7 @@ async def test_an_smtp_relay_outage_pauses_the_notification_lane_and_parks_nothi
     )
     runtime = await start_runtime("notification", adapter)
     requested, _ = await booking(pool, email=True)
-    rejected = ev.make(
-        ev.ReservationRejected,
-        booking_id=requested.booking_id,
-        producer="reservation",
-        cause=requested,
-        service_id=requested.service_id,
-        slot_start=requested.slot_start,
-        reason="slot full",
-    )
+    rejected = records.rejected(requested)
     work = asyncio.create_task(
         runtime.process(
             [message(catalog, requested, 0, LAST_TRY), message(catalog, rejected, 1, LAST_TRY)]

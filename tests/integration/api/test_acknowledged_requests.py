@@ -10,6 +10,7 @@ real: a deferred constraint trigger on one customer's rows raises at COMMIT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import asyncpg
 import httpx
 import pytest
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from erynoa import events as ev
 from erynoa.db import create_pool
@@ -51,6 +52,8 @@ class KafkaSwitch:
 
     mode: Mode = "ok"
     attempts: list[Mode] = field(default_factory=list)
+    refused_bookings: set[str] = field(default_factory=set)
+    """Bookings whose records the broker refuses every time (as a record too large)."""
 
     def factory(self) -> type[EventPublisher]:
         switch = self
@@ -66,6 +69,11 @@ class KafkaSwitch:
                 switch.attempts.append(mode)
                 if mode == "refuse":
                     raise KafkaConnectionError("switched off by the test")
+                if any(
+                    getattr(event, "booking_id", None) in switch.refused_bookings
+                    for event, _, _ in items
+                ):
+                    raise MessageSizeTooLargeError("refused by the test")
                 published = await super().publish_encoded(items)
                 if mode == "lose_ack":
                     raise KafkaTimeoutError("acknowledgement lost (switched by the test)")
@@ -112,8 +120,9 @@ class PrivateApi:
         raise AssertionError(f"booking {booking_id}: outbox rows still unpublished after 60 s")
 
 
-@pytest.fixture(scope="module")
-async def private(settings: Settings, key_file: Path) -> AsyncIterator[PrivateApi]:
+@contextlib.asynccontextmanager
+async def private_api(settings: Settings, key_file: Path) -> AsyncIterator[PrivateApi]:
+    """An API of its own (namespace, port) whose Kafka link a test can break."""
     switch = KafkaSwitch()
     async with own_namespace(settings) as namespace:
         api = api_settings(
@@ -130,10 +139,17 @@ async def private(settings: Settings, key_file: Path) -> AsyncIterator[PrivateAp
                 await pool.close()
 
 
+@pytest.fixture(scope="module")
+async def private(settings: Settings, key_file: Path) -> AsyncIterator[PrivateApi]:
+    async with private_api(settings, key_file) as api:
+        yield api
+
+
 @pytest.fixture(autouse=True)
 def kafka_works_again(private: PrivateApi) -> Iterator[None]:
     yield
     private.kafka.mode = "ok"
+    private.kafka.refused_bookings.clear()
 
 
 def requested_by(seen: list[Seen], customer: str) -> list[ev.BookingRequested]:
@@ -363,3 +379,54 @@ async def test_concurrent_identical_answers_are_all_accepted_and_published_once(
         assert [s.event.decision for s in published] == ["accept"]
     finally:
         await answers.stop()
+
+
+async def test_an_event_the_broker_always_refuses_is_set_aside_and_holds_back_no_other_booking(
+    private: PrivateApi,
+) -> None:
+    actors = await private.actors()
+    bookings = await private.probe("bookings")
+    try:
+        private.kafka.mode = "refuse"  # both rows land in the outbox, relayed as one batch
+        ids = []
+        for _ in range(2):
+            created = await private.http.post(
+                "/bookings", json=booking_body(actors.service_id), headers=actors.customer_auth
+            )
+            assert created.status_code == 202, created.text
+            ids.append(created.json()["workflow_id"])
+        refused, fine = ids
+        cancelled = await private.http.post(
+            f"/bookings/{refused}/cancel", headers=actors.customer_auth
+        )
+        assert cancelled.status_code == 202, cancelled.text
+        private.kafka.refused_bookings.add(refused)
+        private.kafka.mode = "ok"
+
+        await private.outbox_drained(fine)
+        seen = await bookings.events()
+        assert len(of_booking(seen, fine, ev.BookingRequested)) == 1
+        assert of_booking(seen, refused, ev.BookingRequested) == []
+        # Set aside with its reason; the booking's cancel waits behind it, unpublished.
+        rows = await private.pool.fetch(
+            "SELECT refused_at, refusal FROM api_outbox WHERE booking_id = $1 ORDER BY seq",
+            refused,
+        )
+        assert len(rows) == 2
+        assert rows[0]["refused_at"] is not None
+        assert "MessageSizeTooLargeError" in rows[0]["refusal"]
+        assert rows[1]["refused_at"] is None
+        assert of_booking(seen, refused, ev.BookingCancellationRequested) == []
+
+        # An operator fixes the cause and clears the mark: the booking's events go, in order.
+        private.kafka.refused_bookings.clear()
+        await private.pool.execute(
+            "UPDATE api_outbox SET refused_at = NULL WHERE booking_id = $1", refused
+        )
+        await private.outbox_drained(refused)
+        seen = await bookings.events()
+        [requested] = of_booking(seen, refused, ev.BookingRequested)
+        [cancel] = of_booking(seen, refused, ev.BookingCancellationRequested)
+        assert seen.index(requested) < seen.index(cancel)
+    finally:
+        await bookings.stop()

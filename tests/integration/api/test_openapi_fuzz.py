@@ -40,6 +40,10 @@ schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_generated_requests_never_break_the_contract(case: Any, live_api: LiveApi) -> None:
     token = live_api.token(unique("fuzz-"), "customer", "provider", "admin")
+    if case.path.endswith("/dlq/replay") and isinstance(case.body, dict):
+        # A real replay re-drives the shared stack's dead letters under other tests' feet;
+        # its plan runs the same code up to the publish.
+        case.body["dry_run"] = True
     case.call_and_validate(
         base_url=live_api.base_url,
         headers={"Authorization": f"Bearer {token}"},

@@ -12,15 +12,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from erynoa import events as ev
-from erynoa.db import create_pool
 from erynoa.settings import Settings
-from tests.conftest import own_namespace, unique
-from tests.integration.api.conftest import LiveApi, Seen, api_settings, running
-from tests.integration.api.test_acknowledged_requests import KafkaSwitch, PrivateApi
+from tests.conftest import unique
+from tests.integration.api.conftest import Seen
+from tests.integration.api.test_acknowledged_requests import PrivateApi, private_api
 from tests.integration.api.test_payments_and_webhooks import deliver, stripe_event
 
 pytestmark = pytest.mark.integration
@@ -28,20 +26,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 async def hooks(settings: Settings, key_file: Path) -> AsyncIterator[PrivateApi]:
-    switch = KafkaSwitch()
-    async with own_namespace(settings) as namespace:
-        api = api_settings(
-            key_file, topic_prefix=namespace.topic_prefix, database_url=namespace.database_url
-        )
-        with running(api, switch.factory()) as server:
-            pool = await create_pool(api, min_size=1, max_size=2)
-            try:
-                async with httpx.AsyncClient(
-                    base_url=f"{server.base_url}/api/v1", timeout=30
-                ) as http:
-                    yield PrivateApi(LiveApi(api, server.base_url), http, pool, switch)
-            finally:
-                await pool.close()
+    async with private_api(settings, key_file) as api:
+        yield api
 
 
 @pytest.fixture(autouse=True)

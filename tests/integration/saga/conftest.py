@@ -28,6 +28,7 @@ from erynoa.settings import Settings
 from erynoa.supervisor import System
 from erynoa.topics import TopicCatalog, load_catalog
 from streams.app import AGENTS
+from tests.integration.materializing import publisher_for
 from tests.integration.saga.harness import EventLog, Mailbox, WebhookInbox
 
 
@@ -185,12 +186,8 @@ def agents(
 async def publisher(
     saga_settings: Settings, saga_catalog: TopicCatalog
 ) -> AsyncIterator[EventPublisher]:
-    pub = EventPublisher.create(
-        saga_settings.kafka_bootstrap, "test-saga", default_codec(), saga_catalog
-    )
-    await pub.start()
-    yield pub
-    await pub.stop()
+    async with publisher_for(saga_settings, "test-saga") as publisher:
+        yield publisher
 
 
 @pytest.fixture(scope="session")

@@ -32,9 +32,8 @@ from aiosmtpd.controller import Controller
 from erynoa import events as ev
 from erynoa import saga
 from erynoa.codec import EventCodec, UndecodableEvent
-from erynoa.invariants import fold_log
 from erynoa.kafka import EventPublisher, start_consumer
-from erynoa.saga import BookingState, Hold, Payment, Status
+from erynoa.saga import BookingState, Hold, Payment, Status, fold_log
 from erynoa.topics import TopicCatalog
 
 
@@ -539,7 +538,7 @@ async def assert_invariants(
 ) -> None:
     """The invariants hold once the system is quiet: the materializer folds asynchronously, so
     its read model may trail the topics for a moment; give it ``within`` seconds."""
-    from erynoa.invariants import check_invariants
+    from ops.invariants import check_invariants
 
     deadline = asyncio.get_running_loop().time() + within
     while True:

@@ -23,10 +23,10 @@ import asyncpg
 import httpx
 import pytest
 
-from erynoa.invariants import ClientRequest, check_invariants
 from erynoa.kafka import EventPublisher
 from erynoa.saga import BookingState, Status
 from erynoa.settings import Settings
+from ops.invariants import ClientRequest, check_invariants
 from tests.integration.saga.conftest import Agents, Api
 from tests.integration.saga.harness import (
     EventLog,

@@ -8,14 +8,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from consumers import dlq
-from consumers.dlq import DeadLetterError, PreviousReplay, Query
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa import saga
-from erynoa.codec import default_codec
+from erynoa.codec import local_codec
 from erynoa.settings import PROJECT_ROOT
 from erynoa.topics import TopicCatalog, load_catalog
+from ops import dead_letters, replay, when
+from ops.dead_letters import DeadLetterError, Query
+from ops.errors import BadInput
+from ops.replay import PreviousReplay
 
 NOW = datetime(2026, 1, 28, 12, 0, tzinfo=UTC)
 BOOKING = "0b5c1d2e-8f3a-4c6b-9d7e-1f2a3b4c5d6e"
@@ -87,14 +89,16 @@ def record(
     )
 
 
-def decodable(**kwargs: object) -> dlq.DeadLetter:
+def decodable(**kwargs: object) -> dead_letters.DeadLetter:
     event = requested()
     headers = failure_headers(**kwargs)  # type: ignore[arg-type]
-    return dlq.read_dead_letter(record(default_codec().encode(event), headers), default_codec())
+    return dead_letters.read_dead_letter(
+        record(local_codec().encode(event), headers), local_codec()
+    )
 
 
-def garbage() -> dlq.DeadLetter:
-    return dlq.read_dead_letter(record(GARBAGE, failure_headers()), default_codec())
+def garbage() -> dead_letters.DeadLetter:
+    return dead_letters.read_dead_letter(record(GARBAGE, failure_headers()), local_codec())
 
 
 # --- time windows ---------------------------------------------------------------------------
@@ -113,13 +117,13 @@ def garbage() -> dlq.DeadLetter:
     ],
 )
 def test_times_are_iso_or_a_duration_ago(text: str, expected: datetime) -> None:
-    assert dlq.parse_when(text, NOW) == expected
+    assert when.parse_when(text, NOW) == expected
 
 
 @pytest.mark.parametrize("text", ["yesterday", "forever", "-5m", "10 minutes", ""])
 def test_an_unreadable_time_names_both_accepted_forms(text: str) -> None:
-    with pytest.raises(DeadLetterError, match="neither an ISO time"):
-        dlq.parse_when(text, NOW)
+    with pytest.raises(BadInput, match="neither an ISO time"):
+        when.parse_when(text, NOW)
 
 
 def test_an_empty_time_window_is_refused() -> None:
@@ -133,9 +137,9 @@ def test_a_limit_below_one_is_refused() -> None:
 
 
 def test_ages_are_durations() -> None:
-    assert dlq.parse_age("10m") == timedelta(minutes=10)
-    with pytest.raises(DeadLetterError):
-        dlq.parse_age("ten minutes")
+    assert when.parse_age("10m") == timedelta(minutes=10)
+    with pytest.raises(BadInput):
+        when.parse_age("ten minutes")
 
 
 # --- reading and filtering ------------------------------------------------------------------
@@ -162,7 +166,7 @@ def test_an_undecodable_dead_letter_shows_size_hex_and_why() -> None:
 
     assert message.event is None
     assert message.undecodable is not None
-    assert "c301" in message.undecodable
+    assert "schema id" in message.undecodable  # 00 reads as the Confluent magic byte
     assert message.size == len(GARBAGE)
     assert message.hex_preview() == GARBAGE.hex(" ")
     assert message.hex_preview(4) == "00 01 67 61 …"
@@ -174,7 +178,7 @@ def test_an_undecodable_dead_letter_shows_size_hex_and_why() -> None:
 def test_garbled_failure_headers_read_as_missing_not_as_errors() -> None:
     headers = [(k.H_ATTEMPTS, b"many"), (k.H_FIRST_FAILURE, b"last tuesday")]
 
-    failure = dlq.Failure.from_headers(headers)
+    failure = dead_letters.Failure.from_headers(headers)
 
     assert failure.attempts is None
     assert failure.first_failure is None
@@ -203,12 +207,12 @@ def test_the_key_rules_out_other_bookings_before_decoding() -> None:
 
 
 def test_topics_are_named_by_topic_or_consumer(catalog: TopicCatalog) -> None:
-    assert dlq.resolve_topics(catalog, ["payment", "payment.dlq", "reservation.dlq"]) == (
+    assert dead_letters.resolve_topics(catalog, ["payment", "payment.dlq", "reservation.dlq"]) == (
         "payment.dlq",
         "reservation.dlq",
     )
     with pytest.raises(DeadLetterError, match=r"known: materializer\.dlq"):
-        dlq.resolve_topics(catalog, ["payments"])
+        dead_letters.resolve_topics(catalog, ["payments"])
 
 
 # --- replay decisions -----------------------------------------------------------------------
@@ -219,29 +223,29 @@ def previous(result: str) -> PreviousReplay:
 
 
 def test_a_decodable_message_from_an_event_topic_is_replayed(catalog: TopicCatalog) -> None:
-    assert dlq.skip_reason(decodable(), catalog, None) is None
+    assert replay.skip_reason(decodable(), catalog, None) is None
 
 
 def test_undecodable_messages_are_skipped_unless_asked_for(catalog: TopicCatalog) -> None:
-    reason = dlq.skip_reason(garbage(), catalog, None)
+    reason = replay.skip_reason(garbage(), catalog, None)
 
     assert reason is not None
     assert "--include-undecodable" in reason
-    assert dlq.skip_reason(garbage(), catalog, None, include_undecodable=True) is None
+    assert replay.skip_reason(garbage(), catalog, None, include_undecodable=True) is None
 
 
 def test_a_message_already_replayed_is_skipped_unless_again(catalog: TopicCatalog) -> None:
-    reason = dlq.skip_reason(decodable(), catalog, previous("replayed"))
+    reason = replay.skip_reason(decodable(), catalog, previous("replayed"))
 
     assert reason is not None
     assert "already replayed" in reason
     assert "alice" in reason
-    assert dlq.skip_reason(decodable(), catalog, previous("replayed"), again=True) is None
-    assert dlq.skip_reason(decodable(), catalog, previous("pending")) is not None
+    assert replay.skip_reason(decodable(), catalog, previous("replayed"), again=True) is None
+    assert replay.skip_reason(decodable(), catalog, previous("pending")) is not None
 
 
 def test_a_replay_that_failed_to_publish_may_be_tried_again(catalog: TopicCatalog) -> None:
-    assert dlq.skip_reason(decodable(), catalog, previous("failed")) is None
+    assert replay.skip_reason(decodable(), catalog, previous("failed")) is None
 
 
 @pytest.mark.parametrize(
@@ -255,7 +259,7 @@ def test_a_replay_that_failed_to_publish_may_be_tried_again(catalog: TopicCatalo
 def test_a_message_whose_origin_cannot_take_it_is_skipped(
     catalog: TopicCatalog, origin: str, why: str
 ) -> None:
-    reason = dlq.skip_reason(decodable(origin=origin), catalog, None)
+    reason = replay.skip_reason(decodable(origin=origin), catalog, None)
 
     assert reason is not None
     assert why in reason
@@ -263,20 +267,20 @@ def test_a_message_whose_origin_cannot_take_it_is_skipped(
 
 def test_a_message_without_an_origin_is_skipped(catalog: TopicCatalog) -> None:
     headers = [(n, v) for n, v in failure_headers() if n != k.H_ORIGIN_TOPIC]
-    message = dlq.read_dead_letter(
-        record(default_codec().encode(requested()), headers), default_codec()
+    message = dead_letters.read_dead_letter(
+        record(local_codec().encode(requested()), headers), local_codec()
     )
 
-    reason = dlq.skip_reason(message, catalog, None)
+    reason = replay.skip_reason(message, catalog, None)
 
     assert reason is not None
     assert k.H_ORIGIN_TOPIC in reason
 
 
 def test_a_tombstone_is_never_replayed(catalog: TopicCatalog) -> None:
-    message = dlq.read_dead_letter(record(None, failure_headers()), default_codec())
+    message = dead_letters.read_dead_letter(record(None, failure_headers()), local_codec())
 
-    reason = dlq.skip_reason(message, catalog, None, include_undecodable=True)
+    reason = replay.skip_reason(message, catalog, None, include_undecodable=True)
 
     assert reason is not None
     assert "tombstone" in reason
@@ -285,10 +289,10 @@ def test_a_tombstone_is_never_replayed(catalog: TopicCatalog) -> None:
 def test_a_replayed_copy_drops_the_failure_headers_and_keeps_the_attempts() -> None:
     original = [*failure_headers(), (k.H_REPLAY, b"an-earlier-replay")]
 
-    headers = dlq.replay_headers(original, "replay-2")
+    headers = k.replay_headers(original, "replay-2")
 
     names = [n for n, _ in headers]
-    assert not dlq.FAILURE_HEADERS & set(names)
+    assert not k.FAILURE_HEADERS & set(names)
     assert dict(headers)[k.H_ATTEMPTS] == b"3"
     assert dict(headers)[k.H_TRACEPARENT] == b"00-abc-def-01"
     assert dict(headers)[k.H_EVENT_TYPE] == b"BookingRequested"
@@ -312,7 +316,7 @@ def held(at: datetime) -> ev.ReservationHeld:
 
 
 def test_a_lost_request_would_start_the_saga_and_the_failed_agent_would_act() -> None:
-    effect = dlq.effect_on_saga(decodable(), [], NOW)
+    effect = replay.replay_effect(decodable(), [], NOW)
 
     assert effect is not None
     assert (effect.status_before, effect.status_after) == (None, saga.Status.REQUESTED)
@@ -322,12 +326,12 @@ def test_a_lost_request_would_start_the_saga_and_the_failed_agent_would_act() ->
 
 def test_a_lost_hold_would_move_the_booking_on_and_ask_payment_to_authorize() -> None:
     event = held(NOW + timedelta(seconds=1))
-    message = dlq.read_dead_letter(
-        record(default_codec().encode(event), failure_headers(consumer="payment")),
-        default_codec(),
+    message = dead_letters.read_dead_letter(
+        record(local_codec().encode(event), failure_headers(consumer="payment")),
+        local_codec(),
     )
 
-    effect = dlq.effect_on_saga(message, [requested()], NOW)
+    effect = replay.replay_effect(message, [requested()], NOW)
 
     assert effect is not None
     assert (effect.status_before, effect.status_after) == (
@@ -340,12 +344,12 @@ def test_a_lost_hold_would_move_the_booking_on_and_ask_payment_to_authorize() ->
 
 def test_an_event_other_consumers_handled_is_noted_as_already_in_the_log() -> None:
     event = held(NOW + timedelta(seconds=1))
-    message = dlq.read_dead_letter(
-        record(default_codec().encode(event), failure_headers(consumer="payment")),
-        default_codec(),
+    message = dead_letters.read_dead_letter(
+        record(local_codec().encode(event), failure_headers(consumer="payment")),
+        local_codec(),
     )
 
-    effect = dlq.effect_on_saga(message, [requested(), event], NOW)
+    effect = replay.replay_effect(message, [requested(), event], NOW)
 
     assert effect is not None
     assert effect.already_in_log
@@ -356,11 +360,11 @@ def test_an_event_other_consumers_handled_is_noted_as_already_in_the_log() -> No
 
 def test_an_event_before_its_request_waits() -> None:
     event = held(NOW)
-    message = dlq.read_dead_letter(
-        record(default_codec().encode(event), failure_headers()), default_codec()
+    message = dead_letters.read_dead_letter(
+        record(local_codec().encode(event), failure_headers()), local_codec()
     )
 
-    effect = dlq.effect_on_saga(message, [], NOW)
+    effect = replay.replay_effect(message, [], NOW)
 
     assert effect is not None
     assert effect.status_after is None
@@ -369,4 +373,4 @@ def test_an_event_before_its_request_waits() -> None:
 
 
 def test_an_undecodable_message_has_no_saga_effect() -> None:
-    assert dlq.effect_on_saga(garbage(), [], NOW) is None
+    assert replay.replay_effect(garbage(), [], NOW) is None

@@ -1,4 +1,4 @@
-"""The invariant checker (erynoa.invariants) on hand-made evidence: it passes a correct saga and
+"""The invariant checker (ops.invariants) on hand-made evidence: it passes a correct saga and
 reports exactly the rule each broken piece of evidence breaks."""
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import pytest
 from erynoa import events as ev
 from erynoa import saga
 from erynoa.events import Money
-from erynoa.invariants import (
+from erynoa.saga import fold_log
+from erynoa.settings import Settings
+from erynoa.topics import load_catalog
+from ops.invariants import (
     ClientRequest,
     Delivery,
     Evidence,
@@ -25,11 +28,8 @@ from erynoa.invariants import (
     Violation,
     agent_views,
     evaluate,
-    fold_log,
 )
-from erynoa.invariants.rules import agent_log
-from erynoa.settings import Settings
-from erynoa.topics import load_catalog
+from ops.invariants.rules import agent_log
 
 B = "3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e11"
 B2 = "3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e22"

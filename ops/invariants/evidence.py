@@ -1,6 +1,6 @@
 """What the invariant checker judges: the evidence a run leaves behind, as plain dataclasses.
 
-``erynoa.invariants.gather`` fills it from PostgreSQL (and, when asked, the mail sink, the
+``ops.invariants.gather`` fills it from PostgreSQL (and, when asked, the mail sink, the
 dead-letter topics and Stripe); tests build it by hand. Every field is evidence the system
 could get wrong: counts come from logs and outside records, never from a table whose
 constraints already forbid the violation.

@@ -10,25 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.structs import ConsumerRecord
+from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner, Result
 
-from consumers import dlq
-from consumers.ops_cli import dlq_app
+from cli.ops import dlq_app
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.codec import default_codec
-from erynoa.db import create_pool
 from erynoa.settings import Settings
-from erynoa.topics import TopicCatalog, load_catalog
-from tests.conftest import own_namespace, unique
+from erynoa.topics import TopicCatalog
+from ops import dead_letters, replay
+from tests.conftest import unique
+from tests.integration.ops.conftest import end_offsets, keyed_since
+from tests.integration.saga_events import request
 
 pytestmark = pytest.mark.integration
 
@@ -45,41 +44,6 @@ class Poisoned:
     requested: ev.BookingRequested
     body: bytes
     parked_at: datetime
-
-
-@pytest.fixture(scope="module")
-async def settings(settings: Settings) -> AsyncIterator[Settings]:
-    async with own_namespace(settings) as isolated:
-        yield isolated
-
-
-@pytest.fixture(scope="module")
-async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(settings, min_size=1, max_size=5)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture(scope="module")
-def catalog(settings: Settings) -> TopicCatalog:
-    return load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
-
-
-def booking_requested(booking_id: str) -> ev.BookingRequested:
-    slot = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
-    return ev.make(
-        ev.BookingRequested,
-        booking_id=booking_id,
-        producer="api",
-        customer_id=unique("cust-"),
-        service_id=unique(),
-        provider_id=unique("prov-"),
-        slot_start=slot,
-        slot_end=slot + timedelta(hours=1),
-        price=ev.Money(4500, "EUR"),
-        payment_method="pm_card_visa",
-        response_deadline_seconds=3600,
-    )
 
 
 def failure_headers(
@@ -107,7 +71,7 @@ async def poisoned(settings: Settings, catalog: TopicCatalog) -> Poisoned:
     booking_id = unique()
     topic = catalog.consumer("reservation").dead_letter_topic
     origin = catalog.topic_for("BookingRequested")
-    requested = booking_requested(booking_id)
+    requested = request(booking_id, datetime.now(UTC))
     body = default_codec().encode(requested)
     producer = AIOKafkaProducer(**k.producer_config(settings.kafka_bootstrap, "test-dlq"))
     await producer.start()
@@ -136,50 +100,6 @@ async def poisoned(settings: Settings, catalog: TopicCatalog) -> Poisoned:
     return Poisoned(booking_id, topic, origin, requested, body, parked_at)
 
 
-async def end_offsets(
-    settings: Settings, catalog: TopicCatalog, topic: str
-) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await k.start_consumer(consumer)
-    try:
-        # The catalog's partition count: `erynoa topics apply` made the cluster match it.
-        tps = [TopicPartition(topic, p) for p in range(catalog.topics[topic].partitions)]
-        assert tps, topic
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
-
-
-async def keyed_since(
-    settings: Settings, since: dict[TopicPartition, int], key: str
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """Records keyed ``key`` written after ``since`` (per partition), up to the end now."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
-    )
-    await k.start_consumer(consumer)
-    found: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        ends = await consumer.end_offsets(list(since))
-        todo = {tp: ends[tp] for tp in since if ends[tp] > since[tp]}
-        if not todo:
-            return found
-        consumer.assign(list(todo))
-        for tp in todo:
-            consumer.seek(tp, since[tp])
-        deadline = asyncio.get_running_loop().time() + 20
-        while todo and asyncio.get_running_loop().time() < deadline:
-            for tp, records in (await consumer.getmany(*todo, timeout_ms=500)).items():
-                found += [r for r in records if r.offset < todo[tp] and r.key == key.encode()]
-            for tp in list(todo):
-                if await consumer.position(tp) >= todo[tp]:
-                    del todo[tp]
-        assert not todo, f"could not read to the end of {sorted(map(str, todo))}"
-    finally:
-        await consumer.stop()
-    return found
-
-
 async def audit_rows(db: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await db.fetch(
         "SELECT * FROM dlq_replays WHERE booking_id = $1 ORDER BY dlq_offset", booking_id
@@ -201,7 +121,7 @@ async def cli(settings: Settings, *args: str) -> Result:
 async def test_ls_counts_dead_letters_by_error_class(
     settings: Settings, catalog: TopicCatalog, poisoned: Poisoned
 ) -> None:
-    summaries = await dlq.summarize(catalog, settings.kafka_bootstrap)
+    summaries = await dead_letters.summarize(catalog, settings.kafka_bootstrap)
 
     by_topic = {s.topic: s for s in summaries}
     assert set(by_topic) == {t.name for t in catalog.by_kind("dead_letter")}
@@ -226,8 +146,8 @@ async def test_show_decodes_and_filters_by_booking_and_error_class(
     settings: Settings, catalog: TopicCatalog, poisoned: Poisoned
 ) -> None:
     codec = default_codec()
-    found = await dlq.find(
-        catalog, settings.kafka_bootstrap, dlq.Query(booking_id=poisoned.booking_id), codec
+    found = await dead_letters.find(
+        catalog, settings.kafka_bootstrap, dead_letters.Query(booking_id=poisoned.booking_id), codec
     )
 
     assert len(found.messages) == 2
@@ -246,17 +166,17 @@ async def test_show_decodes_and_filters_by_booking_and_error_class(
     assert garbage.hex_preview().startswith("00 01 74 68")
     assert garbage.booking_id == poisoned.booking_id  # from the key
 
-    only_garbage = await dlq.find(
+    only_garbage = await dead_letters.find(
         catalog,
         settings.kafka_bootstrap,
-        dlq.Query(booking_id=poisoned.booking_id, error_class="undecodableevent"),
+        dead_letters.Query(booking_id=poisoned.booking_id, error_class="undecodableevent"),
         codec,
     )
     assert [m.offset for m in only_garbage.messages] == [garbage.offset]
-    by_type = await dlq.find(
+    by_type = await dead_letters.find(
         catalog,
         settings.kafka_bootstrap,
-        dlq.Query(
+        dead_letters.Query(
             topics=(poisoned.dlq_topic,),
             booking_id=poisoned.booking_id,
             event_type="BookingRequested",
@@ -265,10 +185,12 @@ async def test_show_decodes_and_filters_by_booking_and_error_class(
         codec,
     )
     assert [m.offset for m in by_type.messages] == [decoded.offset]
-    later = await dlq.find(
+    later = await dead_letters.find(
         catalog,
         settings.kafka_bootstrap,
-        dlq.Query(booking_id=poisoned.booking_id, since=datetime.now(UTC) + timedelta(minutes=1)),
+        dead_letters.Query(
+            booking_id=poisoned.booking_id, since=datetime.now(UTC) + timedelta(minutes=1)
+        ),
         codec,
     )
     assert later.messages == ()
@@ -358,7 +280,7 @@ async def test_replay_redrives_once_to_the_origin_and_skips_the_undecodable(
     assert headers[k.H_REPLAY] == report["replay_id"].encode()
     assert headers[k.H_ATTEMPTS] == b"3"  # kept: a new failure continues the count
     assert headers[k.H_TRACEPARENT].startswith(b"00-0af7651916cd43dd")
-    assert not dlq.FAILURE_HEADERS & set(headers)
+    assert not k.FAILURE_HEADERS & set(headers)
     rows = await audit_rows(db, poisoned.booking_id)
     assert len(rows) == 1
     row = rows[0]
@@ -391,10 +313,10 @@ async def test_again_forces_a_second_replay_and_logs_both(
     settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, poisoned: Poisoned
 ) -> None:
     codec = default_codec()
-    found = await dlq.find(
+    found = await dead_letters.find(
         catalog,
         settings.kafka_bootstrap,
-        dlq.Query(booking_id=poisoned.booking_id, event_type="BookingRequested"),
+        dead_letters.Query(booking_id=poisoned.booking_id, event_type="BookingRequested"),
         codec,
     )
     origin_before = await end_offsets(settings, catalog, poisoned.origin)
@@ -402,10 +324,10 @@ async def test_again_forces_a_second_replay_and_logs_both(
     await producer.start()
     try:
         for again in (False, True):
-            plan = await dlq.plan_replay(
+            plan = await replay.plan_replay(
                 db, catalog, found.messages, codec, datetime.now(UTC), again=again
             )
-            report = await dlq.replay(db, producer, plan, operator="tester", again=again)
+            report = await replay.replay(db, producer, plan, operator="tester", again=again)
             assert report.counts["replayed"] == 1
     finally:
         await producer.stop()

@@ -13,8 +13,9 @@ from typing import Annotated
 import typer
 
 from api import cli as api_cli
+from cli.ops import dlq_app, saga_app
 from consumers.cli import materializer_app
-from consumers.ops_cli import dlq_app, saga_app
+from erynoa.schemas_cli import schemas_app
 from erynoa.settings import Settings, get_settings
 from erynoa.stack.cli import stack_app
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
@@ -31,7 +32,6 @@ topics_app = typer.Typer(no_args_is_help=True, help="Make Kafka match topics.yam
 app.add_typer(topics_app, name="topics")
 db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL schema.")
 app.add_typer(db_app, name="db")
-schemas_app = typer.Typer(no_args_is_help=True, help="The Avro event contracts.")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(materializer_app, name="materializer")
 app.add_typer(dlq_app, name="dlq")
@@ -107,18 +107,6 @@ def topics_check() -> None:
     if drift:
         raise typer.Exit(1)
     typer.echo(f"topics: no drift ({len(catalog.topics)} topics)")
-
-
-@schemas_app.command("check")
-def schemas_check() -> None:
-    """Load and check every schema under schemas/; list each event type's versions."""
-    from erynoa.codec import EventCodec, require_complete
-
-    settings = load_settings()
-    codec = require_complete(EventCodec(settings.schemas_dir))  # main() reports SchemaError
-    for event_type, versions in sorted(codec.versions.items()):
-        listed = ", ".join(f"v{v}" for v in versions)
-        typer.echo(f"{event_type:32} {listed:8} {codec.fingerprint(event_type).hex()}")
 
 
 @db_app.command("migrate")

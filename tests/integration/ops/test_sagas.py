@@ -9,142 +9,30 @@ reach the real agents, and ``ls`` sees only this module's bookings.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 from typer.testing import CliRunner, Result
 
-from consumers import materializer, saga_view
-from consumers.ops_cli import saga_app
+from cli.ops import saga_app
 from erynoa import events as ev
-from erynoa import kafka as k
 from erynoa.codec import default_codec
-from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher
 from erynoa.saga import Hold, Payment, Status, TimeOutProvider
 from erynoa.settings import Settings
-from erynoa.topics import TopicCatalog, load_catalog
-from tests.conftest import own_namespace, unique
+from erynoa.topics import TopicCatalog
+from ops import sagas
+from tests.conftest import unique
+from tests.integration.ops.conftest import end_offsets, keyed_since
+from tests.integration.saga_events import awaiting_provider, rejected_and_compensated, request
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-async def settings(settings: Settings) -> AsyncIterator[Settings]:
-    async with own_namespace(settings) as isolated:
-        yield isolated
-
-
-@pytest.fixture(scope="module")
-async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(settings, min_size=1, max_size=5)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture(scope="module")
-def catalog(settings: Settings) -> TopicCatalog:
-    return load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
-
-
-@pytest.fixture(scope="module")
-async def publisher(settings: Settings, catalog: TopicCatalog) -> AsyncIterator[EventPublisher]:
-    pub = EventPublisher.create(
-        settings.kafka_bootstrap, "test-saga-view", default_codec(), catalog
-    )
-    await pub.start()
-    yield pub
-    await pub.stop()
-
-
-@pytest.fixture(scope="module")
-async def running_materializer(settings: Settings) -> AsyncIterator[None]:
-    stopping = asyncio.Event()
-    task = asyncio.create_task(materializer.run(settings, stopping))
-    yield
-    stopping.set()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, 30)
-
-
 # --- building sagas -------------------------------------------------------------------------
-
-
-def request(booking_id: str, at: datetime) -> ev.BookingRequested:
-    slot = at.replace(microsecond=0) + timedelta(days=3)
-    return ev.make(
-        ev.BookingRequested,
-        booking_id=booking_id,
-        producer="api",
-        occurred_at=at,
-        customer_id=unique("cust-"),
-        service_id=unique(),
-        provider_id=unique("prov-"),
-        slot_start=slot,
-        slot_end=slot + timedelta(hours=1),
-        price=ev.Money(4500, "EUR"),
-        payment_method="pm_card_visa",
-        response_deadline_seconds=3600,
-    )
-
-
-def awaiting_provider(
-    booking_id: str, start: datetime, deadline: datetime
-) -> list[ev.BookingEvent]:
-    """Requested, held, authorized, provider told, deadline running: one second apart."""
-    requested = request(booking_id, start)
-    held = ev.make(
-        ev.ReservationHeld, cause=requested, producer="reservation",
-        occurred_at=start + timedelta(seconds=1), hold_id=unique(),
-        service_id=requested.service_id, slot_start=requested.slot_start,
-    )  # fmt: skip
-    authorized = ev.make(
-        ev.PaymentAuthorized, cause=held, producer="payment",
-        occurred_at=start + timedelta(seconds=3), payment_id=f"pi_{booking_id[:8]}",
-        amount=requested.price, gateway="sandbox",
-    )  # fmt: skip
-    told = ev.make(
-        ev.NotificationSent, cause=authorized, producer="notification",
-        occurred_at=start + timedelta(seconds=4), notification_id=unique(),
-        recipient_role="provider", channel="email", template="provider_request",
-    )  # fmt: skip
-    waiting = ev.make(
-        ev.ProviderResponseRequested, cause=authorized, producer="provider-response",
-        occurred_at=start + timedelta(seconds=5), provider_id=requested.provider_id,
-        deadline_at=deadline,
-    )  # fmt: skip
-    return [requested, held, authorized, told, waiting]
-
-
-def rejected_and_compensated(booking_id: str, start: datetime) -> list[ev.BookingEvent]:
-    events = awaiting_provider(booking_id, start, start + timedelta(hours=1))
-    authorized = events[2]
-    assert isinstance(authorized, ev.PaymentAuthorized)
-    rejected = ev.make(
-        ev.ProviderRejected, cause=events[-1], producer="provider-response",
-        occurred_at=start + timedelta(seconds=65), provider_id="prov", reason="fully booked",
-    )  # fmt: skip
-    voided = ev.make(
-        ev.PaymentVoided, cause=rejected, producer="payment",
-        occurred_at=start + timedelta(seconds=66), payment_id=authorized.payment_id,
-    )  # fmt: skip
-    released = ev.make(
-        ev.ReservationReleased, cause=voided, producer="reservation",
-        occurred_at=start + timedelta(seconds=68), hold_id=None, reason="rejected",
-    )  # fmt: skip
-    told = ev.make(
-        ev.NotificationSent, cause=released, producer="notification",
-        occurred_at=start + timedelta(seconds=70), notification_id=unique(),
-        recipient_role="customer", channel="email", template="customer_rejected",
-    )  # fmt: skip
-    return [*events, rejected, voided, released, told]
 
 
 async def publish_and_fold(
@@ -175,48 +63,6 @@ async def wait_for_status(db: asyncpg.Pool, booking_id: str, status: Status) -> 
     raise AssertionError(f"booking {booking_id} never became {status.value}")
 
 
-async def end_offsets(
-    settings: Settings, catalog: TopicCatalog, topic: str
-) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await k.start_consumer(consumer)
-    try:
-        tps = [TopicPartition(topic, p) for p in range(catalog.topics[topic].partitions)]
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
-
-
-async def keyed_since(
-    settings: Settings, since: dict[TopicPartition, int], key: str
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """Records keyed ``key`` written after ``since`` (per partition), up to the end now."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
-    )
-    await k.start_consumer(consumer)
-    found: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        ends = await consumer.end_offsets(list(since))
-        todo = {tp: ends[tp] for tp in since if ends[tp] > since[tp]}
-        if not todo:
-            return found
-        consumer.assign(list(todo))
-        for tp in todo:
-            consumer.seek(tp, since[tp])
-        deadline = asyncio.get_running_loop().time() + 20
-        while todo and asyncio.get_running_loop().time() < deadline:
-            for tp, records in (await consumer.getmany(*todo, timeout_ms=500)).items():
-                found += [r for r in records if r.offset < todo[tp] and r.key == key.encode()]
-            for tp in list(todo):
-                if await consumer.position(tp) >= todo[tp]:
-                    del todo[tp]
-        assert not todo, "could not read to the end of the topic"
-    finally:
-        await consumer.stop()
-    return found
-
-
 async def cli(settings: Settings, *args: str) -> Result:
     """Run ``erynoa saga <args>`` against ``settings``' namespace, in a thread (the command
     runs its own event loop). A wide terminal, so tables do not fold words."""
@@ -242,7 +88,7 @@ async def test_show_returns_the_timeline_in_event_order_with_compensations_marke
     events = rejected_and_compensated(booking_id, start)
     await publish_and_fold(db, publisher, events)
 
-    timeline = await saga_view.saga_timeline(db, booking_id, default_codec(), datetime.now(UTC))
+    timeline = await sagas.saga_timeline(db, booking_id, default_codec(), datetime.now(UTC))
 
     assert [e.event_id for e in timeline.entries] == [e.event_id for e in events]
     assert [e.producer for e in timeline.entries] == [e.producer for e in events]
@@ -314,12 +160,10 @@ async def test_ls_stuck_finds_a_passed_deadline_and_an_idle_step_but_not_a_waiti
     )
     mine = (overdue, idle, waiting)
 
-    stuck = await saga_view.list_sagas(
-        db, saga_view.SagaQuery(stuck=True, booking_ids=mine), datetime.now(UTC)
+    stuck = await sagas.list_sagas(
+        db, sagas.SagaQuery(stuck=True, booking_ids=mine), datetime.now(UTC)
     )
-    in_flight = await saga_view.list_sagas(
-        db, saga_view.SagaQuery(booking_ids=mine), datetime.now(UTC)
-    )
+    in_flight = await sagas.list_sagas(db, sagas.SagaQuery(booking_ids=mine), datetime.now(UTC))
 
     assert [s.booking_id for s in stuck] == [overdue, idle]  # oldest request first
     late, quiet = stuck
@@ -405,7 +249,7 @@ async def test_cancel_dry_run_publishes_nothing_and_cancel_publishes_one_request
 
     # The materializer folds it: compensations are now due, and a second cancel is refused.
     await wait_for_status(db, booking_id, Status.CANCELLED)
-    timeline = await saga_view.saga_timeline(db, booking_id, default_codec(), datetime.now(UTC))
+    timeline = await sagas.saga_timeline(db, booking_id, default_codec(), datetime.now(UTC))
     assert timeline.in_flight
     assert [w.who for w in timeline.waiting] == ["payment"]  # void first, then release
     after_cancel = await end_offsets(settings, catalog, bookings_topic)

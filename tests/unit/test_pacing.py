@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from loadgen.pacing import LATE_AFTER_S, Pacer, bounded_total
+from erynoa.pacing import LATE_AFTER_S, Pacer, bounded_total
 
 
 def test_sends_are_due_at_even_intervals() -> None:

@@ -1,10 +1,10 @@
-"""DESIGN.md's invariants 1-9, checked over the evidence a run leaves behind.
+"""The booking backbone's invariants 1-9, checked over the evidence a run leaves behind.
 
     violations = await check_invariants(pool, booking_ids, catalog=catalog, requests=requests)
     assert not violations, "\\n".join(map(str, violations))
 
-``gather`` reads the evidence (``erynoa.invariants.gather``), ``evaluate`` judges it with pure
-rules (``erynoa.invariants.rules``, where each invariant is spelled out), so the unit tests feed
+``gather`` reads the evidence (``ops.invariants.gather``), ``evaluate`` judges it with pure
+rules (``ops.invariants.rules``, where each invariant is spelled out), so the unit tests feed
 hand-made evidence that breaks each rule (a checker that cannot fail proves nothing).
 """
 
@@ -17,7 +17,9 @@ import asyncpg
 
 from erynoa import saga
 from erynoa.events import BookingEvent
-from erynoa.invariants.evidence import (
+from erynoa.settings import Settings
+from erynoa.topics import TopicCatalog, load_catalog
+from ops.invariants.evidence import (
     AgentView,
     ClientRequest,
     Delivery,
@@ -29,22 +31,19 @@ from erynoa.invariants.evidence import (
     Slot,
     Violation,
 )
-from erynoa.invariants.gather import (
+from ops.invariants.gather import (
     agent_views,
     gather,
     read_maildir,
     read_parked,
     stripe_intents,
 )
-from erynoa.invariants.rules import (
+from ops.invariants.rules import (
     DEFAULT_GRACE,
     DEFAULT_POLICY,
     DEFAULT_STALL,
     evaluate,
-    fold_log,
 )
-from erynoa.settings import Settings
-from erynoa.topics import TopicCatalog, load_catalog
 
 __all__ = [
     "AgentView",
@@ -60,7 +59,6 @@ __all__ = [
     "agent_views",
     "check_invariants",
     "evaluate",
-    "fold_log",
     "gather",
     "read_maildir",
     "read_parked",

@@ -1,7 +1,7 @@
 """``erynoa dlq ...`` and ``erynoa saga ...``: the operator's commands.
 
-Thin: each command parses its options, calls the library (``consumers.dlq``,
-``consumers.saga_view``) and renders the dataclasses it returns as rich tables for people or as
+Thin: each command parses its options, calls the library (``ops.dlq``,
+``ops.sagas``) and renders the dataclasses it returns as rich tables for people or as
 JSON (``--json``) for machines. Progress and errors go to stderr, so ``--json`` output pipes
 cleanly. Bad input (an unknown topic, an unreadable time, a malformed id) prints one line and
 exits 2; an unreachable service or a refused action exits 1.
@@ -42,12 +42,13 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from consumers import dlq, saga_view
 from erynoa import kafka as k
 from erynoa.codec import default_codec
 from erynoa.saga import Policy, Status
 from erynoa.settings import Settings
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
+from ops import assess, dead_letters, replay, sagas, when
+from ops.errors import BadInput, check_booking_id
 
 dlq_app = typer.Typer(
     no_args_is_help=True, help="Dead-letter topics: see what failed, and replay it."
@@ -107,16 +108,16 @@ def _operator(given: str | None) -> str:
 
 
 def _policy(settings: Settings) -> Policy:
-    return Policy(refund_policy=settings.refund_policy)
+    return Policy.from_settings(settings)
 
 
 def _run(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
     """Run ``work``; a service that is down or a schema not migrated is one line, exit 1."""
     try:
         return asyncio.run(work)
-    except (dlq.DeadLetterError, saga_view.InvalidBookingId) as exc:
+    except BadInput as exc:
         _bad_input(str(exc))
-    except saga_view.SagaNotFound as exc:
+    except sagas.SagaNotFound as exc:
         _fail(str(exc))
     except asyncpg.UndefinedTableError as exc:
         _fail(f"PostgreSQL: {exc} (run `erynoa db migrate`)")
@@ -135,16 +136,16 @@ def _when(moment: datetime | None, now: datetime | None = None) -> str:
         return "-"
     text = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     if now is not None:
-        text += f" ({saga_view.format_duration(now - moment)} ago)"
+        text += f" ({assess.format_duration(now - moment)} ago)"
     return text
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
-    return f"{saga_view.format_duration(now - moment)} ago" if moment is not None else ""
+    return f"{assess.format_duration(now - moment)} ago" if moment is not None else ""
 
 
 def _duration(delta: timedelta | None) -> str:
-    return saga_view.format_duration(delta) if delta is not None else "-"
+    return assess.format_duration(delta) if delta is not None else "-"
 
 
 # --- dlq -------------------------------------------------------------------------------------
@@ -171,7 +172,6 @@ MaxScanOpt = Annotated[
 
 def _query(
     catalog: TopicCatalog,
-    *,
     topic: list[str] | None,
     booking_id: str | None,
     event_type: str | None,
@@ -179,25 +179,20 @@ def _query(
     since: str | None,
     until: str | None,
     limit: int | None,
-) -> dlq.Query:
-    now = datetime.now(UTC)
+) -> dead_letters.Query:
     try:
-        topics = dlq.resolve_topics(catalog, topic or [])
-        if booking_id is not None:
-            booking_id = saga_view.check_booking_id(booking_id)
-        if event_type is not None and event_type not in catalog.event_types:
-            known = ", ".join(sorted(catalog.event_types))
-            raise dlq.DeadLetterError(f"unknown event type {event_type!r}; known: {known}")
-        return dlq.Query(
-            topics=topics,
+        return dead_letters.query_from(
+            catalog,
+            datetime.now(UTC),
+            topics=topic or [],
             booking_id=booking_id,
             event_type=event_type,
             error_class=error_class,
-            since=dlq.parse_when(since, now) if since else None,
-            until=dlq.parse_when(until, now) if until else None,
+            since=since,
+            until=until,
             limit=limit,
         )
-    except (dlq.DeadLetterError, saga_view.InvalidBookingId) as exc:
+    except BadInput as exc:
         _bad_input(str(exc))
 
 
@@ -211,7 +206,9 @@ def dlq_ls(
     """Every dead-letter topic: depth, oldest and newest message, counts by error class."""
     settings = _settings()
     catalog = _catalog(settings)
-    summaries = _run(settings, dlq.summarize(catalog, settings.kafka_bootstrap, sample=sample))
+    summaries = _run(
+        settings, dead_letters.summarize(catalog, settings.kafka_bootstrap, sample=sample)
+    )
     if as_json:
         _echo_json([s.to_json() for s in summaries])
         return
@@ -246,7 +243,7 @@ def dlq_ls(
         )
 
 
-def _message_cells(m: dlq.DeadLetter) -> tuple[Text, str]:
+def _message_cells(m: dead_letters.DeadLetter) -> tuple[Text, str]:
     if m.event is not None:
         event = Text(f"{m.event_type}", style="bold")
         event.append(f"  id {m.event_id}", style="dim")
@@ -258,7 +255,7 @@ def _message_cells(m: dlq.DeadLetter) -> tuple[Text, str]:
     return event, m.booking_id or "-"
 
 
-def _failure_cell(m: dlq.DeadLetter) -> Text:
+def _failure_cell(m: dead_letters.DeadLetter) -> Text:
     f = m.failure
     text = Text(f"{f.error_class or '?'}", style="bold yellow")
     if f.error_kind:
@@ -271,7 +268,7 @@ def _failure_cell(m: dlq.DeadLetter) -> Text:
     return text
 
 
-def _message_block(m: dlq.DeadLetter, now: datetime) -> Table:
+def _message_block(m: dead_letters.DeadLetter, now: datetime) -> Table:
     """One dead letter as a labelled block: fits any terminal width, unlike a wide table."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -288,7 +285,7 @@ def _message_block(m: dlq.DeadLetter, now: datetime) -> Table:
     return grid
 
 
-def _origin_cell(m: dlq.DeadLetter) -> str:
+def _origin_cell(m: dead_letters.DeadLetter) -> str:
     f = m.failure
     origin = f"{f.origin_topic or '?'}[{f.origin_partition}]@{f.origin_offset}"
     return f"{origin}\nfirst {_when(f.first_failure)}\nlast  {_when(f.last_failure)}"
@@ -309,19 +306,12 @@ def dlq_show(
     """Dead letters, decoded, with why, where from, when and how often they failed."""
     settings = _settings()
     catalog = _catalog(settings)
-    query = _query(
-        catalog,
-        topic=topic,
-        booking_id=booking_id,
-        event_type=event_type,
-        error_class=error_class,
-        since=since,
-        until=until,
-        limit=limit,
-    )
+    query = _query(catalog, topic, booking_id, event_type, error_class, since, until, limit)
     result = _run(
         settings,
-        dlq.find(catalog, settings.kafka_bootstrap, query, default_codec(), max_scan=max_scan),
+        dead_letters.find(
+            catalog, settings.kafka_bootstrap, query, default_codec(), max_scan=max_scan
+        ),
     )
     if as_json:
         _echo_json(result.to_json())
@@ -334,7 +324,7 @@ def dlq_show(
     _scan_notes(result)
 
 
-def _scan_notes(result: dlq.ScanResult) -> None:
+def _scan_notes(result: dead_letters.ScanResult) -> None:
     notes = []
     if result.limited:
         notes.append("stopped at --limit; more may match")
@@ -384,16 +374,7 @@ def dlq_replay(
     """
     settings = _settings()
     catalog = _catalog(settings)
-    query = _query(
-        catalog,
-        topic=topic,
-        booking_id=booking_id,
-        event_type=event_type,
-        error_class=error_class,
-        since=since,
-        until=until,
-        limit=limit,
-    )
+    query = _query(catalog, topic, booking_id, event_type, error_class, since, until, limit)
     who = _operator(operator)
     progress = Progress(
         TextColumn("replaying"),
@@ -406,15 +387,17 @@ def dlq_replay(
         disable=as_json,
     )
 
-    async def work() -> tuple[list[dlq.PlannedReplay], dlq.ReplayReport | None]:
+    async def work() -> tuple[list[replay.PlannedReplay], replay.ReplayReport | None]:
         from erynoa.db import create_pool
 
         codec = default_codec()
-        found = await dlq.find(catalog, settings.kafka_bootstrap, query, codec, max_scan=max_scan)
+        found = await dead_letters.find(
+            catalog, settings.kafka_bootstrap, query, codec, max_scan=max_scan
+        )
         _scan_notes(found)
         pool = await create_pool(settings, min_size=1, max_size=2)
         try:
-            plan = await dlq.plan_replay(
+            plan = await replay.plan_replay(
                 pool,
                 catalog,
                 found.messages,
@@ -434,7 +417,7 @@ def dlq_replay(
             try:
                 with progress:
                     task = progress.add_task("replay", total=len(plan))
-                    report = await dlq.replay(
+                    report = await replay.replay(
                         pool,
                         producer,
                         plan,
@@ -458,7 +441,7 @@ def dlq_replay(
         raise typer.Exit(1)
 
 
-def _print_dry_run(plan: list[dlq.PlannedReplay], as_json: bool) -> None:
+def _print_dry_run(plan: list[replay.PlannedReplay], as_json: bool) -> None:
     would = sum(1 for p in plan if p.replay)
     if as_json:
         _echo_json({"dry_run": True, "would_replay": would, "plan": [p.to_json() for p in plan]})
@@ -481,7 +464,7 @@ def _print_dry_run(plan: list[dlq.PlannedReplay], as_json: bool) -> None:
     )
 
 
-def _print_report(report: dlq.ReplayReport, as_json: bool) -> None:
+def _print_report(report: replay.ReplayReport, as_json: bool) -> None:
     if as_json:
         _echo_json(report.to_json())
         return
@@ -514,8 +497,8 @@ BookingArg = Annotated[str, typer.Argument(help="The booking id (a uuid).")]
 
 def _check_id(booking_id: str) -> str:
     try:
-        return saga_view.check_booking_id(booking_id)
-    except saga_view.InvalidBookingId as exc:
+        return check_booking_id(booking_id)
+    except BadInput as exc:
         _bad_input(str(exc))
 
 
@@ -528,7 +511,7 @@ _KIND_STYLE = {
 }
 
 
-def _waiting_text(w: saga_view.Waiting) -> str:
+def _waiting_text(w: assess.Waiting) -> str:
     return f"{w.who}: {w.what}" + (f" until {_when(w.until)}" if w.until else "")
 
 
@@ -544,10 +527,10 @@ def saga_show(booking_id: BookingArg, as_json: JsonOpt = False) -> None:
     settings = _settings()
     now = datetime.now(UTC)
 
-    async def work() -> saga_view.SagaTimeline:
+    async def work() -> sagas.SagaTimeline:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await saga_view.saga_timeline(
+            return await sagas.saga_timeline(
                 conn, booking_id, default_codec(), now, policy=_policy(settings)
             )
         finally:
@@ -617,6 +600,8 @@ def saga_ls(
     older_than: Annotated[
         str | None, typer.Option("--older-than", help="Requested at least this long ago: 10m.")
     ] = None,
+    provider: Annotated[str | None, typer.Option(help="Only this provider's bookings.")] = None,
+    customer: Annotated[str | None, typer.Option(help="Only this customer's bookings.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
@@ -629,31 +614,38 @@ def saga_ls(
             _bad_input(f"unknown status {status!r}; one of: {', '.join(s.value for s in Status)}")
     if older_than is not None:
         try:
-            age = dlq.parse_age(older_than)
-        except dlq.DeadLetterError as exc:
+            age = when.parse_age(older_than)
+        except BadInput as exc:
             _bad_input(str(exc))
     settings = _settings()
     now = datetime.now(UTC)
-    query = saga_view.SagaQuery(stuck=stuck, status=wanted, older_than=age, limit=limit)
+    query = sagas.SagaQuery(
+        stuck=stuck,
+        status=wanted,
+        older_than=age,
+        provider_id=provider,
+        customer_id=customer,
+        limit=limit,
+    )
 
-    async def work() -> list[saga_view.SagaSummary]:
+    async def work() -> list[sagas.SagaSummary]:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await saga_view.list_sagas(conn, query, now, policy=_policy(settings))
+            return await sagas.list_sagas(conn, query, now, policy=_policy(settings))
         finally:
             await conn.close()
 
-    sagas = _run(settings, work())
+    found = _run(settings, work())
     if as_json:
-        _echo_json([s.to_json() for s in sagas])
+        _echo_json([s.to_json() for s in found])
         return
-    title = f"{len(sagas)} {'stuck ' if stuck else ''}saga(s) in flight"
+    title = f"{len(found)} {'stuck ' if stuck else ''}saga(s) in flight"
     table = Table(title=title, title_justify="left", show_lines=True)
     table.add_column("booking", overflow="fold")
     table.add_column("status\nhold/payment", overflow="fold")
     table.add_column("age\nidle", no_wrap=True)
     table.add_column("waiting for", overflow="fold", ratio=1)
-    for s in sagas:
+    for s in found:
         waiting = Text("; ".join(_waiting_text(w) for w in s.waiting) or "-")
         if s.stuck_reason:
             waiting.append(f"\nstuck: {s.stuck_reason}", style="red")
@@ -663,7 +655,7 @@ def saga_ls(
     Console().print(table)
 
 
-def _print_request(request: saga_view.OperatorRequest, as_json: bool) -> None:
+def _print_request(request: sagas.OperatorRequest, as_json: bool) -> None:
     if as_json:
         _echo_json(request.to_json())
     elif request.refused:
@@ -687,10 +679,10 @@ def _print_request(request: saga_view.OperatorRequest, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-Act = Callable[[asyncpg.Connection, k.EventPublisher | None], Awaitable[saga_view.OperatorRequest]]
+Act = Callable[[asyncpg.Connection, sagas.Publish | None], Awaitable[sagas.OperatorRequest]]
 
 
-async def _with_publisher(settings: Settings, dry_run: bool, act: Act) -> saga_view.OperatorRequest:
+async def _with_publisher(settings: Settings, dry_run: bool, act: Act) -> sagas.OperatorRequest:
     """Run ``act(conn, publisher)`` with a database connection and, unless a dry run, a started
     publisher (a dry run never connects to Kafka)."""
     conn = await asyncpg.connect(settings.database_url)
@@ -701,44 +693,64 @@ async def _with_publisher(settings: Settings, dry_run: bool, act: Act) -> saga_v
                 settings.kafka_bootstrap, "erynoa-ops", default_codec(), _catalog(settings)
             )
             await publisher.start()
-        return await act(conn, publisher)
+        return await act(conn, publisher.publish if publisher is not None else None)
     finally:
         if publisher is not None:
             await publisher.stop()
         await conn.close()
 
 
-@saga_app.command("cancel")
-def saga_cancel(
-    booking_id: BookingArg,
-    reason: Annotated[str | None, typer.Option(help="Why; shown to the customer.")] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show the request; publish nothing.")
-    ] = False,
-    operator: OperatorOpt = None,
-    as_json: JsonOpt = False,
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the request; publish nothing.")]
+
+
+def _request(
+    booking_id: str,
+    command: Callable[..., Awaitable[sagas.OperatorRequest]],
+    *,
+    dry_run: bool,
+    operator: str | None,
+    as_json: bool,
+    **fields: Any,
 ) -> None:
-    """Ask the saga to cancel (compensations run) unless the booking already ended."""
+    """Run an operator's ``command`` (``sagas.cancel_saga``, ``sagas.retry_saga``) and print
+    what it published or would publish."""
     booking_id = _check_id(booking_id)
     settings = _settings()
     who = _operator(operator)
 
-    async def act(
-        conn: asyncpg.Connection, publisher: k.EventPublisher | None
-    ) -> saga_view.OperatorRequest:
-        return await saga_view.cancel_saga(
+    async def act(conn: asyncpg.Connection, publish: sagas.Publish | None) -> sagas.OperatorRequest:
+        return await command(
             conn,
-            publisher,
+            publish,
             booking_id,
             operator=who,
-            reason=reason,
             codec=default_codec(),
             now=datetime.now(UTC),
             dry_run=dry_run,
             policy=_policy(settings),
+            **fields,
         )
 
     _print_request(_run(settings, _with_publisher(settings, dry_run, act)), as_json)
+
+
+@saga_app.command("cancel")
+def saga_cancel(
+    booking_id: BookingArg,
+    reason: Annotated[str | None, typer.Option(help="Why; shown to the customer.")] = None,
+    dry_run: DryRunOpt = False,
+    operator: OperatorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask the saga to cancel (compensations run) unless the booking already ended."""
+    _request(
+        booking_id,
+        sagas.cancel_saga,
+        dry_run=dry_run,
+        operator=operator,
+        as_json=as_json,
+        reason=reason,
+    )
 
 
 @saga_app.command("retry")
@@ -746,34 +758,15 @@ def saga_retry(
     booking_id: BookingArg,
     step: Annotated[
         str,
-        typer.Option(help=f"Whose step to re-run: {', '.join(saga_view.RETRY_STEPS)}."),
+        typer.Option(help=f"Whose step to re-run: {', '.join(assess.RETRY_STEPS)}."),
     ] = "all",
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show the request; publish nothing.")
-    ] = False,
+    dry_run: DryRunOpt = False,
     operator: OperatorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask an agent (or all) to re-run what it owes this saga now (a fresh request each time)."""
-    booking_id = _check_id(booking_id)
-    if step not in saga_view.RETRY_STEPS:
-        _bad_input(f"unknown step {step!r}; one of: {', '.join(saga_view.RETRY_STEPS)}")
-    settings = _settings()
-    who = _operator(operator)
-
-    async def act(
-        conn: asyncpg.Connection, publisher: k.EventPublisher | None
-    ) -> saga_view.OperatorRequest:
-        return await saga_view.retry_saga(
-            conn,
-            publisher,
-            booking_id,
-            operator=who,
-            step=step,
-            codec=default_codec(),
-            now=datetime.now(UTC),
-            dry_run=dry_run,
-            policy=_policy(settings),
-        )
-
-    _print_request(_run(settings, _with_publisher(settings, dry_run, act)), as_json)
+    if step not in assess.RETRY_STEPS:
+        _bad_input(f"unknown step {step!r}; one of: {', '.join(assess.RETRY_STEPS)}")
+    _request(
+        booking_id, sagas.retry_saga, dry_run=dry_run, operator=operator, as_json=as_json, step=step
+    )

@@ -1,4 +1,4 @@
-"""DESIGN.md's invariants 1-9 as pure rules over ``Evidence`` (no I/O).
+"""The booking backbone's invariants 1-9 as pure rules over ``Evidence`` (no I/O).
 
 ``evaluate(evidence, booking_ids, now)`` returns every violation for the checked bookings. Each
 rule reads evidence that can show it broken: the event log and the agents' own records, the
@@ -43,7 +43,8 @@ from typing import Any
 from erynoa import events as ev
 from erynoa import saga
 from erynoa.events import BookingEvent
-from erynoa.invariants.evidence import (
+from erynoa.saga import BookingState, Hold, Payment, Status, fold_log
+from ops.invariants.evidence import (
     ClientRequest,
     Delivery,
     Evidence,
@@ -53,12 +54,11 @@ from erynoa.invariants.evidence import (
     Slot,
     Violation,
 )
-from erynoa.saga import BookingState, Hold, Payment, Status
 
 DEFAULT_POLICY = saga.Policy()
 DEFAULT_GRACE = timedelta(seconds=5)
 DEFAULT_STALL = timedelta(minutes=2)
-AGENTS: tuple[saga.Agent, ...] = ("reservation", "payment", "notification", "provider-response")
+AGENTS = saga.AGENTS
 
 # What the read model and an agent's state must agree with the log on.
 _STATE_FIELDS = (
@@ -90,14 +90,6 @@ def unique_events(events: Iterable[BookingEvent]) -> list[BookingEvent]:
     """One copy per event id, in (occurred_at, event_id) order."""
     found = {e.event_id: e for e in events}
     return sorted(found.values(), key=lambda e: (e.occurred_at, e.event_id))
-
-
-def fold_log(events: Sequence[BookingEvent]) -> BookingState | None:
-    """The booking as the log says, in (occurred_at, event_id) order like the materializer."""
-    ordered = unique_events(events)
-    requested = [e for e in ordered if e.event_type == "BookingRequested"]
-    rest = [e for e in ordered if e.event_type != "BookingRequested"]
-    return saga.fold([*requested[:1], *rest]) if requested else None
 
 
 def evaluate(

@@ -24,7 +24,10 @@ import asyncpg
 
 from erynoa.codec import EventCodec, default_codec
 from erynoa.events import BookingEvent, BookingRequested
-from erynoa.invariants.evidence import (
+from erynoa.saga import BookingState
+from erynoa.topics import TopicCatalog
+from ops import dead_letters
+from ops.invariants.evidence import (
     AgentView,
     ClientRequest,
     Delivery,
@@ -35,9 +38,7 @@ from erynoa.invariants.evidence import (
     Received,
     Slot,
 )
-from erynoa.invariants.rules import AGENTS
-from erynoa.saga import BookingState
-from erynoa.topics import TopicCatalog
+from ops.invariants.rules import AGENTS
 
 
 def agent_views(catalog: TopicCatalog) -> dict[str, AgentView]:
@@ -261,11 +262,10 @@ async def read_parked(
     codec: EventCodec | None = None,
 ) -> list[Parked]:
     """Every message in the catalog's dead-letter topics (dead-lettered after ``since``)."""
-    # The dead-letter tooling lives with the consumers; only this reader needs it.
-    from consumers import dlq
-
-    result = await dlq.find(catalog, bootstrap, dlq.Query(since=since), codec or default_codec())
-    owners = dlq.dead_letter_topics(catalog)
+    result = await dead_letters.find(
+        catalog, bootstrap, dead_letters.Query(since=since), codec or default_codec()
+    )
+    owners = dead_letters.dead_letter_topics(catalog)
     return [
         Parked(
             consumer=m.failure.consumer or owners.get(m.topic) or m.topic,

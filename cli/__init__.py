@@ -1,0 +1,1 @@
+"""The ``erynoa`` command: the composition root above every layer (``cli.main``)."""

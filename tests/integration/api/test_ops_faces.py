@@ -1,0 +1,152 @@
+"""The operators' faces report the same sagas and dead letters: ``erynoa saga|dlq ... --json``
+and the admin API (``/admin/workflows``, ``/admin/dlq``) answer from ``ops`` over the same read
+model and topics, so for the same sagas they name the same stuck ones, for the same reasons,
+the same timelines, and the same dead letters and replay plans."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import typer
+from aiokafka import AIOKafkaProducer
+from typer.testing import CliRunner
+
+from cli.ops import dlq_app, saga_app
+from erynoa import kafka as k
+from erynoa.codec import default_codec
+from erynoa.topics import load_catalog
+from tests.conftest import unique
+from tests.integration.api.conftest import Actors, LiveApi, insert_booking
+from tests.integration.saga_events import (
+    awaiting_provider,
+    rejected_and_compensated,
+    request,
+    write_folded,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def cli_json(live_api: LiveApi, *args: str, app: typer.Typer = saga_app) -> Any:
+    env = {
+        "ERYNOA_TOPIC_PREFIX": live_api.settings.topic_prefix,
+        "ERYNOA_DATABASE_URL": live_api.settings.database_url,
+        "ERYNOA_KAFKA_BOOTSTRAP": live_api.settings.kafka_bootstrap,
+    }
+    result = await asyncio.to_thread(lambda: CliRunner().invoke(app, [*args, "--json"], env=env))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+async def test_the_cli_and_the_admin_api_report_the_same_stuck_sagas_and_timelines(
+    live_api: LiveApi, http: httpx.AsyncClient, actors: Actors, pg: asyncpg.Pool
+) -> None:
+    now = datetime.now(UTC)
+    mine = {"provider_id": actors.provider, "customer_id": actors.customer}
+    overdue = await write_folded(
+        pg,
+        awaiting_provider(
+            unique(), now - timedelta(minutes=10), now - timedelta(minutes=5), **mine
+        ),
+    )
+    waiting = await write_folded(
+        pg,
+        awaiting_provider(unique(), now - timedelta(seconds=20), now + timedelta(hours=1), **mine),
+    )
+    done = await write_folded(
+        pg, rejected_and_compensated(unique(), now - timedelta(minutes=5), **mine)
+    )
+    # A row the materializer has not folded yet (no state): idle for ten minutes.
+    idle = await insert_booking(
+        pg, actors, "reserved", payment="none", updated_at=now - timedelta(minutes=10)
+    )
+
+    cli_stuck = await cli_json(live_api, "ls", "--stuck", "--provider", actors.provider)
+    response = await http.get(
+        "/admin/workflows",
+        params={"stuck": "true", "provider_id": actors.provider},
+        headers=actors.admin_auth,
+    )
+    assert response.status_code == 200, response.text
+    api_stuck = response.json()["data"]
+
+    assert {s["booking_id"] for s in cli_stuck} == {overdue, idle}
+    assert {s["booking_id"]: s["stuck_reason"] for s in cli_stuck} == {
+        w["id"]: w["stuck_reason"] for w in api_stuck
+    }
+    assert waiting not in {w["id"] for w in api_stuck}
+
+    for booking_id in (overdue, waiting, done):
+        shown = await cli_json(live_api, "show", booking_id)
+        answer = await http.get(f"/admin/workflows/{booking_id}", headers=actors.admin_auth)
+        assert answer.status_code == 200, answer.text
+        workflow = answer.json()["data"]
+        assert [(e["event_id"], e["event_type"], e["kind"]) for e in shown["entries"]] == [
+            (t["event_id"], t["event_type"], t["kind"]) for t in workflow["timeline"]
+        ]
+        assert (shown["in_flight"], shown["stuck"], shown["stuck_reason"]) == (
+            workflow["in_flight"],
+            workflow["stuck"],
+            workflow["stuck_reason"],
+        )
+        assert [(w["who"], w["what"]) for w in shown["waiting"]] == [
+            (w["who"], w["what"]) for w in workflow["waiting"]
+        ]
+    assert shown["in_flight"] is False  # the rejected saga's compensations all ran
+
+
+async def test_the_cli_and_the_admin_api_show_and_plan_the_same_dead_letters(
+    live_api: LiveApi, http: httpx.AsyncClient, actors: Actors
+) -> None:
+    settings = live_api.settings
+    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+    booking_id = unique()
+    requested = request(booking_id, datetime.now(UTC))
+    origin = catalog.topic_for("BookingRequested")
+    headers = k.failure_headers(
+        [],
+        origin=(origin, 0, 7),
+        consumer="reservation",
+        error="the gateway timed out",
+        error_class="GatewayUnavailable",
+        error_kind="retryable",
+        now=datetime.now(UTC),
+    )
+    producer = AIOKafkaProducer(**k.producer_config(settings.kafka_bootstrap, "test-ops-faces"))
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            catalog.consumer("reservation").dead_letter_topic,
+            value=default_codec().encode(requested),
+            key=booking_id.encode(),
+            headers=headers,
+        )
+    finally:
+        await producer.stop()
+
+    shown = await cli_json(live_api, "show", "--booking-id", booking_id, app=dlq_app)
+    answer = await http.post(
+        "/admin/dlq/messages", json={"booking_id": booking_id}, headers=actors.admin_auth
+    )
+    assert answer.status_code == 200, answer.text
+    listed = answer.json()["data"]
+    assert [m["event_id"] for m in shown["messages"]] == [requested.event_id]
+    assert listed["messages"] == shown["messages"]
+
+    planned = await cli_json(
+        live_api, "replay", "--booking-id", booking_id, "--dry-run", app=dlq_app
+    )
+    plan = await http.post(
+        "/admin/dlq/replay", json={"booking_id": booking_id}, headers=actors.admin_auth
+    )
+    assert plan.status_code == 200, plan.text
+    assert planned["would_replay"] == plan.json()["data"]["would_replay"] == 1
+    assert [p["effect"]["description"] for p in planned["plan"]] == [
+        p["effect"]["description"] for p in plan.json()["data"]["plan"]
+    ]

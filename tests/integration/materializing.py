@@ -1,0 +1,49 @@
+"""Running pieces for tests of the read model: a materializer, a publisher and a pool over a
+namespace's settings, each a context manager that stops what it started."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from consumers import materializer
+from erynoa.codec import default_codec
+from erynoa.db import create_pool
+from erynoa.kafka import EventPublisher
+from erynoa.settings import Settings
+from erynoa.topics import load_catalog
+
+
+@contextlib.asynccontextmanager
+async def materializer_running(settings: Settings) -> AsyncIterator[None]:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(materializer.run(settings, stopping))
+    try:
+        yield
+    finally:
+        stopping.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def publisher_for(settings: Settings, client_id: str) -> AsyncIterator[EventPublisher]:
+    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+    publisher = EventPublisher.create(settings.kafka_bootstrap, client_id, default_codec(), catalog)
+    await publisher.start()
+    try:
+        yield publisher
+    finally:
+        await publisher.stop()
+
+
+@contextlib.asynccontextmanager
+async def pool_for(settings: Settings, max_size: int = 5) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings, min_size=1, max_size=max_size)
+    try:
+        yield pool
+    finally:
+        await pool.close()

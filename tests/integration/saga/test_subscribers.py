@@ -1,0 +1,193 @@
+"""What a subscriber of another system sees: the saga's topics, read with nothing but
+confluent-kafka's stock ``AvroDeserializer`` and ``SchemaRegistryClient`` (no project code in
+the consumer), and the ``examples/`` subscriber that follows one booking."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from confluent_kafka import Consumer, KafkaError
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from erynoa.codec import UndecodableEvent, default_codec
+from erynoa.kafka import EventPublisher
+from erynoa.saga import Status
+from erynoa.settings import PROJECT_ROOT, Settings
+from erynoa.topics import TopicCatalog
+from tests.integration.saga.conftest import Agents
+from tests.integration.saga.harness import (
+    EventLog,
+    answer,
+    create_service,
+    create_user,
+    request_booking,
+    status_is,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def read_every_topic(
+    settings: Settings, topics: list[str]
+) -> list[tuple[str, bytes, bytes, Any | Exception]]:
+    """(topic, key, value, record or why not) of every message of ``topics``, read to their
+    ends from offset 0."""
+    assert settings.registry_url is not None
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": settings.registry_url}))
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"stock-subscriber-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.subscribe(topics)
+    found: list[tuple[str, bytes, bytes, Any | Exception]] = []
+    ended: set[tuple[str, int]] = set()
+    assigned: set[tuple[str, int]] = set()
+    try:
+        while not assigned or ended < assigned:
+            message = consumer.poll(1.0)
+            assigned |= {(p.topic, p.partition) for p in consumer.assignment()}
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                assert error.code() == KafkaError._PARTITION_EOF, error
+                ended.add((message.topic(), message.partition()))
+                continue
+            ended.discard((message.topic(), message.partition()))
+            context = SerializationContext(message.topic(), MessageField.VALUE)
+            try:
+                record = deserialize(message.value(), context)
+            except Exception as exc:  # the session's poison-message tests publish garbage
+                record = exc
+            found.append((message.topic(), message.key(), message.value(), record))
+    finally:
+        consumer.close()
+    return found
+
+
+async def test_a_stock_deserializer_decodes_every_event_of_a_booking_on_every_topic(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    saga_settings: Settings,
+    saga_catalog: TopicCatalog,
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(publisher, service, customer)
+    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+    await answer(publisher, event_log, booking, "accept")
+    assert (await event_log.wait(booking)).status == Status.CONFIRMED
+    await event_log.quiet()
+
+    topics = [t.name for t in saga_catalog.by_kind("event")]
+    messages = await asyncio.to_thread(read_every_topic, saga_settings, topics)
+
+    mine = [(topic, record) for topic, key, _, record in messages if key == booking.encode()]
+    # At least once: a redelivered event is the same event_id again, which a subscriber drops.
+    assert {r["event_id"] for _, r in mine} == {e.event_id for e in event_log.events[booking]}
+    for topic, record in mine:
+        assert record["booking_id"] == booking
+        assert saga_catalog.topic_for(record["event_type"]) == topic
+    decoded_types = {r["event_type"] for _, r in mine}
+    assert {"BookingRequested", "ReservationHeld", "PaymentAuthorized", "PaymentCaptured"} <= (
+        decoded_types
+    )
+    # Every message on every topic that our own codec decodes, the stock deserializer decodes
+    # too, to the same event (the rest is the session's deliberately garbled messages).
+    codec = default_codec()
+    for _, _, value, record in messages:
+        try:
+            ours = codec.decode(value)
+        except UndecodableEvent:
+            assert isinstance(record, Exception), record
+            continue
+        assert isinstance(record, dict), record
+        assert (record["event_id"], record["event_type"]) == (ours.event_id, ours.event_type)
+    assert sum(isinstance(record, dict) for *_, record in messages) >= len(mine)
+
+
+async def test_the_example_subscriber_follows_one_booking(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    saga_settings: Settings,
+) -> None:
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(publisher, service, customer)
+    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+    await answer(publisher, event_log, booking, "reject")
+    assert (await event_log.wait(booking)).status == Status.REJECTED
+    await event_log.quiet()
+
+    assert saga_settings.registry_url is not None
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            str(Path(PROJECT_ROOT, "examples", "follow_booking.py")),
+            "--booking-id", booking,
+            "--bootstrap", saga_settings.kafka_bootstrap,
+            "--registry", saga_settings.registry_url,
+            "--topic-prefix", saga_settings.topic_prefix,
+            "--idle", "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    printed = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(e["event_id"] for e in printed) == sorted(
+        {e.event_id for e in event_log.events[booking]}
+    )
+    assert {"BookingRequested", "ProviderRejected"} <= {e["event_type"] for e in printed}
+
+
+async def test_kcat_shows_each_events_key_and_type_as_the_readme_says(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    saga_settings: Settings,
+) -> None:
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.skip("kcat is not installed (make setup installs it)")
+    service = await create_service(db)
+    customer = await create_user(db, "customer")
+    booking = await request_booking(publisher, service, customer)
+    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [kcat, "-C", "-b", saga_settings.kafka_bootstrap, "-t",
+         f"{saga_settings.topic_prefix}payments", "-o", "beginning", "-e", "-q",
+         "-f", "%k %p/%o %h\\n"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    mine = [line for line in done.stdout.splitlines() if line.startswith(booking)]
+    assert any("erynoa-event-type=PaymentAuthorized" in line for line in mine), done.stdout
