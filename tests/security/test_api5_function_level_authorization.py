@@ -50,12 +50,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "GET /api/v1/admin/workflows": frozenset({ADMIN}),
     "GET /api/v1/admin/workflows/{booking_id}": frozenset({ADMIN}),
     "POST /api/v1/admin/workflows/{booking_id}": frozenset({ADMIN}),
-    "GET /api/v1/admin/workflows/{booking_id}/assessment": frozenset({ADMIN}),
-    "POST /api/v1/admin/workflows/{booking_id}/dry-run": frozenset({ADMIN}),
-    "GET /api/v1/admin/dead-letters": frozenset({ADMIN}),
-    "GET /api/v1/admin/dead-letters/messages": frozenset({ADMIN}),
-    "GET /api/v1/admin/dead-letters/messages/{topic}/{partition}/{offset}": frozenset({ADMIN}),
-    "POST /api/v1/admin/dead-letters/replay": frozenset({ADMIN}),
+    "GET /api/v1/admin/dlq": frozenset({ADMIN}),
+    "POST /api/v1/admin/dlq/messages": frozenset({ADMIN}),
+    "GET /api/v1/admin/dlq/messages/{topic}/{partition}/{offset}": frozenset({ADMIN}),
+    "POST /api/v1/admin/dlq/replay": frozenset({ADMIN}),
 }
 
 SECURED = [op for op in operations() if op.secured]
