@@ -6,13 +6,16 @@ token, finds it among the stuck sagas, reads its timeline, opens the dead letter
 replay, fixes the cause, replays, and watches the saga reach ``confirmed``. Around that: a
 non-admin is refused, hostile event fields stay text, a stale dry run is not executed, a
 revoked token ends the session, the console survives the API going away, and Swagger UI
-renders without asking any other host for anything.
+renders without asking any other host for anything. For the same sagas the console, the admin
+API and ``erynoa saga ls|show`` name the same stuck ones, for the same reasons, and show the
+same timelines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,13 +25,16 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import pytest
+import typer
 from aiokafka import AIOKafkaProducer
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
+from typer.testing import CliRunner
 
+from cli.ops import saga_app
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.kafka import EventPublisher
@@ -171,9 +177,9 @@ async def parked(system: Running, pool: asyncpg.Pool, publisher: EventPublisher)
         for booking in (stuck, hostile):
 
             async def dead_lettered(booking: str = booking) -> bool:
-                r = await http.get(
-                    "/admin/dead-letters/messages",
-                    params={"topic": "payment", "booking_id": booking},
+                r = await http.post(
+                    "/admin/dlq/messages",
+                    json={"topics": ["payment"], "booking_id": booking},
                     headers=admin,
                 )
                 assert r.status_code == 200, r.text
@@ -203,7 +209,29 @@ def test_swagger_docs_render_without_any_external_request(
     assert outside == []
 
 
-def test_the_console_shows_the_stuck_sagas_and_timelines_the_admin_api_reports(
+def cli_json(system: Running, app: typer.Typer, *args: str) -> Any:
+    """``erynoa saga ...`` as an operator runs it, over the console's system."""
+    env = {
+        name: system.env[name]
+        for name in (
+            "ERYNOA_TOPICS_FILE",
+            "ERYNOA_TOPIC_PREFIX",
+            "ERYNOA_DATABASE_URL",
+            "ERYNOA_KAFKA_BOOTSTRAP",
+        )
+    }
+    result = CliRunner().invoke(app, [*args, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def without_idle_time(reason: str | None) -> str | None:
+    # "no event for 7s in step reserved": the idle time grows between one face's answer and
+    # the next; the rest of the reason must be the same.
+    return re.sub(r"no event for \S+ in", "no event for … in", reason) if reason else reason
+
+
+def test_the_cli_the_admin_api_and_the_console_report_the_same_stuck_sagas_and_timelines(
     browser: WebDriver, system: Running, parked: Parked
 ) -> None:
     token = system.token(f"op-{uuid.uuid4()}", "admin")
@@ -216,10 +244,12 @@ def test_the_console_shows_the_stuck_sagas_and_timelines_the_admin_api_reports(
     after.send_keys("2")
     click(browser, "form.filters button[type=submit]")
     wait(browser, shown(f"tr[data-booking-id='{parked.hostile}'][data-stuck=true]"))
-    shown_rows = browser.execute_script(
+    console_rows = browser.execute_script(
         "return [...document.querySelectorAll('table[data-testid=sagas] tbody tr')]"
-        ".map(r => [r.dataset.bookingId, r.dataset.status, r.dataset.stuck])"
+        ".map(r => [r.dataset.bookingId, r.dataset.status, r.dataset.stuck,"
+        " r.querySelector('[data-stuck-reason]').dataset.stuckReason])"
     )
+    console_stuck = [[b, s, stuck, without_idle_time(why)] for b, s, stuck, why in console_rows]
     api = httpx.Client(
         base_url=f"{system.base_url}/api/v1",
         headers={"Authorization": f"Bearer {token}"},
@@ -230,22 +260,53 @@ def test_the_console_shows_the_stuck_sagas_and_timelines_the_admin_api_reports(
             "/admin/workflows",
             params={"stuck": "true", "stuck_after_seconds": 2, "per_page": 50},
         ).json()["data"]
-        assert shown_rows == [[s["id"], s["status"], str(s["stuck"]).lower()] for s in listed]
-        assert {parked.stuck, parked.hostile} <= {row[0] for row in shown_rows}
+        api_stuck = [
+            [s["id"], s["status"], str(s["stuck"]).lower(), without_idle_time(s["stuck_reason"])]
+            for s in listed
+        ]
+        cli_listed = cli_json(system, saga_app, "ls", "--stuck", "--stuck-after", "2s")
+        cli_stuck = [
+            [
+                s["booking_id"],
+                s["status"],
+                str(s["stuck"]).lower(),
+                without_idle_time(s["stuck_reason"]),
+            ]
+            for s in cli_listed
+        ]
+        assert console_stuck == api_stuck == cli_stuck
+        assert {parked.stuck, parked.hostile} <= {row[0] for row in console_stuck}
+        assert all(row[3] for row in console_stuck)  # idle past 2 s: each says why
 
         for booking in (parked.stuck, parked.hostile):
             go(browser, f"#/sagas/{booking}")
             wait(browser, shown("table[data-testid=timeline] tr[data-event-id]"))
-            timeline = browser.execute_script(
+            console_timeline = browser.execute_script(
                 "return [...document.querySelectorAll('table[data-testid=timeline] tbody tr')]"
-                ".map(r => [r.dataset.eventId, r.cells[3].textContent, r.cells[6].textContent])"
+                ".map(r => [r.dataset.eventId, r.cells[3].textContent, r.dataset.kind])"
+            )
+            console_waiting = browser.execute_script(
+                "return [...document.querySelectorAll('[data-testid=waiting] li')]"
+                ".map(li => [li.dataset.who, li.dataset.what])"
             )
             workflow = api.get(f"/admin/workflows/{booking}").json()["data"]
-            assert timeline == [
-                [e["event_id"], e["event_type"], f"{e['topic']}[{e['partition']}]@{e['offset']}"]
-                for e in workflow["timeline"]
-            ]
-            assert text(browser, "[data-testid=saga-status]") == workflow["status"]
+            shown_by_cli = cli_json(system, saga_app, "show", booking)
+            assert (
+                console_timeline
+                == [[e["event_id"], e["event_type"], e["kind"]] for e in workflow["timeline"]]
+                == [[e["event_id"], e["event_type"], e["kind"]] for e in shown_by_cli["entries"]]
+            )
+            assert (
+                console_waiting
+                == [[w["who"], w["what"]] for w in workflow["waiting"]]
+                == [[w["who"], w["what"]] for w in shown_by_cli["waiting"]]
+            )
+            assert console_waiting  # a parked saga waits for its payment
+            assert (
+                text(browser, "[data-testid=saga-status]")
+                == workflow["status"]
+                == shown_by_cli["status"]
+            )
 
 
 async def test_an_operator_finds_a_stuck_saga_and_replays_its_dead_letter(
@@ -369,9 +430,9 @@ def test_a_replay_after_a_stale_dry_run_is_refused_and_shows_the_new_plan(
     wait(browser, text_of("[data-testid=plan-summary]", "Would replay 1"))
 
     # Someone else replays it meanwhile (the command line, another console).
-    selection = {"booking_id": parked.hostile, "topic": "payment"}
+    selection = {"booking_id": parked.hostile, "topics": ["payment"]}
     auth = {"Authorization": f"Bearer {system.token('other-operator', 'admin')}"}
-    url = f"{system.base_url}/api/v1/admin/dead-letters/replay"
+    url = f"{system.base_url}/api/v1/admin/dlq/replay"
     dry = httpx.post(url, json={**selection, "dry_run": True}, headers=auth, timeout=60)
     done = httpx.post(
         url,

@@ -81,3 +81,27 @@ def test_swagger_ui_loads_only_from_this_server(client: TestClient) -> None:
         assert client.get(asset).status_code == 200
     assert client.get("/api/v1/docs/assets/index.html").status_code == 404
     assert client.get("/api/v1/docs/oauth2-redirect").status_code == 200
+
+
+def _console_calls() -> set[tuple[str, str]]:
+    """(method, path) of every admin endpoint ``api.js`` calls, a ``${...}`` as ``{}``."""
+    source = (STATIC / "api.js").read_text()
+    calls = re.findall(r"this\.(get|post)\(\s*[`\"](/admin/[^`\"]*)[`\"]\s*[,)]", source)
+    multi = re.findall(r"this\.(get|post)\(`(/admin/[^`]*)`\s*\+\s*`([^`]*)`", source)
+    found = {(m.upper(), p) for m, p in calls} | {(m.upper(), a + b) for m, a, b in multi}
+    return {(m, re.sub(r"\$\{[^}]*\}", "{}", p)) for m, p in found}
+
+
+def test_the_console_calls_only_the_admin_api_every_other_face_uses(client: TestClient) -> None:
+    # One set of admin endpoints: the console has none of its own, so what it shows is what
+    # the admin API (and ``erynoa saga|dlq``, over the same ops) answers.
+    schema = client.get("/api/v1/openapi.json").json()
+    admin = {
+        (method.upper(), re.sub(r"\{[^}]*\}", "{}", path.removeprefix("/api/v1")))
+        for path, item in schema["paths"].items()
+        if path.startswith("/api/v1/admin/")
+        for method in item
+    }
+    calls = _console_calls()
+    assert ("POST", "/admin/dlq/replay") in calls
+    assert calls <= admin, sorted(calls - admin)

@@ -63,22 +63,25 @@ export class Api {
   get(path, query) { return this.request("GET", path, { query }); }
   post(path, body) { return this.request("POST", path, { body }); }
 
-  // The admin API's endpoints the console reads and acts through.
+  // The admin API's endpoints the console reads and acts through: the same ones, with the
+  // same answers, as every other client of ops (the erynoa saga|dlq commands answer alike).
   workflows(filters) { return this.get("/admin/workflows", filters); }
   workflow(id) { return this.get(`/admin/workflows/${encodeURIComponent(id)}`); }
-  assessment(id) { return this.get(`/admin/workflows/${encodeURIComponent(id)}/assessment`); }
   dryRunAction(id, action) {
-    return this.post(`/admin/workflows/${encodeURIComponent(id)}/dry-run`, action);
+    return this.post(`/admin/workflows/${encodeURIComponent(id)}`, { ...action, dry_run: true });
   }
-  act(id, action) { return this.post(`/admin/workflows/${encodeURIComponent(id)}`, action); }
+  act(id, action) {
+    return this.post(`/admin/workflows/${encodeURIComponent(id)}`, { ...action, dry_run: false });
+  }
   stats() { return this.get("/admin/stats"); }
-  deadLetterTopics() { return this.get("/admin/dead-letters"); }
-  deadLetters(filters) { return this.get("/admin/dead-letters/messages", filters); }
+  // Error classes over the newest 1,000 messages: each refresh is a Kafka scan.
+  deadLetterTopics() { return this.get("/admin/dlq", { sample: 1000 }); }
+  deadLetters(filters) { return this.post("/admin/dlq/messages", filters); }
   deadLetter(topic, partition, offset) {
-    return this.get(`/admin/dead-letters/messages/${encodeURIComponent(topic)}/`
+    return this.get(`/admin/dlq/messages/${encodeURIComponent(topic)}/`
       + `${encodeURIComponent(partition)}/${encodeURIComponent(offset)}`);
   }
-  replay(selection) { return this.post("/admin/dead-letters/replay", selection); }
+  replay(selection) { return this.post("/admin/dlq/replay", selection); }
 }
 
 /** The token's subject and expiry, read for display only (the API verifies the token). */

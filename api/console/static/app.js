@@ -161,7 +161,7 @@ function unchanged(holder, data) {
 }
 
 function sagasScreen(view) {
-  const filters = { status: "", min_age_seconds: "0", stuck: false, stuck_after_seconds: "300", customer_id: "", provider_id: "", page: 1 };
+  const filters = { status: "", min_age_seconds: "0", stuck: false, stuck_after_seconds: "", customer_id: "", provider_id: "", page: 1 };
   const body = h("div", {});
   const form = h("form", { class: "filters", "aria-label": "Filters" },
     h("label", { for: "f-status" }, "Status"),
@@ -171,7 +171,7 @@ function sagasScreen(view) {
     h("input", { id: "f-age", name: "min_age_seconds", type: "number", min: 0, value: 0 }),
     h("label", { for: "f-stuck" }, h("input", { id: "f-stuck", name: "stuck", type: "checkbox" }), " stuck only"),
     h("label", { for: "f-after" }, "Idle counts as stuck after (s)"),
-    h("input", { id: "f-after", name: "stuck_after_seconds", type: "number", min: 1, value: 300 }),
+    h("input", { id: "f-after", name: "stuck_after_seconds", type: "number", min: 1, placeholder: "per step" }),
     h("label", { for: "f-customer" }, "Customer"),
     h("input", { id: "f-customer", name: "customer_id", type: "text" }),
     h("label", { for: "f-provider" }, "Provider"),
@@ -226,11 +226,11 @@ function sagaScreen(view, id) {
   return {
     every: EVERY_MS.saga,
     async refresh() {
-      const [workflow, assessment] = await Promise.all([api.workflow(id), api.assessment(id)]);
+      const workflow = await api.workflow(id);
       // "elapsed" grows while in flight: what the screen shows is the rest.
-      if (unchanged(this, [workflow.data, { ...assessment.data, elapsed: null }])) return;
-      fill(header, views.sagaHeader(workflow.data, assessment.data));
-      fill(timeline, views.timelineTable(workflow.data, assessment.data));
+      if (unchanged(this, { ...workflow.data, elapsed_seconds: null })) return;
+      fill(header, views.sagaHeader(workflow.data));
+      fill(timeline, views.timelineTable(workflow.data));
     },
   };
 }
@@ -265,7 +265,7 @@ function topicScreen(view, topic, query) {
     h("button", { type: "submit" }, "Apply"),
     h("button", { type: "button", "data-testid": "replay-matching", onclick: () => replayDialog(selection()) }, "Replay matching…"));
   const selection = () => {
-    const chosen = { topic: filters.topic };
+    const chosen = { topics: filters.topic ? [filters.topic] : [] };
     for (const name of ["booking_id", "error_class", "event_type"]) if (filters[name]) chosen[name] = filters[name];
     return chosen;
   };
@@ -292,7 +292,7 @@ function messageScreen(view, topic, partition, offset) {
   fill(view, h("h2", {}, `Dead letter ${topic}[${partition}]@${offset}`),
     h("p", {}, h("a", { href: `#/dead-letters/${encodeURIComponent(topic)}` }, `Back to ${topic}`)),
     h("div", { class: "actions" },
-      h("button", { type: "button", "data-testid": "replay-one", onclick: () => replayDialog({ topic, partition, offset }) }, "Replay this message…")),
+      h("button", { type: "button", "data-testid": "replay-one", onclick: () => replayDialog({ topics: [topic], partition, offset }) }, "Replay this message…")),
     body);
   let shown = false;
   return {

@@ -10,7 +10,8 @@ const ATTRIBUTES = new Set([
   "scope", "min", "max", "step", "placeholder", "hidden", "disabled", "checked", "selected",
   "aria-label", "aria-live", "aria-describedby", "aria-current", "aria-busy", "aria-modal",
   "aria-labelledby", "tabindex", "datetime", "data-testid", "data-booking-id", "data-topic",
-  "data-kind", "data-status", "data-event-id", "data-stuck", "rows", "autocomplete", "spellcheck",
+  "data-kind", "data-status", "data-event-id", "data-stuck", "data-stuck-reason", "data-who",
+  "data-what", "rows", "autocomplete", "spellcheck",
 ]);
 
 /** An element: h("td", {class: "num"}, "12"); children may be nodes, strings, arrays or null. */

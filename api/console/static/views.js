@@ -38,7 +38,9 @@ export function sagaRows(page) {
     h("td", {}, s.hold),
     h("td", {}, s.payment),
     h("td", { class: "num" }, duration(s.age_seconds)),
-    h("td", {}, s.stuck ? badge("stuck", "bad") : ""),
+    h("td", { "data-stuck-reason": s.stuck_reason ?? "" },
+      s.stuck ? badge("stuck", "bad") : "", s.stuck_reason ? ` ${s.stuck_reason}` : ""),
+    h("td", {}, (s.waiting || []).map((w) => `${w.who}: ${w.what}`).join("; ")),
     h("td", {}, s.customer_id),
     h("td", {}, s.provider_id),
     h("td", {}, time(s.updated_at))));
@@ -50,7 +52,7 @@ export function sagaTable(page) {
     h("p", { class: "muted", "data-testid": "saga-count" },
       `${meta.total ?? page.data.length} in flight matching · page ${meta.page ?? 1}`),
     table("Sagas in flight, oldest first",
-      ["Booking", "Status", "Hold", "Payment", "Age", "", "Customer", "Provider", "Last change"],
+      ["Booking", "Status", "Hold", "Payment", "Age", "Stuck", "Waits for", "Customer", "Provider", "Last change"],
       sagaRows(page), { "data-testid": "sagas" }),
   ];
 }
@@ -72,8 +74,8 @@ export function statsStrip(stats) {
 
 // --- one saga -------------------------------------------------------------------------------
 
-export function sagaHeader(workflow, assessment) {
-  const waiting = (assessment && assessment.waiting) || [];
+export function sagaHeader(workflow) {
+  const waiting = workflow.waiting || [];
   return [
     h("div", { class: "facts" },
       pairs("Booking", [
@@ -92,22 +94,21 @@ export function sagaHeader(workflow, assessment) {
       ], { "data-testid": "saga-facts" }),
       h("div", {},
         h("h3", {}, "Waits for"),
-        assessment && assessment.stuck_reason
-          ? h("p", { class: "error", "data-testid": "stuck-reason" }, `Stuck: ${assessment.stuck_reason}`)
+        workflow.stuck_reason
+          ? h("p", { class: "error", "data-testid": "stuck-reason" }, `Stuck: ${workflow.stuck_reason}`)
           : null,
         waiting.length
           ? h("ul", { "data-testid": "waiting" }, waiting.map((w) =>
-            h("li", {}, h("strong", {}, w.who), ` — ${w.what}`, w.until ? ` (until ${time(w.until)})` : "")))
+            h("li", { "data-who": w.who, "data-what": w.what },
+              h("strong", {}, w.who), ` — ${w.what}`, w.until ? ` (until ${time(w.until)})` : "")))
           : h("p", { class: "muted", "data-testid": "waiting" },
             workflow.in_flight ? "Nothing the rules know of." : "Nothing: the saga is finished."))),
   ];
 }
 
-export function timelineTable(workflow, assessment) {
-  const kinds = new Map(((assessment && assessment.entries) || []).map((e) => [e.event_id, e]));
+export function timelineTable(workflow) {
   const rows = workflow.timeline.map((e, i) => {
-    const entry = kinds.get(e.event_id);
-    const kind = entry ? entry.kind : "step";
+    const kind = e.kind;
     return h("tr", { class: `kind-${kind}`, "data-kind": kind, "data-event-id": e.event_id },
       h("td", { class: "num" }, String(i + 1)),
       h("td", {}, time(e.occurred_at)),
@@ -117,7 +118,7 @@ export function timelineTable(workflow, assessment) {
         : kind === "failure" ? badge("failure", "bad") : kind),
       h("td", {}, e.producer),
       h("td", {}, `${e.topic}[${e.partition}]@${e.offset}`),
-      h("td", { class: "detail" }, entry ? entry.detail : ""));
+      h("td", { class: "detail" }, e.detail));
   });
   return table("Timeline: every event of the saga, in fold order",
     ["#", "When", "+prev", "Event", "Kind", "Producer", "Position", "Detail"],
