@@ -425,10 +425,13 @@ _TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
 
 
 @asynccontextmanager
-async def _kafka() -> AsyncIterator[None]:
-    """Kafka unreachable mid-scan is the cluster's state, not a bug: 503 names it."""
+async def _reading_dead_letters() -> AsyncIterator[None]:
+    """Bad filters are the caller's (422); Kafka unreachable mid-scan is the cluster's state,
+    not a bug (503)."""
     try:
         yield
+    except BadInput as exc:
+        raise bad_input(exc) from None
     except (KafkaError, OSError, TimeoutError) as exc:
         raise unavailable("kafka", exc) from exc
 
@@ -510,7 +513,7 @@ async def dead_letter_topics(
     sample: Annotated[int, Query(ge=1, le=1_000_000, description="newest messages read")] = 10_000,
 ) -> Envelope[list[Json]]:
     """Every dead-letter topic: depth, oldest and newest message, counts by error class."""
-    async with _kafka():
+    async with _reading_dead_letters():
         found = await dead_letters.summarize(
             runtime.catalog, runtime.settings.kafka_bootstrap, sample=sample
         )
@@ -527,17 +530,14 @@ async def dead_letter_messages(
 ) -> Envelope[Json]:
     """Dead letters, decoded, with their headers: why, where from, when, how often."""
     query = _dlq_query(runtime, body)
-    try:
-        async with _kafka():
-            found = await dead_letters.find(
-                runtime.catalog,
-                runtime.settings.kafka_bootstrap,
-                query,
-                default_codec(),
-                max_scan=body.max_scan,
-            )
-    except BadInput as exc:
-        raise bad_input(exc) from None
+    async with _reading_dead_letters():
+        found = await dead_letters.find(
+            runtime.catalog,
+            runtime.settings.kafka_bootstrap,
+            query,
+            default_codec(),
+            max_scan=body.max_scan,
+        )
     return ok(request, found.to_json())
 
 
@@ -555,18 +555,15 @@ async def dead_letter_message(
     offset: Annotated[int, Path(ge=0, le=2**62)],
 ) -> Envelope[Json]:
     """One dead letter at its position: its failure headers, every header, its decoded event."""
-    try:
-        async with _kafka():
-            found = await dead_letters.read_at(
-                runtime.catalog,
-                runtime.settings.kafka_bootstrap,
-                topic,
-                partition,
-                offset,
-                default_codec(),
-            )
-    except BadInput as exc:
-        raise bad_input(exc) from None
+    async with _reading_dead_letters():
+        found = await dead_letters.read_at(
+            runtime.catalog,
+            runtime.settings.kafka_bootstrap,
+            topic,
+            partition,
+            offset,
+            default_codec(),
+        )
     if found is None:
         raise not_found("dead letter")
     return ok(request, found.to_json())
@@ -585,17 +582,14 @@ async def replay_dead_letters(
     replay, makes it run only if the plan is still the one shown (else 409 ``STALE_PLAN``)."""
     query = _dlq_query(runtime, body)
     codec = default_codec()
-    try:
-        async with _kafka():
-            found = await dead_letters.find(
-                runtime.catalog,
-                runtime.settings.kafka_bootstrap,
-                query,
-                codec,
-                max_scan=body.max_scan,
-            )
-    except BadInput as exc:
-        raise bad_input(exc) from None
+    async with _reading_dead_letters():
+        found = await dead_letters.find(
+            runtime.catalog,
+            runtime.settings.kafka_bootstrap,
+            query,
+            codec,
+            max_scan=body.max_scan,
+        )
     plan = await replay.plan_replay(
         conn,
         runtime.catalog,
@@ -627,7 +621,7 @@ async def replay_dead_letters(
     producer = AIOKafkaProducer(
         **k.producer_config(runtime.settings.kafka_bootstrap, "erynoa-api-dlq-replay")
     )
-    async with _kafka():
+    async with _reading_dead_letters():
         await producer.start()
     try:
         report = await replay.replay(
