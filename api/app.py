@@ -21,7 +21,9 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from api import console
 from api.deps import limit_ip
+from api.docs import install_docs
 from api.envelopes import (
     error_response,
     errors,
@@ -97,7 +99,8 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        # Swagger UI with assets served from this process (api.docs), never from a CDN.
+        docs_url=None,
         redoc_url=None,
         openapi_tags=TAGS,
         lifespan=lifespan,
@@ -125,6 +128,13 @@ def create_app(
     app.include_router(payments.router, prefix=API_PREFIX, dependencies=limited)
     app.include_router(webhooks.router, prefix=API_PREFIX, dependencies=limited)
     app.include_router(admin.router, prefix=API_PREFIX, dependencies=limited)
+    app.include_router(console.router)
+    install_docs(
+        app,
+        docs_url=f"{API_PREFIX}/docs",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        title="Erynoa Booking API",
+    )
 
     # Added innermost first: the last one added sees the request first.
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)

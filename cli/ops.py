@@ -117,7 +117,7 @@ def _run(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(work)
     except BadInput as exc:
         _bad_input(str(exc))
-    except sagas.SagaNotFound as exc:
+    except (sagas.SagaNotFound, replay.StalePlan) as exc:
         _fail(str(exc))
     except asyncpg.UndefinedTableError as exc:
         _fail(f"PostgreSQL: {exc} (run `erynoa db migrate`)")
@@ -363,6 +363,13 @@ def dlq_replay(
         bool,
         typer.Option("--include-undecodable", help="Re-drive undecodable messages too."),
     ] = False,
+    plan_id: Annotated[
+        str | None,
+        typer.Option(
+            "--plan-id",
+            help="The dry run's plan id: replay only if the plan is still that one.",
+        ),
+    ] = None,
     operator: OperatorOpt = None,
     max_scan: MaxScanOpt = 100_000,
     as_json: JsonOpt = False,
@@ -405,11 +412,12 @@ def dlq_replay(
                 datetime.now(UTC),
                 again=again,
                 include_undecodable=include_undecodable,
-                with_effects=dry_run,
+                with_effects=dry_run or plan_id is not None,
                 policy=_policy(settings),
             )
             if dry_run:
                 return plan, None
+            replay.check_plan(plan, plan_id)
             producer = AIOKafkaProducer(
                 **k.producer_config(settings.kafka_bootstrap, "erynoa-dlq-replay")
             )
@@ -444,7 +452,14 @@ def dlq_replay(
 def _print_dry_run(plan: list[replay.PlannedReplay], as_json: bool) -> None:
     would = sum(1 for p in plan if p.replay)
     if as_json:
-        _echo_json({"dry_run": True, "would_replay": would, "plan": [p.to_json() for p in plan]})
+        _echo_json(
+            {
+                "dry_run": True,
+                "plan_id": replay.plan_id(plan),
+                "would_replay": would,
+                "plan": [p.to_json() for p in plan],
+            }
+        )
         return
     console = Console()
     now = datetime.now(UTC)
@@ -460,7 +475,8 @@ def _print_dry_run(plan: list[replay.PlannedReplay], as_json: bool) -> None:
         console.print(block)
     typer.echo(
         f"dry run: would replay {would}, skip {len(plan) - would}; "
-        "nothing was published or recorded"
+        f"nothing was published or recorded (plan id {replay.plan_id(plan)}: "
+        "--plan-id replays only this plan)"
     )
 
 
@@ -520,10 +536,31 @@ def _clock(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
+StuckAfterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--stuck-after",
+        help="Idle this long counts as stuck in any step, e.g. 5m (default: per step).",
+    ),
+]
+
+
+def _expectations(stuck_after: str | None) -> assess.Expectations:
+    if stuck_after is None:
+        return assess.DEFAULT_EXPECTATIONS
+    try:
+        return assess.Expectations.uniform(when.parse_age(stuck_after))
+    except BadInput as exc:
+        _bad_input(f"--stuck-after: {exc}")
+
+
 @saga_app.command("show")
-def saga_show(booking_id: BookingArg, as_json: JsonOpt = False) -> None:
+def saga_show(
+    booking_id: BookingArg, stuck_after: StuckAfterOpt = None, as_json: JsonOpt = False
+) -> None:
     """One saga's timeline: each event, who emitted it, when; where it waits and until when."""
     booking_id = _check_id(booking_id)
+    expectations = _expectations(stuck_after)
     settings = _settings()
     now = datetime.now(UTC)
 
@@ -531,7 +568,7 @@ def saga_show(booking_id: BookingArg, as_json: JsonOpt = False) -> None:
         conn = await asyncpg.connect(settings.database_url)
         try:
             return await sagas.saga_timeline(
-                conn, booking_id, default_codec(), now, policy=_policy(settings)
+                conn, booking_id, default_codec(), now, expectations, _policy(settings)
             )
         finally:
             await conn.close()
@@ -602,10 +639,12 @@ def saga_ls(
     ] = None,
     provider: Annotated[str | None, typer.Option(help="Only this provider's bookings.")] = None,
     customer: Annotated[str | None, typer.Option(help="Only this customer's bookings.")] = None,
+    stuck_after: StuckAfterOpt = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
     """Sagas in flight, oldest first (``--stuck``: only those waiting too long)."""
+    expectations = _expectations(stuck_after)
     wanted = age = None
     if status is not None:
         try:
@@ -631,7 +670,7 @@ def saga_ls(
     async def work() -> list[sagas.SagaSummary]:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await sagas.list_sagas(conn, query, now, policy=_policy(settings))
+            return await sagas.list_sagas(conn, query, now, expectations, _policy(settings))
         finally:
             await conn.close()
 

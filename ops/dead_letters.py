@@ -187,7 +187,8 @@ def read_dead_letter(record: ConsumerRecord[bytes, bytes], codec: EventCodec) ->
 @dataclass(frozen=True)
 class Query:
     """Which dead letters: every filter given must match. ``topics`` empty means all of them;
-    ``since``/``until`` bound the time it was dead-lettered; ``limit`` stops the scan."""
+    ``since``/``until`` bound the time it was dead-lettered; ``limit`` stops the scan;
+    ``at`` (partition, offset) names one message of the one topic given."""
 
     topics: tuple[str, ...] = ()
     booking_id: str | None = None
@@ -196,8 +197,13 @@ class Query:
     since: datetime | None = None
     until: datetime | None = None
     limit: int | None = None
+    at: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.at is not None and len(self.topics) != 1:
+            raise DeadLetterError("a message's position (partition, offset) needs its one topic")
+        if self.at is not None and min(self.at) < 0:
+            raise DeadLetterError(f"partition and offset are never negative, got {self.at}")
         if self.since and self.until and self.since >= self.until:
             raise DeadLetterError(
                 f"empty time window: since {self.since.isoformat()} is not before "
@@ -213,6 +219,8 @@ class Query:
         return raw_key.decode("utf-8", "replace").lower() == self.booking_id.lower()
 
     def matches(self, message: DeadLetter) -> bool:
+        if self.at is not None and (message.partition, message.offset) != self.at:
+            return False
         if self.booking_id is not None and (message.booking_id or "").lower() != (
             self.booking_id.lower()
         ):
@@ -241,9 +249,13 @@ def query_from(
     since: str | None = None,
     until: str | None = None,
     limit: int | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
 ) -> Query:
-    """A ``Query`` from what an operator typed (topics or consumers, ``2h`` or ISO times);
-    ``BadInput`` names what cannot be understood."""
+    """A ``Query`` from what an operator typed (topics or consumers, ``2h`` or ISO times, a
+    message's partition and offset); ``BadInput`` names what cannot be understood."""
+    if (partition is None) != (offset is None):
+        raise DeadLetterError("a message's position is its partition and offset together")
     if booking_id is not None:
         booking_id = check_booking_id(booking_id)
     if event_type is not None and event_type not in catalog.event_types:
@@ -257,6 +269,7 @@ def query_from(
         since=parse_when(since, now) if since else None,
         until=parse_when(until, now) if until else None,
         limit=limit,
+        at=(partition, offset) if partition is not None and offset is not None else None,
     )
 
 
@@ -465,6 +478,8 @@ async def find(
     existing = await _partitions(bootstrap)
     missing = tuple(t for t in topics if t not in existing)
     tps = [tp for t in topics for tp in existing.get(t, ())]
+    if query.at is not None:
+        tps = [tp for tp in tps if tp.partition == query.at[0]]
     consumer = _reader(bootstrap)
     await k.start_consumer(consumer)
     found: list[DeadLetter] = []
@@ -472,6 +487,13 @@ async def find(
     limited = truncated = False
     try:
         ranges = await _ranges(consumer, tps, query.since, query.until)
+        if query.at is not None:
+            # One message: read its offset alone instead of scanning the partition.
+            wanted = query.at[1]
+            ranges = {
+                tp: (max(start, wanted), min(stop, wanted + 1))
+                for tp, (start, stop) in ranges.items()
+            }
         async with aclosing(_scan(consumer, ranges, stats)) as records:
             async for record in records:
                 if stats.read > max_scan:
@@ -491,6 +513,21 @@ async def find(
     return ScanResult(
         tuple(found), min(stats.read, max_scan), limited, truncated or stats.incomplete, missing
     )
+
+
+async def read_at(
+    catalog: TopicCatalog,
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    codec: EventCodec,
+) -> DeadLetter | None:
+    """The dead letter at ``topic[partition]@offset`` (a topic or its consumer's name); None
+    when no message is there (yet, or any more)."""
+    query = Query(topics=resolve_topics(catalog, [topic]), at=(partition, offset))
+    found = await find(catalog, bootstrap, query, codec, max_scan=1)
+    return found.messages[0] if found.messages else None
 
 
 async def _ranges(

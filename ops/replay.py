@@ -20,6 +20,8 @@ would only fail again, so they are skipped unless asked for. Dry-run first::
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -111,6 +113,42 @@ class PlannedReplay:
             "previous": wire.plain(self.previous),
             "effect": self.effect.to_json() if self.effect else None,
         }
+
+
+def plan_id(plan: Sequence[PlannedReplay]) -> str:
+    """A fingerprint of everything an operator saw in a dry run: which messages, the decision
+    for each and why, what was replayed before, and what each would do to its saga. A replay
+    that names it runs only while the plan computed again has the same one."""
+    seen = [
+        {
+            "at": [p.message.topic, p.message.partition, p.message.offset],
+            "skip": p.skip,
+            "previous": [p.previous.replay_id, p.previous.result] if p.previous else None,
+            "effect": p.effect.describe() if p.effect else None,
+        }
+        for p in plan
+    ]
+    return hashlib.sha256(json.dumps(seen, sort_keys=True).encode()).hexdigest()
+
+
+class StalePlan(Exception):
+    """The plan changed since the dry run the caller confirms (a message replayed meanwhile,
+    a saga that moved on): nothing was replayed."""
+
+    def __init__(self, current: str) -> None:
+        super().__init__(
+            "the dry run is out of date: the messages or their sagas changed since; "
+            "review the new plan and confirm it"
+        )
+        self.current = current
+
+
+def check_plan(plan: Sequence[PlannedReplay], expected: str | None) -> str:
+    """The plan's id; ``StalePlan`` when ``expected`` (a dry run's id) is given and differs."""
+    current = plan_id(plan)
+    if expected is not None and expected != current:
+        raise StalePlan(current)
+    return current
 
 
 async def previous_replays(

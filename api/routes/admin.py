@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, Query, Request
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,10 +30,12 @@ from api.envelopes import (
     Envelope,
     Page,
     accepted,
+    conflict,
     errors,
     not_found,
     ok,
     page,
+    unavailable,
     utcnow,
 )
 from api.readmodel import BOOKING_COLUMNS, fetch_booking
@@ -416,12 +421,28 @@ async def act_on_workflow(
 
 # --- dead letters ---------------------------------------------------------------------------
 
+_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
+
+
+@asynccontextmanager
+async def _reading_dead_letters() -> AsyncIterator[None]:
+    """Bad filters are the caller's (422); Kafka unreachable mid-scan is the cluster's state,
+    not a bug (503)."""
+    try:
+        yield
+    except BadInput as exc:
+        raise bad_input(exc) from None
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise unavailable("kafka", exc) from exc
+
 
 class DeadLetterFilter(Body):
     """Which dead letters: every filter given must match."""
 
-    topics: list[str] = Field(
-        default_factory=list, description="dead-letter topics (payment.dlq) or consumers (payment)"
+    topics: list[Annotated[str, Field(pattern=_TOPIC)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="dead-letter topics (payment.dlq) or consumers (payment)",
     )
     booking_id: uuid.UUID | None = None
     event_type: str | None = Field(default=None, max_length=100)
@@ -430,6 +451,10 @@ class DeadLetterFilter(Body):
         default=None, max_length=64, description="ISO time, or a duration ago: 90s, 15m, 2h, 7d"
     )
     until: str | None = Field(default=None, max_length=64)
+    partition: int | None = Field(
+        default=None, ge=0, le=10_000, description="with offset and one topic: one message"
+    )
+    offset: int | None = Field(default=None, ge=0, le=2**62)
     limit: int | None = Field(default=50, ge=1, le=10_000)
     max_scan: int = Field(default=100_000, ge=1, le=10_000_000)
 
@@ -437,11 +462,25 @@ class DeadLetterFilter(Body):
 class ReplayRequest(DeadLetterFilter):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"error_class": "GatewayUnavailable", "since": "2h", "dry_run": True}]
+            "examples": [
+                {"error_class": "GatewayUnavailable", "since": "2h", "dry_run": True},
+                {
+                    "topics": ["payment.dlq"],
+                    "partition": 0,
+                    "offset": 12,
+                    "dry_run": False,
+                    "plan_id": "3f5a…",
+                },
+            ]
         }
     )
 
     dry_run: bool = Field(default=True, description="plan only: what would be replayed")
+    plan_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="the dry run's plan_id: replay only while the plan is still that one",
+    )
     again: bool = Field(default=False, description="re-drive messages replayed before")
     include_undecodable: bool = False
     rate: float | None = Field(default=None, gt=0, le=10_000, description="messages per second")
@@ -459,6 +498,8 @@ def _dlq_query(runtime: RuntimeDep, f: DeadLetterFilter) -> dead_letters.Query:
             since=f.since,
             until=f.until,
             limit=f.limit,
+            partition=f.partition,
+            offset=f.offset,
         )
     except BadInput as exc:
         raise bad_input(exc) from None
@@ -472,9 +513,10 @@ async def dead_letter_topics(
     sample: Annotated[int, Query(ge=1, le=1_000_000, description="newest messages read")] = 10_000,
 ) -> Envelope[list[Json]]:
     """Every dead-letter topic: depth, oldest and newest message, counts by error class."""
-    found = await dead_letters.summarize(
-        runtime.catalog, runtime.settings.kafka_bootstrap, sample=sample
-    )
+    async with _reading_dead_letters():
+        found = await dead_letters.summarize(
+            runtime.catalog, runtime.settings.kafka_bootstrap, sample=sample
+        )
     return ok(request, [s.to_json() for s in found])
 
 
@@ -488,7 +530,7 @@ async def dead_letter_messages(
 ) -> Envelope[Json]:
     """Dead letters, decoded, with their headers: why, where from, when, how often."""
     query = _dlq_query(runtime, body)
-    try:
+    async with _reading_dead_letters():
         found = await dead_letters.find(
             runtime.catalog,
             runtime.settings.kafka_bootstrap,
@@ -496,26 +538,58 @@ async def dead_letter_messages(
             default_codec(),
             max_scan=body.max_scan,
         )
-    except BadInput as exc:
-        raise bad_input(exc) from None
+    return ok(request, found.to_json())
+
+
+@router.get(
+    "/dlq/messages/{topic}/{partition}/{offset}",
+    response_model=Envelope[Json],
+    responses=errors(401, 403, 404, 422, 429, 500, 503),
+)
+async def dead_letter_message(
+    request: Request,
+    _admin: AdminUser,
+    runtime: RuntimeDep,
+    topic: Annotated[str, Path(pattern=_TOPIC, description="a dead-letter topic or consumer")],
+    partition: Annotated[int, Path(ge=0, le=10_000)],
+    offset: Annotated[int, Path(ge=0, le=2**62)],
+) -> Envelope[Json]:
+    """One dead letter at its position: its failure headers, every header, its decoded event."""
+    async with _reading_dead_letters():
+        found = await dead_letters.read_at(
+            runtime.catalog,
+            runtime.settings.kafka_bootstrap,
+            topic,
+            partition,
+            offset,
+            default_codec(),
+        )
+    if found is None:
+        raise not_found("dead letter")
     return ok(request, found.to_json())
 
 
 @router.post(
     "/dlq/replay",
     response_model=Envelope[Json],
-    responses=errors(401, 403, 413, 415, 422, 429, 500, 503),
+    responses=errors(401, 403, 409, 413, 415, 422, 429, 500, 503),
 )
 async def replay_dead_letters(
     request: Request, body: ReplayRequest, admin: AdminUser, conn: Db, runtime: RuntimeDep
 ) -> Envelope[Json]:
     """Plan (``dry_run``, the default) or run a replay of the matching dead letters to their
-    origin topics, audited under the admin's name."""
+    origin topics, audited under the admin's name. The dry run's ``plan_id``, sent with the
+    replay, makes it run only if the plan is still the one shown (else 409 ``STALE_PLAN``)."""
     query = _dlq_query(runtime, body)
     codec = default_codec()
-    found = await dead_letters.find(
-        runtime.catalog, runtime.settings.kafka_bootstrap, query, codec, max_scan=body.max_scan
-    )
+    async with _reading_dead_letters():
+        found = await dead_letters.find(
+            runtime.catalog,
+            runtime.settings.kafka_bootstrap,
+            query,
+            codec,
+            max_scan=body.max_scan,
+        )
     plan = await replay.plan_replay(
         conn,
         runtime.catalog,
@@ -524,23 +598,35 @@ async def replay_dead_letters(
         utcnow(),
         again=body.again,
         include_undecodable=body.include_undecodable,
-        with_effects=body.dry_run,
+        with_effects=body.dry_run or body.plan_id is not None,
         policy=saga.Policy.from_settings(runtime.settings),
     )
     if body.dry_run:
         would = sum(1 for p in plan if p.replay)
         return ok(
             request,
-            {"dry_run": True, "would_replay": would, "plan": [p.to_json() for p in plan]},
+            {
+                "dry_run": True,
+                "plan_id": replay.plan_id(plan),
+                "would_replay": would,
+                "scanned": found.scanned,
+                "truncated": found.truncated or found.limited,
+                "plan": [p.to_json() for p in plan],
+            },
         )
+    try:
+        replay.check_plan(plan, body.plan_id)
+    except replay.StalePlan as exc:
+        raise conflict(str(exc), code="STALE_PLAN", plan_id=exc.current) from None
     producer = AIOKafkaProducer(
         **k.producer_config(runtime.settings.kafka_bootstrap, "erynoa-api-dlq-replay")
     )
-    await producer.start()
+    async with _reading_dead_letters():
+        await producer.start()
     try:
         report = await replay.replay(
             runtime.pool, producer, plan, operator=admin.sub, again=body.again, rate=body.rate
         )
     finally:
         await producer.stop()
-    return ok(request, {"dry_run": False, **report.to_json()})
+    return ok(request, {"dry_run": False, "plan_id": body.plan_id, **report.to_json()})

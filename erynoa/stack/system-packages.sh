@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the local stack needs, only those missing (`make setup`).
+# Installs the Debian packages the local stack and the browser tests need, only those missing (`make setup`).
 # Services that the packages would start on their own (a system Redis or PostgreSQL cluster)
 # are kept from starting: the stack runs its own instances.
 set -euo pipefail
@@ -9,6 +9,9 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
+# The operator console's browser tests (tests/browser) drive a real, headless Chromium.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 # A subscriber's command-line view of the topics (README, "For subscribers"; tested).
 command -v kcat >/dev/null || missing+=(kcat)
 

@@ -39,6 +39,10 @@ async def owned_objects(pg: asyncpg.Pool, actors: Actors) -> dict[str, str]:
         "payment_id": payment_id,
         "service_id": actors.service_id,
         "user_id": actors.customer,
+        # A dead letter's position: operators' data, no customer's or provider's.
+        "topic": "payment.dlq",
+        "partition": "0",
+        "offset": "0",
     }
 
 

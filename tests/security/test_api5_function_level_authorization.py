@@ -50,9 +50,14 @@ ALLOWED: dict[str, frozenset[str]] = {
     "GET /api/v1/admin/workflows": frozenset({ADMIN}),
     "GET /api/v1/admin/workflows/{booking_id}": frozenset({ADMIN}),
     "POST /api/v1/admin/workflows/{booking_id}": frozenset({ADMIN}),
+    "GET /api/v1/admin/dlq": frozenset({ADMIN}),
+    "POST /api/v1/admin/dlq/messages": frozenset({ADMIN}),
+    "GET /api/v1/admin/dlq/messages/{topic}/{partition}/{offset}": frozenset({ADMIN}),
+    "POST /api/v1/admin/dlq/replay": frozenset({ADMIN}),
 }
 
 SECURED = [op for op in operations() if op.secured]
+DEAD_LETTER = {"topic": "payment.dlq", "partition": "0", "offset": "0"}
 
 
 def test_every_operation_with_a_token_has_its_roles_decided() -> None:
@@ -92,7 +97,11 @@ async def test_a_role_that_is_not_allowed_is_refused(
         elif op.key == "POST /api/v1/payments/intent":
             body = {"booking_id": booking_id}
         url = op.url(
-            booking_id=booking_id, payment_id=payment_id, service_id=service["id"], user_id=sub
+            booking_id=booking_id,
+            payment_id=payment_id,
+            service_id=service["id"],
+            user_id=sub,
+            **DEAD_LETTER,
         )
         roles = (role,) if role else ()
         token = live_api.token(sub, *roles) if roles else _roleless(live_api, sub)
@@ -116,7 +125,7 @@ async def test_admin_routes_are_refused_to_everyone_else(
     assert admin_ops
     caller = live_api.auth(unique("x-"), "customer", "provider")
     for op in admin_ops:
-        url = op.url(booking_id=unique())
+        url = op.url(booking_id=unique(), **DEAD_LETTER)
         response = await http.request(op.method, url, json=op.body, headers=caller)
         assert response.status_code == 403, (op.key, response.text)
         unauthenticated = await http.request(op.method, url, json=op.body)

@@ -215,6 +215,20 @@ def test_topics_are_named_by_topic_or_consumer(catalog: TopicCatalog) -> None:
         dead_letters.resolve_topics(catalog, ["payments"])
 
 
+def test_a_position_names_one_message_of_one_topic(catalog: TopicCatalog) -> None:
+    message = decodable()
+    at = (message.partition, message.offset)
+
+    assert Query(topics=("payment.dlq",), at=at).matches(message)
+    assert not Query(topics=("payment.dlq",), at=(at[0], at[1] + 1)).matches(message)
+    query = dead_letters.query_from(catalog, NOW, topics=["payment"], partition=at[0], offset=at[1])
+    assert (query.topics, query.at) == (("payment.dlq",), at)
+    with pytest.raises(DeadLetterError, match="its one topic"):
+        dead_letters.query_from(catalog, NOW, partition=0, offset=3)
+    with pytest.raises(DeadLetterError, match="partition and offset together"):
+        dead_letters.query_from(catalog, NOW, topics=["payment"], offset=3)
+
+
 # --- replay decisions -----------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import typer
 from aiokafka import AIOKafkaProducer
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from cli.ops import dlq_app, saga_app
 from erynoa import kafka as k
@@ -33,13 +33,17 @@ from tests.integration.saga_events import (
 pytestmark = pytest.mark.integration
 
 
-async def cli_json(live_api: LiveApi, *args: str, app: typer.Typer = saga_app) -> Any:
+async def cli(live_api: LiveApi, *args: str, app: typer.Typer = saga_app) -> Result:
     env = {
         "ERYNOA_TOPIC_PREFIX": live_api.settings.topic_prefix,
         "ERYNOA_DATABASE_URL": live_api.settings.database_url,
         "ERYNOA_KAFKA_BOOTSTRAP": live_api.settings.kafka_bootstrap,
     }
-    result = await asyncio.to_thread(lambda: CliRunner().invoke(app, [*args, "--json"], env=env))
+    return await asyncio.to_thread(lambda: CliRunner().invoke(app, [*args, "--json"], env=env))
+
+
+async def cli_json(live_api: LiveApi, *args: str, app: typer.Typer = saga_app) -> Any:
+    result = await cli(live_api, *args, app=app)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -150,3 +154,44 @@ async def test_the_cli_and_the_admin_api_show_and_plan_the_same_dead_letters(
     assert [p["effect"]["description"] for p in planned["plan"]] == [
         p["effect"]["description"] for p in plan.json()["data"]["plan"]
     ]
+
+    # One message read at its position (the console's message screen) is the same message.
+    at = shown["messages"][0]
+    one = await http.get(
+        f"/admin/dlq/messages/{at['topic']}/{at['partition']}/{at['offset']}",
+        headers=actors.admin_auth,
+    )
+    assert one.status_code == 200, one.text
+    assert one.json()["data"] == at
+    nowhere = await http.get(
+        f"/admin/dlq/messages/{at['topic']}/{at['partition']}/{at['offset'] + 10**9}",
+        headers=actors.admin_auth,
+    )
+    assert nowhere.status_code == 404, nowhere.text
+
+    # A replay runs only the plan its dry run showed: another plan's id is refused, unchanged.
+    selection = {"topics": [at["topic"]], "partition": at["partition"], "offset": at["offset"]}
+    dry = await http.post("/admin/dlq/replay", json=selection, headers=actors.admin_auth)
+    assert dry.status_code == 200, dry.text
+    plan_id = dry.json()["data"]["plan_id"]
+    assert plan_id == plan.json()["data"]["plan_id"]  # the same message, the same plan
+    stale = await http.post(
+        "/admin/dlq/replay",
+        json={**selection, "dry_run": False, "plan_id": "0" * 64},
+        headers=actors.admin_auth,
+    )
+    assert stale.status_code == 409, stale.text
+    assert stale.json()["error"]["code"] == "STALE_PLAN"
+    assert stale.json()["error"]["details"] == [{"plan_id": plan_id}]
+    assert (await cli_json(live_api, "show", "--booking-id", booking_id, app=dlq_app))["messages"][
+        0
+    ]["failure"]["replay_id"] is None
+    done = await http.post(
+        "/admin/dlq/replay",
+        json={**selection, "dry_run": False, "plan_id": plan_id},
+        headers=actors.admin_auth,
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["data"]["counts"]["replayed"] == 1
+    again = await cli_json(live_api, "replay", "--booking-id", booking_id, "--dry-run", app=dlq_app)
+    assert again["would_replay"] == 0  # the CLI sees the API's replay in the audit
