@@ -40,7 +40,7 @@ _MAX_ERROR_LEN = 1000
 
 # Headers a hop rewrites; every other header (trace context, request id, synthetic marker, the
 # replay marker) travels with the message unchanged.
-_BOOKKEEPING = frozenset(
+BOOKKEEPING_HEADERS = frozenset(
     {
         k.H_ATTEMPTS,
         k.H_ERROR,
@@ -186,7 +186,9 @@ def next_hop(
     due = now + timedelta(milliseconds=delay_ms)
 
     first_origin = k.header(headers, k.H_ORIGIN_TOPIC) is not None
-    kept: list[tuple[str, bytes]] = [(n, v) for n, v in headers or () if n not in _BOOKKEEPING]
+    kept: list[tuple[str, bytes]] = [
+        (n, v) for n, v in headers or () if n not in BOOKKEEPING_HEADERS
+    ]
 
     def keep_or(name: str, value: str) -> tuple[str, bytes]:
         previous = k.header(headers, name)
