@@ -99,6 +99,12 @@ def load_sources(root: Path = PROJECT_ROOT) -> Sources:
     catalog = load_catalog(root / "topics.yaml", ENVIRONMENT)
     local = load_catalog(root / "topics.yaml", LOCAL_ENVIRONMENT)
     codec = require_complete(EventCodec(root / "schemas"))
+    schemaless = sorted(catalog.event_types - set(codec.versions))
+    if schemaless:
+        raise DocumentError(
+            f"{catalog.source}: declares {', '.join(schemaless)} but there is no schema for it "
+            f"in {codec.schemas_dir} (expected {schemaless[0]}.v1.avsc)"
+        )
     undeclared = sorted(set(codec.versions) - catalog.event_types)
     if undeclared:
         raise DocumentError(
@@ -365,7 +371,8 @@ def build(src: Sources) -> dict[str, Any]:
                 "description": (
                     f"{retry_topic.description} A message waits here at least {delay_ms} ms "
                     f"after its failure (header `{kafka.H_NOT_BEFORE}`), then {consumer.name} "
-                    f"tries it again. {retry_topic.partitions} partitions, "
+                    f"tries it again. Key: `{retry_topic.key}` (the original record's). "
+                    f"{retry_topic.partitions} partitions, "
                     f"{_retention(retry_topic)}."
                 ),
                 "messages": failed_messages,
@@ -390,8 +397,8 @@ def build(src: Sources) -> dict[str, Any]:
             "title": dlq.name,
             "description": (
                 f"{dlq.description} A message lands here after its last retry tier, or at once "
-                f"when its failure is permanent (`{kafka.H_ERROR_KIND}`). "
-                f"{dlq.partitions} partitions, {_retention(dlq)}."
+                f"when its failure is permanent (`{kafka.H_ERROR_KIND}`). Key: `{dlq.key}` (the "
+                f"original record's). {dlq.partitions} partitions, {_retention(dlq)}."
             ),
             "messages": failed_messages,
             "bindings": _channel_bindings(dlq),

@@ -22,6 +22,14 @@ def asyncapi(
     html: Annotated[
         bool, typer.Option("--html", help="Also render the HTML docs the API serves.")
     ] = False,
+    write: Annotated[
+        bool,
+        typer.Option(
+            "--write/--no-write",
+            help="--no-write leaves asyncapi.yaml as it is (a stale one is only reported), "
+            "e.g. to render the committed document.",
+        ),
+    ] = True,
     output: Annotated[Path, typer.Option(help="Where the document goes.")] = DOCUMENT,
     html_dir: Annotated[Path, typer.Option(help="Where the HTML docs go.")] = HTML_DIR,
 ) -> None:
@@ -46,6 +54,13 @@ def asyncapi(
             )
             raise typer.Exit(1)
         typer.echo(f"{output.name}: up to date")
+    elif not write:
+        if current != text:
+            typer.secho(
+                f"{output} is stale (not rewritten): run `erynoa asyncapi` and commit it",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
     elif current != text:
         output.write_text(text)
         typer.echo(f"wrote {output}")

@@ -151,6 +151,9 @@ def _actions(agent: saga.Agent, state: saga.BookingState, now: datetime) -> dict
     return {type(a).__name__: a for a in saga.next_actions(agent, state, now)}
 
 
+_EXPLORED: dict[str, SagaGraph] = {}
+
+
 def explore(
     agents: dict[str, dict[str, set[str]]],
     reactions: dict[str, dict[str, set[str]]],
@@ -159,7 +162,28 @@ def explore(
 ) -> SagaGraph:
     """The graph, from what each agent emits per action (``agents``) and per event it reacts to
     (``reactions``), the events senders outside the agents inject (``inputs``, by sender), and
-    the event types each agent's subscriptions deliver (``consumes``)."""
+    the event types each agent's subscriptions deliver (``consumes``).
+
+    The same inputs give the same graph: it is computed once per process."""
+    key = repr(
+        [
+            sorted((k, sorted((a, sorted(e)) for a, e in v.items())) for k, v in agents.items()),
+            sorted((k, sorted((a, sorted(e)) for a, e in v.items())) for k, v in reactions.items()),
+            sorted((k, sorted(v)) for k, v in inputs.items()),
+            sorted((k, sorted(v)) for k, v in consumes.items()),
+        ]
+    )
+    if key not in _EXPLORED:
+        _EXPLORED[key] = _explore(agents, reactions, inputs, consumes)
+    return _EXPLORED[key]
+
+
+def _explore(
+    agents: dict[str, dict[str, set[str]]],
+    reactions: dict[str, dict[str, set[str]]],
+    inputs: dict[str, set[str]],
+    consumes: dict[str, set[str]],
+) -> SagaGraph:
     classes = {
         name: cls for name, cls in ev.EVENT_TYPES.items() if issubclass(cls, ev.BookingEvent)
     }

@@ -69,9 +69,9 @@ def events_router(document: Path = DOCUMENT, html_dir: Path = HTML_DIR) -> APIRo
         )
 
     @router.get("/docs", include_in_schema=False)
-    async def docs_root() -> Response:
+    async def docs_root(request: Request) -> Response:
         # The page's assets are relative to the directory: /docs/ is its one address.
-        return RedirectResponse(f"{router.prefix}/docs/", status_code=308)
+        return RedirectResponse(request.url.path + "/", status_code=308)
 
     @router.get("/docs/{asset:path}", include_in_schema=False)
     async def docs(request: Request, asset: str) -> Response:
