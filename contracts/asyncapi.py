@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from contracts.saga_graph import SagaGraph, explore
-from contracts.sources import API_SERVICE, OPS_SERVICE, CodeFacts, read_code
+from contracts.sources import LOADGEN_SERVICE, OPS_SERVICE, CodeFacts, read_code
 from erynoa import kafka
 from erynoa.codec import EventCodec, require_complete
 from erynoa.events import EVENT_TYPES
@@ -63,6 +63,13 @@ HEADER_DOCS: dict[str, str] = {
     kafka.H_LAST_FAILURE: "When it last failed (ISO 8601, UTC).",
     kafka.H_NOT_BEFORE: "Not to be retried before this time (ISO 8601, UTC).",
     kafka.H_CONSUMER: "The consumer group (topics.yaml's consumer) that failed on it.",
+}
+
+
+SENDER_ROLES = {
+    "api": "The API",
+    OPS_SERVICE: "Operator tooling (`erynoa saga cancel|retry`)",
+    LOADGEN_SERVICE: f"The load generator (synthetic traffic, header `{kafka.H_SYNTHETIC}`)",
 }
 
 
@@ -128,7 +135,7 @@ def load_sources(root: Path = PROJECT_ROOT) -> Sources:
     graph = explore(
         {a: c.emits_for_action for a, c in code.agents.items()},
         {a: c.emits_on_event for a, c in code.agents.items()},
-        {s: set(e) for s, e in code.senders.items() if s in (API_SERVICE, OPS_SERVICE)},
+        {s: set(e) for s, e in code.senders.items() if s not in code.agents},
         consumes,
     )
     return Sources(catalog, local, codec, code, graph)
@@ -336,13 +343,12 @@ def build(src: Sources) -> dict[str, Any]:
         for event in sorted(sent):
             by_topic.setdefault(catalog.topic_for(event), []).append(event)
         for name, events in sorted(by_topic.items()):
-            files = sorted({str(p) for e in events for p in sent[e]})
             operations[f"{service}.send.{name}"] = {
                 "action": "send",
                 "channel": channel_ref(name),
                 "title": f"{service} sends to {name}",
-                "summary": f"{service} publishes {', '.join(events)}.",
-                "description": "Found in " + ", ".join(f"`{f}`" for f in files) + ".",
+                "summary": f"{SENDER_ROLES.get(service, 'The agent')} publishes "
+                f"{', '.join(events)}.",
                 "messages": message_refs(name, events),
             }
 

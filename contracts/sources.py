@@ -8,8 +8,9 @@ follows the code instead of a list that drifts from it:
   ``execute`` (through calls of its own ``self.<method>``), and what it emits when it *reacts*
   to an event is what is reachable from ``if isinstance(event, <Event>)`` in ``react``;
 * any other module sends the events it builds with ``make(<Event>, ...)`` or
-  ``make_catalog(<Event>, ...)``; the API's modules are the service ``api``, every other
-  package's are operator tooling (``ops``).
+  ``make_catalog(<Event>, ...)``: the API's modules are the service ``api``, the load
+  generator's ``loadgen`` (synthetic traffic, marked by a header), every other package's are
+  operator tooling (``ops``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 API_SERVICE = "api"
+LOADGEN_SERVICE = "loadgen"
 OPS_SERVICE = "ops"
-# Where the senders live; loadgen and faults only replay the API's requests or break things.
-SENDER_PACKAGES = ("api", "streams", "consumers", "ops")
+# Where the senders live. The benchmarks and the fault harness build events only to measure or
+# break the system, never as a part of it.
+SENDER_PACKAGES = ("api", "streams", "consumers", "ops", "loadgen")
+_SERVICE_OF_PACKAGE = {"api": API_SERVICE, "loadgen": LOADGEN_SERVICE}
 
 
 @dataclass
@@ -167,7 +171,7 @@ def read_code(root: Path, event_types: Iterable[str]) -> CodeFacts:
         if not built or relative.parts[0] == "streams":
             # An agent's events are what its adapter emits; streams' own make() is ctx.emit's.
             continue
-        service = API_SERVICE if relative.parts[0] == "api" else OPS_SERVICE
+        service = _SERVICE_OF_PACKAGE.get(relative.parts[0], OPS_SERVICE)
         for event in built:
             senders.setdefault(service, {}).setdefault(event, set()).add(relative)
     for agent, code in agents.items():

@@ -35,7 +35,7 @@ from erynoa.events import EVENT_TYPES
 from erynoa.settings import PROJECT_ROOT
 from erynoa.topics import load_catalog
 
-CODE_DIRS = ("api", "streams", "consumers", "erynoa", "ops")
+CODE_DIRS = ("api", "streams", "consumers", "erynoa", "ops", "loadgen")
 
 
 @cache
