@@ -40,10 +40,13 @@ def render(document: Path, out: Path) -> None:
     prefix = ensure("generator")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".render-") as scratch:
+        # Render a snapshot, so the stamp names what was rendered even if the file changes.
+        source = Path(scratch) / "asyncapi.yaml"
+        shutil.copyfile(document, source)
         staging = Path(scratch) / "html"
         command = [
             str(bin_path(prefix, "ag")),
-            str(document),
+            str(source),
             str(prefix / TEMPLATE),
             "--output",
             str(staging),
@@ -58,7 +61,7 @@ def render(document: Path, out: Path) -> None:
                 f"rendering {document} failed (exit {result.returncode}): "
                 f"{(result.stderr or result.stdout).strip()[-2000:]}"
             )
-        (staging / SOURCE_STAMP).write_text(digest(document) + "\n")
+        (staging / SOURCE_STAMP).write_text(digest(source) + "\n")
         previous = Path(scratch) / "previous"
         if out.exists():
             out.rename(previous)

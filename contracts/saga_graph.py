@@ -234,7 +234,12 @@ def _explore(
             # An agent folds the events it emits itself as well as the ones it consumes.
             sees = consumes.get(agent_name, set()) | emitted_by.get(agent_name, set())
             for name, action in sorted({**later, **now}.items()):
-                emitted = tuple(sorted(per_action.get(name, set())))
+                if name not in per_action:
+                    raise ValueError(
+                        f"the rules give {agent_name} the action {name}, but its adapter's "
+                        f"execute() has no `case saga.{name}()`"
+                    )
+                emitted = tuple(sorted(per_action[name]))
                 if expand:
                     follow += [(event_type, action) for event_type in emitted]
                 if name in now and name in was:

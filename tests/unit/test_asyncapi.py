@@ -231,3 +231,18 @@ def test_an_event_type_without_its_schema_file_is_refused(tmp_path: Path) -> Non
     (root / "schemas" / "NotificationFailed.v1.avsc").unlink()
     with pytest.raises(SchemaError, match=r"NotificationFailed \(expected NotificationFailed"):
         load_sources(root)
+
+
+def test_an_action_the_rules_give_an_agent_its_adapter_cannot_take_is_refused() -> None:
+    from contracts.saga_graph import explore
+
+    code = read_code(PROJECT_ROOT, EVENT_TYPES)
+    catalog = load_catalog(PROJECT_ROOT / "topics.yaml", ENVIRONMENT)
+    agents = {a: dict(c.emits_for_action) for a, c in code.agents.items()}
+    del agents["reservation"]["ReleaseHold"]
+    consumes = {
+        c.name: {e for t in c.consumes for e in catalog.topics[t].events}
+        for c in catalog.consumers.values()
+    }
+    with pytest.raises(ValueError, match=r"reservation the action ReleaseHold.*no `case"):
+        explore(agents, {}, {"api": {"BookingCancellationRequested"}}, consumes)
