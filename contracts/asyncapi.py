@@ -489,7 +489,11 @@ def render(document: dict[str, Any]) -> str:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Multi-line text (descriptions, the diagram) as literal blocks a reader can diff."""
+    """Multi-line text (descriptions, the diagram) as literal blocks a reader can diff; no YAML
+    anchors (a shared map is written out each time, as readers of AsyncAPI expect)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
