@@ -21,14 +21,15 @@ PYTEST_ARGS ?=
 # themselves the test environment (tests/conftest.py).
 RUN_ENVIRONMENT := $(if $(or $(ERYNOA_ENVIRONMENT),$(shell grep -s '^ERYNOA_ENVIRONMENT=' .env)),,ERYNOA_ENVIRONMENT=development)
 
-.PHONY: help setup system-packages stack run test _test lint down clean bench bench-quick faults
+.PHONY: help setup system-packages stack run test _test lint docs down clean bench bench-quick faults
 
 help:
 	@echo "make setup   system packages (when missing) and $(VENV) with the project"
 	@echo "make stack   setup, then the local stack up, topics applied, migrations run"
 	@echo "make run     stack, then the API, agents and materializer in the foreground"
 	@echo "make test    stack, unit and integration tests, stack stopped if this run started it"
-	@echo "make lint    ruff check, ruff format --check, mypy, lint-imports (layers)"
+	@echo "make lint    ruff check, ruff format --check, mypy, lint-imports (layers), asyncapi.yaml up to date"
+	@echo "make docs    render asyncapi.yaml's HTML (served at /api/v1/events/docs/)"
 	@echo "make bench   the benchmark (bench/run.py): writes bench/results/<date>.md and .json"
 	@echo "make faults  the fault matrix on a private stack: bench/results/faults-<date>.*"
 	@echo "make down    stop the local stack"
@@ -51,13 +52,21 @@ stack: setup
 	@$(ERYNOA) db migrate
 	@$(ERYNOA) schemas register
 
-run: stack
+# The HTML docs of the committed asyncapi.yaml, into build/ where the API serves them; rendered
+# again only when the document changed. It never rewrites asyncapi.yaml (`erynoa asyncapi` does;
+# a test fails while it is stale). The renderer is an npm package installed on first use: without
+# Node.js and npm the docs page answers 503 and says how to render it.
+docs: setup
+	@if command -v npm >/dev/null; then $(ERYNOA) asyncapi --no-write --html; \
+	else echo "docs: npm not found; /api/v1/events/docs/ stays unrendered"; fi
+
+run: stack docs
 	exec env $(RUN_ENVIRONMENT) $(ERYNOA) run
 
 test: setup
 	@$(PY) -m erynoa.stack.with_stack -- $(MAKE) --no-print-directory _test
 
-_test: stack
+_test: stack docs
 	$(PY) -m pytest $(TEST_PATHS) $(PYTEST_ARGS)
 
 lint: setup
@@ -66,6 +75,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check . || rc=1; \
 	$(VENV)/bin/mypy || rc=1; \
 	$(VENV)/bin/lint-imports || rc=1; \
+	$(ERYNOA) asyncapi --check >/dev/null || rc=1; \
 	exit $$rc
 
 PEERS_STAMP := $(VENV)/.peers-stamp

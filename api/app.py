@@ -34,6 +34,7 @@ from api.envelopes import (
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from api.routes import admin, auth, bookings, health, payments, services, users, webhooks
+from api.routes.events import events_router
 from api.runtime import ApiRuntime, KafkaUnavailable, PublisherFactory
 from erynoa import __version__
 from erynoa.kafka import EventPublisher
@@ -59,6 +60,11 @@ TAGS = [
     {"name": "payments", "description": "Payment status and the intent a customer confirms."},
     {"name": "webhooks", "description": "Signed callbacks from Stripe."},
     {"name": "admin", "description": "Operators: statistics and in-flight sagas (role admin)."},
+    {
+        "name": "events",
+        "description": "The Kafka topics other systems subscribe to: the AsyncAPI document, "
+        "and its HTML docs at /api/v1/events/docs/ (public).",
+    },
 ]
 
 DESCRIPTION = """
@@ -135,6 +141,8 @@ def create_app(
         openapi_url=f"{API_PREFIX}/openapi.json",
         title="Erynoa Booking API",
     )
+    # Public and not rate limited, like the OpenAPI docs.
+    app.include_router(events_router(), prefix=API_PREFIX)
 
     # Added innermost first: the last one added sees the request first.
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)

@@ -15,6 +15,7 @@ import typer
 from api import cli as api_cli
 from cli.ops import dlq_app, saga_app
 from consumers.cli import materializer_app
+from contracts.cli import asyncapi
 from erynoa.schemas_cli import schemas_app
 from erynoa.settings import Settings, get_settings
 from erynoa.stack.cli import stack_app
@@ -40,6 +41,7 @@ app.command("api")(api_cli.serve)
 app.command("token")(api_cli.token)
 app.command("loadgen")(loadgen)
 app.command("faults")(faults)
+app.command("asyncapi")(asyncapi)
 
 
 def fail(message: str) -> typer.Exit:
