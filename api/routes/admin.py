@@ -439,6 +439,15 @@ async def _reading_dead_letters() -> AsyncIterator[None]:
 class DeadLetterFilter(Body):
     """Which dead letters: every filter given must match."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"topics": ["payment.dlq"], "error_class": "GatewayUnavailable", "since": "2h"},
+                {"booking_id": "0b5c1d2e-8f3a-4c6b-9d7e-1f2a3b4c5d6e", "limit": 10},
+            ]
+        }
+    )
+
     topics: list[Annotated[str, Field(pattern=_TOPIC)]] = Field(
         default_factory=list,
         max_length=100,
