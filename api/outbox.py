@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import asyncpg
+from aiokafka import errors as kafka_errors
 
 from erynoa import tracing
-from erynoa.codec import EventCodec
+from erynoa.codec import EventCodec, UndecodableEvent
 from erynoa.events import BookingEvent
-from erynoa.kafka import KAFKA_REFUSALS
 
 log = logging.getLogger("erynoa.api.outbox")
 
@@ -37,6 +37,27 @@ RELAY_INTERVAL_SECONDS = 2.0
 RELAY_BATCH = 500
 # How long stopping waits for committed events still being published.
 STOP_WAIT_SECONDS = 5.0
+
+
+# Records the broker refuses however often they are sent: set aside, so that the rows behind
+# them go on. Authorization and version refusals are not among them: those are the cluster's
+# configuration, refuse every row alike, and end when an operator fixes it, so the relay waits.
+SET_ASIDE_REFUSALS: tuple[type[BaseException], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.CorruptRecordException,
+)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An outbox row to set aside, and why."""
+
+    event_id: str
+    booking_id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -109,6 +130,9 @@ class ApiOutbox:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        # Whether any row is set aside (refreshed by every relay pass): while one is, new
+        # events go through the relay, which keeps each booking's events in order.
+        self._set_aside_exists = False
 
     @property
     def codec(self) -> EventCodec:
@@ -142,9 +166,11 @@ class ApiOutbox:
 
         The rows stay locked (``SKIP LOCKED``: another process's relay takes other rows) until
         they are deleted, in the same transaction, after Kafka acknowledged them all. A row
-        the broker refuses every time (``KAFKA_REFUSALS``), or that cannot be decoded, is set
-        aside with its reason instead of failing the batch forever; the rows of its booking
-        wait with it, so a booking's events are never published out of order.
+        whose record the broker refuses every time (``SET_ASIDE_REFUSALS``), or whose payload
+        cannot be decoded at all, is set aside with its reason instead of failing the batch
+        forever; the rows of its booking wait with it, so a booking's events are never
+        published out of order. Anything else (the broker or the registry away) fails the
+        pass, and every row is tried again.
         """
         older = self._relay_after if older_than_seconds is None else older_than_seconds
         async with self._pool.acquire() as conn, conn.transaction():
@@ -157,22 +183,32 @@ class ApiOutbox:
                 older,
                 RELAY_BATCH,
             )
+            self._set_aside_exists = bool(
+                await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM api_outbox WHERE refused_at IS NOT NULL)"
+                )
+            )
             if not rows:
                 return 0
             entries: list[OutboxEntry] = []
-            refused: list[tuple[OutboxEntry | None, str, str]] = []
+            refused: list[Refused] = []
+            held_back: set[str] = set()
             for row in rows:
+                booking_id = str(row["booking_id"])
+                if booking_id in held_back:
+                    continue  # behind a row set aside: stays, in order, for later
                 try:
                     event = self._codec.decode(bytes(row["payload"]))
                     if not isinstance(event, BookingEvent):
-                        raise TypeError(f"a {type(event).__name__} is not a booking event")
-                except Exception as exc:
-                    refused.append((None, str(row["event_id"]), _reason(exc)))
+                        raise UndecodableEvent(f"a {type(event).__name__} is not a booking event")
+                except UndecodableEvent as exc:
+                    refused.append(Refused(str(row["event_id"]), booking_id, _reason(exc)))
+                    held_back.add(booking_id)
                     continue
                 entries.append(OutboxEntry(event, bytes(row["payload"]), dict(row["headers"])))
             try:
                 await self._kafka.publish_encoded([e.item for e in entries])
-            except KAFKA_REFUSALS:
+            except SET_ASIDE_REFUSALS:
                 entries, one_by_one = await self._publish_each(entries)
                 refused += one_by_one
             if refused:
@@ -187,39 +223,39 @@ class ApiOutbox:
 
     async def _publish_each(
         self, entries: list[OutboxEntry]
-    ) -> tuple[list[OutboxEntry], list[tuple[OutboxEntry | None, str, str]]]:
+    ) -> tuple[list[OutboxEntry], list[Refused]]:
         """Publish one by one: which were published, which the broker refused. Anything
         but a refusal (the broker gone) propagates, and the whole batch is tried again."""
         published: list[OutboxEntry] = []
-        refused: list[tuple[OutboxEntry | None, str, str]] = []
+        refused: list[Refused] = []
         held_back: set[str] = set()
         for entry in entries:
-            if entry.event.booking_id in held_back:
+            booking_id = entry.event.booking_id
+            if booking_id in held_back:
                 continue  # published after the refused one, once an operator cleared it
             try:
                 await self._kafka.publish_encoded([entry.item])
-            except KAFKA_REFUSALS as exc:
-                refused.append((entry, entry.event.event_id, _reason(exc)))
-                held_back.add(entry.event.booking_id)
+            except SET_ASIDE_REFUSALS as exc:
+                refused.append(Refused(entry.event.event_id, booking_id, _reason(exc)))
+                held_back.add(booking_id)
                 continue
             published.append(entry)
         return published, refused
 
-    async def _set_aside(
-        self, conn: asyncpg.Connection, refused: list[tuple[OutboxEntry | None, str, str]]
-    ) -> None:
-        for entry, event_id, reason in refused:
+    async def _set_aside(self, conn: asyncpg.Connection, refused: list[Refused]) -> None:
+        self._set_aside_exists = True
+        for row in refused:
             await conn.execute(
                 "UPDATE api_outbox SET refused_at = now(), refusal = $2 WHERE event_id = $1",
-                event_id,
-                reason,
+                row.event_id,
+                row.reason,
             )
             log.error(
                 "outbox event %s set aside, it is refused every time: %s "
                 "(the booking's events wait until refused_at is cleared)",
-                event_id,
-                reason,
-                extra={"booking_id": entry.event.booking_id} if entry else {},
+                row.event_id,
+                row.reason,
+                extra={"booking_id": row.booking_id},
             )
 
     async def _publish_committed(self) -> None:
@@ -227,6 +263,12 @@ class ApiOutbox:
             await self._wake.wait()
             self._wake.clear()
             taken, self._pending = self._pending, []
+            if self._set_aside_exists:
+                # A booking of this batch may have a row set aside: its new events must not
+                # overtake it. The relay, which checks per booking, publishes them shortly.
+                if not self._pending:
+                    self._idle.set()
+                continue
             try:
                 await self._kafka.publish_encoded([e.item for e in taken])
                 await self._pool.execute(

@@ -430,3 +430,53 @@ async def test_an_event_the_broker_always_refuses_is_set_aside_and_holds_back_no
         assert seen.index(requested) < seen.index(cancel)
     finally:
         await bookings.stop()
+
+
+async def test_an_event_that_cannot_be_decoded_is_set_aside_with_its_bookings_later_events(
+    private: PrivateApi,
+) -> None:
+    actors = await private.actors()
+    bookings = await private.probe("bookings")
+    try:
+        private.kafka.mode = "refuse"
+        ids = []
+        for _ in range(2):
+            created = await private.http.post(
+                "/bookings", json=booking_body(actors.service_id), headers=actors.customer_auth
+            )
+            assert created.status_code == 202, created.text
+            ids.append(created.json()["workflow_id"])
+        broken, fine = ids
+        cancelled = await private.http.post(
+            f"/bookings/{broken}/cancel", headers=actors.customer_auth
+        )
+        assert cancelled.status_code == 202, cancelled.text
+        # The request's stored bytes are damaged: no codec can read them again.
+        await private.pool.execute(
+            """UPDATE api_outbox SET payload = '\\xff00deadbeef'::bytea
+               WHERE seq = (SELECT min(seq) FROM api_outbox WHERE booking_id = $1)""",
+            broken,
+        )
+        private.kafka.mode = "ok"
+
+        await private.outbox_drained(fine)
+        seen = await bookings.events()
+        assert len(of_booking(seen, fine, ev.BookingRequested)) == 1
+        rows = await private.pool.fetch(
+            "SELECT refused_at, refusal FROM api_outbox WHERE booking_id = $1 ORDER BY seq",
+            broken,
+        )
+        assert [r["refused_at"] is not None for r in rows] == [True, False]
+        assert "Undecodable" in rows[0]["refusal"]
+        assert of_booking(seen, broken, ev.BookingCancellationRequested) == []
+        # While a row is set aside, new bookings still go out (through the relay, which
+        # keeps each booking's events in order).
+        later = await private.http.post(
+            "/bookings", json=booking_body(actors.service_id), headers=actors.customer_auth
+        )
+        assert later.status_code == 202, later.text
+        later_id = later.json()["workflow_id"]
+        await private.outbox_drained(later_id)
+        assert len(of_booking(await bookings.events(), later_id, ev.BookingRequested)) == 1
+    finally:
+        await bookings.stop()
