@@ -30,6 +30,7 @@ from ops.invariants import (
     evaluate,
 )
 from ops.invariants.rules import agent_log
+from tests.builders import booking_requested
 
 B = "3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e11"
 B2 = "3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e22"
@@ -49,18 +50,13 @@ class Story:
     ) -> None:
         self.booking_id = booking_id
         self.clock = T0
-        self.requested = ev.make(
-            ev.BookingRequested,
+        self.requested = booking_requested(
             booking_id=booking_id,
-            producer="api",
             occurred_at=T0,
             customer_id=customer,
             service_id=SERVICE,
-            provider_id="bob",
             slot_start=SLOT,
-            slot_end=SLOT + timedelta(hours=1),
             price=PRICE,
-            payment_method="pm_card_visa",
             response_deadline_seconds=3600,
             idempotency_key=idempotency_key,
         )

@@ -15,6 +15,7 @@ from erynoa.events import Money
 from streams.payment import gateway as gw
 from streams.payment.agent import PaymentAdapter
 from streams.runtime import Context
+from tests.builders import booking_requested
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 PRICE = Money(4500, "EUR")
@@ -72,19 +73,11 @@ class FakeGateway:
         return gw.Refunded("re_1")
 
 
-REQUESTED = ev.make(
-    ev.BookingRequested,
+REQUESTED = booking_requested(
     booking_id="8a1c3f0e-2b4d-4e6f-8a9b-0c1d2e3f4a5b",
-    producer="api",
     occurred_at=NOW,
-    customer_id="alice",
-    service_id="svc",
-    provider_id="bob",
     slot_start=NOW + timedelta(days=2),
-    slot_end=NOW + timedelta(days=2, hours=1),
     price=PRICE,
-    payment_method="pm_card_visa",
-    response_deadline_seconds=60,
 )
 
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.codec import default_codec
 from erynoa.topics import TopicCatalog
 from streams.runtime import Adapter, AgentRuntime, Incoming
-from tests.integration.saga.harness import Service, User, a_slot
+from tests.integration.saga.harness import Service, User, booking_of
 
 CODEC = default_codec()
 
@@ -48,20 +46,7 @@ def requested(
     customer: User, service: Service, response_deadline_seconds: int = 60
 ) -> ev.BookingRequested:
     """A booking of the next free test slot of ``service`` by ``customer``."""
-    slot = a_slot()
-    return ev.make(
-        ev.BookingRequested,
-        booking_id=str(uuid.uuid4()),
-        producer="api",
-        customer_id=customer.id,
-        service_id=service.id,
-        provider_id=service.provider.id,
-        slot_start=slot,
-        slot_end=slot + timedelta(hours=1),
-        price=service.price,
-        payment_method="pm_card_visa",
-        response_deadline_seconds=response_deadline_seconds,
-    )
+    return booking_of(service, customer.id, response_deadline_seconds=response_deadline_seconds)
 
 
 def rejected(requested: ev.BookingRequested) -> ev.ReservationRejected:

@@ -10,7 +10,6 @@ that message takes the failure path (retry tier or dead-letter topic).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -26,7 +25,13 @@ from erynoa.topics import TopicCatalog
 from streams.reservation import SLOT_FULL, ReservationAdapter
 from streams.runtime import AgentRuntime, Context, Incoming
 from tests.integration.agents.records import StartRuntime
-from tests.integration.saga.harness import Service, a_slot, create_service, read_topic
+from tests.integration.saga.harness import (
+    Service,
+    a_slot,
+    booking_of,
+    create_service,
+    read_topic,
+)
 
 CODEC = default_codec()
 
@@ -57,19 +62,7 @@ def make_runtime(start_runtime: StartRuntime) -> MakeRuntime:
 
 
 def request(service: Service, slot_start: datetime) -> ev.BookingRequested:
-    return ev.make(
-        ev.BookingRequested,
-        booking_id=str(uuid.uuid4()),
-        producer="api",
-        customer_id="customer-1",
-        service_id=service.id,
-        provider_id=service.provider.id,
-        slot_start=slot_start,
-        slot_end=slot_start + timedelta(hours=1),
-        price=service.price,
-        payment_method="pm_card_visa",
-        response_deadline_seconds=60,
-    )
+    return booking_of(service, "customer-1", slot=slot_start, response_deadline_seconds=60)
 
 
 def as_messages(catalog: TopicCatalog, events: list[ev.BookingEvent]) -> list[Incoming]:

@@ -35,6 +35,7 @@ from erynoa.codec import EventCodec, UndecodableEvent
 from erynoa.kafka import EventPublisher, start_consumer
 from erynoa.saga import BookingState, Hold, Payment, Status, fold_log
 from erynoa.topics import TopicCatalog
+from tests.builders import booking_requested
 
 
 def free_port() -> int:
@@ -359,6 +360,27 @@ def a_slot(days: int = 7) -> datetime:
 # --- producing requests ---------------------------------------------------------------------
 
 
+def booking_of(
+    service: Service,
+    customer_id: str,
+    *,
+    slot: datetime | None = None,
+    response_deadline_seconds: int | None = None,
+    **fields: Any,
+) -> ev.BookingRequested:
+    """A request for ``service`` (at a slot no other test uses unless one is given), with the
+    service's own deadline unless one is given."""
+    return booking_requested(
+        customer_id=customer_id,
+        service_id=service.id,
+        provider_id=service.provider.id,
+        slot_start=slot or a_slot(),
+        price=service.price,
+        response_deadline_seconds=response_deadline_seconds or service.response_deadline_seconds,
+        **fields,
+    )
+
+
 async def request_booking(
     publisher: EventPublisher,
     service: Service,
@@ -369,21 +391,8 @@ async def request_booking(
     headers: Mapping[str, str] | None = None,
 ) -> str:
     """Publish ``BookingRequested`` as the API would; returns the booking id."""
-    booking_id = str(uuid.uuid4())
-    start = slot or a_slot()
-    requested = ev.make(
-        ev.BookingRequested,
-        booking_id=booking_id,
-        producer="api",
-        customer_id=customer.id,
-        service_id=service.id,
-        provider_id=service.provider.id,
-        slot_start=start,
-        slot_end=start + timedelta(hours=1),
-        price=service.price,
-        payment_method=payment_method,
-        response_deadline_seconds=service.response_deadline_seconds,
-    )
+    requested = booking_of(service, customer.id, slot=slot, payment_method=payment_method)
+    booking_id = requested.booking_id
     await publisher.publish(requested, {"x-request-id": f"req-{booking_id}", **(headers or {})})
     return booking_id
 
