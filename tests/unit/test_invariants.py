@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from consumers.projection import booking_row
 from erynoa import events as ev
 from erynoa import saga
 from erynoa.events import Money
@@ -134,18 +135,7 @@ def ledger(*ops: tuple[str, str], booking_id: str = B) -> list[LedgerRow]:
 
 def row_of(state: saga.BookingState) -> dict[str, Any]:
     """The read model's row as the materializer writes it."""
-    return {
-        "status": state.status.value,
-        "hold": state.hold.value,
-        "payment": state.payment.value,
-        "payment_id": state.payment_id,
-        "provider_deadline_at": state.provider_deadline_at,
-        "provider_notified": state.provider_notified,
-        "customer_notified": state.customer_notified,
-        "failure_reason": state.failure_reason,
-        "events_applied": state.events_applied,
-        "state": state.to_json(),
-    }
+    return booking_row(state, (state.updated_at, "last-event"))
 
 
 def consistent(
