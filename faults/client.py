@@ -344,40 +344,38 @@ class Client:
         return booking_id
 
     async def accept(self, booking_id: str, provider_id: str) -> bool:
-        _result, outcome = await self._attempts(
-            "accept",
-            f"/api/v1/bookings/{booking_id}/accept",
-            lambda: self._headers(provider_id, "provider"),
-            None,
-            booking_id,
-            self.answer_budget_s,
-        )
-        self.ledger.ended.append(
-            Ended("accept", f"accept-{booking_id}", outcome, datetime.now(UTC), booking_id)
-        )
-        if outcome != "acknowledged":
-            return False
-        self.ledger.acks.append(Ack("accept", booking_id, self.clock()))
-        return True
+        return await self._act("accept", booking_id, provider_id, "provider", None)
 
     async def _accept(self, booking_id: str, provider_id: str) -> None:
         await self.accept(booking_id, provider_id)
 
     async def cancel(self, booking_id: str, customer_id: str) -> bool:
+        reason = {"reason": "fault harness: the customer changed their mind"}
+        return await self._act("cancel", booking_id, customer_id, "customer", reason)
+
+    async def _act(
+        self,
+        action: Literal["accept", "cancel"],
+        booking_id: str,
+        user_id: str,
+        role: str,
+        body: dict[str, str] | None,
+    ) -> bool:
+        """One action on a booking, retried like the rest; True once the API acknowledged it."""
         _result, outcome = await self._attempts(
-            "cancel",
-            f"/api/v1/bookings/{booking_id}/cancel",
-            lambda: self._headers(customer_id, "customer"),
-            {"reason": "fault harness: the customer changed their mind"},
+            action,
+            f"/api/v1/bookings/{booking_id}/{action}",
+            lambda: self._headers(user_id, role),
+            body,
             booking_id,
             self.answer_budget_s,
         )
         self.ledger.ended.append(
-            Ended("cancel", f"cancel-{booking_id}", outcome, datetime.now(UTC), booking_id)
+            Ended(action, f"{action}-{booking_id}", outcome, datetime.now(UTC), booking_id)
         )
         if outcome != "acknowledged":
             return False
-        self.ledger.acks.append(Ack("cancel", booking_id, self.clock()))
+        self.ledger.acks.append(Ack(action, booking_id, self.clock()))
         return True
 
     async def _attempts(
