@@ -13,6 +13,20 @@ A_SLOT = datetime(2030, 1, 2, 9, 0, tzinfo=UTC)
 A_PRICE = ev.Money(4500, "EUR")
 
 
+def service_body(**overrides: Any) -> dict[str, Any]:
+    """A valid body for ``POST /services`` (and ``PUT``), with ``overrides`` applied."""
+    body: dict[str, Any] = {
+        "name": f"Service {uuid.uuid4().hex[:8]}",
+        "description": "integration test",
+        "price": {"amount": 4500, "currency": "EUR"},
+        "duration_minutes": 45,
+        "capacity_per_slot": 2,
+        "response_deadline_seconds": 3600,
+    }
+    body.update(overrides)
+    return body
+
+
 def booking_requested(
     *,
     booking_id: str | None = None,
