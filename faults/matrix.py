@@ -29,6 +29,7 @@ import asyncpg
 from erynoa.db import create_pool
 from erynoa.kafka import H_ERROR_CLASS
 from erynoa.settings import Settings
+from erynoa.supervisor import answers
 from faults.client import EXPECTED, SETTLED, Client, Fetch, Ledger, StatusWatch
 from faults.injectors import Fault, Target
 from faults.private import (
@@ -37,7 +38,6 @@ from faults.private import (
     Echo,
     Parts,
     PrivateStack,
-    answers,
     private_settings,
     wait_until,
 )
