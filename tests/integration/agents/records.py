@@ -8,9 +8,10 @@ from collections.abc import Awaitable, Callable
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.codec import default_codec
+from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
 from streams.runtime import Adapter, AgentRuntime, Incoming
-from tests.integration.saga.harness import Service, User, booking_of
+from tests.integration.saga.harness import Service, User, booking_of, read_topic
 
 CODEC = default_codec()
 
@@ -33,6 +34,16 @@ def message(
         value=CODEC.encode(event),
         headers=[(k.H_EVENT_TYPE, event.event_type.encode()), *(headers or [])],
     )
+
+
+async def published(
+    isolated: Settings, catalog: TopicCatalog, event_type: str
+) -> list[ev.BookingEvent]:
+    """Every booking event on the topic of ``event_type`` so far, in partition order."""
+    topic = catalog.topics[catalog.topic_for(event_type)]
+    records = await read_topic(isolated.kafka_bootstrap, topic.name, topic.partitions)
+    decoded = [CODEC.decode(r.value) for r in records]
+    return [e for e in decoded if isinstance(e, ev.BookingEvent)]
 
 
 def free_port() -> int:

@@ -24,6 +24,7 @@ from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
 from streams.reservation import SLOT_FULL, ReservationAdapter
 from streams.runtime import AgentRuntime, Context, Incoming
+from tests.integration.agents import records
 from tests.integration.agents.records import StartRuntime
 from tests.integration.saga.harness import (
     Service,
@@ -79,15 +80,6 @@ def as_messages(catalog: TopicCatalog, events: list[ev.BookingEvent]) -> list[In
     ]
 
 
-async def published(
-    isolated: Settings, catalog: TopicCatalog, topic_kind: str
-) -> list[ev.BookingEvent]:
-    topic = catalog.topics[catalog.topic_for(topic_kind)]
-    records = await read_topic(isolated.kafka_bootstrap, topic.name, topic.partitions)
-    decoded = [CODEC.decode(r.value) for r in records]
-    return [e for e in decoded if isinstance(e, ev.BookingEvent)]
-
-
 async def test_a_batch_decides_as_one_by_one_would_and_a_redelivery_changes_nothing(
     isolated: Settings, catalog: TopicCatalog, pool: asyncpg.Pool, make_runtime: MakeRuntime
 ) -> None:
@@ -111,7 +103,7 @@ async def test_a_batch_decides_as_one_by_one_would_and_a_redelivery_changes_noth
 
     await runtime.process(batch)
 
-    emitted = await published(isolated, catalog, "ReservationHeld")
+    emitted = await records.published(isolated, catalog, "ReservationHeld")
     by_booking: dict[str, list[str]] = {}
     for event in emitted:
         by_booking.setdefault(event.booking_id, []).append(event.event_type)
@@ -141,7 +133,7 @@ async def test_a_batch_decides_as_one_by_one_would_and_a_redelivery_changes_noth
 
     # The whole batch again (a crash before the offsets were committed): same ids, no change.
     await runtime.process(batch)
-    again = await published(isolated, catalog, "ReservationHeld")
+    again = await records.published(isolated, catalog, "ReservationHeld")
     assert sorted(e.event_id for e in again) == sorted(e.event_id for e in emitted)
     counts = await pool.fetchrow(
         "SELECT held FROM slot_capacity WHERE service_id = $1 AND slot_start = $2",
@@ -162,7 +154,7 @@ async def test_a_failing_message_sends_only_itself_to_the_failure_path(
 
     await runtime.process(as_messages(catalog, [good_before, bad, good_after]))
 
-    emitted = await published(isolated, catalog, "ReservationHeld")
+    emitted = await records.published(isolated, catalog, "ReservationHeld")
     assert {e.booking_id for e in emitted} == {good_before.booking_id, good_after.booking_id}
     assert all(isinstance(e, ev.ReservationHeld) for e in emitted)
     # A bug is not worth retrying: the message goes to the dead-letter topic, alone.
@@ -207,7 +199,7 @@ async def test_an_undecodable_message_goes_alone_to_the_dead_letter_topic(
     with caplog.at_level("WARNING", logger="streams.runtime"):
         await runtime.process([first, garbage, second])
 
-    emitted = await published(isolated, catalog, "ReservationHeld")
+    emitted = await records.published(isolated, catalog, "ReservationHeld")
     assert sorted(e.booking_id for e in emitted) == sorted([before.booking_id, after.booking_id])
     dlq = catalog.topics[catalog.consumer("reservation").dead_letter_topic]
     parked = await read_topic(isolated.kafka_bootstrap, dlq.name, dlq.partitions)
