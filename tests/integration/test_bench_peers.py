@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -72,26 +73,35 @@ async def test_dbos_saga_runs_the_seven_steps_in_order(settings: Settings) -> No
     _ran_the_seven_steps(report)
 
 
+def _server_peer(peer: str, package: str, server: ModuleType, present: str | None, how: str) -> Any:
+    """A peer that needs its own server, skipped until ``make bench`` has prepared it."""
+    return pytest.param(
+        peer,
+        package,
+        marks=pytest.mark.skipif(
+            present != server.VERSION,
+            reason=f"the {peer} server is not ready yet ({server.BINARY} {server.VERSION}): "
+            f"`make bench` {how}, once",
+        ),
+    )
+
+
 @pytest.mark.parametrize(
     ("peer", "package"),
     [
-        pytest.param(
+        _server_peer(
             "temporal",
             "temporalio",
-            marks=pytest.mark.skipif(
-                temporal_server.built_version() != temporal_server.VERSION,
-                reason=f"Temporal's dev server is not built yet ({temporal_server.BINARY} "
-                f"{temporal_server.VERSION}): `make bench` builds it, a few minutes, once",
-            ),
+            temporal_server,
+            temporal_server.built_version(),
+            "builds it, a few minutes",
         ),
-        pytest.param(
+        _server_peer(
             "restate",
             "restate",
-            marks=pytest.mark.skipif(
-                restate_server.installed_version() != restate_server.VERSION,
-                reason=f"the Restate server is not installed yet ({restate_server.BINARY} "
-                f"{restate_server.VERSION}): `make bench` installs it with npm, once",
-            ),
+            restate_server,
+            restate_server.installed_version(),
+            "installs it with npm",
         ),
     ],
 )
