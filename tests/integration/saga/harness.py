@@ -397,6 +397,23 @@ async def request_booking(
     return booking_id
 
 
+def _known(log: EventLog, booking_id: str) -> BookingState:
+    state = log.state(booking_id)
+    assert state is not None, f"no events of booking {booking_id} seen yet"
+    return state
+
+
+def _from_api(cls: type[ev.B], state: BookingState, **fields: Any) -> ev.B:
+    """An event the API writes about a booking it knows, in the booking's correlation."""
+    return ev.make(
+        cls,
+        booking_id=state.booking_id,
+        producer="api",
+        correlation_id=state.correlation_id,
+        **fields,
+    )
+
+
 async def answer(
     publisher: EventPublisher,
     log: EventLog,
@@ -405,14 +422,11 @@ async def answer(
     reason: str | None = None,
 ) -> None:
     """Publish ``ProviderAnswerSubmitted`` as the API would."""
-    state = log.state(booking_id)
-    assert state is not None
+    state = _known(log, booking_id)
     await publisher.publish(
-        ev.make(
+        _from_api(
             ev.ProviderAnswerSubmitted,
-            booking_id=booking_id,
-            producer="api",
-            correlation_id=state.correlation_id,
+            state,
             provider_id=state.provider_id,
             decision=decision,
             reason=reason,
@@ -421,14 +435,11 @@ async def answer(
 
 
 async def cancel(publisher: EventPublisher, log: EventLog, booking_id: str) -> None:
-    state = log.state(booking_id)
-    assert state is not None
+    state = _known(log, booking_id)
     await publisher.publish(
-        ev.make(
+        _from_api(
             ev.BookingCancellationRequested,
-            booking_id=booking_id,
-            producer="api",
-            correlation_id=state.correlation_id,
+            state,
             requested_by=state.customer_id,
             requested_by_role="customer",
             reason="changed my mind",
@@ -440,16 +451,13 @@ async def stripe_webhook(
     publisher: EventPublisher, log: EventLog, booking_id: str, stripe_event_type: str
 ) -> None:
     """Publish ``StripeEventReceived`` as the API's verified webhook endpoint would."""
-    state = log.state(booking_id)
-    assert state is not None
+    state = _known(log, booking_id)
     assert state.payment_id is not None
     status = "requires_capture" if stripe_event_type.endswith("capturable_updated") else "failed"
     await publisher.publish(
-        ev.make(
+        _from_api(
             ev.StripeEventReceived,
-            booking_id=booking_id,
-            producer="api",
-            correlation_id=state.correlation_id,
+            state,
             stripe_event_id=f"evt_{uuid.uuid4().hex}",
             stripe_event_type=stripe_event_type,
             payment_id=state.payment_id,
@@ -460,6 +468,23 @@ async def stripe_webhook(
 
 def status_is(*statuses: Status) -> Callable[[BookingState | None], bool]:
     return lambda s: s is not None and s.status in statuses
+
+
+def deadline_started(state: BookingState | None) -> bool:
+    return state is not None and state.provider_deadline_at is not None
+
+
+def provider_decided(state: BookingState | None) -> bool:
+    return state is not None and state.provider_outcome is not None
+
+
+async def ledger(db: asyncpg.Pool, booking_id: str) -> list[tuple[str, str]]:
+    """What the sandbox gateway did for a booking: (operation, outcome), in order."""
+    rows = await db.fetch(
+        "SELECT operation, outcome FROM sandbox_ledger WHERE booking_id = $1 ORDER BY id",
+        booking_id,
+    )
+    return [(r["operation"], r["outcome"]) for r in rows]
 
 
 # --- Kafka bookkeeping ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 
 from erynoa import events as ev
 from erynoa.kafka import EventPublisher
-from erynoa.saga import BookingState, Payment, Status
+from erynoa.saga import Payment, Status
 from streams.payment.sandbox import complete_authentication
 from tests.integration.saga.conftest import Agents
 from tests.integration.saga.harness import (
@@ -25,20 +25,15 @@ from tests.integration.saga.harness import (
     assert_invariants,
     create_service,
     create_user,
+    deadline_started,
+    ledger,
+    provider_decided,
     request_booking,
     status_is,
     stripe_webhook,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def deadline_started(state: BookingState | None) -> bool:
-    return state is not None and state.provider_deadline_at is not None
-
-
-def provider_decided(state: BookingState | None) -> bool:
-    return state is not None and state.provider_outcome is not None
 
 
 async def test_an_accept_taken_before_the_deadline_wins_though_processed_after_it(
@@ -114,8 +109,5 @@ async def test_a_3ds_success_acknowledged_in_time_is_not_abandoned_by_the_sweep(
     await answer(publisher, event_log, booking, "accept")
     final = await event_log.wait(booking)
     assert final.status == Status.CONFIRMED
-    ledger = await db.fetch(
-        "SELECT operation, outcome FROM sandbox_ledger WHERE booking_id = $1 ORDER BY id", booking
-    )
-    assert [tuple(r) for r in ledger] == [("authorize", "authorized"), ("capture", "captured")]
+    assert await ledger(db, booking) == [("authorize", "authorized"), ("capture", "captured")]
     await assert_invariants(db, [booking], event_log.events)

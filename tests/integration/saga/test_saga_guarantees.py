@@ -14,7 +14,7 @@ import pytest
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.kafka import EventPublisher
-from erynoa.saga import BookingState, Status
+from erynoa.saga import Status
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
 from streams.app import AGENTS
@@ -32,6 +32,7 @@ from tests.integration.saga.harness import (
     create_service,
     create_user,
     dead_letters,
+    deadline_started,
     request_booking,
     settled,
     status_is,
@@ -39,10 +40,6 @@ from tests.integration.saga.harness import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def deadline_started(state: BookingState | None) -> bool:
-    return state is not None and state.provider_deadline_at is not None
 
 
 async def snapshot(db: asyncpg.Pool, bookings: list[str]) -> dict[str, object]:

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from erynoa.kafka import EventPublisher
-from erynoa.saga import BookingState, Hold, Payment, Status
+from erynoa.saga import Hold, Payment, Status
 from tests.integration.saga.conftest import Agents
 from tests.integration.saga.harness import (
     EventLog,
@@ -25,6 +25,8 @@ from tests.integration.saga.harness import (
     cancel,
     create_service,
     create_user,
+    deadline_started,
+    ledger,
     request_booking,
     status_is,
     stripe_webhook,
@@ -33,23 +35,11 @@ from tests.integration.saga.harness import (
 pytestmark = pytest.mark.integration
 
 
-async def ledger(db: asyncpg.Pool, booking_id: str) -> list[tuple[str, str]]:
-    rows = await db.fetch(
-        "SELECT operation, outcome FROM sandbox_ledger WHERE booking_id = $1 ORDER BY id",
-        booking_id,
-    )
-    return [(r["operation"], r["outcome"]) for r in rows]
-
-
 async def hold_status(db: asyncpg.Pool, booking_id: str) -> str | None:
     status: str | None = await db.fetchval(
         "SELECT status FROM reservation_holds WHERE booking_id = $1", booking_id
     )
     return status
-
-
-def deadline_started(state: BookingState | None) -> bool:
-    return state is not None and state.provider_deadline_at is not None
 
 
 def mails(mailbox: Mailbox, booking_id: str) -> list[str]:

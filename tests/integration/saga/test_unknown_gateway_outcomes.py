@@ -16,7 +16,7 @@ import pytest
 
 from erynoa import events as ev
 from erynoa.kafka import EventPublisher
-from erynoa.saga import BookingState, Payment, Status
+from erynoa.saga import Payment, Status
 from streams.payment.sandbox import IDEMPOTENCY_WINDOW, MASTERCARD, outage_reason_answer_lost
 from tests.integration.saga.conftest import Agents
 from tests.integration.saga.harness import (
@@ -26,6 +26,8 @@ from tests.integration.saga.harness import (
     cancel,
     create_service,
     create_user,
+    deadline_started,
+    ledger,
     request_booking,
     status_is,
 )
@@ -44,13 +46,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0)
         await asyncio.sleep(0.2)
 
 
-async def ledger(db: asyncpg.Pool, booking: str) -> list[tuple[str, str]]:
-    rows = await db.fetch(
-        "SELECT operation, outcome FROM sandbox_ledger WHERE booking_id = $1 ORDER BY id", booking
-    )
-    return [(r["operation"], r["outcome"]) for r in rows]
-
-
 async def answers_lost(db: asyncpg.Pool, *operations: str) -> None:
     await db.execute(
         """INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, $2)
@@ -62,10 +57,6 @@ async def answers_lost(db: asyncpg.Pool, *operations: str) -> None:
 
 async def outage_over(db: asyncpg.Pool) -> None:
     await db.execute("DELETE FROM sandbox_outages WHERE payment_method = $1", CARD)
-
-
-def deadline_started(state: BookingState | None) -> bool:
-    return state is not None and state.provider_deadline_at is not None
 
 
 async def test_an_authorization_whose_answer_was_lost_is_voided_when_the_booking_is_cancelled(
