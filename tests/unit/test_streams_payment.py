@@ -149,13 +149,13 @@ def webhook(stripe_event_type: str, payment_id: str = "pi_1") -> ev.StripeEventR
     )
 
 
+def with_payment(status: saga.Status, payment: saga.Payment) -> saga.BookingState:
+    """A held booking whose payment ``pi_1`` got as far as ``payment``."""
+    return replace(reserved(), status=status, payment=payment, payment_id="pi_1")
+
+
 def waiting_for_customer() -> saga.BookingState:
-    return replace(
-        reserved(),
-        status=saga.Status.PAYMENT_ACTION_REQUIRED,
-        payment=saga.Payment.ACTION_REQUIRED,
-        payment_id="pi_1",
-    )
+    return with_payment(saga.Status.PAYMENT_ACTION_REQUIRED, saga.Payment.ACTION_REQUIRED)
 
 
 @pytest.mark.parametrize(
@@ -205,12 +205,7 @@ REFUSED = gw.UnexpectedState("payment_intent_unexpected_state", "status succeede
 
 
 def authorized() -> saga.BookingState:
-    return replace(
-        reserved(),
-        status=saga.Status.AWAITING_PROVIDER,
-        payment=saga.Payment.AUTHORIZED,
-        payment_id="pi_1",
-    )
+    return with_payment(saga.Status.AWAITING_PROVIDER, saga.Payment.AUTHORIZED)
 
 
 @pytest.mark.parametrize(
