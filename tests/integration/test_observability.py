@@ -110,10 +110,8 @@ class Running:
 
 @pytest.fixture(scope="module")
 def mailbox() -> Iterator[Mailbox]:
-    box = Mailbox()
-    box.start()
-    yield box
-    box.stop()
+    with Mailbox() as box:
+        yield box
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
-from typing import Any
+from typing import Any, Self
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
@@ -65,7 +65,24 @@ class Mail:
         return str(self.message["X-Erynoa-Template"])
 
 
-class Mailbox:
+class _Server:
+    """A test server: ``with`` starts it and stops it after."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Mailbox(_Server):
     """aiosmtpd in its own thread; ``refuse_next(n, code)`` makes the next n messages fail."""
 
     def __init__(self) -> None:
@@ -114,7 +131,7 @@ class Hook:
         return data
 
 
-class WebhookInbox:
+class WebhookInbox(_Server):
     """A threaded HTTP server recording POSTs; ``fail_next(n)`` answers 503 n times."""
 
     def __init__(self) -> None:
@@ -395,6 +412,22 @@ async def request_booking(
     booking_id = requested.booking_id
     await publisher.publish(requested, {"x-request-id": f"req-{booking_id}", **(headers or {})})
     return booking_id
+
+
+async def a_booking(
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    *,
+    payment_method: str = "pm_card_visa",
+    **service_options: Any,
+) -> tuple[Service, str]:
+    """A new customer's request for a new service (``service_options`` as ``create_service``
+    takes them); returns the service and the booking id."""
+    service = await create_service(db, **service_options)
+    customer = await create_user(db, "customer")
+    return service, await request_booking(
+        publisher, service, customer, payment_method=payment_method
+    )
 
 
 def _known(log: EventLog, booking_id: str) -> BookingState:

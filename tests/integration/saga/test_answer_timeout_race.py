@@ -30,11 +30,9 @@ from ops.invariants import ClientRequest, check_invariants
 from tests.integration.saga.conftest import Agents, Api
 from tests.integration.saga.harness import (
     EventLog,
-    create_service,
-    create_user,
+    a_booking,
     deadline_started,
     provider_decided,
-    request_booking,
 )
 
 pytestmark = pytest.mark.integration
@@ -119,9 +117,7 @@ async def test_an_accept_committing_across_the_deadline_is_not_timed_out_after_i
 ) -> None:
     from api.auth import issue_dev_token
 
-    service = await create_service(db, response_deadline_seconds=6)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(publisher, service, customer)
+    service, booking = await a_booking(db, publisher, response_deadline_seconds=6)
     await event_log.wait(booking, deadline_started)
     await read_model_status(db, booking, Status.AWAITING_PROVIDER)
     trigger = await hold_answer_commit(db, booking)

@@ -21,14 +21,12 @@ from streams.payment.sandbox import complete_authentication
 from tests.integration.saga.conftest import Agents
 from tests.integration.saga.harness import (
     EventLog,
+    a_booking,
     answer,
     assert_invariants,
-    create_service,
-    create_user,
     deadline_started,
     ledger,
     provider_decided,
-    request_booking,
     status_is,
     stripe_webhook,
 )
@@ -39,9 +37,7 @@ pytestmark = pytest.mark.integration
 async def test_an_accept_taken_before_the_deadline_wins_though_processed_after_it(
     agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
 ) -> None:
-    service = await create_service(db, response_deadline_seconds=3)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(publisher, service, customer)
+    service, booking = await a_booking(db, publisher, response_deadline_seconds=3)
     state = await event_log.wait(booking, deadline_started)
 
     # The API takes the accept (its row commits with the 202) ...
@@ -82,11 +78,7 @@ async def test_an_accept_taken_before_the_deadline_wins_though_processed_after_i
 async def test_a_3ds_success_acknowledged_in_time_is_not_abandoned_by_the_sweep(
     agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(
-        publisher, service, customer, payment_method="pm_card_authenticationRequired"
-    )
+    _, booking = await a_booking(db, publisher, payment_method="pm_card_authenticationRequired")
     state = await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
     assert state.payment_id is not None
 

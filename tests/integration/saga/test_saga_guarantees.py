@@ -26,6 +26,7 @@ from tests.integration.saga.harness import (
     Service,
     User,
     WebhookInbox,
+    a_booking,
     answer,
     assert_invariants,
     cancel,
@@ -198,11 +199,7 @@ async def test_undecodable_message_is_dead_lettered_and_others_keep_flowing(
         key=poison_key,
         headers=[("x-request-id", b"poison")],
     )
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(
-        publisher, service, customer, payment_method="pm_card_chargeDeclined"
-    )
+    _, booking = await a_booking(db, publisher, payment_method="pm_card_chargeDeclined")
     await event_log.wait(booking)
 
     for agent in AGENTS:

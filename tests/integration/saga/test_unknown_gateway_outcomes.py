@@ -21,6 +21,7 @@ from streams.payment.sandbox import IDEMPOTENCY_WINDOW, MASTERCARD, outage_reaso
 from tests.integration.saga.conftest import Agents
 from tests.integration.saga.harness import (
     EventLog,
+    a_booking,
     answer,
     assert_invariants,
     cancel,
@@ -104,9 +105,7 @@ async def test_an_authorization_whose_answer_was_lost_is_voided_when_the_booking
 async def test_a_capture_that_took_effect_confirms_once_when_replayed_after_the_key_expired(
     agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(publisher, service, customer, payment_method=CARD)
+    _, booking = await a_booking(db, publisher, payment_method=CARD)
     await event_log.wait(booking, deadline_started)
     await answers_lost(db, "capture")
     try:
