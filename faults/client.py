@@ -33,6 +33,7 @@ import httpx
 from erynoa.saga import TERMINAL, Status
 from loadgen.clients import HttpPool, Tokens
 from loadgen.world import Planned, Planner
+from ops.invariants import ClientRequest
 
 Operation = Literal["create", "accept", "cancel"]
 Outcome = Literal["acknowledged", "refused", "unknown"]
@@ -148,21 +149,6 @@ class Failure:
     at_s: float
 
 
-@dataclass(frozen=True)
-class Ended:
-    """How one logical request ended, after all its retries (the checker's evidence)."""
-
-    operation: Operation
-    key: str  # the same for every retry
-    outcome: Outcome
-    at: datetime
-    booking_id: str | None = None
-    customer_id: str | None = None
-    service_id: str | None = None
-    slot_start: datetime | None = None
-    idempotency_key: str | None = None
-
-
 @dataclass
 class Ledger:
     """Everything the client saw, per logical request."""
@@ -172,7 +158,8 @@ class Ledger:
     failures: list[Failure] = field(default_factory=list)
     abandoned: list[tuple[Operation, str]] = field(default_factory=list)  # gave up, key/id
     intents: dict[str, Intent] = field(default_factory=dict)  # acknowledged booking -> intent
-    ended: list[Ended] = field(default_factory=list)
+    # How each logical request ended, after all its retries (the checker's evidence).
+    ended: list[ClientRequest] = field(default_factory=list)
 
     def acknowledged(self, operation: Operation) -> dict[str, float]:
         """booking id -> when ``operation`` was first acknowledged for it."""
@@ -326,7 +313,7 @@ class Client:
             self.ledger.failures.append(Failure("create", "202 without workflow_id", self.clock()))
             outcome, booking_id = "unknown", None
         self.ledger.ended.append(
-            Ended(
+            ClientRequest(
                 "create",
                 key,
                 outcome,
@@ -371,7 +358,7 @@ class Client:
             self.answer_budget_s,
         )
         self.ledger.ended.append(
-            Ended(action, f"{action}-{booking_id}", outcome, datetime.now(UTC), booking_id)
+            ClientRequest(action, f"{action}-{booking_id}", outcome, datetime.now(UTC), booking_id)
         )
         if outcome != "acknowledged":
             return False
