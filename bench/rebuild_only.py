@@ -22,13 +22,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer
 
 from bench import corpus
 from consumers import materializer
 from consumers.rebuild import rebuild
 from erynoa.db import migrate
-from erynoa.kafka import start_consumer, topic_partitions
+from erynoa.kafka import end_offsets
 from erynoa.settings import Settings
 from erynoa.topic_admin import admin_client, apply
 from erynoa.topics import TopicCatalog, load_catalog
@@ -69,15 +68,9 @@ async def namespace(base: Settings, name: str, keep: bool) -> AsyncIterator[tupl
 
 
 async def _end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
-    partitions = await topic_partitions(
+    ends = await end_offsets(
         settings.kafka_bootstrap, _catalog(settings).consumer("materializer").consumes
     )
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await start_consumer(consumer)
-    try:
-        ends = await consumer.end_offsets(partitions)
-    finally:
-        await consumer.stop()
     return {(tp.topic, tp.partition): end for tp, end in ends.items() if end}
 
 

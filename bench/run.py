@@ -31,6 +31,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -212,18 +213,26 @@ def peers_bench(settings: Settings, quick: bool, log_dir: Path) -> dict[str, Any
     seconds, concurrency = (6.0, 100) if quick else (20.0, 100)
     rows: list[dict[str, Any]] = []
     names = list(peers.PEERS)
-    say(f"peers: Temporal dev server {temporal_server.VERSION} (built once, a few minutes)")
-    why = temporal_server.build(log_dir / "temporal-build.log")
-    if why is not None:
-        say(f"peers: temporal unavailable: {why}")
-        rows.append({"peer": "temporal", "unavailable": why})
-        names.remove("temporal")
-    say(f"peers: Restate server {restate_server.VERSION} (npm, once)")
-    why = restate_server.install(log_dir / "restate-install.log")
-    if why is not None:
-        say(f"peers: restate unavailable: {why}")
-        rows.append({"peer": "restate", "unavailable": why})
-        names.remove("restate")
+    # The peers that need a server of their own: each is prepared once, or left out with why.
+    servers: list[tuple[str, str, Callable[[], str | None]]] = [
+        (
+            "temporal",
+            f"Temporal dev server {temporal_server.VERSION} (built once, a few minutes)",
+            lambda: temporal_server.build(log_dir / "temporal-build.log"),
+        ),
+        (
+            "restate",
+            f"Restate server {restate_server.VERSION} (npm, once)",
+            lambda: restate_server.install(log_dir / "restate-install.log"),
+        ),
+    ]
+    for name, what, prepare in servers:
+        say(f"peers: {what}")
+        why = prepare()
+        if why is not None:
+            say(f"peers: {name} unavailable: {why}")
+            rows.append({"peer": name, "unavailable": why})
+            names.remove(name)
     loadavg = summary.machine()["loadavg"]
     rows += peers.measure(
         settings.database_url, seconds=seconds, concurrency=concurrency, log=say, peers=names

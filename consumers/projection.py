@@ -177,10 +177,13 @@ class Projection:
         self.schema = schema
         self._upsert_sql = upsert_bookings_sql(schema)
 
-    async def positions(self, conn: asyncpg.Connection) -> dict[tuple[str, int], int]:
+    async def positions(
+        self, conn: asyncpg.Connection, *, for_update: bool = False
+    ) -> dict[tuple[str, int], int]:
+        """The next offset to apply per (topic, partition); ``for_update`` locks the rows."""
         rows = await conn.fetch(
             f"SELECT topic, partition, next_offset FROM {self.schema}.consumer_positions "
-            "WHERE consumer = $1",
+            "WHERE consumer = $1" + (" FOR UPDATE" if for_update else ""),
             self.consumer,
         )
         return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
@@ -197,7 +200,9 @@ class Projection:
         topic: they only advance the position.
         """
         async with conn.transaction():
-            stored = await self._lock_positions(conn)
+            # Locked: serializes two materializers that briefly own a partition together
+            # (during a rebalance) and a rebuild's swap.
+            stored = await self.positions(conn, for_update=True)
             fresh: list[Record] = []
             rewind: dict[tuple[str, int], int] = {}
             high: dict[tuple[str, int], int] = {}
@@ -242,16 +247,6 @@ class Projection:
                 "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
                 [(self.consumer, t, p, o) for (t, p), o in next_offsets.items()],
             )
-
-    async def _lock_positions(self, conn: asyncpg.Connection) -> dict[tuple[str, int], int]:
-        # FOR UPDATE serializes two materializers that briefly own a partition together
-        # (during a rebalance) and a rebuild's swap.
-        rows = await conn.fetch(
-            f"SELECT topic, partition, next_offset FROM {self.schema}.consumer_positions "
-            "WHERE consumer = $1 FOR UPDATE",
-            self.consumer,
-        )
-        return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
     async def _insert_events(
         self, conn: asyncpg.Connection, records: Sequence[Record]

@@ -174,6 +174,18 @@ async def topic_partitions(
     )
 
 
+async def end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
+    """The end offset (the next offset to be written) of each partition of ``topics``."""
+    partitions = await topic_partitions(bootstrap, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await start_consumer(consumer)
+    try:
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    return ends
+
+
 @dataclass(frozen=True)
 class Published:
     topic: str

@@ -129,7 +129,7 @@ def run_foreground(api_url: str) -> int:
     code = 0
     while not stopping:
         time.sleep(0.5)
-        if not announced and _answers(f"{api_url}/api/v1/health/live"):
+        if not announced and answers(f"{api_url}/api/v1/health/live", timeout=1):
             announced = True
             print(
                 f"erynoa: API at {api_url}/api/v1  docs at {api_url}/api/v1/docs  "
@@ -149,11 +149,12 @@ def run_foreground(api_url: str) -> int:
     return code
 
 
-def _answers(url: str) -> bool:
+def answers(url: str, timeout: float = 2.0) -> bool:
+    """Whether ``url`` answers 200 now (one try: callers poll)."""
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return bool(response.status == 200)
     except OSError:
         return False

@@ -230,6 +230,15 @@ def load_catalog(path: Path, environment: str = "local", prefix: str = "") -> To
     replication = int(str(merged.replication_factor))
     min_isr = int(str(merged.min_insync_replicas))
     partitions = max(booking_partitions or {int(str(merged.partitions))})
+
+    def operational(name: str, kind: TopicKind, retention: str, description: str) -> Topic:
+        """A consumer's retry or dead-letter topic: as wide as the booking topics, so a
+        booking's messages keep their order there too."""
+        configs = _configs(retention, "delete", min_isr)
+        return Topic(
+            name, kind, partitions, replication, configs, key="booking_id", description=description
+        )
+
     for name, c in spec.consumers.items():
         for topic in c.consumes:
             if topic not in spec.topics:
@@ -237,23 +246,17 @@ def load_catalog(path: Path, environment: str = "local", prefix: str = "") -> To
         retry_names = tuple(f"{prefix}{name}.retry.{delay}" for delay in c.retry)
         dlq_name = f"{prefix}{name}.dlq"
         for retry_name in retry_names:
-            topics[retry_name] = Topic(
-                name=retry_name,
-                kind="retry",
-                partitions=partitions,
-                replication_factor=replication,
-                configs=_configs(spec.retry_topics.retention, "delete", min_isr),
-                key="booking_id",
-                description=f"Delayed retries of {name}'s failed messages.",
+            topics[retry_name] = operational(
+                retry_name,
+                "retry",
+                spec.retry_topics.retention,
+                f"Delayed retries of {name}'s failed messages.",
             )
-        topics[dlq_name] = Topic(
-            name=dlq_name,
-            kind="dead_letter",
-            partitions=partitions,
-            replication_factor=replication,
-            configs=_configs(spec.dead_letter_topics.retention, "delete", min_isr),
-            key="booking_id",
-            description=f"Messages {name} could not process; inspect and replay with `erynoa dlq`.",
+        topics[dlq_name] = operational(
+            dlq_name,
+            "dead_letter",
+            spec.dead_letter_topics.retention,
+            f"Messages {name} could not process; inspect and replay with `erynoa dlq`.",
         )
         consumers[name] = Consumer(
             name=name,

@@ -33,6 +33,7 @@ import httpx
 from erynoa.saga import TERMINAL, Status
 from loadgen.clients import HttpPool, Tokens
 from loadgen.world import Planned, Planner
+from ops.invariants import ClientRequest
 
 Operation = Literal["create", "accept", "cancel"]
 Outcome = Literal["acknowledged", "refused", "unknown"]
@@ -148,21 +149,6 @@ class Failure:
     at_s: float
 
 
-@dataclass(frozen=True)
-class Ended:
-    """How one logical request ended, after all its retries (the checker's evidence)."""
-
-    operation: Operation
-    key: str  # the same for every retry
-    outcome: Outcome
-    at: datetime
-    booking_id: str | None = None
-    customer_id: str | None = None
-    service_id: str | None = None
-    slot_start: datetime | None = None
-    idempotency_key: str | None = None
-
-
 @dataclass
 class Ledger:
     """Everything the client saw, per logical request."""
@@ -172,7 +158,8 @@ class Ledger:
     failures: list[Failure] = field(default_factory=list)
     abandoned: list[tuple[Operation, str]] = field(default_factory=list)  # gave up, key/id
     intents: dict[str, Intent] = field(default_factory=dict)  # acknowledged booking -> intent
-    ended: list[Ended] = field(default_factory=list)
+    # How each logical request ended, after all its retries (the checker's evidence).
+    ended: list[ClientRequest] = field(default_factory=list)
 
     def acknowledged(self, operation: Operation) -> dict[str, float]:
         """booking id -> when ``operation`` was first acknowledged for it."""
@@ -326,7 +313,7 @@ class Client:
             self.ledger.failures.append(Failure("create", "202 without workflow_id", self.clock()))
             outcome, booking_id = "unknown", None
         self.ledger.ended.append(
-            Ended(
+            ClientRequest(
                 "create",
                 key,
                 outcome,
@@ -344,40 +331,38 @@ class Client:
         return booking_id
 
     async def accept(self, booking_id: str, provider_id: str) -> bool:
-        _result, outcome = await self._attempts(
-            "accept",
-            f"/api/v1/bookings/{booking_id}/accept",
-            lambda: self._headers(provider_id, "provider"),
-            None,
-            booking_id,
-            self.answer_budget_s,
-        )
-        self.ledger.ended.append(
-            Ended("accept", f"accept-{booking_id}", outcome, datetime.now(UTC), booking_id)
-        )
-        if outcome != "acknowledged":
-            return False
-        self.ledger.acks.append(Ack("accept", booking_id, self.clock()))
-        return True
+        return await self._act("accept", booking_id, provider_id, "provider", None)
 
     async def _accept(self, booking_id: str, provider_id: str) -> None:
         await self.accept(booking_id, provider_id)
 
     async def cancel(self, booking_id: str, customer_id: str) -> bool:
+        reason = {"reason": "fault harness: the customer changed their mind"}
+        return await self._act("cancel", booking_id, customer_id, "customer", reason)
+
+    async def _act(
+        self,
+        action: Literal["accept", "cancel"],
+        booking_id: str,
+        user_id: str,
+        role: str,
+        body: dict[str, str] | None,
+    ) -> bool:
+        """One action on a booking, retried like the rest; True once the API acknowledged it."""
         _result, outcome = await self._attempts(
-            "cancel",
-            f"/api/v1/bookings/{booking_id}/cancel",
-            lambda: self._headers(customer_id, "customer"),
-            {"reason": "fault harness: the customer changed their mind"},
+            action,
+            f"/api/v1/bookings/{booking_id}/{action}",
+            lambda: self._headers(user_id, role),
+            body,
             booking_id,
             self.answer_budget_s,
         )
         self.ledger.ended.append(
-            Ended("cancel", f"cancel-{booking_id}", outcome, datetime.now(UTC), booking_id)
+            ClientRequest(action, f"{action}-{booking_id}", outcome, datetime.now(UTC), booking_id)
         )
         if outcome != "acknowledged":
             return False
-        self.ledger.acks.append(Ack("cancel", booking_id, self.clock()))
+        self.ledger.acks.append(Ack(action, booking_id, self.clock()))
         return True
 
     async def _attempts(

@@ -29,6 +29,7 @@ import asyncpg
 from erynoa.db import create_pool
 from erynoa.kafka import H_ERROR_CLASS
 from erynoa.settings import Settings
+from erynoa.supervisor import answers
 from faults.client import EXPECTED, SETTLED, Client, Fetch, Ledger, StatusWatch
 from faults.injectors import Fault, Target
 from faults.private import (
@@ -37,7 +38,6 @@ from faults.private import (
     Echo,
     Parts,
     PrivateStack,
-    answers,
     private_settings,
     wait_until,
 )
@@ -325,21 +325,8 @@ async def _check(
     try:
         if "catalog" in params:
             kwargs["catalog"] = catalog
-        if "requests" in params and hasattr(module, "ClientRequest"):
-            kwargs["requests"] = [
-                module.ClientRequest(
-                    kind=e.operation,
-                    request_key=e.key,
-                    outcome=e.outcome,
-                    at=e.at,
-                    booking_id=e.booking_id,
-                    customer_id=e.customer_id,
-                    service_id=e.service_id,
-                    slot_start=e.slot_start,
-                    idempotency_key=e.idempotency_key,
-                )
-                for e in ledger.ended
-            ]
+        if "requests" in params:
+            kwargs["requests"] = list(ledger.ended)
         if "received" in params and hasattr(module, "read_maildir"):
             maildir = parts.settings.state_dir / "mail"
             kwargs["received"] = module.read_maildir(maildir, ids)

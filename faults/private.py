@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from erynoa.settings import PROJECT_ROOT, Settings
 from erynoa.stack import manager, procs
 from erynoa.stack.base import Service
 from erynoa.stack.postgres import Postgres, bin_dir
+from erynoa.supervisor import answers
 from loadgen.system import LocalSystem
 
 PORT_OFFSET = 1000
@@ -189,14 +189,6 @@ class Parts:
         if name == "api":
             return answers(f"{self.local.api_url}/api/v1/health/ready")
         return self.ready_marks(name) > marks_before
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, every_s: float = 0.3) -> bool:

@@ -22,14 +22,13 @@ import contextlib
 import os
 import socket
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from types import TracebackType
 
 from erynoa.db import create_migrated_database, drop_database, sibling_url
 from erynoa.settings import Settings
-from erynoa.supervisor import AGENTS, System, commands
+from erynoa.supervisor import AGENTS, System, answers, commands
 from erynoa.topics import TopicCatalog, load_catalog
 
 READY_TIMEOUT_S = 90.0
@@ -138,7 +137,7 @@ class LocalSystem:
                         f"{part} exited with {exited[part]}:\n{self.log(part)[-3000:]}"
                     )
                 if part == "api":
-                    if _answers(f"{self.api_url}/api/v1/health/ready"):
+                    if answers(f"{self.api_url}/api/v1/health/ready"):
                         waiting.discard(part)
                 elif f"agent {part} ready" in self.log(part):
                     waiting.discard(part)
@@ -163,11 +162,3 @@ class LocalSystem:
         for future in futures.values():
             with contextlib.suppress(Exception):
                 future.result()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False

@@ -156,17 +156,5 @@ async def sweep_deadlines(runtime: AgentRuntime) -> int:
            ORDER BY deadline_at LIMIT $1""",
         SWEEP_BATCH,
     )
-    handled = 0
-    for row in rows:
-        if runtime.draining:
-            break
-        try:
-            if await runtime.tick(row["booking_id"]):
-                handled += 1
-        except Exception:
-            # One booking's trouble must not stop the others' timeouts; the row stays pending
-            # and the next sweep tries again.
-            log.exception(
-                "deadline of booking %s", row["booking_id"], extra={"booking_id": row["booking_id"]}
-            )
-    return handled
+    # A deadline whose booking fails stays pending, so the next sweep tries it again.
+    return await runtime.tick_each((row["booking_id"] for row in rows), "deadline")

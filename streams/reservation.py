@@ -40,6 +40,17 @@ def hold_id_for(booking_id: str) -> str:
     return derived_event_id(booking_id, "reservation:hold")
 
 
+def _rejected(ctx: Context, reason: str) -> BookingEvent:
+    s = ctx.state
+    return ctx.emit(
+        ReservationRejected,
+        "rejected",
+        service_id=s.service_id,
+        slot_start=s.slot_start,
+        reason=reason,
+    )
+
+
 class ReservationAdapter(BaseAdapter):
     agent: saga.Agent = "reservation"
 
@@ -67,13 +78,7 @@ class ReservationAdapter(BaseAdapter):
                 slot_start=s.slot_start,
             )
         if not await _ensure_slot(ctx.conn, s.service_id, s.slot_start):
-            return ctx.emit(
-                ReservationRejected,
-                "rejected",
-                service_id=s.service_id,
-                slot_start=s.slot_start,
-                reason=UNKNOWN_SERVICE,
-            )
+            return _rejected(ctx, UNKNOWN_SERVICE)
         taken = await ctx.conn.fetchval(
             """UPDATE slot_capacity SET held = held + 1
                WHERE service_id = $1 AND slot_start = $2 AND held + confirmed < capacity
@@ -82,13 +87,7 @@ class ReservationAdapter(BaseAdapter):
             s.slot_start,
         )
         if taken is None:
-            return ctx.emit(
-                ReservationRejected,
-                "rejected",
-                service_id=s.service_id,
-                slot_start=s.slot_start,
-                reason=SLOT_FULL,
-            )
+            return _rejected(ctx, SLOT_FULL)
         hold_id = hold_id_for(s.booking_id)
         await ctx.conn.execute(
             """INSERT INTO reservation_holds (booking_id, hold_id, service_id, slot_start, status)

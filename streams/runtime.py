@@ -43,7 +43,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -843,6 +843,23 @@ class AgentRuntime:
             outbox = await store.pending_outbox(conn, self.agent, booking_id)
         await self._publish(outbox)
         return True
+
+    async def tick_each(self, booking_ids: Iterable[str], timer: str) -> int:
+        """``tick`` each booking a timer found due, until the runtime drains; returns how many
+        it handled. One booking's trouble must not stop the others: it is logged, and the
+        timer's next sweep tries again."""
+        handled = 0
+        for booking_id in booking_ids:
+            if self.draining:
+                break
+            try:
+                if await self.tick(booking_id):
+                    handled += 1
+            except Exception:
+                log.exception(
+                    "%s of booking %s", timer, booking_id, extra={"booking_id": booking_id}
+                )
+        return handled
 
     def _fold(self, ctx: Context, events: Sequence[BookingEvent]) -> list[BookingEvent]:
         for event in events:

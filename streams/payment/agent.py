@@ -393,14 +393,4 @@ async def sweep_abandoned_actions(runtime: AgentRuntime, allowed: timedelta) -> 
         runtime.clock() - allowed,
         SWEEP_BATCH,
     )
-    handled = 0
-    for row in rows:
-        if runtime.draining:
-            break
-        try:
-            if await runtime.tick(row["booking_id"]):
-                handled += 1
-        except Exception:
-            # One booking's trouble must not stop the others; the next sweep tries again.
-            log.exception("payment action timeout of booking %s", row["booking_id"])
-    return handled
+    return await runtime.tick_each((row["booking_id"] for row in rows), "payment action timeout")

@@ -18,7 +18,6 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -38,7 +37,7 @@ from tests.conftest import own_namespace
 from tests.integration.saga.harness import (
     EventLog,
     Service,
-    a_slot,
+    booking_of,
     create_service,
     create_user,
     free_port,
@@ -98,20 +97,7 @@ async def started_log(own: Settings, catalog: TopicCatalog) -> AsyncIterator[Eve
 
 
 def requested(service: Service, customer: str, booking_id: str) -> ev.BookingRequested:
-    start = a_slot()
-    return ev.make(
-        ev.BookingRequested,
-        booking_id=booking_id,
-        producer="api",
-        customer_id=customer,
-        service_id=service.id,
-        provider_id=service.provider.id,
-        slot_start=start,
-        slot_end=start + timedelta(hours=1),
-        price=service.price,
-        payment_method="pm_card_visa",
-        response_deadline_seconds=service.response_deadline_seconds,
-    )
+    return booking_of(service, customer, booking_id=booking_id)
 
 
 def booking_id_in(partition: int, partitions: int) -> str:

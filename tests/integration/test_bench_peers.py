@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -44,6 +45,12 @@ def _needs(package: str) -> None:
         pytest.skip(f"{package} is not installed: pip install -e '.[peers]'")
 
 
+def _ran_the_seven_steps(report: dict[str, Any]) -> None:
+    """Each step returned, executed and was recorded once, in our happy path's order."""
+    steps = list(peers.STEPS)
+    assert (report["returned"], report["executed"], report["recorded"]) == (steps, steps, steps)
+
+
 def test_the_steps_are_our_happy_path_in_order() -> None:
     assert peers.STEPS == (
         "reserve",
@@ -63,29 +70,41 @@ async def test_dbos_saga_runs_the_seven_steps_in_order(settings: Settings) -> No
         report = _one("dbos", "--database-url", settings.database_url, "--database", database)
     finally:
         await drop_database(settings.database_url, database)
-    steps = list(peers.STEPS)
-    assert (report["returned"], report["executed"], report["recorded"]) == (steps, steps, steps)
+    _ran_the_seven_steps(report)
 
 
-@pytest.mark.skipif(
-    temporal_server.built_version() != temporal_server.VERSION,
-    reason=f"Temporal's dev server is not built yet ({temporal_server.BINARY} "
-    f"{temporal_server.VERSION}): `make bench` builds it, a few minutes, once",
+def _server_peer(peer: str, package: str, server: ModuleType, present: str | None, how: str) -> Any:
+    """A peer that needs its own server, skipped until ``make bench`` has prepared it."""
+    return pytest.param(
+        peer,
+        package,
+        marks=pytest.mark.skipif(
+            present != server.VERSION,
+            reason=f"the {peer} server is not ready yet ({server.BINARY} {server.VERSION}): "
+            f"`make bench` {how}, once",
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("peer", "package"),
+    [
+        _server_peer(
+            "temporal",
+            "temporalio",
+            temporal_server,
+            temporal_server.built_version(),
+            "builds it, a few minutes",
+        ),
+        _server_peer(
+            "restate",
+            "restate",
+            restate_server,
+            restate_server.installed_version(),
+            "installs it with npm",
+        ),
+    ],
 )
-def test_temporal_saga_runs_the_seven_steps_in_order() -> None:
-    _needs("temporalio")
-    report = _one("temporal")
-    steps = list(peers.STEPS)
-    assert (report["returned"], report["executed"], report["recorded"]) == (steps, steps, steps)
-
-
-@pytest.mark.skipif(
-    restate_server.installed_version() != restate_server.VERSION,
-    reason=f"the Restate server is not installed yet ({restate_server.BINARY} "
-    f"{restate_server.VERSION}): `make bench` installs it with npm, once",
-)
-def test_restate_saga_runs_the_seven_steps_in_order() -> None:
-    _needs("restate")
-    report = _one("restate")
-    steps = list(peers.STEPS)
-    assert (report["returned"], report["executed"], report["recorded"]) == (steps, steps, steps)
+def test_a_server_peers_saga_runs_the_seven_steps_in_order(peer: str, package: str) -> None:
+    _needs(package)
+    _ran_the_seven_steps(_one(peer))

@@ -12,12 +12,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from consumers.rebuild import rebuild
 from erynoa import events as ev
 from erynoa.codec import default_codec
-from erynoa.kafka import EventPublisher, start_consumer, topic_partitions
+from erynoa.kafka import EventPublisher, end_offsets
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
 from tests.conftest import own_namespace, unique
@@ -200,16 +200,8 @@ async def test_redelivery_and_replay_from_offset_zero_change_nothing(
 
 async def _end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
-    partitions = await topic_partitions(
-        settings.kafka_bootstrap, catalog.consumer("materializer").consumes
-    )
-    assert partitions, "the materializer's topics have no partitions"
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await start_consumer(consumer)
-    try:
-        ends = await consumer.end_offsets(partitions)
-    finally:
-        await consumer.stop()
+    ends = await end_offsets(settings.kafka_bootstrap, catalog.consumer("materializer").consumes)
+    assert ends, "the materializer's topics have no partitions"
     found = {(tp.topic, tp.partition): end for tp, end in ends.items() if end}
     assert found, "nothing was produced to the materializer's topics"
     return found

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from erynoa.metrics import PORT_OFFSETS
 from erynoa.settings import Settings
 from erynoa.supervisor import AGENTS, System
+from tests.builders import service_body
 from tests.conftest import own_namespace
 from tests.integration.saga.harness import Mailbox, a_slot, free_port
 
@@ -109,10 +110,8 @@ class Running:
 
 @pytest.fixture(scope="module")
 def mailbox() -> Iterator[Mailbox]:
-    box = Mailbox()
-    box.start()
-    yield box
-    box.stop()
+    with Mailbox() as box:
+        yield box
 
 
 @pytest.fixture(scope="module")
@@ -188,13 +187,7 @@ def booking(running: Running) -> dict[str, str]:
     with httpx.Client(base_url=running.base_url, timeout=30) as http:
         created = http.post(
             "/api/v1/services",
-            json={
-                "name": "Observed haircut",
-                "price": {"amount": 4500, "currency": "EUR"},
-                "duration_minutes": 45,
-                "capacity_per_slot": 2,
-                "response_deadline_seconds": 3600,
-            },
+            json=service_body(name="Observed haircut"),
             headers={"Authorization": f"Bearer {running.token(provider, 'provider')}"},
         )
         assert created.status_code == 201, created.text

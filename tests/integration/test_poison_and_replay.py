@@ -153,13 +153,7 @@ async def accept(publisher: EventPublisher, db: asyncpg.Pool, booking_id: str) -
 
 async def end_offsets(s: Settings, topics: list[str]) -> dict[str, int]:
     """The sum of end offsets per topic (what a dry run must leave untouched)."""
-    partitions = await topic_partitions(s.kafka_bootstrap, topics)
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap)
-    await start_consumer(consumer)
-    try:
-        ends = await consumer.end_offsets(partitions)
-    finally:
-        await consumer.stop()
+    ends = await k.end_offsets(s.kafka_bootstrap, topics)
     totals = dict.fromkeys(topics, 0)
     for tp, end in ends.items():
         totals[tp.topic] += end

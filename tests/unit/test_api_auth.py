@@ -345,19 +345,24 @@ async def test_remote_jwks_unreachable_before_the_first_fetch(dev: DevIssuer) ->
             await keys.get(dev.kid)
 
 
+def refreshing_keys(http: httpx.AsyncClient, clock: Clock) -> RemoteJwks:
+    """Keys refetched at most every 30 s and trusted for an hour, on ``clock``."""
+    return RemoteJwks(
+        "http://idp.test/.well-known/openid-configuration",
+        http,
+        min_refresh_seconds=30,
+        max_age_seconds=3600,
+        clock=clock,
+    )
+
+
 async def test_a_failed_jwks_fetch_does_not_keep_stale_keys_trusted(dev: DevIssuer) -> None:
     # The provider withdrew a key and then became unreachable: once the keys are older than
     # max_age, the old key must not verify anything any more (503, not a silent pass).
     provider = FakeProvider(dev)
     clock = Clock()
     async with httpx.AsyncClient(transport=httpx.MockTransport(provider.handler)) as http:
-        keys = RemoteJwks(
-            "http://idp.test/.well-known/openid-configuration",
-            http,
-            min_refresh_seconds=30,
-            max_age_seconds=3600,
-            clock=clock,
-        )
+        keys = refreshing_keys(http, clock)
         assert await keys.get(dev.kid) is not None
         provider.up = False
         clock.now += 3601
@@ -377,13 +382,7 @@ async def test_an_unreachable_provider_is_not_asked_more_than_every_interval(
     provider = FakeProvider(dev)
     clock = Clock()
     async with httpx.AsyncClient(transport=httpx.MockTransport(provider.handler)) as http:
-        keys = RemoteJwks(
-            "http://idp.test/.well-known/openid-configuration",
-            http,
-            min_refresh_seconds=30,
-            max_age_seconds=3600,
-            clock=clock,
-        )
+        keys = refreshing_keys(http, clock)
         await keys.get(dev.kid)
         clock.now += 3601
         provider.jwks_fetches = 0

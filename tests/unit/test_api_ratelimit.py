@@ -2,55 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.ratelimit import RateLimiter, client_bucket
-
-
-class FakePipeline:
-    def __init__(self, store: dict[str, int], fail: bool) -> None:
-        self.store = store
-        self.fail = fail
-        self.ops: list[tuple[str, str]] = []
-
-    def incr(self, key: str) -> None:
-        self.ops.append(("incr", key))
-
-    def expire(self, key: str, _seconds: int) -> None:
-        self.ops.append(("expire", key))
-
-    def get(self, key: str) -> None:
-        self.ops.append(("get", key))
-
-    async def execute(self) -> list[Any]:
-        if self.fail:
-            raise RedisConnectionError("redis is down")
-        results: list[Any] = []
-        for op, key in self.ops:
-            if op == "incr":
-                self.store[key] = self.store.get(key, 0) + 1
-                results.append(self.store[key])
-            elif op == "expire":
-                results.append(True)
-            else:
-                value = self.store.get(key)
-                results.append(None if value is None else str(value).encode())
-        return results
-
-
-class FakeRedis:
-    def __init__(self, fail: bool = False) -> None:
-        self.store: dict[str, int] = {}
-        self.fail = fail
-        self.round_trips = 0
-
-    def pipeline(self, transaction: bool = True) -> FakePipeline:
-        self.round_trips += 1
-        return FakePipeline(self.store, self.fail)
+from tests.unit.fake_redis import FakeRedis
 
 
 def limiter(redis: FakeRedis) -> RateLimiter:
@@ -93,7 +51,7 @@ async def test_identities_and_scopes_are_counted_apart() -> None:
 
 
 async def test_redis_down_means_not_limited() -> None:
-    verdict = await limiter(FakeRedis(fail=True)).hit("user", "a", 1, now=WINDOW_START)
+    verdict = await limiter(FakeRedis(down=True)).hit("user", "a", 1, now=WINDOW_START)
     assert verdict.allowed
 
 

@@ -46,6 +46,7 @@ from erynoa.events import (
     make,
     make_catalog,
 )
+from tests.builders import booking_requested
 
 BERLIN_WINTER = timezone(timedelta(hours=1))
 SLOT = datetime(2025, 3, 14, 9, 30, tzinfo=BERLIN_WINTER)
@@ -84,17 +85,12 @@ def booking_story() -> list[Event]:
     deadline = SLOT - timedelta(days=1)
     return [
         requested,
-        make(
-            BookingRequested,
-            booking_id=str(uuid.uuid4()),
-            producer="api",
+        booking_requested(
             customer_id="usr_customer_8",
             service_id="svc_massage_60",
             provider_id="usr_provider_4",
             slot_start=SLOT,
-            slot_end=SLOT + timedelta(hours=1),
             price=Money(0, "JPY"),
-            payment_method="pm_card_visa",
             response_deadline_seconds=600,
         ),
         step(

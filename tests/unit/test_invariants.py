@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from consumers.projection import booking_row
 from erynoa import events as ev
 from erynoa import saga
 from erynoa.events import Money
@@ -30,6 +31,7 @@ from ops.invariants import (
     evaluate,
 )
 from ops.invariants.rules import agent_log
+from tests.builders import booking_requested
 
 B = "3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e11"
 B2 = "3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e22"
@@ -49,18 +51,13 @@ class Story:
     ) -> None:
         self.booking_id = booking_id
         self.clock = T0
-        self.requested = ev.make(
-            ev.BookingRequested,
+        self.requested = booking_requested(
             booking_id=booking_id,
-            producer="api",
             occurred_at=T0,
             customer_id=customer,
             service_id=SERVICE,
-            provider_id="bob",
             slot_start=SLOT,
-            slot_end=SLOT + timedelta(hours=1),
             price=PRICE,
-            payment_method="pm_card_visa",
             response_deadline_seconds=3600,
             idempotency_key=idempotency_key,
         )
@@ -138,18 +135,7 @@ def ledger(*ops: tuple[str, str], booking_id: str = B) -> list[LedgerRow]:
 
 def row_of(state: saga.BookingState) -> dict[str, Any]:
     """The read model's row as the materializer writes it."""
-    return {
-        "status": state.status.value,
-        "hold": state.hold.value,
-        "payment": state.payment.value,
-        "payment_id": state.payment_id,
-        "provider_deadline_at": state.provider_deadline_at,
-        "provider_notified": state.provider_notified,
-        "customer_notified": state.customer_notified,
-        "failure_reason": state.failure_reason,
-        "events_applied": state.events_applied,
-        "state": state.to_json(),
-    }
+    return booking_row(state, (state.updated_at, "last-event"))
 
 
 def consistent(

@@ -15,6 +15,7 @@ from loadgen.model import RunData, RunOptions, Tracked
 from loadgen.profile import Intent, parse_profile
 from loadgen.report import Recorded, build_report, timeline
 from loadgen.world import Planned, Planner, World
+from tests.builders import booking_requested
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PROFILE = parse_profile(
@@ -33,20 +34,7 @@ def at(ms: float) -> datetime:
 def happy_path(booking_id: str, start_ms: float = 0) -> list[tuple[ev.BookingEvent, float]]:
     """A confirmed booking's events and when each *occurred* (ms after T0)."""
     slot = T0 + timedelta(days=7)
-    requested = ev.make(
-        ev.BookingRequested,
-        booking_id=booking_id,
-        producer="api",
-        occurred_at=at(start_ms),
-        customer_id="c",
-        service_id="s",
-        provider_id="p",
-        slot_start=slot,
-        slot_end=slot + timedelta(hours=1),
-        price=ev.Money(4500, "EUR"),
-        payment_method="pm_card_visa",
-        response_deadline_seconds=60,
-    )
+    requested = booking_requested(booking_id=booking_id, occurred_at=at(start_ms), slot_start=slot)
 
     def then(cls: type[ev.BookingEvent], ms: float, **payload: Any) -> ev.BookingEvent:
         return ev.make(cls, cause=requested, producer="x", occurred_at=at(start_ms + ms), **payload)

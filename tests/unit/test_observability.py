@@ -26,11 +26,11 @@ from api.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from erynoa import events as ev
 from erynoa import metrics, tracing
 from erynoa.codec import local_codec
-from erynoa.events import Money
 from erynoa.kafka import EventPublisher
 from erynoa.logs import JsonFormatter
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
+from tests.builders import booking_requested
 
 SETTINGS = Settings()
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -113,19 +113,10 @@ class _Sent:
 
 def _requested() -> ev.BookingRequested:
     now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-    return ev.make(
-        ev.BookingRequested,
+    return booking_requested(
         booking_id="5c0a4f4e-1d2b-4c3a-8e9f-0a1b2c3d4e5f",
-        producer="api",
         occurred_at=now,
-        customer_id="alice",
-        service_id="svc",
-        provider_id="bob",
         slot_start=now + timedelta(days=3),
-        slot_end=now + timedelta(days=3, hours=1),
-        price=Money(4500, "EUR"),
-        payment_method="pm_card_visa",
-        response_deadline_seconds=60,
     )
 
 

@@ -18,6 +18,7 @@ from ops import dead_letters, replay, when
 from ops.dead_letters import DeadLetterError, Query
 from ops.errors import BadInput
 from ops.replay import PreviousReplay
+from tests.builders import booking_requested
 
 NOW = datetime(2026, 1, 28, 12, 0, tzinfo=UTC)
 BOOKING = "0b5c1d2e-8f3a-4c6b-9d7e-1f2a3b4c5d6e"
@@ -30,20 +31,13 @@ def catalog() -> TopicCatalog:
 
 
 def requested(booking_id: str = BOOKING, at: datetime = NOW) -> ev.BookingRequested:
-    return ev.make(
-        ev.BookingRequested,
+    return booking_requested(
         booking_id=booking_id,
-        producer="api",
         occurred_at=at,
         event_id="9d2b7a4e-5f0c-4c1e-8a6b-2f3d4e5a6b7c",
         correlation_id="corr-1",
-        customer_id="cust-1",
         service_id="6f1c0b8e-3c57-4a0e-9d55-4a1e2b7c9f10",
-        provider_id="prov-1",
         slot_start=at + timedelta(days=2),
-        slot_end=at + timedelta(days=2, hours=1),
-        price=ev.Money(4500, "EUR"),
-        payment_method="pm_card_visa",
         response_deadline_seconds=3600,
     )
 

@@ -16,23 +16,17 @@ from consumers.projection import (
 from erynoa import events as ev
 from erynoa import saga
 from erynoa.codec import local_codec
+from tests.builders import booking_requested
 
 T0 = datetime(2030, 1, 2, 9, 0, tzinfo=UTC)
 
 
 def requested() -> ev.BookingRequested:
-    return ev.make(
-        ev.BookingRequested,
+    return booking_requested(
         booking_id="0b5f8f7e-3a57-4c7e-9d77-1f0c0c4d2a10",
-        producer="api",
         occurred_at=T0,
-        customer_id="cust-1",
         service_id="7d6f3b0e-5a3c-4c8e-8a53-2b1c9f0a7e11",
-        provider_id="prov-1",
         slot_start=T0 + timedelta(days=1),
-        slot_end=T0 + timedelta(days=1, hours=1),
-        price=ev.Money(4500, "EUR"),
-        payment_method="pm_card_visa",
         notes="Türcode 4711",
         response_deadline_seconds=3600,
     )

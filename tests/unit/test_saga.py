@@ -52,6 +52,7 @@ from erynoa.saga import Payment as P
 from erynoa.saga import Status as S
 from erynoa.settings import PROJECT_ROOT
 from erynoa.topics import load_catalog
+from tests.builders import booking_requested
 
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
 PRICE = Money(amount_minor=4500, currency="EUR")
@@ -1275,19 +1276,12 @@ def test_each_agent_reaches_its_happy_path_steps_from_the_topics_it_consumes(
 
 
 def _action_required_state() -> BookingState:
-    requested = ev.make(
-        ev.BookingRequested,
+    requested = booking_requested(
         booking_id="4b1d7c55-0f7e-4a52-9a8e-2d1c1c0b9f11",
-        producer="api",
         occurred_at=T0,
-        customer_id="c",
-        service_id="s",
-        provider_id="p",
         slot_start=T0 + timedelta(days=2),
-        slot_end=T0 + timedelta(days=2, hours=1),
         price=Money(1000, "EUR"),
         payment_method="pm_card_authenticationRequired",
-        response_deadline_seconds=60,
     )
     held = ev.make(ev.ReservationHeld, cause=requested, producer="reservation",
                    occurred_at=T0 + timedelta(seconds=1), hold_id="h", service_id="s",

@@ -293,26 +293,20 @@ ENDINGS: dict[str, tuple[Step, S, str]] = {
 }
 
 
+@pytest.mark.parametrize("cancel_first", [True, False], ids=["cancel-first", "ending-first"])
 @pytest.mark.parametrize("ending", list(ENDINGS))
-def test_a_cancel_that_occurred_first_wins_over_a_later_ending(ending: str) -> None:
-    other, _, _ = ENDINGS[ending]
-    b = Story()
-    _awaiting(b)
-    b.add(CANCEL[0], **CANCEL[1])
-    b.add(other[0], **other[1])
-    state = assert_confluent(b.events)
-    assert (state.status, state.failure_reason) == (S.CANCELLED, "changed my mind")
-
-
-@pytest.mark.parametrize("ending", list(ENDINGS))
-def test_an_ending_that_occurred_first_wins_over_a_later_cancel(ending: str) -> None:
+def test_of_a_cancel_and_an_ending_the_one_that_occurred_first_wins(
+    ending: str, cancel_first: bool
+) -> None:
     other, status, reason = ENDINGS[ending]
     b = Story()
     _awaiting(b)
-    b.add(other[0], **other[1])
-    b.add(CANCEL[0], **CANCEL[1])
+    first, second = (CANCEL, other) if cancel_first else (other, CANCEL)
+    b.add(first[0], **first[1])
+    b.add(second[0], **second[1])
     state = assert_confluent(b.events)
-    assert (state.status, state.failure_reason) == (status, reason)
+    expected = (S.CANCELLED, "changed my mind") if cancel_first else (status, reason)
+    assert (state.status, state.failure_reason) == expected
 
 
 def test_endings_at_the_same_instant_are_ordered_by_event_id() -> None:

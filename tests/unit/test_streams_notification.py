@@ -7,13 +7,12 @@ import hmac
 import json
 import smtplib
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from erynoa import events as ev
 from erynoa import saga
 from erynoa.events import Money
 from streams.failures import classify
@@ -29,23 +28,19 @@ from streams.notification import (
     sign,
     verify_signature,
 )
+from tests.builders import booking_requested
 
 SLOT = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
 
 def a_state(status: saga.Status = saga.Status.CONFIRMED) -> saga.BookingState:
-    requested = ev.make(
-        ev.BookingRequested,
+    requested = booking_requested(
         booking_id="0f8b7d1e-7a40-4c8a-9a55-3c7b0b2f1e11",
-        producer="api",
         customer_id="alice",
         service_id="svc-1",
         provider_id="bob",
         slot_start=SLOT,
-        slot_end=SLOT + timedelta(hours=1),
         price=Money(4550, "EUR"),
-        payment_method="pm_card_visa",
-        response_deadline_seconds=60,
     )
     from dataclasses import replace
 

@@ -15,6 +15,7 @@ from erynoa.events import Money
 from streams.payment import gateway as gw
 from streams.payment.agent import PaymentAdapter
 from streams.runtime import Context
+from tests.builders import booking_requested
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 PRICE = Money(4500, "EUR")
@@ -72,19 +73,11 @@ class FakeGateway:
         return gw.Refunded("re_1")
 
 
-REQUESTED = ev.make(
-    ev.BookingRequested,
+REQUESTED = booking_requested(
     booking_id="8a1c3f0e-2b4d-4e6f-8a9b-0c1d2e3f4a5b",
-    producer="api",
     occurred_at=NOW,
-    customer_id="alice",
-    service_id="svc",
-    provider_id="bob",
     slot_start=NOW + timedelta(days=2),
-    slot_end=NOW + timedelta(days=2, hours=1),
     price=PRICE,
-    payment_method="pm_card_visa",
-    response_deadline_seconds=60,
 )
 
 
@@ -156,13 +149,13 @@ def webhook(stripe_event_type: str, payment_id: str = "pi_1") -> ev.StripeEventR
     )
 
 
+def with_payment(status: saga.Status, payment: saga.Payment) -> saga.BookingState:
+    """A held booking whose payment ``pi_1`` got as far as ``payment``."""
+    return replace(reserved(), status=status, payment=payment, payment_id="pi_1")
+
+
 def waiting_for_customer() -> saga.BookingState:
-    return replace(
-        reserved(),
-        status=saga.Status.PAYMENT_ACTION_REQUIRED,
-        payment=saga.Payment.ACTION_REQUIRED,
-        payment_id="pi_1",
-    )
+    return with_payment(saga.Status.PAYMENT_ACTION_REQUIRED, saga.Payment.ACTION_REQUIRED)
 
 
 @pytest.mark.parametrize(
@@ -212,12 +205,7 @@ REFUSED = gw.UnexpectedState("payment_intent_unexpected_state", "status succeede
 
 
 def authorized() -> saga.BookingState:
-    return replace(
-        reserved(),
-        status=saga.Status.AWAITING_PROVIDER,
-        payment=saga.Payment.AUTHORIZED,
-        payment_id="pi_1",
-    )
+    return with_payment(saga.Status.AWAITING_PROVIDER, saga.Payment.AUTHORIZED)
 
 
 @pytest.mark.parametrize(

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.codec import default_codec
+from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
 from streams.runtime import Adapter, AgentRuntime, Incoming
-from tests.integration.saga.harness import Service, User, a_slot
+from tests.integration.saga.harness import Service, User, booking_of, read_topic
 
 CODEC = default_codec()
 
@@ -37,6 +36,16 @@ def message(
     )
 
 
+async def published(
+    isolated: Settings, catalog: TopicCatalog, event_type: str
+) -> list[ev.BookingEvent]:
+    """Every booking event on the topic of ``event_type`` so far, in partition order."""
+    topic = catalog.topics[catalog.topic_for(event_type)]
+    records = await read_topic(isolated.kafka_bootstrap, topic.name, topic.partitions)
+    decoded = [CODEC.decode(r.value) for r in records]
+    return [e for e in decoded if isinstance(e, ev.BookingEvent)]
+
+
 def free_port() -> int:
     """A loopback port nobody listens on (now)."""
     with socket.socket() as s:
@@ -48,20 +57,7 @@ def requested(
     customer: User, service: Service, response_deadline_seconds: int = 60
 ) -> ev.BookingRequested:
     """A booking of the next free test slot of ``service`` by ``customer``."""
-    slot = a_slot()
-    return ev.make(
-        ev.BookingRequested,
-        booking_id=str(uuid.uuid4()),
-        producer="api",
-        customer_id=customer.id,
-        service_id=service.id,
-        provider_id=service.provider.id,
-        slot_start=slot,
-        slot_end=slot + timedelta(hours=1),
-        price=service.price,
-        payment_method="pm_card_visa",
-        response_deadline_seconds=response_deadline_seconds,
-    )
+    return booking_of(service, customer.id, response_deadline_seconds=response_deadline_seconds)
 
 
 def rejected(requested: ev.BookingRequested) -> ev.ReservationRejected:

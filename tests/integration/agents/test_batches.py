@@ -10,7 +10,6 @@ that message takes the failure path (retry tier or dead-letter topic).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -25,8 +24,15 @@ from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
 from streams.reservation import SLOT_FULL, ReservationAdapter
 from streams.runtime import AgentRuntime, Context, Incoming
+from tests.integration.agents import records
 from tests.integration.agents.records import StartRuntime
-from tests.integration.saga.harness import Service, a_slot, create_service, read_topic
+from tests.integration.saga.harness import (
+    Service,
+    a_slot,
+    booking_of,
+    create_service,
+    read_topic,
+)
 
 CODEC = default_codec()
 
@@ -57,19 +63,7 @@ def make_runtime(start_runtime: StartRuntime) -> MakeRuntime:
 
 
 def request(service: Service, slot_start: datetime) -> ev.BookingRequested:
-    return ev.make(
-        ev.BookingRequested,
-        booking_id=str(uuid.uuid4()),
-        producer="api",
-        customer_id="customer-1",
-        service_id=service.id,
-        provider_id=service.provider.id,
-        slot_start=slot_start,
-        slot_end=slot_start + timedelta(hours=1),
-        price=service.price,
-        payment_method="pm_card_visa",
-        response_deadline_seconds=60,
-    )
+    return booking_of(service, "customer-1", slot=slot_start, response_deadline_seconds=60)
 
 
 def as_messages(catalog: TopicCatalog, events: list[ev.BookingEvent]) -> list[Incoming]:
@@ -84,15 +78,6 @@ def as_messages(catalog: TopicCatalog, events: list[ev.BookingEvent]) -> list[In
         )
         for offset, event in enumerate(events)
     ]
-
-
-async def published(
-    isolated: Settings, catalog: TopicCatalog, topic_kind: str
-) -> list[ev.BookingEvent]:
-    topic = catalog.topics[catalog.topic_for(topic_kind)]
-    records = await read_topic(isolated.kafka_bootstrap, topic.name, topic.partitions)
-    decoded = [CODEC.decode(r.value) for r in records]
-    return [e for e in decoded if isinstance(e, ev.BookingEvent)]
 
 
 async def test_a_batch_decides_as_one_by_one_would_and_a_redelivery_changes_nothing(
@@ -118,7 +103,7 @@ async def test_a_batch_decides_as_one_by_one_would_and_a_redelivery_changes_noth
 
     await runtime.process(batch)
 
-    emitted = await published(isolated, catalog, "ReservationHeld")
+    emitted = await records.published(isolated, catalog, "ReservationHeld")
     by_booking: dict[str, list[str]] = {}
     for event in emitted:
         by_booking.setdefault(event.booking_id, []).append(event.event_type)
@@ -148,7 +133,7 @@ async def test_a_batch_decides_as_one_by_one_would_and_a_redelivery_changes_noth
 
     # The whole batch again (a crash before the offsets were committed): same ids, no change.
     await runtime.process(batch)
-    again = await published(isolated, catalog, "ReservationHeld")
+    again = await records.published(isolated, catalog, "ReservationHeld")
     assert sorted(e.event_id for e in again) == sorted(e.event_id for e in emitted)
     counts = await pool.fetchrow(
         "SELECT held FROM slot_capacity WHERE service_id = $1 AND slot_start = $2",
@@ -169,7 +154,7 @@ async def test_a_failing_message_sends_only_itself_to_the_failure_path(
 
     await runtime.process(as_messages(catalog, [good_before, bad, good_after]))
 
-    emitted = await published(isolated, catalog, "ReservationHeld")
+    emitted = await records.published(isolated, catalog, "ReservationHeld")
     assert {e.booking_id for e in emitted} == {good_before.booking_id, good_after.booking_id}
     assert all(isinstance(e, ev.ReservationHeld) for e in emitted)
     # A bug is not worth retrying: the message goes to the dead-letter topic, alone.
@@ -214,7 +199,7 @@ async def test_an_undecodable_message_goes_alone_to_the_dead_letter_topic(
     with caplog.at_level("WARNING", logger="streams.runtime"):
         await runtime.process([first, garbage, second])
 
-    emitted = await published(isolated, catalog, "ReservationHeld")
+    emitted = await records.published(isolated, catalog, "ReservationHeld")
     assert sorted(e.booking_id for e in emitted) == sorted([before.booking_id, after.booking_id])
     dlq = catalog.topics[catalog.consumer("reservation").dead_letter_topic]
     parked = await read_topic(isolated.kafka_bootstrap, dlq.name, dlq.partitions)

@@ -60,13 +60,7 @@ async def test_a_replayed_notification_that_was_given_up_is_delivered(
     await runtime.process(
         [message(catalog, requested, 0, []), message(catalog, rejected, 1, last_try)]
     )
-    notifications = catalog.topics[catalog.topic_for("NotificationSent")]
-    published = [
-        CODEC.decode(r.value)
-        for r in await read_topic(
-            isolated.kafka_bootstrap, notifications.name, notifications.partitions
-        )
-    ]
+    published = await records.published(isolated, catalog, "NotificationSent")
     assert [type(e).__name__ for e in published] == ["NotificationFailed"]
     dlq = catalog.topics[runtime.consumer.dead_letter_topic]
     parked = await read_topic(isolated.kafka_bootstrap, dlq.name, dlq.partitions)
@@ -84,12 +78,7 @@ async def test_a_replayed_notification_that_was_given_up_is_delivered(
 
     template = saga.customer_template(saga.Status.REJECTED)
     assert receiver.keys, "the replay delivered nothing"
-    published = [
-        CODEC.decode(r.value)
-        for r in await read_topic(
-            isolated.kafka_bootstrap, notifications.name, notifications.partitions
-        )
-    ]
+    published = await records.published(isolated, catalog, "NotificationSent")
     sent = [e for e in published if isinstance(e, ev.NotificationSent)]
     assert [(e.template, e.channel) for e in sent] == [(template, "webhook")]
     delivered = await pool.fetchval(

@@ -26,7 +26,7 @@ from streams.payment.agent import PaymentAdapter
 from streams.payment.sandbox import WHOLE_GATEWAY, SandboxGateway
 from streams.runtime import AgentRuntime
 from tests.integration.agents import records
-from tests.integration.agents.records import CODEC, StartRuntime, free_port, message
+from tests.integration.agents.records import StartRuntime, free_port, message
 from tests.integration.saga.harness import create_service, create_user, read_topic
 
 # The last retry: any failure now that is taken for the message's own would park it.
@@ -135,11 +135,5 @@ async def test_an_smtp_relay_outage_pauses_the_notification_lane_and_parks_nothi
         work.cancel()
         relay.stop(no_assert=True)
     assert await parked_or_retried(isolated, catalog, "notification") == 0
-    notifications = catalog.topics[catalog.topic_for("NotificationSent")]
-    sent = [
-        CODEC.decode(r.value)
-        for r in await read_topic(
-            isolated.kafka_bootstrap, notifications.name, notifications.partitions
-        )
-    ]
+    sent = await records.published(isolated, catalog, "NotificationSent")
     assert [type(e).__name__ for e in sent] == ["NotificationSent"]

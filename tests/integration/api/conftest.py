@@ -34,6 +34,7 @@ from erynoa.events import BookingEvent, CatalogEvent
 from erynoa.kafka import start_consumer
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
+from tests.builders import service_body
 from tests.conftest import unique
 
 
@@ -169,16 +170,7 @@ class Actors:
 async def create_service(
     http: httpx.AsyncClient, provider_auth: dict[str, str], **overrides: Any
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "name": f"Service {unique()[:8]}",
-        "description": "integration test",
-        "price": {"amount": 4500, "currency": "EUR"},
-        "duration_minutes": 45,
-        "capacity_per_slot": 2,
-        "response_deadline_seconds": 3600,
-    }
-    body.update(overrides)
-    response = await http.post("/services", json=body, headers=provider_auth)
+    response = await http.post("/services", json=service_body(**overrides), headers=provider_auth)
     assert response.status_code == 201, response.text
     data: dict[str, Any] = response.json()["data"]
     return data

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.builders import service_body
 from tests.conftest import unique
 from tests.integration.api.conftest import (
     Actors,
@@ -76,13 +77,7 @@ async def test_not_ready_names_exactly_the_component_that_is_down(
             provider = unique("prov-")
             service = await down.post(
                 "/services",
-                json={
-                    "name": "Never",
-                    "price": {"amount": 1, "currency": "EUR"},
-                    "duration_minutes": 5,
-                    "capacity_per_slot": 1,
-                    "response_deadline_seconds": 600,
-                },
+                json=service_body(name="Never"),
                 headers=live_api.auth(provider, "provider"),
             )
             assert service.status_code == 503

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from erynoa import events as ev
+from tests.builders import service_body
 from tests.conftest import unique
 from tests.integration.api.conftest import Actors, LiveApi, Seen, TopicProbe, create_service
 
@@ -34,13 +35,7 @@ async def test_provider_manages_a_service_and_each_change_is_published(
     auth = live_api.auth(provider, "provider")
     created = await http.post(
         "/services",
-        json={
-            "name": "Massage",
-            "price": {"amount": 7000, "currency": "EUR"},
-            "duration_minutes": 60,
-            "capacity_per_slot": 1,
-            "response_deadline_seconds": 7200,
-        },
+        json=service_body(name="Massage", price={"amount": 7000, "currency": "EUR"}),
         headers=auth,
     )
     assert created.status_code == 201, created.text
@@ -50,14 +45,12 @@ async def test_provider_manages_a_service_and_each_change_is_published(
 
     replaced = await http.put(
         f"/services/{service['id']}",
-        json={
-            "name": "Massage (long)",
-            "description": "90 minutes",
-            "price": {"amount": 9500, "currency": "EUR"},
-            "duration_minutes": 90,
-            "capacity_per_slot": 1,
-            "response_deadline_seconds": 7200,
-        },
+        json=service_body(
+            name="Massage (long)",
+            description="90 minutes",
+            price={"amount": 9500, "currency": "EUR"},
+            duration_minutes=90,
+        ),
         headers=auth,
     )
     assert replaced.status_code == 200, replaced.text
@@ -84,13 +77,7 @@ async def test_provider_manages_a_service_and_each_change_is_published(
 async def test_customers_cannot_create_and_providers_only_change_their_own(
     http: httpx.AsyncClient, actors: Actors, live_api: LiveApi
 ) -> None:
-    body = {
-        "name": "Nope",
-        "price": {"amount": 100, "currency": "EUR"},
-        "duration_minutes": 10,
-        "capacity_per_slot": 1,
-        "response_deadline_seconds": 600,
-    }
+    body = service_body(name="Nope")
     denied = await http.post("/services", json=body, headers=actors.customer_auth)
     assert denied.status_code == 403
     assert denied.json()["error"]["code"] == "FORBIDDEN"
@@ -139,13 +126,7 @@ async def test_listing_filters_and_paginates(http: httpx.AsyncClient, live_api: 
 
 
 async def test_invalid_service_bodies_get_422(http: httpx.AsyncClient, actors: Actors) -> None:
-    base = {
-        "name": "Valid",
-        "price": {"amount": 100, "currency": "EUR"},
-        "duration_minutes": 10,
-        "capacity_per_slot": 1,
-        "response_deadline_seconds": 600,
-    }
+    base = service_body()
     for change in (
         {"price": {"amount": 10.5, "currency": "EUR"}},
         {"price": {"amount": "100", "currency": "EUR"}},

@@ -112,18 +112,14 @@ def saga_catalog(saga_settings: Settings) -> Iterator[TopicCatalog]:
 
 @pytest.fixture(scope="session")
 def mailbox() -> Iterator[Mailbox]:
-    box = Mailbox()
-    box.start()
-    yield box
-    box.stop()
+    with Mailbox() as box:
+        yield box
 
 
 @pytest.fixture(scope="session")
 def webhooks() -> Iterator[WebhookInbox]:
-    inbox = WebhookInbox()
-    inbox.start()
-    yield inbox
-    inbox.stop()
+    with WebhookInbox() as inbox:
+        yield inbox
 
 
 class Agents:

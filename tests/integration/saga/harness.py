@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
-from typing import Any
+from typing import Any, Self
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
@@ -35,6 +35,7 @@ from erynoa.codec import EventCodec, UndecodableEvent
 from erynoa.kafka import EventPublisher, start_consumer
 from erynoa.saga import BookingState, Hold, Payment, Status, fold_log
 from erynoa.topics import TopicCatalog
+from tests.builders import booking_requested
 
 
 def free_port() -> int:
@@ -64,7 +65,24 @@ class Mail:
         return str(self.message["X-Erynoa-Template"])
 
 
-class Mailbox:
+class _Server:
+    """A test server: ``with`` starts it and stops it after."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Mailbox(_Server):
     """aiosmtpd in its own thread; ``refuse_next(n, code)`` makes the next n messages fail."""
 
     def __init__(self) -> None:
@@ -113,7 +131,7 @@ class Hook:
         return data
 
 
-class WebhookInbox:
+class WebhookInbox(_Server):
     """A threaded HTTP server recording POSTs; ``fail_next(n)`` answers 503 n times."""
 
     def __init__(self) -> None:
@@ -359,6 +377,27 @@ def a_slot(days: int = 7) -> datetime:
 # --- producing requests ---------------------------------------------------------------------
 
 
+def booking_of(
+    service: Service,
+    customer_id: str,
+    *,
+    slot: datetime | None = None,
+    response_deadline_seconds: int | None = None,
+    **fields: Any,
+) -> ev.BookingRequested:
+    """A request for ``service`` (at a slot no other test uses unless one is given), with the
+    service's own deadline unless one is given."""
+    return booking_requested(
+        customer_id=customer_id,
+        service_id=service.id,
+        provider_id=service.provider.id,
+        slot_start=slot or a_slot(),
+        price=service.price,
+        response_deadline_seconds=response_deadline_seconds or service.response_deadline_seconds,
+        **fields,
+    )
+
+
 async def request_booking(
     publisher: EventPublisher,
     service: Service,
@@ -369,23 +408,43 @@ async def request_booking(
     headers: Mapping[str, str] | None = None,
 ) -> str:
     """Publish ``BookingRequested`` as the API would; returns the booking id."""
-    booking_id = str(uuid.uuid4())
-    start = slot or a_slot()
-    requested = ev.make(
-        ev.BookingRequested,
-        booking_id=booking_id,
-        producer="api",
-        customer_id=customer.id,
-        service_id=service.id,
-        provider_id=service.provider.id,
-        slot_start=start,
-        slot_end=start + timedelta(hours=1),
-        price=service.price,
-        payment_method=payment_method,
-        response_deadline_seconds=service.response_deadline_seconds,
-    )
+    requested = booking_of(service, customer.id, slot=slot, payment_method=payment_method)
+    booking_id = requested.booking_id
     await publisher.publish(requested, {"x-request-id": f"req-{booking_id}", **(headers or {})})
     return booking_id
+
+
+async def a_booking(
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    *,
+    payment_method: str = "pm_card_visa",
+    **service_options: Any,
+) -> tuple[Service, str]:
+    """A new customer's request for a new service (``service_options`` as ``create_service``
+    takes them); returns the service and the booking id."""
+    service = await create_service(db, **service_options)
+    customer = await create_user(db, "customer")
+    return service, await request_booking(
+        publisher, service, customer, payment_method=payment_method
+    )
+
+
+def _known(log: EventLog, booking_id: str) -> BookingState:
+    state = log.state(booking_id)
+    assert state is not None, f"no events of booking {booking_id} seen yet"
+    return state
+
+
+def _from_api(cls: type[ev.B], state: BookingState, **fields: Any) -> ev.B:
+    """An event the API writes about a booking it knows, in the booking's correlation."""
+    return ev.make(
+        cls,
+        booking_id=state.booking_id,
+        producer="api",
+        correlation_id=state.correlation_id,
+        **fields,
+    )
 
 
 async def answer(
@@ -396,14 +455,11 @@ async def answer(
     reason: str | None = None,
 ) -> None:
     """Publish ``ProviderAnswerSubmitted`` as the API would."""
-    state = log.state(booking_id)
-    assert state is not None
+    state = _known(log, booking_id)
     await publisher.publish(
-        ev.make(
+        _from_api(
             ev.ProviderAnswerSubmitted,
-            booking_id=booking_id,
-            producer="api",
-            correlation_id=state.correlation_id,
+            state,
             provider_id=state.provider_id,
             decision=decision,
             reason=reason,
@@ -412,14 +468,11 @@ async def answer(
 
 
 async def cancel(publisher: EventPublisher, log: EventLog, booking_id: str) -> None:
-    state = log.state(booking_id)
-    assert state is not None
+    state = _known(log, booking_id)
     await publisher.publish(
-        ev.make(
+        _from_api(
             ev.BookingCancellationRequested,
-            booking_id=booking_id,
-            producer="api",
-            correlation_id=state.correlation_id,
+            state,
             requested_by=state.customer_id,
             requested_by_role="customer",
             reason="changed my mind",
@@ -431,16 +484,13 @@ async def stripe_webhook(
     publisher: EventPublisher, log: EventLog, booking_id: str, stripe_event_type: str
 ) -> None:
     """Publish ``StripeEventReceived`` as the API's verified webhook endpoint would."""
-    state = log.state(booking_id)
-    assert state is not None
+    state = _known(log, booking_id)
     assert state.payment_id is not None
     status = "requires_capture" if stripe_event_type.endswith("capturable_updated") else "failed"
     await publisher.publish(
-        ev.make(
+        _from_api(
             ev.StripeEventReceived,
-            booking_id=booking_id,
-            producer="api",
-            correlation_id=state.correlation_id,
+            state,
             stripe_event_id=f"evt_{uuid.uuid4().hex}",
             stripe_event_type=stripe_event_type,
             payment_id=state.payment_id,
@@ -451,6 +501,23 @@ async def stripe_webhook(
 
 def status_is(*statuses: Status) -> Callable[[BookingState | None], bool]:
     return lambda s: s is not None and s.status in statuses
+
+
+def deadline_started(state: BookingState | None) -> bool:
+    return state is not None and state.provider_deadline_at is not None
+
+
+def provider_decided(state: BookingState | None) -> bool:
+    return state is not None and state.provider_outcome is not None
+
+
+async def ledger(db: asyncpg.Pool, booking_id: str) -> list[tuple[str, str]]:
+    """What the sandbox gateway did for a booking: (operation, outcome), in order."""
+    rows = await db.fetch(
+        "SELECT operation, outcome FROM sandbox_ledger WHERE booking_id = $1 ORDER BY id",
+        booking_id,
+    )
+    return [(r["operation"], r["outcome"]) for r in rows]
 
 
 # --- Kafka bookkeeping ------------------------------------------------------------------------

@@ -24,15 +24,15 @@ import httpx
 import pytest
 
 from erynoa.kafka import EventPublisher
-from erynoa.saga import BookingState, Status
+from erynoa.saga import Status
 from erynoa.settings import Settings
 from ops.invariants import ClientRequest, check_invariants
 from tests.integration.saga.conftest import Agents, Api
 from tests.integration.saga.harness import (
     EventLog,
-    create_service,
-    create_user,
-    request_booking,
+    a_booking,
+    deadline_started,
+    provider_decided,
 )
 
 pytestmark = pytest.mark.integration
@@ -73,10 +73,6 @@ BEGIN
     RETURN NULL;
 END $$
 """
-
-
-def provider_decided(state: BookingState | None) -> bool:
-    return state is not None and state.provider_outcome is not None
 
 
 @pytest.fixture
@@ -121,10 +117,8 @@ async def test_an_accept_committing_across_the_deadline_is_not_timed_out_after_i
 ) -> None:
     from api.auth import issue_dev_token
 
-    service = await create_service(db, response_deadline_seconds=6)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(publisher, service, customer)
-    await event_log.wait(booking, lambda s: s is not None and s.provider_deadline_at is not None)
+    service, booking = await a_booking(db, publisher, response_deadline_seconds=6)
+    await event_log.wait(booking, deadline_started)
     await read_model_status(db, booking, Status.AWAITING_PROVIDER)
     trigger = await hold_answer_commit(db, booking)
     try:

@@ -16,16 +16,17 @@ import pytest
 
 from erynoa import events as ev
 from erynoa.kafka import EventPublisher
-from erynoa.saga import BookingState, Payment, Status
+from erynoa.saga import Payment, Status
 from streams.payment.sandbox import complete_authentication
 from tests.integration.saga.conftest import Agents
 from tests.integration.saga.harness import (
     EventLog,
+    a_booking,
     answer,
     assert_invariants,
-    create_service,
-    create_user,
-    request_booking,
+    deadline_started,
+    ledger,
+    provider_decided,
     status_is,
     stripe_webhook,
 )
@@ -33,20 +34,10 @@ from tests.integration.saga.harness import (
 pytestmark = pytest.mark.integration
 
 
-def deadline_started(state: BookingState | None) -> bool:
-    return state is not None and state.provider_deadline_at is not None
-
-
-def provider_decided(state: BookingState | None) -> bool:
-    return state is not None and state.provider_outcome is not None
-
-
 async def test_an_accept_taken_before_the_deadline_wins_though_processed_after_it(
     agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
 ) -> None:
-    service = await create_service(db, response_deadline_seconds=3)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(publisher, service, customer)
+    service, booking = await a_booking(db, publisher, response_deadline_seconds=3)
     state = await event_log.wait(booking, deadline_started)
 
     # The API takes the accept (its row commits with the 202) ...
@@ -87,11 +78,7 @@ async def test_an_accept_taken_before_the_deadline_wins_though_processed_after_i
 async def test_a_3ds_success_acknowledged_in_time_is_not_abandoned_by_the_sweep(
     agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(
-        publisher, service, customer, payment_method="pm_card_authenticationRequired"
-    )
+    _, booking = await a_booking(db, publisher, payment_method="pm_card_authenticationRequired")
     state = await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
     assert state.payment_id is not None
 
@@ -114,8 +101,5 @@ async def test_a_3ds_success_acknowledged_in_time_is_not_abandoned_by_the_sweep(
     await answer(publisher, event_log, booking, "accept")
     final = await event_log.wait(booking)
     assert final.status == Status.CONFIRMED
-    ledger = await db.fetch(
-        "SELECT operation, outcome FROM sandbox_ledger WHERE booking_id = $1 ORDER BY id", booking
-    )
-    assert [tuple(r) for r in ledger] == [("authorize", "authorized"), ("capture", "captured")]
+    assert await ledger(db, booking) == [("authorize", "authorized"), ("capture", "captured")]
     await assert_invariants(db, [booking], event_log.events)

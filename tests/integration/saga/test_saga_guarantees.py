@@ -14,7 +14,7 @@ import pytest
 from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.kafka import EventPublisher
-from erynoa.saga import BookingState, Status
+from erynoa.saga import Status
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
 from streams.app import AGENTS
@@ -26,12 +26,14 @@ from tests.integration.saga.harness import (
     Service,
     User,
     WebhookInbox,
+    a_booking,
     answer,
     assert_invariants,
     cancel,
     create_service,
     create_user,
     dead_letters,
+    deadline_started,
     request_booking,
     settled,
     status_is,
@@ -39,10 +41,6 @@ from tests.integration.saga.harness import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def deadline_started(state: BookingState | None) -> bool:
-    return state is not None and state.provider_deadline_at is not None
 
 
 async def snapshot(db: asyncpg.Pool, bookings: list[str]) -> dict[str, object]:
@@ -201,11 +199,7 @@ async def test_undecodable_message_is_dead_lettered_and_others_keep_flowing(
         key=poison_key,
         headers=[("x-request-id", b"poison")],
     )
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(
-        publisher, service, customer, payment_method="pm_card_chargeDeclined"
-    )
+    _, booking = await a_booking(db, publisher, payment_method="pm_card_chargeDeclined")
     await event_log.wait(booking)
 
     for agent in AGENTS:

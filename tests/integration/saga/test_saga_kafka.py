@@ -14,17 +14,20 @@ import asyncpg
 import pytest
 
 from erynoa.kafka import EventPublisher
-from erynoa.saga import BookingState, Hold, Payment, Status
+from erynoa.saga import Hold, Payment, Status
 from tests.integration.saga.conftest import Agents
 from tests.integration.saga.harness import (
     EventLog,
     Mailbox,
+    a_booking,
     a_slot,
     answer,
     assert_invariants,
     cancel,
     create_service,
     create_user,
+    deadline_started,
+    ledger,
     request_booking,
     status_is,
     stripe_webhook,
@@ -33,23 +36,11 @@ from tests.integration.saga.harness import (
 pytestmark = pytest.mark.integration
 
 
-async def ledger(db: asyncpg.Pool, booking_id: str) -> list[tuple[str, str]]:
-    rows = await db.fetch(
-        "SELECT operation, outcome FROM sandbox_ledger WHERE booking_id = $1 ORDER BY id",
-        booking_id,
-    )
-    return [(r["operation"], r["outcome"]) for r in rows]
-
-
 async def hold_status(db: asyncpg.Pool, booking_id: str) -> str | None:
     status: str | None = await db.fetchval(
         "SELECT status FROM reservation_holds WHERE booking_id = $1", booking_id
     )
     return status
-
-
-def deadline_started(state: BookingState | None) -> bool:
-    return state is not None and state.provider_deadline_at is not None
 
 
 def mails(mailbox: Mailbox, booking_id: str) -> list[str]:
@@ -63,9 +54,7 @@ async def test_happy_path_confirms_captures_once_and_tells_both(
     event_log: EventLog,
     mailbox: Mailbox,
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(publisher, service, customer)
+    service, booking = await a_booking(db, publisher)
     await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
     await event_log.wait(booking, deadline_started)
     await answer(publisher, event_log, booking, "accept")
@@ -117,11 +106,7 @@ async def test_payment_declined_releases_the_hold(
     event_log: EventLog,
     mailbox: Mailbox,
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(
-        publisher, service, customer, payment_method="pm_card_chargeDeclined"
-    )
+    _, booking = await a_booking(db, publisher, payment_method="pm_card_chargeDeclined")
     state = await event_log.wait(booking)
     assert state.status == Status.FAILED
     assert state.hold == Hold.RELEASED
@@ -138,11 +123,7 @@ async def test_action_required_then_webhook_continues_to_awaiting_provider(
     event_log: EventLog,
     mailbox: Mailbox,
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(
-        publisher, service, customer, payment_method="pm_card_authenticationRequired"
-    )
+    _, booking = await a_booking(db, publisher, payment_method="pm_card_authenticationRequired")
     await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
     await stripe_webhook(publisher, event_log, booking, "payment_intent.amount_capturable_updated")
     await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
@@ -162,11 +143,7 @@ async def test_action_required_then_failed_webhook_fails_and_releases(
     event_log: EventLog,
     mailbox: Mailbox,
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(
-        publisher, service, customer, payment_method="pm_card_authenticationRequired"
-    )
+    _, booking = await a_booking(db, publisher, payment_method="pm_card_authenticationRequired")
     await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
     await stripe_webhook(publisher, event_log, booking, "payment_intent.payment_failed")
     state = await event_log.wait(booking)
@@ -183,11 +160,7 @@ async def test_action_never_completed_fails_voids_and_releases(
     event_log: EventLog,
     mailbox: Mailbox,
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(
-        publisher, service, customer, payment_method="pm_card_authenticationRequired"
-    )
+    _, booking = await a_booking(db, publisher, payment_method="pm_card_authenticationRequired")
     await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
     # No webhook ever comes: the payment agent's sweep gives up after the timeout.
     state = await event_log.wait(booking)
@@ -205,9 +178,7 @@ async def test_provider_rejects_voids_and_releases(
     event_log: EventLog,
     mailbox: Mailbox,
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(publisher, service, customer)
+    _, booking = await a_booking(db, publisher)
     await event_log.wait(booking, deadline_started)
     await answer(publisher, event_log, booking, "reject", reason="fully booked that day")
 
@@ -233,9 +204,7 @@ async def test_provider_times_out_expires_voids_and_releases(
     event_log: EventLog,
     mailbox: Mailbox,
 ) -> None:
-    service = await create_service(db, response_deadline_seconds=2)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(publisher, service, customer)
+    _, booking = await a_booking(db, publisher, response_deadline_seconds=2)
     state = await event_log.wait(booking, within=30)
     assert state.status == Status.EXPIRED
     assert state.payment == Payment.VOIDED
@@ -261,11 +230,7 @@ async def test_capture_fails_fails_releases_and_tells_the_customer(
     event_log: EventLog,
     mailbox: Mailbox,
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(
-        publisher, service, customer, payment_method="pm_card_captureFails"
-    )
+    _, booking = await a_booking(db, publisher, payment_method="pm_card_captureFails")
     await event_log.wait(booking, deadline_started)
     await answer(publisher, event_log, booking, "accept")
     state = await event_log.wait(booking)

@@ -28,10 +28,8 @@ from erynoa.topics import TopicCatalog
 from tests.integration.saga.conftest import Agents
 from tests.integration.saga.harness import (
     EventLog,
+    a_booking,
     answer,
-    create_service,
-    create_user,
-    request_booking,
     status_is,
 )
 
@@ -81,6 +79,19 @@ def read_every_topic(
     return found
 
 
+async def answered(
+    db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog, decision: str, ends: Status
+) -> str:
+    """A new booking its provider answered ``decision``, once it ended as ``ends`` and the agents
+    fell quiet (everything it caused is on the topics)."""
+    _, booking = await a_booking(db, publisher)
+    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+    await answer(publisher, event_log, booking, decision)
+    assert (await event_log.wait(booking)).status == ends
+    await event_log.quiet()
+    return booking
+
+
 async def test_a_stock_deserializer_decodes_every_event_of_a_booking_on_every_topic(
     agents: Agents,
     db: asyncpg.Pool,
@@ -89,13 +100,7 @@ async def test_a_stock_deserializer_decodes_every_event_of_a_booking_on_every_to
     saga_settings: Settings,
     saga_catalog: TopicCatalog,
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(publisher, service, customer)
-    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
-    await answer(publisher, event_log, booking, "accept")
-    assert (await event_log.wait(booking)).status == Status.CONFIRMED
-    await event_log.quiet()
+    booking = await answered(db, publisher, event_log, "accept", Status.CONFIRMED)
 
     topics = [t.name for t in saga_catalog.by_kind("event")]
     messages = await asyncio.to_thread(read_every_topic, saga_settings, topics)
@@ -131,13 +136,7 @@ async def test_the_example_subscriber_follows_one_booking(
     event_log: EventLog,
     saga_settings: Settings,
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(publisher, service, customer)
-    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
-    await answer(publisher, event_log, booking, "reject")
-    assert (await event_log.wait(booking)).status == Status.REJECTED
-    await event_log.quiet()
+    booking = await answered(db, publisher, event_log, "reject", Status.REJECTED)
 
     assert saga_settings.registry_url is not None
     done = await asyncio.to_thread(
@@ -175,9 +174,7 @@ async def test_kcat_shows_each_events_key_and_type_as_the_readme_says(
     kcat = shutil.which("kcat")
     if kcat is None:
         pytest.skip("kcat is not installed (make setup installs it)")
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(publisher, service, customer)
+    _, booking = await a_booking(db, publisher)
     await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
 
     done = await asyncio.to_thread(

@@ -16,16 +16,19 @@ import pytest
 
 from erynoa import events as ev
 from erynoa.kafka import EventPublisher
-from erynoa.saga import BookingState, Payment, Status
+from erynoa.saga import Payment, Status
 from streams.payment.sandbox import IDEMPOTENCY_WINDOW, MASTERCARD, outage_reason_answer_lost
 from tests.integration.saga.conftest import Agents
 from tests.integration.saga.harness import (
     EventLog,
+    a_booking,
     answer,
     assert_invariants,
     cancel,
     create_service,
     create_user,
+    deadline_started,
+    ledger,
     request_booking,
     status_is,
 )
@@ -44,13 +47,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0)
         await asyncio.sleep(0.2)
 
 
-async def ledger(db: asyncpg.Pool, booking: str) -> list[tuple[str, str]]:
-    rows = await db.fetch(
-        "SELECT operation, outcome FROM sandbox_ledger WHERE booking_id = $1 ORDER BY id", booking
-    )
-    return [(r["operation"], r["outcome"]) for r in rows]
-
-
 async def answers_lost(db: asyncpg.Pool, *operations: str) -> None:
     await db.execute(
         """INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, $2)
@@ -62,10 +58,6 @@ async def answers_lost(db: asyncpg.Pool, *operations: str) -> None:
 
 async def outage_over(db: asyncpg.Pool) -> None:
     await db.execute("DELETE FROM sandbox_outages WHERE payment_method = $1", CARD)
-
-
-def deadline_started(state: BookingState | None) -> bool:
-    return state is not None and state.provider_deadline_at is not None
 
 
 async def test_an_authorization_whose_answer_was_lost_is_voided_when_the_booking_is_cancelled(
@@ -113,9 +105,7 @@ async def test_an_authorization_whose_answer_was_lost_is_voided_when_the_booking
 async def test_a_capture_that_took_effect_confirms_once_when_replayed_after_the_key_expired(
     agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    booking = await request_booking(publisher, service, customer, payment_method=CARD)
+    _, booking = await a_booking(db, publisher, payment_method=CARD)
     await event_log.wait(booking, deadline_started)
     await answers_lost(db, "capture")
     try:
