@@ -83,11 +83,19 @@ def _agent_name(cls: ast.ClassDef) -> str | None:
 
 
 class _Emits:
-    """``ctx.emit(<Event>)`` calls reachable from a node, through ``self.<method>`` calls."""
+    """``ctx.emit(<Event>)`` calls reachable from a node, through ``self.<method>`` calls and
+    calls of the module's own functions."""
 
-    def __init__(self, cls: ast.ClassDef, events: frozenset[str]) -> None:
+    def __init__(
+        self, cls: ast.ClassDef, events: frozenset[str], module: ast.Module | None = None
+    ) -> None:
         self.methods = {
             m.name: m for m in cls.body if isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+        self.functions = {
+            f.name: f
+            for f in (module.body if module else ())
+            if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
         }
         self.events = events
 
@@ -112,11 +120,20 @@ class _Emits:
                 ):
                     seen.add(func.attr)
                     found |= self.reachable([self.methods[func.attr]], seen)
+                if (
+                    isinstance(func, ast.Name)
+                    and func.id in self.functions
+                    and f"module:{func.id}" not in seen
+                ):
+                    seen.add(f"module:{func.id}")
+                    found |= self.reachable([self.functions[func.id]], seen)
         return found
 
 
-def _agent_code(path: Path, cls: ast.ClassDef, agent: str, events: frozenset[str]) -> AgentCode:
-    emits = _Emits(cls, events)
+def _agent_code(
+    path: Path, cls: ast.ClassDef, agent: str, events: frozenset[str], module: ast.Module
+) -> AgentCode:
+    emits = _Emits(cls, events, module)
     code = AgentCode(agent=agent, path=path)
     execute = emits.methods.get("execute")
     for node in ast.walk(execute) if execute else ():
@@ -144,7 +161,9 @@ def _agent_code(path: Path, cls: ast.ClassDef, agent: str, events: frozenset[str
 def _built_events(tree: ast.AST, events: frozenset[str]) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and _name(node.func) in ("make", "make_catalog"):
+        # make/make_catalog build an event; a builder that takes the event class first and
+        # hands it to make (``ops.sagas``' ``request``) counts as well.
+        if isinstance(node, ast.Call) and _name(node.func) in ("make", "make_catalog", "request"):
             event = _name(node.args[0]) if node.args else None
             if event in events:
                 found.add(event)
@@ -166,7 +185,7 @@ def read_code(root: Path, event_types: Iterable[str]) -> CodeFacts:
                         f"{relative}: a second adapter for agent {agent!r} "
                         f"(the first is in {agents[agent].path})"
                     )
-                agents[agent] = _agent_code(relative, node, agent, events)
+                agents[agent] = _agent_code(relative, node, agent, events, tree)
         built = _built_events(tree, events)
         if not built or relative.parts[0] == "streams":
             # An agent's events are what its adapter emits; streams' own make() is ctx.emit's.
