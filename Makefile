@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 # themselves the test environment (tests/conftest.py).
 RUN_ENVIRONMENT := $(if $(or $(ERYNOA_ENVIRONMENT),$(shell grep -s '^ERYNOA_ENVIRONMENT=' .env)),,ERYNOA_ENVIRONMENT=development)
 
-.PHONY: help setup system-packages stack run test _test lint docs down clean bench bench-quick faults
+.PHONY: help setup system-packages stack run test _test lint docs asyncapi-cli down clean bench bench-quick faults
 
 help:
 	@echo "make setup   system packages (when missing) and $(VENV) with the project"
@@ -66,7 +66,12 @@ run: stack docs
 test: setup
 	@$(PY) -m erynoa.stack.with_stack -- $(MAKE) --no-print-directory _test
 
-_test: stack docs
+# The tests run `asyncapi validate` too: its npm package (a few minutes to install, once) is set
+# up here rather than inside the suite.
+asyncapi-cli: setup
+	@if command -v npm >/dev/null; then $(ERYNOA) asyncapi --no-write --validate >/dev/null; fi
+
+_test: stack docs asyncapi-cli
 	$(PY) -m pytest $(TEST_PATHS) $(PYTEST_ARGS)
 
 lint: setup
