@@ -198,7 +198,7 @@ export function replayPlan(dry) {
     h("td", {}, `${p.message.topic}[${p.message.partition}]@${p.message.offset}`),
     h("td", {}, p.message.event_type ?? "—"),
     h("td", {}, p.message.booking_id ?? "—"),
-    h("td", {}, p.replay ? badge("replay", "ok") : badge("skip", "muted"), p.skip ? ` ${p.skip}` : ""),
+    h("td", {}, p.replay ? badge("replay", "ok") : badge("skip", "muted"), p.skip ? ` ${p.skip}` : "", p.note ? ` ${p.note}` : ""),
     h("td", { class: "detail" }, p.effect ? p.effect.description : "—")));
   return [
     h("p", { "data-testid": "plan-summary" },
