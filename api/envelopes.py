@@ -137,6 +137,11 @@ class PageMeta(Meta):
     page: int = Field(ge=1, examples=[1])
     per_page: int = Field(ge=1, examples=[20])
     total: int = Field(ge=0, examples=[42])
+    total_capped: bool = Field(
+        default=False,
+        description="counting stopped at a cap: ``total`` is a lower bound (show it as 10,000+)",
+        examples=[False],
+    )
 
 
 class Envelope(BaseModel, Generic[T]):
@@ -215,7 +220,15 @@ def ok(request: Request, data: T) -> Envelope[T]:
     return Envelope[T](data=data, meta=meta(request))
 
 
-def page(request: Request, items: list[T], *, page: int, per_page: int, total: int) -> Page[T]:
+def page(
+    request: Request,
+    items: list[T],
+    *,
+    page: int,
+    per_page: int,
+    total: int,
+    total_capped: bool = False,
+) -> Page[T]:
     return Page[T](
         data=items,
         meta=PageMeta(
@@ -224,6 +237,7 @@ def page(request: Request, items: list[T], *, page: int, per_page: int, total: i
             page=page,
             per_page=per_page,
             total=total,
+            total_capped=total_capped,
         ),
     )
 

@@ -469,6 +469,8 @@ def _print_dry_run(plan: list[replay.PlannedReplay], as_json: bool) -> None:
             block.add_row("decision", Text("replay", style="bold green"))
         else:
             block.add_row("decision", Text(f"skip: {p.skip}", style="yellow"))
+        if p.note is not None:
+            block.add_row("note", Text(p.note, style="yellow"))
         if p.effect is not None:
             block.add_row("its saga", p.effect.describe())
         block.add_row("", "")

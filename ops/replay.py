@@ -26,7 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
@@ -43,6 +43,13 @@ from ops import sagas, wire
 from ops.assess import DEFAULT_POLICY, SagaEffect, effect_on_saga
 from ops.dead_letters import DeadLetter
 from ops.errors import BadInput, InvalidBookingId, check_booking_id
+
+# A replay claims a message, publishes it and records the result within seconds; a claim still
+# ``pending`` long after was left by a replay that died in between (the API or CLI stopped), so it
+# counts as failed: a later replay may claim the message again instead of skipping it forever.
+# Re-driving a message that was in fact published before the crash is harmless downstream
+# (every handler deduplicates by event id).
+ABANDONED_AFTER = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -62,16 +69,34 @@ class PreviousReplay:
             f" (replay {self.replay_id})"
         )
 
+    def abandoned(self, now: datetime) -> bool:
+        """A ``pending`` claim older than ``ABANDONED_AFTER``: its replay died before finishing."""
+        return self.result == "pending" and now - self.replayed_at > ABANDONED_AFTER
+
+
+def replay_note(previous: PreviousReplay | None, now: datetime) -> str | None:
+    """What an operator should know about a message that is replayed although it was claimed
+    before (pure); None when there is nothing to say."""
+    if previous is None or not previous.abandoned(now):
+        return None
+    minutes = int(ABANDONED_AFTER.total_seconds() // 60)
+    return (
+        f"an earlier replay claimed it and never finished ({previous.describe()}, "
+        f"pending for more than {minutes} min): treated as failed, replayed again"
+    )
+
 
 def skip_reason(
     message: DeadLetter,
     catalog: TopicCatalog,
     previous: PreviousReplay | None,
     *,
+    now: datetime,
     again: bool = False,
     include_undecodable: bool = False,
 ) -> str | None:
-    """Why ``message`` must not be replayed, or None to replay it (pure)."""
+    """Why ``message`` must not be replayed, or None to replay it (pure). A previous replay
+    that failed, or whose ``pending`` claim was abandoned, does not stop a new one."""
     if message.value is None:
         return "empty message (a tombstone): nothing to replay"
     if message.event is None and not include_undecodable:
@@ -89,7 +114,12 @@ def skip_reason(
         return f"origin {origin!r} is a {topic.kind.replace('_', '-')} topic, not an event topic"
     if message.event is not None and message.event.event_type not in topic.events:
         return f"{message.event.event_type} does not belong on {origin!r} (see topics.yaml)"
-    if previous is not None and not again and previous.result != "failed":
+    if (
+        previous is not None
+        and not again
+        and previous.result != "failed"
+        and not previous.abandoned(now)
+    ):
         return f"already replayed: {previous.describe()}; --again re-drives it"
     return None
 
@@ -100,6 +130,7 @@ class PlannedReplay:
     skip: str | None  # why it will not be replayed; None: it will
     previous: PreviousReplay | None
     effect: SagaEffect | None = None
+    note: str | None = None  # e.g. an abandoned claim that this replay takes over
 
     @property
     def replay(self) -> bool:
@@ -110,6 +141,7 @@ class PlannedReplay:
             "message": self.message.to_json(),
             "replay": self.replay,
             "skip": self.skip,
+            "note": self.note,
             "previous": wire.plain(self.previous),
             "effect": self.effect.to_json() if self.effect else None,
         }
@@ -199,7 +231,12 @@ async def plan_replay(
     for message in messages:
         before = previous.get((message.topic, message.partition, message.offset))
         skip = skip_reason(
-            message, catalog, before, again=again, include_undecodable=include_undecodable
+            message,
+            catalog,
+            before,
+            now=now,
+            again=again,
+            include_undecodable=include_undecodable,
         )
         effect = None
         if with_effects and skip is None and isinstance(message.event, ev.BookingEvent):
@@ -207,7 +244,8 @@ async def plan_replay(
             if booking_id not in logs:
                 logs[booking_id] = await _booking_log(conn, booking_id, codec)
             effect = replay_effect(message, logs[booking_id], now, policy)
-        plan.append(PlannedReplay(message, skip, before, effect))
+        note = replay_note(before, now) if skip is None else None
+        plan.append(PlannedReplay(message, skip, before, effect, note))
     return plan
 
 
@@ -296,6 +334,7 @@ SET replay_id = EXCLUDED.replay_id, operator = EXCLUDED.operator, result = 'pend
     detail = NULL, replayed_partition = NULL, replayed_offset = NULL,
     replay_count = r.replay_count + 1, replayed_at = now()
 WHERE r.result = 'failed' OR $14::boolean
+    OR (r.result = 'pending' AND r.replayed_at < now() - $15::interval)
 RETURNING r.replay_count
 """
 
@@ -377,6 +416,7 @@ async def _replay_one(
         message.failure.error_class,
         message.failure.attempts,
         again,
+        ABANDONED_AFTER,
     )
     if claimed is None:
         # Claimed since the plan was made (a concurrent replay): that one re-drives it.

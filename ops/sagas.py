@@ -288,6 +288,7 @@ class SagaSummary(Judged):
 class SagaPage:
     sagas: tuple[SagaSummary, ...]
     total: int  # every saga the query matches, past this page too
+    total_capped: bool = False  # counting stopped at a cap: ``total`` is a lower bound
 
 
 _BOOKING_SQL = (
@@ -375,6 +376,67 @@ def summarize_row(
     )
 
 
+def _where(
+    query: SagaQuery, now: datetime, expectations: Expectations, policy: Policy
+) -> tuple[str, list[Any]]:
+    """The SQL condition (``bookings b``) narrowing to the sagas ``query`` could match, and its
+    parameters ``$1``-``$7`` (``$8``-``$9`` with ``stuck``); ``$4``/``$5`` resume after a
+    ``(requested_at, id)`` and are left NULL here."""
+    conditions = [
+        in_flight_sql(policy),
+        "($1::text IS NULL OR b.status = $1)",
+        "($2::timestamptz IS NULL OR b.requested_at <= $2)",
+        "($3::uuid[] IS NULL OR b.id = ANY($3::uuid[]))",
+        "($4::timestamptz IS NULL OR (b.requested_at, b.id) > ($4, $5::uuid))",
+        "($6::text IS NULL OR b.provider_id = $6)",
+        "($7::text IS NULL OR b.customer_id = $7)",
+    ]
+    ids = (
+        [check_booking_id(b) for b in query.booking_ids] if query.booking_ids is not None else None
+    )
+    params: list[Any] = [
+        query.status.value if query.status else None,
+        now - query.older_than if query.older_than is not None else None,
+        ids,
+        None,
+        None,
+        query.provider_id,
+        query.customer_id,
+    ]
+    if query.stuck:
+        conditions.append(
+            "((b.status = 'awaiting_provider' AND b.provider_deadline_at <= $8)"
+            " OR coalesce(b.last_event_at, b.updated_at) < $8 - $9::interval)"
+        )
+        params += [now, expectations.shortest]
+    return " AND ".join(conditions), params
+
+
+async def _candidates(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    query: SagaQuery,
+    now: datetime,
+    expectations: Expectations,
+    policy: Policy,
+    *,
+    at_most: int | None = None,
+) -> AsyncIterator[SagaSummary]:
+    """Every saga the SQL narrowing lets through (with ``stuck``, those that *could* be stuck),
+    oldest request first, read ``_PAGE`` rows at a time; ``at_most`` caps the rows read."""
+    where, params = _where(query, now, expectations, policy)
+    read = 0
+    while at_most is None or read < at_most:
+        chunk = _PAGE if at_most is None else min(_PAGE, at_most - read)
+        sql = f"{_BOOKING_SQL} WHERE {where} ORDER BY b.requested_at, b.id LIMIT {chunk}"
+        rows = await conn.fetch(sql, *params)
+        read += len(rows)
+        for row in rows:
+            yield summarize_row(row, now, expectations, policy)
+        if len(rows) < chunk:
+            return
+        params[3], params[4] = rows[-1]["requested_at"], rows[-1]["booking_id"]
+
+
 async def _matching(
     conn: asyncpg.Connection | asyncpg.Pool,
     query: SagaQuery,
@@ -387,49 +449,9 @@ async def _matching(
     SQL narrows to in-flight rows (and, for ``stuck``, to rows that could be stuck: deadline
     passed or idle for the shortest expectation); the assessment decides, page by page.
     """
-    conditions = [
-        in_flight_sql(policy),
-        "($1::text IS NULL OR b.status = $1)",
-        "($2::timestamptz IS NULL OR b.requested_at <= $2)",
-        "($3::uuid[] IS NULL OR b.id = ANY($3::uuid[]))",
-        "($4::timestamptz IS NULL OR (b.requested_at, b.id) > ($4, $5::uuid))",
-        "($6::text IS NULL OR b.provider_id = $6)",
-        "($7::text IS NULL OR b.customer_id = $7)",
-    ]
-    if query.stuck:
-        conditions.append(
-            "((b.status = 'awaiting_provider' AND b.provider_deadline_at <= $8)"
-            " OR coalesce(b.last_event_at, b.updated_at) < $8 - $9::interval)"
-        )
-    sql = (
-        f"{_BOOKING_SQL} WHERE {' AND '.join(conditions)} "
-        f"ORDER BY b.requested_at, b.id LIMIT {_PAGE}"
-    )
-    ids = (
-        [check_booking_id(b) for b in query.booking_ids] if query.booking_ids is not None else None
-    )
-    older = now - query.older_than if query.older_than is not None else None
-    after: tuple[datetime, str] | None = None
-    while True:
-        params: list[Any] = [
-            query.status.value if query.status else None,
-            older,
-            ids,
-            after[0] if after else None,
-            after[1] if after else None,
-            query.provider_id,
-            query.customer_id,
-        ]
-        if query.stuck:
-            params += [now, expectations.shortest]
-        rows = await conn.fetch(sql, *params)
-        for row in rows:
-            summary = summarize_row(row, now, expectations, policy)
-            if not query.stuck or summary.stuck:
-                yield summary
-        if len(rows) < _PAGE:
-            return
-        after = (rows[-1]["requested_at"], rows[-1]["booking_id"])
+    async for summary in _candidates(conn, query, now, expectations, policy):
+        if not query.stuck or summary.stuck:
+            yield summary
 
 
 async def list_sagas(
@@ -453,17 +475,63 @@ async def list_sagas(
     return found
 
 
+# A live console polls the page every few seconds while hundreds of thousands of sagas may be in
+# flight (provider answers take days): counting stops here and the page says "10,000+".
+TOTAL_CAP = 10_000
+# The stuck filter is decided per row in Python, so it reads at most this many candidates per
+# page; past it, the total is a lower bound.
+STUCK_SCAN_CAP = 10_000
+
+
 async def page_sagas(
     conn: asyncpg.Connection | asyncpg.Pool,
     query: SagaQuery,
     now: datetime,
     expectations: Expectations = DEFAULT_EXPECTATIONS,
     policy: Policy = DEFAULT_POLICY,
+    *,
+    total_cap: int = TOTAL_CAP,
+    scan_cap: int = STUCK_SCAN_CAP,
 ) -> SagaPage:
-    """``list_sagas`` and how many match in all (reads every candidate to count them)."""
+    """``list_sagas`` and how many match in all, with bounded work: without ``stuck`` SQL
+    counts (up to ``total_cap``) and only the page's rows are read; with ``stuck`` at most
+    ``scan_cap`` candidates are read and assessed. ``total_capped`` says the total is a lower
+    bound."""
+    if query.stuck:
+        return await _page_stuck(conn, query, now, expectations, policy, scan_cap)
+    where, params = _where(query, now, expectations, policy)
+    counted = await conn.fetchval(
+        f"SELECT count(*) FROM (SELECT 1 FROM bookings b WHERE {where} LIMIT {total_cap + 1}) c",
+        *params,
+    )
+    rows = await conn.fetch(
+        f"{_BOOKING_SQL} WHERE {where} ORDER BY b.requested_at, b.id "
+        f"OFFSET ${len(params) + 1} LIMIT ${len(params) + 2}",
+        *params,
+        query.offset,
+        query.limit,
+    )
+    found = tuple(summarize_row(row, now, expectations, policy) for row in rows)
+    return SagaPage(found, min(counted, total_cap), total_capped=counted > total_cap)
+
+
+async def _page_stuck(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    query: SagaQuery,
+    now: datetime,
+    expectations: Expectations,
+    policy: Policy,
+    scan_cap: int,
+) -> SagaPage:
     found: list[SagaSummary] = []
-    total = 0
-    async for summary in _matching(conn, query, now, expectations, policy):
+    total = read = 0
+    # One row past the cap tells a scan that stopped at it from one that read everything.
+    async for summary in _candidates(conn, query, now, expectations, policy, at_most=scan_cap + 1):
+        read += 1
+        if read > scan_cap:
+            return SagaPage(tuple(found), total, total_capped=True)
+        if not summary.stuck:
+            continue
         if query.offset <= total < query.offset + query.limit:
             found.append(summary)
         total += 1

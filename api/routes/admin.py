@@ -291,7 +291,14 @@ async def list_workflows(
         for s in found.sagas
         if s.booking_id in by_id
     ]
-    return page(request, items, page=paging.page, per_page=paging.per_page, total=found.total)
+    return page(
+        request,
+        items,
+        page=paging.page,
+        per_page=paging.per_page,
+        total=found.total,
+        total_capped=found.total_capped,
+    )
 
 
 @router.get(

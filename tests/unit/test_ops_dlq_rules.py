@@ -226,34 +226,58 @@ def test_a_position_names_one_message_of_one_topic(catalog: TopicCatalog) -> Non
 # --- replay decisions -----------------------------------------------------------------------
 
 
-def previous(result: str) -> PreviousReplay:
-    return PreviousReplay("5b0e4c1a-0000-4000-8000-000000000001", "alice", result, NOW, 1, None)
+def previous(result: str, at: datetime = NOW) -> PreviousReplay:
+    return PreviousReplay("5b0e4c1a-0000-4000-8000-000000000001", "alice", result, at, 1, None)
 
 
 def test_a_decodable_message_from_an_event_topic_is_replayed(catalog: TopicCatalog) -> None:
-    assert replay.skip_reason(decodable(), catalog, None) is None
+    assert replay.skip_reason(decodable(), catalog, None, now=NOW) is None
 
 
 def test_undecodable_messages_are_skipped_unless_asked_for(catalog: TopicCatalog) -> None:
-    reason = replay.skip_reason(garbage(), catalog, None)
+    reason = replay.skip_reason(garbage(), catalog, None, now=NOW)
 
     assert reason is not None
     assert "--include-undecodable" in reason
-    assert replay.skip_reason(garbage(), catalog, None, include_undecodable=True) is None
+    assert replay.skip_reason(garbage(), catalog, None, include_undecodable=True, now=NOW) is None
 
 
 def test_a_message_already_replayed_is_skipped_unless_again(catalog: TopicCatalog) -> None:
-    reason = replay.skip_reason(decodable(), catalog, previous("replayed"))
+    reason = replay.skip_reason(decodable(), catalog, previous("replayed"), now=NOW)
 
     assert reason is not None
     assert "already replayed" in reason
     assert "alice" in reason
-    assert replay.skip_reason(decodable(), catalog, previous("replayed"), again=True) is None
-    assert replay.skip_reason(decodable(), catalog, previous("pending")) is not None
+    assert (
+        replay.skip_reason(decodable(), catalog, previous("replayed"), again=True, now=NOW) is None
+    )
+    assert replay.skip_reason(decodable(), catalog, previous("pending"), now=NOW) is not None
 
 
 def test_a_replay_that_failed_to_publish_may_be_tried_again(catalog: TopicCatalog) -> None:
-    assert replay.skip_reason(decodable(), catalog, previous("failed")) is None
+    assert replay.skip_reason(decodable(), catalog, previous("failed"), now=NOW) is None
+
+
+def test_a_pending_claim_abandoned_by_a_dead_replay_no_longer_hides_the_message(
+    catalog: TopicCatalog,
+) -> None:
+    recent = previous("pending", at=NOW - replay.ABANDONED_AFTER + timedelta(seconds=1))
+    abandoned = previous("pending", at=NOW - replay.ABANDONED_AFTER - timedelta(seconds=1))
+
+    assert replay.skip_reason(decodable(), catalog, recent, now=NOW) is not None
+    assert replay.replay_note(recent, NOW) is None
+    assert replay.skip_reason(decodable(), catalog, abandoned, now=NOW) is None
+    note = replay.replay_note(abandoned, NOW)
+    assert note is not None
+    assert "never finished" in note
+    assert "alice" in note
+
+
+def test_an_old_replayed_claim_is_still_skipped(catalog: TopicCatalog) -> None:
+    long_ago = previous("replayed", at=NOW - timedelta(days=3))
+
+    assert replay.skip_reason(decodable(), catalog, long_ago, now=NOW) is not None
+    assert replay.replay_note(long_ago, NOW) is None
 
 
 @pytest.mark.parametrize(
@@ -267,7 +291,7 @@ def test_a_replay_that_failed_to_publish_may_be_tried_again(catalog: TopicCatalo
 def test_a_message_whose_origin_cannot_take_it_is_skipped(
     catalog: TopicCatalog, origin: str, why: str
 ) -> None:
-    reason = replay.skip_reason(decodable(origin=origin), catalog, None)
+    reason = replay.skip_reason(decodable(origin=origin), catalog, None, now=NOW)
 
     assert reason is not None
     assert why in reason
@@ -279,7 +303,7 @@ def test_a_message_without_an_origin_is_skipped(catalog: TopicCatalog) -> None:
         record(local_codec().encode(requested()), headers), local_codec()
     )
 
-    reason = replay.skip_reason(message, catalog, None)
+    reason = replay.skip_reason(message, catalog, None, now=NOW)
 
     assert reason is not None
     assert k.H_ORIGIN_TOPIC in reason
@@ -288,7 +312,7 @@ def test_a_message_without_an_origin_is_skipped(catalog: TopicCatalog) -> None:
 def test_a_tombstone_is_never_replayed(catalog: TopicCatalog) -> None:
     message = dead_letters.read_dead_letter(record(None, failure_headers()), local_codec())
 
-    reason = replay.skip_reason(message, catalog, None, include_undecodable=True)
+    reason = replay.skip_reason(message, catalog, None, include_undecodable=True, now=NOW)
 
     assert reason is not None
     assert "tombstone" in reason

@@ -46,11 +46,17 @@ export function sagaRows(page) {
     h("td", {}, time(s.updated_at))));
 }
 
+// A capped total is a lower bound: "10,000+", not a count.
+export function countText(total, capped) {
+  const shown = Number(total).toLocaleString("en-US");
+  return capped ? `${shown}+` : shown;
+}
+
 export function sagaTable(page) {
   const meta = page.meta || {};
   return [
     h("p", { class: "muted", "data-testid": "saga-count" },
-      `${meta.total ?? page.data.length} in flight matching · page ${meta.page ?? 1}`),
+      `${countText(meta.total ?? page.data.length, meta.total_capped)} in flight matching · page ${meta.page ?? 1}`),
     table("Sagas in flight, oldest first",
       ["Booking", "Status", "Hold", "Payment", "Age", "Stuck", "Waits for", "Customer", "Provider", "Last change"],
       sagaRows(page), { "data-testid": "sagas" }),
@@ -198,7 +204,7 @@ export function replayPlan(dry) {
     h("td", {}, `${p.message.topic}[${p.message.partition}]@${p.message.offset}`),
     h("td", {}, p.message.event_type ?? "—"),
     h("td", {}, p.message.booking_id ?? "—"),
-    h("td", {}, p.replay ? badge("replay", "ok") : badge("skip", "muted"), p.skip ? ` ${p.skip}` : ""),
+    h("td", {}, p.replay ? badge("replay", "ok") : badge("skip", "muted"), p.skip ? ` ${p.skip}` : "", p.note ? ` ${p.note}` : ""),
     h("td", { class: "detail" }, p.effect ? p.effect.description : "—")));
   return [
     h("p", { "data-testid": "plan-summary" },

@@ -80,6 +80,11 @@ async def test_workflows_lists_in_flight_and_stuck_sagas(
         return {w["id"] for w in response.json()["data"]}
 
     assert await ids() == {waiting, overdue, idle, compensating}
+    listed = await http.get(
+        "/admin/workflows", params={"provider_id": actors.provider}, headers=actors.admin_auth
+    )
+    assert listed.json()["meta"]["total"] == 4
+    assert listed.json()["meta"]["total_capped"] is False
     assert done not in await ids()
     assert confirmed not in await ids()
     assert await ids(stuck="true") == {overdue, idle}

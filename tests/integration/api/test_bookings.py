@@ -255,6 +255,7 @@ async def test_listing_shows_own_incoming_or_all_by_role(
         "page": 2,
         "per_page": 1,
         "total": 2,
+        "total_capped": False,
     }
 
     incoming = await http.get("/bookings", params={"as": "provider"}, headers=actors.provider_auth)
