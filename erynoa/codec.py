@@ -72,6 +72,7 @@ __all__ = [
     "decode_off_loop",
     "default_codec",
     "local_codec",
+    "operator_codec",
     "registry_codec",
     "warm_up",
 ]
@@ -571,8 +572,27 @@ def warm_up(codec: EventCodec, sleep: Callable[[float], None] = time.sleep) -> E
         return codec
 
 
-def registry_codec(settings: Settings, registry: SchemaRegistry | None = None) -> EventCodec:
-    """A codec with ``settings``' registry, not yet connected (it warms up on first use)."""
+@cache
+def operator_codec() -> EventCodec:
+    """``default_codec`` for operator tools (``erynoa dlq``, ``erynoa saga``): it never
+    registers a schema, since an operator's checkout may hold schema versions no runtime has
+    deployed; only the runtimes and ``erynoa schemas register`` add to the shared registry."""
+    from erynoa.settings import get_settings
+
+    settings = get_settings()
+    if settings.registry_url is None:
+        return local_codec()
+    return registry_codec(settings, auto_register=False)
+
+
+def registry_codec(
+    settings: Settings,
+    registry: SchemaRegistry | None = None,
+    *,
+    auto_register: bool | None = None,
+) -> EventCodec:
+    """A codec with ``settings``' registry, not yet connected (it warms up on first use);
+    ``auto_register`` overrides ``settings.registry_auto_register``."""
     from erynoa.topics import load_catalog
 
     if registry is None:
@@ -585,7 +605,9 @@ def registry_codec(settings: Settings, registry: SchemaRegistry | None = None) -
             settings.schemas_dir,
             registry=registry,
             topic_for=catalog.topic_for,
-            auto_register=settings.registry_auto_register,
+            auto_register=(
+                settings.registry_auto_register if auto_register is None else auto_register
+            ),
             write_format=settings.wire_format,
         )
     )

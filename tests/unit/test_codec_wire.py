@@ -353,3 +353,18 @@ def test_a_missing_schema_id_is_asked_again_after_a_minute(fake: FakeRegistry) -
     assert codec.needs_registry(value)
     assert codec.decode(value) == event
     assert fake.requests == ["GET /apis/ccompat/v7/schemas/ids/4242"]
+
+
+def test_operator_tools_read_without_registering_their_checkouts_schemas(
+    fake: FakeRegistry,
+) -> None:
+    from erynoa.codec import SchemaError, operator_codec, registry_codec
+    from erynoa.settings import get_settings
+
+    assert operator_codec()._auto_register is False
+    operator = registry_codec(get_settings(), fake.api(), auto_register=False)
+    with pytest.raises(SchemaError, match="not registered under subject"):
+        operator.warm_up()  # nothing registered yet: an operator's tool does not register
+    assert not [r for r in fake.requests if r.endswith("/versions")]
+    value = codec_with(fake).encode(STORY[0])  # a runtime registers as it writes
+    assert operator.decode(value) == STORY[0]
