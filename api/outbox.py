@@ -24,7 +24,7 @@ from typing import Protocol
 import asyncpg
 
 from erynoa import tracing
-from erynoa.codec import EventCodec
+from erynoa.codec import EventCodec, RegistryUnavailable, decode_off_loop
 from erynoa.events import BookingEvent
 from erynoa.kafka import KAFKA_REFUSALS
 
@@ -53,7 +53,8 @@ class OutboxEntry:
         # The trace context of the request that caused the event, taken now: the publish
         # happens later, outside the request's span.
         tracing.inject_into(headers)
-        return cls(event, codec.encode(event), headers)
+        # A request never waits on the registry: 503 while the ids are not resolved yet.
+        return cls(event, codec.encode_cached(event), headers)
 
     @property
     def item(self) -> tuple[BookingEvent, bytes, Mapping[str, str]]:
@@ -163,9 +164,11 @@ class ApiOutbox:
             refused: list[tuple[OutboxEntry | None, str, str]] = []
             for row in rows:
                 try:
-                    event = self._codec.decode(bytes(row["payload"]))
+                    event = await decode_off_loop(self._codec, bytes(row["payload"]))
                     if not isinstance(event, BookingEvent):
                         raise TypeError(f"a {type(event).__name__} is not a booking event")
+                except RegistryUnavailable:
+                    raise  # an outage, not the row's fault: the relay tries again later
                 except Exception as exc:
                     refused.append((None, str(row["event_id"]), _reason(exc)))
                     continue

@@ -69,6 +69,7 @@ __all__ = [
     "UndecodableEvent",
     "UnencodableEvent",
     "WireFormat",
+    "codec_for",
     "decode_off_loop",
     "default_codec",
     "local_codec",
@@ -379,6 +380,15 @@ class EventCodec:
             raise UnencodableEvent(f"cannot encode {type(event).__name__}: {exc}") from exc
         return out.getvalue()
 
+    def encode_cached(self, event: Event) -> bytes:
+        """``encode`` that never asks the registry: ``RegistryUnavailable`` while the schema ids
+        are not resolved yet (for an event loop, which must not wait on the registry)."""
+        if not self._writers_ready:
+            raise RegistryUnavailable(
+                self._registry_failure or "schema ids not resolved from the registry yet"
+            )
+        return self.encode(event)
+
     def decode(self, data: bytes) -> BookingEvent | CatalogEvent:
         """The event in ``data`` (either wire format); raises ``UndecodableEvent`` for anything
         else, and ``RegistryUnavailable`` when a schema id it has not seen arrives while the
@@ -570,6 +580,13 @@ def warm_up(codec: EventCodec, sleep: Callable[[float], None] = time.sleep) -> E
             delay = min(delay * 2, 10.0)
             continue
         return codec
+
+
+def codec_for(settings: Settings) -> EventCodec:
+    """A new codec of ``settings`` (``default_codec`` is the one of this process's settings)."""
+    if settings.registry_url is None:
+        return require_complete(EventCodec(settings.schemas_dir))
+    return registry_codec(settings)
 
 
 @cache

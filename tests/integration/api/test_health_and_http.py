@@ -35,7 +35,9 @@ async def test_health_live_and_version(http: httpx.AsyncClient) -> None:
     assert set(version.json()["meta"]) == {"timestamp", "request_id"}
 
 
-async def test_ready_when_kafka_postgres_and_redis_answer(http: httpx.AsyncClient) -> None:
+async def test_ready_when_kafka_postgres_redis_and_the_registry_answer(
+    http: httpx.AsyncClient,
+) -> None:
     ready = await http.get("/health/ready")
     assert ready.status_code == 200, ready.text
     checks = ready.json()["data"]["checks"]
@@ -43,6 +45,7 @@ async def test_ready_when_kafka_postgres_and_redis_answer(http: httpx.AsyncClien
         "kafka": True,
         "postgres": True,
         "redis": True,
+        "schema_registry": True,
     }
 
 
@@ -99,6 +102,33 @@ async def test_not_ready_names_exactly_the_component_that_is_down(
         retried.headers["location"].removeprefix("/api/v1"), headers=actors.customer_auth
     )
     assert poll.json()["data"]["status"] == "requested"
+
+
+async def test_with_the_registry_down_the_api_starts_and_refuses_only_new_events(
+    key_file: Path, actors: Actors, live_api: LiveApi
+) -> None:
+    # A second server whose Schema Registry is a closed port; before, it never finished starting.
+    settings = api_settings(
+        key_file,
+        registry_url=f"http://127.0.0.1:{free_port()}/apis/ccompat/v7",
+        oidc_issuer=live_api.settings.oidc_issuer,
+    )
+    with running(settings) as server:
+        async with httpx.AsyncClient(base_url=f"{server.base_url}/api/v1") as down:
+            ready = await down.get("/health/ready")
+            assert ready.status_code == 503, ready.text
+            error = ready.json()["error"]
+            assert [d["component"] for d in error["details"]] == ["schema_registry"]
+            assert "127.0.0.1" not in ready.text  # no hosts in a public answer
+            assert (await down.get("/health/live")).status_code == 200
+            assert (await down.get("/services")).status_code == 200
+
+            key = {"Idempotency-Key": unique("key-")}
+            body = booking_body(actors.service_id)
+            booked = await down.post("/bookings", json=body, headers=actors.customer_auth | key)
+            assert booked.status_code == 503, booked.text
+            assert booked.json()["error"]["details"] == [{"component": "schema_registry"}]
+            assert "127.0.0.1" not in booked.text
 
 
 async def test_request_id_is_echoed_or_generated(http: httpx.AsyncClient) -> None:
