@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -17,6 +18,7 @@ from tests.integration.api.conftest import (
     api_settings,
     booking_body,
     free_port,
+    insert_booking,
     running,
 )
 
@@ -105,7 +107,7 @@ async def test_not_ready_names_exactly_the_component_that_is_down(
 
 
 async def test_with_the_registry_down_the_api_starts_and_refuses_only_new_events(
-    key_file: Path, actors: Actors, live_api: LiveApi
+    key_file: Path, actors: Actors, live_api: LiveApi, pg: asyncpg.Pool
 ) -> None:
     # A second server whose Schema Registry is a closed port; before, it never finished starting.
     settings = api_settings(
@@ -129,6 +131,15 @@ async def test_with_the_registry_down_the_api_starts_and_refuses_only_new_events
             assert booked.status_code == 503, booked.text
             assert booked.json()["error"]["details"] == [{"component": "schema_registry"}]
             assert "127.0.0.1" not in booked.text
+            # An operator's request is an event too.
+            booking_id = await insert_booking(pg, actors, "awaiting_provider")
+            cancel = await down.post(
+                f"/admin/workflows/{booking_id}",
+                json={"action": "cancel"},
+                headers=actors.admin_auth,
+            )
+            assert cancel.status_code == 503, cancel.text
+            assert cancel.json()["error"]["details"] == [{"component": "schema_registry"}]
 
 
 async def test_request_id_is_echoed_or_generated(http: httpx.AsyncClient) -> None:
