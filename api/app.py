@@ -37,6 +37,7 @@ from api.routes import admin, auth, bookings, health, payments, services, users,
 from api.routes.events import events_router
 from api.runtime import ApiRuntime, KafkaUnavailable, PublisherFactory
 from erynoa import __version__
+from erynoa.codec import RegistryUnavailable
 from erynoa.kafka import EventPublisher
 from erynoa.metrics import new_registry
 from erynoa.settings import Settings, get_settings
@@ -179,10 +180,14 @@ def _install_dependency_errors(app: FastAPI) -> None:
     async def redis_down(request: Request, exc: Exception) -> JSONResponse:
         return _unavailable(request, "redis", exc)
 
+    async def registry_down(request: Request, exc: Exception) -> JSONResponse:
+        return _unavailable(request, "schema_registry", exc)
+
     app.add_exception_handler(KafkaUnavailable, kafka_down)
     app.add_exception_handler(asyncpg.PostgresConnectionError, postgres_down)
     app.add_exception_handler(asyncpg.InterfaceError, postgres_down)
     app.add_exception_handler(RedisError, redis_down)
+    app.add_exception_handler(RegistryUnavailable, registry_down)
 
 
 def _unavailable(request: Request, component: str, exc: Exception) -> JSONResponse:

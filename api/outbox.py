@@ -25,7 +25,7 @@ import asyncpg
 from aiokafka import errors as kafka_errors
 
 from erynoa import tracing
-from erynoa.codec import EventCodec, UndecodableEvent
+from erynoa.codec import EventCodec, UndecodableEvent, decode_off_loop
 from erynoa.events import BookingEvent
 
 log = logging.getLogger("erynoa.api.outbox")
@@ -74,7 +74,8 @@ class OutboxEntry:
         # The trace context of the request that caused the event, taken now: the publish
         # happens later, outside the request's span.
         tracing.inject_into(headers)
-        return cls(event, codec.encode(event), headers)
+        # A request never waits on the registry: 503 while the ids are not resolved yet.
+        return cls(event, codec.encode_cached(event), headers)
 
     @property
     def item(self) -> tuple[BookingEvent, bytes, Mapping[str, str]]:
@@ -198,7 +199,7 @@ class ApiOutbox:
                 if booking_id in held_back:
                     continue  # behind a row set aside: stays, in order, for later
                 try:
-                    event = self._codec.decode(bytes(row["payload"]))
+                    event = await decode_off_loop(self._codec, bytes(row["payload"]))
                     if not isinstance(event, BookingEvent):
                         raise UndecodableEvent(f"a {type(event).__name__} is not a booking event")
                 except UndecodableEvent as exc:

@@ -29,7 +29,7 @@ from api.outbox import ApiOutbox
 from api.ratelimit import RateLimiter
 from api.readmodel import delete_expired_idempotency_keys
 from erynoa import tracing
-from erynoa.codec import EventCodec, default_codec, warm_up
+from erynoa.codec import EventCodec, RegistryUnavailable, SchemaError, codec_for
 from erynoa.db import create_pool
 from erynoa.events import BookingEvent, CatalogEvent
 from erynoa.kafka import H_REQUEST_ID, KAFKA_REFUSALS, EventPublisher, Published, producer_config
@@ -53,6 +53,56 @@ class EventContext:
 
 class KafkaUnavailable(Exception):
     """The event could not be handed to Kafka; the caller must not report success."""
+
+
+class SchemaIds:
+    """The codec's schema ids, resolved in the background: the API starts (and answers what
+    needs no new event) while the Schema Registry is down; readiness reports it, and a request
+    that must write an event meanwhile gets a 503 (``RegistryUnavailable``)."""
+
+    def __init__(self, codec: EventCodec) -> None:
+        self.codec = codec
+        self._task: asyncio.Task[None] | None = None
+        self._tried = asyncio.Event()
+
+    async def start(self, first_try_seconds: float) -> None:
+        """Start resolving; wait for the first try (bounded), so a registry that answers has
+        the ids resolved before the first request."""
+        if self.codec.writers_ready:
+            return
+        self._task = asyncio.create_task(self._warm_up(), name="schema-registry-warm-up")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._tried.wait(), first_try_seconds)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            # A request in flight in its thread ends within the registry client's timeout.
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def check(self) -> None:
+        """Raise unless every id is resolved (what requests need; no request to the registry)."""
+        if not self.codec.writers_ready:
+            raise RegistryUnavailable(self.codec.registry_failure or "schema ids not resolved")
+
+    async def _warm_up(self) -> None:
+        delay = 0.5
+        while not self.codec.writers_ready:
+            try:
+                await asyncio.to_thread(self.codec.warm_up)
+            except (RegistryUnavailable, SchemaError) as exc:
+                self._tried.set()
+                # SchemaError: a version not registered while auto-registration is off; it may
+                # be registered (``erynoa schemas register``) without restarting the API.
+                log.warning(
+                    "schema ids not resolved; retrying in %.1f s",
+                    delay,
+                    extra={"dependency": "schema-registry", "error": str(exc)},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self._tried.set()
 
 
 PublisherFactory = Callable[[AIOKafkaProducer, EventCodec, TopicCatalog], EventPublisher]
@@ -131,6 +181,9 @@ class KafkaLink:
         publisher = self._publisher
         if publisher is None:
             raise KafkaUnavailable(self._last_error)
+        if not self._codec.writers_ready:
+            # Encoding would ask the registry, on the event loop.
+            raise RegistryUnavailable(self._codec.registry_failure or "schema ids not resolved")
         about: dict[str, str] = (
             tracing.event_attributes(event)
             if isinstance(event, BookingEvent)
@@ -324,6 +377,7 @@ class ApiRuntime:
     pool: asyncpg.Pool
     kafka: KafkaLink
     outbox: ApiOutbox
+    schema_ids: SchemaIds
     redis: Redis
     http: httpx.AsyncClient
     verifier: TokenVerifier
@@ -370,10 +424,10 @@ class ApiRuntime:
             max_lifetime_seconds=settings.max_token_lifetime_seconds,
             token_types=settings.access_token_types,
         )
-        codec = default_codec()
-        # Schema ids resolved before the first request, not inside it; waits out a registry
-        # that is still starting.
-        await asyncio.to_thread(warm_up, codec)
+        codec = codec_for(settings)
+        # Schema ids resolved in the background, never inside a request.
+        schema_ids = SchemaIds(codec)
+        await schema_ids.start(first_try_seconds=2 * settings.registry_timeout_seconds)
         kafka = KafkaLink(settings, codec, catalog, publisher_factory)
         await kafka.start()
         outbox = ApiOutbox(pool, kafka, codec)
@@ -384,6 +438,7 @@ class ApiRuntime:
             pool=pool,
             kafka=kafka,
             outbox=outbox,
+            schema_ids=schema_ids,
             redis=redis,
             http=http,
             verifier=verifier,
@@ -407,6 +462,7 @@ class ApiRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.key_expiry
         await self.outbox.stop()
+        await self.schema_ids.stop()
         await self.kafka.stop()
         await self.http.aclose()
         await self.redis.aclose()

@@ -43,7 +43,7 @@ from rich.table import Table
 from rich.text import Text
 
 from erynoa import kafka as k
-from erynoa.codec import default_codec
+from erynoa.codec import operator_codec
 from erynoa.saga import Policy, Status
 from erynoa.settings import Settings
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
@@ -310,7 +310,7 @@ def dlq_show(
     result = _run(
         settings,
         dead_letters.find(
-            catalog, settings.kafka_bootstrap, query, default_codec(), max_scan=max_scan
+            catalog, settings.kafka_bootstrap, query, operator_codec(), max_scan=max_scan
         ),
     )
     if as_json:
@@ -397,7 +397,7 @@ def dlq_replay(
     async def work() -> tuple[list[replay.PlannedReplay], replay.ReplayReport | None]:
         from erynoa.db import create_pool
 
-        codec = default_codec()
+        codec = operator_codec()
         found = await dead_letters.find(
             catalog, settings.kafka_bootstrap, query, codec, max_scan=max_scan
         )
@@ -570,7 +570,7 @@ def saga_show(
         conn = await asyncpg.connect(settings.database_url)
         try:
             return await sagas.saga_timeline(
-                conn, booking_id, default_codec(), now, expectations, _policy(settings)
+                conn, booking_id, operator_codec(), now, expectations, _policy(settings)
             )
         finally:
             await conn.close()
@@ -731,7 +731,7 @@ async def _with_publisher(settings: Settings, dry_run: bool, act: Act) -> sagas.
     try:
         if not dry_run:
             publisher = k.EventPublisher.create(
-                settings.kafka_bootstrap, "erynoa-ops", default_codec(), _catalog(settings)
+                settings.kafka_bootstrap, "erynoa-ops", operator_codec(), _catalog(settings)
             )
             await publisher.start()
         return await act(conn, publisher.publish if publisher is not None else None)
@@ -765,7 +765,7 @@ def _request(
             publish,
             booking_id,
             operator=who,
-            codec=default_codec(),
+            codec=operator_codec(),
             now=datetime.now(UTC),
             dry_run=dry_run,
             policy=_policy(settings),

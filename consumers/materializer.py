@@ -198,6 +198,16 @@ def decode_batch(
     return records, bad
 
 
+async def decode_batch_off_loop(
+    codec: EventCodec, messages: Sequence[ConsumerRecord[bytes, bytes]]
+) -> tuple[list[Record], list[tuple[ConsumerRecord[bytes, bytes], str]]]:
+    """``decode_batch`` for the event loop: in a thread when a message needs the registry (a
+    blocking request, up to its timeout), inline otherwise (the usual case: every id cached)."""
+    if any(m.value is not None and codec.needs_registry(m.value) for m in messages):
+        return await asyncio.to_thread(decode_batch, codec, messages)
+    return decode_batch(codec, messages)
+
+
 async def dead_letter(
     producer: AIOKafkaProducer,
     topic: str,
@@ -221,7 +231,7 @@ async def dead_letter(
 async def process_batch(
     runtime: MaterializerRuntime, messages: Sequence[ConsumerRecord[bytes, bytes]]
 ) -> None:
-    records, bad = decode_batch(runtime.codec, messages)
+    records, bad = await decode_batch_off_loop(runtime.codec, messages)
     for message, why in bad:
         log.warning(
             "dead-lettering undecodable message",

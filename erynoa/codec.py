@@ -22,7 +22,8 @@ envelope contract and its dataclass in ``erynoa.events``, and precompiles them w
 It writes with the newest version of each type and reads any version it knows, resolved to the
 newest version, so old events keep decoding after a schema change. With a registry it resolves
 (or registers) the id of every local version once, when it is built; a schema id it has not
-seen is asked of the registry once and cached, found or not. Encoding and decoding a known id
+seen is asked of the registry once and cached (one it lacks, for a minute); registry requests
+block, so coroutines decode with ``decode_off_loop``. Encoding and decoding a known id
 never touch the network.
 
     codec = default_codec()
@@ -34,6 +35,7 @@ Check a schema directory from a shell: ``python -m erynoa.codec [schemas-dir]``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -67,8 +69,11 @@ __all__ = [
     "UndecodableEvent",
     "UnencodableEvent",
     "WireFormat",
+    "codec_for",
+    "decode_off_loop",
     "default_codec",
     "local_codec",
+    "operator_codec",
     "registry_codec",
     "warm_up",
 ]
@@ -84,6 +89,9 @@ _CONFLUENT_HEADER_LEN = len(CONFLUENT_MAGIC) + 4
 # Ids the registry did not know (or that match no local schema) are remembered so a stream of
 # them costs one request each; past this many the memory is dropped and refilled.
 _MAX_UNKNOWN_IDS = 10_000
+# ... but only for a while: an id missing for a moment (a registry being restored, a replica
+# behind its primary) must decode once it is there.
+UNKNOWN_ID_TTL_S = 60.0
 _FILE_NAME = re.compile(r"(?P<type>[A-Z][A-Za-z0-9]*)\.v(?P<version>[1-9][0-9]*)\.avsc")
 _NAMESPACES: dict[type[Event], str] = {
     BookingEvent: "erynoa.booking",
@@ -199,7 +207,11 @@ class EventCodec:
 
         self._readers: dict[bytes, _Reader] = {}
         self._by_id: dict[int, _Reader] = {}
-        self._unknown_ids: dict[int, str] = {}
+        # schema id -> (why it cannot be read, monotonic time until which that holds)
+        self._unknown_ids: dict[int, tuple[str, float]] = {}
+        # Why the last registry request failed; None once one succeeded (see ``registry_down``).
+        self._registry_failure: str | None = None
+        self._clock: Callable[[], float] = time.monotonic
         self._ids: dict[tuple[str, int], int] = {}
         self._writers: dict[type[Event], _Writer] = {}
         self._versions: dict[str, tuple[int, ...]] = {}
@@ -233,14 +245,12 @@ class EventCodec:
         with self._lock:
             if self._ready:
                 return
-            ids: dict[tuple[str, int], int] = {}
-            for event_type, by_version in sorted(self._files.items()):
-                latest = by_version[max(by_version)]
-                subject = subject_name(topic_for(event_type), latest.full_name)
-                for number in sorted(by_version):
-                    ids[(event_type, number)] = _resolve_id(
-                        registry, subject, by_version[number], self._auto_register
-                    )
+            try:
+                ids = self._resolve_ids(registry, topic_for)
+            except RegistryUnavailable as exc:
+                self._registry_failure = str(exc)
+                raise
+            self._registry_failure = None
             for (event_type, number), schema_id in ids.items():
                 self._by_id[schema_id] = self._readers[self._files[event_type][number].fingerprint]
             if self._write_format == "confluent":
@@ -258,6 +268,68 @@ class EventCodec:
             registry.url,
             extra={"dependency": "schema-registry"},
         )
+
+    def _resolve_ids(
+        self, registry: SchemaRegistry, topic_for: Callable[[str], str]
+    ) -> dict[tuple[str, int], int]:
+        ids: dict[tuple[str, int], int] = {}
+        for event_type, by_version in sorted(self._files.items()):
+            latest = by_version[max(by_version)]
+            subject = subject_name(topic_for(event_type), latest.full_name)
+            for number in sorted(by_version):
+                ids[(event_type, number)] = _resolve_id(
+                    registry, subject, by_version[number], self._auto_register
+                )
+        return ids
+
+    @property
+    def ready(self) -> bool:
+        """Whether every local version's id is resolved (always, without a registry)."""
+        return self._ready
+
+    @property
+    def writers_ready(self) -> bool:
+        """Whether ``encode`` can write without asking the registry first."""
+        return self._writers_ready
+
+    def needs_registry(self, data: bytes) -> bool:
+        """Whether decoding ``data`` may ask the registry (a blocking request): the codec is not
+        warmed up yet, or the bytes carry a schema id it has neither resolved nor recently found
+        missing. Cheap, so async callers decode inline unless this says otherwise."""
+        if self.registry is None or data[:1] != CONFLUENT_MAGIC:
+            return False
+        if len(data) < _CONFLUENT_HEADER_LEN:
+            return False
+        if not self._ready:
+            return True
+        schema_id = int.from_bytes(data[1:_CONFLUENT_HEADER_LEN], "big")
+        if schema_id in self._by_id:
+            return False
+        unknown = self._unknown_ids.get(schema_id)
+        return unknown is None or unknown[1] <= self._clock()
+
+    @property
+    def registry_failure(self) -> str | None:
+        """Why the last request to the registry failed; None if it answered (or none was made)."""
+        return self._registry_failure
+
+    def registry_down(self) -> str | None:
+        """None when the registry serves this codec (warmed up, and its last request answered),
+        else why not, after asking it once more: warming up when the codec is not ready, a cheap
+        request otherwise. Blocking: async callers run it in a thread."""
+        registry = self.registry
+        if registry is None or (self._ready and self._registry_failure is None):
+            return None
+        try:
+            if not self._ready:
+                self.warm_up()
+            else:
+                registry.compatibility()
+        except RegistryUnavailable as exc:
+            self._registry_failure = str(exc)
+            return str(exc)
+        self._registry_failure = None
+        return None
 
     @property
     def wire_format(self) -> WireFormat:
@@ -308,6 +380,15 @@ class EventCodec:
             raise UnencodableEvent(f"cannot encode {type(event).__name__}: {exc}") from exc
         return out.getvalue()
 
+    def encode_cached(self, event: Event) -> bytes:
+        """``encode`` that never asks the registry: ``RegistryUnavailable`` while the schema ids
+        are not resolved yet (for an event loop, which must not wait on the registry)."""
+        if not self._writers_ready:
+            raise RegistryUnavailable(
+                self._registry_failure or "schema ids not resolved from the registry yet"
+            )
+        return self.encode(event)
+
     def decode(self, data: bytes) -> BookingEvent | CatalogEvent:
         """The event in ``data`` (either wire format); raises ``UndecodableEvent`` for anything
         else, and ``RegistryUnavailable`` when a schema id it has not seen arrives while the
@@ -343,14 +424,22 @@ class EventCodec:
             self.warm_up()
             if schema_id in self._by_id:
                 return self._by_id[schema_id]
-        if schema_id in self._unknown_ids:
-            raise UndecodableEvent(self._unknown_ids[schema_id])
+        unknown = self._unknown_ids.get(schema_id)
+        if unknown is not None:
+            if unknown[1] > self._clock():
+                raise UndecodableEvent(unknown[0])
+            del self._unknown_ids[schema_id]
         if self.registry is None:
             raise UndecodableEvent(
                 f"Confluent wire format with schema id {schema_id}, but no schema registry is "
                 "configured (ERYNOA_REGISTRY_URL) to look it up"
             )
-        text = self.registry.schema_by_id(schema_id)  # RegistryUnavailable: an outage
+        try:
+            text = self.registry.schema_by_id(schema_id)
+        except RegistryUnavailable as exc:  # an outage, not the message's fault: not remembered
+            self._registry_failure = str(exc)
+            raise
+        self._registry_failure = None
         reason: str | None = None
         found = None
         if text is None:
@@ -373,7 +462,7 @@ class EventCodec:
             assert reason is not None
             if len(self._unknown_ids) >= _MAX_UNKNOWN_IDS:
                 self._unknown_ids.clear()
-            self._unknown_ids[schema_id] = reason
+            self._unknown_ids[schema_id] = (reason, self._clock() + UNKNOWN_ID_TTL_S)
             raise UndecodableEvent(reason)
         self._by_id[schema_id] = found
         return found
@@ -462,6 +551,15 @@ def default_codec() -> EventCodec:
     return registry_codec(settings)
 
 
+async def decode_off_loop(codec: EventCodec, data: bytes) -> BookingEvent | CatalogEvent:
+    """``codec.decode(data)`` for a coroutine: inline when the codec can decode without the
+    registry (the hot path), else in a thread, so a registry that times out never blocks the
+    event loop."""
+    if codec.needs_registry(data):
+        return await asyncio.to_thread(codec.decode, data)
+    return codec.decode(data)
+
+
 def warm_up(codec: EventCodec, sleep: Callable[[float], None] = time.sleep) -> EventCodec:
     """``codec.warm_up()``, retried with backoff (0.5 s doubling to 10 s) for as long as the
     registry does not answer: a process started before the registry waits, it does not crash."""
@@ -484,8 +582,34 @@ def warm_up(codec: EventCodec, sleep: Callable[[float], None] = time.sleep) -> E
         return codec
 
 
-def registry_codec(settings: Settings, registry: SchemaRegistry | None = None) -> EventCodec:
-    """A codec with ``settings``' registry, not yet connected (it warms up on first use)."""
+def codec_for(settings: Settings) -> EventCodec:
+    """A new codec of ``settings`` (``default_codec`` is the one of this process's settings)."""
+    if settings.registry_url is None:
+        return require_complete(EventCodec(settings.schemas_dir))
+    return registry_codec(settings)
+
+
+@cache
+def operator_codec() -> EventCodec:
+    """``default_codec`` for operator tools (``erynoa dlq``, ``erynoa saga``): it never
+    registers a schema, since an operator's checkout may hold schema versions no runtime has
+    deployed; only the runtimes and ``erynoa schemas register`` add to the shared registry."""
+    from erynoa.settings import get_settings
+
+    settings = get_settings()
+    if settings.registry_url is None:
+        return local_codec()
+    return registry_codec(settings, auto_register=False)
+
+
+def registry_codec(
+    settings: Settings,
+    registry: SchemaRegistry | None = None,
+    *,
+    auto_register: bool | None = None,
+) -> EventCodec:
+    """A codec with ``settings``' registry, not yet connected (it warms up on first use);
+    ``auto_register`` overrides ``settings.registry_auto_register``."""
     from erynoa.topics import load_catalog
 
     if registry is None:
@@ -498,7 +622,9 @@ def registry_codec(settings: Settings, registry: SchemaRegistry | None = None) -
             settings.schemas_dir,
             registry=registry,
             topic_for=catalog.topic_for,
-            auto_register=settings.registry_auto_register,
+            auto_register=(
+                settings.registry_auto_register if auto_register is None else auto_register
+            ),
             write_format=settings.wire_format,
         )
     )

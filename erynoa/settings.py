@@ -67,8 +67,9 @@ class Settings(BaseSettings):
     # What the writers write when a registry is set: "single-object" only while a running
     # cluster moves to the registry (readers decode both formats either way; README).
     wire_format: Literal["confluent", "single-object"] = "confluent"
-    # Register a missing schema version at start-up. Production turns it off and registers
-    # from the release pipeline (`erynoa schemas register`), so a runtime cannot add schemas.
+    # Register a missing schema version at start-up (the runtimes only: operator commands such
+    # as `erynoa dlq` never register). Production turns it off and registers from the release
+    # pipeline (`erynoa schemas register`), so a runtime cannot add schemas.
     registry_auto_register: bool = True
     # Each registry request's timeout; start-up keeps retrying through an outage.
     registry_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -13,6 +13,7 @@ running stack::
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
@@ -25,7 +26,7 @@ from aiokafka.structs import ConsumerRecord
 
 from erynoa import events as ev
 from erynoa import kafka as k
-from erynoa.codec import EventCodec, UndecodableEvent
+from erynoa.codec import EventCodec, RegistryUnavailable, UndecodableEvent
 from erynoa.topics import TopicCatalog
 from ops import wire
 from ops.errors import BadInput, check_booking_id
@@ -45,6 +46,9 @@ _IDLE_POLLS = 6
 
 
 _PREVIEW_BYTES = 32
+# Why a message that needs a schema id looked up is listed undecodable while the registry is
+# down; it decodes on a later read.
+REGISTRY_UNAVAILABLE = "schema registry unavailable: its schema id could not be looked up"
 
 
 def _int(text: str | None) -> int | None:
@@ -158,18 +162,28 @@ class DeadLetter:
         }
 
 
-def read_dead_letter(record: ConsumerRecord[bytes, bytes], codec: EventCodec) -> DeadLetter:
-    """A consumed dead-letter record as a ``DeadLetter`` (pure)."""
+def read_dead_letter(
+    record: ConsumerRecord[bytes, bytes], codec: EventCodec, *, ask_registry: bool = True
+) -> DeadLetter:
+    """A consumed dead-letter record as a ``DeadLetter``. Decoding a schema id the codec has
+    not cached asks the registry (blocking; coroutines run this in a thread), unless
+    ``ask_registry`` is False; with the registry down the message is listed as
+    ``REGISTRY_UNAVAILABLE`` instead of failing the whole read."""
     headers = tuple((name, bytes(value)) for name, value in record.headers or ())
     event: ev.BookingEvent | ev.CatalogEvent | None = None
     why: str | None = None
     if record.value is None:
         why = "empty message (no value, or a tombstone)"
+    elif not ask_registry and codec.needs_registry(record.value):
+        why = REGISTRY_UNAVAILABLE
     else:
         try:
             event = codec.decode(record.value)
         except UndecodableEvent as exc:
             why = str(exc)
+        except RegistryUnavailable:
+            # Not the message's fault, and not remembered: the next read asks again.
+            why = REGISTRY_UNAVAILABLE
     return DeadLetter(
         topic=record.topic,
         partition=record.partition,
@@ -485,6 +499,7 @@ async def find(
     found: list[DeadLetter] = []
     stats = _ScanStats()
     limited = truncated = False
+    registry_answers = True
     try:
         ranges = await _ranges(consumer, tps, query.since, query.until)
         if query.at is not None:
@@ -501,7 +516,10 @@ async def find(
                     break
                 if not query.could_match_key(record.key):
                     continue
-                message = read_dead_letter(record, codec)
+                message = await _read_off_loop(record, codec, registry_answers)
+                if message.undecodable == REGISTRY_UNAVAILABLE:
+                    # One timeout per scan is enough: the rest are listed without asking.
+                    registry_answers = False
                 if query.matches(message):
                     found.append(message)
                     if query.limit is not None and len(found) >= query.limit:
@@ -513,6 +531,15 @@ async def find(
     return ScanResult(
         tuple(found), min(stats.read, max_scan), limited, truncated or stats.incomplete, missing
     )
+
+
+async def _read_off_loop(
+    record: ConsumerRecord[bytes, bytes], codec: EventCodec, ask_registry: bool
+) -> DeadLetter:
+    """``read_dead_letter`` without blocking the event loop on a registry request."""
+    if ask_registry and record.value is not None and codec.needs_registry(record.value):
+        return await asyncio.to_thread(read_dead_letter, record, codec)
+    return read_dead_letter(record, codec, ask_registry=ask_registry)
 
 
 async def read_at(

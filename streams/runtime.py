@@ -54,7 +54,7 @@ from opentelemetry.trace import SpanKind
 
 from erynoa import kafka as k
 from erynoa import saga, tracing
-from erynoa.codec import EventCodec, RegistryUnavailable, UndecodableEvent
+from erynoa.codec import EventCodec, RegistryUnavailable, UndecodableEvent, decode_off_loop
 from erynoa.events import (
     BookingEvent,
     BookingRequested,
@@ -372,6 +372,9 @@ class AgentRuntime:
                 self.metrics.handled(self.metrics.event_type(incoming.headers), 0.0)
                 await self._route_failure(incoming, exc)
         if decoded:
+            if not self.codec.writers_ready:
+                # Handling encodes; the first encode would ask the registry on the event loop.
+                await self._through_outages(lambda: asyncio.to_thread(self.codec.warm_up))
             await self._process_decoded(decoded)
         await self._record_done(batch)
 
@@ -379,13 +382,9 @@ class AgentRuntime:
         """The message's event. A schema id the codec has not seen is asked of the registry;
         while the registry is down that is an outage, so the lane waits in place for it."""
         try:
-            return self.codec.decode(incoming.value)
+            return await decode_off_loop(self.codec, incoming.value)
         except RegistryUnavailable:
-
-            async def again() -> BookingEvent | CatalogEvent:
-                return self.codec.decode(incoming.value)
-
-            return await self._through_outages(again)
+            return await self._through_outages(lambda: decode_off_loop(self.codec, incoming.value))
 
     # --- positions: no message is skipped, whatever the consumer library acks ------------
 
@@ -577,10 +576,21 @@ class AgentRuntime:
                     await self.park()  # stopping: the batch is redelivered after the restart
 
     async def unavailable(self, error: BaseException | None = None) -> str | None:
-        """The dependency that is down (with why), or None when PostgreSQL, Kafka and the
-        adapter's own services all answer."""
+        """The dependency that is down (with why), or None when the Schema Registry (while the
+        codec needs it), PostgreSQL, Kafka and the adapter's own services all answer."""
         if isinstance(error, RegistryUnavailable):
             return f"schema-registry: {failures.describe(error)}"
+        if self.codec.registry is not None and (
+            not self.codec.ready or self.codec.registry_failure is not None
+        ):
+            # Asked in a thread: the registry client blocks, up to its timeout.
+            registry_down = await asyncio.to_thread(self.codec.registry_down)
+            if registry_down is not None:
+                return f"schema-registry: {registry_down}"
+        return await self._services_down(error)
+
+    async def _services_down(self, error: BaseException | None) -> str | None:
+        """``unavailable`` without the registry: PostgreSQL, Kafka, the adapter's services."""
         if isinstance(error, KafkaError) and not isinstance(error, KAFKA_REFUSALS):
             # Sending is the one thing a message cannot make fail (a record the broker refuses
             # is a permanent error): this means the cluster cannot take writes just now.

@@ -50,7 +50,6 @@ from api.routes.bookings import (
 from api.schemas import Body, Paging, Reason
 from erynoa import kafka as k
 from erynoa import saga
-from erynoa.codec import default_codec
 from erynoa.events import BookingEvent
 from erynoa.kafka import Published
 from erynoa.saga import Status
@@ -322,10 +321,12 @@ async def get_workflow(
     row = await fetch_booking(conn, str(booking_id))
     if row is None:
         raise not_found("workflow")
+    # Decoding the saga's events needs the schema ids: 503 while the registry has not given them.
+    await runtime.schema_ids.check()
     timeline = await sagas.saga_timeline(
         conn,
         str(booking_id),
-        default_codec(),
+        runtime.schema_ids.codec,
         utcnow(),
         _expectations(stuck_after_seconds),
         saga.Policy.from_settings(runtime.settings),
@@ -387,6 +388,8 @@ async def act_on_workflow(
     row = await fetch_booking(conn, str(booking_id))
     if row is None:
         raise not_found("workflow")
+    # Encoding the request needs the schema ids: 503 while the registry has not given them.
+    await runtime.schema_ids.check()
     policy = saga.Policy.from_settings(runtime.settings)
 
     async def publish(event: BookingEvent) -> Published:
@@ -395,7 +398,7 @@ async def act_on_workflow(
     if body.dry_run or body.action == "retry":
         common: dict[str, Any] = {
             "operator": admin.sub,
-            "codec": default_codec(),
+            "codec": runtime.schema_ids.codec,
             "now": utcnow(),
             "dry_run": body.dry_run,
             "policy": policy,
@@ -551,7 +554,7 @@ async def dead_letter_messages(
             runtime.catalog,
             runtime.settings.kafka_bootstrap,
             query,
-            default_codec(),
+            runtime.schema_ids.codec,
             max_scan=body.max_scan,
         )
     return ok(request, found.to_json())
@@ -578,7 +581,7 @@ async def dead_letter_message(
             topic,
             partition,
             offset,
-            default_codec(),
+            runtime.schema_ids.codec,
         )
     if found is None:
         raise not_found("dead letter")
@@ -597,7 +600,7 @@ async def replay_dead_letters(
     origin topics, audited under the admin's name. The dry run's ``plan_id``, sent with the
     replay, makes it run only if the plan is still the one shown (else 409 ``STALE_PLAN``)."""
     query = _dlq_query(runtime, body)
-    codec = default_codec()
+    codec = runtime.schema_ids.codec
     async with _reading_dead_letters():
         found = await dead_letters.find(
             runtime.catalog,

@@ -75,6 +75,7 @@ class Ready(BaseModel):
                         "kafka": {"ok": True, "latency_ms": 3.1, "error": None},
                         "postgres": {"ok": True, "latency_ms": 0.8, "error": None},
                         "redis": {"ok": True, "latency_ms": 0.4, "error": None},
+                        "schema_registry": {"ok": True, "latency_ms": 0.0, "error": None},
                     },
                 }
             ]
@@ -140,7 +141,8 @@ async def _timed(name: str, probe: Callable[[], Awaitable[object]]) -> Check:
     responses=errors(500, 503),
 )
 async def ready(request: Request, runtime: RuntimeDep) -> Envelope[Ready] | JSONResponse:
-    """Readiness: Kafka, Postgres and Redis all answer (503 names the ones that do not)."""
+    """Readiness: Kafka, Postgres and Redis all answer, and the Schema Registry's ids are
+    resolved when one is configured (503 names the ones that are not)."""
 
     async def postgres() -> object:
         return await runtime.pool.fetchval("SELECT 1", timeout=CHECK_TIMEOUT_SECONDS)
@@ -148,11 +150,16 @@ async def ready(request: Request, runtime: RuntimeDep) -> Envelope[Ready] | JSON
     async def redis() -> object:
         return await runtime.redis.ping()
 
-    names = ("kafka", "postgres", "redis")
-    results = await asyncio.gather(
-        _timed("kafka", runtime.kafka.check), _timed("postgres", postgres), _timed("redis", redis)
-    )
-    checks = dict(zip(names, results, strict=True))
+    probes: dict[str, Callable[[], Awaitable[object]]] = {
+        "kafka": runtime.kafka.check,
+        "postgres": postgres,
+        "redis": redis,
+    }
+    if runtime.schema_ids.codec.registry is not None:
+        # Ready once the schema ids are resolved: requests need no more of the registry.
+        probes["schema_registry"] = runtime.schema_ids.check
+    results = await asyncio.gather(*(_timed(name, probe) for name, probe in probes.items()))
+    checks = dict(zip(probes, results, strict=True))
     down = [name for name, check in checks.items() if not check.ok]
     if down:
         return error_response(

@@ -5,12 +5,14 @@ codec warms up or meets a schema id it has not seen (counted at a fake transport
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka.structs import ConsumerRecord
 from confluent_kafka.schema_registry import Schema, topic_record_subject_name_strategy
 from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
     MockSchemaRegistryClient,
@@ -19,7 +21,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import schemaless_reader
 
-from consumers.materializer import decode_batch
+from consumers.materializer import decode_batch, decode_batch_off_loop
 from erynoa.codec import (
     CONFLUENT_MAGIC,
     MAGIC,
@@ -47,9 +49,13 @@ class FakeRegistry:
         self.requests: list[str] = []
         self.down = False
         self.subject_levels: dict[str, str] = {}
+        self.threads: set[int] = set()
+        # Schemas served by id beyond the mock client's (an id registered elsewhere).
+        self.extra: dict[int, str] = {}
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(f"{request.method} {request.url.path}")
+        self.threads.add(threading.get_ident())
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
         parts = request.url.path.removeprefix("/apis/ccompat/v7/").split("/")
@@ -64,6 +70,8 @@ class FakeRegistry:
             schema_id = self.client.register_schema(parts[1], Schema(body["schema"], "AVRO"))
             return httpx.Response(200, json={"id": schema_id})
         if parts[:2] == ["schemas", "ids"]:
+            if int(parts[2]) in self.extra:
+                return httpx.Response(200, json={"schema": self.extra[int(parts[2])]})
             try:
                 schema = self.client.get_schema(int(parts[2]))
             except Exception:
@@ -275,7 +283,6 @@ def test_a_garbled_magic_byte_is_undecodable_not_a_crash(
 def test_the_materializer_dead_letters_an_unknown_schema_id_with_the_reason(
     fake: FakeRegistry,
 ) -> None:
-    from aiokafka.structs import ConsumerRecord
 
     codec = codec_with(fake)
     good = codec.encode(STORY[0])
@@ -307,3 +314,57 @@ def test_during_a_migration_writers_keep_single_object_while_reading_both(
         assert migrating.wire_format == "single-object"
         assert migrating.decode(switched.encode(event)) == event
         assert switched.decode(migrating.encode(event)) == event
+
+
+async def test_the_materializer_asks_the_registry_off_the_event_loop(fake: FakeRegistry) -> None:
+    value = codec_with(fake).encode(STORY[0])
+    fake.threads.clear()
+    codec = codec_with(fake)  # a fresh process: not warmed up, the id not cached
+    message = ConsumerRecord("bookings", 0, 0, 0, 0, b"k", value, None, 1, len(value), [])
+
+    records, bad = await decode_batch_off_loop(codec, [message])
+
+    assert [r.event for r in records] == [STORY[0]]
+    assert bad == []
+    assert fake.threads
+    assert threading.get_ident() not in fake.threads
+    fake.threads.clear()
+    await decode_batch_off_loop(codec, [message])  # cached now: decoded inline, no request
+    assert fake.threads == set()
+
+
+def test_a_missing_schema_id_is_asked_again_after_a_minute(fake: FakeRegistry) -> None:
+    codec = codec_with(fake)
+    codec.warm_up()
+    now = [1000.0]
+    codec._clock = lambda: now[0]
+    event = STORY[0]
+    value = confluent_bytes(4242, codec.encode(event)[5:])
+    # The registry lacks the id for a moment (restored from a backup, a lagging replica).
+    with pytest.raises(UndecodableEvent, match="unknown schema id 4242"):
+        codec.decode(value)
+    fake.extra[4242] = codec._files[event.event_type][event.schema_version].text
+    fake.requests.clear()
+    with pytest.raises(UndecodableEvent, match="unknown schema id 4242"):
+        codec.decode(value)  # remembered: a stream of them costs one request
+    assert fake.requests == []
+    assert not codec.needs_registry(value)
+    now[0] += 61
+    assert codec.needs_registry(value)
+    assert codec.decode(value) == event
+    assert fake.requests == ["GET /apis/ccompat/v7/schemas/ids/4242"]
+
+
+def test_operator_tools_read_without_registering_their_checkouts_schemas(
+    fake: FakeRegistry,
+) -> None:
+    from erynoa.codec import SchemaError, operator_codec, registry_codec
+    from erynoa.settings import get_settings
+
+    assert operator_codec()._auto_register is False
+    operator = registry_codec(get_settings(), fake.api(), auto_register=False)
+    with pytest.raises(SchemaError, match="not registered under subject"):
+        operator.warm_up()  # nothing registered yet: an operator's tool does not register
+    assert not [r for r in fake.requests if r.endswith("/versions")]
+    value = codec_with(fake).encode(STORY[0])  # a runtime registers as it writes
+    assert operator.decode(value) == STORY[0]

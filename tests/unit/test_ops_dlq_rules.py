@@ -406,3 +406,32 @@ def test_an_event_before_its_request_waits() -> None:
 
 def test_an_undecodable_message_has_no_saga_effect() -> None:
     assert replay.replay_effect(garbage(), [], NOW) is None
+
+
+# --- the Schema Registry down while dead letters are read -----------------------------------
+
+
+async def test_a_registry_outage_lists_dead_letters_instead_of_failing_the_read() -> None:
+    import threading
+
+    from tests.unit.test_codec_wire import FakeRegistry, codec_with
+
+    fake = FakeRegistry()
+    value = codec_with(fake).encode(requested())
+    fake.down = True
+    fake.threads.clear()
+    codec = codec_with(fake)  # the operator's process: nothing cached yet
+    letters = [record(value, failure_headers()), record(value, failure_headers())]
+
+    first = await dead_letters._read_off_loop(letters[0], codec, ask_registry=True)
+    asked = len(fake.requests)
+    second = await dead_letters._read_off_loop(letters[1], codec, ask_registry=False)
+
+    assert first.undecodable == dead_letters.REGISTRY_UNAVAILABLE
+    assert second.undecodable == dead_letters.REGISTRY_UNAVAILABLE
+    assert len(fake.requests) == asked  # the rest of a scan does not wait for the registry
+    assert fake.threads
+    assert threading.get_ident() not in fake.threads
+    fake.down = False  # not remembered: the next read decodes it
+    again = await dead_letters._read_off_loop(letters[0], codec, ask_registry=True)
+    assert again.event == requested()

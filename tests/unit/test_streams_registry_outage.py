@@ -4,12 +4,13 @@ and a schema id the registry does not know sends the message to the dead-letter 
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
 from erynoa import kafka as k
-from erynoa.codec import CONFLUENT_MAGIC, RegistryUnavailable
+from erynoa.codec import CONFLUENT_MAGIC
 from streams.runtime import Decoded, Incoming
 from tests.unit.test_codec_wire import FakeRegistry, codec_with
 from tests.unit.test_streams_runtime import (
@@ -27,13 +28,12 @@ def runtime_with(codec: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, _Pro
     runtime.codec = codec
     producer = _Producer()
     runtime._publisher = _Publisher(producer)
-    real_probe = runtime.unavailable
 
-    async def probe(error: BaseException | None = None) -> str | None:
+    async def services_up(error: BaseException | None = None) -> str | None:
         # PostgreSQL and Kafka answer; the registry is what the codec finds it to be.
-        return await real_probe(error) if isinstance(error, RegistryUnavailable) else None
+        return None
 
-    monkeypatch.setattr(runtime, "unavailable", probe)
+    monkeypatch.setattr(runtime, "_services_down", services_up)
     return runtime, producer
 
 
@@ -44,6 +44,7 @@ async def test_a_registry_down_at_the_first_message_pauses_the_lane_until_it_ans
     event = requested()
     value = codec_with(fake).encode(event)  # written by another process, while it was up
     fake.down = True
+    fake.threads.clear()
     runtime, producer = runtime_with(codec_with(fake), monkeypatch)
     handled: list[list[Decoded]] = []
     slept: list[float] = []
@@ -65,7 +66,33 @@ async def test_a_registry_down_at_the_first_message_pauses_the_lane_until_it_ans
 
     assert producer.sent == []  # neither a retry tier nor the dead-letter topic
     assert [[e for _, e in batch] for batch in handled] == [[event]]
-    assert len(slept) == 3
+    # The lane probes the registry itself, so it backs off as for any other dependency.
+    assert slept == [0.5, 1.0, 2.0]
+    # Every registry request ran in a worker thread, never on the event loop's.
+    assert fake.threads
+    assert threading.get_ident() not in fake.threads
+
+
+async def test_a_cached_schema_id_decodes_on_the_loop_without_the_registry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeRegistry()
+    codec = codec_with(fake)
+    codec.warm_up()
+    value = codec.encode(requested())
+    runtime, _ = runtime_with(codec, monkeypatch)
+    fake.requests.clear()
+    assert not codec.needs_registry(value)
+    handled: list[list[Decoded]] = []
+
+    async def handle(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
+        handled.append(batch)
+        return []
+
+    monkeypatch.setattr(runtime, "handle", handle)
+    await runtime.process([at(17, value)])
+    assert len(handled) == 1
+    assert fake.requests == []
 
 
 async def test_an_unknown_schema_id_goes_to_the_dead_letter_topic_with_the_reason(

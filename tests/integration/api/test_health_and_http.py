@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -18,6 +19,7 @@ from tests.integration.api.conftest import (
     api_settings,
     booking_body,
     free_port,
+    insert_booking,
     running,
 )
 
@@ -36,7 +38,9 @@ async def test_health_live_and_version(http: httpx.AsyncClient) -> None:
     assert set(version.json()["meta"]) == {"timestamp", "request_id"}
 
 
-async def test_ready_when_kafka_postgres_and_redis_answer(http: httpx.AsyncClient) -> None:
+async def test_ready_when_kafka_postgres_redis_and_the_registry_answer(
+    http: httpx.AsyncClient,
+) -> None:
     ready = await http.get("/health/ready")
     assert ready.status_code == 200, ready.text
     checks = ready.json()["data"]["checks"]
@@ -44,6 +48,7 @@ async def test_ready_when_kafka_postgres_and_redis_answer(http: httpx.AsyncClien
         "kafka": True,
         "postgres": True,
         "redis": True,
+        "schema_registry": True,
     }
 
 
@@ -94,6 +99,42 @@ async def test_not_ready_names_exactly_the_component_that_is_down(
         retried.headers["location"].removeprefix("/api/v1"), headers=actors.customer_auth
     )
     assert poll.json()["data"]["status"] == "requested"
+
+
+async def test_with_the_registry_down_the_api_starts_and_refuses_only_new_events(
+    key_file: Path, actors: Actors, live_api: LiveApi, pg: asyncpg.Pool
+) -> None:
+    # A second server whose Schema Registry is a closed port; before, it never finished starting.
+    settings = api_settings(
+        key_file,
+        registry_url=f"http://127.0.0.1:{free_port()}/apis/ccompat/v7",
+        oidc_issuer=live_api.settings.oidc_issuer,
+    )
+    with running(settings) as server:
+        async with httpx.AsyncClient(base_url=f"{server.base_url}/api/v1") as down:
+            ready = await down.get("/health/ready")
+            assert ready.status_code == 503, ready.text
+            error = ready.json()["error"]
+            assert [d["component"] for d in error["details"]] == ["schema_registry"]
+            assert "127.0.0.1" not in ready.text  # no hosts in a public answer
+            assert (await down.get("/health/live")).status_code == 200
+            assert (await down.get("/services")).status_code == 200
+
+            key = {"Idempotency-Key": unique("key-")}
+            body = booking_body(actors.service_id)
+            booked = await down.post("/bookings", json=body, headers=actors.customer_auth | key)
+            assert booked.status_code == 503, booked.text
+            assert booked.json()["error"]["details"] == [{"component": "schema_registry"}]
+            assert "127.0.0.1" not in booked.text
+            # An operator's request is an event too.
+            booking_id = await insert_booking(pg, actors, "awaiting_provider")
+            cancel = await down.post(
+                f"/admin/workflows/{booking_id}",
+                json={"action": "cancel"},
+                headers=actors.admin_auth,
+            )
+            assert cancel.status_code == 503, cancel.text
+            assert cancel.json()["error"]["details"] == [{"component": "schema_registry"}]
 
 
 async def test_request_id_is_echoed_or_generated(http: httpx.AsyncClient) -> None:
