@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncpg
 
+from erynoa.codec import codec_for
 from erynoa.db import create_pool
 from erynoa.kafka import H_ERROR_CLASS
 from erynoa.settings import Settings
@@ -322,6 +323,8 @@ async def _check(
     params = inspect.signature(check).parameters
     kwargs: dict[str, Any] = {}
     catalog = parts.local.catalog
+    # The private stack's registry: its schema ids are not the default stack's.
+    codec = codec_for(parts.settings)
     try:
         if "catalog" in params:
             kwargs["catalog"] = catalog
@@ -332,8 +335,10 @@ async def _check(
             kwargs["received"] = module.read_maildir(maildir, ids)
         if "parked" in params and hasattr(module, "read_parked"):
             kwargs["parked"] = await module.read_parked(
-                catalog, parts.settings.kafka_bootstrap, since=since
+                catalog, parts.settings.kafka_bootstrap, since=since, codec=codec
             )
+        if "codec" in params:
+            kwargs["codec"] = codec
         found = await check(pool, ids, **kwargs)
     except Exception as exc:
         where = traceback.extract_tb(exc.__traceback__)[-1]

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from erynoa import saga
+from erynoa.codec import EventCodec
 from erynoa.events import BookingEvent
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
@@ -81,6 +82,7 @@ async def check_invariants(
     parked: list[Parked] | None = None,
     intents: dict[str, list[PaymentIntent]] | None = None,
     materializer: bool | None = None,
+    codec: EventCodec | None = None,
 ) -> list[Violation]:
     """Every violation of invariants 1-9 for ``booking_ids`` (empty when all hold).
 
@@ -89,7 +91,8 @@ async def check_invariants(
     clients were told, ``received`` what receivers got (``read_maildir``), ``parked`` the
     dead-letter topics (``read_parked``), ``intents`` Stripe's PaymentIntents
     (``stripe_intents``). ``materializer``: whether one ran (by default: when ``events`` are
-    not given).
+    not given). ``codec``: the one of the system judged (its Schema Registry); by default this
+    process's.
     """
     ids = list(booking_ids)
     if catalog is None:
@@ -99,6 +102,7 @@ async def check_invariants(
         pool,
         ids,
         events,
+        codec,
         catalog=catalog,
         requests=requests,
         received=received,
