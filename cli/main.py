@@ -17,7 +17,7 @@ from cli.ops import dlq_app, saga_app
 from consumers.cli import materializer_app
 from contracts.cli import asyncapi
 from erynoa.schemas_cli import schemas_app
-from erynoa.settings import Settings, get_settings
+from erynoa.settings import Settings, describe_invalid, get_settings
 from erynoa.stack.cli import stack_app
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
 from faults.cli import faults
@@ -55,10 +55,7 @@ def load_settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"ERYNOA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
-        )
-        raise fail(f"invalid settings: {problems}") from None
+        raise fail(f"invalid settings: {describe_invalid(exc)}") from None
 
 
 def load_topic_catalog(settings: Settings) -> TopicCatalog:

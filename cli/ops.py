@@ -45,7 +45,7 @@ from rich.text import Text
 from erynoa import kafka as k
 from erynoa.codec import operator_codec
 from erynoa.saga import Policy, Status
-from erynoa.settings import Settings
+from erynoa.settings import Settings, describe_invalid
 from erynoa.topics import CatalogError, TopicCatalog, load_catalog
 from ops import assess, dead_letters, replay, sagas, when
 from ops.errors import BadInput, check_booking_id
@@ -86,7 +86,7 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        _fail(f"invalid settings: {exc.errors()[0]['msg']}")
+        _fail(f"invalid settings: {describe_invalid(exc)}")
 
 
 def _catalog(settings: Settings) -> TopicCatalog:

@@ -25,15 +25,12 @@ def _fail(message: str) -> typer.Exit:
 def _settings() -> Settings:
     from pydantic import ValidationError
 
-    from erynoa.settings import get_settings
+    from erynoa.settings import describe_invalid, get_settings
 
     try:
         return get_settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"ERYNOA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
-        )
-        raise _fail(f"invalid settings: {problems}") from None
+        raise _fail(f"invalid settings: {describe_invalid(exc)}") from None
 
 
 SchemasDir = Annotated[

@@ -13,7 +13,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from erynoa.outbound import STANDARD_PORTS, parse_allow_rule
@@ -272,6 +272,16 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # any other name may resolve to anything
+
+
+def describe_invalid(error: ValidationError) -> str:
+    """A ``Settings`` validation error as one line: each problem under its variable's name."""
+    # A rule across several fields (the production checks) has no location; its message
+    # names the variables itself.
+    return "; ".join(
+        f"ERYNOA_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+        for e in error.errors()
+    )
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from erynoa.settings import Settings
+from erynoa.settings import Settings, describe_invalid
 from erynoa.stack import manager, procs
 from erynoa.stack.base import StackError
 
@@ -28,10 +28,7 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        errors = "; ".join(
-            f"ERYNOA_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
-        )
-        typer.echo(f"error: invalid settings: {errors}", err=True)
+        typer.echo(f"error: invalid settings: {describe_invalid(exc)}", err=True)
         raise typer.Exit(1) from None
 
 
