@@ -17,12 +17,11 @@ from fastapi.openapi.docs import (
     get_swagger_ui_oauth2_redirect_html,
     swagger_ui_default_parameters,
 )
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
-from api.envelopes import not_found
+from api.listed_files import listed_file
 
-# The files the page loads, by name; anything else under the assets path is a 404, so the
-# path can never reach outside the package's folder.
+# The files the page loads, by name (``listed_file`` serves nothing else).
 _ASSETS = {
     "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
     "swagger-ui.css": "text/css; charset=utf-8",
@@ -63,11 +62,4 @@ def install_docs(app: FastAPI, *, docs_url: str, openapi_url: str, title: str) -
 
     @app.get(f"{assets}/{{name}}", include_in_schema=False)
     async def swagger_ui_asset(name: str) -> Response:
-        media_type = _ASSETS.get(name)
-        if media_type is None:
-            raise not_found("asset")
-        return FileResponse(
-            folder / name,
-            media_type=media_type,
-            headers={"Cache-Control": "public, max-age=86400"},
-        )
+        return listed_file(folder, _ASSETS, name, {"Cache-Control": "public, max-age=86400"})

@@ -27,12 +27,11 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from api.envelopes import not_found
+from api.listed_files import listed_file
 
 STATIC = Path(__file__).parent / "static"
 
-# The files the console is made of; the path parameter is looked up here, never joined to a
-# folder, so no request can read anything else.
+# The files the console is made of (``listed_file`` serves nothing else).
 _FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "api.js": "text/javascript; charset=utf-8",
@@ -85,11 +84,4 @@ async def console_page() -> Response:
 
 @router.get("/static/{name}")
 async def console_file(name: str) -> Response:
-    media_type = _FILES.get(name)
-    if media_type is None:
-        raise not_found("file")
-    return FileResponse(
-        STATIC / name,
-        media_type=media_type,
-        headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"},
-    )
+    return listed_file(STATIC, _FILES, name, {**SECURITY_HEADERS, "Cache-Control": "no-cache"})
