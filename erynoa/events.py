@@ -3,7 +3,8 @@
 One frozen dataclass per event type, named in the past tense, mirroring ``schemas/<Type>.vN.avsc``
 field for field (``erynoa.codec`` checks that at start-up). Every event carries the envelope
 (``event_id``, ``booking_id`` or ``service_id``, ``occurred_at``, ``correlation_id``,
-``causation_id``, ``producer``); ``event_type`` and ``schema_version`` are class constants.
+``causation_id``, ``producer``); ``event_type`` (the class name) and ``schema_version`` are class
+constants.
 
 Pure: no I/O. Producers build events with ``make`` (it fills in the envelope from the event being
 handled) and give every event they may emit twice a ``derived_event_id``, so a redelivered message
@@ -234,6 +235,18 @@ class Event:
     causation_id: str | None = None
     producer: str
 
+    def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if abstract:
+            return
+        # A concrete event's type is its class name, so the two can never disagree; a class
+        # that models a later version of an event subclasses it, keeping the type and setting
+        # ``schema_version`` itself.
+        if not hasattr(cls, "event_type"):
+            cls.event_type = cls.__name__
+        if not hasattr(cls, "schema_version"):
+            cls.schema_version = 1
+
     def __post_init__(self) -> None:
         if not hasattr(type(self), "event_type"):
             raise TypeError(f"{type(self).__name__} is abstract; build a concrete event type")
@@ -246,7 +259,7 @@ class Event:
 
 
 @dataclass(frozen=True, kw_only=True)
-class BookingEvent(Event):
+class BookingEvent(Event, abstract=True):
     """An event in one booking's saga; keyed, partitioned and ordered by ``booking_id``."""
 
     booking_id: str
@@ -257,7 +270,7 @@ class BookingEvent(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CatalogEvent(Event):
+class CatalogEvent(Event, abstract=True):
     """A change to the service catalog; keyed by ``service_id`` (not part of any saga)."""
 
     service_id: str
@@ -273,9 +286,6 @@ class CatalogEvent(Event):
 @dataclass(frozen=True, kw_only=True)
 class BookingRequested(BookingEvent):
     """A customer asked to book a slot; the API validated it against the catalog."""
-
-    event_type: ClassVar[str] = "BookingRequested"
-    schema_version: ClassVar[int] = 1
 
     customer_id: str
     service_id: str
@@ -293,9 +303,6 @@ class BookingRequested(BookingEvent):
 class BookingCancellationRequested(BookingEvent):
     """Someone asked to cancel the booking; compensations run for whatever was done so far."""
 
-    event_type: ClassVar[str] = "BookingCancellationRequested"
-    schema_version: ClassVar[int] = 1
-
     requested_by: str
     requested_by_role: RequesterRole
     reason: str | None = None
@@ -304,9 +311,6 @@ class BookingCancellationRequested(BookingEvent):
 @dataclass(frozen=True, kw_only=True)
 class SagaRetryRequested(BookingEvent):
     """An operator asked to re-run one step of a stuck or failed saga."""
-
-    event_type: ClassVar[str] = "SagaRetryRequested"
-    schema_version: ClassVar[int] = 1
 
     step: str
     requested_by: str
@@ -317,9 +321,6 @@ class SagaRetryRequested(BookingEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class ReservationHeld(BookingEvent):
-    event_type: ClassVar[str] = "ReservationHeld"
-    schema_version: ClassVar[int] = 1
-
     hold_id: str
     service_id: str
     slot_start: datetime
@@ -328,9 +329,6 @@ class ReservationHeld(BookingEvent):
 @dataclass(frozen=True, kw_only=True)
 class ReservationRejected(BookingEvent):
     """No capacity was left for the slot (or the slot is unknown)."""
-
-    event_type: ClassVar[str] = "ReservationRejected"
-    schema_version: ClassVar[int] = 1
 
     service_id: str
     slot_start: datetime
@@ -341,9 +339,6 @@ class ReservationRejected(BookingEvent):
 class ReservationReleased(BookingEvent):
     """The hold was given back; ``hold_id`` is None when there was nothing to release."""
 
-    event_type: ClassVar[str] = "ReservationReleased"
-    schema_version: ClassVar[int] = 1
-
     hold_id: str | None = None
     reason: str
 
@@ -351,9 +346,6 @@ class ReservationReleased(BookingEvent):
 @dataclass(frozen=True, kw_only=True)
 class ReservationConverted(BookingEvent):
     """The hold became a confirmed booking's seat."""
-
-    event_type: ClassVar[str] = "ReservationConverted"
-    schema_version: ClassVar[int] = 1
 
     hold_id: str
 
@@ -363,9 +355,6 @@ class ReservationConverted(BookingEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class PaymentAuthorized(BookingEvent):
-    event_type: ClassVar[str] = "PaymentAuthorized"
-    schema_version: ClassVar[int] = 1
-
     payment_id: str
     amount: Money
     gateway: str
@@ -375,9 +364,6 @@ class PaymentAuthorized(BookingEvent):
 class PaymentActionRequired(BookingEvent):
     """The customer must act (e.g. 3-D Secure); a Stripe webhook resolves it later."""
 
-    event_type: ClassVar[str] = "PaymentActionRequired"
-    schema_version: ClassVar[int] = 1
-
     payment_id: str
     client_secret: str | None = None
 
@@ -386,9 +372,6 @@ class PaymentActionRequired(BookingEvent):
 class PaymentFailed(BookingEvent):
     """Authorization failed; ``payment_id`` is None when the gateway never created a payment."""
 
-    event_type: ClassVar[str] = "PaymentFailed"
-    schema_version: ClassVar[int] = 1
-
     payment_id: str | None = None
     reason_code: str
     reason: str
@@ -396,18 +379,12 @@ class PaymentFailed(BookingEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class PaymentCaptured(BookingEvent):
-    event_type: ClassVar[str] = "PaymentCaptured"
-    schema_version: ClassVar[int] = 1
-
     payment_id: str
     amount: Money
 
 
 @dataclass(frozen=True, kw_only=True)
 class PaymentCaptureFailed(BookingEvent):
-    event_type: ClassVar[str] = "PaymentCaptureFailed"
-    schema_version: ClassVar[int] = 1
-
     payment_id: str
     reason_code: str
     reason: str
@@ -417,17 +394,11 @@ class PaymentCaptureFailed(BookingEvent):
 class PaymentVoided(BookingEvent):
     """The authorization was cancelled; ``payment_id`` is None when nothing was authorized."""
 
-    event_type: ClassVar[str] = "PaymentVoided"
-    schema_version: ClassVar[int] = 1
-
     payment_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class PaymentRefunded(BookingEvent):
-    event_type: ClassVar[str] = "PaymentRefunded"
-    schema_version: ClassVar[int] = 1
-
     payment_id: str
     refund_id: str
     amount: Money
@@ -440,9 +411,6 @@ class PaymentRefunded(BookingEvent):
 class StripeEventReceived(BookingEvent):
     """A verified, deduplicated Stripe webhook about this booking's payment."""
 
-    event_type: ClassVar[str] = "StripeEventReceived"
-    schema_version: ClassVar[int] = 1
-
     stripe_event_id: str
     stripe_event_type: str
     payment_id: str
@@ -454,9 +422,6 @@ class StripeEventReceived(BookingEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class NotificationSent(BookingEvent):
-    event_type: ClassVar[str] = "NotificationSent"
-    schema_version: ClassVar[int] = 1
-
     notification_id: str
     recipient_role: RecipientRole
     channel: Channel
@@ -466,9 +431,6 @@ class NotificationSent(BookingEvent):
 @dataclass(frozen=True, kw_only=True)
 class NotificationFailed(BookingEvent):
     """Delivery was given up on after its retries."""
-
-    event_type: ClassVar[str] = "NotificationFailed"
-    schema_version: ClassVar[int] = 1
 
     notification_id: str
     recipient_role: RecipientRole
@@ -484,35 +446,23 @@ class NotificationFailed(BookingEvent):
 class ProviderResponseRequested(BookingEvent):
     """The saga now waits for the provider's answer until ``deadline_at``."""
 
-    event_type: ClassVar[str] = "ProviderResponseRequested"
-    schema_version: ClassVar[int] = 1
-
     provider_id: str
     deadline_at: datetime
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProviderAccepted(BookingEvent):
-    event_type: ClassVar[str] = "ProviderAccepted"
-    schema_version: ClassVar[int] = 1
-
     provider_id: str
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProviderRejected(BookingEvent):
-    event_type: ClassVar[str] = "ProviderRejected"
-    schema_version: ClassVar[int] = 1
-
     provider_id: str
     reason: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProviderTimedOut(BookingEvent):
-    event_type: ClassVar[str] = "ProviderTimedOut"
-    schema_version: ClassVar[int] = 1
-
     deadline_at: datetime
 
 
@@ -520,9 +470,6 @@ class ProviderTimedOut(BookingEvent):
 class ProviderAnswerSubmitted(BookingEvent):
     """The provider answered through the API; the provider_response agent decides what it means
     (an answer after the deadline changes nothing)."""
-
-    event_type: ClassVar[str] = "ProviderAnswerSubmitted"
-    schema_version: ClassVar[int] = 1
 
     provider_id: str
     decision: Decision
@@ -535,9 +482,6 @@ class ProviderAnswerSubmitted(BookingEvent):
 @dataclass(frozen=True, kw_only=True)
 class ServiceChanged(CatalogEvent):
     """The full current state of one service (created, edited or deactivated)."""
-
-    event_type: ClassVar[str] = "ServiceChanged"
-    schema_version: ClassVar[int] = 1
 
     provider_id: str
     name: str
