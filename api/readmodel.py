@@ -10,26 +10,33 @@ The materializer later fills in its own bookkeeping columns (``state``, ``last_e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
+from fastapi import Request
 
+from api.envelopes import Page, page
 from api.outbox import OUTBOX_COLUMNS, OutboxEntry
 from api.schemas import Pagination
 from erynoa.saga import BookingState
 
+T = TypeVar("T")
 
-async def fetch_page(
+
+async def read_page(
+    request: Request,
     conn: asyncpg.Connection,
+    item: Callable[[asyncpg.Record], T],
     *,
     columns: str,
     from_where: str,
     order_by: str,
     params: Sequence[Any],
     paging: Pagination,
-) -> tuple[list[asyncpg.Record], int]:
-    """One page of rows and the total count, in one query (two only past the last page)."""
+) -> Page[T]:
+    """One page of a list endpoint, ``item`` of each row, and the total count, in one query (two
+    only past the last page)."""
     n = len(params)
     rows = await conn.fetch(
         f"SELECT {columns}, count(*) OVER () AS total_count {from_where} "
@@ -39,11 +46,13 @@ async def fetch_page(
         paging.offset,
     )
     if rows:
-        return list(rows), int(rows[0]["total_count"])
-    if paging.offset == 0:
-        return [], 0
-    total = await conn.fetchval(f"SELECT count(*) {from_where}", *params)
-    return [], int(total)
+        total = int(rows[0]["total_count"])
+    elif paging.offset == 0:
+        total = 0
+    else:
+        total = int(await conn.fetchval(f"SELECT count(*) {from_where}", *params))
+    items = [item(row) for row in rows]
+    return page(request, items, page=paging.page, per_page=paging.per_page, total=total)
 
 
 _INITIAL_COLUMNS = (

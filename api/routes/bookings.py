@@ -61,7 +61,6 @@ from api.envelopes import (
     not_found,
     ok,
     outcome_unknown,
-    page,
     unavailable,
     utcnow,
 )
@@ -71,8 +70,8 @@ from api.readmodel import (
     claim_key_and_insert_initial_booking,
     fetch_booking,
     fetch_history,
-    fetch_page,
     insert_initial_booking,
+    read_page,
 )
 from api.runtime import EventContext, ServiceTerms
 from api.schemas import Body, Money, Notes, Paging, Reason
@@ -488,16 +487,16 @@ async def list_bookings(
         conditions.append("b.provider_id = $2")
     elif not user.is_admin:
         raise forbidden("listing every booking needs the role admin")
-    rows, total = await fetch_page(
+    return await read_page(
+        request,
         conn,
+        booking_summary,
         columns=BOOKING_COLUMNS,
         from_where="FROM bookings b WHERE " + " AND ".join(conditions),
         order_by="b.requested_at DESC, b.id",
         params=params,
         paging=paging,
     )
-    items = [booking_summary(r) for r in rows]
-    return page(request, items, page=paging.page, per_page=paging.per_page, total=total)
 
 
 async def _answer(

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from api.auth import Principal
 from api.deps import Context, Db, ProviderUser, Publisher, RuntimeDep
-from api.envelopes import Envelope, Page, errors, forbidden, not_found, ok, page
-from api.readmodel import fetch_page
+from api.envelopes import Envelope, Page, errors, forbidden, not_found, ok
+from api.readmodel import read_page
 from api.runtime import EventContext, KafkaLink
 from api.schemas import MAX_AMOUNT_MINOR, Body, Currency, Description, Money, Name, Paging
 from erynoa import events as ev
@@ -194,16 +194,16 @@ async def list_services(
         where("price_amount_minor <= ?", max_price)
     if currency is not None:
         where("price_currency = ?", currency)
-    rows, total = await fetch_page(
+    return await read_page(
+        request,
         conn,
+        _service,
         columns=_COLUMNS,
         from_where="FROM services WHERE " + " AND ".join(conditions),
         order_by="created_at DESC, id",
         params=params,
         paging=paging,
     )
-    items = [_service(r) for r in rows]
-    return page(request, items, page=paging.page, per_page=paging.per_page, total=total)
 
 
 @router.get(

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
 from api.deps import AdminUser, CurrentUser, Db, MemberUser, SettingsDep
-from api.envelopes import ApiError, Envelope, Page, errors, not_found, ok, page
-from api.readmodel import fetch_page
+from api.envelopes import ApiError, Envelope, Page, errors, not_found, ok
+from api.readmodel import read_page
 from api.routes.auth import DisplayName, Email
 from api.schemas import Body, Paging
 from erynoa.outbound import OutboundPolicy, OutboundRefused
@@ -161,16 +161,16 @@ async def list_users(
     role: Annotated[Literal["customer", "provider", "admin"] | None, Query()] = None,
 ) -> Page[User]:
     """All users, newest first (admin)."""
-    rows, total = await fetch_page(
+    return await read_page(
+        request,
         conn,
+        _user,
         columns=_COLUMNS,
         from_where="FROM users WHERE $1::text IS NULL OR $1 = ANY(roles)",
         order_by="created_at DESC, id",
         params=[role],
         paging=paging,
     )
-    users = [_user(r) for r in rows]
-    return page(request, users, page=paging.page, per_page=paging.per_page, total=total)
 
 
 @router.get(
