@@ -100,6 +100,28 @@ async def queue(conn: asyncpg.Connection, entry: OutboxEntry) -> None:
     )
 
 
+async def queue_once(
+    conn: asyncpg.Connection, entry: OutboxEntry, record: str, *record_args: object
+) -> bool:
+    """Write a request's record and, only if this statement wrote it, ``entry``: one statement
+    (one implicit transaction), so both are written or neither, and a repeat queues nothing.
+
+    ``record`` is an ``INSERT ... ON CONFLICT DO NOTHING RETURNING ...``; its parameters are
+    ``$1``-``$4``, the entry's ``values``, then ``$5`` on, ``record_args``. True when the
+    record is new (and ``entry`` is queued).
+    """
+    fresh = await conn.fetchval(
+        f"""WITH record AS ({record}), queued AS (
+                INSERT INTO api_outbox ({OUTBOX_COLUMNS})
+                SELECT $1, $2, $3, $4 FROM record ON CONFLICT (event_id) DO NOTHING
+            )
+            SELECT EXISTS (SELECT FROM record)""",
+        *entry.values,
+        *record_args,
+    )
+    return bool(fresh)
+
+
 class EncodedPublisher(Protocol):
     """What publishes outbox rows (``api.runtime.KafkaLink``): returns once Kafka acknowledged
     every event, raises otherwise."""

@@ -64,7 +64,7 @@ from api.envelopes import (
     unavailable,
     utcnow,
 )
-from api.outbox import OUTBOX_COLUMNS, ApiOutbox, OutboxEntry, queue
+from api.outbox import ApiOutbox, OutboxEntry, queue, queue_once
 from api.readmodel import (
     BOOKING_COLUMNS,
     claim_key_and_insert_initial_booking,
@@ -728,19 +728,13 @@ async def request_cancellation(
     cancellation = OutboxEntry.of(event, outbox.codec, ctx.headers)
     retry = "repeating the cancel is safe (a booking is cancelled once)"
     async with committing(retry, booking_id=booking_id):
-        # One statement (one implicit transaction): the cancel's row and its event, or neither.
-        queued = await conn.fetchval(
-            f"""WITH cancellation AS (
-                    INSERT INTO booking_cancellations
-                        (booking_id, event_id, requested_by, requested_by_role, reason)
-                    VALUES ($2, $1, $5, $6, $7) ON CONFLICT (booking_id) DO NOTHING
-                    RETURNING booking_id
-                ), queued AS (
-                    INSERT INTO api_outbox ({OUTBOX_COLUMNS})
-                    SELECT $1, $2, $3, $4 FROM cancellation ON CONFLICT (event_id) DO NOTHING
-                )
-                SELECT EXISTS (SELECT FROM cancellation)""",
-            *cancellation.values,
+        queued = await queue_once(
+            conn,
+            cancellation,
+            """INSERT INTO booking_cancellations
+                   (booking_id, event_id, requested_by, requested_by_role, reason)
+               VALUES ($2, $1, $5, $6, $7) ON CONFLICT (booking_id) DO NOTHING
+               RETURNING booking_id""",
             requested_by,
             role,
             reason,

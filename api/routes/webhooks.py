@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from api.deps import Context, Db, Outbox, SettingsDep
 from api.envelopes import ApiError, Envelope, errors, ok
-from api.outbox import OUTBOX_COLUMNS, OutboxEntry
+from api.outbox import OutboxEntry, queue_once
 from api.routes.bookings import committing
 from erynoa import events as ev
 
@@ -167,19 +167,13 @@ async def stripe_webhook(
     entry = OutboxEntry.of(received, outbox.codec, ctx.headers)
     retry = "Stripe's redelivery is safe (each Stripe event is taken once)"
     async with committing(retry, booking_id=str(booking_id)):
-        # One statement (one implicit transaction): the webhook's record and its event, or
-        # neither; a redelivery finds the record and queues nothing.
-        fresh = await conn.fetchval(
-            f"""WITH receipt AS (
-                    INSERT INTO stripe_webhook_events (stripe_event_id, booking_id)
-                    VALUES ($5, $2) ON CONFLICT (stripe_event_id) DO NOTHING
-                    RETURNING booking_id
-                ), queued AS (
-                    INSERT INTO api_outbox ({OUTBOX_COLUMNS})
-                    SELECT $1, $2, $3, $4 FROM receipt ON CONFLICT (event_id) DO NOTHING
-                )
-                SELECT EXISTS (SELECT FROM receipt)""",
-            *entry.values,
+        # A redelivery finds the webhook's record and queues nothing.
+        fresh = await queue_once(
+            conn,
+            entry,
+            """INSERT INTO stripe_webhook_events (stripe_event_id, booking_id)
+               VALUES ($5, $2) ON CONFLICT (stripe_event_id) DO NOTHING
+               RETURNING booking_id""",
             stripe_event_id,
         )
     if not fresh:
