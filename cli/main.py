@@ -14,12 +14,12 @@ import typer
 
 from api import cli as api_cli
 from cli.ops import dlq_app, saga_app
+from cli.schemas import schemas_app
+from cli.startup import fail, load_settings, load_topic_catalog
 from consumers.cli import materializer_app
 from contracts.cli import asyncapi
-from erynoa.schemas_cli import schemas_app
-from erynoa.settings import Settings, describe_invalid, get_settings
 from erynoa.stack.cli import stack_app
-from erynoa.topics import CatalogError, TopicCatalog, load_catalog
+from erynoa.topics import CatalogError
 from faults.cli import faults
 from loadgen.cli import loadgen
 
@@ -44,29 +44,6 @@ app.command("faults")(faults)
 app.command("asyncapi")(asyncapi)
 
 
-def fail(message: str) -> typer.Exit:
-    typer.secho(message, fg=typer.colors.RED, err=True)
-    return typer.Exit(1)
-
-
-def load_settings() -> Settings:
-    from pydantic import ValidationError
-
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        raise fail(f"invalid settings: {describe_invalid(exc)}") from None
-
-
-def load_topic_catalog(settings: Settings) -> TopicCatalog:
-    try:
-        return load_catalog(
-            settings.topics_file, settings.topics_environment, settings.topic_prefix
-        )
-    except CatalogError as exc:
-        raise fail(str(exc)) from None
-
-
 @topics_app.command("apply")
 def topics_apply() -> None:
     """Create or alter topics to match topics.yaml (idempotent); print what changed."""
@@ -77,7 +54,7 @@ def topics_apply() -> None:
     try:
         changes = apply(admin_client(settings.kafka_bootstrap), catalog)
     except Exception as exc:  # the admin client raises several kinds; all mean "not applied"
-        raise fail(f"topics apply failed against {settings.kafka_bootstrap}: {exc}") from None
+        fail(f"topics apply failed against {settings.kafka_bootstrap}: {exc}")
     done = [c for c in changes if c.kind != "manual"]
     manual = [c for c in changes if c.kind == "manual"]
     for change in done:
@@ -100,7 +77,7 @@ def topics_check() -> None:
     try:
         drift = plan(admin_client(settings.kafka_bootstrap), catalog)
     except Exception as exc:
-        raise fail(f"topics check failed against {settings.kafka_bootstrap}: {exc}") from None
+        fail(f"topics check failed against {settings.kafka_bootstrap}: {exc}")
     for change in drift:
         typer.secho(f"DRIFT  {change}", fg=typer.colors.YELLOW)
     if drift:
@@ -117,9 +94,9 @@ def db_migrate() -> None:
     try:
         applied = asyncio.run(migrate(settings.database_url))
     except MigrationError as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
     except OSError as exc:
-        raise fail(f"cannot reach PostgreSQL at {settings.database_url}: {exc}") from None
+        fail(f"cannot reach PostgreSQL at {settings.database_url}: {exc}")
     for name in applied:
         typer.echo(f"applied  {name}")
     if not applied:
@@ -138,7 +115,7 @@ def run() -> None:
         # the supervisor gives up.
         settings.require_safe_dev_issuer()
     except UnsafeConfiguration as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
     raise typer.Exit(run_foreground(settings.public_base_url))
 
 
@@ -152,7 +129,7 @@ def worker(
     from erynoa.supervisor import AGENTS
 
     if agent not in AGENTS:
-        raise fail(f"unknown agent {agent!r}; choose one of: {', '.join(AGENTS)}")
+        fail(f"unknown agent {agent!r}; choose one of: {', '.join(AGENTS)}")
     from streams.cli import worker as run_worker
 
     run_worker(agent)

@@ -42,11 +42,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from cli.startup import fail, load_settings, load_topic_catalog
 from erynoa import kafka as k
 from erynoa.codec import operator_codec
 from erynoa.saga import Policy, Status
-from erynoa.settings import Settings, describe_invalid
-from erynoa.topics import CatalogError, TopicCatalog, load_catalog
+from erynoa.settings import Settings
+from erynoa.topics import TopicCatalog
 from ops import assess, dead_letters, replay, sagas, when
 from ops.errors import BadInput, check_booking_id
 
@@ -73,31 +74,6 @@ def _bad_input(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
-
-
-def _settings() -> Settings:
-    from pydantic import ValidationError
-
-    # Not the cached get_settings(): a command is a process of its own, and tests invoke
-    # several with different environments in one interpreter.
-    try:
-        return Settings()
-    except ValidationError as exc:
-        _fail(f"invalid settings: {describe_invalid(exc)}")
-
-
-def _catalog(settings: Settings) -> TopicCatalog:
-    try:
-        return load_catalog(
-            settings.topics_file, settings.topics_environment, settings.topic_prefix
-        )
-    except CatalogError as exc:
-        _fail(str(exc))
-
-
 def _operator(given: str | None) -> str:
     if given:
         return given
@@ -118,13 +94,13 @@ def _run(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
     except BadInput as exc:
         _bad_input(str(exc))
     except (sagas.SagaNotFound, replay.StalePlan) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except asyncpg.UndefinedTableError as exc:
-        _fail(f"PostgreSQL: {exc} (run `erynoa db migrate`)")
+        fail(f"PostgreSQL: {exc} (run `erynoa db migrate`)")
     except KafkaError as exc:
-        _fail(f"Kafka at {settings.kafka_bootstrap}: {exc}")
+        fail(f"Kafka at {settings.kafka_bootstrap}: {exc}")
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        _fail(f"cannot reach a service (Kafka {settings.kafka_bootstrap}, PostgreSQL): {exc}")
+        fail(f"cannot reach a service (Kafka {settings.kafka_bootstrap}, PostgreSQL): {exc}")
 
 
 def _echo_json(data: Any) -> None:
@@ -204,8 +180,8 @@ def dlq_ls(
     as_json: JsonOpt = False,
 ) -> None:
     """Every dead-letter topic: depth, oldest and newest message, counts by error class."""
-    settings = _settings()
-    catalog = _catalog(settings)
+    settings = load_settings()
+    catalog = load_topic_catalog(settings)
     summaries = _run(
         settings, dead_letters.summarize(catalog, settings.kafka_bootstrap, sample=sample)
     )
@@ -304,8 +280,8 @@ def dlq_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Dead letters, decoded, with why, where from, when and how often they failed."""
-    settings = _settings()
-    catalog = _catalog(settings)
+    settings = load_settings()
+    catalog = load_topic_catalog(settings)
     query = _query(catalog, topic, booking_id, event_type, error_class, since, until, limit)
     result = _run(
         settings,
@@ -379,8 +355,8 @@ def dlq_replay(
     Every consumer group of the origin topic sees the copy; handlers deduplicate by event id,
     so only the consumer that failed does any work. Dry-run first.
     """
-    settings = _settings()
-    catalog = _catalog(settings)
+    settings = load_settings()
+    catalog = load_topic_catalog(settings)
     query = _query(catalog, topic, booking_id, event_type, error_class, since, until, limit)
     who = _operator(operator)
     progress = Progress(
@@ -563,7 +539,7 @@ def saga_show(
     """One saga's timeline: each event, who emitted it, when; where it waits and until when."""
     booking_id = _check_id(booking_id)
     expectations = _expectations(stuck_after)
-    settings = _settings()
+    settings = load_settings()
     now = datetime.now(UTC)
 
     async def work() -> sagas.SagaTimeline:
@@ -658,7 +634,7 @@ def saga_ls(
             age = when.parse_age(older_than)
         except BadInput as exc:
             _bad_input(str(exc))
-    settings = _settings()
+    settings = load_settings()
     now = datetime.now(UTC)
     query = sagas.SagaQuery(
         stuck=stuck,
@@ -731,7 +707,10 @@ async def _with_publisher(settings: Settings, dry_run: bool, act: Act) -> sagas.
     try:
         if not dry_run:
             publisher = k.EventPublisher.create(
-                settings.kafka_bootstrap, "erynoa-ops", operator_codec(), _catalog(settings)
+                settings.kafka_bootstrap,
+                "erynoa-ops",
+                operator_codec(),
+                load_topic_catalog(settings),
             )
             await publisher.start()
         return await act(conn, publisher.publish if publisher is not None else None)
@@ -756,7 +735,7 @@ def _request(
     """Run an operator's ``command`` (``sagas.cancel_saga``, ``sagas.retry_saga``) and print
     what it published or would publish."""
     booking_id = _check_id(booking_id)
-    settings = _settings()
+    settings = load_settings()
     who = _operator(operator)
 
     async def act(conn: asyncpg.Connection, publish: sagas.Publish | None) -> sagas.OperatorRequest:

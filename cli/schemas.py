@@ -12,25 +12,9 @@ from typing import Annotated
 
 import typer
 
-from erynoa.settings import Settings
+from cli.startup import fail, load_settings, load_topic_catalog
 
 schemas_app = typer.Typer(no_args_is_help=True, help="The Avro event contracts.")
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(message, fg=typer.colors.RED, err=True)
-    return typer.Exit(1)
-
-
-def _settings() -> Settings:
-    from pydantic import ValidationError
-
-    from erynoa.settings import describe_invalid, get_settings
-
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        raise _fail(f"invalid settings: {describe_invalid(exc)}") from None
 
 
 SchemasDir = Annotated[
@@ -51,9 +35,8 @@ def check(
     from erynoa.codec import EventCodec, SchemaError, require_complete
     from erynoa.registry import RegistryError, RegistryUnavailable, SchemaRegistry
     from erynoa.schemas import local_incompatibilities, registry_incompatibilities
-    from erynoa.topics import load_catalog
 
-    settings = _settings()
+    settings = load_settings()
     directory = schemas_dir or settings.schemas_dir
     problems: list[str] = []
     try:
@@ -69,9 +52,7 @@ def check(
         typer.echo("registry: not asked (--local-only or no ERYNOA_REGISTRY_URL)")
     else:
         registry = SchemaRegistry(settings.registry_url, settings.registry_timeout_seconds)
-        catalog = load_catalog(
-            settings.topics_file, settings.topics_environment, settings.topic_prefix
-        )
+        catalog = load_topic_catalog(settings)
         try:
             refused = registry_incompatibilities(directory, registry, catalog)
         except (RegistryUnavailable, RegistryError) as exc:
@@ -94,19 +75,18 @@ def register(schemas_dir: SchemasDir = None) -> None:
     from erynoa.codec import EventCodec, require_complete
     from erynoa.registry import RegistryError, RegistryUnavailable, SchemaRegistry
     from erynoa.schemas import register_all
-    from erynoa.topics import load_catalog
 
-    settings = _settings()
+    settings = load_settings()
     if settings.registry_url is None:
-        raise _fail("no schema registry configured: set ERYNOA_REGISTRY_URL")
+        fail("no schema registry configured: set ERYNOA_REGISTRY_URL")
     directory = schemas_dir or settings.schemas_dir
     require_complete(EventCodec(directory))  # only contract-valid schemas are registered
-    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+    catalog = load_topic_catalog(settings)
     registry = SchemaRegistry(settings.registry_url, settings.registry_timeout_seconds)
     try:
         done = register_all(directory, registry, catalog)
     except (RegistryUnavailable, RegistryError) as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     for file, subject, schema_id, new in done:
         state = "registered" if new else "present   "
         typer.echo(f"{state}  id {schema_id:<5} {subject}  ({file.path.name})")
