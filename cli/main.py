@@ -15,10 +15,10 @@ import typer
 from api import cli as api_cli
 from cli.ops import dlq_app, saga_app
 from cli.schemas import schemas_app
+from cli.stack import stack_app
 from cli.startup import fail, load_settings, load_topic_catalog
 from consumers.cli import materializer_app
 from contracts.cli import asyncapi
-from erynoa.stack.cli import stack_app
 from erynoa.topics import CatalogError
 from faults.cli import faults
 from loadgen.cli import loadgen

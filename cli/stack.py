@@ -15,30 +15,21 @@ from collections.abc import Callable
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
-from erynoa.settings import Settings, describe_invalid
+from cli.startup import fail, load_settings
+from erynoa.settings import Settings
 from erynoa.stack import manager, procs
 from erynoa.stack.base import StackError
 
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, PostgreSQL, Redis.")
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        typer.echo(f"error: invalid settings: {describe_invalid(exc)}", err=True)
-        raise typer.Exit(1) from None
-
-
 def _run(action: Callable[[Settings], None]) -> None:
-    settings = _settings()
+    settings = load_settings()
     try:
         action(settings)
     except StackError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
@@ -82,7 +73,7 @@ def stop(
 def env() -> None:
     """Print `export` lines for clients of this stack: every broker's address, and the
     topics' environment (production, replication 3, from three brokers on)."""
-    settings = _settings()
+    settings = load_settings()
     for key, value in manager.client_env(settings).items():
         typer.echo(f"export {key}={value}")
 
@@ -96,7 +87,7 @@ def down() -> None:
 @stack_app.command()
 def status() -> None:
     """Each service's state, pid and port; exit code 0 only if all are healthy."""
-    settings = _settings()
+    settings = load_settings()
     states = manager.status(settings)
     for state in states:
         typer.echo(state.line())
@@ -113,12 +104,11 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines from the end.")] = 50,
 ) -> None:
     """Show a service's log (all services' when none is named)."""
-    settings = _settings()
+    settings = load_settings()
     try:
         paths = manager.log_files(settings, service)
     except StackError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
     if follow:
         argv = ["tail", "-n", str(lines), "-F", *map(str, paths)]
         os.execvp("tail", argv)
