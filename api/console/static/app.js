@@ -334,82 +334,86 @@ function openDialog(title) {
 
 const closeButton = (dialog) => h("button", { type: "button", onclick: () => dialog.close() }, "Close");
 
-async function replayDialog(selection) {
-  const { dialog, content, buttons } = openDialog("Replay dead letters");
+// Both actions follow one protocol: show the dry run, and act only on a confirm of what was shown;
+// when the server finds the dry run stale, `show` runs it again with the reason above it.
+async function dryRunDialog({ title, dryRun, plan, canConfirm, label, testid, confirmed }) {
+  const { dialog, content, buttons } = openDialog(title);
+  const finish = (node) => {
+    fill(content, node);
+    fill(buttons, closeButton(dialog));
+  };
+  const failed = (text) => finish(h("p", { class: "error", role: "alert" }, text));
   const show = async (notice) => {
     fill(buttons);
     let dry;
     try {
-      dry = (await api.replay({ ...selection, dry_run: true })).data;
+      dry = await dryRun();
     } catch (failure) {
-      fill(content, h("p", { class: "error", role: "alert" }, `Dry run failed: ${failure.message}`));
-      fill(buttons, closeButton(dialog));
+      failed(`Dry run failed: ${failure.message}`);
       return;
     }
     fill(content, notice ? h("p", { class: "error", role: "alert", "data-testid": "stale" }, notice) : null,
-      views.replayPlan(dry));
+      plan(dry));
     const confirm = h("button", {
-      type: "button", class: "danger", "data-testid": "confirm-replay", disabled: dry.would_replay === 0,
+      type: "button", class: "danger", "data-testid": testid, disabled: !canConfirm(dry),
       onclick: async () => {
         confirm.disabled = true;
-        try {
-          const report = (await api.replay({ ...selection, dry_run: false, plan_id: dry.plan_id })).data;
-          fill(content, views.replayReport(report));
-          fill(buttons, closeButton(dialog));
-        } catch (failure) {
-          if (failure.code === "STALE_PLAN") {
-            await show(`${failure.message}. The plan below is the current one.`);
-          } else {
-            fill(content, h("p", { class: "error", role: "alert" }, `Replay failed: ${failure.message}`));
-            fill(buttons, closeButton(dialog));
-          }
-        }
+        await confirmed(dry, { show, finish, failed });
       },
-    }, `Replay ${dry.would_replay} message(s)`);
+    }, label(dry));
     fill(buttons, confirm, closeButton(dialog));
   };
   await show(null);
 }
 
-async function actionDialog(id, action) {
-  const { dialog, content, buttons } = openDialog(action.action === "cancel" ? "Cancel the saga" : "Retry a step");
-  const same = (a, b) => a.refused === b.refused && a.status_before === b.status_before && a.status_after === b.status_after;
-  const show = async (notice) => {
-    fill(buttons);
-    let dry;
-    try {
-      dry = (await api.dryRunAction(id, action)).data;
-    } catch (failure) {
-      fill(content, h("p", { class: "error", role: "alert" }, `Dry run failed: ${failure.message}`));
-      fill(buttons, closeButton(dialog));
-      return;
-    }
-    fill(content, notice ? h("p", { class: "error", role: "alert", "data-testid": "stale" }, notice) : null,
-      views.actionPlan(dry));
-    const confirm = h("button", {
-      type: "button", class: "danger", "data-testid": "confirm-action", disabled: Boolean(dry.refused),
-      onclick: async () => {
-        confirm.disabled = true;
-        try {
-          // The saga may have moved since the dry run was shown: check again before acting.
-          const now = (await api.dryRunAction(id, action)).data;
-          if (!same(now, dry)) {
-            await show("The saga changed since this dry run: review the new one and confirm again.");
-            return;
-          }
-          await api.act(id, action);
-          fill(content, h("p", { "data-testid": "action-done" },
-            `Accepted: ${action.action} requested; the saga's timeline shows its effect.`));
-          fill(buttons, closeButton(dialog));
-        } catch (failure) {
-          fill(content, h("p", { class: "error", role: "alert" }, `${action.action} failed: ${failure.message}`));
-          fill(buttons, closeButton(dialog));
+function replayDialog(selection) {
+  return dryRunDialog({
+    title: "Replay dead letters",
+    dryRun: async () => (await api.replay({ ...selection, dry_run: true })).data,
+    plan: views.replayPlan,
+    canConfirm: (dry) => dry.would_replay !== 0,
+    label: (dry) => `Replay ${dry.would_replay} message(s)`,
+    testid: "confirm-replay",
+    confirmed: async (dry, { show, finish, failed }) => {
+      try {
+        const report = (await api.replay({ ...selection, dry_run: false, plan_id: dry.plan_id })).data;
+        finish(views.replayReport(report));
+      } catch (failure) {
+        if (failure.code === "STALE_PLAN") {
+          await show(`${failure.message}. The plan below is the current one.`);
+        } else {
+          failed(`Replay failed: ${failure.message}`);
         }
-      },
-    }, action.action === "cancel" ? "Cancel the saga" : `Retry ${action.step}`);
-    fill(buttons, confirm, closeButton(dialog));
-  };
-  await show(null);
+      }
+    },
+  });
+}
+
+function actionDialog(id, action) {
+  const same = (a, b) => a.refused === b.refused && a.status_before === b.status_before && a.status_after === b.status_after;
+  return dryRunDialog({
+    title: action.action === "cancel" ? "Cancel the saga" : "Retry a step",
+    dryRun: async () => (await api.dryRunAction(id, action)).data,
+    plan: views.actionPlan,
+    canConfirm: (dry) => !dry.refused,
+    label: () => (action.action === "cancel" ? "Cancel the saga" : `Retry ${action.step}`),
+    testid: "confirm-action",
+    confirmed: async (dry, { show, finish, failed }) => {
+      try {
+        // The saga may have moved since the dry run was shown: check again before acting.
+        const now = (await api.dryRunAction(id, action)).data;
+        if (!same(now, dry)) {
+          await show("The saga changed since this dry run: review the new one and confirm again.");
+          return;
+        }
+        await api.act(id, action);
+        finish(h("p", { "data-testid": "action-done" },
+          `Accepted: ${action.action} requested; the saga's timeline shows its effect.`));
+      } catch (failure) {
+        failed(`${action.action} failed: ${failure.message}`);
+      }
+    },
+  });
 }
 
 // --- start -----------------------------------------------------------------------------------
