@@ -645,24 +645,26 @@ def saga_ls(
         limit=limit,
     )
 
-    async def work() -> list[sagas.SagaSummary]:
+    async def work() -> sagas.SagaPage:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await sagas.list_sagas(conn, query, now, expectations, _policy(settings))
+            return await sagas.page_sagas(conn, query, now, expectations, _policy(settings))
         finally:
             await conn.close()
 
     found = _run(settings, work())
     if as_json:
-        _echo_json([s.to_json() for s in found])
+        _echo_json(found.to_json())
+        _capped_note(found, stuck)
         return
-    title = f"{len(found)} {'stuck ' if stuck else ''}saga(s) in flight"
+    kind = "stuck saga(s)" if stuck else "saga(s)"
+    title = f"{len(found.sagas)} of {found.total_text} {kind} in flight, oldest first"
     table = Table(title=title, title_justify="left", show_lines=True)
     table.add_column("booking", overflow="fold")
     table.add_column("status\nhold/payment", overflow="fold")
     table.add_column("age\nidle", no_wrap=True)
     table.add_column("waiting for", overflow="fold", ratio=1)
-    for s in found:
+    for s in found.sagas:
         waiting = Text("; ".join(_waiting_text(w) for w in s.waiting) or "-")
         if s.stuck_reason:
             waiting.append(f"\nstuck: {s.stuck_reason}", style="red")
@@ -670,6 +672,22 @@ def saga_ls(
         state.append(f"\n{s.hold.value}/{s.payment.value}", style="")
         table.add_row(s.booking_id, state, f"{_duration(s.age)}\n{_duration(s.idle)} idle", waiting)
     Console().print(table)
+    _capped_note(found, stuck)
+
+
+def _capped_note(found: sagas.SagaPage, stuck: bool) -> None:
+    if not found.total_capped:
+        return
+    stopped = (
+        f"assessed the oldest {sagas.STUCK_SCAN_CAP:,} candidates"
+        if stuck
+        else f"counted to {sagas.TOTAL_CAP:,}"
+    )
+    typer.secho(
+        f"{stopped} and stopped: more may match (narrow the list with a filter)",
+        fg=typer.colors.YELLOW,
+        err=True,
+    )
 
 
 def _print_request(request: sagas.OperatorRequest, as_json: bool) -> None:

@@ -290,6 +290,18 @@ class SagaPage:
     total: int  # every saga the query matches, past this page too
     total_capped: bool = False  # counting stopped at a cap: ``total`` is a lower bound
 
+    @property
+    def total_text(self) -> str:
+        """The total as the console shows it: ``10,000+`` when counting stopped at a cap."""
+        return f"{self.total:,}{'+' if self.total_capped else ''}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sagas": [s.to_json() for s in self.sagas],
+            "total": self.total,
+            "total_capped": self.total_capped,
+        }
+
 
 _BOOKING_SQL = (
     "SELECT b.id::text AS booking_id, b.status, b.hold, b.payment, b.payment_id, "
@@ -418,15 +430,15 @@ async def _candidates(
     now: datetime,
     expectations: Expectations,
     policy: Policy,
-    *,
-    at_most: int | None = None,
+    at_most: int,
 ) -> AsyncIterator[SagaSummary]:
-    """Every saga the SQL narrowing lets through (with ``stuck``, those that *could* be stuck),
-    oldest request first, read ``_PAGE`` rows at a time; ``at_most`` caps the rows read."""
+    """At most ``at_most`` sagas the SQL narrowing lets through (with ``stuck``, those that
+    *could* be stuck: deadline passed or idle for the shortest expectation), oldest request
+    first, read ``_PAGE`` rows at a time; the assessment decides."""
     where, params = _where(query, now, expectations, policy)
     read = 0
-    while at_most is None or read < at_most:
-        chunk = _PAGE if at_most is None else min(_PAGE, at_most - read)
+    while read < at_most:
+        chunk = min(_PAGE, at_most - read)
         sql = f"{_BOOKING_SQL} WHERE {where} ORDER BY b.requested_at, b.id LIMIT {chunk}"
         rows = await conn.fetch(sql, *params)
         read += len(rows)
@@ -435,44 +447,6 @@ async def _candidates(
         if len(rows) < chunk:
             return
         params[3], params[4] = rows[-1]["requested_at"], rows[-1]["booking_id"]
-
-
-async def _matching(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    query: SagaQuery,
-    now: datetime,
-    expectations: Expectations,
-    policy: Policy,
-) -> AsyncIterator[SagaSummary]:
-    """Every saga ``query`` matches, oldest request first.
-
-    SQL narrows to in-flight rows (and, for ``stuck``, to rows that could be stuck: deadline
-    passed or idle for the shortest expectation); the assessment decides, page by page.
-    """
-    async for summary in _candidates(conn, query, now, expectations, policy):
-        if not query.stuck or summary.stuck:
-            yield summary
-
-
-async def list_sagas(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    query: SagaQuery,
-    now: datetime,
-    expectations: Expectations = DEFAULT_EXPECTATIONS,
-    policy: Policy = DEFAULT_POLICY,
-) -> list[SagaSummary]:
-    """In-flight sagas, oldest request first; with ``query.stuck`` only the stuck ones. Stops
-    reading once the page is full."""
-    found: list[SagaSummary] = []
-    skipped = 0
-    async for summary in _matching(conn, query, now, expectations, policy):
-        if skipped < query.offset:
-            skipped += 1
-            continue
-        found.append(summary)
-        if len(found) >= query.limit:
-            break
-    return found
 
 
 # A live console polls the page every few seconds while hundreds of thousands of sagas may be in
@@ -493,10 +467,11 @@ async def page_sagas(
     total_cap: int = TOTAL_CAP,
     scan_cap: int = STUCK_SCAN_CAP,
 ) -> SagaPage:
-    """``list_sagas`` and how many match in all, with bounded work: without ``stuck`` SQL
+    """The page of in-flight sagas ``query`` asks for (oldest request first; with ``stuck``
+    only the stuck ones) and how many match in all, with bounded work: without ``stuck`` SQL
     counts (up to ``total_cap``) and only the page's rows are read; with ``stuck`` at most
     ``scan_cap`` candidates are read and assessed. ``total_capped`` says the total is a lower
-    bound."""
+    bound. The one listing behind every face: ``erynoa saga ls``, the admin API, the console."""
     if query.stuck:
         return await _page_stuck(conn, query, now, expectations, policy, scan_cap)
     where, params = _where(query, now, expectations, policy)

@@ -272,9 +272,12 @@ def test_the_cli_the_admin_api_and_the_console_report_the_same_stuck_sagas_and_t
                 str(s["stuck"]).lower(),
                 without_idle_time(s["stuck_reason"]),
             ]
-            for s in cli_listed
+            for s in cli_listed["sagas"]
         ]
         assert console_stuck == api_stuck == cli_stuck
+        cli_count = f"{cli_listed['total']:,}{'+' if cli_listed['total_capped'] else ''}"
+        console_count = browser.find_element(By.CSS_SELECTOR, "[data-testid=saga-count]").text
+        assert console_count.startswith(f"{cli_count} in flight matching"), console_count
         assert {parked.stuck, parked.hostile} <= {row[0] for row in console_stuck}
         assert all(row[3] for row in console_stuck)  # idle past 2 s: each says why
 

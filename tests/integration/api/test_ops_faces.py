@@ -71,7 +71,7 @@ async def test_the_cli_and_the_admin_api_report_the_same_stuck_sagas_and_timelin
         pg, actors, "reserved", payment="none", updated_at=now - timedelta(minutes=10)
     )
 
-    cli_stuck = await cli_json(live_api, "ls", "--stuck", "--provider", actors.provider)
+    cli_page = await cli_json(live_api, "ls", "--stuck", "--provider", actors.provider)
     response = await http.get(
         "/admin/workflows",
         params={"stuck": "true", "provider_id": actors.provider},
@@ -79,12 +79,32 @@ async def test_the_cli_and_the_admin_api_report_the_same_stuck_sagas_and_timelin
     )
     assert response.status_code == 200, response.text
     api_stuck = response.json()["data"]
+    cli_stuck = cli_page["sagas"]
 
+    assert [s["booking_id"] for s in cli_stuck] == [w["id"] for w in api_stuck]  # same order
     assert {s["booking_id"] for s in cli_stuck} == {overdue, idle}
     assert {s["booking_id"]: s["stuck_reason"] for s in cli_stuck} == {
         w["id"]: w["stuck_reason"] for w in api_stuck
     }
     assert waiting not in {w["id"] for w in api_stuck}
+    meta = response.json()["meta"]
+    assert (cli_page["total"], cli_page["total_capped"]) == (meta["total"], meta["total_capped"])
+    assert (meta["total"], meta["total_capped"]) == (2, False)
+
+    # One per page: both faces still count every stuck saga.
+    cli_first = await cli_json(
+        live_api, "ls", "--stuck", "--provider", actors.provider, "--limit", "1"
+    )
+    api_first = await http.get(
+        "/admin/workflows",
+        params={"stuck": "true", "provider_id": actors.provider, "per_page": 1},
+        headers=actors.admin_auth,
+    )
+    assert api_first.status_code == 200, api_first.text
+    assert [s["booking_id"] for s in cli_first["sagas"]] == [
+        w["id"] for w in api_first.json()["data"]
+    ]
+    assert cli_first["total"] == api_first.json()["meta"]["total"] == 2
 
     for booking_id in (overdue, waiting, done):
         shown = await cli_json(live_api, "show", booking_id)

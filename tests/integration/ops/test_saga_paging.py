@@ -1,9 +1,12 @@
 """The workflow page's cost is bounded however many sagas are in flight: it reads the page's rows
 (and, for the stuck filter, at most a capped scan), counts in SQL up to a cap, and says when its
-total is a lower bound. Rows are read through a counting wrapper around the real pool."""
+total is a lower bound. Rows are read through a counting wrapper around the real pool.
+``erynoa saga ls`` lists through the same page, so it names the same bounded total."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -11,7 +14,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+from typer.testing import CliRunner, Result
 
+from cli.ops import saga_app
+from erynoa.settings import Settings
 from ops import sagas
 from tests.conftest import unique
 
@@ -121,3 +127,52 @@ async def test_the_stuck_filter_stops_reading_at_its_scan_cap_and_says_the_total
     assert (whole.total, whole.total_capped) == (5, False)
     assert [s.booking_id for s in whole.sagas] == overdue[:3]
     assert not set(waiting) & {s.booking_id for s in whole.sagas}
+
+
+async def saga_cli(settings: Settings, *args: str) -> Result:
+    env = {
+        "ERYNOA_TOPIC_PREFIX": settings.topic_prefix,
+        "ERYNOA_DATABASE_URL": settings.database_url,
+        "COLUMNS": "200",
+    }
+    return await asyncio.to_thread(lambda: CliRunner().invoke(saga_app, list(args), env=env))
+
+
+async def test_saga_ls_names_its_bounded_total_10_000_plus_past_the_caps_as_the_admin_page(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    now = datetime.now(UTC)
+    provider = unique("prov-ls-")
+    # One more overdue saga than the stuck filter assesses (and than the count counts to): the
+    # CLI reads no further and its total is a lower bound, as on the admin page.
+    overdue = await in_flight(
+        db,
+        provider,
+        [now - timedelta(days=30, seconds=i) for i in range(sagas.STUCK_SCAN_CAP, -1, -1)],
+        deadline=now - timedelta(hours=1),
+        last_event_at=now - timedelta(hours=2),
+    )
+    assert len(overdue) == sagas.STUCK_SCAN_CAP + 1
+
+    listed = await saga_cli(
+        settings, "ls", "--stuck", "--provider", provider, "--limit", "3", "--json"
+    )
+
+    assert listed.exit_code == 0, listed.output
+    page = json.loads(listed.stdout)
+    assert [s["booking_id"] for s in page["sagas"]] == overdue[:3]
+    assert (page["total"], page["total_capped"]) == (sagas.STUCK_SCAN_CAP, True)
+    assert "more may match" in listed.stderr
+    library = await sagas.page_sagas(
+        db, sagas.SagaQuery(stuck=True, provider_id=provider, limit=3), now
+    )
+    assert (library.total, library.total_capped) == (page["total"], page["total_capped"])
+    table = await saga_cli(settings, "ls", "--stuck", "--provider", provider, "--limit", "3")
+    assert table.exit_code == 0, table.output
+    assert f"3 of {sagas.STUCK_SCAN_CAP:,}+ stuck saga(s) in flight" in table.stdout
+
+    in_flight_all = await saga_cli(settings, "ls", "--provider", provider, "--limit", "2", "--json")
+    assert in_flight_all.exit_code == 0, in_flight_all.output
+    counted = json.loads(in_flight_all.stdout)
+    assert [s["booking_id"] for s in counted["sagas"]] == overdue[:2]
+    assert (counted["total"], counted["total_capped"]) == (sagas.TOTAL_CAP, True)

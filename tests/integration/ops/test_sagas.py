@@ -160,33 +160,34 @@ async def test_ls_stuck_finds_a_passed_deadline_and_an_idle_step_but_not_a_waiti
     )
     mine = (overdue, idle, waiting)
 
-    stuck = await sagas.list_sagas(
+    stuck = await sagas.page_sagas(
         db, sagas.SagaQuery(stuck=True, booking_ids=mine), datetime.now(UTC)
     )
-    in_flight = await sagas.list_sagas(db, sagas.SagaQuery(booking_ids=mine), datetime.now(UTC))
+    in_flight = await sagas.page_sagas(db, sagas.SagaQuery(booking_ids=mine), datetime.now(UTC))
 
-    assert [s.booking_id for s in stuck] == [overdue, idle]  # oldest request first
-    late, quiet = stuck
+    assert [s.booking_id for s in stuck.sagas] == [overdue, idle]  # oldest request first
+    assert (stuck.total, stuck.total_capped) == (2, False)
+    late, quiet = stuck.sagas
     assert "provider deadline passed" in (late.stuck_reason or "")
     assert [w.action for w in late.waiting] == [TimeOutProvider()]
     assert "in step requested" in (quiet.stuck_reason or "")
     assert [w.who for w in quiet.waiting] == ["reservation"]
-    assert {s.booking_id for s in in_flight} == set(mine)
-    calm = next(s for s in in_flight if s.booking_id == waiting)
+    assert {s.booking_id for s in in_flight.sagas} == set(mine)
+    calm = next(s for s in in_flight.sagas if s.booking_id == waiting)
     assert not calm.stuck
     assert [(w.who, w.until) for w in calm.waiting] == [("provider", now + timedelta(hours=1))]
 
     listed = await cli(settings, "ls", "--stuck", "--json")
     assert listed.exit_code == 0, listed.output
-    ids = [s["booking_id"] for s in json.loads(listed.stdout)]
+    ids = [s["booking_id"] for s in json.loads(listed.stdout)["sagas"]]
     assert overdue in ids
     assert idle in ids
     assert waiting not in ids
     requested = await cli(settings, "ls", "--status", "requested", "--json")
-    assert idle in [s["booking_id"] for s in json.loads(requested.stdout)]
-    assert waiting not in [s["booking_id"] for s in json.loads(requested.stdout)]
+    assert idle in [s["booking_id"] for s in json.loads(requested.stdout)["sagas"]]
+    assert waiting not in [s["booking_id"] for s in json.loads(requested.stdout)["sagas"]]
     old = await cli(settings, "ls", "--older-than", "8m", "--json")
-    old_ids = [s["booking_id"] for s in json.loads(old.stdout)]
+    old_ids = [s["booking_id"] for s in json.loads(old.stdout)["sagas"]]
     assert overdue in old_ids
     assert idle not in old_ids
     table = await cli(settings, "ls", "--stuck")
