@@ -618,11 +618,19 @@ def saga_ls(
     provider: Annotated[str | None, typer.Option(help="Only this provider's bookings.")] = None,
     customer: Annotated[str | None, typer.Option(help="Only this customer's bookings.")] = None,
     stuck_after: StuckAfterOpt = None,
-    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many (a page).")] = 50,
+    page: Annotated[int, typer.Option(min=1, help="Which page of --limit sagas.")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sagas in flight, oldest first (``--stuck``: only those waiting too long)."""
+    """Sagas in flight, oldest first (``--stuck``: only those waiting too long), and how many
+    match in all."""
     expectations = _expectations(stuck_after)
+    if page * limit > sagas.TOTAL_CAP:
+        # Past the count's cap the total is unknown and each page costs the rows before it.
+        _bad_input(
+            f"--page {page} x --limit {limit} reaches past {sagas.TOTAL_CAP:,} sagas; "
+            "narrow the filter instead of paging deeper"
+        )
     wanted = age = None
     if status is not None:
         try:
@@ -642,6 +650,7 @@ def saga_ls(
         older_than=age,
         provider_id=provider,
         customer_id=customer,
+        offset=(page - 1) * limit,
         limit=limit,
     )
 
@@ -659,6 +668,8 @@ def saga_ls(
         return
     kind = "stuck saga(s)" if stuck else "saga(s)"
     title = f"{len(found.sagas)} of {found.total_text} {kind} in flight, oldest first"
+    if page > 1:
+        title += f" (page {page})"
     table = Table(title=title, title_justify="left", show_lines=True)
     table.add_column("booking", overflow="fold")
     table.add_column("status\nhold/payment", overflow="fold")

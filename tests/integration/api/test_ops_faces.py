@@ -91,20 +91,21 @@ async def test_the_cli_and_the_admin_api_report_the_same_stuck_sagas_and_timelin
     assert (cli_page["total"], cli_page["total_capped"]) == (meta["total"], meta["total_capped"])
     assert (meta["total"], meta["total_capped"]) == (2, False)
 
-    # One per page: both faces still count every stuck saga.
-    cli_first = await cli_json(
-        live_api, "ls", "--stuck", "--provider", actors.provider, "--limit", "1"
-    )
-    api_first = await http.get(
-        "/admin/workflows",
-        params={"stuck": "true", "provider_id": actors.provider, "per_page": 1},
-        headers=actors.admin_auth,
-    )
-    assert api_first.status_code == 200, api_first.text
-    assert [s["booking_id"] for s in cli_first["sagas"]] == [
-        w["id"] for w in api_first.json()["data"]
-    ]
-    assert cli_first["total"] == api_first.json()["meta"]["total"] == 2
+    # One per page: both faces page in the same order and still count every stuck saga.
+    one_a_page = ("ls", "--stuck", "--provider", actors.provider, "--limit", "1")
+    for number in (1, 2):
+        cli_one = await cli_json(live_api, *one_a_page, "--page", str(number))
+        api_one = await http.get(
+            "/admin/workflows",
+            params={"stuck": "true", "provider_id": actors.provider, "per_page": 1, "page": number},
+            headers=actors.admin_auth,
+        )
+        assert api_one.status_code == 200, api_one.text
+        assert [s["booking_id"] for s in cli_one["sagas"]] == [
+            w["id"] for w in api_one.json()["data"]
+        ]
+        assert [s["booking_id"] for s in cli_one["sagas"]] == [cli_stuck[number - 1]["booking_id"]]
+        assert cli_one["total"] == api_one.json()["meta"]["total"] == 2
 
     for booking_id in (overdue, waiting, done):
         shown = await cli_json(live_api, "show", booking_id)
