@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,11 +137,34 @@ def per_saga_ms(before: dict[str, float], after: dict[str, float], n: int) -> di
     return result
 
 
-def report(
+async def measure_loop(
+    saga: Callable[[str], Awaitable[list[str]]],
+    args: argparse.Namespace,
+    parts: dict[str, Callable[[int, str], bool]],
+) -> tuple[LoopResult, dict[str, float]]:
+    """The measured closed loop the command line asks for, and its CPU per completed saga by
+    part. A short loop first warms up connections, caches and the engine's code paths outside
+    the measurement."""
+    prefix = uuid.uuid4().hex[:8]
+    await closed_loop(
+        saga, concurrency=min(args.concurrency, 20), max_sagas=40, seconds=5, prefix=f"w{prefix}"
+    )
+    before = cpu_by_part(parts)
+    loop = await closed_loop(
+        saga,
+        concurrency=args.concurrency,
+        max_sagas=args.max_sagas,
+        seconds=args.seconds,
+        prefix=prefix,
+    )
+    return loop, per_saga_ms(before, cpu_by_part(parts), loop.completed)
+
+
+def loop_report(
     peer: str, loop: LoopResult, cpu_ms: dict[str, float], extra: dict[str, Any]
-) -> dict[str, Any]:
-    """The one JSON line a peer's process prints."""
-    return {
+) -> int:
+    """Print the one JSON line a peer's process reports its loop with; exit status 0."""
+    row = {
         "peer": peer,
         "completed": loop.completed,
         "wrong": loop.wrong,
@@ -149,6 +173,8 @@ def report(
         "cpu_ms_per_saga": cpu_ms,
         **extra,
     }
+    print(json.dumps(row), flush=True)
+    return 0
 
 
 def measure(
