@@ -58,7 +58,7 @@ def erynoa(*args: str) -> None:
 
 def codec_bench(n: int) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "codec.py"), "--n", str(n)],
+        [sys.executable, "-m", "bench.codec", "--n", str(n)],
         check=True, capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
