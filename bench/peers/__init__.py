@@ -256,6 +256,25 @@ def arguments(description: str, database: str = "") -> argparse.Namespace:
     return args
 
 
+def run_installer(
+    what: str, argv: list[str], log_path: Path, timeout_s: float, env: dict[str, str] | None = None
+) -> str | None:
+    """Run the command ``what`` (``argv``) that installs a peer's server, its output appended to
+    ``log_path``; None when it succeeded, else why not."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        try:
+            code = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, timeout=timeout_s, check=False,
+            ).returncode  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return f"{what} took over {timeout_s:.0f} s (see {log_path})"
+    if code != 0:
+        return f"{what} failed (exit {code}; see {log_path})"
+    return None
+
+
 # The steps in the order their code ran in this process (``--one``): what a peer's saga did,
 # apart from what its workflow returned and what its engine recorded.
 EXECUTED: list[str] = []
