@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import cpu
+
 STEPS = (
     "reserve",
     "authorize",
@@ -38,7 +40,6 @@ STEPS = (
     "convert_hold",
     "notify_customer",
 )
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parent.parent.parent
 # Peers in the order they run (each module is ``bench.peers.<name>_saga``) and the Python
 # package each needs, from the ``peers`` extra.
@@ -84,29 +85,10 @@ async def closed_loop(
     return LoopResult(completed, wrong, time.monotonic() - begun)
 
 
-def _stat(pid: int) -> tuple[str, float] | None:
-    """(command line, CPU seconds used) of a process; None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    # utime and stime are fields 14 and 15 of stat; [0] here is field 3.
-    return cmdline, (int(fields[11]) + int(fields[12])) / TICKS_PER_S
-
-
-def _processes() -> Iterable[tuple[int, str, float]]:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (found := _stat(int(entry))) is not None:
-            yield int(entry), *found
-
-
 def cpu_by_part(parts: dict[str, Callable[[int, str], bool]]) -> dict[str, float]:
     """CPU seconds used so far by the processes each predicate (pid, command line) picks."""
     used = dict.fromkeys(parts, 0.0)
-    for pid, cmdline, seconds in _processes():
+    for pid, cmdline, seconds in cpu.processes():
         for part, picks in parts.items():
             if picks(pid, cmdline):
                 used[part] += seconds
@@ -130,13 +112,6 @@ def postgres_of(database: str) -> Callable[[int, str], bool]:
     return picks
 
 
-def per_saga_ms(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
-    """Milliseconds of CPU per completed saga, by part, with the total."""
-    result = {part: round(1000 * (after[part] - before[part]) / max(n, 1), 2) for part in after}
-    result["total"] = round(sum(result.values()), 2)
-    return result
-
-
 async def measure_loop(
     saga: Callable[[str], Awaitable[list[str]]],
     args: argparse.Namespace,
@@ -157,7 +132,7 @@ async def measure_loop(
         seconds=args.seconds,
         prefix=prefix,
     )
-    return loop, per_saga_ms(before, cpu_by_part(parts), loop.completed)
+    return loop, cpu.per_completed_ms(before, cpu_by_part(parts), loop.completed)
 
 
 def loop_report(
