@@ -113,13 +113,16 @@ def postgres_of(database: str) -> Callable[[int, str], bool]:
 
 
 async def measure_loop(
+    peer: str,
     saga: Callable[[str], Awaitable[list[str]]],
     args: argparse.Namespace,
     parts: dict[str, Callable[[int, str], bool]],
-) -> tuple[LoopResult, dict[str, float]]:
-    """The measured closed loop the command line asks for, and its CPU per completed saga by
-    part. A short loop first warms up connections, caches and the engine's code paths outside
-    the measurement."""
+    server: str,
+) -> int:
+    """Run the closed loop the command line asks for and print the peer's one JSON line: its
+    rate and CPU per completed saga by part (``parts``), and ``server``, what it ran on. A short
+    loop first warms up connections, caches and the engine's code paths outside the
+    measurement."""
     prefix = uuid.uuid4().hex[:8]
     await closed_loop(
         saga, concurrency=min(args.concurrency, 20), max_sagas=40, seconds=5, prefix=f"w{prefix}"
@@ -132,21 +135,15 @@ async def measure_loop(
         seconds=args.seconds,
         prefix=prefix,
     )
-    return loop, cpu.per_completed_ms(before, cpu_by_part(parts), loop.completed)
-
-
-def loop_report(
-    peer: str, loop: LoopResult, cpu_ms: dict[str, float], extra: dict[str, Any]
-) -> int:
-    """Print the one JSON line a peer's process reports its loop with; exit status 0."""
     row = {
         "peer": peer,
         "completed": loop.completed,
         "wrong": loop.wrong,
         "seconds": round(loop.seconds, 2),
         "completed_per_s": round(loop.completed / loop.seconds, 1) if loop.seconds else 0.0,
-        "cpu_ms_per_saga": cpu_ms,
-        **extra,
+        "cpu_ms_per_saga": cpu.per_completed_ms(before, cpu_by_part(parts), loop.completed),
+        "concurrency": args.concurrency,
+        "server": server,
     }
     print(json.dumps(row), flush=True)
     return 0

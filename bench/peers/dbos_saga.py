@@ -97,15 +97,11 @@ async def _main(args: argparse.Namespace) -> int:
             "workflows+client": peers.this_process,
             "postgres": peers.postgres_of(args.database),
         }
-        loop, cpu_ms = await peers.measure_loop(booking_saga, args, parts)
+        return await peers.measure_loop(
+            "dbos", booking_saga, args, parts, f"{_version()} on PostgreSQL, own database"
+        )
     finally:
         DBOS.destroy()
-    return peers.loop_report(
-        "dbos",
-        loop,
-        cpu_ms,
-        {"concurrency": args.concurrency, "server": f"{_version()} on PostgreSQL, own database"},
-    )
 
 
 if __name__ == "__main__":

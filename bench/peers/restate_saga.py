@@ -180,18 +180,14 @@ async def _main(args: argparse.Namespace) -> int:
                     "handler+client": peers.this_process,
                     "server": lambda pid, _cmdline: pid == server.process.pid,
                 }
-                loop, cpu_ms = await peers.measure_loop(one_saga, args, parts)
+                return await peers.measure_loop(
+                    "restate", one_saga, args, parts, f"restate-server {VERSION}, default settings"
+                )
             finally:
                 handler.should_exit = True
                 await serving
     finally:
         server.stop()
-    return peers.loop_report(
-        "restate",
-        loop,
-        cpu_ms,
-        {"concurrency": args.concurrency, "server": f"restate-server {VERSION}, default settings"},
-    )
 
 
 if __name__ == "__main__":

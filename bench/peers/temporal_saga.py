@@ -101,13 +101,13 @@ async def _main(args: argparse.Namespace) -> int:
             "worker+client": peers.this_process,
             "server": lambda _pid, cmdline: cmdline.startswith(str(BINARY)),
         }
-        loop, cpu_ms = await peers.measure_loop(lambda b: run_saga(env.client, b), args, parts)
-    return peers.loop_report(
-        "temporal",
-        loop,
-        cpu_ms,
-        {"concurrency": args.concurrency, "server": f"CLI {VERSION} dev server, in-memory SQLite"},
-    )
+        return await peers.measure_loop(
+            "temporal",
+            lambda b: run_saga(env.client, b),
+            args,
+            parts,
+            f"CLI {VERSION} dev server, in-memory SQLite",
+        )
 
 
 if __name__ == "__main__":
