@@ -381,7 +381,11 @@ class NotificationAdapter(BaseAdapter):
         return self._sent(ctx, notice, channel)
 
     def _sent(self, ctx: Context, notice: Notice, channel: Channel) -> BookingEvent:
-        return _outcome(ctx, NotificationSent, "sent", notice, channel)
+        return ctx.emit(
+            NotificationSent,
+            f"sent:{notice.template}:{channel}",
+            **_delivery_fields(notice, channel),
+        )
 
     def _failed(self, ctx: Context, notice: Notice, channel: Channel, reason: str) -> BookingEvent:
         log.warning(
@@ -392,27 +396,22 @@ class NotificationAdapter(BaseAdapter):
             reason,
             extra={"booking_id": notice.booking_id, "correlation_id": ctx.state.correlation_id},
         )
-        return _outcome(ctx, NotificationFailed, "failed", notice, channel, reason=reason)
+        return ctx.emit(
+            NotificationFailed,
+            f"failed:{notice.template}:{channel}",
+            reason=reason,
+            **_delivery_fields(notice, channel),
+        )
 
 
-def _outcome(
-    ctx: Context,
-    cls: type[NotificationSent | NotificationFailed],
-    step: str,
-    notice: Notice,
-    channel: Channel,
-    **fields: str,
-) -> BookingEvent:
-    """How ``notice`` went on ``channel``: one event per (template, channel) and outcome."""
-    return ctx.emit(
-        cls,
-        f"{step}:{notice.template}:{channel}",
-        notification_id=notice.notification_id,
-        recipient_role=notice.recipient_role,
-        channel=channel,
-        template=notice.template,
-        **fields,
-    )
+def _delivery_fields(notice: Notice, channel: Channel) -> dict[str, str]:
+    """What ``NotificationSent`` and ``NotificationFailed`` both say about the delivery."""
+    return {
+        "notification_id": notice.notification_id,
+        "recipient_role": notice.recipient_role,
+        "channel": channel,
+        "template": notice.template,
+    }
 
 
 async def _delivered(pool: asyncpg.Pool, nid: str, channel: str) -> bool:
