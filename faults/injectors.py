@@ -72,16 +72,23 @@ class PostgresStopped(StackServiceFault):
         await asyncio.to_thread(target.stack.stop_postgres_immediate)
 
 
-class BrokerKilled(StackServiceFault):
-    name = "kafka-restart"
-    title = "Kafka broker kill -9, then restarted (1 broker)"
-    hold_s = 5.0
+class ServiceKilled(StackServiceFault):
+    """``kill -9`` of a stack service, started again later."""
+
+    victim: ClassVar[str]
 
     async def start(self, target: Target) -> None:
-        await asyncio.to_thread(target.stack.kill9, "kafka")
+        await asyncio.to_thread(target.stack.kill9, self.victim)
 
 
-class OneOfThreeBrokers(StackServiceFault):
+class BrokerKilled(ServiceKilled):
+    name = "kafka-restart"
+    title = "Kafka broker kill -9, then restarted (1 broker)"
+    victim = "kafka"
+    hold_s = 5.0
+
+
+class OneOfThreeBrokers(ServiceKilled):
     """On a three-broker cluster (replication 3, min ISR 2): one broker killed, back later."""
 
     name = "broker-of-3"
@@ -94,9 +101,6 @@ class OneOfThreeBrokers(StackServiceFault):
         if not supports_brokers():
             return "skipped: needs --brokers 3 support in erynoa.stack"
         return None
-
-    async def start(self, target: Target) -> None:
-        await asyncio.to_thread(target.stack.kill9, self.victim)
 
 
 class ServiceStopped(StackServiceFault):
