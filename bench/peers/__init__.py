@@ -112,7 +112,7 @@ def postgres_of(database: str) -> Callable[[int, str], bool]:
     return picks
 
 
-async def measure_loop(
+async def loop_report(
     peer: str,
     saga: Callable[[str], Awaitable[list[str]]],
     args: argparse.Namespace,

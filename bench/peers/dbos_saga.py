@@ -97,7 +97,7 @@ async def _main(args: argparse.Namespace) -> int:
             "workflows+client": peers.this_process,
             "postgres": peers.postgres_of(args.database),
         }
-        return await peers.measure_loop(
+        return await peers.loop_report(
             "dbos", booking_saga, args, parts, f"{_version()} on PostgreSQL, own database"
         )
     finally:

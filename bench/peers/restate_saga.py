@@ -180,7 +180,7 @@ async def _main(args: argparse.Namespace) -> int:
                     "handler+client": peers.this_process,
                     "server": lambda pid, _cmdline: pid == server.process.pid,
                 }
-                return await peers.measure_loop(
+                return await peers.loop_report(
                     "restate", one_saga, args, parts, f"restate-server {VERSION}, default settings"
                 )
             finally:

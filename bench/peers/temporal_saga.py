@@ -101,7 +101,7 @@ async def _main(args: argparse.Namespace) -> int:
             "worker+client": peers.this_process,
             "server": lambda _pid, cmdline: cmdline.startswith(str(BINARY)),
         }
-        return await peers.measure_loop(
+        return await peers.loop_report(
             "temporal",
             lambda b: run_saga(env.client, b),
             args,
