@@ -9,7 +9,7 @@
    the configured one (``ERYNOA_REGISTRY_URL``) when it answers, else an in-memory stand-in;
    either way the requests reaching it while measuring are counted (the hot path makes none).
 
-    python bench/codec.py [--n 20000]
+    python -m bench.codec [--n 20000]
 
 Prints a table, then one JSON line (the last line of stdout) for scripts.
 """
@@ -22,7 +22,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import avro
@@ -31,29 +31,22 @@ import avro.schema
 import fastavro
 import httpx
 
+from bench.sample import booking_requested
 from erynoa.codec import MAGIC, EventCodec, local_codec
-from erynoa.events import BookingRequested, Event, Money, derived_event_id, make
+from erynoa.events import BookingRequested, Event, Money, derived_event_id
 from erynoa.registry import SchemaRegistry
 from erynoa.settings import get_settings
 from erynoa.topics import load_catalog
 
 
 def sample() -> BookingRequested:
-    start = datetime(2025, 3, 14, 8, 30, tzinfo=UTC)
-    return make(
-        BookingRequested,
-        booking_id="7d4c3b0e-0f8e-4a43-9d0b-2b3e2f3f1a11",
-        producer="api",
-        event_id=derived_event_id("7d4c3b0e-0f8e-4a43-9d0b-2b3e2f3f1a11", "api.requested"),
-        customer_id="usr_customer_7",
+    booking_id = "7d4c3b0e-0f8e-4a43-9d0b-2b3e2f3f1a11"
+    return booking_requested(
+        booking_id,
+        datetime(2025, 3, 14, 8, 30, tzinfo=UTC),
+        event_id=derived_event_id(booking_id, "api.requested"),
         service_id="svc_haircut_45",
-        provider_id="usr_provider_3",
-        slot_start=start,
-        slot_end=start + timedelta(minutes=45),
-        price=Money(4500, "EUR"),
-        payment_method="pm_card_visa",
         notes="Bitte klingeln, 2. OG",
-        response_deadline_seconds=86_400,
         idempotency_key="idem-3f2a",
     )
 

@@ -15,6 +15,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from bench.sample import booking_requested
 from erynoa import events as ev
 from erynoa.codec import default_codec
 from erynoa.kafka import H_SYNTHETIC, EventPublisher
@@ -26,22 +27,16 @@ from loadgen.lag import LagSampler
 def saga(booking_id: str, at: datetime) -> list[ev.BookingEvent]:
     """One confirmed booking's events, as the agents emit them, 10 ms apart."""
     slot = at.replace(microsecond=0) + timedelta(days=10)
-    price = ev.Money(4500, "EUR")
-    requested = ev.make(
-        ev.BookingRequested,
-        booking_id=booking_id,
+    requested = booking_requested(
+        booking_id,
+        slot,
         producer="bench-corpus",
         occurred_at=at,
         customer_id="bench-customer",
-        service_id=str(uuid.uuid4()),
         provider_id="bench-provider",
-        slot_start=slot,
-        slot_end=slot + timedelta(minutes=45),
-        price=price,
-        payment_method="pm_card_visa",
-        notes="Second floor, ring twice.",
         response_deadline_seconds=3600,
     )
+    price = requested.price
     step = iter(range(1, 20))
 
     def then(cls: type[ev.BookingEvent], **payload: object) -> ev.BookingEvent:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import urllib.request
 
+from bench import cpu
 from erynoa import saga
 from erynoa.settings import Settings
 from loadgen.system import LocalSystem
 
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 AGENT_NAMES = saga.AGENTS
 
 
@@ -45,35 +45,11 @@ def cpu_used(system: LocalSystem) -> dict[str, float]:
         if part.process is not None
     }
     used: dict[str, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        part = _part_of(int(entry), cmdline, ours)
+    for pid, cmdline, seconds in cpu.processes():
+        part = _part_of(pid, cmdline, ours)
         if part is not None:
-            # utime and stime are fields 14 and 15 of stat; [0] here is field 3.
-            ticks = int(fields[11]) + int(fields[12])
-            used[part] = used.get(part, 0.0) + ticks / TICKS_PER_S
+            used[part] = used.get(part, 0.0) + seconds
     return used
-
-
-def cpu_per_booking(
-    before: dict[str, float], after: dict[str, float], completed: int
-) -> dict[str, float]:
-    """Milliseconds of CPU per completed booking, by part, largest first, with the total."""
-    spent = {part: after[part] - before.get(part, 0.0) for part in after}
-    result = {
-        part: round(1000 * seconds / max(completed, 1), 2)
-        for part, seconds in sorted(spent.items(), key=lambda item: -item[1])
-    }
-    result["total"] = round(sum(result.values()), 2)
-    return result
 
 
 def mean_batch_sizes(settings: Settings) -> dict[str, float]:

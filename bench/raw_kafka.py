@@ -18,14 +18,14 @@ import contextlib
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import NewTopic
 
+from bench.sample import booking_requested
 from erynoa.codec import default_codec
-from erynoa.events import BookingRequested, Money, make
 from erynoa.kafka import producer_config, start_consumer
 from erynoa.topic_admin import admin_client
 
@@ -46,21 +46,8 @@ class LoopResult:
 
 def realistic_message(booking_id: str) -> bytes:
     """A ``BookingRequested`` as the API writes it, encoded with our codec."""
-    slot = datetime(2026, 3, 14, 8, 30, tzinfo=UTC)
-    event = make(
-        BookingRequested,
-        booking_id=booking_id,
-        producer="api",
-        customer_id="usr_customer_7",
-        service_id=str(uuid.uuid4()),
-        provider_id="usr_provider_3",
-        slot_start=slot,
-        slot_end=slot + timedelta(minutes=45),
-        price=Money(4500, "EUR"),
-        payment_method="pm_card_visa",
-        notes="Second floor, ring twice.",
-        response_deadline_seconds=86_400,
-        idempotency_key=None,
+    event = booking_requested(
+        booking_id, datetime(2026, 3, 14, 8, 30, tzinfo=UTC), idempotency_key=None
     )
     return default_codec().encode(event)
 

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import corpus, costs, http_load, peers, raw_kafka, saga_load, summary  # noqa: E402
+from bench import corpus, costs, cpu, http_load, peers, raw_kafka, saga_load, summary  # noqa: E402
 from bench.peers import restate_server, temporal_server  # noqa: E402
 from erynoa.settings import Settings  # noqa: E402
 from loadgen.engine import check_loopback  # noqa: E402
@@ -58,7 +58,7 @@ def erynoa(*args: str) -> None:
 
 def codec_bench(n: int) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "codec.py"), "--n", str(n)],
+        [sys.executable, "-m", "bench.codec", "--n", str(n)],
         check=True, capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -151,7 +151,7 @@ async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
     cpu_before = costs.cpu_used(system)
     probe = await saga_load.saturate(system.settings, 6.0 if quick else 15.0)
     # CPU per booking while saturated: what the peers are measured at (bench/peers).
-    cpu_probe = costs.cpu_per_booking(
+    cpu_probe = cpu.per_completed_ms(
         cpu_before, costs.cpu_used(system), int(probe.run["completed"])
     )
     probe, steps = await saga_load.search(
@@ -168,13 +168,13 @@ async def saga_bench(system: LocalSystem, quick: bool) -> dict[str, Any]:
     # CPU per completed booking over the whole search: where a booking's cost goes, by part,
     # robust to whatever else the machine ran meanwhile (unlike the rates).
     completed = int(probe.run["completed"]) + sum(int(s.report.run["completed"]) for s in steps)
-    cpu = costs.cpu_per_booking(cpu_before, costs.cpu_used(system), completed)
+    cpu_ms = cpu.per_completed_ms(cpu_before, costs.cpu_used(system), completed)
     top = saga_load.best(steps)
     result: dict[str, Any] = {
         "probe_capacity_per_s": round(probe.throughput["steady_completed_sagas_per_s"], 1),
         "steps": [s.to_json() for s in steps],
         "seconds_per_step": seconds,
-        "cpu_ms_per_booking": cpu,
+        "cpu_ms_per_booking": cpu_ms,
         "cpu_ms_per_booking_saturated": cpu_probe,
         "mean_batch": costs.mean_batch_sizes(system.settings),
     }

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import costs, saga_load  # noqa: E402
+from bench import costs, cpu, saga_load  # noqa: E402
 from erynoa.settings import Settings  # noqa: E402
 from loadgen.engine import check_loopback  # noqa: E402
 from loadgen.report import Report  # noqa: E402
@@ -58,7 +58,7 @@ async def _measure(settings: Settings, args: argparse.Namespace, system: LocalSy
     after = costs.cpu_used(system)
     batches = costs.mean_batch_sizes(system.settings)
     completed = max(int(probe.run["completed"]), 1)
-    per_booking = costs.cpu_per_booking(before, after, completed)
+    per_booking = cpu.per_completed_ms(before, after, completed)
     print(
         json.dumps(
             {

@@ -38,8 +38,12 @@ class Target:
 class Fault:
     name: str = ""
     title: str = ""
-    hold_s: float = 0.0
+    hold_s: float = 0.0  # how long the fault lasts when the matrix does not say
     brokers: int = 1  # the Kafka cluster the row needs
+
+    def __init__(self, seconds: float | None = None) -> None:
+        if seconds is not None:
+            self.hold_s = seconds
 
     def skip_reason(self, settings: Settings) -> str | None:
         """Why this row cannot run here (None: it can)."""
@@ -52,88 +56,74 @@ class Fault:
         raise NotImplementedError
 
 
-class PostgresStopped(Fault):
+class StackServiceFault(Fault):
+    """A fault in one of the stack's services: bringing the stack up again repairs it."""
+
+    async def end(self, target: Target) -> None:
+        await asyncio.to_thread(target.stack.up)
+
+
+class PostgresStopped(StackServiceFault):
     name = "pg"
     title = "PostgreSQL stopped (pg_ctl stop -m immediate)"
-
-    def __init__(self, seconds: float = 30.0) -> None:
-        self.hold_s = seconds
+    hold_s = 30.0
 
     async def start(self, target: Target) -> None:
         await asyncio.to_thread(target.stack.stop_postgres_immediate)
 
-    async def end(self, target: Target) -> None:
-        await asyncio.to_thread(target.stack.up)
 
+class ServiceKilled(StackServiceFault):
+    """``kill -9`` of a stack service, started again later."""
 
-class BrokerKilled(Fault):
-    name = "kafka-restart"
-    title = "Kafka broker kill -9, then restarted (1 broker)"
-
-    def __init__(self, seconds: float = 5.0) -> None:
-        self.hold_s = seconds
+    victim: ClassVar[str]
 
     async def start(self, target: Target) -> None:
-        await asyncio.to_thread(target.stack.kill9, "kafka")
-
-    async def end(self, target: Target) -> None:
-        await asyncio.to_thread(target.stack.up)
+        await asyncio.to_thread(target.stack.kill9, self.victim)
 
 
-class OneOfThreeBrokers(Fault):
+class BrokerKilled(ServiceKilled):
+    name = "kafka-restart"
+    title = "Kafka broker kill -9, then restarted (1 broker)"
+    victim = "kafka"
+    hold_s = 5.0
+
+
+class OneOfThreeBrokers(ServiceKilled):
     """On a three-broker cluster (replication 3, min ISR 2): one broker killed, back later."""
 
     name = "broker-of-3"
     title = "one of three brokers kill -9, back after 60 s"
     brokers = 3
     victim = "kafka-2"
-
-    def __init__(self, seconds: float = 60.0) -> None:
-        self.hold_s = seconds
+    hold_s = 60.0
 
     def skip_reason(self, settings: Settings) -> str | None:
         if not supports_brokers():
             return "skipped: needs --brokers 3 support in erynoa.stack"
         return None
 
-    async def start(self, target: Target) -> None:
-        await asyncio.to_thread(target.stack.kill9, self.victim)
 
-    async def end(self, target: Target) -> None:
-        await asyncio.to_thread(target.stack.up)
-
-
-class ServiceStopped(Fault):
+class ServiceStopped(StackServiceFault):
     """A stack service stopped cleanly (its port refuses connections), started again later."""
 
     service: ClassVar[str]
 
-    def __init__(self, seconds: float) -> None:
-        self.hold_s = seconds
-
     async def start(self, target: Target) -> None:
         await asyncio.to_thread(target.stack.stop, self.service)
-
-    async def end(self, target: Target) -> None:
-        await asyncio.to_thread(target.stack.up)
 
 
 class RedisStopped(ServiceStopped):
     name = "redis"
     title = "Redis stopped"
     service = "redis"
-
-    def __init__(self, seconds: float = 30.0) -> None:
-        super().__init__(seconds)
+    hold_s = 30.0
 
 
 class SmtpDown(ServiceStopped):
     name = "smtp"
     title = "SMTP sink down (connections refused)"
     service = "mail"
-
-    def __init__(self, seconds: float = 90.0) -> None:
-        super().__init__(seconds)
+    hold_s = 90.0
 
 
 class GatewayOutage(Fault):
@@ -142,9 +132,10 @@ class GatewayOutage(Fault):
 
     name = "gateway"
     title = "payment gateway outage (sandbox switch)"
+    hold_s = 90.0
 
-    def __init__(self, seconds: float = 90.0, payment_method: str = WHOLE_GATEWAY) -> None:
-        self.hold_s = seconds
+    def __init__(self, seconds: float | None = None, payment_method: str = WHOLE_GATEWAY) -> None:
+        super().__init__(seconds)
         self.payment_method = payment_method
 
     async def start(self, target: Target) -> None:

@@ -384,10 +384,7 @@ class NotificationAdapter(BaseAdapter):
         return ctx.emit(
             NotificationSent,
             f"sent:{notice.template}:{channel}",
-            notification_id=notice.notification_id,
-            recipient_role=notice.recipient_role,
-            channel=channel,
-            template=notice.template,
+            **_delivery_fields(notice, channel),
         )
 
     def _failed(self, ctx: Context, notice: Notice, channel: Channel, reason: str) -> BookingEvent:
@@ -402,12 +399,19 @@ class NotificationAdapter(BaseAdapter):
         return ctx.emit(
             NotificationFailed,
             f"failed:{notice.template}:{channel}",
-            notification_id=notice.notification_id,
-            recipient_role=notice.recipient_role,
-            channel=channel,
-            template=notice.template,
             reason=reason,
+            **_delivery_fields(notice, channel),
         )
+
+
+def _delivery_fields(notice: Notice, channel: Channel) -> dict[str, str]:
+    """What ``NotificationSent`` and ``NotificationFailed`` both say about the delivery."""
+    return {
+        "notification_id": notice.notification_id,
+        "recipient_role": notice.recipient_role,
+        "channel": channel,
+        "template": notice.template,
+    }
 
 
 async def _delivered(pool: asyncpg.Pool, nid: str, channel: str) -> bool:

@@ -23,10 +23,13 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench import cpu
 
 STEPS = (
     "reserve",
@@ -37,7 +40,6 @@ STEPS = (
     "convert_hold",
     "notify_customer",
 )
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parent.parent.parent
 # Peers in the order they run (each module is ``bench.peers.<name>_saga``) and the Python
 # package each needs, from the ``peers`` extra.
@@ -83,29 +85,10 @@ async def closed_loop(
     return LoopResult(completed, wrong, time.monotonic() - begun)
 
 
-def _stat(pid: int) -> tuple[str, float] | None:
-    """(command line, CPU seconds used) of a process; None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    # utime and stime are fields 14 and 15 of stat; [0] here is field 3.
-    return cmdline, (int(fields[11]) + int(fields[12])) / TICKS_PER_S
-
-
-def _processes() -> Iterable[tuple[int, str, float]]:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (found := _stat(int(entry))) is not None:
-            yield int(entry), *found
-
-
 def cpu_by_part(parts: dict[str, Callable[[int, str], bool]]) -> dict[str, float]:
     """CPU seconds used so far by the processes each predicate (pid, command line) picks."""
     used = dict.fromkeys(parts, 0.0)
-    for pid, cmdline, seconds in _processes():
+    for pid, cmdline, seconds in cpu.processes():
         for part, picks in parts.items():
             if picks(pid, cmdline):
                 used[part] += seconds
@@ -129,26 +112,41 @@ def postgres_of(database: str) -> Callable[[int, str], bool]:
     return picks
 
 
-def per_saga_ms(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
-    """Milliseconds of CPU per completed saga, by part, with the total."""
-    result = {part: round(1000 * (after[part] - before[part]) / max(n, 1), 2) for part in after}
-    result["total"] = round(sum(result.values()), 2)
-    return result
-
-
-def report(
-    peer: str, loop: LoopResult, cpu_ms: dict[str, float], extra: dict[str, Any]
-) -> dict[str, Any]:
-    """The one JSON line a peer's process prints."""
-    return {
+async def loop_report(
+    peer: str,
+    saga: Callable[[str], Awaitable[list[str]]],
+    args: argparse.Namespace,
+    parts: dict[str, Callable[[int, str], bool]],
+    server: str,
+) -> int:
+    """Run the closed loop the command line asks for and print the peer's one JSON line: its
+    rate and CPU per completed saga by part (``parts``), and ``server``, what it ran on. A short
+    loop first warms up connections, caches and the engine's code paths outside the
+    measurement."""
+    prefix = uuid.uuid4().hex[:8]
+    await closed_loop(
+        saga, concurrency=min(args.concurrency, 20), max_sagas=40, seconds=5, prefix=f"w{prefix}"
+    )
+    before = cpu_by_part(parts)
+    loop = await closed_loop(
+        saga,
+        concurrency=args.concurrency,
+        max_sagas=args.max_sagas,
+        seconds=args.seconds,
+        prefix=prefix,
+    )
+    row = {
         "peer": peer,
         "completed": loop.completed,
         "wrong": loop.wrong,
         "seconds": round(loop.seconds, 2),
         "completed_per_s": round(loop.completed / loop.seconds, 1) if loop.seconds else 0.0,
-        "cpu_ms_per_saga": cpu_ms,
-        **extra,
+        "cpu_ms_per_saga": cpu.per_completed_ms(before, cpu_by_part(parts), loop.completed),
+        "concurrency": args.concurrency,
+        "server": server,
     }
+    print(json.dumps(row), flush=True)
+    return 0
 
 
 def measure(
@@ -228,6 +226,25 @@ def arguments(description: str, database: str = "") -> argparse.Namespace:
     if args.seconds <= 0 or args.concurrency <= 0 or args.max_sagas <= 0:
         parser.error("--seconds, --concurrency and --max-sagas must be positive")
     return args
+
+
+def run_installer(
+    what: str, argv: list[str], log_path: Path, timeout_s: float, env: dict[str, str] | None = None
+) -> str | None:
+    """Run the command ``what`` (``argv``) that installs a peer's server, its output appended to
+    ``log_path``; None when it succeeded, else why not."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        try:
+            code = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, timeout=timeout_s, check=False,
+            ).returncode  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return f"{what} took over {timeout_s:.0f} s (see {log_path})"
+    if code != 0:
+        return f"{what} failed (exit {code}; see {log_path})"
+    return None
 
 
 # The steps in the order their code ran in this process (``--one``): what a peer's saga did,

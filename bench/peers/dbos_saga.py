@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-import uuid
 from collections.abc import Awaitable, Callable
 from importlib import metadata
 
@@ -99,27 +97,11 @@ async def _main(args: argparse.Namespace) -> int:
             "workflows+client": peers.this_process,
             "postgres": peers.postgres_of(args.database),
         }
-        prefix = uuid.uuid4().hex[:8]
-        await peers.closed_loop(
-            booking_saga, concurrency=min(args.concurrency, 20), max_sagas=40, seconds=5,
-            prefix=f"w{prefix}",
-        )  # fmt: skip
-        before = peers.cpu_by_part(parts)
-        loop = await peers.closed_loop(
-            booking_saga, concurrency=args.concurrency, max_sagas=args.max_sagas,
-            seconds=args.seconds, prefix=prefix,
-        )  # fmt: skip
-        after = peers.cpu_by_part(parts)
+        return await peers.loop_report(
+            "dbos", booking_saga, args, parts, f"{_version()} on PostgreSQL, own database"
+        )
     finally:
         DBOS.destroy()
-    row = peers.report(
-        "dbos",
-        loop,
-        peers.per_saga_ms(before, after, loop.completed),
-        {"concurrency": args.concurrency, "server": f"{_version()} on PostgreSQL, own database"},
-    )
-    print(json.dumps(row), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

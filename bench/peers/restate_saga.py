@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -21,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -182,30 +180,14 @@ async def _main(args: argparse.Namespace) -> int:
                     "handler+client": peers.this_process,
                     "server": lambda pid, _cmdline: pid == server.process.pid,
                 }
-                prefix = uuid.uuid4().hex[:8]
-                await peers.closed_loop(
-                    one_saga, concurrency=min(args.concurrency, 20), max_sagas=40, seconds=5,
-                    prefix=f"w{prefix}",
-                )  # fmt: skip
-                before = peers.cpu_by_part(parts)
-                loop = await peers.closed_loop(
-                    one_saga, concurrency=args.concurrency, max_sagas=args.max_sagas,
-                    seconds=args.seconds, prefix=prefix,
-                )  # fmt: skip
-                after = peers.cpu_by_part(parts)
+                return await peers.loop_report(
+                    "restate", one_saga, args, parts, f"restate-server {VERSION}, default settings"
+                )
             finally:
                 handler.should_exit = True
                 await serving
     finally:
         server.stop()
-    row = peers.report(
-        "restate",
-        loop,
-        peers.per_saga_ms(before, after, loop.completed),
-        {"concurrency": args.concurrency, "server": f"restate-server {VERSION}, default settings"},
-    )
-    print(json.dumps(row), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

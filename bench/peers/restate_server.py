@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from bench import peers
+
 PACKAGE = "@restatedev/restate-server"
 VERSION = "1.7.12"
 PREFIX = Path.home() / ".cache" / "erynoa" / "restate"
@@ -39,22 +41,14 @@ def install(log_path: Path, timeout_s: float = 600) -> str | None:
     if npm is None:
         return "npm is not installed, so the Restate server cannot be had"
     PREFIX.mkdir(parents=True, exist_ok=True)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     # --ignore-scripts: the package's only install script reports the download to a third party.
     argv = [
         npm, "install", "--prefix", str(PREFIX), "--no-audit", "--no-fund", "--ignore-scripts",
         f"{PACKAGE}@{VERSION}",
     ]  # fmt: skip
-    with log_path.open("ab") as log:
-        try:
-            code = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                timeout=timeout_s, check=False,
-            ).returncode  # fmt: skip
-        except subprocess.TimeoutExpired:
-            return f"npm install {PACKAGE}@{VERSION} took over {timeout_s:.0f} s (see {log_path})"
-    if code != 0:
-        return f"npm install {PACKAGE}@{VERSION} failed (exit {code}; see {log_path})"
+    failed = peers.run_installer(f"npm install {PACKAGE}@{VERSION}", argv, log_path, timeout_s)
+    if failed is not None:
+        return failed
     if installed_version() != VERSION:
         return f"npm install did not produce {BINARY} {VERSION}"
     return None

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -103,27 +101,13 @@ async def _main(args: argparse.Namespace) -> int:
             "worker+client": peers.this_process,
             "server": lambda _pid, cmdline: cmdline.startswith(str(BINARY)),
         }
-        prefix = uuid.uuid4().hex[:8]
-        # Warm up (connections, caches, the sandbox's module cache) outside the measurement.
-        await peers.closed_loop(
+        return await peers.loop_report(
+            "temporal",
             lambda b: run_saga(env.client, b),
-            concurrency=min(args.concurrency, 20), max_sagas=40, seconds=5, prefix=f"w{prefix}",
-        )  # fmt: skip
-        before = peers.cpu_by_part(parts)
-        loop = await peers.closed_loop(
-            lambda b: run_saga(env.client, b),
-            concurrency=args.concurrency, max_sagas=args.max_sagas, seconds=args.seconds,
-            prefix=prefix,
-        )  # fmt: skip
-        after = peers.cpu_by_part(parts)
-    row = peers.report(
-        "temporal",
-        loop,
-        peers.per_saga_ms(before, after, loop.completed),
-        {"concurrency": args.concurrency, "server": f"CLI {VERSION} dev server, in-memory SQLite"},
-    )
-    print(json.dumps(row), flush=True)
-    return 0
+            args,
+            parts,
+            f"CLI {VERSION} dev server, in-memory SQLite",
+        )
 
 
 if __name__ == "__main__":

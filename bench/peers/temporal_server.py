@@ -12,6 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from bench import peers
+
 MODULE = "github.com/temporalio/cli/cmd/temporal"
 # Later versions of the CLI do not build from the module proxy.
 VERSION = "v1.5.1"
@@ -44,23 +46,13 @@ def build(log_path: Path, timeout_s: float = 900) -> str | None:
     if go is None:
         return "Go is not installed, so the Temporal dev server cannot be built"
     BIN_DIR.mkdir(parents=True, exist_ok=True)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GOBIN": str(BIN_DIR), "CGO_ENABLED": "0"}
-    with log_path.open("ab") as log:
-        try:
-            code = subprocess.run(
-                [go, "install", f"{MODULE}@{VERSION}"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=timeout_s,
-                check=False,
-            ).returncode
-        except subprocess.TimeoutExpired:
-            return f"go install {MODULE}@{VERSION} took over {timeout_s:.0f} s (see {log_path})"
-    if code != 0:
-        return f"go install {MODULE}@{VERSION} failed (exit {code}; see {log_path})"
+    what = f"go install {MODULE}@{VERSION}"
+    failed = peers.run_installer(
+        what, [go, "install", f"{MODULE}@{VERSION}"], log_path, timeout_s, env
+    )
+    if failed is not None:
+        return failed
     if built_version() != VERSION:
         return f"go install did not produce {BINARY} {VERSION}"
     return None
