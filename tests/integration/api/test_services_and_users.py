@@ -12,7 +12,14 @@ import pytest
 from erynoa import events as ev
 from tests.builders import service_body
 from tests.conftest import unique
-from tests.integration.api.conftest import Actors, LiveApi, Seen, TopicProbe, create_service
+from tests.integration.api.conftest import (
+    Actors,
+    LiveApi,
+    Seen,
+    TopicProbe,
+    create_service,
+    events_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -20,11 +27,7 @@ Probe = Callable[[str], Awaitable[TopicProbe]]
 
 
 def changes_of(seen: list[Seen], service_id: str) -> list[ev.ServiceChanged]:
-    return [
-        s.event
-        for s in seen
-        if isinstance(s.event, ev.ServiceChanged) and s.event.service_id == service_id
-    ]
+    return events_of(seen, ev.ServiceChanged, service_id=service_id)
 
 
 async def test_provider_manages_a_service_and_each_change_is_published(
