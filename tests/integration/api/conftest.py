@@ -399,6 +399,13 @@ class PrivateApi:
     async def book(self, actors: Actors, headers: dict[str, str] | None = None) -> httpx.Response:
         return await book(self.http, actors, headers)
 
+    async def booked(self, actors: Actors) -> str:
+        """A booking the API acknowledged (202); its id."""
+        response = await self.book(actors)
+        assert response.status_code == 202, response.text
+        booking_id: str = response.json()["workflow_id"]
+        return booking_id
+
     async def probe(self, topic: str) -> TopicProbe:
         """A probe on one of this API's topics, stopped after the test."""
         probe = TopicProbe(self.live.settings, self.live.settings.topic_prefix + topic)

@@ -48,12 +48,7 @@ async def two_bookings_queued_the_first_cancelled(
     """Two bookings and the first one's cancel, all acknowledged while Kafka refuses: their
     rows wait in the outbox and are relayed as one batch."""
     private.kafka.mode = "refuse"
-    ids = []
-    for _ in range(2):
-        created = await private.book(actors)
-        assert created.status_code == 202, created.text
-        ids.append(created.json()["workflow_id"])
-    first, second = ids
+    first, second = [await private.booked(actors) for _ in range(2)]
     cancelled = await private.http.post(f"/bookings/{first}/cancel", headers=actors.customer_auth)
     assert cancelled.status_code == 202, cancelled.text
     return first, second
@@ -104,9 +99,7 @@ async def test_a_lost_kafka_acknowledgement_still_answers_202_and_starts_one_sag
     actors = await private.actors()
     bookings = await private.probe("bookings")
     private.kafka.mode = "lose_ack"
-    response = await private.book(actors)
-    assert response.status_code == 202, response.text
-    booking_id = response.json()["workflow_id"]
+    booking_id = await private.booked(actors)
     private.kafka.mode = "ok"
     await private.outbox_drained(booking_id)
 
@@ -124,9 +117,7 @@ async def test_with_kafka_down_the_202_stands_and_the_relay_publishes_once_kafka
     actors = await private.actors()
     bookings = await private.probe("bookings")
     private.kafka.mode = "refuse"
-    created = await private.book(actors)
-    assert created.status_code == 202, created.text
-    booking_id = created.json()["workflow_id"]
+    booking_id = await private.booked(actors)
     poll = await private.http.get(f"/bookings/{booking_id}", headers=actors.customer_auth)
     assert poll.json()["data"]["status"] == "requested"
     cancelled = await private.http.post(
@@ -150,8 +141,7 @@ async def test_a_repeated_cancel_answers_202_and_publishes_one_event(
 ) -> None:
     actors = await private.actors()
     bookings = await private.probe("bookings")
-    created = await private.book(actors)
-    booking_id = created.json()["workflow_id"]
+    booking_id = await private.booked(actors)
     answers = [
         await private.http.post(
             f"/bookings/{booking_id}/cancel", json={"reason": "plans"}, headers=auth
@@ -274,8 +264,6 @@ async def test_an_event_that_cannot_be_decoded_is_set_aside_with_its_bookings_la
     assert of_booking(seen, broken, ev.BookingCancellationRequested) == []
     # While a row is set aside, new bookings still go out (through the relay, which
     # keeps each booking's events in order).
-    later = await private.book(actors)
-    assert later.status_code == 202, later.text
-    later_id = later.json()["workflow_id"]
+    later_id = await private.booked(actors)
     await private.outbox_drained(later_id)
     assert len(of_booking(await bookings.events(), later_id, ev.BookingRequested)) == 1
