@@ -13,7 +13,6 @@ same timelines.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
@@ -39,6 +38,7 @@ from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.kafka import EventPublisher
 from tests.browser.conftest import Running
+from tests.conftest import eventually
 from tests.integration.api.conftest import ServerThread, free_port
 from tests.integration.saga.harness import Service, User, a_slot, create_service, create_user
 
@@ -123,18 +123,6 @@ def policy_violations(driver: WebDriver) -> list[str]:
     return [
         e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]
     ]
-
-
-async def eventually(check: Callable[[], Any], within: float = 60) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.3)
 
 
 async def book(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -20,19 +19,16 @@ from typing import Any
 
 import asyncpg
 import pytest
-import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from erynoa import events as ev
 from erynoa import kafka as k
-from erynoa.codec import default_codec
-from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher, start_consumer, topic_partitions
-from erynoa.settings import PROJECT_ROOT, Settings
-from erynoa.supervisor import AGENTS, System, commands
+from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
 from ops.invariants import check_invariants
-from tests.conftest import own_namespace
+from tests.conftest import eventually
+from tests.integration.materializing import pool_for, publisher_for
 from tests.integration.saga.harness import (
     Service,
     User,
@@ -41,6 +37,7 @@ from tests.integration.saga.harness import (
     create_user,
     request_booking,
 )
+from tests.integration.worker_system import workers_running
 
 pytestmark = pytest.mark.integration
 
@@ -52,45 +49,20 @@ async def world(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Settings, dict[str, str]]]:
     """Own topics and database; the payment agent retries once after 1 s, then dead-letters."""
-    folder = tmp_path_factory.mktemp("poison")
-    spec = yaml.safe_load((PROJECT_ROOT / "topics.yaml").read_text())
-    spec["consumers"]["payment"]["retry"] = ["1s"]
-    topics_file = folder / "topics.yaml"
-    topics_file.write_text(yaml.safe_dump(spec))
-    async with own_namespace(settings.model_copy(update={"topics_file": topics_file})) as isolated:
-        env = {
-            **os.environ,
-            "ERYNOA_TOPICS_FILE": str(topics_file),
-            "ERYNOA_TOPIC_PREFIX": isolated.topic_prefix,
-            "ERYNOA_DATABASE_URL": isolated.database_url,
-            "ERYNOA_KAFKA_BOOTSTRAP": isolated.kafka_bootstrap,
-            "ERYNOA_PAYMENT_GATEWAY": "sandbox",
-            "ERYNOA_METRICS_PORT_BASE": "0",
-        }
-        parts = {name: argv for name, argv in commands().items() if name != "api"}
-        assert set(parts) == {*AGENTS, "materializer"}
-        system = System(parts, env=env, log_dir=folder / "logs")
-        system.start()
-        try:
-            yield isolated, env
-        finally:
-            system.stop()
+    async with workers_running(settings, tmp_path_factory.mktemp("poison")) as workers:
+        yield workers.settings, workers.env
 
 
 @pytest.fixture(scope="module")
 async def db(world: tuple[Settings, dict[str, str]]) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(world[0], min_size=1, max_size=4)
-    yield pool
-    await pool.close()
+    async with pool_for(world[0], max_size=4) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="module")
 async def publisher(world: tuple[Settings, dict[str, str]]) -> AsyncIterator[EventPublisher]:
-    s = world[0]
-    pub = EventPublisher.create(s.kafka_bootstrap, "test-poison", default_codec(), catalog(s))
-    await pub.start()
-    yield pub
-    await pub.stop()
+    async with publisher_for(world[0], "test-poison") as publisher:
+        yield publisher
 
 
 def catalog(s: Settings) -> TopicCatalog:
@@ -107,18 +79,6 @@ def erynoa(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 90.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.3)
 
 
 async def status(db: asyncpg.Pool, booking_id: str) -> str | None:

@@ -193,12 +193,20 @@ def incoming(value: bytes, headers: list[tuple[str, bytes]] | None = None) -> In
     return Incoming("bookings", 2, 17, b"booking-1", value, headers or [])
 
 
+def routing_runtime(
+    agent: str, producer: _Producer | None = None
+) -> tuple[AgentRuntime, _Producer]:
+    """A runtime whose routed messages (retry tiers, dead letters) are sent to ``producer``."""
+    runtime = make_runtime(_RecordingAdapter(), agent=agent)
+    producer = producer or _Producer()
+    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    return runtime, producer
+
+
 async def test_a_failing_handler_sends_the_original_bytes_down_a_tier(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="payment")
-    producer = _Producer()
-    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    runtime, producer = routing_runtime("payment")
 
     async def flaky(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
         raise TimeoutError("gateway slow")
@@ -221,9 +229,7 @@ async def test_a_failing_handler_sends_the_original_bytes_down_a_tier(
 async def test_an_outage_pauses_the_lane_and_the_same_batch_is_handled_after_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    producer = _Producer()
-    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    runtime, producer = routing_runtime("reservation")
     handled: list[int] = []
     probes = iter(["postgresql: connection refused", "postgresql: connection refused", None])
     slept: list[float] = []
@@ -263,9 +269,7 @@ async def test_a_kafka_error_is_an_outage_without_probing(
 async def test_an_outage_during_a_stop_leaves_the_batch_unacked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    producer = _Producer()
-    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    runtime, producer = routing_runtime("reservation")
 
     async def down(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
         raise ConnectionRefusedError("127.0.0.1:15432")
@@ -414,9 +418,7 @@ async def test_a_routed_message_moves_the_position_past_itself() -> None:
 
 
 async def test_an_undecodable_message_is_dead_lettered_and_processing_goes_on() -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="notification")
-    producer = _Producer()
-    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    runtime, producer = routing_runtime("notification")
     await runtime.process([incoming(b"garbage")])
     [(topic, value, _, headers)] = producer.sent
     assert topic == "notification.dlq"
@@ -427,9 +429,7 @@ async def test_an_undecodable_message_is_dead_lettered_and_processing_goes_on() 
 async def test_routing_waits_for_the_broker_instead_of_dropping_the_message(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    producer = _Producer(failures=3)
-    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    runtime, producer = routing_runtime("reservation", _Producer(failures=3))
     slept: list[float] = []
 
     async def no_sleep(seconds: float) -> None:
