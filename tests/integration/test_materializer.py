@@ -5,7 +5,7 @@ from a log with late, repeated and undecodable messages, in parts or in one proc
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -112,6 +112,24 @@ async def snapshot(db: asyncpg.Pool, booking_ids: list[str]) -> list[dict[str, A
     return [dict(r) for r in rows]
 
 
+def all_confirmed(db: asyncpg.Pool, ids: list[str]) -> Callable[[], Awaitable[bool]]:
+    """For ``eventually``: every one of the bookings is in the read model, confirmed."""
+
+    async def check() -> bool:
+        rows = await snapshot(db, ids)
+        return len(rows) == len(ids) and all(r["status"] == "confirmed" for r in rows)
+
+    return check
+
+
+async def happy_sagas(publisher: EventPublisher, count: int) -> list[str]:
+    """``count`` bookings' happy paths, published; their ids."""
+    ids = [unique() for _ in range(count)]
+    for booking_id in ids:
+        await publisher.publish_many(saga_events(booking_id))
+    return ids
+
+
 async def test_booking_requested_in_kafka_appears_in_postgres(
     db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None
 ) -> None:
@@ -154,16 +172,9 @@ async def test_events_fold_into_the_current_state_whatever_their_topic_order(
 async def test_redelivery_and_replay_from_offset_zero_change_nothing(
     db: asyncpg.Pool, publisher: EventPublisher, settings: Settings
 ) -> None:
-    ids = [unique() for _ in range(3)]
-    for booking_id in ids:
-        await publisher.publish_many(saga_events(booking_id))
-
-    async def all_confirmed() -> bool:
-        rows = await snapshot(db, ids)
-        return len(rows) == 3 and all(r["status"] == "confirmed" for r in rows)
-
+    ids = await happy_sagas(publisher, 3)
     async with materializer_running(settings):
-        await eventually(all_confirmed)
+        await eventually(all_confirmed(db, ids))
         before = await snapshot(db, ids)
 
         # Redelivery: every event of these sagas produced again, with the same event ids.
@@ -208,15 +219,8 @@ async def _caught_up(db: asyncpg.Pool, ends: dict[tuple[str, int], int]) -> bool
 async def test_rebuild_produces_identical_rows_and_swaps(
     db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None, settings: Settings
 ) -> None:
-    ids = [unique() for _ in range(2)]
-    for booking_id in ids:
-        await publisher.publish_many(saga_events(booking_id))
-
-    async def all_confirmed() -> bool:
-        rows = await snapshot(db, ids)
-        return len(rows) == 2 and all(r["status"] == "confirmed" for r in rows)
-
-    await eventually(all_confirmed)
+    ids = await happy_sagas(publisher, 2)
+    await eventually(all_confirmed(db, ids))
     before = await snapshot(db, ids)
 
     report = await rebuild(settings)
@@ -233,11 +237,7 @@ async def test_rebuild_refuses_to_swap_when_the_live_model_differs(
     booking_id = unique()
     await publisher.publish_many(saga_events(booking_id))
 
-    async def confirmed() -> bool:
-        row = await booking(db, booking_id)
-        return bool(row and row["status"] == "confirmed")
-
-    await eventually(confirmed)
+    await eventually(all_confirmed(db, [booking_id]))
     # Corrupt the live read model the way a projection bug would.
     await db.execute("UPDATE bookings SET failure_reason = 'bug' WHERE id = $1::uuid", booking_id)
 
@@ -285,12 +285,7 @@ async def _publish_messy_log(
     bookings_topic = publisher.topic_for(unrequested[0])
     await _publish_raw(settings, bookings_topic, b"not an event", ids[3].encode())
     await publisher.publish(unrequested[0])
-
-    async def all_confirmed() -> bool:
-        rows = await snapshot(db, ids)
-        return len(rows) == len(ids) and all(r["status"] == "confirmed" for r in rows)
-
-    await eventually(all_confirmed)
+    await eventually(all_confirmed(db, ids))
     return ids
 
 
@@ -330,11 +325,7 @@ async def test_a_booking_spread_over_two_parts_falls_back_to_one_replay(
         partition=other,
     )
 
-    async def confirmed() -> bool:
-        row = await booking(db, booking_id)
-        return bool(row and row["status"] == "confirmed")
-
-    await eventually(confirmed)
+    await eventually(all_confirmed(db, [booking_id]))
     before = await snapshot(db, [booking_id])
 
     with caplog.at_level(logging.WARNING, logger="erynoa.materializer.rebuild"):

@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from erynoa import events as ev
 from erynoa import kafka as k
@@ -28,7 +28,7 @@ from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
 from ops.invariants import check_invariants
 from tests.conftest import eventually
-from tests.integration.materializing import pool_for, publisher_for
+from tests.integration.materializing import pool_for, publisher_for, raw_producer
 from tests.integration.saga.harness import (
     Service,
     User,
@@ -120,6 +120,43 @@ async def end_offsets(s: Settings, topics: list[str]) -> dict[str, int]:
     return totals
 
 
+async def a_booking_during_an_outage(
+    db: asyncpg.Pool, publisher: EventPublisher
+) -> tuple[Service, User, str]:
+    """A booking whose payment cannot be authorized: the sandbox gateway is down for its card
+    until ``outage_over``."""
+    service: Service = await create_service(db, capacity=5)
+    customer: User = await create_user(db, "customer", email=False)
+    await db.execute(
+        "INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, 'test outage') "
+        "ON CONFLICT DO NOTHING",
+        FLAKY_CARD,
+    )
+    booking_id = await request_booking(publisher, service, customer, payment_method=FLAKY_CARD)
+    return service, customer, booking_id
+
+
+async def outage_over(db: asyncpg.Pool) -> None:
+    await db.execute("DELETE FROM sandbox_outages WHERE payment_method = $1", FLAKY_CARD)
+
+
+async def accepted_until_confirmed(
+    db: asyncpg.Pool, publisher: EventPublisher, booking_id: str
+) -> None:
+    """Wait for the booking to reach its provider, who accepts; then wait for it to confirm."""
+    await eventually(status_becomes(db, booking_id, "awaiting_provider"))
+    await accept(publisher, db, booking_id)
+    await eventually(status_becomes(db, booking_id, "confirmed"))
+
+
+async def gateway_operations(db: asyncpg.Pool, booking_id: str) -> list[str]:
+    """What the sandbox gateway did for the booking, in order."""
+    ledger = await db.fetch(
+        "SELECT operation FROM sandbox_ledger WHERE booking_id = $1::uuid ORDER BY id", booking_id
+    )
+    return [r["operation"] for r in ledger]
+
+
 def dead_letters_for(env: dict[str, str], booking_id: str) -> list[dict[str, Any]]:
     result = erynoa(env, "dlq", "show", "--booking-id", booking_id, "--json")
     assert result.returncode == 0, result.stderr
@@ -131,29 +168,17 @@ async def test_poison_messages_park_in_the_dlq_and_replay_completes_the_saga(
     world: tuple[Settings, dict[str, str]], db: asyncpg.Pool, publisher: EventPublisher
 ) -> None:
     s, env = world
-    service: Service = await create_service(db, capacity=5)
-    customer: User = await create_user(db, "customer", email=False)
-    await db.execute(
-        "INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, 'test outage')",
-        FLAKY_CARD,
-    )
-    stuck = await request_booking(publisher, service, customer, payment_method=FLAKY_CARD)
+    service, customer, stuck = await a_booking_during_an_outage(db, publisher)
     # An undecodable message on the same topic, between the two bookings.
-    raw = AIOKafkaProducer(**k.producer_config(s.kafka_bootstrap, "test-poison-raw"))
-    await raw.start()
     poison_key = str(uuid.uuid4()).encode()
-    try:
+    async with raw_producer(s, "test-poison-raw") as raw:
         await raw.send_and_wait(
             catalog(s).topic_for("BookingRequested"), b"\x00not avro", key=poison_key
         )
-    finally:
-        await raw.stop()
     flowing = await request_booking(publisher, service, customer, slot=a_slot(9))
 
     # Other bookings keep flowing while the poison sits in the dead-letter topics.
-    await eventually(status_becomes(db, flowing, "awaiting_provider"))
-    await accept(publisher, db, flowing)
-    await eventually(status_becomes(db, flowing, "confirmed"))
+    await accepted_until_confirmed(db, publisher, flowing)
 
     # The stuck booking's payment step tried, retried once, and parked in payment.dlq. The
     # message parked is the one whose handling asked for the authorization: ReservationHeld,
@@ -189,12 +214,10 @@ async def test_poison_messages_park_in_the_dlq_and_replay_completes_the_saga(
     assert await db.fetchval("SELECT count(*) FROM dlq_replays") == 0
 
     # Fix the cause, replay, and the saga completes.
-    await db.execute("DELETE FROM sandbox_outages WHERE payment_method = $1", FLAKY_CARD)
+    await outage_over(db)
     done = erynoa(env, "dlq", "replay", "--booking-id", stuck, "--operator", "on-call")
     assert done.returncode == 0, done.stdout + done.stderr
-    await eventually(status_becomes(db, stuck, "awaiting_provider"))
-    await accept(publisher, db, stuck)
-    await eventually(status_becomes(db, stuck, "confirmed"))
+    await accepted_until_confirmed(db, publisher, stuck)
     assert await db.fetchval("SELECT count(*) FROM dlq_replays") == 1
     assert not await check_invariants(db, [stuck, flowing])
 
@@ -207,10 +230,7 @@ async def test_poison_messages_park_in_the_dlq_and_replay_completes_the_saga(
     await asyncio.sleep(2)
     state_after = dict(await db.fetchrow("SELECT * FROM bookings WHERE id = $1::uuid", stuck))
     assert state_after == state_before
-    ledger = await db.fetch(
-        "SELECT operation FROM sandbox_ledger WHERE booking_id = $1::uuid ORDER BY id", stuck
-    )
-    assert [r["operation"] for r in ledger] == ["authorize", "capture"]
+    assert await gateway_operations(db, stuck) == ["authorize", "capture"]
 
 
 async def _parked(env: dict[str, str], booking_id: str) -> dict[str, Any] | None:
@@ -241,24 +261,15 @@ async def test_an_operators_retry_reruns_the_failed_step_from_the_log(
     world: tuple[Settings, dict[str, str]], db: asyncpg.Pool, publisher: EventPublisher
 ) -> None:
     _, env = world
-    service: Service = await create_service(db, capacity=5)
-    customer: User = await create_user(db, "customer", email=False)
-    await db.execute(
-        "INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, 'test outage') "
-        "ON CONFLICT DO NOTHING",
-        FLAKY_CARD,
-    )
-    stuck = await request_booking(publisher, service, customer, payment_method=FLAKY_CARD)
+    _, _, stuck = await a_booking_during_an_outage(db, publisher)
     await eventually(lambda: _parked(env, stuck))
     assert await status(db, stuck) == "reserved"
 
     # Fixed; instead of replaying the dead letter, the operator retries the payment step.
-    await db.execute("DELETE FROM sandbox_outages WHERE payment_method = $1", FLAKY_CARD)
+    await outage_over(db)
     retried = erynoa(env, "saga", "retry", stuck, "--step", "payment", "--operator", "on-call")
     assert retried.returncode == 0, retried.stdout + retried.stderr
-    await eventually(status_becomes(db, stuck, "awaiting_provider"))
-    await accept(publisher, db, stuck)
-    await eventually(status_becomes(db, stuck, "confirmed"))
+    await accepted_until_confirmed(db, publisher, stuck)
     assert not await check_invariants(db, [stuck])
 
     # The dead letter is still there; replaying it now changes nothing (already processed).
@@ -266,7 +277,4 @@ async def test_an_operators_retry_reruns_the_failed_step_from_the_log(
     assert replayed.returncode == 0, replayed.stderr
     await asyncio.sleep(2)
     assert await status(db, stuck) == "confirmed"
-    ledger = await db.fetch(
-        "SELECT operation FROM sandbox_ledger WHERE booking_id = $1::uuid ORDER BY id", stuck
-    )
-    assert [r["operation"] for r in ledger] == ["authorize", "capture"]
+    assert await gateway_operations(db, stuck) == ["authorize", "capture"]
