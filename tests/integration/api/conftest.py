@@ -13,7 +13,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -324,12 +324,8 @@ class TopicProbe:
         return found
 
 
-Probe = Callable[[str], Awaitable[TopicProbe]]
-"""The ``probe_topic`` fixture: starts a probe on one of the shared server's topics."""
-
-
 @pytest.fixture
-async def probe_topic(live_api: LiveApi) -> AsyncIterator[Probe]:
+async def probe_topic(live_api: LiveApi) -> AsyncIterator[Any]:
     probes: list[TopicProbe] = []
 
     async def start(topic: str) -> TopicProbe:

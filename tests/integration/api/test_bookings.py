@@ -4,6 +4,7 @@ would have written them."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from tests.conftest import unique
 from tests.integration.api.conftest import (
     Actors,
     LiveApi,
-    Probe,
+    TopicProbe,
     book,
     booking_body,
     create_service,
@@ -25,6 +26,8 @@ from tests.integration.api.conftest import (
 )
 
 pytestmark = pytest.mark.integration
+
+Probe = Callable[[str], Awaitable[TopicProbe]]
 
 
 async def test_create_answers_202_and_a_poll_right_after_sees_requested(

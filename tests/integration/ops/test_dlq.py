@@ -106,11 +106,13 @@ async def find(settings: Settings, catalog: TopicCatalog, **query: Any) -> dead_
 
 async def requested_dead_letter(
     settings: Settings, catalog: TopicCatalog, poisoned: Poisoned
-) -> dead_letters.ScanResult:
+) -> dead_letters.DeadLetter:
     """The test's decodable dead letter (its ``BookingRequested``), found as an operator would."""
-    return await find(
+    found = await find(
         settings, catalog, booking_id=poisoned.booking_id, event_type="BookingRequested"
     )
+    (message,) = found.messages
+    return message
 
 
 async def audit_rows(db: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
@@ -315,12 +317,12 @@ async def test_again_forces_a_second_replay_and_logs_both(
     settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, poisoned: Poisoned
 ) -> None:
     codec = default_codec()
-    found = await requested_dead_letter(settings, catalog, poisoned)
+    message = await requested_dead_letter(settings, catalog, poisoned)
     origin_before = await end_offsets(settings, catalog, poisoned.origin)
     async with raw_producer(settings, "test-dlq-again") as producer:
         for again in (False, True):
             plan = await replay.plan_replay(
-                db, catalog, found.messages, codec, datetime.now(UTC), again=again
+                db, catalog, [message], codec, datetime.now(UTC), again=again
             )
             report = await replay.replay(db, producer, plan, operator="tester", again=again)
             assert report.counts["replayed"] == 1
@@ -354,8 +356,7 @@ async def test_a_pending_claim_left_by_a_dead_replay_is_taken_over_once_abandone
     settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, poisoned: Poisoned
 ) -> None:
     codec = default_codec()
-    found = await requested_dead_letter(settings, catalog, poisoned)
-    (message,) = found.messages
+    message = await requested_dead_letter(settings, catalog, poisoned)
     await claim_left_pending(db, message, replay.ABANDONED_AFTER + timedelta(minutes=1))
 
     dry = await cli(settings, "replay", "--booking-id", poisoned.booking_id, "--dry-run", "--json")
@@ -366,7 +367,7 @@ async def test_a_pending_claim_left_by_a_dead_replay_is_taken_over_once_abandone
     assert "never finished" in planned["note"]
     origin_before = await end_offsets(settings, catalog, poisoned.origin)
     async with raw_producer(settings, "test-dlq-stale") as producer:
-        plan = await replay.plan_replay(db, catalog, found.messages, codec, datetime.now(UTC))
+        plan = await replay.plan_replay(db, catalog, [message], codec, datetime.now(UTC))
         report = await replay.replay(db, producer, plan, operator="tester")
 
     assert report.counts["replayed"] == 1
@@ -379,13 +380,12 @@ async def test_a_recent_pending_claim_still_holds_the_message(
     settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, poisoned: Poisoned
 ) -> None:
     codec = default_codec()
-    found = await requested_dead_letter(settings, catalog, poisoned)
-    (message,) = found.messages
+    message = await requested_dead_letter(settings, catalog, poisoned)
     await claim_left_pending(db, message, timedelta(seconds=30))
     # A plan made with a clock far ahead lets the message through: the claim itself, decided
     # by the database's clock, must still refuse it.
     later = datetime.now(UTC) + replay.ABANDONED_AFTER * 2
-    plan = await replay.plan_replay(db, catalog, found.messages, codec, later)
+    plan = await replay.plan_replay(db, catalog, [message], codec, later)
     assert plan[0].replay
     origin_before = await end_offsets(settings, catalog, poisoned.origin)
     async with raw_producer(settings, "test-dlq-held") as producer:
