@@ -4,6 +4,9 @@ local stack (Kafka, PostgreSQL, Redis from ``erynoa stack up``); tests talk to i
 Each test makes its own users, services and bookings (uuid ids), so tests share one server and
 one database without cleaning up. Tokens come from the development issuer (``issue_dev_token``),
 whose key lives in a temporary file for the session.
+
+A module that breaks the API's link to Kafka uses ``private`` instead: a server of its own, on
+its own topics and database, whose publisher the test switches (``KafkaSwitch``).
 """
 
 from __future__ import annotations
@@ -387,6 +390,8 @@ DIE_AT_COMMIT = "PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL;"
 
 @dataclass
 class PrivateApi:
+    """A module's own API server and what its tests drive and inspect it with."""
+
     live: LiveApi
     http: httpx.AsyncClient
     pool: asyncpg.Pool
