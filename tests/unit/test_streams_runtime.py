@@ -203,19 +203,28 @@ def routing_runtime(
     return runtime, producer
 
 
+def every_batch_fails(
+    monkeypatch: pytest.MonkeyPatch, runtime: AgentRuntime, error: BaseException, outage: str | None
+) -> None:
+    """Handling raises ``error``; probing the dependencies answers ``outage`` (``None``: they
+    all answer, so the message itself is at fault)."""
+
+    async def fail(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
+        raise error
+
+    async def probe(error: BaseException | None = None) -> str | None:
+        return outage
+
+    monkeypatch.setattr(runtime, "handle", fail)
+    monkeypatch.setattr(runtime, "unavailable", probe)
+
+
 async def test_a_failing_handler_sends_the_original_bytes_down_a_tier(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     runtime, producer = routing_runtime("payment")
-
-    async def flaky(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
-        raise TimeoutError("gateway slow")
-
-    async def all_dependencies_answer(error: BaseException | None = None) -> str | None:
-        return None
-
-    monkeypatch.setattr(runtime, "handle", flaky)
-    monkeypatch.setattr(runtime, "unavailable", all_dependencies_answer)
+    # The gateway is slow for this message; every dependency answers.
+    every_batch_fails(monkeypatch, runtime, TimeoutError("gateway slow"), outage=None)
     value = local_codec().encode(requested())
     await runtime.process([incoming(value, [("traceparent", b"00-abc-01")])])
     [(topic, sent_value, key, headers)] = producer.sent
@@ -270,15 +279,12 @@ async def test_an_outage_during_a_stop_leaves_the_batch_unacked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     runtime, producer = routing_runtime("reservation")
-
-    async def down(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
-        raise ConnectionRefusedError("127.0.0.1:15432")
-
-    async def probe(error: BaseException | None = None) -> str | None:
-        return "postgresql: connection refused"
-
-    monkeypatch.setattr(runtime, "handle", down)
-    monkeypatch.setattr(runtime, "unavailable", probe)
+    every_batch_fails(
+        monkeypatch,
+        runtime,
+        ConnectionRefusedError("127.0.0.1:15432"),
+        outage="postgresql: connection refused",
+    )
     await runtime.drain(grace_s=0)
     value = local_codec().encode(requested())
     task = asyncio.create_task(runtime.process([incoming(value)]))
