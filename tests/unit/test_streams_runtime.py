@@ -324,14 +324,24 @@ def handled_offsets(
     return seen
 
 
+def reading_from(
+    monkeypatch: pytest.MonkeyPatch, recorded: dict[tuple[str, int], int], log_starts_at: int = 0
+) -> tuple[AgentRuntime, MemoryPositions, _Seeks, list[tuple[int, int]]]:
+    """A reservation runtime whose positions are ``recorded``: its positions, the seeks it
+    asks for, and the (partition, offset) of every message it handles."""
+    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
+    positions = MemoryPositions(recorded)
+    runtime.positions = positions
+    runtime.seek = seeks = _Seeks(log_starts_at)
+    return runtime, positions, seeks, handled_offsets(runtime, monkeypatch)
+
+
 async def test_a_batch_that_starts_past_the_recorded_position_moves_the_partition_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    positions = MemoryPositions({("bookings", 2): 10, ("bookings", 3): 5})
-    runtime.positions = positions
-    runtime.seek = seeks = _Seeks()
-    seen = handled_offsets(runtime, monkeypatch)
+    runtime, positions, seeks, seen = reading_from(
+        monkeypatch, {("bookings", 2): 10, ("bookings", 3): 5}
+    )
     value = local_codec().encode(requested())
 
     # Offsets 10..11 of partition 2 were acked by the consumer library but never handled.
@@ -349,11 +359,7 @@ async def test_a_batch_that_starts_past_the_recorded_position_moves_the_partitio
 async def test_messages_fetched_before_a_move_back_wait_for_the_re_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    positions = MemoryPositions({("bookings", 2): 100})
-    runtime.positions = positions
-    runtime.seek = seeks = _Seeks()
-    seen = handled_offsets(runtime, monkeypatch)
+    runtime, positions, seeks, seen = reading_from(monkeypatch, {("bookings", 2): 100})
     value = local_codec().encode(requested())
 
     await runtime.process([at(150, value), at(151, value)])  # 100..149 skipped by a commit
@@ -369,11 +375,7 @@ async def test_messages_fetched_before_a_move_back_wait_for_the_re_read(
 async def test_a_hole_inside_a_batch_moves_the_partition_back_to_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    positions = MemoryPositions({("bookings", 2): 10})
-    runtime.positions = positions
-    runtime.seek = seeks = _Seeks()
-    seen = handled_offsets(runtime, monkeypatch)
+    runtime, positions, seeks, seen = reading_from(monkeypatch, {("bookings", 2): 10})
     value = local_codec().encode(requested())
 
     await runtime.process([at(10, value), at(11, value), at(13, value), at(14, value)])
@@ -389,10 +391,7 @@ async def test_a_hole_inside_a_batch_moves_the_partition_back_to_it(
 async def test_redelivered_messages_before_the_position_are_not_handled_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    runtime.positions = MemoryPositions({("bookings", 2): 12})
-    runtime.seek = seeks = _Seeks()
-    seen = handled_offsets(runtime, monkeypatch)
+    runtime, _, seeks, seen = reading_from(monkeypatch, {("bookings", 2): 12})
     value = local_codec().encode(requested())
     await runtime.process([at(10, value), at(11, value), at(12, value)])
     assert seen == [(2, 12)]
@@ -402,11 +401,7 @@ async def test_redelivered_messages_before_the_position_are_not_handled_again(
 async def test_a_truncated_log_moves_the_position_to_where_the_log_starts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    positions = MemoryPositions({("bookings", 2): 10})
-    runtime.positions = positions
-    runtime.seek = _Seeks(log_starts_at=40)
-    seen = handled_offsets(runtime, monkeypatch)
+    runtime, positions, _, seen = reading_from(monkeypatch, {("bookings", 2): 10}, log_starts_at=40)
     value = local_codec().encode(requested())
     await runtime.process([at(41, value)])
     assert positions.recorded[("bookings", 2)] == 40
