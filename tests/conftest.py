@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from typing import TypeVar
 
 import asyncpg
 import pytest
 
 from erynoa.settings import Settings
+
+T = TypeVar("T")
 
 # The tests are the test environment, and say so: it is what lets the servers and systems they
 # start run the development issuer (on loopback). Subprocesses inherit it. A value set by the
@@ -22,6 +26,21 @@ os.environ.setdefault("ERYNOA_ENVIRONMENT", "test")
 def unique(prefix: str = "") -> str:
     """An id no other test (or earlier run) uses."""
     return f"{prefix}{uuid.uuid4()}"
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 90.0) -> T:
+    """Ask ``check`` until its answer is truthy, and return that answer. The limit only ends
+    a test that would otherwise wait forever; it is generous (real worker processes retry
+    with backoff)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"not reached within {within}s: {check}")
+        await asyncio.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

@@ -18,20 +18,17 @@ from typing import Any
 
 import asyncpg
 import pytest
-import yaml
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from api.auth import issue_dev_token
-from erynoa.codec import default_codec
-from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher
 from erynoa.settings import PROJECT_ROOT, Settings
-from erynoa.supervisor import System, commands
 from erynoa.topics import TopicCatalog, load_catalog
-from tests.conftest import own_namespace
 from tests.integration.api.conftest import ServerThread, api_settings
+from tests.integration.materializing import pool_for, publisher_for
+from tests.integration.worker_system import workers_running
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -61,55 +58,31 @@ async def system(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Running]:
     folder = tmp_path_factory.mktemp("console")
-    spec = yaml.safe_load((PROJECT_ROOT / "topics.yaml").read_text())
-    spec["consumers"]["payment"]["retry"] = ["1s"]
-    topics_file = folder / "topics.yaml"
-    topics_file.write_text(yaml.safe_dump(spec))
-    async with own_namespace(settings.model_copy(update={"topics_file": topics_file})) as ns:
-        env = {
-            **os.environ,
-            "ERYNOA_TOPICS_FILE": str(topics_file),
-            "ERYNOA_TOPIC_PREFIX": ns.topic_prefix,
-            "ERYNOA_DATABASE_URL": ns.database_url,
-            "ERYNOA_KAFKA_BOOTSTRAP": ns.kafka_bootstrap,
-            "ERYNOA_PAYMENT_GATEWAY": "sandbox",
-            "ERYNOA_METRICS_PORT_BASE": "0",
-        }
-        workers = System(
-            {name: argv for name, argv in commands().items() if name != "api"},
-            env=env,
-            log_dir=folder / "logs",
-        )
-        workers.start()
+    async with workers_running(settings, folder) as workers:
         api = api_settings(
             folder / "dev-signing-key.pem",
-            topics_file=topics_file,
-            topic_prefix=ns.topic_prefix,
-            database_url=ns.database_url,
+            topics_file=workers.topics_file,
+            topic_prefix=workers.settings.topic_prefix,
+            database_url=workers.settings.database_url,
         )
         server = ServerThread(api)
         server.start()
         try:
-            yield Running(api, server.base_url, env, server)
+            yield Running(api, server.base_url, workers.env, server)
         finally:
             server.stop()
-            workers.stop()
 
 
 @pytest.fixture(scope="package")
 async def pool(system: Running) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(system.settings, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
+    async with pool_for(system.settings, max_size=4) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="package")
 async def publisher(system: Running) -> AsyncIterator[EventPublisher]:
-    s = system.settings
-    pub = EventPublisher.create(s.kafka_bootstrap, "test-console", default_codec(), system.catalog)
-    await pub.start()
-    yield pub
-    await pub.stop()
+    async with publisher_for(system.settings, "test-console") as publisher:
+        yield publisher
 
 
 def chromium_options() -> webdriver.ChromeOptions:

@@ -13,7 +13,6 @@ same timelines.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
@@ -26,7 +25,6 @@ import asyncpg
 import httpx
 import pytest
 import typer
-from aiokafka import AIOKafkaProducer
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -39,7 +37,9 @@ from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.kafka import EventPublisher
 from tests.browser.conftest import Running
+from tests.conftest import eventually
 from tests.integration.api.conftest import ServerThread, free_port
+from tests.integration.materializing import raw_producer
 from tests.integration.saga.harness import Service, User, a_slot, create_service, create_user
 
 pytestmark = pytest.mark.integration
@@ -109,6 +109,14 @@ def log_in(driver: WebDriver, system: Running, token: str) -> None:
     driver.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
 
 
+def log_in_as_an_operator(driver: WebDriver, system: Running) -> str:
+    """Log in with a fresh admin token and wait for the sagas table; returns the token."""
+    token = system.token(f"op-{uuid.uuid4()}", "admin")
+    log_in(driver, system, token)
+    wait(driver, shown("table[data-testid=sagas]"))
+    return token
+
+
 def requested_urls(driver: WebDriver) -> list[str]:
     urls = []
     for entry in driver.get_log("performance"):
@@ -123,18 +131,6 @@ def policy_violations(driver: WebDriver) -> list[str]:
     return [
         e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]
     ]
-
-
-async def eventually(check: Callable[[], Any], within: float = 60) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.3)
 
 
 async def book(
@@ -234,9 +230,7 @@ def without_idle_time(reason: str | None) -> str | None:
 def test_the_cli_the_admin_api_and_the_console_report_the_same_stuck_sagas_and_timelines(
     browser: WebDriver, system: Running, parked: Parked
 ) -> None:
-    token = system.token(f"op-{uuid.uuid4()}", "admin")
-    log_in(browser, system, token)
-    wait(browser, shown("table[data-testid=sagas]"))
+    token = log_in_as_an_operator(browser, system)
     click(browser, "#live")  # still: what is compared is one answer, not a moving one
     click(browser, "#f-stuck")
     after = browser.find_element(By.ID, "f-after")
@@ -319,8 +313,7 @@ async def test_an_operator_finds_a_stuck_saga_and_replays_its_dead_letter(
     pool: asyncpg.Pool,
     publisher: EventPublisher,
 ) -> None:
-    log_in(browser, system, system.token(f"op-{uuid.uuid4()}", "admin"))
-    wait(browser, shown("table[data-testid=sagas]"))
+    log_in_as_an_operator(browser, system)
 
     # The stuck saga: idle for a few seconds counts as stuck here.
     click(browser, "#f-stuck")
@@ -392,20 +385,15 @@ async def test_hostile_event_fields_and_headers_are_shown_as_text(
 ) -> None:
     # A forged dead letter: markup in its failure headers, a body that does not decode.
     key = str(uuid.uuid4())
-    raw = AIOKafkaProducer(**k.producer_config(system.settings.kafka_bootstrap, "test-forger"))
-    await raw.start()
-    try:
+    async with raw_producer(system.settings, "test-forger") as raw:
         await raw.send_and_wait(
             f"{system.settings.topic_prefix}payment.dlq",
             HOSTILE.encode(),
             key=key.encode(),
             headers=[(k.H_ERROR, HOSTILE.encode()), (k.H_ERROR_CLASS, HOSTILE.encode())],
         )
-    finally:
-        await raw.stop()
 
-    log_in(browser, system, system.token(f"op-{uuid.uuid4()}", "admin"))
-    wait(browser, shown("table[data-testid=sagas]"))
+    log_in_as_an_operator(browser, system)
     go(browser, f"#/sagas/{parked.hostile}")
     wait(browser, text_of("table[data-testid=saga-facts]", HOSTILE))
     wait(browser, text_of("table[data-testid=timeline]", f"notes={HOSTILE}"))
@@ -424,9 +412,7 @@ async def test_hostile_event_fields_and_headers_are_shown_as_text(
 def test_a_replay_after_a_stale_dry_run_is_refused_and_shows_the_new_plan(
     browser: WebDriver, system: Running, parked: Parked
 ) -> None:
-    token = system.token(f"op-{uuid.uuid4()}", "admin")
-    log_in(browser, system, token)
-    wait(browser, shown("table[data-testid=sagas]"))
+    log_in_as_an_operator(browser, system)
     go(browser, f"#/dead-letters/all?booking_id={parked.hostile}")
     click(browser, "table[data-testid=messages] [data-testid=message-link]")
     click(browser, "[data-testid=replay-one]")
@@ -454,9 +440,7 @@ def test_a_replay_after_a_stale_dry_run_is_refused_and_shows_the_new_plan(
 
 
 def test_a_revoked_token_ends_the_session_mid_way(browser: WebDriver, system: Running) -> None:
-    token = system.token(f"op-{uuid.uuid4()}", "admin")
-    log_in(browser, system, token)
-    wait(browser, shown("table[data-testid=sagas]"))
+    token = log_in_as_an_operator(browser, system)
     revoked = httpx.post(
         f"{system.base_url}/api/v1/auth/logout",
         headers={"Authorization": f"Bearer {token}"},
@@ -494,8 +478,7 @@ def test_the_console_keeps_its_last_data_while_the_api_is_down(
 def test_an_operator_cancels_a_saga_after_its_dry_run(
     browser: WebDriver, system: Running, parked: Parked
 ) -> None:
-    log_in(browser, system, system.token(f"op-{uuid.uuid4()}", "admin"))
-    wait(browser, shown("table[data-testid=sagas]"))
+    log_in_as_an_operator(browser, system)
     go(browser, f"#/sagas/{parked.hostile}")
     wait(browser, shown("table[data-testid=timeline]"))
     browser.find_element(By.ID, "cancel-reason").send_keys("customer called support")

@@ -1,5 +1,6 @@
-"""Running pieces for tests of the read model: a materializer, a publisher and a pool over a
-namespace's settings, each a context manager that stops what it started."""
+"""Running pieces for tests of the read model: a materializer, a publisher, a raw producer (for
+bytes no publisher would write) and a pool over a namespace's settings, each a context manager
+that stops what it started."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
+from aiokafka import AIOKafkaProducer
 
 from consumers import materializer
+from erynoa import kafka
 from erynoa.codec import default_codec
 from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher
@@ -47,3 +50,13 @@ async def pool_for(settings: Settings, max_size: int = 5) -> AsyncIterator[async
         yield pool
     finally:
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_producer(settings: Settings, client_id: str) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(**kafka.producer_config(settings.kafka_bootstrap, client_id))
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()

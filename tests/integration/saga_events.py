@@ -33,6 +33,13 @@ def request(booking_id: str, at: datetime, **fields: Any) -> ev.BookingRequested
     )
 
 
+def emailed(cause: ev.BookingEvent, at: datetime, role: str, template: str) -> ev.NotificationSent:
+    return ev.make(
+        ev.NotificationSent, cause=cause, producer="notification", occurred_at=at,
+        notification_id=unique(), recipient_role=role, channel="email", template=template,
+    )  # fmt: skip
+
+
 def awaiting_provider(
     booking_id: str, start: datetime, deadline: datetime, **fields: Any
 ) -> list[ev.BookingEvent]:
@@ -49,11 +56,7 @@ def awaiting_provider(
         occurred_at=start + timedelta(seconds=3), payment_id=f"pi_{booking_id[:8]}",
         amount=requested.price, gateway="sandbox",
     )  # fmt: skip
-    told = ev.make(
-        ev.NotificationSent, cause=authorized, producer="notification",
-        occurred_at=start + timedelta(seconds=4), notification_id=unique(),
-        recipient_role="provider", channel="email", template="provider_request",
-    )  # fmt: skip
+    told = emailed(authorized, start + timedelta(seconds=4), "provider", "provider_request")
     waiting = ev.make(
         ev.ProviderResponseRequested, cause=authorized, producer="provider-response",
         occurred_at=start + timedelta(seconds=5), provider_id=requested.provider_id,
@@ -80,11 +83,7 @@ def rejected_and_compensated(
         ev.ReservationReleased, cause=voided, producer="reservation",
         occurred_at=start + timedelta(seconds=68), hold_id=None, reason="rejected",
     )  # fmt: skip
-    told = ev.make(
-        ev.NotificationSent, cause=released, producer="notification",
-        occurred_at=start + timedelta(seconds=70), notification_id=unique(),
-        recipient_role="customer", channel="email", template="customer_rejected",
-    )  # fmt: skip
+    told = emailed(released, start + timedelta(seconds=70), "customer", "customer_rejected")
     return [*events, rejected, voided, released, told]
 
 

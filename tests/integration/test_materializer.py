@@ -4,9 +4,8 @@ from a log with late, repeated and undecodable messages, in parts or in one proc
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +19,7 @@ from erynoa.codec import default_codec
 from erynoa.kafka import EventPublisher, end_offsets
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
-from tests.conftest import own_namespace, unique
+from tests.conftest import eventually, own_namespace, unique
 from tests.integration.materializing import materializer_running, pool_for, publisher_for
 
 pytestmark = pytest.mark.integration
@@ -50,17 +49,6 @@ async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
 async def running_materializer(settings: Settings) -> AsyncIterator[None]:
     async with materializer_running(settings):
         yield
-
-
-async def wait_for(check: Callable[[], Any], within: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.2)
 
 
 def saga_events(booking_id: str) -> list[ev.BookingEvent]:
@@ -124,6 +112,24 @@ async def snapshot(db: asyncpg.Pool, booking_ids: list[str]) -> list[dict[str, A
     return [dict(r) for r in rows]
 
 
+def all_confirmed(db: asyncpg.Pool, ids: list[str]) -> Callable[[], Awaitable[bool]]:
+    """For ``eventually``: every one of the bookings is in the read model, confirmed."""
+
+    async def check() -> bool:
+        rows = await snapshot(db, ids)
+        return len(rows) == len(ids) and all(r["status"] == "confirmed" for r in rows)
+
+    return check
+
+
+async def happy_sagas(publisher: EventPublisher, count: int) -> list[str]:
+    """``count`` bookings' happy paths, published; their ids."""
+    ids = [unique() for _ in range(count)]
+    for booking_id in ids:
+        await publisher.publish_many(saga_events(booking_id))
+    return ids
+
+
 async def test_booking_requested_in_kafka_appears_in_postgres(
     db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None
 ) -> None:
@@ -131,7 +137,7 @@ async def test_booking_requested_in_kafka_appears_in_postgres(
     requested = saga_events(booking_id)[0]
     await publisher.publish(requested)
 
-    row = await wait_for(lambda: booking(db, booking_id))
+    row = await eventually(lambda: booking(db, booking_id))
 
     assert row["status"] == "requested"
     assert row["amount_minor"] == 4500
@@ -152,7 +158,7 @@ async def test_events_fold_into_the_current_state_whatever_their_topic_order(
         row = await booking(db, booking_id)
         return row if row and row["status"] == "confirmed" else None
 
-    row = await wait_for(confirmed)
+    row = await eventually(confirmed)
     assert row["payment"] == "captured"
     assert row["hold"] == "held"
     assert row["events_applied"] == 5
@@ -166,16 +172,9 @@ async def test_events_fold_into_the_current_state_whatever_their_topic_order(
 async def test_redelivery_and_replay_from_offset_zero_change_nothing(
     db: asyncpg.Pool, publisher: EventPublisher, settings: Settings
 ) -> None:
-    ids = [unique() for _ in range(3)]
-    for booking_id in ids:
-        await publisher.publish_many(saga_events(booking_id))
-
-    async def all_confirmed() -> bool:
-        rows = await snapshot(db, ids)
-        return len(rows) == 3 and all(r["status"] == "confirmed" for r in rows)
-
+    ids = await happy_sagas(publisher, 3)
     async with materializer_running(settings):
-        await wait_for(all_confirmed)
+        await eventually(all_confirmed(db, ids))
         before = await snapshot(db, ids)
 
         # Redelivery: every event of these sagas produced again, with the same event ids.
@@ -187,13 +186,13 @@ async def test_redelivery_and_replay_from_offset_zero_change_nothing(
             replayed = [codec.decode(r["body"]) for r in rows]
             await publisher.publish_many([e for e in replayed if isinstance(e, ev.BookingEvent)])
         ends = await _end_offsets(settings)
-        await wait_for(lambda: _caught_up(db, ends))
+        await eventually(lambda: _caught_up(db, ends))
     assert await snapshot(db, ids) == before
 
     # Replay from offset 0: with its positions forgotten the materializer re-reads the log.
     await db.execute("DELETE FROM consumer_positions WHERE consumer = 'materializer'")
     async with materializer_running(settings):
-        await wait_for(lambda: _caught_up(db, ends), within=90)
+        await eventually(lambda: _caught_up(db, ends), within=90)
 
     assert await snapshot(db, ids) == before
 
@@ -220,15 +219,8 @@ async def _caught_up(db: asyncpg.Pool, ends: dict[tuple[str, int], int]) -> bool
 async def test_rebuild_produces_identical_rows_and_swaps(
     db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None, settings: Settings
 ) -> None:
-    ids = [unique() for _ in range(2)]
-    for booking_id in ids:
-        await publisher.publish_many(saga_events(booking_id))
-
-    async def all_confirmed() -> bool:
-        rows = await snapshot(db, ids)
-        return len(rows) == 2 and all(r["status"] == "confirmed" for r in rows)
-
-    await wait_for(all_confirmed)
+    ids = await happy_sagas(publisher, 2)
+    await eventually(all_confirmed(db, ids))
     before = await snapshot(db, ids)
 
     report = await rebuild(settings)
@@ -245,11 +237,7 @@ async def test_rebuild_refuses_to_swap_when_the_live_model_differs(
     booking_id = unique()
     await publisher.publish_many(saga_events(booking_id))
 
-    async def confirmed() -> bool:
-        row = await booking(db, booking_id)
-        return bool(row and row["status"] == "confirmed")
-
-    await wait_for(confirmed)
+    await eventually(all_confirmed(db, [booking_id]))
     # Corrupt the live read model the way a projection bug would.
     await db.execute("UPDATE bookings SET failure_reason = 'bug' WHERE id = $1::uuid", booking_id)
 
@@ -297,12 +285,7 @@ async def _publish_messy_log(
     bookings_topic = publisher.topic_for(unrequested[0])
     await _publish_raw(settings, bookings_topic, b"not an event", ids[3].encode())
     await publisher.publish(unrequested[0])
-
-    async def all_confirmed() -> bool:
-        rows = await snapshot(db, ids)
-        return len(rows) == len(ids) and all(r["status"] == "confirmed" for r in rows)
-
-    await wait_for(all_confirmed)
+    await eventually(all_confirmed(db, ids))
     return ids
 
 
@@ -342,11 +325,7 @@ async def test_a_booking_spread_over_two_parts_falls_back_to_one_replay(
         partition=other,
     )
 
-    async def confirmed() -> bool:
-        row = await booking(db, booking_id)
-        return bool(row and row["status"] == "confirmed")
-
-    await wait_for(confirmed)
+    await eventually(all_confirmed(db, [booking_id]))
     before = await snapshot(db, [booking_id])
 
     with caplog.at_level(logging.WARNING, logger="erynoa.materializer.rebuild"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -20,19 +19,16 @@ from typing import Any
 
 import asyncpg
 import pytest
-import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from erynoa import events as ev
 from erynoa import kafka as k
-from erynoa.codec import default_codec
-from erynoa.db import create_pool
 from erynoa.kafka import EventPublisher, start_consumer, topic_partitions
-from erynoa.settings import PROJECT_ROOT, Settings
-from erynoa.supervisor import AGENTS, System, commands
+from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
 from ops.invariants import check_invariants
-from tests.conftest import own_namespace
+from tests.conftest import eventually
+from tests.integration.materializing import pool_for, publisher_for, raw_producer
 from tests.integration.saga.harness import (
     Service,
     User,
@@ -41,6 +37,7 @@ from tests.integration.saga.harness import (
     create_user,
     request_booking,
 )
+from tests.integration.worker_system import workers_running
 
 pytestmark = pytest.mark.integration
 
@@ -52,45 +49,20 @@ async def world(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Settings, dict[str, str]]]:
     """Own topics and database; the payment agent retries once after 1 s, then dead-letters."""
-    folder = tmp_path_factory.mktemp("poison")
-    spec = yaml.safe_load((PROJECT_ROOT / "topics.yaml").read_text())
-    spec["consumers"]["payment"]["retry"] = ["1s"]
-    topics_file = folder / "topics.yaml"
-    topics_file.write_text(yaml.safe_dump(spec))
-    async with own_namespace(settings.model_copy(update={"topics_file": topics_file})) as isolated:
-        env = {
-            **os.environ,
-            "ERYNOA_TOPICS_FILE": str(topics_file),
-            "ERYNOA_TOPIC_PREFIX": isolated.topic_prefix,
-            "ERYNOA_DATABASE_URL": isolated.database_url,
-            "ERYNOA_KAFKA_BOOTSTRAP": isolated.kafka_bootstrap,
-            "ERYNOA_PAYMENT_GATEWAY": "sandbox",
-            "ERYNOA_METRICS_PORT_BASE": "0",
-        }
-        parts = {name: argv for name, argv in commands().items() if name != "api"}
-        assert set(parts) == {*AGENTS, "materializer"}
-        system = System(parts, env=env, log_dir=folder / "logs")
-        system.start()
-        try:
-            yield isolated, env
-        finally:
-            system.stop()
+    async with workers_running(settings, tmp_path_factory.mktemp("poison")) as workers:
+        yield workers.settings, workers.env
 
 
 @pytest.fixture(scope="module")
 async def db(world: tuple[Settings, dict[str, str]]) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(world[0], min_size=1, max_size=4)
-    yield pool
-    await pool.close()
+    async with pool_for(world[0], max_size=4) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="module")
 async def publisher(world: tuple[Settings, dict[str, str]]) -> AsyncIterator[EventPublisher]:
-    s = world[0]
-    pub = EventPublisher.create(s.kafka_bootstrap, "test-poison", default_codec(), catalog(s))
-    await pub.start()
-    yield pub
-    await pub.stop()
+    async with publisher_for(world[0], "test-poison") as publisher:
+        yield publisher
 
 
 def catalog(s: Settings) -> TopicCatalog:
@@ -107,18 +79,6 @@ def erynoa(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 90.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.3)
 
 
 async def status(db: asyncpg.Pool, booking_id: str) -> str | None:
@@ -160,6 +120,43 @@ async def end_offsets(s: Settings, topics: list[str]) -> dict[str, int]:
     return totals
 
 
+async def a_booking_during_an_outage(
+    db: asyncpg.Pool, publisher: EventPublisher
+) -> tuple[Service, User, str]:
+    """A booking whose payment cannot be authorized: the sandbox gateway is down for its card
+    until ``outage_over``."""
+    service: Service = await create_service(db, capacity=5)
+    customer: User = await create_user(db, "customer", email=False)
+    await db.execute(
+        "INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, 'test outage') "
+        "ON CONFLICT DO NOTHING",
+        FLAKY_CARD,
+    )
+    booking_id = await request_booking(publisher, service, customer, payment_method=FLAKY_CARD)
+    return service, customer, booking_id
+
+
+async def outage_over(db: asyncpg.Pool) -> None:
+    await db.execute("DELETE FROM sandbox_outages WHERE payment_method = $1", FLAKY_CARD)
+
+
+async def accepted_until_confirmed(
+    db: asyncpg.Pool, publisher: EventPublisher, booking_id: str
+) -> None:
+    """Wait for the booking to reach its provider, who accepts; then wait for it to confirm."""
+    await eventually(status_becomes(db, booking_id, "awaiting_provider"))
+    await accept(publisher, db, booking_id)
+    await eventually(status_becomes(db, booking_id, "confirmed"))
+
+
+async def gateway_operations(db: asyncpg.Pool, booking_id: str) -> list[str]:
+    """What the sandbox gateway did for the booking, in order."""
+    ledger = await db.fetch(
+        "SELECT operation FROM sandbox_ledger WHERE booking_id = $1::uuid ORDER BY id", booking_id
+    )
+    return [r["operation"] for r in ledger]
+
+
 def dead_letters_for(env: dict[str, str], booking_id: str) -> list[dict[str, Any]]:
     result = erynoa(env, "dlq", "show", "--booking-id", booking_id, "--json")
     assert result.returncode == 0, result.stderr
@@ -171,29 +168,17 @@ async def test_poison_messages_park_in_the_dlq_and_replay_completes_the_saga(
     world: tuple[Settings, dict[str, str]], db: asyncpg.Pool, publisher: EventPublisher
 ) -> None:
     s, env = world
-    service: Service = await create_service(db, capacity=5)
-    customer: User = await create_user(db, "customer", email=False)
-    await db.execute(
-        "INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, 'test outage')",
-        FLAKY_CARD,
-    )
-    stuck = await request_booking(publisher, service, customer, payment_method=FLAKY_CARD)
+    service, customer, stuck = await a_booking_during_an_outage(db, publisher)
     # An undecodable message on the same topic, between the two bookings.
-    raw = AIOKafkaProducer(**k.producer_config(s.kafka_bootstrap, "test-poison-raw"))
-    await raw.start()
     poison_key = str(uuid.uuid4()).encode()
-    try:
+    async with raw_producer(s, "test-poison-raw") as raw:
         await raw.send_and_wait(
             catalog(s).topic_for("BookingRequested"), b"\x00not avro", key=poison_key
         )
-    finally:
-        await raw.stop()
     flowing = await request_booking(publisher, service, customer, slot=a_slot(9))
 
     # Other bookings keep flowing while the poison sits in the dead-letter topics.
-    await eventually(status_becomes(db, flowing, "awaiting_provider"))
-    await accept(publisher, db, flowing)
-    await eventually(status_becomes(db, flowing, "confirmed"))
+    await accepted_until_confirmed(db, publisher, flowing)
 
     # The stuck booking's payment step tried, retried once, and parked in payment.dlq. The
     # message parked is the one whose handling asked for the authorization: ReservationHeld,
@@ -229,12 +214,10 @@ async def test_poison_messages_park_in_the_dlq_and_replay_completes_the_saga(
     assert await db.fetchval("SELECT count(*) FROM dlq_replays") == 0
 
     # Fix the cause, replay, and the saga completes.
-    await db.execute("DELETE FROM sandbox_outages WHERE payment_method = $1", FLAKY_CARD)
+    await outage_over(db)
     done = erynoa(env, "dlq", "replay", "--booking-id", stuck, "--operator", "on-call")
     assert done.returncode == 0, done.stdout + done.stderr
-    await eventually(status_becomes(db, stuck, "awaiting_provider"))
-    await accept(publisher, db, stuck)
-    await eventually(status_becomes(db, stuck, "confirmed"))
+    await accepted_until_confirmed(db, publisher, stuck)
     assert await db.fetchval("SELECT count(*) FROM dlq_replays") == 1
     assert not await check_invariants(db, [stuck, flowing])
 
@@ -247,10 +230,7 @@ async def test_poison_messages_park_in_the_dlq_and_replay_completes_the_saga(
     await asyncio.sleep(2)
     state_after = dict(await db.fetchrow("SELECT * FROM bookings WHERE id = $1::uuid", stuck))
     assert state_after == state_before
-    ledger = await db.fetch(
-        "SELECT operation FROM sandbox_ledger WHERE booking_id = $1::uuid ORDER BY id", stuck
-    )
-    assert [r["operation"] for r in ledger] == ["authorize", "capture"]
+    assert await gateway_operations(db, stuck) == ["authorize", "capture"]
 
 
 async def _parked(env: dict[str, str], booking_id: str) -> dict[str, Any] | None:
@@ -281,24 +261,15 @@ async def test_an_operators_retry_reruns_the_failed_step_from_the_log(
     world: tuple[Settings, dict[str, str]], db: asyncpg.Pool, publisher: EventPublisher
 ) -> None:
     _, env = world
-    service: Service = await create_service(db, capacity=5)
-    customer: User = await create_user(db, "customer", email=False)
-    await db.execute(
-        "INSERT INTO sandbox_outages (payment_method, reason) VALUES ($1, 'test outage') "
-        "ON CONFLICT DO NOTHING",
-        FLAKY_CARD,
-    )
-    stuck = await request_booking(publisher, service, customer, payment_method=FLAKY_CARD)
+    _, _, stuck = await a_booking_during_an_outage(db, publisher)
     await eventually(lambda: _parked(env, stuck))
     assert await status(db, stuck) == "reserved"
 
     # Fixed; instead of replaying the dead letter, the operator retries the payment step.
-    await db.execute("DELETE FROM sandbox_outages WHERE payment_method = $1", FLAKY_CARD)
+    await outage_over(db)
     retried = erynoa(env, "saga", "retry", stuck, "--step", "payment", "--operator", "on-call")
     assert retried.returncode == 0, retried.stdout + retried.stderr
-    await eventually(status_becomes(db, stuck, "awaiting_provider"))
-    await accept(publisher, db, stuck)
-    await eventually(status_becomes(db, stuck, "confirmed"))
+    await accepted_until_confirmed(db, publisher, stuck)
     assert not await check_invariants(db, [stuck])
 
     # The dead letter is still there; replaying it now changes nothing (already processed).
@@ -306,7 +277,4 @@ async def test_an_operators_retry_reruns_the_failed_step_from_the_log(
     assert replayed.returncode == 0, replayed.stderr
     await asyncio.sleep(2)
     assert await status(db, stuck) == "confirmed"
-    ledger = await db.fetch(
-        "SELECT operation FROM sandbox_ledger WHERE booking_id = $1::uuid ORDER BY id", stuck
-    )
-    assert [r["operation"] for r in ledger] == ["authorize", "capture"]
+    assert await gateway_operations(db, stuck) == ["authorize", "capture"]

@@ -19,9 +19,9 @@ from erynoa.kafka import EventPublisher
 from erynoa.settings import Settings
 from erynoa.topic_admin import admin_client
 from erynoa.topics import load_catalog
-from tests.conftest import own_namespace, unique
+from tests.conftest import eventually, own_namespace, unique
 from tests.integration.materializing import materializer_running, pool_for, publisher_for
-from tests.integration.test_materializer import saga_events, wait_for
+from tests.integration.test_materializer import all_confirmed, saga_events
 
 pytestmark = pytest.mark.integration
 
@@ -80,11 +80,7 @@ async def test_a_forced_rebuild_refuses_a_log_whose_start_was_deleted(
     published = await publisher.publish_many(events)
     requested = published[0]
 
-    async def confirmed() -> bool:
-        status = await db.fetchval("SELECT status FROM bookings WHERE id = $1::uuid", booking_id)
-        return bool(status == "confirmed")
-
-    await wait_for(confirmed)
+    await eventually(all_confirmed(db, [booking_id]))
     before = await _rows(db)
     # The booking's request is gone from the log, as after a retention of days.
     _delete_records_before(settings, requested.topic, requested.partition, requested.offset + 1)
@@ -126,7 +122,7 @@ async def test_a_log_truncated_before_any_event_of_the_model_still_rebuilds(
         status = await db.fetchval("SELECT status FROM bookings WHERE id = $1::uuid", booking_id)
         return bool(status == "confirmed") and await _position(db, topic, 0) > junk.offset
 
-    await wait_for(settled)
+    await eventually(settled)
     _delete_records_before(settings, topic, 0, junk.offset + 1)
     before = await _rows(db)
 

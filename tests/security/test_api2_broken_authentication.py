@@ -4,47 +4,31 @@ running API. Every attack must end in a 401 (a 200 means it got in)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import hmac
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
 
-from api.auth import DevIssuer, load_or_create_dev_key
+from api.auth import DevIssuer
 from tests.conftest import unique
+from tests.integration.api import forged_tokens
 from tests.integration.api.conftest import LiveApi
+from tests.integration.api.forged_tokens import (
+    keyed_with_the_public_key,
+    promoted_to_admin,
+    unsigned,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
-    return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-
-
 def claims_for(live_api: LiveApi, **overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "iss": live_api.settings.oidc_issuer,
-        "aud": live_api.settings.oidc_audience,
-        "sub": unique("mallory-"),
-        "iat": now,
-        "nbf": now,
-        "exp": now + 600,
-        "jti": unique(),
-        "roles": ["admin"],
-    }
-    claims.update(overrides)
-    return {k: v for k, v in claims.items() if v is not None}
+    # The attacks aim at an admin route, so a forged token claims the most it could win.
+    return forged_tokens.claims_for(
+        live_api, **{"sub": unique("mallory-"), "roles": ["admin"], **overrides}
+    )
 
 
 def dev_issuer(live_api: LiveApi) -> DevIssuer:
@@ -71,15 +55,9 @@ async def test_alg_none_is_refused(http: httpx.AsyncClient, live_api: LiveApi) -
 async def test_hs256_keyed_with_the_public_key_is_refused(
     http: httpx.AsyncClient, live_api: LiveApi
 ) -> None:
-    key = load_or_create_dev_key(Path(live_api.settings.dev_signing_key_file))
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
     for alg, digest in (("HS256", hashlib.sha256), ("HS512", hashlib.sha512)):
-        header = {"alg": alg, "typ": "JWT", "kid": dev_issuer(live_api).kid}
-        signing_input = unsigned(header, claims_for(live_api))
-        signature = hmac.new(public_pem, signing_input.encode(), digest).digest()
-        await assert_refused(http, f"{signing_input}.{b64(signature)}", f"'{alg}' is not accepted")
+        token = keyed_with_the_public_key(live_api, alg, digest, claims_for(live_api))
+        await assert_refused(http, token, f"'{alg}' is not accepted")
 
 
 async def test_a_wrong_or_missing_kid_is_refused(
@@ -145,12 +123,8 @@ async def test_a_revoked_token_is_refused(http: httpx.AsyncClient, live_api: Liv
 
 
 async def test_a_tampered_role_is_refused(http: httpx.AsyncClient, live_api: LiveApi) -> None:
-    header, payload, signature = live_api.token(unique("eve-"), "customer").split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    claims["roles"] = ["admin"]
-    await assert_refused(
-        http, f"{header}.{b64(json.dumps(claims).encode())}.{signature}", "signature"
-    )
+    forged = promoted_to_admin(live_api.token(unique("eve-"), "customer"))
+    await assert_refused(http, forged, "signature")
 
 
 # --- the development issuer's refresh -------------------------------------------------------

@@ -19,7 +19,8 @@ from tests.integration.api.conftest import (
     Actors,
     LiveApi,
     api_settings,
-    booking_body,
+    book,
+    events_of,
     insert_booking,
     running,
 )
@@ -129,8 +130,8 @@ async def test_an_expired_idempotency_key_is_refused_not_replayed(
     http: httpx.AsyncClient, live_api: LiveApi, actors: Actors, pg: asyncpg.Pool
 ) -> None:
     key = unique("key-")
-    headers = {**actors.customer_auth, "Idempotency-Key": key}
-    first = await http.post("/bookings", json=booking_body(actors.service_id), headers=headers)
+    keyed = {"Idempotency-Key": key}
+    first = await book(http, actors, keyed)
     assert first.status_code == 202, first.text
     ttl = live_api.settings.idempotency_key_ttl_seconds
     await pg.execute(
@@ -140,7 +141,7 @@ async def test_an_expired_idempotency_key_is_refused_not_replayed(
         key,
         float(ttl + 60),
     )
-    expired = await http.post("/bookings", json=booking_body(actors.service_id), headers=headers)
+    expired = await book(http, actors, keyed)
     assert expired.status_code == 422, expired.text
     assert expired.json()["error"]["code"] == "IDEMPOTENCY_KEY_EXPIRED"
 
@@ -155,7 +156,7 @@ async def test_an_expired_idempotency_key_is_refused_not_replayed(
         key,
     )
     assert remaining == 0
-    again = await http.post("/bookings", json=booking_body(actors.service_id), headers=headers)
+    again = await book(http, actors, keyed)
     assert again.status_code == 422, again.text
     assert again.json()["error"]["code"] == "IDEMPOTENCY_KEY_EXPIRED"
     bookings = await pg.fetchval(
@@ -168,12 +169,12 @@ async def test_a_fresh_idempotency_key_is_kept_by_the_cleanup(
     http: httpx.AsyncClient, live_api: LiveApi, actors: Actors, pg: asyncpg.Pool
 ) -> None:
     key = unique("key-")
-    headers = {**actors.customer_auth, "Idempotency-Key": key}
-    first = await http.post("/bookings", json=booking_body(actors.service_id), headers=headers)
+    keyed = {"Idempotency-Key": key}
+    first = await book(http, actors, keyed)
     from api.readmodel import delete_expired_idempotency_keys
 
     await delete_expired_idempotency_keys(pg, live_api.settings.idempotency_key_ttl_seconds)
-    again = await http.post("/bookings", json=booking_body(actors.service_id), headers=headers)
+    again = await book(http, actors, keyed)
     assert again.status_code == 202
     assert again.json()["workflow_id"] == first.json()["workflow_id"]
 
@@ -186,12 +187,9 @@ async def test_repeated_cancels_publish_one_event(
     for auth in [actors.customer_auth] * 10 + [actors.admin_auth] * 5:
         response = await http.post(f"/bookings/{booking_id}/cancel", headers=auth)
         assert response.status_code == 202, response.text
-    cancels = [
-        seen
-        for seen in await bookings_topic.events()
-        if isinstance(seen.event, ev.BookingCancellationRequested)
-        and seen.event.booking_id == booking_id
-    ]
+    cancels = events_of(
+        await bookings_topic.events(), ev.BookingCancellationRequested, booking_id=booking_id
+    )
     assert len(cancels) == 1
     recorded = await pg.fetchval(
         "SELECT count(*) FROM booking_cancellations WHERE booking_id = $1", booking_id

@@ -167,15 +167,21 @@ def _response(status: int, body: object, retry_after: str | None = None) -> http
     return httpx.Response(status, json=body, headers=headers)
 
 
-def test_a_create_is_retried_with_the_same_idempotency_key_until_acknowledged(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    slept: list[float] = []
+@pytest.fixture
+def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The client's waits between attempts, recorded instead of waited."""
+    waits: list[float] = []
 
     async def no_sleep(seconds: float) -> None:
-        slept.append(seconds)
+        waits.append(seconds)
 
     monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    return waits
+
+
+def test_a_create_is_retried_with_the_same_idempotency_key_until_acknowledged(
+    slept: list[float],
+) -> None:
     api = FakeApi(
         [
             _response(503, _error("SERVICE_UNAVAILABLE"), retry_after="2"),
@@ -195,13 +201,8 @@ def test_a_create_is_retried_with_the_same_idempotency_key_until_acknowledged(
     assert len(client.ledger.failures) == 1
 
 
-def test_an_accept_answered_already_counts_as_acknowledged(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async def no_sleep(seconds: float) -> None:
-        return None
-
-    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+@pytest.mark.usefixtures("slept")
+def test_an_accept_answered_already_counts_as_acknowledged() -> None:
     api = FakeApi(
         [
             httpx.ReadError("the API died mid-request"),
@@ -213,13 +214,8 @@ def test_an_accept_answered_already_counts_as_acknowledged(
     assert client.ledger.acknowledged("accept") == {"b-1": 0.0}
 
 
-def test_a_request_out_of_time_ends_refused_after_a_503_and_unknown_after_silence(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async def no_sleep(seconds: float) -> None:
-        return None
-
-    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+@pytest.mark.usefixtures("slept")
+def test_a_request_out_of_time_ends_refused_after_a_503_and_unknown_after_silence() -> None:
     api = FakeApi([_response(503, _error("SERVICE_UNAVAILABLE"), retry_after="5")])
     client = _client(api)
     client.answer_budget_s = 1.0  # less than the Retry-After: one attempt only

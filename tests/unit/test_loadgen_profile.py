@@ -56,50 +56,44 @@ def test_a_misspelt_field_is_named_with_its_file(tmp_path: Path) -> None:
     assert f"{path}: outcomes.provider_accept: Extra inputs are not permitted" in str(error.value)
 
 
-def test_a_negative_weight_is_refused(tmp_path: Path) -> None:
-    path = write(tmp_path, "outcomes:\n  provider_accepts: -1\n")
-    with pytest.raises(
-        ProfileError, match=r"mix\.yaml: outcomes\.provider_accepts: .*greater than or equal to 0"
-    ):
-        load_profile(path)
-
-
-def test_all_weights_zero_is_refused(tmp_path: Path) -> None:
-    path = write(tmp_path, "outcomes:\n  provider_accepts: 0\n")
-    with pytest.raises(ProfileError, match=r"mix\.yaml: outcomes: all weights are zero"):
-        load_profile(path)
-
-
-def test_outcomes_are_required(tmp_path: Path) -> None:
-    path = write(tmp_path, "name: x\n")
-    with pytest.raises(ProfileError, match=r"mix\.yaml: outcomes: Field required"):
-        load_profile(path)
-
-
-def test_a_delay_range_must_be_ordered(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        "outcomes: {provider_accepts: 1}\ntiming:\n  provider_delay: {min_ms: 500, max_ms: 100}\n",
-    )
-    with pytest.raises(
-        ProfileError, match=r"timing\.provider_delay: max_ms \(100\) is less than min_ms \(500\)"
-    ):
-        load_profile(path)
-
-
-def test_more_hot_services_than_services_is_refused(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        "outcomes: {provider_accepts: 1}\n"
-        "population: {services: 3, providers: 1}\ncatalog: {hot_services: 4}\n",
-    )
-    with pytest.raises(ProfileError, match=r"catalog\.hot_services \(4\) exceeds"):
-        load_profile(path)
-
-
-def test_hot_traffic_without_hot_services_is_refused(tmp_path: Path) -> None:
-    path = write(tmp_path, "outcomes: {provider_accepts: 1}\ncatalog: {hot_traffic_share: 0.1}\n")
-    with pytest.raises(ProfileError, match=r"hot_traffic_share is set but catalog\.hot_services"):
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        pytest.param(
+            "outcomes:\n  provider_accepts: -1\n",
+            r"mix\.yaml: outcomes\.provider_accepts: .*greater than or equal to 0",
+            id="a-negative-weight",
+        ),
+        pytest.param(
+            "outcomes:\n  provider_accepts: 0\n",
+            r"mix\.yaml: outcomes: all weights are zero",
+            id="all-weights-zero",
+        ),
+        pytest.param("name: x\n", r"mix\.yaml: outcomes: Field required", id="no-outcomes"),
+        pytest.param(
+            "outcomes: {provider_accepts: 1}\n"
+            "timing:\n  provider_delay: {min_ms: 500, max_ms: 100}\n",
+            r"timing\.provider_delay: max_ms \(100\) is less than min_ms \(500\)",
+            id="a-delay-range-out-of-order",
+        ),
+        pytest.param(
+            "outcomes: {provider_accepts: 1}\n"
+            "population: {services: 3, providers: 1}\ncatalog: {hot_services: 4}\n",
+            r"catalog\.hot_services \(4\) exceeds",
+            id="more-hot-services-than-services",
+        ),
+        pytest.param(
+            "outcomes: {provider_accepts: 1}\ncatalog: {hot_traffic_share: 0.1}\n",
+            r"hot_traffic_share is set but catalog\.hot_services",
+            id="hot-traffic-without-hot-services",
+        ),
+    ],
+)
+def test_a_bad_profile_is_refused_naming_the_problem(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ProfileError, match=problem):
         load_profile(path)
 
 

@@ -234,12 +234,24 @@ async def test_an_authorization_the_gateway_never_saw_is_tried_again() -> None:
         await PaymentAdapter(gateway).execute(saga.AuthorizePayment(PRICE), ctx_for(reserved()))
 
 
-async def test_a_capture_refused_because_it_already_happened_is_a_capture() -> None:
-    gateway = FakeGateway(capture_result=REFUSED, found=gw.Found(gw.IntentStatus.CAPTURED, "pi_1"))
+@pytest.mark.parametrize(
+    ("status", "event_type", "reason_code"),
+    [
+        # It already happened: a capture.
+        (gw.IntentStatus.CAPTURED, ev.PaymentCaptured, None),
+        # The intent was cancelled: the capture failed.
+        (gw.IntentStatus.CANCELED, ev.PaymentCaptureFailed, "payment_intent_canceled"),
+    ],
+)
+async def test_a_capture_refused_for_the_intents_state_is_what_the_gateway_has(
+    status: gw.IntentStatus, event_type: type[ev.BookingEvent], reason_code: str | None
+) -> None:
+    gateway = FakeGateway(capture_result=REFUSED, found=gw.Found(status, "pi_1"))
     [event] = await PaymentAdapter(gateway).execute(
         saga.CapturePayment(PRICE), ctx_for(authorized())
     )
-    assert isinstance(event, ev.PaymentCaptured)
+    assert isinstance(event, event_type)
+    assert getattr(event, "reason_code", None) == reason_code
     assert gateway.calls[1] == ("find", {"booking_id": REQUESTED.booking_id, "payment_id": "pi_1"})
 
 
@@ -247,15 +259,6 @@ async def test_a_capture_whose_answer_was_lost_and_is_still_capturable_is_tried_
     gateway = FakeGateway(capture_result=LOST, found=gw.Found(gw.IntentStatus.AUTHORIZED, "pi_1"))
     with pytest.raises(gw.GatewayUnavailable):
         await PaymentAdapter(gateway).execute(saga.CapturePayment(PRICE), ctx_for(authorized()))
-
-
-async def test_a_capture_of_a_cancelled_intent_fails() -> None:
-    gateway = FakeGateway(capture_result=REFUSED, found=gw.Found(gw.IntentStatus.CANCELED, "pi_1"))
-    [event] = await PaymentAdapter(gateway).execute(
-        saga.CapturePayment(PRICE), ctx_for(authorized())
-    )
-    assert isinstance(event, ev.PaymentCaptureFailed)
-    assert event.reason_code == "payment_intent_canceled"
 
 
 async def test_a_void_whose_answer_was_lost_is_voided_when_the_intent_is_cancelled() -> None:

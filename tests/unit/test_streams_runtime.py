@@ -193,21 +193,38 @@ def incoming(value: bytes, headers: list[tuple[str, bytes]] | None = None) -> In
     return Incoming("bookings", 2, 17, b"booking-1", value, headers or [])
 
 
+def routing_runtime(
+    agent: str, producer: _Producer | None = None
+) -> tuple[AgentRuntime, _Producer]:
+    """A runtime whose routed messages (retry tiers, dead letters) are sent to ``producer``."""
+    runtime = make_runtime(_RecordingAdapter(), agent=agent)
+    producer = producer or _Producer()
+    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    return runtime, producer
+
+
+def every_batch_fails(
+    monkeypatch: pytest.MonkeyPatch, runtime: AgentRuntime, error: BaseException, outage: str | None
+) -> None:
+    """Handling raises ``error``; probing the dependencies answers ``outage`` (``None``: they
+    all answer, so the message itself is at fault)."""
+
+    async def fail(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
+        raise error
+
+    async def probe(error: BaseException | None = None) -> str | None:
+        return outage
+
+    monkeypatch.setattr(runtime, "handle", fail)
+    monkeypatch.setattr(runtime, "unavailable", probe)
+
+
 async def test_a_failing_handler_sends_the_original_bytes_down_a_tier(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="payment")
-    producer = _Producer()
-    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
-
-    async def flaky(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
-        raise TimeoutError("gateway slow")
-
-    async def all_dependencies_answer(error: BaseException | None = None) -> str | None:
-        return None
-
-    monkeypatch.setattr(runtime, "handle", flaky)
-    monkeypatch.setattr(runtime, "unavailable", all_dependencies_answer)
+    runtime, producer = routing_runtime("payment")
+    # The gateway is slow for this message; every dependency answers.
+    every_batch_fails(monkeypatch, runtime, TimeoutError("gateway slow"), outage=None)
     value = local_codec().encode(requested())
     await runtime.process([incoming(value, [("traceparent", b"00-abc-01")])])
     [(topic, sent_value, key, headers)] = producer.sent
@@ -221,9 +238,7 @@ async def test_a_failing_handler_sends_the_original_bytes_down_a_tier(
 async def test_an_outage_pauses_the_lane_and_the_same_batch_is_handled_after_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    producer = _Producer()
-    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    runtime, producer = routing_runtime("reservation")
     handled: list[int] = []
     probes = iter(["postgresql: connection refused", "postgresql: connection refused", None])
     slept: list[float] = []
@@ -263,18 +278,13 @@ async def test_a_kafka_error_is_an_outage_without_probing(
 async def test_an_outage_during_a_stop_leaves_the_batch_unacked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    producer = _Producer()
-    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
-
-    async def down(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
-        raise ConnectionRefusedError("127.0.0.1:15432")
-
-    async def probe(error: BaseException | None = None) -> str | None:
-        return "postgresql: connection refused"
-
-    monkeypatch.setattr(runtime, "handle", down)
-    monkeypatch.setattr(runtime, "unavailable", probe)
+    runtime, producer = routing_runtime("reservation")
+    every_batch_fails(
+        monkeypatch,
+        runtime,
+        ConnectionRefusedError("127.0.0.1:15432"),
+        outage="postgresql: connection refused",
+    )
     await runtime.drain(grace_s=0)
     value = local_codec().encode(requested())
     task = asyncio.create_task(runtime.process([incoming(value)]))
@@ -314,14 +324,24 @@ def handled_offsets(
     return seen
 
 
+def reading_from(
+    monkeypatch: pytest.MonkeyPatch, recorded: dict[tuple[str, int], int], log_starts_at: int = 0
+) -> tuple[AgentRuntime, MemoryPositions, _Seeks, list[tuple[int, int]]]:
+    """A reservation runtime whose positions are ``recorded``: its positions, the seeks it
+    asks for, and the (partition, offset) of every message it handles."""
+    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
+    positions = MemoryPositions(recorded)
+    runtime.positions = positions
+    runtime.seek = seeks = _Seeks(log_starts_at)
+    return runtime, positions, seeks, handled_offsets(runtime, monkeypatch)
+
+
 async def test_a_batch_that_starts_past_the_recorded_position_moves_the_partition_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    positions = MemoryPositions({("bookings", 2): 10, ("bookings", 3): 5})
-    runtime.positions = positions
-    runtime.seek = seeks = _Seeks()
-    seen = handled_offsets(runtime, monkeypatch)
+    runtime, positions, seeks, seen = reading_from(
+        monkeypatch, {("bookings", 2): 10, ("bookings", 3): 5}
+    )
     value = local_codec().encode(requested())
 
     # Offsets 10..11 of partition 2 were acked by the consumer library but never handled.
@@ -339,11 +359,7 @@ async def test_a_batch_that_starts_past_the_recorded_position_moves_the_partitio
 async def test_messages_fetched_before_a_move_back_wait_for_the_re_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    positions = MemoryPositions({("bookings", 2): 100})
-    runtime.positions = positions
-    runtime.seek = seeks = _Seeks()
-    seen = handled_offsets(runtime, monkeypatch)
+    runtime, positions, seeks, seen = reading_from(monkeypatch, {("bookings", 2): 100})
     value = local_codec().encode(requested())
 
     await runtime.process([at(150, value), at(151, value)])  # 100..149 skipped by a commit
@@ -359,11 +375,7 @@ async def test_messages_fetched_before_a_move_back_wait_for_the_re_read(
 async def test_a_hole_inside_a_batch_moves_the_partition_back_to_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    positions = MemoryPositions({("bookings", 2): 10})
-    runtime.positions = positions
-    runtime.seek = seeks = _Seeks()
-    seen = handled_offsets(runtime, monkeypatch)
+    runtime, positions, seeks, seen = reading_from(monkeypatch, {("bookings", 2): 10})
     value = local_codec().encode(requested())
 
     await runtime.process([at(10, value), at(11, value), at(13, value), at(14, value)])
@@ -379,10 +391,7 @@ async def test_a_hole_inside_a_batch_moves_the_partition_back_to_it(
 async def test_redelivered_messages_before_the_position_are_not_handled_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    runtime.positions = MemoryPositions({("bookings", 2): 12})
-    runtime.seek = seeks = _Seeks()
-    seen = handled_offsets(runtime, monkeypatch)
+    runtime, _, seeks, seen = reading_from(monkeypatch, {("bookings", 2): 12})
     value = local_codec().encode(requested())
     await runtime.process([at(10, value), at(11, value), at(12, value)])
     assert seen == [(2, 12)]
@@ -392,11 +401,7 @@ async def test_redelivered_messages_before_the_position_are_not_handled_again(
 async def test_a_truncated_log_moves_the_position_to_where_the_log_starts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    positions = MemoryPositions({("bookings", 2): 10})
-    runtime.positions = positions
-    runtime.seek = _Seeks(log_starts_at=40)
-    seen = handled_offsets(runtime, monkeypatch)
+    runtime, positions, _, seen = reading_from(monkeypatch, {("bookings", 2): 10}, log_starts_at=40)
     value = local_codec().encode(requested())
     await runtime.process([at(41, value)])
     assert positions.recorded[("bookings", 2)] == 40
@@ -414,9 +419,7 @@ async def test_a_routed_message_moves_the_position_past_itself() -> None:
 
 
 async def test_an_undecodable_message_is_dead_lettered_and_processing_goes_on() -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="notification")
-    producer = _Producer()
-    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    runtime, producer = routing_runtime("notification")
     await runtime.process([incoming(b"garbage")])
     [(topic, value, _, headers)] = producer.sent
     assert topic == "notification.dlq"
@@ -427,9 +430,7 @@ async def test_an_undecodable_message_is_dead_lettered_and_processing_goes_on() 
 async def test_routing_waits_for_the_broker_instead_of_dropping_the_message(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = make_runtime(_RecordingAdapter(), agent="reservation")
-    producer = _Producer(failures=3)
-    runtime._publisher = _Publisher(producer)  # type: ignore[assignment]
+    runtime, producer = routing_runtime("reservation", _Producer(failures=3))
     slept: list[float] = []
 
     async def no_sleep(seconds: float) -> None:

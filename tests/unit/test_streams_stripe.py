@@ -20,6 +20,11 @@ def err(cls: type[stripe.StripeError], *args: Any, **kwargs: Any) -> stripe.Stri
     return cls(*args, **kwargs)
 
 
+def refused_request(message: str, code: str, **kwargs: Any) -> stripe.StripeError:
+    """A 400 from Stripe with an error code, as for a request the intent's state refuses."""
+    return err(stripe.InvalidRequestError, message, None, code=code, http_status=400, **kwargs)
+
+
 def test_manual_capture_statuses_map_to_outcomes() -> None:
     assert authorize_outcome({"id": "pi_1", "status": "requires_capture"}) == gw.Authorized("pi_1")
     assert authorize_outcome(
@@ -84,13 +89,7 @@ def test_request_errors_are_permanent(error: stripe.StripeError) -> None:
     "error",
     [
         err(stripe.IdempotencyError, "key reused with other parameters", http_status=400),
-        err(
-            stripe.InvalidRequestError,
-            "status succeeded",
-            None,
-            code="payment_intent_unexpected_state",
-            http_status=400,
-        ),
+        refused_request("status succeeded", "payment_intent_unexpected_state"),
     ],
 )
 def test_an_intent_not_in_the_expected_state_is_looked_up_not_failed(
@@ -185,13 +184,7 @@ async def test_a_stripe_outage_while_authorizing_is_retryable() -> None:
 
 
 async def test_capture_of_an_expired_authorization_is_the_capture_failed_path() -> None:
-    error = err(
-        stripe.InvalidRequestError,
-        "expired",
-        None,
-        code="charge_expired_for_capture",
-        http_status=400,
-    )
+    error = refused_request("expired", "charge_expired_for_capture")
     stripe_gw, _ = gateway(capture=error)
     result = await stripe_gw.capture(
         booking_id="b1", payment_id="pi_1", amount=AMOUNT, idempotency_key="k"
@@ -214,12 +207,9 @@ async def test_void_succeeds_when_there_is_nothing_to_void() -> None:
         None
     )
     assert client.v1.payment_intents.calls == []
-    already = err(
-        stripe.InvalidRequestError,
+    already = refused_request(
         "already canceled",
-        None,
-        code="payment_intent_unexpected_state",
-        http_status=400,
+        "payment_intent_unexpected_state",
         json_body={"error": {"payment_intent": {"id": "pi_1", "status": "canceled"}}},
     )
     stripe_gw, _ = gateway(cancel=already)
@@ -241,12 +231,9 @@ async def test_refund_returns_the_refund_id() -> None:
 
 async def test_a_capture_refused_for_the_intents_state_is_raised_for_a_lookup() -> None:
     # Replayed after Stripe forgot the key, a capture that did happen is refused like this.
-    refused = err(
-        stripe.InvalidRequestError,
+    refused = refused_request(
         "This PaymentIntent could not be captured because it has a status of succeeded.",
-        None,
-        code="payment_intent_unexpected_state",
-        http_status=400,
+        "payment_intent_unexpected_state",
     )
     stripe_gw, _ = gateway(capture=refused)
     with pytest.raises(gw.UnexpectedState):

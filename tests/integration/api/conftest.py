@@ -4,6 +4,9 @@ local stack (Kafka, PostgreSQL, Redis from ``erynoa stack up``); tests talk to i
 Each test makes its own users, services and bookings (uuid ids), so tests share one server and
 one database without cleaning up. Tokens come from the development issuer (``issue_dev_token``),
 whose key lives in a temporary file for the session.
+
+A module that breaks the API's link to Kafka uses ``private`` instead: a server of its own, on
+its own topics and database, whose publisher the test switches (``KafkaSwitch``).
 """
 
 from __future__ import annotations
@@ -13,29 +16,33 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 import httpx
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from api.app import create_app
 from api.auth import issue_dev_token
 from api.runtime import PublisherFactory
 from api.server import uvicorn_config
 from erynoa.codec import default_codec
+from erynoa.db import create_pool
 from erynoa.events import BookingEvent, CatalogEvent
-from erynoa.kafka import start_consumer
+from erynoa.kafka import EventPublisher, Published, start_consumer
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
 from tests.builders import service_body
-from tests.conftest import unique
+from tests.conftest import own_namespace, unique
+
+E = TypeVar("E", bound=BookingEvent | CatalogEvent)
 
 
 def free_port() -> int:
@@ -147,8 +154,6 @@ async def http(live_api: LiveApi) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="session")
 async def pg(live_api: LiveApi) -> AsyncIterator[asyncpg.Pool]:
-    from erynoa.db import create_pool
-
     pool = await create_pool(live_api.settings, min_size=1, max_size=4)
     yield pool
     await pool.close()
@@ -176,20 +181,24 @@ async def create_service(
     return data
 
 
-@pytest.fixture
-async def actors(live_api: LiveApi, http: httpx.AsyncClient) -> Actors:
+async def make_actors(live: LiveApi, http: httpx.AsyncClient) -> Actors:
     customer, provider, admin = unique("cust-"), unique("prov-"), unique("admin-")
-    provider_auth = live_api.auth(provider, "provider")
+    provider_auth = live.auth(provider, "provider")
     service = await create_service(http, provider_auth)
     return Actors(
         customer=customer,
         provider=provider,
         admin=admin,
         service_id=service["id"],
-        customer_auth=live_api.auth(customer, "customer"),
+        customer_auth=live.auth(customer, "customer"),
         provider_auth=provider_auth,
-        admin_auth=live_api.auth(admin, "admin"),
+        admin_auth=live.auth(admin, "admin"),
     )
+
+
+@pytest.fixture
+async def actors(live_api: LiveApi, http: httpx.AsyncClient) -> Actors:
+    return await make_actors(live_api, http)
 
 
 def future_slot(days: int = 7) -> str:
@@ -205,6 +214,17 @@ def booking_body(service: str, **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+async def book(
+    http: httpx.AsyncClient, actors: Actors, headers: dict[str, str] | None = None, **body: Any
+) -> httpx.Response:
+    """The customer's create request for the actors' service (``body`` overrides fields)."""
+    return await http.post(
+        "/bookings",
+        json=booking_body(actors.service_id, **body),
+        headers={**actors.customer_auth, **(headers or {})},
+    )
 
 
 async def insert_booking(pg: asyncpg.Pool, actors: Actors, status: str, **columns: Any) -> str:
@@ -242,6 +262,21 @@ async def insert_booking(pg: asyncpg.Pool, actors: Actors, status: str, **column
 class Seen:
     event: BookingEvent | CatalogEvent
     headers: dict[str, str]
+
+
+def of_booking(seen: list[Seen], booking_id: str, event_type: type) -> list[Any]:
+    """The probe's records of ``event_type`` for one booking (the rest of the topic is others')."""
+    return [s for s in seen if isinstance(s.event, event_type) and s.event.key == booking_id]
+
+
+def events_of(seen: list[Seen], event_type: type[E], **fields: object) -> list[E]:
+    """The events of ``event_type`` whose ``fields`` have the given values, in topic order."""
+    return [
+        s.event
+        for s in seen
+        if isinstance(s.event, event_type)
+        and all(getattr(s.event, name) == value for name, value in fields.items())
+    ]
 
 
 class TopicProbe:
@@ -305,3 +340,140 @@ async def probe_topic(live_api: LiveApi) -> AsyncIterator[Any]:
     yield start
     for probe in probes:
         await probe.stop()
+
+
+Mode = Literal["ok", "refuse", "lose_ack"]
+
+
+@dataclass
+class KafkaSwitch:
+    """How the API's publisher behaves: ``ok``; ``refuse`` (the broker unreachable, nothing
+    sent); ``lose_ack`` (the records reach the log, then the wait for the acknowledgement
+    times out, so the sender cannot know)."""
+
+    mode: Mode = "ok"
+    attempts: list[Mode] = field(default_factory=list)
+    refused_bookings: set[str] = field(default_factory=set)
+    """Bookings whose records the broker refuses every time (as a record too large)."""
+
+    def factory(self) -> type[EventPublisher]:
+        switch = self
+
+        class SwitchedPublisher(EventPublisher):
+            async def publish_encoded(
+                self,
+                items: Sequence[
+                    tuple[BookingEvent | CatalogEvent, bytes | None, Mapping[str, str] | None]
+                ],
+            ) -> list[Published]:
+                mode = switch.mode
+                switch.attempts.append(mode)
+                if mode == "refuse":
+                    raise KafkaConnectionError("switched off by the test")
+                if any(
+                    getattr(event, "booking_id", None) in switch.refused_bookings
+                    for event, _, _ in items
+                ):
+                    raise MessageSizeTooLargeError("refused by the test")
+                published = await super().publish_encoded(items)
+                if mode == "lose_ack":
+                    raise KafkaTimeoutError("acknowledgement lost (switched by the test)")
+                return published
+
+        return SwitchedPublisher
+
+
+# Bodies for ``PrivateApi.at_commit``: fail the COMMIT, or kill the backend committing.
+REFUSE_COMMIT = "RAISE EXCEPTION 'commit refused by the test';"
+DIE_AT_COMMIT = "PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL;"
+
+
+@dataclass
+class PrivateApi:
+    """A module's own API server and what its tests drive and inspect it with."""
+
+    live: LiveApi
+    http: httpx.AsyncClient
+    pool: asyncpg.Pool
+    kafka: KafkaSwitch
+    probes: list[TopicProbe] = field(default_factory=list)
+
+    async def actors(self) -> Actors:
+        return await make_actors(self.live, self.http)
+
+    async def book(self, actors: Actors, headers: dict[str, str] | None = None) -> httpx.Response:
+        return await book(self.http, actors, headers)
+
+    async def booked(self, actors: Actors) -> str:
+        """A booking the API acknowledged (202); its id."""
+        response = await self.book(actors)
+        assert response.status_code == 202, response.text
+        booking_id: str = response.json()["workflow_id"]
+        return booking_id
+
+    async def probe(self, topic: str) -> TopicProbe:
+        """A probe on one of this API's topics, stopped after the test."""
+        probe = TopicProbe(self.live.settings, self.live.settings.topic_prefix + topic)
+        self.probes.append(probe)
+        await probe.start()
+        return probe
+
+    async def at_commit(self, trigger: str, table: str, when: str, plpgsql: str) -> None:
+        """Every transaction that inserts a row of ``table`` matching ``when`` runs ``plpgsql``
+        at COMMIT (a deferred constraint trigger): a commit made to fail for real."""
+        await self.pool.execute(
+            f"""CREATE OR REPLACE FUNCTION "{trigger}"() RETURNS trigger
+                LANGUAGE plpgsql AS $$ BEGIN {plpgsql} END $$"""
+        )
+        await self.pool.execute(
+            f"""CREATE CONSTRAINT TRIGGER "{trigger}" AFTER INSERT ON {table}
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+                WHEN ({when}) EXECUTE FUNCTION "{trigger}"()"""
+        )
+
+    async def outbox_drained(self, booking_id: str) -> None:
+        """Wait until nothing of the booking waits in the outbox (published and deleted)."""
+        for _ in range(600):
+            left = await self.pool.fetchval(
+                "SELECT count(*) FROM api_outbox WHERE booking_id = $1", booking_id
+            )
+            if left == 0:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"booking {booking_id}: outbox rows still unpublished after 60 s")
+
+
+@contextlib.asynccontextmanager
+async def private_api(settings: Settings, key_file: Path) -> AsyncIterator[PrivateApi]:
+    """An API of its own (namespace, port) whose Kafka link a test can break."""
+    switch = KafkaSwitch()
+    async with own_namespace(settings) as namespace:
+        api = api_settings(
+            key_file, topic_prefix=namespace.topic_prefix, database_url=namespace.database_url
+        )
+        with running(api, switch.factory()) as server:
+            pool = await create_pool(api, min_size=1, max_size=2)
+            try:
+                async with httpx.AsyncClient(
+                    base_url=f"{server.base_url}/api/v1", timeout=30
+                ) as http:
+                    yield PrivateApi(LiveApi(api, server.base_url), http, pool, switch)
+            finally:
+                await pool.close()
+
+
+@pytest.fixture(scope="module")
+async def private_server(settings: Settings, key_file: Path) -> AsyncIterator[PrivateApi]:
+    async with private_api(settings, key_file) as api:
+        yield api
+
+
+@pytest.fixture
+async def private(private_server: PrivateApi) -> AsyncIterator[PrivateApi]:
+    """The module's private API; after each test its Kafka works again and its probes stop."""
+    yield private_server
+    private_server.kafka.mode = "ok"
+    private_server.kafka.refused_bookings.clear()
+    for probe in private_server.probes:
+        await probe.stop()
+    private_server.probes.clear()

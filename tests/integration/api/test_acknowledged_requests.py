@@ -2,7 +2,7 @@
 although Kafka refuses or loses an acknowledgement (the outbox relay publishes later, with the
 same event id), and a 503 means the saga does not run.
 
-The module runs its own API server on its own database and topics (``own_namespace``), with a
+The module runs its own API server on its own database and topics (``private``), with a
 publisher whose failures the tests switch on (``KafkaSwitch``). A commit is made to fail for
 real: a deferred constraint trigger on one customer's rows raises at COMMIT.
 """
@@ -10,173 +10,48 @@ real: a deferred constraint trigger on one customer's rows raises at COMMIT.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, Literal
 
-import asyncpg
-import httpx
 import pytest
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from erynoa import events as ev
-from erynoa.db import create_pool
-from erynoa.kafka import EventPublisher, Published
-from erynoa.settings import Settings
-from tests.conftest import own_namespace, unique
+from tests.conftest import unique
 from tests.integration.api.conftest import (
+    DIE_AT_COMMIT,
+    REFUSE_COMMIT,
     Actors,
-    LiveApi,
+    PrivateApi,
     Seen,
-    TopicProbe,
-    api_settings,
-    booking_body,
-    create_service,
+    events_of,
     insert_booking,
-    running,
+    of_booking,
 )
 
 pytestmark = pytest.mark.integration
 
-Mode = Literal["ok", "refuse", "lose_ack"]
-
-
-@dataclass
-class KafkaSwitch:
-    """How the API's publisher behaves: ``ok``; ``refuse`` (the broker unreachable, nothing
-    sent); ``lose_ack`` (the records reach the log, then the wait for the acknowledgement
-    times out, so the sender cannot know)."""
-
-    mode: Mode = "ok"
-    attempts: list[Mode] = field(default_factory=list)
-    refused_bookings: set[str] = field(default_factory=set)
-    """Bookings whose records the broker refuses every time (as a record too large)."""
-
-    def factory(self) -> type[EventPublisher]:
-        switch = self
-
-        class SwitchedPublisher(EventPublisher):
-            async def publish_encoded(
-                self,
-                items: Sequence[
-                    tuple[ev.BookingEvent | ev.CatalogEvent, bytes | None, Mapping[str, str] | None]
-                ],
-            ) -> list[Published]:
-                mode = switch.mode
-                switch.attempts.append(mode)
-                if mode == "refuse":
-                    raise KafkaConnectionError("switched off by the test")
-                if any(
-                    getattr(event, "booking_id", None) in switch.refused_bookings
-                    for event, _, _ in items
-                ):
-                    raise MessageSizeTooLargeError("refused by the test")
-                published = await super().publish_encoded(items)
-                if mode == "lose_ack":
-                    raise KafkaTimeoutError("acknowledgement lost (switched by the test)")
-                return published
-
-        return SwitchedPublisher
-
-
-@dataclass
-class PrivateApi:
-    live: LiveApi
-    http: httpx.AsyncClient
-    pool: asyncpg.Pool
-    kafka: KafkaSwitch
-
-    async def actors(self) -> Actors:
-        customer, provider, admin = unique("cust-"), unique("prov-"), unique("admin-")
-        provider_auth = self.live.auth(provider, "provider")
-        service = await create_service(self.http, provider_auth)
-        return Actors(
-            customer=customer,
-            provider=provider,
-            admin=admin,
-            service_id=service["id"],
-            customer_auth=self.live.auth(customer, "customer"),
-            provider_auth=provider_auth,
-            admin_auth=self.live.auth(admin, "admin"),
-        )
-
-    async def probe(self, topic: str) -> TopicProbe:
-        probe = TopicProbe(self.live.settings, self.live.settings.topic_prefix + topic)
-        await probe.start()
-        return probe
-
-    async def outbox_drained(self, booking_id: str) -> None:
-        """Wait until nothing of the booking waits in the outbox (published and deleted)."""
-        for _ in range(600):
-            left = await self.pool.fetchval(
-                "SELECT count(*) FROM api_outbox WHERE booking_id = $1", booking_id
-            )
-            if left == 0:
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"booking {booking_id}: outbox rows still unpublished after 60 s")
-
-
-@contextlib.asynccontextmanager
-async def private_api(settings: Settings, key_file: Path) -> AsyncIterator[PrivateApi]:
-    """An API of its own (namespace, port) whose Kafka link a test can break."""
-    switch = KafkaSwitch()
-    async with own_namespace(settings) as namespace:
-        api = api_settings(
-            key_file, topic_prefix=namespace.topic_prefix, database_url=namespace.database_url
-        )
-        with running(api, switch.factory()) as server:
-            pool = await create_pool(api, min_size=1, max_size=2)
-            try:
-                async with httpx.AsyncClient(
-                    base_url=f"{server.base_url}/api/v1", timeout=30
-                ) as http:
-                    yield PrivateApi(LiveApi(api, server.base_url), http, pool, switch)
-            finally:
-                await pool.close()
-
-
-@pytest.fixture(scope="module")
-async def private(settings: Settings, key_file: Path) -> AsyncIterator[PrivateApi]:
-    async with private_api(settings, key_file) as api:
-        yield api
-
-
-@pytest.fixture(autouse=True)
-def kafka_works_again(private: PrivateApi) -> Iterator[None]:
-    yield
-    private.kafka.mode = "ok"
-    private.kafka.refused_bookings.clear()
-
 
 def requested_by(seen: list[Seen], customer: str) -> list[ev.BookingRequested]:
-    return [
-        s.event
-        for s in seen
-        if isinstance(s.event, ev.BookingRequested) and s.event.customer_id == customer
-    ]
+    return events_of(seen, ev.BookingRequested, customer_id=customer)
 
 
-def of_booking(seen: list[Seen], booking_id: str, event_type: type) -> list[Any]:
-    return [s for s in seen if isinstance(s.event, event_type) and s.event.key == booking_id]
-
-
-async def refuse_commits_of(pool: asyncpg.Pool, customer: str) -> None:
-    """Every transaction that writes a booking of ``customer`` fails at COMMIT."""
-    await pool.execute(
-        """CREATE OR REPLACE FUNCTION test_refuse_at_commit() RETURNS trigger
-           LANGUAGE plpgsql AS $$
-           BEGIN RAISE EXCEPTION 'commit refused by the test'; END $$"""
-    )
+async def at_commit_of_bookings_by(private: PrivateApi, customer: str, plpgsql: str) -> None:
+    """Every transaction that writes a booking of ``customer`` runs ``plpgsql`` at COMMIT."""
     literal = customer.replace("'", "''")
-    await pool.execute(
-        f"""CREATE CONSTRAINT TRIGGER "refuse_{customer}" AFTER INSERT ON bookings
-            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-            WHEN (NEW.customer_id = '{literal}') EXECUTE FUNCTION test_refuse_at_commit()"""
+    await private.at_commit(
+        f"at_commit_{customer}", "bookings", f"NEW.customer_id = '{literal}'", plpgsql
     )
+
+
+async def two_bookings_queued_the_first_cancelled(
+    private: PrivateApi, actors: Actors
+) -> tuple[str, str]:
+    """Two bookings and the first one's cancel, all acknowledged while Kafka refuses: their
+    rows wait in the outbox and are relayed as one batch."""
+    private.kafka.mode = "refuse"
+    first, second = [await private.booked(actors) for _ in range(2)]
+    cancelled = await private.http.post(f"/bookings/{first}/cancel", headers=actors.customer_auth)
+    assert cancelled.status_code == 202, cancelled.text
+    return first, second
 
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["without-key", "with-key"])
@@ -184,25 +59,18 @@ async def test_a_booking_whose_commit_fails_gets_503_and_its_saga_never_starts(
     private: PrivateApi, keyed: bool
 ) -> None:
     actors = await private.actors()
-    await refuse_commits_of(private.pool, actors.customer)
+    await at_commit_of_bookings_by(private, actors.customer, REFUSE_COMMIT)
     bookings = await private.probe("bookings")
-    try:
-        key = {"Idempotency-Key": unique("key-")} if keyed else {}
-        response = await private.http.post(
-            "/bookings",
-            json=booking_body(actors.service_id),
-            headers=actors.customer_auth | key,
-        )
-        # Nothing published: no saga runs for a booking the client was told failed.
-        assert requested_by(await bookings.events(), actors.customer) == []
-        assert response.status_code == 503, response.text
-        assert response.json()["error"]["details"][0]["component"] == "postgres"
-        written = await private.pool.fetchval(
-            "SELECT count(*) FROM bookings WHERE customer_id = $1", actors.customer
-        )
-        assert written == 0
-    finally:
-        await bookings.stop()
+    key = {"Idempotency-Key": unique("key-")} if keyed else {}
+    response = await private.book(actors, key)
+    # Nothing published: no saga runs for a booking the client was told failed.
+    assert requested_by(await bookings.events(), actors.customer) == []
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["details"][0]["component"] == "postgres"
+    written = await private.pool.fetchval(
+        "SELECT count(*) FROM bookings WHERE customer_id = $1", actors.customer
+    )
+    assert written == 0
 
 
 async def test_a_connection_lost_at_commit_gets_a_503_that_does_not_claim_nothing_changed(
@@ -211,35 +79,18 @@ async def test_a_connection_lost_at_commit_gets_a_503_that_does_not_claim_nothin
     actors = await private.actors()
     # The backend that commits the booking dies at COMMIT: the client cannot know whether the
     # COMMIT happened (here it did not), so the answer says how to find out.
-    await private.pool.execute(
-        """CREATE OR REPLACE FUNCTION test_die_at_commit() RETURNS trigger
-           LANGUAGE plpgsql AS $$
-           BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$"""
-    )
-    literal = actors.customer.replace("'", "''")
-    await private.pool.execute(
-        f"""CREATE CONSTRAINT TRIGGER "die_{actors.customer}" AFTER INSERT ON bookings
-            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-            WHEN (NEW.customer_id = '{literal}') EXECUTE FUNCTION test_die_at_commit()"""
-    )
+    await at_commit_of_bookings_by(private, actors.customer, DIE_AT_COMMIT)
     bookings = await private.probe("bookings")
-    try:
-        response = await private.http.post(
-            "/bookings", json=booking_body(actors.service_id), headers=actors.customer_auth
-        )
-        assert response.status_code == 503, response.text
-        error = response.json()["error"]
-        assert error["code"] == "OUTCOME_UNKNOWN"
-        assert "nothing was changed" not in error["message"]
-        poll_url = error["details"][0]["poll_url"]
-        assert poll_url in error["message"]
-        poll = await private.http.get(
-            poll_url.removeprefix("/api/v1"), headers=actors.customer_auth
-        )
-        assert poll.status_code == 404
-        assert requested_by(await bookings.events(), actors.customer) == []
-    finally:
-        await bookings.stop()
+    response = await private.book(actors)
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "OUTCOME_UNKNOWN"
+    assert "nothing was changed" not in error["message"]
+    poll_url = error["details"][0]["poll_url"]
+    assert poll_url in error["message"]
+    poll = await private.http.get(poll_url.removeprefix("/api/v1"), headers=actors.customer_auth)
+    assert poll.status_code == 404
+    assert requested_by(await bookings.events(), actors.customer) == []
 
 
 async def test_a_lost_kafka_acknowledgement_still_answers_202_and_starts_one_saga(
@@ -247,26 +98,17 @@ async def test_a_lost_kafka_acknowledgement_still_answers_202_and_starts_one_sag
 ) -> None:
     actors = await private.actors()
     bookings = await private.probe("bookings")
-    try:
-        private.kafka.mode = "lose_ack"
-        response = await private.http.post(
-            "/bookings", json=booking_body(actors.service_id), headers=actors.customer_auth
-        )
-        assert response.status_code == 202, response.text
-        booking_id = response.json()["workflow_id"]
-        private.kafka.mode = "ok"
-        await private.outbox_drained(booking_id)
+    private.kafka.mode = "lose_ack"
+    booking_id = await private.booked(actors)
+    private.kafka.mode = "ok"
+    await private.outbox_drained(booking_id)
 
-        published = requested_by(await bookings.events(), actors.customer)
-        # The record may be in the log twice (the lost acknowledgement, then the relay), but as
-        # one event: consumers drop the repeat by its id.
-        assert {(e.booking_id, e.event_id) for e in published} == {
-            (booking_id, published[0].event_id)
-        }
-        mine = await private.http.get("/bookings", headers=actors.customer_auth)
-        assert [b["id"] for b in mine.json()["data"]] == [booking_id]
-    finally:
-        await bookings.stop()
+    published = requested_by(await bookings.events(), actors.customer)
+    # The record may be in the log twice (the lost acknowledgement, then the relay), but as
+    # one event: consumers drop the repeat by its id.
+    assert {(e.booking_id, e.event_id) for e in published} == {(booking_id, published[0].event_id)}
+    mine = await private.http.get("/bookings", headers=actors.customer_auth)
+    assert [b["id"] for b in mine.json()["data"]] == [booking_id]
 
 
 async def test_with_kafka_down_the_202_stands_and_the_relay_publishes_once_kafka_is_back(
@@ -274,31 +116,24 @@ async def test_with_kafka_down_the_202_stands_and_the_relay_publishes_once_kafka
 ) -> None:
     actors = await private.actors()
     bookings = await private.probe("bookings")
-    try:
-        private.kafka.mode = "refuse"
-        created = await private.http.post(
-            "/bookings", json=booking_body(actors.service_id), headers=actors.customer_auth
-        )
-        assert created.status_code == 202, created.text
-        booking_id = created.json()["workflow_id"]
-        poll = await private.http.get(f"/bookings/{booking_id}", headers=actors.customer_auth)
-        assert poll.json()["data"]["status"] == "requested"
-        cancelled = await private.http.post(
-            f"/bookings/{booking_id}/cancel", headers=actors.customer_auth
-        )
-        assert cancelled.status_code == 202, cancelled.text
-        assert requested_by(await bookings.events(), actors.customer) == []
+    private.kafka.mode = "refuse"
+    booking_id = await private.booked(actors)
+    poll = await private.http.get(f"/bookings/{booking_id}", headers=actors.customer_auth)
+    assert poll.json()["data"]["status"] == "requested"
+    cancelled = await private.http.post(
+        f"/bookings/{booking_id}/cancel", headers=actors.customer_auth
+    )
+    assert cancelled.status_code == 202, cancelled.text
+    assert requested_by(await bookings.events(), actors.customer) == []
 
-        private.kafka.mode = "ok"
-        await private.outbox_drained(booking_id)
-        seen = await bookings.events()
-        [requested] = of_booking(seen, booking_id, ev.BookingRequested)
-        [cancel] = of_booking(seen, booking_id, ev.BookingCancellationRequested)
-        assert cancel.event.requested_by == actors.customer
-        # In the order they were accepted (one partition: the booking's).
-        assert seen.index(requested) < seen.index(cancel)
-    finally:
-        await bookings.stop()
+    private.kafka.mode = "ok"
+    await private.outbox_drained(booking_id)
+    seen = await bookings.events()
+    [requested] = of_booking(seen, booking_id, ev.BookingRequested)
+    [cancel] = of_booking(seen, booking_id, ev.BookingCancellationRequested)
+    assert cancel.event.requested_by == actors.customer
+    # In the order they were accepted (one partition: the booking's).
+    assert seen.index(requested) < seen.index(cancel)
 
 
 async def test_a_repeated_cancel_answers_202_and_publishes_one_event(
@@ -306,34 +141,26 @@ async def test_a_repeated_cancel_answers_202_and_publishes_one_event(
 ) -> None:
     actors = await private.actors()
     bookings = await private.probe("bookings")
-    try:
-        created = await private.http.post(
-            "/bookings", json=booking_body(actors.service_id), headers=actors.customer_auth
+    booking_id = await private.booked(actors)
+    answers = [
+        await private.http.post(
+            f"/bookings/{booking_id}/cancel", json={"reason": "plans"}, headers=auth
         )
-        booking_id = created.json()["workflow_id"]
-        answers = [
-            await private.http.post(
-                f"/bookings/{booking_id}/cancel", json={"reason": "plans"}, headers=auth
-            )
-            for auth in (actors.customer_auth, actors.customer_auth, actors.admin_auth)
-        ]
-        assert [a.status_code for a in answers] == [202, 202, 202], answers[-1].text
-        await private.outbox_drained(booking_id)
-        cancels = of_booking(await bookings.events(), booking_id, ev.BookingCancellationRequested)
-        assert [(c.event.requested_by, c.event.reason) for c in cancels] == [
-            (actors.customer, "plans")
-        ]
-        recorded = await private.pool.fetchrow(
-            "SELECT event_id, requested_by_role FROM booking_cancellations WHERE booking_id = $1",
-            booking_id,
-        )
-        assert recorded is not None
-        assert (str(recorded["event_id"]), recorded["requested_by_role"]) == (
-            cancels[0].event.event_id,
-            "customer",
-        )
-    finally:
-        await bookings.stop()
+        for auth in (actors.customer_auth, actors.customer_auth, actors.admin_auth)
+    ]
+    assert [a.status_code for a in answers] == [202, 202, 202], answers[-1].text
+    await private.outbox_drained(booking_id)
+    cancels = of_booking(await bookings.events(), booking_id, ev.BookingCancellationRequested)
+    assert [(c.event.requested_by, c.event.reason) for c in cancels] == [(actors.customer, "plans")]
+    recorded = await private.pool.fetchrow(
+        "SELECT event_id, requested_by_role FROM booking_cancellations WHERE booking_id = $1",
+        booking_id,
+    )
+    assert recorded is not None
+    assert (str(recorded["event_id"]), recorded["requested_by_role"]) == (
+        cancels[0].event.event_id,
+        "customer",
+    )
 
 
 async def test_an_accepts_event_occurred_when_postgresql_recorded_the_answer(
@@ -341,23 +168,20 @@ async def test_an_accepts_event_occurred_when_postgresql_recorded_the_answer(
 ) -> None:
     actors = await private.actors()
     answers = await private.probe("provider-answers")
-    try:
-        deadline = datetime.now(UTC) + timedelta(hours=1)
-        booking_id = await insert_booking(
-            private.pool, actors, "awaiting_provider", provider_deadline_at=deadline
-        )
-        response = await private.http.post(
-            f"/bookings/{booking_id}/accept", headers=actors.provider_auth
-        )
-        assert response.status_code == 202, response.text
-        await private.outbox_drained(booking_id)
-        [answer] = of_booking(await answers.events(), booking_id, ev.ProviderAnswerSubmitted)
-        submitted_at = await private.pool.fetchval(
-            "SELECT submitted_at FROM provider_answers WHERE booking_id = $1", booking_id
-        )
-        assert answer.event.occurred_at == submitted_at
-    finally:
-        await answers.stop()
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    booking_id = await insert_booking(
+        private.pool, actors, "awaiting_provider", provider_deadline_at=deadline
+    )
+    response = await private.http.post(
+        f"/bookings/{booking_id}/accept", headers=actors.provider_auth
+    )
+    assert response.status_code == 202, response.text
+    await private.outbox_drained(booking_id)
+    [answer] = of_booking(await answers.events(), booking_id, ev.ProviderAnswerSubmitted)
+    submitted_at = await private.pool.fetchval(
+        "SELECT submitted_at FROM provider_answers WHERE booking_id = $1", booking_id
+    )
+    assert answer.event.occurred_at == submitted_at
 
 
 async def test_concurrent_identical_answers_are_all_accepted_and_published_once(
@@ -365,20 +189,17 @@ async def test_concurrent_identical_answers_are_all_accepted_and_published_once(
 ) -> None:
     actors = await private.actors()
     answers = await private.probe("provider-answers")
-    try:
-        booking_id = await insert_booking(private.pool, actors, "awaiting_provider")
-        responses = await asyncio.gather(
-            *(
-                private.http.post(f"/bookings/{booking_id}/accept", headers=actors.provider_auth)
-                for _ in range(5)
-            )
+    booking_id = await insert_booking(private.pool, actors, "awaiting_provider")
+    responses = await asyncio.gather(
+        *(
+            private.http.post(f"/bookings/{booking_id}/accept", headers=actors.provider_auth)
+            for _ in range(5)
         )
-        assert [r.status_code for r in responses] == [202] * 5, [r.text for r in responses]
-        await private.outbox_drained(booking_id)
-        published = of_booking(await answers.events(), booking_id, ev.ProviderAnswerSubmitted)
-        assert [s.event.decision for s in published] == ["accept"]
-    finally:
-        await answers.stop()
+    )
+    assert [r.status_code for r in responses] == [202] * 5, [r.text for r in responses]
+    await private.outbox_drained(booking_id)
+    published = of_booking(await answers.events(), booking_id, ev.ProviderAnswerSubmitted)
+    assert [s.event.decision for s in published] == ["accept"]
 
 
 async def test_an_event_the_broker_always_refuses_is_set_aside_and_holds_back_no_other_booking(
@@ -386,50 +207,35 @@ async def test_an_event_the_broker_always_refuses_is_set_aside_and_holds_back_no
 ) -> None:
     actors = await private.actors()
     bookings = await private.probe("bookings")
-    try:
-        private.kafka.mode = "refuse"  # both rows land in the outbox, relayed as one batch
-        ids = []
-        for _ in range(2):
-            created = await private.http.post(
-                "/bookings", json=booking_body(actors.service_id), headers=actors.customer_auth
-            )
-            assert created.status_code == 202, created.text
-            ids.append(created.json()["workflow_id"])
-        refused, fine = ids
-        cancelled = await private.http.post(
-            f"/bookings/{refused}/cancel", headers=actors.customer_auth
-        )
-        assert cancelled.status_code == 202, cancelled.text
-        private.kafka.refused_bookings.add(refused)
-        private.kafka.mode = "ok"
+    refused, fine = await two_bookings_queued_the_first_cancelled(private, actors)
+    private.kafka.refused_bookings.add(refused)
+    private.kafka.mode = "ok"
 
-        await private.outbox_drained(fine)
-        seen = await bookings.events()
-        assert len(of_booking(seen, fine, ev.BookingRequested)) == 1
-        assert of_booking(seen, refused, ev.BookingRequested) == []
-        # Set aside with its reason; the booking's cancel waits behind it, unpublished.
-        rows = await private.pool.fetch(
-            "SELECT refused_at, refusal FROM api_outbox WHERE booking_id = $1 ORDER BY seq",
-            refused,
-        )
-        assert len(rows) == 2
-        assert rows[0]["refused_at"] is not None
-        assert "MessageSizeTooLargeError" in rows[0]["refusal"]
-        assert rows[1]["refused_at"] is None
-        assert of_booking(seen, refused, ev.BookingCancellationRequested) == []
+    await private.outbox_drained(fine)
+    seen = await bookings.events()
+    assert len(of_booking(seen, fine, ev.BookingRequested)) == 1
+    assert of_booking(seen, refused, ev.BookingRequested) == []
+    # Set aside with its reason; the booking's cancel waits behind it, unpublished.
+    rows = await private.pool.fetch(
+        "SELECT refused_at, refusal FROM api_outbox WHERE booking_id = $1 ORDER BY seq",
+        refused,
+    )
+    assert len(rows) == 2
+    assert rows[0]["refused_at"] is not None
+    assert "MessageSizeTooLargeError" in rows[0]["refusal"]
+    assert rows[1]["refused_at"] is None
+    assert of_booking(seen, refused, ev.BookingCancellationRequested) == []
 
-        # An operator fixes the cause and clears the mark: the booking's events go, in order.
-        private.kafka.refused_bookings.clear()
-        await private.pool.execute(
-            "UPDATE api_outbox SET refused_at = NULL WHERE booking_id = $1", refused
-        )
-        await private.outbox_drained(refused)
-        seen = await bookings.events()
-        [requested] = of_booking(seen, refused, ev.BookingRequested)
-        [cancel] = of_booking(seen, refused, ev.BookingCancellationRequested)
-        assert seen.index(requested) < seen.index(cancel)
-    finally:
-        await bookings.stop()
+    # An operator fixes the cause and clears the mark: the booking's events go, in order.
+    private.kafka.refused_bookings.clear()
+    await private.pool.execute(
+        "UPDATE api_outbox SET refused_at = NULL WHERE booking_id = $1", refused
+    )
+    await private.outbox_drained(refused)
+    seen = await bookings.events()
+    [requested] = of_booking(seen, refused, ev.BookingRequested)
+    [cancel] = of_booking(seen, refused, ev.BookingCancellationRequested)
+    assert seen.index(requested) < seen.index(cancel)
 
 
 async def test_an_event_that_cannot_be_decoded_is_set_aside_with_its_bookings_later_events(
@@ -437,46 +243,27 @@ async def test_an_event_that_cannot_be_decoded_is_set_aside_with_its_bookings_la
 ) -> None:
     actors = await private.actors()
     bookings = await private.probe("bookings")
-    try:
-        private.kafka.mode = "refuse"
-        ids = []
-        for _ in range(2):
-            created = await private.http.post(
-                "/bookings", json=booking_body(actors.service_id), headers=actors.customer_auth
-            )
-            assert created.status_code == 202, created.text
-            ids.append(created.json()["workflow_id"])
-        broken, fine = ids
-        cancelled = await private.http.post(
-            f"/bookings/{broken}/cancel", headers=actors.customer_auth
-        )
-        assert cancelled.status_code == 202, cancelled.text
-        # The request's stored bytes are damaged: no codec can read them again.
-        await private.pool.execute(
-            """UPDATE api_outbox SET payload = '\\xff00deadbeef'::bytea
-               WHERE seq = (SELECT min(seq) FROM api_outbox WHERE booking_id = $1)""",
-            broken,
-        )
-        private.kafka.mode = "ok"
+    broken, fine = await two_bookings_queued_the_first_cancelled(private, actors)
+    # The request's stored bytes are damaged: no codec can read them again.
+    await private.pool.execute(
+        """UPDATE api_outbox SET payload = '\\xff00deadbeef'::bytea
+           WHERE seq = (SELECT min(seq) FROM api_outbox WHERE booking_id = $1)""",
+        broken,
+    )
+    private.kafka.mode = "ok"
 
-        await private.outbox_drained(fine)
-        seen = await bookings.events()
-        assert len(of_booking(seen, fine, ev.BookingRequested)) == 1
-        rows = await private.pool.fetch(
-            "SELECT refused_at, refusal FROM api_outbox WHERE booking_id = $1 ORDER BY seq",
-            broken,
-        )
-        assert [r["refused_at"] is not None for r in rows] == [True, False]
-        assert "Undecodable" in rows[0]["refusal"]
-        assert of_booking(seen, broken, ev.BookingCancellationRequested) == []
-        # While a row is set aside, new bookings still go out (through the relay, which
-        # keeps each booking's events in order).
-        later = await private.http.post(
-            "/bookings", json=booking_body(actors.service_id), headers=actors.customer_auth
-        )
-        assert later.status_code == 202, later.text
-        later_id = later.json()["workflow_id"]
-        await private.outbox_drained(later_id)
-        assert len(of_booking(await bookings.events(), later_id, ev.BookingRequested)) == 1
-    finally:
-        await bookings.stop()
+    await private.outbox_drained(fine)
+    seen = await bookings.events()
+    assert len(of_booking(seen, fine, ev.BookingRequested)) == 1
+    rows = await private.pool.fetch(
+        "SELECT refused_at, refusal FROM api_outbox WHERE booking_id = $1 ORDER BY seq",
+        broken,
+    )
+    assert [r["refused_at"] is not None for r in rows] == [True, False]
+    assert "Undecodable" in rows[0]["refusal"]
+    assert of_booking(seen, broken, ev.BookingCancellationRequested) == []
+    # While a row is set aside, new bookings still go out (through the relay, which
+    # keeps each booking's events in order).
+    later_id = await private.booked(actors)
+    await private.outbox_drained(later_id)
+    assert len(of_booking(await bookings.events(), later_id, ev.BookingRequested)) == 1

@@ -3,13 +3,9 @@ a server that verifies against an OIDC provider's JWKS fetched over HTTP."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,32 +13,14 @@ import pytest
 from api.auth import DevIssuer
 from tests.conftest import unique
 from tests.integration.api.conftest import LiveApi, api_settings, running
+from tests.integration.api.forged_tokens import (
+    claims_for,
+    keyed_with_the_public_key,
+    promoted_to_admin,
+    unsigned,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
-    return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-
-
-def claims_for(live_api: LiveApi, **overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "iss": live_api.settings.oidc_issuer,
-        "aud": live_api.settings.oidc_audience,
-        "sub": unique("user-"),
-        "iat": now,
-        "nbf": now,
-        "exp": now + 600,
-        "jti": unique(),
-        "roles": ["customer"],
-    }
-    claims.update(overrides)
-    return {k: v for k, v in claims.items() if v is not None}
 
 
 def issuer(live_api: LiveApi) -> DevIssuer:
@@ -148,31 +126,12 @@ async def test_alg_none_gets_401(http: httpx.AsyncClient, live_api: LiveApi) -> 
 async def test_hs256_signed_with_the_public_key_gets_401(
     http: httpx.AsyncClient, live_api: LiveApi
 ) -> None:
-    # The classic confusion attack: HMAC keyed with the issuer's *public* key, which anyone has.
-    dev = issuer(live_api)
-    public_pem = _public_pem(live_api)
-    signing_input = unsigned({"alg": "HS256", "typ": "JWT", "kid": dev.kid}, claims_for(live_api))
-    signature = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
-    await assert_401(http, f"{signing_input}.{b64(signature)}", "'HS256' is not accepted")
-
-
-def _public_pem(live_api: LiveApi) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    from api.auth import load_or_create_dev_key
-
-    key = load_or_create_dev_key(Path(live_api.settings.dev_signing_key_file))
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    token = keyed_with_the_public_key(live_api, "HS256", hashlib.sha256, claims_for(live_api))
+    await assert_401(http, token, "'HS256' is not accepted")
 
 
 async def test_tampered_token_gets_401(http: httpx.AsyncClient, live_api: LiveApi) -> None:
-    token = live_api.token(unique("mallory-"), "customer")
-    header, payload, signature = token.split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    claims["roles"] = ["admin"]
-    forged = f"{header}.{b64(json.dumps(claims).encode())}.{signature}"
+    forged = promoted_to_admin(live_api.token(unique("mallory-"), "customer"))
     await assert_401(http, forged, "signature is invalid")
 
 

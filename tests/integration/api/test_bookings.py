@@ -17,31 +17,17 @@ from tests.conftest import unique
 from tests.integration.api.conftest import (
     Actors,
     LiveApi,
-    Seen,
     TopicProbe,
+    book,
     booking_body,
     create_service,
     insert_booking,
+    of_booking,
 )
 
 pytestmark = pytest.mark.integration
 
 Probe = Callable[[str], Awaitable[TopicProbe]]
-
-
-async def book(
-    http: httpx.AsyncClient, actors: Actors, headers: dict[str, str] | None = None, **body: Any
-) -> httpx.Response:
-    return await http.post(
-        "/bookings",
-        json=booking_body(actors.service_id, **body),
-        headers={**actors.customer_auth, **(headers or {})},
-    )
-
-
-def of_booking(seen: list[Seen], booking_id: str, event_type: type) -> list[Any]:
-    """The probe's records of ``event_type`` for one booking (the rest of the topic is others')."""
-    return [s for s in seen if isinstance(s.event, event_type) and s.event.key == booking_id]
 
 
 async def test_create_answers_202_and_a_poll_right_after_sees_requested(

@@ -3,6 +3,7 @@ every status, rate limits, CORS, gzip and the body limit."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,24 @@ from tests.integration.api.conftest import (
 )
 
 pytestmark = pytest.mark.integration
+
+
+def closed_port() -> str:
+    """A loopback address where nothing listens: the dependency is down."""
+    return f"127.0.0.1:{free_port()}"
+
+
+@contextlib.asynccontextmanager
+async def second_server(
+    key_file: Path, live_api: LiveApi, **down: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a second server with the ``down`` settings (a dependency that does not
+    answer), while the shared stack keeps running. It has the shared server's issuer and key,
+    so the shared server's tokens work there too."""
+    settings = api_settings(key_file, oidc_issuer=live_api.settings.oidc_issuer, **down)
+    with running(settings) as server:
+        async with httpx.AsyncClient(base_url=f"{server.base_url}/api/v1") as client:
+            yield client
 
 
 async def test_health_live_and_version(http: httpx.AsyncClient) -> None:
@@ -55,40 +74,32 @@ async def test_ready_when_kafka_postgres_redis_and_the_registry_answer(
 async def test_not_ready_names_exactly_the_component_that_is_down(
     key_file: Path, actors: Actors, live_api: LiveApi, http: httpx.AsyncClient
 ) -> None:
-    # A second server whose Kafka is a closed port; the shared stack keeps running.
-    # Same issuer and key as the shared server, so its tokens work here too.
-    settings = api_settings(
-        key_file,
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        oidc_issuer=live_api.settings.oidc_issuer,
-    )
-    with running(settings) as server:
-        async with httpx.AsyncClient(base_url=f"{server.base_url}/api/v1") as down:
-            ready = await down.get("/health/ready")
-            assert ready.status_code == 503, ready.text
-            assert ready.headers["retry-after"]
-            error = ready.json()["error"]
-            assert error["code"] == "NOT_READY"
-            assert [d["component"] for d in error["details"]] == ["kafka"]
-            assert "kafka" in error["message"]
-            assert (await down.get("/health/live")).status_code == 200
+    async with second_server(key_file, live_api, kafka_bootstrap=closed_port()) as down:
+        ready = await down.get("/health/ready")
+        assert ready.status_code == 503, ready.text
+        assert ready.headers["retry-after"]
+        error = ready.json()["error"]
+        assert error["code"] == "NOT_READY"
+        assert [d["component"] for d in error["details"]] == ["kafka"]
+        assert "kafka" in error["message"]
+        assert (await down.get("/health/live")).status_code == 200
 
-            # A booking is accepted all the same: its event waits in the outbox...
-            key = {"Idempotency-Key": unique("key-")}
-            body = booking_body(actors.service_id)
-            booked = await down.post("/bookings", json=body, headers=actors.customer_auth | key)
-            assert booked.status_code == 202, booked.text
-            # ... while a change that publishes straight to Kafka is refused whole (503).
-            provider = unique("prov-")
-            service = await down.post(
-                "/services",
-                json=service_body(name="Never"),
-                headers=live_api.auth(provider, "provider"),
-            )
-            assert service.status_code == 503
-            assert service.json()["error"]["details"][0]["component"] == "kafka"
-            listed = await down.get("/services", params={"provider_id": provider})
-            assert listed.json()["meta"]["total"] == 0
+        # A booking is accepted all the same: its event waits in the outbox...
+        key = {"Idempotency-Key": unique("key-")}
+        body = booking_body(actors.service_id)
+        booked = await down.post("/bookings", json=body, headers=actors.customer_auth | key)
+        assert booked.status_code == 202, booked.text
+        # ... while a change that publishes straight to Kafka is refused whole (503).
+        provider = unique("prov-")
+        service = await down.post(
+            "/services",
+            json=service_body(name="Never"),
+            headers=live_api.auth(provider, "provider"),
+        )
+        assert service.status_code == 503
+        assert service.json()["error"]["details"][0]["component"] == "kafka"
+        listed = await down.get("/services", params={"provider_id": provider})
+        assert listed.json()["meta"]["total"] == 0
 
     # The same Idempotency-Key on the healthy server is the same booking, whose event the
     # healthy server's outbox relay publishes.
@@ -104,37 +115,31 @@ async def test_not_ready_names_exactly_the_component_that_is_down(
 async def test_with_the_registry_down_the_api_starts_and_refuses_only_new_events(
     key_file: Path, actors: Actors, live_api: LiveApi, pg: asyncpg.Pool
 ) -> None:
-    # A second server whose Schema Registry is a closed port; before, it never finished starting.
-    settings = api_settings(
-        key_file,
-        registry_url=f"http://127.0.0.1:{free_port()}/apis/ccompat/v7",
-        oidc_issuer=live_api.settings.oidc_issuer,
-    )
-    with running(settings) as server:
-        async with httpx.AsyncClient(base_url=f"{server.base_url}/api/v1") as down:
-            ready = await down.get("/health/ready")
-            assert ready.status_code == 503, ready.text
-            error = ready.json()["error"]
-            assert [d["component"] for d in error["details"]] == ["schema_registry"]
-            assert "127.0.0.1" not in ready.text  # no hosts in a public answer
-            assert (await down.get("/health/live")).status_code == 200
-            assert (await down.get("/services")).status_code == 200
+    registry = f"http://{closed_port()}/apis/ccompat/v7"
+    async with second_server(key_file, live_api, registry_url=registry) as down:
+        ready = await down.get("/health/ready")
+        assert ready.status_code == 503, ready.text
+        error = ready.json()["error"]
+        assert [d["component"] for d in error["details"]] == ["schema_registry"]
+        assert "127.0.0.1" not in ready.text  # no hosts in a public answer
+        assert (await down.get("/health/live")).status_code == 200
+        assert (await down.get("/services")).status_code == 200
 
-            key = {"Idempotency-Key": unique("key-")}
-            body = booking_body(actors.service_id)
-            booked = await down.post("/bookings", json=body, headers=actors.customer_auth | key)
-            assert booked.status_code == 503, booked.text
-            assert booked.json()["error"]["details"] == [{"component": "schema_registry"}]
-            assert "127.0.0.1" not in booked.text
-            # An operator's request is an event too.
-            booking_id = await insert_booking(pg, actors, "awaiting_provider")
-            cancel = await down.post(
-                f"/admin/workflows/{booking_id}",
-                json={"action": "cancel"},
-                headers=actors.admin_auth,
-            )
-            assert cancel.status_code == 503, cancel.text
-            assert cancel.json()["error"]["details"] == [{"component": "schema_registry"}]
+        key = {"Idempotency-Key": unique("key-")}
+        body = booking_body(actors.service_id)
+        booked = await down.post("/bookings", json=body, headers=actors.customer_auth | key)
+        assert booked.status_code == 503, booked.text
+        assert booked.json()["error"]["details"] == [{"component": "schema_registry"}]
+        assert "127.0.0.1" not in booked.text
+        # An operator's request is an event too.
+        booking_id = await insert_booking(pg, actors, "awaiting_provider")
+        cancel = await down.post(
+            f"/admin/workflows/{booking_id}",
+            json={"action": "cancel"},
+            headers=actors.admin_auth,
+        )
+        assert cancel.status_code == 503, cancel.text
+        assert cancel.json()["error"]["details"] == [{"component": "schema_registry"}]
 
 
 async def test_request_id_is_echoed_or_generated(http: httpx.AsyncClient) -> None:

@@ -14,7 +14,6 @@ import asyncpg
 import httpx
 import pytest
 import typer
-from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner, Result
 
 from cli.ops import dlq_app, saga_app
@@ -23,6 +22,7 @@ from erynoa.codec import default_codec
 from erynoa.topics import load_catalog
 from tests.conftest import unique
 from tests.integration.api.conftest import Actors, LiveApi, insert_booking
+from tests.integration.materializing import raw_producer
 from tests.integration.saga_events import (
     awaiting_provider,
     rejected_and_compensated,
@@ -143,17 +143,13 @@ async def test_the_cli_and_the_admin_api_show_and_plan_the_same_dead_letters(
         error_kind="retryable",
         now=datetime.now(UTC),
     )
-    producer = AIOKafkaProducer(**k.producer_config(settings.kafka_bootstrap, "test-ops-faces"))
-    await producer.start()
-    try:
+    async with raw_producer(settings, "test-ops-faces") as producer:
         await producer.send_and_wait(
             catalog.consumer("reservation").dead_letter_topic,
             value=default_codec().encode(requested),
             key=booking_id.encode(),
             headers=headers,
         )
-    finally:
-        await producer.stop()
 
     shown = await cli_json(live_api, "show", "--booking-id", booking_id, app=dlq_app)
     answer = await http.post(

@@ -14,7 +14,7 @@ import stripe
 
 from erynoa import events as ev
 from tests.conftest import unique
-from tests.integration.api.conftest import Actors, LiveApi, TopicProbe, insert_booking
+from tests.integration.api.conftest import Actors, LiveApi, TopicProbe, events_of, insert_booking
 
 pytestmark = pytest.mark.integration
 
@@ -164,11 +164,7 @@ async def test_a_signed_webhook_is_forwarded_once(
     assert second.status_code == 200
     assert second.json()["data"]["duplicate"] is True
 
-    forwarded = [
-        s.event
-        for s in await webhooks.events()
-        if isinstance(s.event, ev.StripeEventReceived) and s.event.booking_id == booking_id
-    ]
+    forwarded = events_of(await webhooks.events(), ev.StripeEventReceived, booking_id=booking_id)
     assert len(forwarded) == 1
     assert forwarded[0].stripe_event_id == event["id"]
     assert forwarded[0].stripe_event_type == "payment_intent.succeeded"

@@ -12,19 +12,11 @@ import pytest
 from erynoa import events as ev
 from tests.builders import service_body
 from tests.conftest import unique
-from tests.integration.api.conftest import Actors, LiveApi, Seen, TopicProbe, create_service
+from tests.integration.api.conftest import Actors, LiveApi, TopicProbe, create_service, events_of
 
 pytestmark = pytest.mark.integration
 
 Probe = Callable[[str], Awaitable[TopicProbe]]
-
-
-def changes_of(seen: list[Seen], service_id: str) -> list[ev.ServiceChanged]:
-    return [
-        s.event
-        for s in seen
-        if isinstance(s.event, ev.ServiceChanged) and s.event.service_id == service_id
-    ]
 
 
 async def test_provider_manages_a_service_and_each_change_is_published(
@@ -66,7 +58,7 @@ async def test_provider_manages_a_service_and_each_change_is_published(
     assert public.status_code == 200
     assert public.json()["data"]["active"] is False
 
-    changes = changes_of(await catalog.events(), service["id"])
+    changes = events_of(await catalog.events(), ev.ServiceChanged, service_id=service["id"])
     assert [(c.name, c.price, c.active) for c in changes] == [
         ("Massage", ev.Money(7000, "EUR"), True),
         ("Massage (long)", ev.Money(9500, "EUR"), True),

@@ -12,10 +12,10 @@ import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner, Result
 
 from cli.ops import dlq_app
@@ -26,6 +26,7 @@ from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
 from ops import dead_letters, replay
 from tests.conftest import unique
+from tests.integration.materializing import raw_producer
 from tests.integration.ops.conftest import end_offsets, keyed_since
 from tests.integration.saga_events import request
 
@@ -73,9 +74,7 @@ async def poisoned(settings: Settings, catalog: TopicCatalog) -> Poisoned:
     origin = catalog.topic_for("BookingRequested")
     requested = request(booking_id, datetime.now(UTC))
     body = default_codec().encode(requested)
-    producer = AIOKafkaProducer(**k.producer_config(settings.kafka_bootstrap, "test-dlq"))
-    await producer.start()
-    try:
+    async with raw_producer(settings, "test-dlq") as producer:
         parked_at = datetime.now(UTC) - timedelta(seconds=1)
         await producer.send_and_wait(
             topic,
@@ -95,9 +94,25 @@ async def poisoned(settings: Settings, catalog: TopicCatalog) -> Poisoned:
                 origin, "not Avro single-object encoding", "UndecodableEvent", 1
             ),
         )
-    finally:
-        await producer.stop()
     return Poisoned(booking_id, topic, origin, requested, body, parked_at)
+
+
+async def find(settings: Settings, catalog: TopicCatalog, **query: Any) -> dead_letters.ScanResult:
+    """The dead letters that match ``query`` (``dead_letters.Query``'s fields)."""
+    return await dead_letters.find(
+        catalog, settings.kafka_bootstrap, dead_letters.Query(**query), default_codec()
+    )
+
+
+async def requested_dead_letter(
+    settings: Settings, catalog: TopicCatalog, poisoned: Poisoned
+) -> dead_letters.DeadLetter:
+    """The test's decodable dead letter (its ``BookingRequested``), found as an operator would."""
+    found = await find(
+        settings, catalog, booking_id=poisoned.booking_id, event_type="BookingRequested"
+    )
+    (message,) = found.messages
+    return message
 
 
 async def audit_rows(db: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
@@ -145,10 +160,7 @@ async def test_ls_counts_dead_letters_by_error_class(
 async def test_show_decodes_and_filters_by_booking_and_error_class(
     settings: Settings, catalog: TopicCatalog, poisoned: Poisoned
 ) -> None:
-    codec = default_codec()
-    found = await dead_letters.find(
-        catalog, settings.kafka_bootstrap, dead_letters.Query(booking_id=poisoned.booking_id), codec
-    )
+    found = await find(settings, catalog, booking_id=poisoned.booking_id)
 
     assert len(found.messages) == 2
     decoded, garbage = found.messages
@@ -166,32 +178,24 @@ async def test_show_decodes_and_filters_by_booking_and_error_class(
     assert garbage.hex_preview().startswith("00 01 74 68")
     assert garbage.booking_id == poisoned.booking_id  # from the key
 
-    only_garbage = await dead_letters.find(
-        catalog,
-        settings.kafka_bootstrap,
-        dead_letters.Query(booking_id=poisoned.booking_id, error_class="undecodableevent"),
-        codec,
+    only_garbage = await find(
+        settings, catalog, booking_id=poisoned.booking_id, error_class="undecodableevent"
     )
     assert [m.offset for m in only_garbage.messages] == [garbage.offset]
-    by_type = await dead_letters.find(
+    by_type = await find(
+        settings,
         catalog,
-        settings.kafka_bootstrap,
-        dead_letters.Query(
-            topics=(poisoned.dlq_topic,),
-            booking_id=poisoned.booking_id,
-            event_type="BookingRequested",
-            since=poisoned.parked_at - timedelta(minutes=1),
-        ),
-        codec,
+        topics=(poisoned.dlq_topic,),
+        booking_id=poisoned.booking_id,
+        event_type="BookingRequested",
+        since=poisoned.parked_at - timedelta(minutes=1),
     )
     assert [m.offset for m in by_type.messages] == [decoded.offset]
-    later = await dead_letters.find(
+    later = await find(
+        settings,
         catalog,
-        settings.kafka_bootstrap,
-        dead_letters.Query(
-            booking_id=poisoned.booking_id, since=datetime.now(UTC) + timedelta(minutes=1)
-        ),
-        codec,
+        booking_id=poisoned.booking_id,
+        since=datetime.now(UTC) + timedelta(minutes=1),
     )
     assert later.messages == ()
 
@@ -313,24 +317,15 @@ async def test_again_forces_a_second_replay_and_logs_both(
     settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, poisoned: Poisoned
 ) -> None:
     codec = default_codec()
-    found = await dead_letters.find(
-        catalog,
-        settings.kafka_bootstrap,
-        dead_letters.Query(booking_id=poisoned.booking_id, event_type="BookingRequested"),
-        codec,
-    )
+    message = await requested_dead_letter(settings, catalog, poisoned)
     origin_before = await end_offsets(settings, catalog, poisoned.origin)
-    producer = AIOKafkaProducer(**k.producer_config(settings.kafka_bootstrap, "test-dlq-again"))
-    await producer.start()
-    try:
+    async with raw_producer(settings, "test-dlq-again") as producer:
         for again in (False, True):
             plan = await replay.plan_replay(
-                db, catalog, found.messages, codec, datetime.now(UTC), again=again
+                db, catalog, [message], codec, datetime.now(UTC), again=again
             )
             report = await replay.replay(db, producer, plan, operator="tester", again=again)
             assert report.counts["replayed"] == 1
-    finally:
-        await producer.stop()
 
     assert len(await keyed_since(settings, origin_before, poisoned.booking_id)) == 2
     (row,) = await audit_rows(db, poisoned.booking_id)
@@ -361,13 +356,7 @@ async def test_a_pending_claim_left_by_a_dead_replay_is_taken_over_once_abandone
     settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, poisoned: Poisoned
 ) -> None:
     codec = default_codec()
-    found = await dead_letters.find(
-        catalog,
-        settings.kafka_bootstrap,
-        dead_letters.Query(booking_id=poisoned.booking_id, event_type="BookingRequested"),
-        codec,
-    )
-    (message,) = found.messages
+    message = await requested_dead_letter(settings, catalog, poisoned)
     await claim_left_pending(db, message, replay.ABANDONED_AFTER + timedelta(minutes=1))
 
     dry = await cli(settings, "replay", "--booking-id", poisoned.booking_id, "--dry-run", "--json")
@@ -377,13 +366,9 @@ async def test_a_pending_claim_left_by_a_dead_replay_is_taken_over_once_abandone
     assert planned["replay"] is True
     assert "never finished" in planned["note"]
     origin_before = await end_offsets(settings, catalog, poisoned.origin)
-    producer = AIOKafkaProducer(**k.producer_config(settings.kafka_bootstrap, "test-dlq-stale"))
-    await producer.start()
-    try:
-        plan = await replay.plan_replay(db, catalog, found.messages, codec, datetime.now(UTC))
+    async with raw_producer(settings, "test-dlq-stale") as producer:
+        plan = await replay.plan_replay(db, catalog, [message], codec, datetime.now(UTC))
         report = await replay.replay(db, producer, plan, operator="tester")
-    finally:
-        await producer.stop()
 
     assert report.counts["replayed"] == 1
     assert len(await keyed_since(settings, origin_before, poisoned.booking_id)) == 1
@@ -395,26 +380,16 @@ async def test_a_recent_pending_claim_still_holds_the_message(
     settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, poisoned: Poisoned
 ) -> None:
     codec = default_codec()
-    found = await dead_letters.find(
-        catalog,
-        settings.kafka_bootstrap,
-        dead_letters.Query(booking_id=poisoned.booking_id, event_type="BookingRequested"),
-        codec,
-    )
-    (message,) = found.messages
+    message = await requested_dead_letter(settings, catalog, poisoned)
     await claim_left_pending(db, message, timedelta(seconds=30))
     # A plan made with a clock far ahead lets the message through: the claim itself, decided
     # by the database's clock, must still refuse it.
     later = datetime.now(UTC) + replay.ABANDONED_AFTER * 2
-    plan = await replay.plan_replay(db, catalog, found.messages, codec, later)
+    plan = await replay.plan_replay(db, catalog, [message], codec, later)
     assert plan[0].replay
     origin_before = await end_offsets(settings, catalog, poisoned.origin)
-    producer = AIOKafkaProducer(**k.producer_config(settings.kafka_bootstrap, "test-dlq-held"))
-    await producer.start()
-    try:
+    async with raw_producer(settings, "test-dlq-held") as producer:
         report = await replay.replay(db, producer, plan, operator="tester")
-    finally:
-        await producer.stop()
 
     assert report.counts == {"replayed": 0, "skipped": 1, "failed": 0}
     assert "already replayed: pending by crashed-op" in (report.outcomes[0].detail or "")

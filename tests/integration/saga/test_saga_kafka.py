@@ -47,6 +47,13 @@ def mails(mailbox: Mailbox, booking_id: str) -> list[str]:
     return sorted(m.template for m in mailbox.for_booking(booking_id))
 
 
+async def waiting_for_3ds(db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog) -> str:
+    """A booking whose card asks for 3-D Secure, waiting for the customer to complete it."""
+    _, booking = await a_booking(db, publisher, payment_method="pm_card_authenticationRequired")
+    await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
+    return booking
+
+
 async def test_happy_path_confirms_captures_once_and_tells_both(
     agents: Agents,
     db: asyncpg.Pool,
@@ -123,8 +130,7 @@ async def test_action_required_then_webhook_continues_to_awaiting_provider(
     event_log: EventLog,
     mailbox: Mailbox,
 ) -> None:
-    _, booking = await a_booking(db, publisher, payment_method="pm_card_authenticationRequired")
-    await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
+    booking = await waiting_for_3ds(db, publisher, event_log)
     await stripe_webhook(publisher, event_log, booking, "payment_intent.amount_capturable_updated")
     await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
     await event_log.wait(booking, lambda s: s is not None and "provider_request" in s.notified)
@@ -143,8 +149,7 @@ async def test_action_required_then_failed_webhook_fails_and_releases(
     event_log: EventLog,
     mailbox: Mailbox,
 ) -> None:
-    _, booking = await a_booking(db, publisher, payment_method="pm_card_authenticationRequired")
-    await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
+    booking = await waiting_for_3ds(db, publisher, event_log)
     await stripe_webhook(publisher, event_log, booking, "payment_intent.payment_failed")
     state = await event_log.wait(booking)
     assert state.status == Status.FAILED
@@ -160,8 +165,7 @@ async def test_action_never_completed_fails_voids_and_releases(
     event_log: EventLog,
     mailbox: Mailbox,
 ) -> None:
-    _, booking = await a_booking(db, publisher, payment_method="pm_card_authenticationRequired")
-    await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
+    booking = await waiting_for_3ds(db, publisher, event_log)
     # No webhook ever comes: the payment agent's sweep gives up after the timeout.
     state = await event_log.wait(booking)
     assert state.status == Status.FAILED

@@ -8,9 +8,6 @@ Stripe's) is what a replay long after the first attempt runs into.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-
 import asyncpg
 import pytest
 
@@ -18,6 +15,7 @@ from erynoa import events as ev
 from erynoa.kafka import EventPublisher
 from erynoa.saga import Payment, Status
 from streams.payment.sandbox import IDEMPOTENCY_WINDOW, MASTERCARD, outage_reason_answer_lost
+from tests.conftest import eventually
 from tests.integration.saga.conftest import Agents
 from tests.integration.saga.harness import (
     EventLog,
@@ -37,14 +35,6 @@ pytestmark = pytest.mark.integration
 
 # A card of its own, so that the outage touches no other test's bookings.
 CARD = MASTERCARD
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not reached within {within}s: {check}")
-        await asyncio.sleep(0.2)
 
 
 async def answers_lost(db: asyncpg.Pool, *operations: str) -> None:
