@@ -97,9 +97,11 @@ class SchemaRegistry:
         found = self._call("GET", f"/schemas/ids/{schema_id}", missing_ok=True)
         return None if found is None else str(found["schema"])
 
-    def subjects(self) -> list[str]:
-        answer = self._call("GET", "/subjects")
-        return [str(s) for s in answer] if isinstance(answer, list) else []
+    def versions(self, subject: str) -> list[int]:
+        """The versions registered under ``subject``, oldest first; empty for an unknown one.
+        Asked per subject: a registry lists all its subjects only up to a limit of its own."""
+        answer = self._call("GET", f"/subjects/{subject}/versions", missing_ok=True)
+        return sorted(int(v) for v in answer) if isinstance(answer, list) else []
 
     def compatibility_problems(self, subject: str, schema: str) -> list[str] | None:
         """None if ``schema`` may be registered next under ``subject`` (or the subject is new);

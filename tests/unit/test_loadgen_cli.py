@@ -54,7 +54,8 @@ def test_a_broken_profile_is_named(tmp_path: Path) -> None:
     profile.write_text("outcomes: {provider_accepts: nope}\n")
     code, output = invoke(["--rate", "1", "--count", "1", "--profile", str(profile)])
     assert code == 2
-    assert f"{profile}: outcomes.provider_accepts:" in output
+    # rich's error panel folds a path longer than the panel anywhere: compare without spaces.
+    assert f"{profile}:outcomes.provider_accepts:" in output.replace(" ", "")
 
 
 def test_a_remote_api_is_refused_before_anything_connects(tmp_path: Path) -> None:
