@@ -625,12 +625,6 @@ def saga_ls(
     """Sagas in flight, oldest first (``--stuck``: only those waiting too long), and how many
     match in all."""
     expectations = _expectations(stuck_after)
-    if page * limit > sagas.TOTAL_CAP:
-        # Past the count's cap the total is unknown and each page costs the rows before it.
-        _bad_input(
-            f"--page {page} x --limit {limit} reaches past {sagas.TOTAL_CAP:,} sagas; "
-            "narrow the filter instead of paging deeper"
-        )
     wanted = age = None
     if status is not None:
         try:
@@ -657,14 +651,16 @@ def saga_ls(
     async def work() -> sagas.SagaPage:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await sagas.page_sagas(conn, query, now, expectations, _policy(settings))
+            # Run once, not polled: an exact count and a full stuck scan, no caps.
+            return await sagas.page_sagas(
+                conn, query, now, expectations, _policy(settings), total_cap=None, scan_cap=None
+            )
         finally:
             await conn.close()
 
     found = _run(settings, work())
     if as_json:
         _echo_json(found.to_json())
-        _capped_note(found, stuck)
         return
     kind = "stuck saga(s)" if stuck else "saga(s)"
     title = f"{len(found.sagas)} of {found.total_text} {kind} in flight, oldest first"
@@ -683,22 +679,6 @@ def saga_ls(
         state.append(f"\n{s.hold.value}/{s.payment.value}", style="")
         table.add_row(s.booking_id, state, f"{_duration(s.age)}\n{_duration(s.idle)} idle", waiting)
     Console().print(table)
-    _capped_note(found, stuck)
-
-
-def _capped_note(found: sagas.SagaPage, stuck: bool) -> None:
-    if not found.total_capped:
-        return
-    stopped = (
-        f"assessed the oldest {sagas.STUCK_SCAN_CAP:,} candidates"
-        if stuck
-        else f"counted to {sagas.TOTAL_CAP:,}"
-    )
-    typer.secho(
-        f"{stopped} and stopped: more may match (narrow the list with a filter)",
-        fg=typer.colors.YELLOW,
-        err=True,
-    )
 
 
 def _print_request(request: sagas.OperatorRequest, as_json: bool) -> None:

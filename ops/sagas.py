@@ -430,15 +430,15 @@ async def _candidates(
     now: datetime,
     expectations: Expectations,
     policy: Policy,
-    at_most: int,
+    at_most: int | None,
 ) -> AsyncIterator[SagaSummary]:
-    """At most ``at_most`` sagas the SQL narrowing lets through (with ``stuck``, those that
-    *could* be stuck: deadline passed or idle for the shortest expectation), oldest request
-    first, read ``_PAGE`` rows at a time; the assessment decides."""
+    """The sagas the SQL narrowing lets through (with ``stuck``, those that *could* be stuck:
+    deadline passed or idle for the shortest expectation), oldest request first, read
+    ``_PAGE`` rows at a time, at most ``at_most`` (None: all); the assessment decides."""
     where, params = _where(query, now, expectations, policy)
     read = 0
-    while read < at_most:
-        chunk = min(_PAGE, at_most - read)
+    while at_most is None or read < at_most:
+        chunk = _PAGE if at_most is None else min(_PAGE, at_most - read)
         sql = f"{_BOOKING_SQL} WHERE {where} ORDER BY b.requested_at, b.id LIMIT {chunk}"
         rows = await conn.fetch(sql, *params)
         read += len(rows)
@@ -464,20 +464,22 @@ async def page_sagas(
     expectations: Expectations = DEFAULT_EXPECTATIONS,
     policy: Policy = DEFAULT_POLICY,
     *,
-    total_cap: int = TOTAL_CAP,
-    scan_cap: int = STUCK_SCAN_CAP,
+    total_cap: int | None = TOTAL_CAP,
+    scan_cap: int | None = STUCK_SCAN_CAP,
 ) -> SagaPage:
     """The page of in-flight sagas ``query`` asks for (oldest request first; with ``stuck``
-    only the stuck ones) and how many match in all, with bounded work: without ``stuck`` SQL
-    counts (up to ``total_cap``) and only the page's rows are read; with ``stuck`` at most
-    ``scan_cap`` candidates are read and assessed. ``total_capped`` says the total is a lower
-    bound. The one listing behind every face: ``erynoa saga ls``, the admin API, the console."""
+    only the stuck ones) and how many match in all. Without ``stuck`` SQL counts (up to
+    ``total_cap``) and only the page's rows are read; with ``stuck`` at most ``scan_cap``
+    candidates are read and assessed. ``total_capped`` says the total is a lower bound. The
+    one listing behind every face: the admin API and the console, polled, keep the caps;
+    ``erynoa saga ls``, run once, passes None for an exact answer (a backlog of sagas waiting
+    days for providers must not hide the one that is stuck behind it)."""
     if query.stuck:
         return await _page_stuck(conn, query, now, expectations, policy, scan_cap)
     where, params = _where(query, now, expectations, policy)
+    limit = "" if total_cap is None else f" LIMIT {total_cap + 1}"
     counted = await conn.fetchval(
-        f"SELECT count(*) FROM (SELECT 1 FROM bookings b WHERE {where} LIMIT {total_cap + 1}) c",
-        *params,
+        f"SELECT count(*) FROM (SELECT 1 FROM bookings b WHERE {where}{limit}) c", *params
     )
     rows = await conn.fetch(
         f"{_BOOKING_SQL} WHERE {where} ORDER BY b.requested_at, b.id "
@@ -487,7 +489,9 @@ async def page_sagas(
         query.limit,
     )
     found = tuple(summarize_row(row, now, expectations, policy) for row in rows)
-    return SagaPage(found, min(counted, total_cap), total_capped=counted > total_cap)
+    if total_cap is not None and counted > total_cap:
+        return SagaPage(found, total_cap, total_capped=True)
+    return SagaPage(found, counted)
 
 
 async def _page_stuck(
@@ -496,14 +500,15 @@ async def _page_stuck(
     now: datetime,
     expectations: Expectations,
     policy: Policy,
-    scan_cap: int,
+    scan_cap: int | None,
 ) -> SagaPage:
     found: list[SagaSummary] = []
     total = read = 0
     # One row past the cap tells a scan that stopped at it from one that read everything.
-    async for summary in _candidates(conn, query, now, expectations, policy, at_most=scan_cap + 1):
+    at_most = None if scan_cap is None else scan_cap + 1
+    async for summary in _candidates(conn, query, now, expectations, policy, at_most=at_most):
         read += 1
-        if read > scan_cap:
+        if scan_cap is not None and read > scan_cap:
             return SagaPage(tuple(found), total, total_capped=True)
         if not summary.stuck:
             continue

@@ -310,7 +310,7 @@ def test_production_refuses_test_money_and_weak_secrets(
 ) -> None:
     with pytest.raises(ValidationError) as refused:
         _production(**override)
-    # What `erynoa` prints (cli.main.load_settings): names the problem, never the secret.
+    # What `erynoa` prints (cli.startup.load_settings): names the problem, never the secret.
     message = "; ".join(str(error["msg"]) for error in refused.value.errors())
     assert variable in message
     for value in override.values():

@@ -202,7 +202,7 @@ async def test_ls_stuck_finds_a_passed_deadline_and_an_idle_step_but_not_a_waiti
         ["ls", "--status", "sleeping"],
         ["ls", "--older-than", "a while"],
         ["ls", "--limit", "0"],
-        ["ls", "--limit", "5000", "--page", "3"],
+        ["ls", "--page", "0"],
     ],
 )
 async def test_ls_refuses_bad_filters_with_exit_2(settings: Settings, args: list[str]) -> None:
