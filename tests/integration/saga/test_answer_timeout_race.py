@@ -49,8 +49,11 @@ DECLARE
     released text;
 BEGIN
     -- Runs at COMMIT of the answer's transaction. Each statement below takes a fresh snapshot
-    -- (READ COMMITTED), so it sees what the agent commits meanwhile.
+    -- (READ COMMITTED), so it sees what the agent commits meanwhile. Not so pg_stat_activity:
+    -- a transaction reads it once and keeps that copy, so each round drops the copy; a stale
+    -- one shows the agent's connection with the statement it ran before the deadline.
     LOOP
+        PERFORM pg_stat_clear_snapshot();
         IF EXISTS (SELECT 1 FROM provider_deadlines
                    WHERE booking_id = NEW.booking_id AND status <> 'pending') THEN
             released := 'deadline closed first';
@@ -64,7 +67,12 @@ BEGIN
         END IF;
         IF clock_timestamp() > (SELECT deadline_at + interval '15 seconds'
                                 FROM provider_deadlines WHERE booking_id = NEW.booking_id) THEN
-            released := 'agent never acted';
+            -- What the answer's transaction was holding up instead, for the failure message.
+            SELECT 'agent never acted; blocked by this COMMIT: ' || coalesce(string_agg(
+                       format('%s (%s/%s): %s', a.pid, a.wait_event_type, a.wait_event,
+                              left(a.query, 200)), '; '), 'nothing')
+            INTO released
+            FROM pg_stat_activity a WHERE pg_backend_pid() = ANY (pg_blocking_pids(a.pid));
             EXIT;
         END IF;
         PERFORM pg_sleep(0.05);
