@@ -46,8 +46,21 @@ async def _measure(settings: Settings, args: argparse.Namespace, system: LocalSy
     if args.rate:
         # The fixed rate first: a probe's backlog would still be draining behind it.
         await saga_load.wait_idle(system.settings, system.catalog, 30)
+        before = costs.cpu_used(system)
         fixed = await saga_load.step(system.settings, args.rate, args.seconds)
-        print(json.dumps(_summary(f"{args.rate}/s", fixed)), flush=True)
+        after = costs.cpu_used(system)
+        completed = max(int(fixed.run["completed"]), 1)
+        print(
+            json.dumps(
+                {
+                    **_summary(f"{args.rate}/s", fixed),
+                    "completed": completed,
+                    "cpu_ms_per_booking": cpu.per_completed_ms(before, after, completed),
+                    "mean_batch": costs.mean_batch_sizes(system.settings),
+                }
+            ),
+            flush=True,
+        )
     if args.no_probe:
         return
     await saga_load.wait_idle(system.settings, system.catalog, 60)

@@ -124,8 +124,15 @@ EVENT_COLUMNS = (
 )  # fmt: skip
 
 
+# The column types of ``EVENT_COLUMNS``, as in migrations/0002_read_model.sql.
+_EVENT_COLUMN_TYPES = (
+    "uuid", "uuid", "text", "text", "timestamptz", "text",
+    "text", "text", "integer", "bigint", "jsonb", "bytea",
+)  # fmt: skip
+
+
 def event_record(record: Record) -> tuple[Any, ...]:
-    """The ``booking_events`` row of one message, in ``EVENT_COLUMNS`` order (for COPY)."""
+    """The ``booking_events`` row of one message, in ``EVENT_COLUMNS`` order."""
     event = record.event
     return (
         event.event_id,
@@ -253,19 +260,16 @@ class Projection:
     ) -> list[BookingEvent]:
         if not records:
             return []
-        await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS incoming_events "
-            f"(LIKE {self.schema}.booking_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
         rows = [event_record(r) for r in records]
-        columns = list(EVENT_COLUMNS)
-        await conn.copy_records_to_table("incoming_events", records=rows, columns=columns)
-        listed = ", ".join(_quoted_columns(columns))
+        listed = ", ".join(_quoted_columns(list(EVENT_COLUMNS)))
+        arrays = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_EVENT_COLUMN_TYPES, 1))
+        # One statement: the batch's rows travel as one array per column.
         inserted = await conn.fetch(
             f"INSERT INTO {self.schema}.booking_events ({listed}) "
-            f"SELECT DISTINCT ON (event_id) {listed} FROM incoming_events "
+            f"SELECT DISTINCT ON (event_id) {listed} FROM unnest({arrays}) AS e({listed}) "
             # The first copy in log order wins, so a redelivery never moves an event.
-            'ORDER BY event_id, "offset" ON CONFLICT (event_id) DO NOTHING RETURNING event_id'
+            'ORDER BY event_id, "offset" ON CONFLICT (event_id) DO NOTHING RETURNING event_id',
+            *(list(column) for column in zip(*rows, strict=True)),
         )
         new_ids = {str(r["event_id"]) for r in inserted}
         seen: set[str] = set()

@@ -6,15 +6,15 @@ PostgreSQL transaction:
 
 1. decode each message with the one codec (an undecodable one goes to the dead-letter topic at
    once, alone, never retried);
-2. take the per-booking locks of every booking in the batch in one statement
-   (``streams.store.lock_bookings``), and skip the events this agent already processed
+2. begin, and take the per-booking locks of every booking in the batch, in one round trip
+   (``streams.store.locked_transaction``), and skip the events this agent already processed
    (``processed_events``);
 3. for each booking, in slot order, fold its new events into the agent's ``BookingState`` with
    ``erynoa.saga.evolve`` and ask ``erynoa.saga.next_actions`` what to do; the agent's adapter
    carries each action out (side effects carry idempotency keys derived from booking and step)
    and returns the resulting events, which are folded back in until nothing is left to do;
-4. write the states, the processed marks and the emitted events (the *outbox*) in one
-   statement and COMMIT;
+4. write the states, the processed marks, the emitted events (the *outbox*) and the group's
+   positions past the batch in one statement, and COMMIT;
 5. publish the outbox to Kafka (event ids derived from booking and step, so a redelivery
    publishes identical ids that downstream deduplicates) and delete it.
 
@@ -117,6 +117,9 @@ class Incoming:
 
 Decoded = tuple[Incoming, BookingEvent | CatalogEvent]
 """A consumed message and the event it holds."""
+Handled = tuple[list[tuple[Incoming, BaseException]], bool]
+"""What ``AgentRuntime.handle`` returns: the failures its adapters recorded as events, each with
+its message, and whether the commit moved the group's positions past the batch."""
 
 
 @dataclass
@@ -371,12 +374,14 @@ class AgentRuntime:
             except UndecodableEvent as exc:
                 self.metrics.handled(self.metrics.event_type(incoming.headers), 0.0)
                 await self._route_failure(incoming, exc)
+        ends = _ends(batch)
+        recorded = False
         if decoded:
             if not self.codec.writers_ready:
                 # Handling encodes; the first encode would ask the registry on the event loop.
                 await self._through_outages(lambda: asyncio.to_thread(self.codec.warm_up))
-            await self._process_decoded(decoded)
-        await self._record_done(batch)
+            recorded = await self._process_decoded(decoded, ends)
+        await self._record_done(ends, recorded)
 
     async def _decode(self, incoming: Incoming) -> BookingEvent | CatalogEvent:
         """The message's event. A schema id the codec has not seen is asked of the registry;
@@ -495,25 +500,28 @@ class AgentRuntime:
         )
         return True
 
-    async def _record_done(self, batch: Sequence[Incoming]) -> None:
-        """Every message of ``batch`` was handled or routed: move the positions past them.
+    async def _record_done(self, ends: Mapping[store.Partition, int], recorded: bool) -> None:
+        """Every message before ``ends`` was handled or routed: move the positions past them.
 
-        Outside the handler's transaction, and after it: a crash in between only means the
-        batch is delivered again, and ``processed_events`` turns that into no-ops.
+        Usually the handler's transaction did it (``recorded``). Otherwise (a batch handled
+        message by message, a failure routed after the commit, nothing for this agent in it) it
+        happens here, after the work: a crash in between only means the messages are delivered
+        again, and ``processed_events`` turns that into no-ops.
         """
-        ends: dict[store.Partition, int] = {}
-        for m in batch:
-            key = (m.topic, m.partition)
-            ends[key] = max(ends.get(key, -1), m.offset + 1)
-        positions = self._stored_positions()
-        await self._through_outages(lambda: positions.advance(ends))
+        if not recorded:
+            positions = self._stored_positions()
+            await self._through_outages(lambda: positions.advance(ends))
         for key, end in ends.items():
             self._positions[key] = max(self._positions.get(key, end), end)
 
-    async def _process_decoded(self, batch: Sequence[Decoded]) -> None:
+    async def _process_decoded(
+        self, batch: Sequence[Decoded], ends: Mapping[store.Partition, int] | None = None
+    ) -> bool:
+        """Handle, or route what fails; True when the handler's commit also moved the positions
+        to ``ends``."""
         began = time.perf_counter()
         try:
-            gave_up = await self._handle_through_outages(batch)
+            gave_up, recorded = await self._handle_through_outages(batch, ends)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -525,13 +533,13 @@ class AgentRuntime:
                 )
                 for one in batch:
                     await self._process_decoded([one])
-                return
+                return False
             incoming = batch[0][0]
             self.metrics.handled(
                 self.metrics.event_type(incoming.headers), time.perf_counter() - began
             )
             await self._route_failure(incoming, exc)
-            return
+            return False
         elapsed = time.perf_counter() - began
         for incoming, _ in batch:
             event_type = self.metrics.event_type(incoming.headers)
@@ -541,10 +549,11 @@ class AgentRuntime:
             # The saga moved on (the adapter recorded the failure as an event); the message still
             # goes to the dead-letter topic so operators see what could not be delivered.
             await self._route_failure(incoming, error, kind="retryable")
+        return recorded
 
     async def _handle_through_outages(
-        self, batch: Sequence[Decoded]
-    ) -> list[tuple[Incoming, BaseException]]:
+        self, batch: Sequence[Decoded], ends: Mapping[store.Partition, int] | None = None
+    ) -> Handled:
         """``handle``, repeated in place for as long as a dependency is down.
 
         A failure is the message's own only if everything the agent depends on answers: an
@@ -557,7 +566,7 @@ class AgentRuntime:
         time. Raises what ``handle`` raised when the dependencies are fine (the message's own
         failure) or when the failure is not retryable.
         """
-        return await self._through_outages(lambda: self.handle(batch))
+        return await self._through_outages(lambda: self.handle(batch, ends))
 
     async def _through_outages(self, work: Callable[[], Awaitable[T]]) -> T:
         """``work()``, repeated while a dependency is down (see ``_handle_through_outages``)."""
@@ -652,10 +661,15 @@ class AgentRuntime:
             await asyncio.wait_for(self._draining.wait(), timeout=seconds)
         return not self.draining
 
-    async def handle(self, batch: Sequence[Decoded]) -> list[tuple[Incoming, BaseException]]:
+    async def handle(
+        self, batch: Sequence[Decoded], ends: Mapping[store.Partition, int] | None = None
+    ) -> Handled:
         """The transaction described in the module docstring, for a whole batch of decoded
         messages. Raises on any failure (nothing is committed then). Returns the failures
-        adapters recorded as events instead of raising, with the message each belongs to."""
+        adapters recorded as events instead of raising, with the message each belongs to, and
+        whether the commit moved the group's positions to ``ends`` — only when nothing failed:
+        a failure is routed to a retry or dead-letter topic after the commit, and a crash
+        before that must deliver its message again."""
         by_booking: dict[str, list[_Message]] = {}
         for incoming, event in batch:
             if not isinstance(event, BookingEvent):
@@ -663,11 +677,13 @@ class AgentRuntime:
             final = failures.is_final_attempt(self.consumer, incoming.headers)
             by_booking.setdefault(event.booking_id, []).append(_Message(incoming, event, final))
         if not by_booking:
-            return []
+            return [], False
         bookings = list(by_booking)
         gave_up: list[tuple[Incoming, BaseException]] = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            await store.lock_bookings(conn, self.agent, bookings)
+        async with (
+            self.pool.acquire() as conn,
+            store.locked_transaction(conn, self.agent, bookings),
+        ):
             loaded = await store.load_batch(
                 conn,
                 self.agent,
@@ -684,6 +700,9 @@ class AgentRuntime:
                     result,
                     replayed=_replayed(by_booking[booking_id], loaded.processed),
                 )
+            advance = None
+            if ends and not gave_up:
+                advance = store.Advance(self.consumer.group_id, ends)
             outbox = await store.commit_batch(
                 conn,
                 self.agent,
@@ -692,9 +711,10 @@ class AgentRuntime:
                 result.processed,
                 result.queued,
                 started=result.started,
+                advance=advance,
             )
         await self._publish(outbox)
-        return gave_up
+        return gave_up, advance is not None
 
     async def _apply(
         self,
@@ -1007,6 +1027,15 @@ class _BatchResult:
     queued: list[store.OutboxRow] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
     """Bookings whose request is folded in now: the events kept for them are used up."""
+
+
+def _ends(batch: Sequence[Incoming]) -> dict[store.Partition, int]:
+    """The next offset after ``batch`` in each of its partitions."""
+    ends: dict[store.Partition, int] = {}
+    for m in batch:
+        key = (m.topic, m.partition)
+        ends[key] = max(ends.get(key, -1), m.offset + 1)
+    return ends
 
 
 def _fresh(messages: list[_Message], processed: frozenset[str]) -> list[_Message]:

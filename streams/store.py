@@ -9,7 +9,9 @@ agent's group got in each partition it consumes (``consumer_positions``, 0002).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,29 +19,96 @@ import asyncpg
 
 from erynoa.saga import BookingState
 
+_LOCK_STATEMENT = "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest({keys}) AS k"
+# What a lock key may contain to be written into a statement as a literal: an agent's name and
+# a booking id (a UUID) leave nothing that could end the literal.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9:_-]+")
 
-async def lock_bookings(conn: asyncpg.Connection, agent: str, booking_ids: Iterable[str]) -> None:
-    """Serialize this agent's handlers for these bookings until the transaction ends.
+
+def _lock_keys(agent: str, booking_ids: Iterable[str]) -> list[str]:
+    """Sorted: every transaction takes its locks in the same order, so two batches sharing
+    bookings can never wait for each other in a cycle (``unnest`` yields the array's order and
+    the scan calls the function row by row)."""
+    return sorted(f"{agent}:{booking_id}" for booking_id in set(booking_ids))
+
+
+@contextlib.asynccontextmanager
+async def locked_transaction(
+    conn: asyncpg.Connection, agent: str, booking_ids: Iterable[str]
+) -> AsyncIterator[None]:
+    """A transaction holding this agent's locks of ``booking_ids`` from its start, begun in ONE
+    round trip: it serializes the agent's handlers for these bookings until it ends.
 
     Advisory locks rather than ``SELECT ... FOR UPDATE`` on ``agent_state``: they also work for
     the first event of a booking, when there is no row to lock yet. Taken in one statement, in
-    the order of their keys, so two batches sharing bookings can never wait for each other in a
-    cycle (``unnest`` yields the array's order and the scan calls the function row by row). A
-    hash collision only makes two unrelated bookings wait for each other.
+    the order of their keys (``_lock_keys``). A hash collision only makes two unrelated
+    bookings wait for each other.
+
+    ``conn.transaction()`` sends its BEGIN on its own: a round trip per batch that does nothing.
+    Here BEGIN and the lock statement travel as one simple-protocol query. That protocol takes
+    no parameters, so the keys are written in as literals, which is safe only for keys made of
+    plain characters (``_PLAIN_KEY``); any other key takes the two round trips.
+
+    Ends with COMMIT, or ROLLBACK when the block raises. A COMMIT of a transaction that had
+    failed is answered "ROLLBACK" by the server; that raises here rather than pass for a commit.
+    A nested ``conn.transaction()`` inside the block raises (asyncpg refuses one in a manually
+    started transaction), so nothing can commit this one early.
     """
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) AS k",
-        sorted(f"{agent}:{booking_id}" for booking_id in set(booking_ids)),
-    )
+    keys = _lock_keys(agent, booking_ids)
+    try:
+        if all(_PLAIN_KEY.fullmatch(key) for key in keys):
+            literal = "ARRAY[" + ",".join(f"'{key}'" for key in keys) + "]::text[]"
+            await conn.execute("BEGIN; " + _LOCK_STATEMENT.format(keys=literal))
+        else:
+            await conn.execute("BEGIN")
+            await conn.execute(_LOCK_STATEMENT.format(keys="$1::text[]"), keys)
+        yield
+    except BaseException:
+        if conn.is_in_transaction() and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+        raise
+    status = await conn.execute("COMMIT")
+    if status != "COMMIT":
+        raise asyncpg.InterfaceError(f"the transaction did not commit (the server said {status})")
 
 
 async def try_lock_booking(conn: asyncpg.Connection, agent: str, booking_id: str) -> bool:
-    """Like ``lock_bookings`` for one booking, but gives up at once when another worker holds
-    it (timers)."""
+    """``locked_transaction``'s lock for one booking, in a transaction begun already, but
+    giving up at once when another worker holds it (timers)."""
     got = await conn.fetchval(
         "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", f"{agent}:{booking_id}"
     )
     return bool(got)
+
+
+Partition = tuple[str, int]
+"""(topic, partition)."""
+
+# Positions only move forward: a late writer that lost the partition cannot undo. Rows in key
+# order (``_position_columns``), so two writers of the same rows lock them in the same order.
+_ADVANCE_POSITIONS = """
+    INSERT INTO consumer_positions (consumer, topic, partition, next_offset, updated_at)
+    SELECT {consumer}, t, p, o, now()
+    FROM unnest({topics}::text[], {partitions}::int[], {offsets}::bigint[]) AS x(t, p, o)
+    ON CONFLICT (consumer, topic, partition) DO UPDATE
+    SET next_offset = GREATEST(consumer_positions.next_offset, EXCLUDED.next_offset),
+        updated_at = now()"""
+
+
+def _position_columns(
+    next_offsets: Mapping[Partition, int],
+) -> tuple[list[str], list[int], list[int]]:
+    items = sorted(next_offsets.items())
+    return [t for (t, _), _ in items], [p for (_, p), _ in items], [o for _, o in items]
+
+
+@dataclass(frozen=True)
+class Advance:
+    """A consumer group's positions to move forward in the same transaction (``commit_batch``)."""
+
+    consumer: str
+    next_offsets: Mapping[Partition, int]
 
 
 @dataclass(frozen=True)
@@ -79,8 +148,9 @@ async def load_batch(
     """The bookings' states, which of the events were processed and the kept early events, in
     ONE round trip.
 
-    Call it after ``lock_bookings``, in a statement of its own: a READ COMMITTED statement sees
-    what was committed when it started, so it must start after the locks were granted.
+    Call it inside ``locked_transaction``, in a statement of its own: a READ COMMITTED
+    statement sees what was committed when it started, so it must start after the locks were
+    granted.
     """
     rows = await conn.fetch(
         """SELECT 'state' AS kind, s.booking_id, s.state, s.headers,
@@ -178,11 +248,14 @@ async def commit_batch(
     processed: Sequence[str],
     events: Sequence[OutboxRow],
     started: Sequence[str] = (),
+    advance: Advance | None = None,
 ) -> list[OutboxRow]:
     """``save_state``, the ``processed_events`` marks, ``add_to_outbox`` and
     ``pending_outbox`` for a whole batch in one statement: the end of every handled batch, so
     its cost must not grow with the number of messages in it. The events kept early for the
-    ``started`` bookings (folded in now) are deleted in the same statement.
+    ``started`` bookings (folded in now) are deleted in the same statement, and ``advance``
+    moves the consumer's positions past the batch: done in the transaction that did the work,
+    rather than in one more round trip after it.
 
     Returns the outbox of ``bookings`` in publishing order: rows left by an earlier failed
     publish (read from the statement's snapshot) and then the ones queued here (``RETURNING``;
@@ -212,6 +285,10 @@ async def commit_batch(
            ), taken AS (
                DELETE FROM agent_early_events
                WHERE agent = $1 AND booking_id = ANY($11::uuid[])
+           ), advanced AS (
+               """
+        + _ADVANCE_POSITIONS.format(consumer="$12", topics="$13", partitions="$14", offsets="$15")
+        + """
            )
            SELECT event_id, booking_id, payload, headers, seq FROM agent_outbox
            WHERE agent = $1 AND booking_id = ANY($2::uuid[])
@@ -229,6 +306,8 @@ async def commit_batch(
         [e.payload for e in events],
         [dict(e.headers) for e in events],
         list(started),
+        advance.consumer if advance is not None else "",
+        *_position_columns(advance.next_offsets if advance is not None else {}),
     )
     return _outbox_rows(rows)
 
@@ -289,10 +368,6 @@ async def missed_events(
     return [bytes(r["body"]) for r in rows]
 
 
-Partition = tuple[str, int]
-"""(topic, partition)."""
-
-
 class Positions(Protocol):
     """How far a consumer group got in each partition: everything before the offset is done."""
 
@@ -328,18 +403,10 @@ class PgPositions:
     async def advance(self, next_offsets: Mapping[Partition, int]) -> None:
         if not next_offsets:
             return
-        items = sorted(next_offsets.items())
         await self._pool.execute(
-            """INSERT INTO consumer_positions (consumer, topic, partition, next_offset, updated_at)
-               SELECT $1, t, p, o, now()
-               FROM unnest($2::text[], $3::int[], $4::bigint[]) AS x(t, p, o)
-               ON CONFLICT (consumer, topic, partition) DO UPDATE
-               SET next_offset = GREATEST(consumer_positions.next_offset, EXCLUDED.next_offset),
-                   updated_at = now()""",
+            _ADVANCE_POSITIONS.format(consumer="$1", topics="$2", partitions="$3", offsets="$4"),
             self._consumer,
-            [t for (t, _), _ in items],
-            [p for (_, p), _ in items],
-            [o for _, o in items],
+            *_position_columns(next_offsets),
         )
 
     async def reset(self, partition: Partition, next_offset: int) -> None:

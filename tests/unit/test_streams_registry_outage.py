@@ -11,7 +11,7 @@ import pytest
 
 from erynoa import kafka as k
 from erynoa.codec import CONFLUENT_MAGIC
-from streams.runtime import Decoded, Incoming
+from streams.runtime import Decoded, Handled
 from tests.unit.test_codec_wire import FakeRegistry, codec_with
 from tests.unit.test_streams_runtime import (
     _Producer,
@@ -49,9 +49,9 @@ async def test_a_registry_down_at_the_first_message_pauses_the_lane_until_it_ans
     handled: list[list[Decoded]] = []
     slept: list[float] = []
 
-    async def handle(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
+    async def handle(batch: list[Decoded], ends: object = None) -> Handled:
         handled.append(batch)
-        return []
+        return [], False
 
     async def sleep(seconds: float) -> bool:
         slept.append(seconds)
@@ -85,9 +85,9 @@ async def test_a_cached_schema_id_decodes_on_the_loop_without_the_registry(
     assert not codec.needs_registry(value)
     handled: list[list[Decoded]] = []
 
-    async def handle(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
+    async def handle(batch: list[Decoded], ends: object = None) -> Handled:
         handled.append(batch)
-        return []
+        return [], False
 
     monkeypatch.setattr(runtime, "handle", handle)
     await runtime.process([at(17, value)])
@@ -103,7 +103,7 @@ async def test_an_unknown_schema_id_goes_to_the_dead_letter_topic_with_the_reaso
     body = codec.encode(requested())[5:]
     runtime, producer = runtime_with(codec, monkeypatch)
 
-    async def handle(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
+    async def handle(batch: list[Decoded], ends: object = None) -> Handled:
         raise AssertionError("an undecodable message is never handled")
 
     monkeypatch.setattr(runtime, "handle", handle)

@@ -21,7 +21,7 @@ from erynoa.settings import Settings
 from erynoa.topics import load_catalog
 from streams.app import AGENTS, _incoming, check_agent, create_app
 from streams.provider_response import ProviderResponseAdapter
-from streams.runtime import AgentRuntime, Context, Decoded, Incoming
+from streams.runtime import AgentRuntime, Context, Decoded, Handled, Incoming
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SETTINGS = Settings()
@@ -209,7 +209,7 @@ def every_batch_fails(
     """Handling raises ``error``; probing the dependencies answers ``outage`` (``None``: they
     all answer, so the message itself is at fault)."""
 
-    async def fail(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
+    async def fail(batch: list[Decoded], ends: object = None) -> Handled:
         raise error
 
     async def probe(error: BaseException | None = None) -> str | None:
@@ -243,11 +243,11 @@ async def test_an_outage_pauses_the_lane_and_the_same_batch_is_handled_after_it(
     probes = iter(["postgresql: connection refused", "postgresql: connection refused", None])
     slept: list[float] = []
 
-    async def down_then_up(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
+    async def down_then_up(batch: list[Decoded], ends: object = None) -> Handled:
         handled.append(len(batch))
         if len(handled) < 2:
             raise ConnectionRefusedError("127.0.0.1:15432")
-        return []
+        return [], False
 
     async def probe(error: BaseException | None = None) -> str | None:
         return next(probes)
@@ -316,9 +316,9 @@ def handled_offsets(
 ) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
 
-    async def record(batch: list[Decoded]) -> list[tuple[Incoming, BaseException]]:
+    async def record(batch: list[Decoded], ends: object = None) -> Handled:
         seen.extend((m.partition, m.offset) for m, _ in batch)
-        return []
+        return [], False
 
     monkeypatch.setattr(runtime, "handle", record)
     return seen
