@@ -5,7 +5,6 @@ total is a lower bound. Rows are read through a counting wrapper around the real
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Sequence
@@ -14,12 +13,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-from typer.testing import CliRunner, Result
 
-from cli.ops import saga_app
 from erynoa.settings import Settings
 from ops import sagas
 from tests.conftest import unique
+from tests.integration.ops.conftest import saga_cli
 
 pytestmark = pytest.mark.integration
 
@@ -127,15 +125,6 @@ async def test_the_stuck_filter_stops_reading_at_its_scan_cap_and_says_the_total
     assert (whole.total, whole.total_capped) == (5, False)
     assert [s.booking_id for s in whole.sagas] == overdue[:3]
     assert not set(waiting) & {s.booking_id for s in whole.sagas}
-
-
-async def saga_cli(settings: Settings, *args: str) -> Result:
-    env = {
-        "ERYNOA_TOPIC_PREFIX": settings.topic_prefix,
-        "ERYNOA_DATABASE_URL": settings.database_url,
-        "COLUMNS": "200",
-    }
-    return await asyncio.to_thread(lambda: CliRunner().invoke(saga_app, list(args), env=env))
 
 
 async def test_saga_ls_finds_the_stuck_saga_behind_a_backlog_the_admin_page_stops_at(
