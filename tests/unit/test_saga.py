@@ -1078,7 +1078,7 @@ def interleave(events: list[ev.BookingEvent], rng: random.Random) -> list[ev.Boo
     return out
 
 
-def _happy(b: Story) -> None:
+def happy_path(b: Story) -> None:
     _confirmed(b)
     b.add(ev.ReservationConverted)
     b.add(ev.NotificationSent, template="customer_confirmed", recipient_role="customer")
@@ -1123,7 +1123,7 @@ def _capture_fails(b: Story) -> None:
 
 
 def _cancel_after_confirmed(b: Story) -> None:
-    _happy(b)
+    happy_path(b)
     b.add(ev.BookingCancellationRequested)
     compensate(b)
 
@@ -1135,7 +1135,7 @@ def _cancel_awaiting_provider(b: Story) -> None:
 
 
 SCENARIOS = [
-    pytest.param(_happy, (S.CONFIRMED, H.CONVERTED, P.CAPTURED), id="happy"),
+    pytest.param(happy_path, (S.CONFIRMED, H.CONVERTED, P.CAPTURED), id="happy"),
     pytest.param(
         _happy_through_3ds,
         (S.CONFIRMED, H.CONVERTED, P.CAPTURED),
@@ -1227,7 +1227,7 @@ def test_each_agent_reaches_its_happy_path_steps_from_the_topics_it_consumes(
     # The provider-response agent does not consume `reservations`: it must reach
     # awaiting_provider from PaymentAuthorized alone.
     b = Story()
-    _happy(b)
+    happy_path(b)
     asked: list[Action] = []
     state: BookingState | None = None
     for event in _agent_view(agent, b.events):
