@@ -22,6 +22,7 @@ from tests.integration.saga.harness import (
     answer,
     assert_invariants,
     deadline_started,
+    from_api,
     ledger,
     provider_decided,
     status_is,
@@ -54,13 +55,11 @@ async def test_an_accept_taken_before_the_deadline_wins_though_processed_after_i
     # ... but the agent has not processed it when the deadline passes.
     decided = await live.event_log.wait(booking, provider_decided, within=30)
     await live.publisher.publish(
-        ev.make(
+        from_api(
             ev.ProviderAnswerSubmitted,
-            booking_id=booking,
-            producer="api",
+            state,
             event_id=event_id,
             occurred_at=submitted_at,
-            correlation_id=state.correlation_id,
             provider_id=service.provider.id,
             decision="accept",
         )
