@@ -8,9 +8,9 @@ reach the real agents, and ``ls`` sees only this module's bookings.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -23,7 +23,7 @@ from erynoa.saga import Hold, Payment, Status, TimeOutProvider
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
 from ops import sagas
-from tests.conftest import unique
+from tests.conftest import eventually, unique
 from tests.integration.ops.conftest import end_offsets, keyed_since, saga_cli
 from tests.integration.saga_events import awaiting_provider, rejected_and_compensated, request
 
@@ -33,47 +33,48 @@ pytestmark = pytest.mark.integration
 # --- building sagas -------------------------------------------------------------------------
 
 
-async def publish_and_fold(
-    db: asyncpg.Pool, publisher: EventPublisher, events: list[ev.BookingEvent]
-) -> None:
-    """Publish in a shuffled order (topics do not keep event order); wait for the fold."""
-    shuffled = random.sample(events, len(events))
-    await publisher.publish_many(shuffled)
-    booking_id = events[0].booking_id
-    deadline = asyncio.get_running_loop().time() + 30
-    while asyncio.get_running_loop().time() < deadline:
-        applied = await db.fetchval(
-            "SELECT events_applied FROM bookings WHERE id = $1::uuid", booking_id
-        )
-        if applied == len(events):
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"booking {booking_id} not folded in time")
+Fold = Callable[[list[ev.BookingEvent]], Awaitable[None]]
+
+
+@pytest.fixture
+def publish_and_fold(
+    db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None
+) -> Fold:
+    """Publish a saga's events in a shuffled order (topics do not keep event order) and wait
+    until the running materializer folded them all."""
+
+    async def publish(events: list[ev.BookingEvent]) -> None:
+        await publisher.publish_many(random.sample(events, len(events)))
+
+        async def folded() -> bool:
+            applied = await db.fetchval(
+                "SELECT events_applied FROM bookings WHERE id = $1::uuid", events[0].booking_id
+            )
+            return bool(applied == len(events))
+
+        await eventually(folded, within=30)
+
+    return publish
 
 
 async def wait_for_status(db: asyncpg.Pool, booking_id: str, status: Status) -> None:
-    deadline = asyncio.get_running_loop().time() + 30
-    while asyncio.get_running_loop().time() < deadline:
+    async def reached() -> bool:
         row = await db.fetchval("SELECT status FROM bookings WHERE id = $1::uuid", booking_id)
-        if row == status.value:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"booking {booking_id} never became {status.value}")
+        return bool(row == status.value)
+
+    await eventually(reached, within=30)
 
 
 # --- show -----------------------------------------------------------------------------------
 
 
 async def test_show_returns_the_timeline_in_event_order_with_compensations_marked(
-    settings: Settings,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    running_materializer: None,
+    settings: Settings, db: asyncpg.Pool, publish_and_fold: Fold
 ) -> None:
     booking_id = unique()
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     events = rejected_and_compensated(booking_id, start)
-    await publish_and_fold(db, publisher, events)
+    await publish_and_fold(events)
 
     timeline = await sagas.saga_timeline(db, booking_id, default_codec(), datetime.now(UTC))
 
@@ -127,23 +128,16 @@ async def test_show_refuses_a_malformed_id_and_reports_an_unknown_one(
 
 
 async def test_ls_stuck_finds_a_passed_deadline_and_an_idle_step_but_not_a_waiting_provider(
-    settings: Settings,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    running_materializer: None,
+    settings: Settings, db: asyncpg.Pool, publish_and_fold: Fold
 ) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     overdue, idle, waiting = unique(), unique(), unique()
     await publish_and_fold(
-        db,
-        publisher,
-        awaiting_provider(overdue, now - timedelta(minutes=10), now - timedelta(minutes=5)),
+        awaiting_provider(overdue, now - timedelta(minutes=10), now - timedelta(minutes=5))
     )
-    await publish_and_fold(db, publisher, [request(idle, now - timedelta(minutes=5))])
+    await publish_and_fold([request(idle, now - timedelta(minutes=5))])
     await publish_and_fold(
-        db,
-        publisher,
-        awaiting_provider(waiting, now - timedelta(seconds=30), now + timedelta(hours=1)),
+        awaiting_provider(waiting, now - timedelta(seconds=30), now + timedelta(hours=1))
     )
     mine = (overdue, idle, waiting)
 
@@ -202,16 +196,12 @@ async def test_ls_refuses_bad_filters_with_exit_2(settings: Settings, args: list
 
 
 async def test_cancel_dry_run_publishes_nothing_and_cancel_publishes_one_request(
-    settings: Settings,
-    catalog: TopicCatalog,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    running_materializer: None,
+    settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, publish_and_fold: Fold
 ) -> None:
     booking_id = unique()
     now = datetime.now(UTC).replace(microsecond=0)
     events = awaiting_provider(booking_id, now - timedelta(seconds=20), now + timedelta(hours=1))
-    await publish_and_fold(db, publisher, events)
+    await publish_and_fold(events)
     bookings_topic = catalog.topic_for("BookingCancellationRequested")
     before = await end_offsets(settings, catalog, bookings_topic)
 
@@ -253,14 +243,10 @@ async def test_cancel_dry_run_publishes_nothing_and_cancel_publishes_one_request
 
 
 async def test_retry_publishes_a_fresh_request_each_time_and_nothing_on_a_dry_run(
-    settings: Settings,
-    catalog: TopicCatalog,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    running_materializer: None,
+    settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, publish_and_fold: Fold
 ) -> None:
     booking_id = unique()
-    await publish_and_fold(db, publisher, [request(booking_id, datetime.now(UTC))])
+    await publish_and_fold([request(booking_id, datetime.now(UTC))])
     before = await end_offsets(settings, catalog, catalog.topic_for("SagaRetryRequested"))
 
     dry = await saga_cli(settings, "retry", booking_id, "--step", "reservation", "--dry-run")
