@@ -21,8 +21,10 @@ import pytest
 
 from bench import peers
 from bench.peers import restate_server, temporal_server
+from erynoa import saga
 from erynoa.db import drop_database
 from erynoa.settings import Settings
+from tests.unit.test_saga import Story, happy_path, pending
 
 pytestmark = pytest.mark.integration
 
@@ -51,16 +53,32 @@ def _ran_the_seven_steps(report: dict[str, Any]) -> None:
     assert (report["returned"], report["executed"], report["recorded"]) == (steps, steps, steps)
 
 
+# The step of the peers' saga that does the work of each of our saga's actions (the provider's
+# deadline is a timer, not a step).
+STEP_OF: dict[type[saga.Action], str] = {
+    saga.HoldCapacity: "reserve",
+    saga.AuthorizePayment: "authorize",
+    saga.NotifyProvider: "notify_provider",
+    saga.AcceptForProvider: "provider_accepts",
+    saga.CapturePayment: "capture",
+    saga.ConvertHold: "convert_hold",
+    saga.NotifyCustomer: "notify_customer",
+}
+
+
 def test_the_steps_are_our_happy_path_in_order() -> None:
-    assert peers.STEPS == (
-        "reserve",
-        "authorize",
-        "notify_provider",
-        "provider_accepts",
-        "capture",
-        "convert_hold",
-        "notify_customer",
-    )
+    # Our saga's own rules, walked along a confirmed booking's events: each step in the order
+    # an agent is first asked for it.
+    story = Story()
+    happy_path(story)
+    asked: list[str] = []
+    state: saga.BookingState | None = None
+    for event in story.events:
+        state = saga.evolve(state, event)
+        for actions in pending(state, event.occurred_at).values():
+            steps = [STEP_OF[type(a)] for a in actions if type(a) in STEP_OF]
+            asked += [step for step in steps if step not in asked]
+    assert tuple(asked) == peers.STEPS
 
 
 async def test_dbos_saga_runs_the_seven_steps_in_order(settings: Settings) -> None:

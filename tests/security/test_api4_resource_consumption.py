@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -18,6 +17,7 @@ from tests.conftest import unique
 from tests.integration.api.conftest import (
     Actors,
     LiveApi,
+    Probe,
     api_settings,
     book,
     events_of,
@@ -126,12 +126,19 @@ async def test_a_migrated_database_has_a_trigram_index_for_name_search(live_api:
 # --- growth ---------------------------------------------------------------------------------
 
 
+async def book_with_a_fresh_key(
+    http: httpx.AsyncClient, actors: Actors
+) -> tuple[dict[str, str], httpx.Response]:
+    """Book with a new ``Idempotency-Key``: the headers that repeat the request, and its answer."""
+    keyed = {"Idempotency-Key": unique("key-")}
+    return keyed, await book(http, actors, keyed)
+
+
 async def test_an_expired_idempotency_key_is_refused_not_replayed(
     http: httpx.AsyncClient, live_api: LiveApi, actors: Actors, pg: asyncpg.Pool
 ) -> None:
-    key = unique("key-")
-    keyed = {"Idempotency-Key": key}
-    first = await book(http, actors, keyed)
+    keyed, first = await book_with_a_fresh_key(http, actors)
+    key = keyed["Idempotency-Key"]
     assert first.status_code == 202, first.text
     ttl = live_api.settings.idempotency_key_ttl_seconds
     await pg.execute(
@@ -168,9 +175,7 @@ async def test_an_expired_idempotency_key_is_refused_not_replayed(
 async def test_a_fresh_idempotency_key_is_kept_by_the_cleanup(
     http: httpx.AsyncClient, live_api: LiveApi, actors: Actors, pg: asyncpg.Pool
 ) -> None:
-    key = unique("key-")
-    keyed = {"Idempotency-Key": key}
-    first = await book(http, actors, keyed)
+    keyed, first = await book_with_a_fresh_key(http, actors)
     from api.readmodel import delete_expired_idempotency_keys
 
     await delete_expired_idempotency_keys(pg, live_api.settings.idempotency_key_ttl_seconds)
@@ -180,7 +185,7 @@ async def test_a_fresh_idempotency_key_is_kept_by_the_cleanup(
 
 
 async def test_repeated_cancels_publish_one_event(
-    http: httpx.AsyncClient, actors: Actors, pg: asyncpg.Pool, probe_topic: Any
+    http: httpx.AsyncClient, actors: Actors, pg: asyncpg.Pool, probe_topic: Probe
 ) -> None:
     bookings_topic = await probe_topic("bookings")
     booking_id = await insert_booking(pg, actors, "awaiting_provider")

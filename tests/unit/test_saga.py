@@ -316,10 +316,19 @@ def test_every_status_is_built_from_a_realistic_history() -> None:
 # What each event does to (status, hold, payment) from each built status; a status not listed
 # for an event leaves all three unchanged. The event occurred after everything folded so far.
 # Each fact only moves forward along its own order (saga.HOLD_ORDER, saga.PAYMENT_ORDER), so a
-# fact folded late still counts; every ending ends a booking not yet ended, a confirmed one
-# included; an ended booking keeps the ending that occurred first.
+# fact folded late still counts; a booking not yet ended only moves forward through the
+# statuses, so every ending ends it, a confirmed one included; an ended booking keeps the
+# ending that occurred first.
 ChangeTable = dict[str, dict[Status, tuple[Status, H, P]]]
 _NOT_ENDED = (S.REQUESTED, S.RESERVED, S.PAYMENT_ACTION_REQUIRED, S.AWAITING_PROVIDER, S.CONFIRMED)
+_RANK = {
+    S.REQUESTED: 0,
+    S.RESERVED: 1,
+    S.PAYMENT_ACTION_REQUIRED: 2,
+    S.AWAITING_PROVIDER: 3,
+    S.CONFIRMED: 4,
+    **dict.fromkeys(TERMINAL, 5),
+}
 
 
 def _further(order: tuple[Any, ...], before: Any, to: Any) -> Any:
@@ -340,83 +349,47 @@ def _moves(hold: H | None = None, payment: P | None = None) -> dict[Status, Any]
     }
 
 
-def _ends(ending: Status, payment: P | None = None) -> dict[Status, Any]:
-    """An ending: every booking not yet ended ends with ``ending``; one that ended keeps its
-    ending; ``payment`` moves forward where it is not further already."""
-    table = _moves(payment=payment)
+def _reaches(status: Status, hold: H | None = None, payment: P | None = None) -> dict[Status, Any]:
+    """A step: every booking not yet ended and not further along moves to ``status`` (an
+    ending ends every booking not yet ended; one that ended keeps its ending); ``hold`` and
+    ``payment`` move forward where they are not further already."""
+    table = _moves(hold=hold, payment=payment)
     for base in _NOT_ENDED:
-        _, hold, payment_before = BASE[base]
-        table[base] = (ending, hold, _further(saga.PAYMENT_ORDER, payment_before, payment))
+        before, hold_before, payment_before = BASE[base]
+        if _RANK[before] < _RANK[status]:
+            table[base] = (
+                status,
+                _further(saga.HOLD_ORDER, hold_before, hold),
+                _further(saga.PAYMENT_ORDER, payment_before, payment),
+            )
     return table
 
 
 CHANGES: ChangeTable = {
     "BookingRequested": {},  # a redelivery: the booking is already started
-    "BookingCancellationRequested": {
-        S.REQUESTED: (S.CANCELLED, H.NONE, P.NONE),
-        S.RESERVED: (S.CANCELLED, H.HELD, P.NONE),
-        S.PAYMENT_ACTION_REQUIRED: (S.CANCELLED, H.HELD, P.ACTION_REQUIRED),
-        S.AWAITING_PROVIDER: (S.CANCELLED, H.HELD, P.AUTHORIZED),
-        S.CONFIRMED: (S.CANCELLED, H.HELD, P.CAPTURED),  # refunded per policy afterwards
-    },
+    "BookingCancellationRequested": _reaches(S.CANCELLED),  # a confirmed one is refunded per policy
     "SagaRetryRequested": {},  # the agents re-run; the state itself does not change
-    "ReservationHeld": {
-        S.REQUESTED: (S.RESERVED, H.HELD, P.NONE),
-        # Contradicts the rejection, but a seat that is held must be released.
-        S.REJECTED: (S.REJECTED, H.HELD, P.NONE),
-    },
-    "ReservationRejected": {
-        S.REQUESTED: (S.REJECTED, H.REJECTED, P.NONE),
-        # A rejection ends the booking whenever it is folded; a seat held stays to be released.
-        S.RESERVED: (S.REJECTED, H.HELD, P.NONE),
-        S.PAYMENT_ACTION_REQUIRED: (S.REJECTED, H.HELD, P.ACTION_REQUIRED),
-        S.AWAITING_PROVIDER: (S.REJECTED, H.HELD, P.AUTHORIZED),
-        S.CONFIRMED: (S.REJECTED, H.HELD, P.CAPTURED),  # refunded afterwards
-    },
+    # On a rejected booking the hold contradicts the rejection, but a seat that is held must be
+    # released.
+    "ReservationHeld": _reaches(S.RESERVED, hold=H.HELD),
+    # A rejection ends the booking whenever it is folded; a seat held stays to be released.
+    "ReservationRejected": _reaches(S.REJECTED, hold=H.REJECTED),
     # A release or conversion folded before the hold it acted on still counts.
     "ReservationReleased": _moves(hold=H.RELEASED),
     "ReservationConverted": _moves(hold=H.CONVERTED),
-    "PaymentActionRequired": {
-        # The payment agent only asks for payment once the seat is held, so this implies a hold
-        # even when ReservationHeld (another topic) has not been folded yet.
-        S.REQUESTED: (S.PAYMENT_ACTION_REQUIRED, H.NONE, P.ACTION_REQUIRED),
-        S.RESERVED: (S.PAYMENT_ACTION_REQUIRED, H.HELD, P.ACTION_REQUIRED),
-        S.REJECTED: (S.REJECTED, H.REJECTED, P.ACTION_REQUIRED),
-        S.CANCELLED: (S.CANCELLED, H.HELD, P.ACTION_REQUIRED),
-    },
-    "PaymentAuthorized": {
-        # Authorized implies held (see above): the booking now waits for its provider.
-        S.REQUESTED: (S.AWAITING_PROVIDER, H.NONE, P.AUTHORIZED),
-        S.RESERVED: (S.AWAITING_PROVIDER, H.HELD, P.AUTHORIZED),
-        S.PAYMENT_ACTION_REQUIRED: (S.AWAITING_PROVIDER, H.HELD, P.AUTHORIZED),
-        # Authorizations that raced an outcome are recorded so that they get voided.
-        S.REJECTED: (S.REJECTED, H.REJECTED, P.AUTHORIZED),
-        S.CANCELLED: (S.CANCELLED, H.HELD, P.AUTHORIZED),
-        S.FAILED: (S.FAILED, H.HELD, P.AUTHORIZED),
-    },
-    "PaymentFailed": {
-        S.REQUESTED: (S.FAILED, H.NONE, P.FAILED),
-        S.RESERVED: (S.FAILED, H.HELD, P.FAILED),
-        S.PAYMENT_ACTION_REQUIRED: (S.FAILED, H.HELD, P.FAILED),
-        # A failure folded after the authorization it lost to still ends the booking (the
-        # same as when it is folded first); the authorization is voided.
-        S.AWAITING_PROVIDER: (S.FAILED, H.HELD, P.AUTHORIZED),
-        S.CONFIRMED: (S.FAILED, H.HELD, P.CAPTURED),  # refunded afterwards
-        S.REJECTED: (S.REJECTED, H.REJECTED, P.FAILED),
-        S.CANCELLED: (S.CANCELLED, H.HELD, P.FAILED),
-    },
-    "PaymentCaptured": {
-        S.REQUESTED: (S.CONFIRMED, H.NONE, P.CAPTURED),
-        S.RESERVED: (S.CONFIRMED, H.HELD, P.CAPTURED),
-        S.PAYMENT_ACTION_REQUIRED: (S.CONFIRMED, H.HELD, P.CAPTURED),
-        S.AWAITING_PROVIDER: (S.CONFIRMED, H.HELD, P.CAPTURED),
-        # Captured for a booking that ended: refunded afterwards.
-        S.REJECTED: (S.REJECTED, H.REJECTED, P.CAPTURED),
-        S.EXPIRED: (S.EXPIRED, H.HELD, P.CAPTURED),
-        S.CANCELLED: (S.CANCELLED, H.HELD, P.CAPTURED),
-        S.FAILED: (S.FAILED, H.HELD, P.CAPTURED),
-    },
-    "PaymentCaptureFailed": _ends(S.FAILED, payment=P.CAPTURE_FAILED),
+    # The payment agent only asks for payment once the seat is held, so this implies a hold
+    # even when ReservationHeld (another topic) has not been folded yet; the booking then
+    # waits for the customer.
+    "PaymentActionRequired": _reaches(S.PAYMENT_ACTION_REQUIRED, payment=P.ACTION_REQUIRED),
+    # Authorized implies held (see above): the booking now waits for its provider.
+    # Authorizations that raced an outcome are recorded so that they get voided.
+    "PaymentAuthorized": _reaches(S.AWAITING_PROVIDER, payment=P.AUTHORIZED),
+    # A failure folded after the authorization it lost to still ends the booking (the same as
+    # when it is folded first); the authorization is voided, a capture refunded afterwards.
+    "PaymentFailed": _reaches(S.FAILED, payment=P.FAILED),
+    # Captured for a booking that ended: refunded afterwards.
+    "PaymentCaptured": _reaches(S.CONFIRMED, payment=P.CAPTURED),
+    "PaymentCaptureFailed": _reaches(S.FAILED, payment=P.CAPTURE_FAILED),
     # A void succeeds when there was nothing to void, so it may be recorded on NONE too; it
     # outranks every payment state but a capture (only a refund gives captured money back).
     "PaymentVoided": _moves(payment=P.VOIDED),
@@ -427,8 +400,8 @@ CHANGES: ChangeTable = {
     "ProviderResponseRequested": {},
     "ProviderAnswerSubmitted": {},  # judged by the provider-response agent, not by the fold
     "ProviderAccepted": {},  # confirmed only once the capture succeeds
-    "ProviderRejected": _ends(S.REJECTED),
-    "ProviderTimedOut": _ends(S.EXPIRED),
+    "ProviderRejected": _reaches(S.REJECTED),
+    "ProviderTimedOut": _reaches(S.EXPIRED),
 }
 
 # The events that end a booking, and how.
@@ -441,14 +414,6 @@ ENDINGS: dict[str, Status] = {
     "ProviderTimedOut": S.EXPIRED,
 }
 
-_RANK = {
-    S.REQUESTED: 0,
-    S.RESERVED: 1,
-    S.PAYMENT_ACTION_REQUIRED: 2,
-    S.AWAITING_PROVIDER: 3,
-    S.CONFIRMED: 4,
-    **dict.fromkeys(TERMINAL, 5),
-}
 _ENDED_WAIT = ("rejected", "timed_out")
 
 
@@ -1113,7 +1078,7 @@ def interleave(events: list[ev.BookingEvent], rng: random.Random) -> list[ev.Boo
     return out
 
 
-def _happy(b: Story) -> None:
+def happy_path(b: Story) -> None:
     _confirmed(b)
     b.add(ev.ReservationConverted)
     b.add(ev.NotificationSent, template="customer_confirmed", recipient_role="customer")
@@ -1158,7 +1123,7 @@ def _capture_fails(b: Story) -> None:
 
 
 def _cancel_after_confirmed(b: Story) -> None:
-    _happy(b)
+    happy_path(b)
     b.add(ev.BookingCancellationRequested)
     compensate(b)
 
@@ -1170,7 +1135,7 @@ def _cancel_awaiting_provider(b: Story) -> None:
 
 
 SCENARIOS = [
-    pytest.param(_happy, (S.CONFIRMED, H.CONVERTED, P.CAPTURED), id="happy"),
+    pytest.param(happy_path, (S.CONFIRMED, H.CONVERTED, P.CAPTURED), id="happy"),
     pytest.param(
         _happy_through_3ds,
         (S.CONFIRMED, H.CONVERTED, P.CAPTURED),
@@ -1262,7 +1227,7 @@ def test_each_agent_reaches_its_happy_path_steps_from_the_topics_it_consumes(
     # The provider-response agent does not consume `reservations`: it must reach
     # awaiting_provider from PaymentAuthorized alone.
     b = Story()
-    _happy(b)
+    happy_path(b)
     asked: list[Action] = []
     state: BookingState | None = None
     for event in _agent_view(agent, b.events):

@@ -309,6 +309,11 @@ def set_at(*path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return mutate
 
 
+def refused_at(*path: str, value: Any, id: str) -> Any:
+    """A table row: the catalog with ``value`` at ``path`` is refused, naming that path."""
+    return pytest.param(set_at(*path, value=value), [".".join(path)], id=id)
+
+
 def renamed_topic(old: str, new: str) -> Callable[[dict[str, Any]], None]:
     def mutate(spec: dict[str, Any]) -> None:
         spec["topics"][new] = spec["topics"].pop(old)
@@ -319,41 +324,19 @@ def renamed_topic(old: str, new: str) -> Callable[[dict[str, Any]], None]:
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        pytest.param(
-            set_at("topics", "bookings", "partitions", value=0),
-            ["topics.bookings.partitions"],
-            id="a-zero-partition-count",
+        refused_at("topics", "bookings", "partitions", value=0, id="a-zero-partition-count"),
+        refused_at(
+            "topics", "bookings", "partitions", value="many", id="a-non-integer-partition-count"
         ),
-        pytest.param(
-            set_at("topics", "bookings", "partitions", value="many"),
-            ["topics.bookings.partitions"],
-            id="a-non-integer-partition-count",
+        refused_at("defaults", "retention", value="a week", id="an-invalid-default-retention"),
+        refused_at(
+            "dead_letter_topics", "retention", value="30 d", id="an-invalid-dead-letter-retention"
         ),
-        pytest.param(
-            set_at("defaults", "retention", value="a week"),
-            ["defaults.retention"],
-            id="an-invalid-default-retention",
+        refused_at(
+            "topics", "payments", "cleanup_policy", value="shred", id="an-unknown-cleanup-policy"
         ),
-        pytest.param(
-            set_at("dead_letter_topics", "retention", value="30 d"),
-            ["dead_letter_topics.retention"],
-            id="an-invalid-dead-letter-retention",
-        ),
-        pytest.param(
-            set_at("topics", "payments", "cleanup_policy", value="shred"),
-            ["topics.payments.cleanup_policy"],
-            id="an-unknown-cleanup-policy",
-        ),
-        pytest.param(
-            set_at("topics", "payments", "key", value="customer_id"),
-            ["topics.payments.key"],
-            id="an-unknown-key-type",
-        ),
-        pytest.param(
-            set_at("topics", "payments", "events", value=[]),
-            ["topics.payments.events"],
-            id="a-topic-without-events",
-        ),
+        refused_at("topics", "payments", "key", value="customer_id", id="an-unknown-key-type"),
+        refused_at("topics", "payments", "events", value=[], id="a-topic-without-events"),
         pytest.param(
             lambda spec: spec.pop("consumers"), ["consumers"], id="a-missing-required-section"
         ),
@@ -402,13 +385,7 @@ def test_a_bad_catalog_is_refused_naming_what_is_wrong(
 def test_unknown_keys_are_rejected(
     write_catalog: Callable[..., Path], where: tuple[str, ...], expected_field: str
 ) -> None:
-    def mutate(spec: dict[str, Any]) -> None:
-        node = spec
-        for key in where:
-            node = node[key]
-        node["partition_count"] = 6
-
-    message = _error_of(write_catalog(mutate))
+    message = _error_of(write_catalog(set_at(*where, "partition_count", value=6)))
     assert expected_field in message
     assert "Extra inputs are not permitted" in message
 
@@ -417,10 +394,9 @@ def test_unknown_keys_are_rejected(
 def test_an_invalid_topic_retention_names_the_field(
     write_catalog: Callable[..., Path], retention: str
 ) -> None:
-    def mutate(spec: dict[str, Any]) -> None:
-        spec["topics"]["reservations"]["retention"] = retention
-
-    message = _error_of(write_catalog(mutate))
+    message = _error_of(
+        write_catalog(set_at("topics", "reservations", "retention", value=retention))
+    )
     assert "topics.reservations.retention" in message
     assert "not a duration" in message
 
@@ -429,16 +405,12 @@ def test_an_invalid_topic_retention_names_the_field(
 def test_a_retry_delay_must_be_a_positive_duration(
     write_catalog: Callable[..., Path], delay: str
 ) -> None:
-    def mutate(spec: dict[str, Any]) -> None:
-        spec["consumers"]["payment"]["retry"] = ["1s", delay]
-
+    mutate = set_at("consumers", "payment", "retry", value=["1s", delay])
     assert "consumers.payment.retry" in _error_of(write_catalog(mutate))
 
 
 def test_min_isr_above_replication_names_the_topic(write_catalog: Callable[..., Path]) -> None:
-    def mutate(spec: dict[str, Any]) -> None:
-        spec["topics"]["payments"]["min_insync_replicas"] = 2
-
+    mutate = set_at("topics", "payments", "min_insync_replicas", value=2)
     # Local has one replica: two in-sync replicas can never be met.
     message = _error_of(write_catalog(mutate), environment="local")
     assert "topics.payments" in message
@@ -448,10 +420,7 @@ def test_min_isr_above_replication_names_the_topic(write_catalog: Callable[..., 
 def test_min_isr_above_replication_in_one_environment_only(
     write_catalog: Callable[..., Path],
 ) -> None:
-    def mutate(spec: dict[str, Any]) -> None:
-        spec["environments"]["production"] = {"min_insync_replicas": 4}
-
-    path = write_catalog(mutate)
+    path = write_catalog(set_at("environments", "production", value={"min_insync_replicas": 4}))
     load_catalog(path, "local")
     message = _error_of(path, environment="production")
     assert "min_insync_replicas 4 exceeds replication 3" in message
@@ -469,10 +438,9 @@ def test_an_undeclared_environment_is_named_with_the_known_ones(
 def test_a_non_booking_topic_may_have_its_own_partition_count(
     write_catalog: Callable[..., Path],
 ) -> None:
-    def mutate(spec: dict[str, Any]) -> None:
-        spec["topics"]["catalog-services"]["partitions"] = 1
-
-    catalog = load_catalog(write_catalog(mutate))
+    catalog = load_catalog(
+        write_catalog(set_at("topics", "catalog-services", "partitions", value=1))
+    )
     assert catalog.topics["catalog-services"].partitions == 1
     assert catalog.topics["bookings"].partitions == 6
 

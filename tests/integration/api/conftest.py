@@ -16,7 +16,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -327,8 +327,12 @@ class TopicProbe:
         return found
 
 
+# What ``probe_topic`` gives a test: start a probe on a topic (named without the prefix).
+Probe = Callable[[str], Awaitable[TopicProbe]]
+
+
 @pytest.fixture
-async def probe_topic(live_api: LiveApi) -> AsyncIterator[Any]:
+async def probe_topic(live_api: LiveApi) -> AsyncIterator[Probe]:
     probes: list[TopicProbe] = []
 
     async def start(topic: str) -> TopicProbe:

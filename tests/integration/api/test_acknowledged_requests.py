@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
 from erynoa import events as ev
@@ -32,6 +33,25 @@ pytestmark = pytest.mark.integration
 
 def requested_by(seen: list[Seen], customer: str) -> list[ev.BookingRequested]:
     return events_of(seen, ev.BookingRequested, customer_id=customer)
+
+
+def published_cancel(seen: list[Seen], booking_id: str) -> ev.BookingCancellationRequested:
+    """The booking's one cancel, published after its one request: in the order they were
+    accepted (one partition: the booking's)."""
+    [requested] = of_booking(seen, booking_id, ev.BookingRequested)
+    [cancel] = of_booking(seen, booking_id, ev.BookingCancellationRequested)
+    assert seen.index(requested) < seen.index(cancel)
+    assert isinstance(cancel.event, ev.BookingCancellationRequested)
+    return cancel.event
+
+
+async def outbox_rows(private: PrivateApi, booking_id: str) -> list[asyncpg.Record]:
+    """The booking's outbox rows, in the order they were queued: set aside or not, and why."""
+    rows: list[asyncpg.Record] = await private.pool.fetch(
+        "SELECT refused_at, refusal FROM api_outbox WHERE booking_id = $1 ORDER BY seq",
+        booking_id,
+    )
+    return rows
 
 
 async def at_commit_of_bookings_by(private: PrivateApi, customer: str, plpgsql: str) -> None:
@@ -128,12 +148,8 @@ async def test_with_kafka_down_the_202_stands_and_the_relay_publishes_once_kafka
 
     private.kafka.mode = "ok"
     await private.outbox_drained(booking_id)
-    seen = await bookings.events()
-    [requested] = of_booking(seen, booking_id, ev.BookingRequested)
-    [cancel] = of_booking(seen, booking_id, ev.BookingCancellationRequested)
-    assert cancel.event.requested_by == actors.customer
-    # In the order they were accepted (one partition: the booking's).
-    assert seen.index(requested) < seen.index(cancel)
+    cancel = published_cancel(await bookings.events(), booking_id)
+    assert cancel.requested_by == actors.customer
 
 
 async def test_a_repeated_cancel_answers_202_and_publishes_one_event(
@@ -216,10 +232,7 @@ async def test_an_event_the_broker_always_refuses_is_set_aside_and_holds_back_no
     assert len(of_booking(seen, fine, ev.BookingRequested)) == 1
     assert of_booking(seen, refused, ev.BookingRequested) == []
     # Set aside with its reason; the booking's cancel waits behind it, unpublished.
-    rows = await private.pool.fetch(
-        "SELECT refused_at, refusal FROM api_outbox WHERE booking_id = $1 ORDER BY seq",
-        refused,
-    )
+    rows = await outbox_rows(private, refused)
     assert len(rows) == 2
     assert rows[0]["refused_at"] is not None
     assert "MessageSizeTooLargeError" in rows[0]["refusal"]
@@ -232,10 +245,7 @@ async def test_an_event_the_broker_always_refuses_is_set_aside_and_holds_back_no
         "UPDATE api_outbox SET refused_at = NULL WHERE booking_id = $1", refused
     )
     await private.outbox_drained(refused)
-    seen = await bookings.events()
-    [requested] = of_booking(seen, refused, ev.BookingRequested)
-    [cancel] = of_booking(seen, refused, ev.BookingCancellationRequested)
-    assert seen.index(requested) < seen.index(cancel)
+    published_cancel(await bookings.events(), refused)
 
 
 async def test_an_event_that_cannot_be_decoded_is_set_aside_with_its_bookings_later_events(
@@ -255,10 +265,7 @@ async def test_an_event_that_cannot_be_decoded_is_set_aside_with_its_bookings_la
     await private.outbox_drained(fine)
     seen = await bookings.events()
     assert len(of_booking(seen, fine, ev.BookingRequested)) == 1
-    rows = await private.pool.fetch(
-        "SELECT refused_at, refusal FROM api_outbox WHERE booking_id = $1 ORDER BY seq",
-        broken,
-    )
+    rows = await outbox_rows(private, broken)
     assert [r["refused_at"] is not None for r in rows] == [True, False]
     assert "Undecodable" in rows[0]["refusal"]
     assert of_booking(seen, broken, ev.BookingCancellationRequested) == []

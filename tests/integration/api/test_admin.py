@@ -3,7 +3,6 @@ timeline, and cancel/retry."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -12,11 +11,9 @@ import pytest
 
 from erynoa import events as ev
 from tests.conftest import unique
-from tests.integration.api.conftest import Actors, TopicProbe, insert_booking
+from tests.integration.api.conftest import Actors, Probe, insert_booking
 
 pytestmark = pytest.mark.integration
-
-Probe = Callable[[str], Awaitable[TopicProbe]]
 
 
 async def test_admin_endpoints_are_403_for_everyone_else(

@@ -4,7 +4,6 @@ would have written them."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +16,7 @@ from tests.conftest import unique
 from tests.integration.api.conftest import (
     Actors,
     LiveApi,
-    TopicProbe,
+    Probe,
     book,
     booking_body,
     create_service,
@@ -26,8 +25,6 @@ from tests.integration.api.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-
-Probe = Callable[[str], Awaitable[TopicProbe]]
 
 
 async def test_create_answers_202_and_a_poll_right_after_sees_requested(

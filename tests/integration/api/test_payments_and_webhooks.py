@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -14,11 +13,9 @@ import stripe
 
 from erynoa import events as ev
 from tests.conftest import unique
-from tests.integration.api.conftest import Actors, LiveApi, TopicProbe, events_of, insert_booking
+from tests.integration.api.conftest import Actors, LiveApi, Probe, events_of, insert_booking
 
 pytestmark = pytest.mark.integration
-
-Probe = Callable[[str], Awaitable[TopicProbe]]
 
 
 async def add_history_event(

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import asyncpg
 import httpx
 import pytest
@@ -12,11 +10,9 @@ import pytest
 from erynoa import events as ev
 from tests.builders import service_body
 from tests.conftest import unique
-from tests.integration.api.conftest import Actors, LiveApi, TopicProbe, create_service, events_of
+from tests.integration.api.conftest import Actors, LiveApi, Probe, create_service, events_of
 
 pytestmark = pytest.mark.integration
-
-Probe = Callable[[str], Awaitable[TopicProbe]]
 
 
 async def test_provider_manages_a_service_and_each_change_is_published(

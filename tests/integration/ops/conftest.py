@@ -11,7 +11,9 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from typer.testing import CliRunner, Result
 
+from cli.ops import saga_app
 from erynoa import kafka as k
 from erynoa.kafka import EventPublisher
 from erynoa.settings import Settings
@@ -91,3 +93,14 @@ async def keyed_since(
     finally:
         await consumer.stop()
     return found
+
+
+async def saga_cli(settings: Settings, *args: str) -> Result:
+    """Run ``erynoa saga <args>`` against ``settings``' namespace, in a thread (the command
+    runs its own event loop). A wide terminal, so tables do not fold words."""
+    env = {
+        "ERYNOA_TOPIC_PREFIX": settings.topic_prefix,
+        "ERYNOA_DATABASE_URL": settings.database_url,
+        "COLUMNS": "200",
+    }
+    return await asyncio.to_thread(lambda: CliRunner().invoke(saga_app, list(args), env=env))

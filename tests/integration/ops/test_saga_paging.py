@@ -5,7 +5,6 @@ total is a lower bound. Rows are read through a counting wrapper around the real
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Sequence
@@ -14,12 +13,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-from typer.testing import CliRunner, Result
 
-from cli.ops import saga_app
 from erynoa.settings import Settings
 from ops import sagas
 from tests.conftest import unique
+from tests.integration.ops.conftest import saga_cli
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +65,34 @@ async def in_flight(
     return ids
 
 
+async def waiting_for_3ds(
+    db: asyncpg.Pool, provider: str, requested: Sequence[datetime], now: datetime
+) -> list[str]:
+    """In-flight sagas idle past the shortest expectation, so SQL cannot rule them out, that
+    are not stuck: the customer still has most of an hour to finish 3-D Secure."""
+    return await in_flight(
+        db,
+        provider,
+        requested,
+        status="payment_action_required",
+        payment="action_required",
+        last_event_at=now - timedelta(minutes=10),
+    )
+
+
+async def past_deadline(
+    db: asyncpg.Pool, provider: str, requested: Sequence[datetime], now: datetime
+) -> list[str]:
+    """In-flight sagas whose provider's deadline passed an hour ago: stuck."""
+    return await in_flight(
+        db,
+        provider,
+        requested,
+        deadline=now - timedelta(hours=1),
+        last_event_at=now - timedelta(hours=2),
+    )
+
+
 def hours_ago(now: datetime, first: int, count: int) -> list[datetime]:
     """``count`` request times an hour apart, the oldest ``first`` hours ago."""
     return [now - timedelta(hours=first - i) for i in range(count)]
@@ -98,23 +124,8 @@ async def test_the_stuck_filter_stops_reading_at_its_scan_cap_and_says_the_total
 ) -> None:
     now = datetime.now(UTC)
     provider = unique("prov-stuck-")
-    # Idle past the shortest expectation, so SQL cannot rule them out, but the customer still
-    # has most of an hour to finish 3-D Secure: not stuck.
-    waiting = await in_flight(
-        db,
-        provider,
-        hours_ago(now, 60, 25),
-        status="payment_action_required",
-        payment="action_required",
-        last_event_at=now - timedelta(minutes=10),
-    )
-    overdue = await in_flight(
-        db,
-        provider,
-        hours_ago(now, 30, 5),
-        deadline=now - timedelta(hours=1),
-        last_event_at=now - timedelta(hours=2),
-    )
+    waiting = await waiting_for_3ds(db, provider, hours_ago(now, 60, 25), now)
+    overdue = await past_deadline(db, provider, hours_ago(now, 30, 5), now)
     query = sagas.SagaQuery(stuck=True, provider_id=provider, limit=3)
     reads = CountingReads(db)
 
@@ -129,38 +140,20 @@ async def test_the_stuck_filter_stops_reading_at_its_scan_cap_and_says_the_total
     assert not set(waiting) & {s.booking_id for s in whole.sagas}
 
 
-async def saga_cli(settings: Settings, *args: str) -> Result:
-    env = {
-        "ERYNOA_TOPIC_PREFIX": settings.topic_prefix,
-        "ERYNOA_DATABASE_URL": settings.database_url,
-        "COLUMNS": "200",
-    }
-    return await asyncio.to_thread(lambda: CliRunner().invoke(saga_app, list(args), env=env))
-
-
 async def test_saga_ls_finds_the_stuck_saga_behind_a_backlog_the_admin_page_stops_at(
     settings: Settings, db: asyncpg.Pool
 ) -> None:
     now = datetime.now(UTC)
     provider = unique("prov-ls-")
-    # More sagas than the stuck filter assesses that SQL cannot rule out (idle past the shortest
-    # expectation) but that are not stuck (the customer has most of an hour for 3-D Secure),
-    # all requested before the one saga that is stuck.
-    backlog = await in_flight(
+    # More sagas waiting for 3-D Secure than the stuck filter assesses, all requested before
+    # the one saga that is stuck.
+    backlog = await waiting_for_3ds(
         db,
         provider,
         [now - timedelta(days=30, seconds=i) for i in range(sagas.STUCK_SCAN_CAP, -1, -1)],
-        status="payment_action_required",
-        payment="action_required",
-        last_event_at=now - timedelta(minutes=10),
+        now,
     )
-    [overdue] = await in_flight(
-        db,
-        provider,
-        [now - timedelta(days=1)],
-        deadline=now - timedelta(hours=1),
-        last_event_at=now - timedelta(hours=2),
-    )
+    [overdue] = await past_deadline(db, provider, [now - timedelta(days=1)], now)
 
     listed = await saga_cli(
         settings, "ls", "--stuck", "--provider", provider, "--limit", "3", "--json"

@@ -8,16 +8,14 @@ reach the real agents, and ``ls`` sees only this module's bookings.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from typer.testing import CliRunner, Result
 
-from cli.ops import saga_app
 from erynoa import events as ev
 from erynoa.codec import default_codec
 from erynoa.kafka import EventPublisher
@@ -25,8 +23,8 @@ from erynoa.saga import Hold, Payment, Status, TimeOutProvider
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
 from ops import sagas
-from tests.conftest import unique
-from tests.integration.ops.conftest import end_offsets, keyed_since
+from tests.conftest import eventually, unique
+from tests.integration.ops.conftest import end_offsets, keyed_since, saga_cli
 from tests.integration.saga_events import awaiting_provider, rejected_and_compensated, request
 
 pytestmark = pytest.mark.integration
@@ -35,58 +33,48 @@ pytestmark = pytest.mark.integration
 # --- building sagas -------------------------------------------------------------------------
 
 
-async def publish_and_fold(
-    db: asyncpg.Pool, publisher: EventPublisher, events: list[ev.BookingEvent]
-) -> None:
-    """Publish in a shuffled order (topics do not keep event order); wait for the fold."""
-    shuffled = random.sample(events, len(events))
-    await publisher.publish_many(shuffled)
-    booking_id = events[0].booking_id
-    deadline = asyncio.get_running_loop().time() + 30
-    while asyncio.get_running_loop().time() < deadline:
-        applied = await db.fetchval(
-            "SELECT events_applied FROM bookings WHERE id = $1::uuid", booking_id
-        )
-        if applied == len(events):
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"booking {booking_id} not folded in time")
+Fold = Callable[[list[ev.BookingEvent]], Awaitable[None]]
+
+
+@pytest.fixture
+def publish_and_fold(
+    db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None
+) -> Fold:
+    """Publish a saga's events in a shuffled order (topics do not keep event order) and wait
+    until the running materializer folded them all."""
+
+    async def publish(events: list[ev.BookingEvent]) -> None:
+        await publisher.publish_many(random.sample(events, len(events)))
+
+        async def folded() -> bool:
+            applied = await db.fetchval(
+                "SELECT events_applied FROM bookings WHERE id = $1::uuid", events[0].booking_id
+            )
+            return bool(applied == len(events))
+
+        await eventually(folded, within=30)
+
+    return publish
 
 
 async def wait_for_status(db: asyncpg.Pool, booking_id: str, status: Status) -> None:
-    deadline = asyncio.get_running_loop().time() + 30
-    while asyncio.get_running_loop().time() < deadline:
+    async def reached() -> bool:
         row = await db.fetchval("SELECT status FROM bookings WHERE id = $1::uuid", booking_id)
-        if row == status.value:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"booking {booking_id} never became {status.value}")
+        return bool(row == status.value)
 
-
-async def cli(settings: Settings, *args: str) -> Result:
-    """Run ``erynoa saga <args>`` against ``settings``' namespace, in a thread (the command
-    runs its own event loop). A wide terminal, so tables do not fold words."""
-    env = {
-        "ERYNOA_TOPIC_PREFIX": settings.topic_prefix,
-        "ERYNOA_DATABASE_URL": settings.database_url,
-        "COLUMNS": "200",
-    }
-    return await asyncio.to_thread(lambda: CliRunner().invoke(saga_app, list(args), env=env))
+    await eventually(reached, within=30)
 
 
 # --- show -----------------------------------------------------------------------------------
 
 
 async def test_show_returns_the_timeline_in_event_order_with_compensations_marked(
-    settings: Settings,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    running_materializer: None,
+    settings: Settings, db: asyncpg.Pool, publish_and_fold: Fold
 ) -> None:
     booking_id = unique()
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     events = rejected_and_compensated(booking_id, start)
-    await publish_and_fold(db, publisher, events)
+    await publish_and_fold(events)
 
     timeline = await sagas.saga_timeline(db, booking_id, default_codec(), datetime.now(UTC))
 
@@ -112,13 +100,13 @@ async def test_show_returns_the_timeline_in_event_order_with_compensations_marke
     assert timeline.stuck_reason is None
     assert timeline.elapsed == timedelta(seconds=70)  # first event to last: it finished
 
-    shown = await cli(settings, "show", booking_id, "--json")
+    shown = await saga_cli(settings, "show", booking_id, "--json")
     assert shown.exit_code == 0, shown.output
     data = json.loads(shown.stdout)
     assert [e["event_type"] for e in data["entries"]] == [e.event_type for e in events]
     assert data["status"] == "rejected"
     assert data["elapsed"] == 70.0
-    text = await cli(settings, "show", booking_id)
+    text = await saga_cli(settings, "show", booking_id)
     assert text.exit_code == 0, text.output
     assert "PaymentVoided  [compensation]" in text.stdout
     assert "nothing: the saga is done" in text.stdout
@@ -127,8 +115,8 @@ async def test_show_returns_the_timeline_in_event_order_with_compensations_marke
 async def test_show_refuses_a_malformed_id_and_reports_an_unknown_one(
     settings: Settings,
 ) -> None:
-    malformed = await cli(settings, "show", "not-a-booking")
-    unknown = await cli(settings, "show", unique())
+    malformed = await saga_cli(settings, "show", "not-a-booking")
+    unknown = await saga_cli(settings, "show", unique())
 
     assert malformed.exit_code == 2
     assert "not a booking id" in malformed.stderr
@@ -140,23 +128,16 @@ async def test_show_refuses_a_malformed_id_and_reports_an_unknown_one(
 
 
 async def test_ls_stuck_finds_a_passed_deadline_and_an_idle_step_but_not_a_waiting_provider(
-    settings: Settings,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    running_materializer: None,
+    settings: Settings, db: asyncpg.Pool, publish_and_fold: Fold
 ) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     overdue, idle, waiting = unique(), unique(), unique()
     await publish_and_fold(
-        db,
-        publisher,
-        awaiting_provider(overdue, now - timedelta(minutes=10), now - timedelta(minutes=5)),
+        awaiting_provider(overdue, now - timedelta(minutes=10), now - timedelta(minutes=5))
     )
-    await publish_and_fold(db, publisher, [request(idle, now - timedelta(minutes=5))])
+    await publish_and_fold([request(idle, now - timedelta(minutes=5))])
     await publish_and_fold(
-        db,
-        publisher,
-        awaiting_provider(waiting, now - timedelta(seconds=30), now + timedelta(hours=1)),
+        awaiting_provider(waiting, now - timedelta(seconds=30), now + timedelta(hours=1))
     )
     mine = (overdue, idle, waiting)
 
@@ -177,20 +158,20 @@ async def test_ls_stuck_finds_a_passed_deadline_and_an_idle_step_but_not_a_waiti
     assert not calm.stuck
     assert [(w.who, w.until) for w in calm.waiting] == [("provider", now + timedelta(hours=1))]
 
-    listed = await cli(settings, "ls", "--stuck", "--json")
+    listed = await saga_cli(settings, "ls", "--stuck", "--json")
     assert listed.exit_code == 0, listed.output
     ids = [s["booking_id"] for s in json.loads(listed.stdout)["sagas"]]
     assert overdue in ids
     assert idle in ids
     assert waiting not in ids
-    requested = await cli(settings, "ls", "--status", "requested", "--json")
+    requested = await saga_cli(settings, "ls", "--status", "requested", "--json")
     assert idle in [s["booking_id"] for s in json.loads(requested.stdout)["sagas"]]
     assert waiting not in [s["booking_id"] for s in json.loads(requested.stdout)["sagas"]]
-    old = await cli(settings, "ls", "--older-than", "8m", "--json")
+    old = await saga_cli(settings, "ls", "--older-than", "8m", "--json")
     old_ids = [s["booking_id"] for s in json.loads(old.stdout)["sagas"]]
     assert overdue in old_ids
     assert idle not in old_ids
-    table = await cli(settings, "ls", "--stuck")
+    table = await saga_cli(settings, "ls", "--stuck")
     assert table.exit_code == 0, table.output
     assert overdue in table.stdout
     assert "provider deadline passed" in table.stdout
@@ -206,7 +187,7 @@ async def test_ls_stuck_finds_a_passed_deadline_and_an_idle_step_but_not_a_waiti
     ],
 )
 async def test_ls_refuses_bad_filters_with_exit_2(settings: Settings, args: list[str]) -> None:
-    result = await cli(settings, *args)
+    result = await saga_cli(settings, *args)
 
     assert result.exit_code == 2, result.output
 
@@ -215,20 +196,16 @@ async def test_ls_refuses_bad_filters_with_exit_2(settings: Settings, args: list
 
 
 async def test_cancel_dry_run_publishes_nothing_and_cancel_publishes_one_request(
-    settings: Settings,
-    catalog: TopicCatalog,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    running_materializer: None,
+    settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, publish_and_fold: Fold
 ) -> None:
     booking_id = unique()
     now = datetime.now(UTC).replace(microsecond=0)
     events = awaiting_provider(booking_id, now - timedelta(seconds=20), now + timedelta(hours=1))
-    await publish_and_fold(db, publisher, events)
+    await publish_and_fold(events)
     bookings_topic = catalog.topic_for("BookingCancellationRequested")
     before = await end_offsets(settings, catalog, bookings_topic)
 
-    dry = await cli(settings, "cancel", booking_id, "--dry-run", "--json")
+    dry = await saga_cli(settings, "cancel", booking_id, "--dry-run", "--json")
 
     assert dry.exit_code == 0, dry.output
     planned = json.loads(dry.stdout)
@@ -238,7 +215,7 @@ async def test_cancel_dry_run_publishes_nothing_and_cancel_publishes_one_request
     assert (planned["status_before"], planned["status_after"]) == ("awaiting_provider", "cancelled")
     assert await keyed_since(settings, before, booking_id) == []
 
-    done = await cli(
+    done = await saga_cli(
         settings, "cancel", booking_id, "--reason", "customer called", "--operator", "op-ann",
         "--json",
     )  # fmt: skip
@@ -259,32 +236,28 @@ async def test_cancel_dry_run_publishes_nothing_and_cancel_publishes_one_request
     assert timeline.in_flight
     assert [w.who for w in timeline.waiting] == ["payment"]  # void first, then release
     after_cancel = await end_offsets(settings, catalog, bookings_topic)
-    again = await cli(settings, "cancel", booking_id)
+    again = await saga_cli(settings, "cancel", booking_id)
     assert again.exit_code == 1
     assert "already cancelled" in again.stderr
     assert await keyed_since(settings, after_cancel, booking_id) == []
 
 
 async def test_retry_publishes_a_fresh_request_each_time_and_nothing_on_a_dry_run(
-    settings: Settings,
-    catalog: TopicCatalog,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    running_materializer: None,
+    settings: Settings, catalog: TopicCatalog, db: asyncpg.Pool, publish_and_fold: Fold
 ) -> None:
     booking_id = unique()
-    await publish_and_fold(db, publisher, [request(booking_id, datetime.now(UTC))])
+    await publish_and_fold([request(booking_id, datetime.now(UTC))])
     before = await end_offsets(settings, catalog, catalog.topic_for("SagaRetryRequested"))
 
-    dry = await cli(settings, "retry", booking_id, "--step", "reservation", "--dry-run")
-    bogus = await cli(settings, "retry", booking_id, "--step", "everything")
+    dry = await saga_cli(settings, "retry", booking_id, "--step", "reservation", "--dry-run")
+    bogus = await saga_cli(settings, "retry", booking_id, "--step", "everything")
     assert dry.exit_code == 0, dry.output
     assert "would publish SagaRetryRequested" in dry.stdout
     assert bogus.exit_code == 2
     assert await keyed_since(settings, before, booking_id) == []
 
     for _ in range(2):
-        result = await cli(
+        result = await saga_cli(
             settings, "retry", booking_id, "--step", "reservation", "--operator", "op-bo"
         )
         assert result.exit_code == 0, result.output

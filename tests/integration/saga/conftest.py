@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -192,6 +193,33 @@ async def event_log(saga_settings: Settings, saga_catalog: TopicCatalog) -> Asyn
     await log.start()
     yield log
     await log.stop()
+
+
+@dataclass(frozen=True)
+class LiveSaga:
+    """The session's running saga, as a test drives it: the agents, the database they use, a
+    publisher for what the API would send, the log of every booking event and the mail sink."""
+
+    agents: Agents
+    db: asyncpg.Pool
+    publisher: EventPublisher
+    event_log: EventLog
+    mailbox: Mailbox
+    settings: Settings
+    catalog: TopicCatalog
+
+
+@pytest.fixture(scope="session")
+def live(
+    agents: Agents,
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    event_log: EventLog,
+    mailbox: Mailbox,
+    saga_settings: Settings,
+    saga_catalog: TopicCatalog,
+) -> LiveSaga:
+    return LiveSaga(agents, db, publisher, event_log, mailbox, saga_settings, saga_catalog)
 
 
 class Api:

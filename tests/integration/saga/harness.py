@@ -447,7 +447,7 @@ def _known(log: EventLog, booking_id: str) -> BookingState:
     return state
 
 
-def _from_api(cls: type[ev.B], state: BookingState, **fields: Any) -> ev.B:
+def from_api(cls: type[ev.B], state: BookingState, **fields: Any) -> ev.B:
     """An event the API writes about a booking it knows, in the booking's correlation."""
     return ev.make(
         cls,
@@ -468,7 +468,7 @@ async def answer(
     """Publish ``ProviderAnswerSubmitted`` as the API would."""
     state = _known(log, booking_id)
     await publisher.publish(
-        _from_api(
+        from_api(
             ev.ProviderAnswerSubmitted,
             state,
             provider_id=state.provider_id,
@@ -481,7 +481,7 @@ async def answer(
 async def cancel(publisher: EventPublisher, log: EventLog, booking_id: str) -> None:
     state = _known(log, booking_id)
     await publisher.publish(
-        _from_api(
+        from_api(
             ev.BookingCancellationRequested,
             state,
             requested_by=state.customer_id,
@@ -499,7 +499,7 @@ async def stripe_webhook(
     assert state.payment_id is not None
     status = "requires_capture" if stripe_event_type.endswith("capturable_updated") else "failed"
     await publisher.publish(
-        _from_api(
+        from_api(
             ev.StripeEventReceived,
             state,
             stripe_event_id=f"evt_{uuid.uuid4().hex}",

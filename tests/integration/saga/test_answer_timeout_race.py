@@ -23,13 +23,10 @@ import asyncpg
 import httpx
 import pytest
 
-from erynoa.kafka import EventPublisher
 from erynoa.saga import Status
-from erynoa.settings import Settings
 from ops.invariants import ClientRequest, check_invariants
-from tests.integration.saga.conftest import Agents, Api
+from tests.integration.saga.conftest import Api, LiveSaga
 from tests.integration.saga.harness import (
-    EventLog,
     a_booking,
     deadline_started,
     provider_decided,
@@ -115,22 +112,18 @@ async def read_model_status(db: asyncpg.Pool, booking_id: str, status: Status) -
 
 
 async def test_an_accept_committing_across_the_deadline_is_not_timed_out_after_its_202(
-    agents: Agents,
+    live: LiveSaga,
     api: Api,
     http: httpx.AsyncClient,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    saga_settings: Settings,
 ) -> None:
     from api.auth import issue_dev_token
 
-    service, booking = await a_booking(db, publisher, response_deadline_seconds=6)
-    await event_log.wait(booking, deadline_started)
-    await read_model_status(db, booking, Status.AWAITING_PROVIDER)
-    trigger = await hold_answer_commit(db, booking)
+    service, booking = await a_booking(live.db, live.publisher, response_deadline_seconds=6)
+    await live.event_log.wait(booking, deadline_started)
+    await read_model_status(live.db, booking, Status.AWAITING_PROVIDER)
+    trigger = await hold_answer_commit(live.db, booking)
     try:
-        left = await db.fetchval(
+        left = await live.db.fetchval(
             "SELECT extract(epoch FROM deadline_at - now()) FROM provider_deadlines"
             " WHERE booking_id = $1",
             booking,
@@ -138,29 +131,29 @@ async def test_an_accept_committing_across_the_deadline_is_not_timed_out_after_i
         assert left > LEAD_SECONDS, f"the booking reached the API too late ({left:.2f} s left)"
         await asyncio.sleep(float(left) - LEAD_SECONDS)
 
-        token = issue_dev_token(saga_settings, service.provider.id, ["provider"], 3600)
+        token = issue_dev_token(live.settings, service.provider.id, ["provider"], 3600)
         response = await http.post(
             f"/bookings/{booking}/accept", headers={"Authorization": f"Bearer {token}"}
         )
         answered_at = datetime.now(UTC)
     finally:
-        await db.execute(f'DROP TRIGGER IF EXISTS "{trigger}" ON provider_answers')
+        await live.db.execute(f'DROP TRIGGER IF EXISTS "{trigger}" ON provider_answers')
 
     if response.status_code == 409:
         # Refusing is honest: the provider was not told the answer was taken.
         assert response.json()["error"]["code"] == "DEADLINE_PASSED", response.text
         assert (
-            await db.fetchval(
+            await live.db.fetchval(
                 "SELECT count(*) FROM provider_answers WHERE booking_id = $1", booking
             )
             == 0
         )
-        decided = await event_log.wait(booking, provider_decided, within=30)
+        decided = await live.event_log.wait(booking, provider_decided, within=30)
         assert decided.provider_outcome == "timed_out"
         return
 
     assert response.status_code == 202, response.text
-    row = await db.fetchrow(
+    row = await live.db.fetchrow(
         """SELECT a.submitted_at < d.deadline_at AS in_time, h.released
            FROM provider_answers a
            JOIN provider_deadlines d USING (booking_id)
@@ -175,14 +168,14 @@ async def test_an_accept_committing_across_the_deadline_is_not_timed_out_after_i
         "released"
     ]
 
-    decided = await event_log.wait(booking, provider_decided, within=30)
+    decided = await live.event_log.wait(booking, provider_decided, within=30)
     assert decided.provider_outcome == "accepted", (
         f"the 202 for an accept taken in time was followed by {decided.provider_outcome} "
-        f"(COMMIT released: {row['released']}); events {event_log.types(booking)}"
+        f"(COMMIT released: {row['released']}); events {live.event_log.types(booking)}"
     )
-    final = await event_log.wait(booking)
+    final = await live.event_log.wait(booking)
     assert final.status == Status.CONFIRMED
-    assert event_log.count(booking, "ProviderTimedOut") == 0
+    assert live.event_log.count(booking, "ProviderTimedOut") == 0
 
     told = ClientRequest(
         kind="accept",
@@ -191,10 +184,14 @@ async def test_an_accept_committing_across_the_deadline_is_not_timed_out_after_i
         at=answered_at,
         booking_id=booking,
     )
-    violations = await check_invariants(db, [booking], events=event_log.events, requests=[told])
+    violations = await check_invariants(
+        live.db, [booking], events=live.event_log.events, requests=[told]
+    )
     for _ in range(60):
         if not violations:
             break
         await asyncio.sleep(0.5)  # the materializer folds asynchronously
-        violations = await check_invariants(db, [booking], events=event_log.events, requests=[told])
+        violations = await check_invariants(
+            live.db, [booking], events=live.event_log.events, requests=[told]
+        )
     assert not violations, "\n".join(map(str, violations))

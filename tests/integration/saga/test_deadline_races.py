@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
 import pytest
 
 from erynoa import events as ev
-from erynoa.kafka import EventPublisher
 from erynoa.saga import Payment, Status
 from streams.payment.sandbox import complete_authentication
-from tests.integration.saga.conftest import Agents
+from tests.integration.saga.conftest import LiveSaga
 from tests.integration.saga.harness import (
-    EventLog,
     a_booking,
     answer,
     assert_invariants,
     deadline_started,
+    from_api,
     ledger,
     provider_decided,
     status_is,
@@ -35,71 +33,73 @@ pytestmark = pytest.mark.integration
 
 
 async def test_an_accept_taken_before_the_deadline_wins_though_processed_after_it(
-    agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
+    live: LiveSaga,
 ) -> None:
-    service, booking = await a_booking(db, publisher, response_deadline_seconds=3)
-    state = await event_log.wait(booking, deadline_started)
+    service, booking = await a_booking(live.db, live.publisher, response_deadline_seconds=3)
+    state = await live.event_log.wait(booking, deadline_started)
 
     # The API takes the accept (its row commits with the 202) ...
     event_id = str(uuid.uuid4())
-    submitted_at = await db.fetchval(
+    submitted_at = await live.db.fetchval(
         """INSERT INTO provider_answers (booking_id, provider_id, decision, reason, event_id)
            VALUES ($1, $2, 'accept', NULL, $3) RETURNING submitted_at""",
         booking,
         service.provider.id,
         event_id,
     )
-    deadline_at = await db.fetchval(
+    deadline_at = await live.db.fetchval(
         "SELECT deadline_at FROM provider_deadlines WHERE booking_id = $1", booking
     )
     assert submitted_at < deadline_at  # the answer is in time by the database's clock
 
     # ... but the agent has not processed it when the deadline passes.
-    decided = await event_log.wait(booking, provider_decided, within=30)
-    await publisher.publish(
-        ev.make(
+    decided = await live.event_log.wait(booking, provider_decided, within=30)
+    await live.publisher.publish(
+        from_api(
             ev.ProviderAnswerSubmitted,
-            booking_id=booking,
-            producer="api",
+            state,
             event_id=event_id,
             occurred_at=submitted_at,
-            correlation_id=state.correlation_id,
             provider_id=service.provider.id,
             decision="accept",
         )
     )
     assert decided.provider_outcome == "accepted"
-    final = await event_log.wait(booking)
+    final = await live.event_log.wait(booking)
     assert final.status == Status.CONFIRMED
-    assert event_log.count(booking, "ProviderTimedOut") == 0
-    await assert_invariants(db, [booking], event_log.events)
+    assert live.event_log.count(booking, "ProviderTimedOut") == 0
+    await assert_invariants(live.db, [booking], live.event_log.events)
 
 
 async def test_a_3ds_success_acknowledged_in_time_is_not_abandoned_by_the_sweep(
-    agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
+    live: LiveSaga,
 ) -> None:
-    _, booking = await a_booking(db, publisher, payment_method="pm_card_authenticationRequired")
-    state = await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
+    _, booking = await a_booking(
+        live.db, live.publisher, payment_method="pm_card_authenticationRequired"
+    )
+    state = await live.event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
     assert state.payment_id is not None
 
     # The customer authenticates; Stripe's webhook is verified and acknowledged (recorded) ...
-    assert await complete_authentication(db, state.payment_id)
-    await db.execute(
+    assert await complete_authentication(live.db, state.payment_id)
+    await live.db.execute(
         "INSERT INTO stripe_webhook_events (stripe_event_id, booking_id) VALUES ($1, $2)",
         f"evt_{uuid.uuid4().hex}",
         booking,
     )
     # ... and the payment agent processes it only after the action timeout's sweep ran.
-    moved = await event_log.wait(
+    moved = await live.event_log.wait(
         booking, lambda s: s is not None and s.status != Status.PAYMENT_ACTION_REQUIRED, within=40
     )
-    await stripe_webhook(publisher, event_log, booking, "payment_intent.amount_capturable_updated")
+    await stripe_webhook(
+        live.publisher, live.event_log, booking, "payment_intent.amount_capturable_updated"
+    )
     assert moved.status == Status.AWAITING_PROVIDER
     assert moved.payment == Payment.AUTHORIZED
 
-    await event_log.wait(booking, deadline_started)
-    await answer(publisher, event_log, booking, "accept")
-    final = await event_log.wait(booking)
+    await live.event_log.wait(booking, deadline_started)
+    await answer(live.publisher, live.event_log, booking, "accept")
+    final = await live.event_log.wait(booking)
     assert final.status == Status.CONFIRMED
-    assert await ledger(db, booking) == [("authorize", "authorized"), ("capture", "captured")]
-    await assert_invariants(db, [booking], event_log.events)
+    assert await ledger(live.db, booking) == [("authorize", "authorized"), ("capture", "captured")]
+    await assert_invariants(live.db, [booking], live.event_log.events)

@@ -15,14 +15,11 @@ from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa.kafka import EventPublisher
 from erynoa.saga import Status
-from erynoa.settings import Settings
-from erynoa.topics import TopicCatalog
 from streams.app import AGENTS
 from streams.notification import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
-from tests.integration.saga.conftest import Agents
+from tests.integration.saga.conftest import LiveSaga
 from tests.integration.saga.harness import (
     EventLog,
-    Mailbox,
     Service,
     User,
     WebhookInbox,
@@ -95,46 +92,34 @@ async def finished_sagas(
     return bookings
 
 
-async def test_redelivering_every_event_of_finished_sagas_changes_nothing(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-    saga_settings: Settings,
-    saga_catalog: TopicCatalog,
-) -> None:
-    bookings = await finished_sagas(db, publisher, event_log)
-    groups = [saga_catalog.consumer(a).group_id for a in AGENTS]
-    await wait_caught_up(saga_settings.kafka_bootstrap, saga_catalog, groups)
-    before = await snapshot(db, bookings)
-    event_ids = {b: {e.event_id for e in event_log.events[b]} for b in bookings}
-    mails_before = sorted(m.message_id for b in bookings for m in mailbox.for_booking(b))
+async def test_redelivering_every_event_of_finished_sagas_changes_nothing(live: LiveSaga) -> None:
+    bookings = await finished_sagas(live.db, live.publisher, live.event_log)
+    groups = [live.catalog.consumer(a).group_id for a in AGENTS]
+    await wait_caught_up(live.settings.kafka_bootstrap, live.catalog, groups)
+    before = await snapshot(live.db, bookings)
+    event_ids = {b: {e.event_id for e in live.event_log.events[b]} for b in bookings}
+    mails_before = sorted(m.message_id for b in bookings for m in live.mailbox.for_booking(b))
 
-    producer = publisher.producer
+    producer = live.publisher.producer
     for booking in bookings:
-        for topic, key, value, headers in list(event_log.raw[booking]):
+        for topic, key, value, headers in list(live.event_log.raw[booking]):
             await producer.send_and_wait(topic, value=value, key=key, headers=headers)
-    await wait_caught_up(saga_settings.kafka_bootstrap, saga_catalog, groups)
-    await event_log.quiet(2.0)
+    await wait_caught_up(live.settings.kafka_bootstrap, live.catalog, groups)
+    await live.event_log.quiet(2.0)
 
-    assert await snapshot(db, bookings) == before  # no second charge, hold or delivery
-    assert sorted(m.message_id for b in bookings for m in mailbox.for_booking(b)) == mails_before
+    assert await snapshot(live.db, bookings) == before  # no second charge, hold or delivery
+    assert (
+        sorted(m.message_id for b in bookings for m in live.mailbox.for_booking(b)) == mails_before
+    )
     for booking in bookings:
-        assert {e.event_id for e in event_log.events[booking]} == event_ids[booking]
-        assert settled(event_log.state(booking))
-    await assert_invariants(db, bookings, event_log.events)
+        assert {e.event_id for e in live.event_log.events[booking]} == event_ids[booking]
+        assert settled(live.event_log.state(booking))
+    await assert_invariants(live.db, bookings, live.event_log.events)
 
 
-async def test_kill_9_of_every_worker_mid_run_loses_nothing(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-) -> None:
-    service = await create_service(db, capacity=50, response_deadline_seconds=4)
-    customer = await create_user(db, "customer")
+async def test_kill_9_of_every_worker_mid_run_loses_nothing(live: LiveSaga) -> None:
+    service = await create_service(live.db, capacity=50, response_deadline_seconds=4)
+    customer = await create_user(live.db, "customer")
     methods = ["pm_card_visa"] * 6 + ["pm_card_chargeDeclined", "pm_card_captureFails"] * 2
     to_accept: set[str] = set()
     bookings: list[str] = []
@@ -144,9 +129,9 @@ async def test_kill_9_of_every_worker_mid_run_loses_nothing(
         answered: set[str] = set()
         while not stop_answering.is_set():
             for booking in to_accept - answered:
-                if deadline_started(event_log.state(booking)):
+                if deadline_started(live.event_log.state(booking)):
                     answered.add(booking)
-                    await answer(publisher, event_log, booking, "accept")
+                    await answer(live.publisher, live.event_log, booking, "accept")
             await asyncio.sleep(0.1)
 
     answering = asyncio.create_task(answer_when_asked())
@@ -156,54 +141,47 @@ async def test_kill_9_of_every_worker_mid_run_loses_nothing(
             for agent in AGENTS:
                 for method in rng.sample(methods, 4):
                     booking = await request_booking(
-                        publisher, service, customer, payment_method=method
+                        live.publisher, service, customer, payment_method=method
                     )
                     bookings.append(booking)
                     # Some visa bookings are left to time out, the rest accepted.
                     if method != "pm_card_chargeDeclined" and rng.random() < 0.7:
                         to_accept.add(booking)
                 await asyncio.sleep(0.3 + 0.2 * wave)
-                agents.kill(agent)  # no shutdown hook, no commit: a crash
+                live.agents.kill(agent)  # no shutdown hook, no commit: a crash
                 await asyncio.sleep(0.5)
-                agents.restart(agent)
-        await event_log.wait_all(bookings, within=180)
+                live.agents.restart(agent)
+        await live.event_log.wait_all(bookings, within=180)
     finally:
         stop_answering.set()
         with contextlib.suppress(asyncio.CancelledError):
             await answering
 
-    await assert_invariants(db, bookings, event_log.events)
+    await assert_invariants(live.db, bookings, live.event_log.events)
     for booking in bookings:
         # Once in effect: a crash between sending and recording may resend, but then with the
         # same Message-ID; distinct messages are one per notification.
-        ids = {m.message_id for m in mailbox.for_booking(booking)}
-        state = event_log.state(booking)
+        ids = {m.message_id for m in live.mailbox.for_booking(booking)}
+        state = live.event_log.state(booking)
         assert state is not None
         expected = {t for t in state.notified}
         assert len(ids) == len(expected), (booking, ids, expected)
 
 
-async def test_undecodable_message_is_dead_lettered_and_others_keep_flowing(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    saga_settings: Settings,
-    saga_catalog: TopicCatalog,
-) -> None:
-    bookings_topic = saga_catalog.topic_for("BookingRequested")
+async def test_undecodable_message_is_dead_lettered_and_others_keep_flowing(live: LiveSaga) -> None:
+    bookings_topic = live.catalog.topic_for("BookingRequested")
     poison_key = str(uuid.uuid4()).encode()
-    sent = await publisher.producer.send_and_wait(
+    sent = await live.publisher.producer.send_and_wait(
         bookings_topic,
         value=b"\x00 not avro",
         key=poison_key,
         headers=[("x-request-id", b"poison")],
     )
-    _, booking = await a_booking(db, publisher, payment_method="pm_card_chargeDeclined")
-    await event_log.wait(booking)
+    _, booking = await a_booking(live.db, live.publisher, payment_method="pm_card_chargeDeclined")
+    await live.event_log.wait(booking)
 
     for agent in AGENTS:
-        found = await dead_letters(saga_settings.kafka_bootstrap, saga_catalog, agent, poison_key)
+        found = await dead_letters(live.settings.kafka_bootstrap, live.catalog, agent, poison_key)
         assert len(found) == 1, agent
         headers = list(found[0].headers)
         assert k.header(headers, k.H_ERROR_CLASS) == "UndecodableEvent"
@@ -232,46 +210,36 @@ async def declined_booking(
     return booking, service
 
 
-async def test_smtp_temporary_failures_are_retried_then_delivered_once(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-) -> None:
-    mailbox.refuse_next(2)
-    booking, _ = await declined_booking(db, publisher)
-    state = await event_log.wait(booking, within=40)  # tiers of 1s and 10s
+async def test_smtp_temporary_failures_are_retried_then_delivered_once(live: LiveSaga) -> None:
+    live.mailbox.refuse_next(2)
+    booking, _ = await declined_booking(live.db, live.publisher)
+    state = await live.event_log.wait(booking, within=40)  # tiers of 1s and 10s
     assert state.status == Status.FAILED
-    mails = mailbox.for_booking(booking)
+    mails = live.mailbox.for_booking(booking)
     assert [m.template for m in mails] == ["customer_failed"]
-    assert event_log.count(booking, "NotificationSent") == 1
-    await assert_invariants(db, [booking], event_log.events)
+    assert live.event_log.count(booking, "NotificationSent") == 1
+    await assert_invariants(live.db, [booking], live.event_log.events)
 
 
 async def test_notification_gives_up_after_its_last_retry_and_the_saga_goes_on(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-    saga_settings: Settings,
-    saga_catalog: TopicCatalog,
+    live: LiveSaga,
 ) -> None:
-    mailbox.refuse_next(1000)
+    live.mailbox.refuse_next(1000)
     try:
-        booking, _ = await declined_booking(db, publisher)
-        await event_log.wait(booking, status_is(Status.FAILED))
-        await event_log.wait(booking, lambda s: s is not None and s.hold.value == "released")
+        booking, _ = await declined_booking(live.db, live.publisher)
+        await live.event_log.wait(booking, status_is(Status.FAILED))
+        await live.event_log.wait(booking, lambda s: s is not None and s.hold.value == "released")
         # Skip the minute-long tiers: put the event the agent keeps failing on into the last
         # tier as if it had been there twice already; its failure there is final.
         topic, key, value, _ = next(
             raw
-            for event, raw in zip(event_log.events[booking], event_log.raw[booking], strict=True)
+            for event, raw in zip(
+                live.event_log.events[booking], live.event_log.raw[booking], strict=True
+            )
             if isinstance(event, ev.ReservationReleased)
         )
-        consumer = saga_catalog.consumer("notification")
-        await publisher.producer.send_and_wait(
+        consumer = live.catalog.consumer("notification")
+        await live.publisher.producer.send_and_wait(
             consumer.retry_topics[-1],
             value=value,
             key=key,
@@ -281,71 +249,58 @@ async def test_notification_gives_up_after_its_last_retry_and_the_saga_goes_on(
                 (k.H_NOT_BEFORE, b"0"),
             ],
         )
-        state = await event_log.wait(booking, within=30)
+        state = await live.event_log.wait(booking, within=30)
     finally:
-        mailbox.refuse_next(0)
+        live.mailbox.refuse_next(0)
     assert state.status == Status.FAILED
-    failed = [e for e in event_log.events[booking] if isinstance(e, ev.NotificationFailed)]
+    failed = [e for e in live.event_log.events[booking] if isinstance(e, ev.NotificationFailed)]
     assert len(failed) == 1
     assert failed[0].reason.startswith("gave up:")
-    assert mailbox.for_booking(booking) == []
+    assert live.mailbox.for_booking(booking) == []
     dead = await dead_letters(
-        saga_settings.kafka_bootstrap, saga_catalog, "notification", booking.encode()
+        live.settings.kafka_bootstrap, live.catalog, "notification", booking.encode()
     )
     assert len(dead) == 1
     assert k.header(list(dead[0].headers), k.H_ERROR_CLASS) == "DeliveryUnavailable"
 
 
 async def test_webhook_notifications_are_signed_retried_and_delivered_once(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
+    live: LiveSaga,
     webhooks: WebhookInbox,
-    saga_settings: Settings,
 ) -> None:
-    customer = await create_user(db, "customer", email=False, webhook_url=webhooks.url())
+    customer = await create_user(live.db, "customer", email=False, webhook_url=webhooks.url())
     webhooks.fail_next(1)
-    booking, _ = await declined_booking(db, publisher, customer)
-    state = await event_log.wait(booking, within=30)
+    booking, _ = await declined_booking(live.db, live.publisher, customer)
+    state = await live.event_log.wait(booking, within=30)
     assert state.status == Status.FAILED
     hooks = webhooks.for_booking(booking)
     assert len(hooks) == 1
     hook = hooks[0]
     assert verify_signature(
-        saga_settings.webhook_signing_secret, hook.headers[SIGNATURE_HEADER], hook.body
+        live.settings.webhook_signing_secret, hook.headers[SIGNATURE_HEADER], hook.body
     )
     assert hook.headers[IDEMPOTENCY_HEADER] == hook.payload["id"]
     assert hook.payload["type"] == "customer_failed"
-    assert mailbox.for_booking(booking) == []
-    sent = [e for e in event_log.events[booking] if isinstance(e, ev.NotificationSent)]
+    assert live.mailbox.for_booking(booking) == []
+    sent = [e for e in live.event_log.events[booking] if isinstance(e, ev.NotificationSent)]
     assert [(e.channel, e.template) for e in sent] == [("webhook", "customer_failed")]
 
 
-async def test_a_user_without_any_address_is_recorded_as_failed(
-    agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
-) -> None:
-    customer = await create_user(db, "customer", email=False)
-    booking, _ = await declined_booking(db, publisher, customer)
-    state = await event_log.wait(booking)
+async def test_a_user_without_any_address_is_recorded_as_failed(live: LiveSaga) -> None:
+    customer = await create_user(live.db, "customer", email=False)
+    booking, _ = await declined_booking(live.db, live.publisher, customer)
+    state = await live.event_log.wait(booking)
     assert state.status == Status.FAILED
-    failed = [e for e in event_log.events[booking] if isinstance(e, ev.NotificationFailed)]
+    failed = [e for e in live.event_log.events[booking] if isinstance(e, ev.NotificationFailed)]
     assert [e.reason for e in failed] == ["no address"]
 
 
-async def test_synthetic_traffic_is_never_delivered(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-) -> None:
-    booking, _ = await declined_booking(db, publisher, headers={k.H_SYNTHETIC: "1"})
-    state = await event_log.wait(booking)
+async def test_synthetic_traffic_is_never_delivered(live: LiveSaga) -> None:
+    booking, _ = await declined_booking(live.db, live.publisher, headers={k.H_SYNTHETIC: "1"})
+    state = await live.event_log.wait(booking)
     assert state.status == Status.FAILED
-    assert mailbox.for_booking(booking) == []
-    channels = await db.fetch(
+    assert live.mailbox.for_booking(booking) == []
+    channels = await live.db.fetch(
         "SELECT channel FROM notification_deliveries WHERE booking_id = $1", booking
     )
     assert [r["channel"] for r in channels] == ["synthetic"]

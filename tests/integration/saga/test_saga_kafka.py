@@ -13,11 +13,9 @@ import asyncio
 import asyncpg
 import pytest
 
-from erynoa.kafka import EventPublisher
-from erynoa.saga import Hold, Payment, Status
-from tests.integration.saga.conftest import Agents
+from erynoa.saga import BookingState, Hold, Payment, Status
+from tests.integration.saga.conftest import LiveSaga
 from tests.integration.saga.harness import (
-    EventLog,
     Mailbox,
     a_booking,
     a_slot,
@@ -47,207 +45,161 @@ def mails(mailbox: Mailbox, booking_id: str) -> list[str]:
     return sorted(m.template for m in mailbox.for_booking(booking_id))
 
 
-async def waiting_for_3ds(db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog) -> str:
+async def waiting_for_3ds(live: LiveSaga) -> str:
     """A booking whose card asks for 3-D Secure, waiting for the customer to complete it."""
-    _, booking = await a_booking(db, publisher, payment_method="pm_card_authenticationRequired")
-    await event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
+    _, booking = await a_booking(
+        live.db, live.publisher, payment_method="pm_card_authenticationRequired"
+    )
+    await live.event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
     return booking
 
 
-async def test_happy_path_confirms_captures_once_and_tells_both(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-) -> None:
-    service, booking = await a_booking(db, publisher)
-    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
-    await event_log.wait(booking, deadline_started)
-    await answer(publisher, event_log, booking, "accept")
+async def answered(
+    live: LiveSaga, booking: str, decision: str, reason: str | None = None
+) -> BookingState:
+    """The provider answers ``decision`` once it is asked; the booking as it ends."""
+    await live.event_log.wait(booking, deadline_started)
+    await answer(live.publisher, live.event_log, booking, decision, reason=reason)
+    return await live.event_log.wait(booking)
 
-    state = await event_log.wait(booking)
+
+async def test_happy_path_confirms_captures_once_and_tells_both(live: LiveSaga) -> None:
+    service, booking = await a_booking(live.db, live.publisher)
+    await live.event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+    state = await answered(live, booking, "accept")
     assert state.status == Status.CONFIRMED
     assert state.hold == Hold.CONVERTED
     assert state.payment == Payment.CAPTURED
-    assert await ledger(db, booking) == [("authorize", "authorized"), ("capture", "captured")]
-    assert await hold_status(db, booking) == "converted"
-    assert mails(mailbox, booking) == ["customer_confirmed", "provider_request"]
+    assert await ledger(live.db, booking) == [("authorize", "authorized"), ("capture", "captured")]
+    assert await hold_status(live.db, booking) == "converted"
+    assert mails(live.mailbox, booking) == ["customer_confirmed", "provider_request"]
     provider_mail = next(
-        m for m in mailbox.for_booking(booking) if m.template == "provider_request"
+        m for m in live.mailbox.for_booking(booking) if m.template == "provider_request"
     )
     assert provider_mail.to == (service.provider.email,)
-    await assert_invariants(db, [booking], event_log.events)
+    await assert_invariants(live.db, [booking], live.event_log.events)
 
 
-async def test_slot_full_rejects_without_authorizing(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-) -> None:
-    service = await create_service(db, capacity=1)
-    customer = await create_user(db, "customer")
+async def test_slot_full_rejects_without_authorizing(live: LiveSaga) -> None:
+    service = await create_service(live.db, capacity=1)
+    customer = await create_user(live.db, "customer")
     slot = a_slot()
-    first = await request_booking(publisher, service, customer, slot=slot)
-    await event_log.wait(first, status_is(Status.AWAITING_PROVIDER))
-    second = await request_booking(publisher, service, customer, slot=slot)
+    first = await request_booking(live.publisher, service, customer, slot=slot)
+    await live.event_log.wait(first, status_is(Status.AWAITING_PROVIDER))
+    second = await request_booking(live.publisher, service, customer, slot=slot)
 
-    state = await event_log.wait(second)
+    state = await live.event_log.wait(second)
     assert state.status == Status.REJECTED
     assert state.failure_reason == "slot full"
-    assert await ledger(db, second) == []
-    assert await hold_status(db, second) is None
-    assert mails(mailbox, second) == ["customer_rejected"]
+    assert await ledger(live.db, second) == []
+    assert await hold_status(live.db, second) is None
+    assert mails(live.mailbox, second) == ["customer_rejected"]
 
-    await cancel(publisher, event_log, first)  # leave nothing held behind
-    await event_log.wait(first)
-    await assert_invariants(db, [first, second], event_log.events)
+    await cancel(live.publisher, live.event_log, first)  # leave nothing held behind
+    await live.event_log.wait(first)
+    await assert_invariants(live.db, [first, second], live.event_log.events)
 
 
-async def test_payment_declined_releases_the_hold(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-) -> None:
-    _, booking = await a_booking(db, publisher, payment_method="pm_card_chargeDeclined")
-    state = await event_log.wait(booking)
+async def test_payment_declined_releases_the_hold(live: LiveSaga) -> None:
+    _, booking = await a_booking(live.db, live.publisher, payment_method="pm_card_chargeDeclined")
+    state = await live.event_log.wait(booking)
     assert state.status == Status.FAILED
     assert state.hold == Hold.RELEASED
     assert state.payment == Payment.FAILED
-    assert await hold_status(db, booking) == "released"
-    assert mails(mailbox, booking) == ["customer_failed"]
-    await assert_invariants(db, [booking], event_log.events)
+    assert await hold_status(live.db, booking) == "released"
+    assert mails(live.mailbox, booking) == ["customer_failed"]
+    await assert_invariants(live.db, [booking], live.event_log.events)
 
 
-async def test_action_required_then_webhook_continues_to_awaiting_provider(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-) -> None:
-    booking = await waiting_for_3ds(db, publisher, event_log)
-    await stripe_webhook(publisher, event_log, booking, "payment_intent.amount_capturable_updated")
-    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
-    await event_log.wait(booking, lambda s: s is not None and "provider_request" in s.notified)
+async def test_action_required_then_webhook_continues_to_awaiting_provider(live: LiveSaga) -> None:
+    booking = await waiting_for_3ds(live)
+    await stripe_webhook(
+        live.publisher, live.event_log, booking, "payment_intent.amount_capturable_updated"
+    )
+    await live.event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+    await live.event_log.wait(booking, lambda s: s is not None and "provider_request" in s.notified)
 
-    await answer(publisher, event_log, booking, "accept")
-    state = await event_log.wait(booking)
+    await answer(live.publisher, live.event_log, booking, "accept")
+    state = await live.event_log.wait(booking)
     assert state.status == Status.CONFIRMED
-    assert await ledger(db, booking) == [("authorize", "action_required"), ("capture", "captured")]
-    await assert_invariants(db, [booking], event_log.events)
+    assert await ledger(live.db, booking) == [
+        ("authorize", "action_required"),
+        ("capture", "captured"),
+    ]
+    await assert_invariants(live.db, [booking], live.event_log.events)
 
 
-async def test_action_required_then_failed_webhook_fails_and_releases(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-) -> None:
-    booking = await waiting_for_3ds(db, publisher, event_log)
-    await stripe_webhook(publisher, event_log, booking, "payment_intent.payment_failed")
-    state = await event_log.wait(booking)
+async def test_action_required_then_failed_webhook_fails_and_releases(live: LiveSaga) -> None:
+    booking = await waiting_for_3ds(live)
+    await stripe_webhook(live.publisher, live.event_log, booking, "payment_intent.payment_failed")
+    state = await live.event_log.wait(booking)
     assert state.status == Status.FAILED
     assert state.hold == Hold.RELEASED
-    assert mails(mailbox, booking) == ["customer_failed"]
-    await assert_invariants(db, [booking], event_log.events)
+    assert mails(live.mailbox, booking) == ["customer_failed"]
+    await assert_invariants(live.db, [booking], live.event_log.events)
 
 
-async def test_action_never_completed_fails_voids_and_releases(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-) -> None:
-    booking = await waiting_for_3ds(db, publisher, event_log)
+async def test_action_never_completed_fails_voids_and_releases(live: LiveSaga) -> None:
+    booking = await waiting_for_3ds(live)
     # No webhook ever comes: the payment agent's sweep gives up after the timeout.
-    state = await event_log.wait(booking)
+    state = await live.event_log.wait(booking)
     assert state.status == Status.FAILED
     assert state.hold == Hold.RELEASED
-    assert await ledger(db, booking) == [("authorize", "action_required"), ("void", "voided")]
-    assert mails(mailbox, booking) == ["customer_failed"]
-    await assert_invariants(db, [booking], event_log.events)
+    assert await ledger(live.db, booking) == [("authorize", "action_required"), ("void", "voided")]
+    assert mails(live.mailbox, booking) == ["customer_failed"]
+    await assert_invariants(live.db, [booking], live.event_log.events)
 
 
-async def test_provider_rejects_voids_and_releases(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-) -> None:
-    _, booking = await a_booking(db, publisher)
-    await event_log.wait(booking, deadline_started)
-    await answer(publisher, event_log, booking, "reject", reason="fully booked that day")
-
-    state = await event_log.wait(booking)
+async def test_provider_rejects_voids_and_releases(live: LiveSaga) -> None:
+    _, booking = await a_booking(live.db, live.publisher)
+    state = await answered(live, booking, "reject", reason="fully booked that day")
     assert state.status == Status.REJECTED
     assert state.payment == Payment.VOIDED
     assert state.hold == Hold.RELEASED
-    assert await ledger(db, booking) == [("authorize", "authorized"), ("void", "voided")]
-    assert mails(mailbox, booking) == ["customer_rejected", "provider_request"]
-    rejected = next(e for e in event_log.events[booking] if e.event_type == "ProviderRejected")
+    assert await ledger(live.db, booking) == [("authorize", "authorized"), ("void", "voided")]
+    assert mails(live.mailbox, booking) == ["customer_rejected", "provider_request"]
+    rejected = next(e for e in live.event_log.events[booking] if e.event_type == "ProviderRejected")
     assert getattr(rejected, "reason", None) == "fully booked that day"
-    deadline = await db.fetchval(
+    deadline = await live.db.fetchval(
         "SELECT status FROM provider_deadlines WHERE booking_id = $1", booking
     )
     assert deadline == "rejected"
-    await assert_invariants(db, [booking], event_log.events)
+    await assert_invariants(live.db, [booking], live.event_log.events)
 
 
-async def test_provider_times_out_expires_voids_and_releases(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-) -> None:
-    _, booking = await a_booking(db, publisher, response_deadline_seconds=2)
-    state = await event_log.wait(booking, within=30)
+async def test_provider_times_out_expires_voids_and_releases(live: LiveSaga) -> None:
+    _, booking = await a_booking(live.db, live.publisher, response_deadline_seconds=2)
+    state = await live.event_log.wait(booking, within=30)
     assert state.status == Status.EXPIRED
     assert state.payment == Payment.VOIDED
     assert state.hold == Hold.RELEASED
-    assert mails(mailbox, booking) == ["customer_expired", "provider_request"]
+    assert mails(live.mailbox, booking) == ["customer_expired", "provider_request"]
 
     # An answer given after the deadline changes nothing.
-    before = event_log.types(booking)
-    await answer(publisher, event_log, booking, "accept")
-    await event_log.quiet(2.0)
-    assert event_log.types(booking) == [*before, "ProviderAnswerSubmitted"]
-    after = event_log.state(booking)
+    before = live.event_log.types(booking)
+    await answer(live.publisher, live.event_log, booking, "accept")
+    await live.event_log.quiet(2.0)
+    assert live.event_log.types(booking) == [*before, "ProviderAnswerSubmitted"]
+    after = live.event_log.state(booking)
     assert after is not None
     assert (after.status, after.payment, after.hold) == (state.status, state.payment, state.hold)
-    assert await ledger(db, booking) == [("authorize", "authorized"), ("void", "voided")]
-    await assert_invariants(db, [booking], event_log.events)
+    assert await ledger(live.db, booking) == [("authorize", "authorized"), ("void", "voided")]
+    await assert_invariants(live.db, [booking], live.event_log.events)
 
 
-async def test_capture_fails_fails_releases_and_tells_the_customer(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
-) -> None:
-    _, booking = await a_booking(db, publisher, payment_method="pm_card_captureFails")
-    await event_log.wait(booking, deadline_started)
-    await answer(publisher, event_log, booking, "accept")
-    state = await event_log.wait(booking)
+async def test_capture_fails_fails_releases_and_tells_the_customer(live: LiveSaga) -> None:
+    _, booking = await a_booking(live.db, live.publisher, payment_method="pm_card_captureFails")
+    state = await answered(live, booking, "accept")
     assert state.status == Status.FAILED
     assert state.hold == Hold.RELEASED
     assert state.payment == Payment.VOIDED
-    assert await ledger(db, booking) == [
+    assert await ledger(live.db, booking) == [
         ("authorize", "authorized"),
         ("capture", "charge_expired_for_capture"),
         ("void", "voided"),
     ]
-    assert "customer_failed" in mails(mailbox, booking)
-    await assert_invariants(db, [booking], event_log.events)
+    assert "customer_failed" in mails(live.mailbox, booking)
+    await assert_invariants(live.db, [booking], live.event_log.events)
 
 
 @pytest.mark.parametrize(
@@ -267,65 +219,59 @@ async def test_capture_fails_fails_releases_and_tells_the_customer(
     ],
 )
 async def test_customer_cancels_and_everything_is_given_back(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    mailbox: Mailbox,
+    live: LiveSaga,
     payment_method: str,
     cancel_in: Status,
     paused: str | None,
     expected_ledger: list[str],
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
+    service = await create_service(live.db)
+    customer = await create_user(live.db, "customer")
     if paused:
-        agents.stop(paused)
+        live.agents.stop(paused)
     try:
-        booking = await request_booking(publisher, service, customer, payment_method=payment_method)
+        booking = await request_booking(
+            live.publisher, service, customer, payment_method=payment_method
+        )
         if cancel_in == Status.CONFIRMED:
-            await event_log.wait(booking, deadline_started)
-            await answer(publisher, event_log, booking, "accept")
-            await event_log.wait(booking)
+            await answered(live, booking, "accept")
         else:
-            await event_log.wait(booking, status_is(cancel_in))
-        await cancel(publisher, event_log, booking)
-        await event_log.wait(booking, status_is(Status.CANCELLED))
+            await live.event_log.wait(booking, status_is(cancel_in))
+        await cancel(live.publisher, live.event_log, booking)
+        await live.event_log.wait(booking, status_is(Status.CANCELLED))
     finally:
         if paused:
-            agents.restart(paused)
+            live.agents.restart(paused)
 
-    state = await event_log.wait(booking)
+    state = await live.event_log.wait(booking)
     assert state.status == Status.CANCELLED
     assert state.hold in (Hold.RELEASED, Hold.NONE)
-    assert [op for op, _ in await ledger(db, booking)] == expected_ledger
-    assert "customer_cancelled" in mails(mailbox, booking)
+    assert [op for op, _ in await ledger(live.db, booking)] == expected_ledger
+    assert "customer_cancelled" in mails(live.mailbox, booking)
     if cancel_in == Status.CONFIRMED:
         assert state.payment == Payment.REFUNDED
-        assert await hold_status(db, booking) == "released"
-        assert mails(mailbox, booking) == [
+        assert await hold_status(live.db, booking) == "released"
+        assert mails(live.mailbox, booking) == [
             "customer_cancelled",
             "customer_confirmed",
             "provider_request",
         ]
-    await assert_invariants(db, [booking], event_log.events)
+    await assert_invariants(live.db, [booking], live.event_log.events)
 
 
-async def test_fifty_concurrent_requests_for_three_seats(
-    agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
-) -> None:
-    service = await create_service(db, capacity=3)
-    customer = await create_user(db, "customer")
+async def test_fifty_concurrent_requests_for_three_seats(live: LiveSaga) -> None:
+    service = await create_service(live.db, capacity=3)
+    customer = await create_user(live.db, "customer")
     slot = a_slot()
     bookings = await asyncio.gather(
-        *(request_booking(publisher, service, customer, slot=slot) for _ in range(50))
+        *(request_booking(live.publisher, service, customer, slot=slot) for _ in range(50))
     )
-    states = await event_log.wait_all(
+    states = await live.event_log.wait_all(
         bookings, status_is(Status.AWAITING_PROVIDER, Status.REJECTED), within=120
     )
     winners = [b for b, s in states.items() if s.status == Status.AWAITING_PROVIDER]
     assert len(winners) == 3
-    capacity = await db.fetchrow(
+    capacity = await live.db.fetchrow(
         """SELECT capacity, held, confirmed FROM slot_capacity
            WHERE service_id = $1 AND slot_start = $2""",
         service.id,
@@ -334,15 +280,15 @@ async def test_fifty_concurrent_requests_for_three_seats(
     assert dict(capacity) == {"capacity": 3, "held": 3, "confirmed": 0}
 
     for booking in winners:
-        await event_log.wait(booking, deadline_started)
-        await answer(publisher, event_log, booking, "accept")
-    final = await event_log.wait_all(bookings, within=120)
+        await live.event_log.wait(booking, deadline_started)
+        await answer(live.publisher, live.event_log, booking, "accept")
+    final = await live.event_log.wait_all(bookings, within=120)
     assert sorted(s.status.value for s in final.values()).count("confirmed") == 3
     assert sum(s.status == Status.REJECTED for s in final.values()) == 47
-    capacity = await db.fetchrow(
+    capacity = await live.db.fetchrow(
         "SELECT held, confirmed FROM slot_capacity WHERE service_id = $1 AND slot_start = $2",
         service.id,
         slot,
     )
     assert dict(capacity) == {"held": 0, "confirmed": 3}
-    await assert_invariants(db, bookings, event_log.events)
+    await assert_invariants(live.db, bookings, live.event_log.events)

@@ -24,8 +24,7 @@ from erynoa.codec import UndecodableEvent, default_codec
 from erynoa.kafka import EventPublisher
 from erynoa.saga import Status
 from erynoa.settings import PROJECT_ROOT, Settings
-from erynoa.topics import TopicCatalog
-from tests.integration.saga.conftest import Agents
+from tests.integration.saga.conftest import LiveSaga
 from tests.integration.saga.harness import (
     EventLog,
     a_booking,
@@ -93,24 +92,19 @@ async def answered(
 
 
 async def test_a_stock_deserializer_decodes_every_event_of_a_booking_on_every_topic(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    saga_settings: Settings,
-    saga_catalog: TopicCatalog,
+    live: LiveSaga,
 ) -> None:
-    booking = await answered(db, publisher, event_log, "accept", Status.CONFIRMED)
+    booking = await answered(live.db, live.publisher, live.event_log, "accept", Status.CONFIRMED)
 
-    topics = [t.name for t in saga_catalog.by_kind("event")]
-    messages = await asyncio.to_thread(read_every_topic, saga_settings, topics)
+    topics = [t.name for t in live.catalog.by_kind("event")]
+    messages = await asyncio.to_thread(read_every_topic, live.settings, topics)
 
     mine = [(topic, record) for topic, key, _, record in messages if key == booking.encode()]
     # At least once: a redelivered event is the same event_id again, which a subscriber drops.
-    assert {r["event_id"] for _, r in mine} == {e.event_id for e in event_log.events[booking]}
+    assert {r["event_id"] for _, r in mine} == {e.event_id for e in live.event_log.events[booking]}
     for topic, record in mine:
         assert record["booking_id"] == booking
-        assert saga_catalog.topic_for(record["event_type"]) == topic
+        assert live.catalog.topic_for(record["event_type"]) == topic
     decoded_types = {r["event_type"] for _, r in mine}
     assert {"BookingRequested", "ReservationHeld", "PaymentAuthorized", "PaymentCaptured"} <= (
         decoded_types
@@ -129,25 +123,19 @@ async def test_a_stock_deserializer_decodes_every_event_of_a_booking_on_every_to
     assert sum(isinstance(record, dict) for *_, record in messages) >= len(mine)
 
 
-async def test_the_example_subscriber_follows_one_booking(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    saga_settings: Settings,
-) -> None:
-    booking = await answered(db, publisher, event_log, "reject", Status.REJECTED)
+async def test_the_example_subscriber_follows_one_booking(live: LiveSaga) -> None:
+    booking = await answered(live.db, live.publisher, live.event_log, "reject", Status.REJECTED)
 
-    assert saga_settings.registry_url is not None
+    assert live.settings.registry_url is not None
     done = await asyncio.to_thread(
         subprocess.run,
         [
             sys.executable,
             str(Path(PROJECT_ROOT, "examples", "follow_booking.py")),
             "--booking-id", booking,
-            "--bootstrap", saga_settings.kafka_bootstrap,
-            "--registry", saga_settings.registry_url,
-            "--topic-prefix", saga_settings.topic_prefix,
+            "--bootstrap", live.settings.kafka_bootstrap,
+            "--registry", live.settings.registry_url,
+            "--topic-prefix", live.settings.topic_prefix,
             "--idle", "2",
         ],
         capture_output=True,
@@ -159,28 +147,22 @@ async def test_the_example_subscriber_follows_one_booking(
     assert done.returncode == 0, done.stderr
     printed = [json.loads(line) for line in done.stdout.splitlines()]
     assert sorted(e["event_id"] for e in printed) == sorted(
-        {e.event_id for e in event_log.events[booking]}
+        {e.event_id for e in live.event_log.events[booking]}
     )
     assert {"BookingRequested", "ProviderRejected"} <= {e["event_type"] for e in printed}
 
 
-async def test_kcat_shows_each_events_key_and_type_as_the_readme_says(
-    agents: Agents,
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    event_log: EventLog,
-    saga_settings: Settings,
-) -> None:
+async def test_kcat_shows_each_events_key_and_type_as_the_readme_says(live: LiveSaga) -> None:
     kcat = shutil.which("kcat")
     if kcat is None:
         pytest.skip("kcat is not installed (make setup installs it)")
-    _, booking = await a_booking(db, publisher)
-    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+    _, booking = await a_booking(live.db, live.publisher)
+    await live.event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
 
     done = await asyncio.to_thread(
         subprocess.run,
-        [kcat, "-C", "-b", saga_settings.kafka_bootstrap, "-t",
-         f"{saga_settings.topic_prefix}payments", "-o", "beginning", "-e", "-q",
+        [kcat, "-C", "-b", live.settings.kafka_bootstrap, "-t",
+         f"{live.settings.topic_prefix}payments", "-o", "beginning", "-e", "-q",
          "-f", "%k %p/%o %h\\n"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

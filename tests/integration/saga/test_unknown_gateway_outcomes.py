@@ -12,13 +12,11 @@ import asyncpg
 import pytest
 
 from erynoa import events as ev
-from erynoa.kafka import EventPublisher
 from erynoa.saga import Payment, Status
 from streams.payment.sandbox import IDEMPOTENCY_WINDOW, MASTERCARD, outage_reason_answer_lost
 from tests.conftest import eventually
-from tests.integration.saga.conftest import Agents
+from tests.integration.saga.conftest import LiveSaga
 from tests.integration.saga.harness import (
-    EventLog,
     a_booking,
     answer,
     assert_invariants,
@@ -51,27 +49,29 @@ async def outage_over(db: asyncpg.Pool) -> None:
 
 
 async def test_an_authorization_whose_answer_was_lost_is_voided_when_the_booking_is_cancelled(
-    agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
+    live: LiveSaga,
 ) -> None:
-    service = await create_service(db)
-    customer = await create_user(db, "customer")
-    await answers_lost(db, "authorize")
+    service = await create_service(live.db)
+    customer = await create_user(live.db, "customer")
+    await answers_lost(live.db, "authorize")
     try:
-        booking = await request_booking(publisher, service, customer, payment_method=CARD)
+        booking = await request_booking(live.publisher, service, customer, payment_method=CARD)
 
         async def authorized_at_the_gateway() -> bool:
-            return ("authorize", "authorized") in await ledger(db, booking)
+            return ("authorize", "authorized") in await ledger(live.db, booking)
 
         await eventually(authorized_at_the_gateway)
         # The customer cancels while the agent still does not know the authorization's fate.
-        await cancel(publisher, event_log, booking)
-        await event_log.wait(booking, status_is(Status.CANCELLED))
+        await cancel(live.publisher, live.event_log, booking)
+        await live.event_log.wait(booking, status_is(Status.CANCELLED))
         [cancelled] = [
-            e for e in event_log.events[booking] if isinstance(e, ev.BookingCancellationRequested)
+            e
+            for e in live.event_log.events[booking]
+            if isinstance(e, ev.BookingCancellationRequested)
         ]
 
         async def payment_agent_took_the_cancel() -> bool:
-            done = await db.fetchval(
+            done = await live.db.fetchval(
                 """SELECT 1 FROM processed_events
                    WHERE consumer = 'payment' AND event_id = $1""",
                 cancelled.event_id,
@@ -80,45 +80,47 @@ async def test_an_authorization_whose_answer_was_lost_is_voided_when_the_booking
 
         await eventually(payment_agent_took_the_cancel)
     finally:
-        await outage_over(db)
+        await outage_over(live.db)
 
     # The retry tiers bring the authorization's message back; the booking is cancelled by then.
-    state = await event_log.wait(
+    state = await live.event_log.wait(
         booking, lambda s: s is not None and s.payment == Payment.VOIDED, within=150
     )
     assert state.status == Status.CANCELLED
-    assert await ledger(db, booking) == [("authorize", "authorized"), ("void", "voided")]
-    await event_log.wait(booking)
-    await assert_invariants(db, [booking], event_log.events)
+    assert await ledger(live.db, booking) == [("authorize", "authorized"), ("void", "voided")]
+    await live.event_log.wait(booking)
+    await assert_invariants(live.db, [booking], live.event_log.events)
 
 
 async def test_a_capture_that_took_effect_confirms_once_when_replayed_after_the_key_expired(
-    agents: Agents, db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
+    live: LiveSaga,
 ) -> None:
-    _, booking = await a_booking(db, publisher, payment_method=CARD)
-    await event_log.wait(booking, deadline_started)
-    await answers_lost(db, "capture")
+    _, booking = await a_booking(live.db, live.publisher, payment_method=CARD)
+    await live.event_log.wait(booking, deadline_started)
+    await answers_lost(live.db, "capture")
     try:
-        await answer(publisher, event_log, booking, "accept")
+        await answer(live.publisher, live.event_log, booking, "accept")
 
         async def captured_at_the_gateway() -> bool:
-            return ("capture", "captured") in await ledger(db, booking)
+            return ("capture", "captured") in await ledger(live.db, booking)
 
         await eventually(captured_at_the_gateway)
         # The retry comes after the gateway forgot the capture's idempotency key.
-        await db.execute(
+        await live.db.execute(
             """UPDATE sandbox_ledger SET created_at = created_at - $2::interval - interval '1 hour'
                WHERE booking_id = $1 AND operation = 'capture'""",
             booking,
             IDEMPOTENCY_WINDOW,
         )
     finally:
-        await outage_over(db)
+        await outage_over(live.db)
 
-    decided = await event_log.wait(booking, status_is(Status.CONFIRMED, Status.FAILED), within=60)
+    decided = await live.event_log.wait(
+        booking, status_is(Status.CONFIRMED, Status.FAILED), within=60
+    )
     assert decided.status == Status.CONFIRMED
-    final = await event_log.wait(booking)
+    final = await live.event_log.wait(booking)
     assert final.payment == Payment.CAPTURED
-    assert await ledger(db, booking) == [("authorize", "authorized"), ("capture", "captured")]
-    assert event_log.count(booking, "PaymentCaptureFailed") == 0
-    await assert_invariants(db, [booking], event_log.events)
+    assert await ledger(live.db, booking) == [("authorize", "authorized"), ("capture", "captured")]
+    assert live.event_log.count(booking, "PaymentCaptureFailed") == 0
+    await assert_invariants(live.db, [booking], live.event_log.events)
