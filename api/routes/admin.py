@@ -29,7 +29,6 @@ from api.envelopes import (
     ApiError,
     Envelope,
     Page,
-    accepted,
     conflict,
     errors,
     not_found,
@@ -41,10 +40,9 @@ from api.envelopes import (
 from api.readmodel import BOOKING_COLUMNS, fetch_booking
 from api.routes.bookings import (
     BOOKING_EXAMPLE,
-    REACTION_ESTIMATE,
     BookingSummary,
+    action_accepted,
     booking_summary,
-    poll_path,
     request_cancellation,
 )
 from api.schemas import Body, Paging, Reason
@@ -426,7 +424,7 @@ async def act_on_workflow(
             reason=body.reason or "cancelled by an operator",
             ctx=ctx,
         )
-    return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)
+    return action_accepted(booking_id)
 
 
 # --- dead letters ---------------------------------------------------------------------------
