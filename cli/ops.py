@@ -489,9 +489,11 @@ def _print_report(report: replay.ReplayReport, as_json: bool) -> None:
 BookingArg = Annotated[str, typer.Argument(help="The booking id (a uuid).")]
 
 
-def _check_id(booking_id: str) -> str:
+def _checked(check: Callable[[str], str], value: str) -> str:
+    """``value`` as an ``ops`` rule accepts it; what the rule refuses exits 2 before any
+    service is reached."""
     try:
-        return check_booking_id(booking_id)
+        return check(value)
     except BadInput as exc:
         _bad_input(str(exc))
 
@@ -537,7 +539,7 @@ def saga_show(
     booking_id: BookingArg, stuck_after: StuckAfterOpt = None, as_json: JsonOpt = False
 ) -> None:
     """One saga's timeline: each event, who emitted it, when; where it waits and until when."""
-    booking_id = _check_id(booking_id)
+    booking_id = _checked(check_booking_id, booking_id)
     expectations = _expectations(stuck_after)
     settings = load_settings()
     now = datetime.now(UTC)
@@ -743,7 +745,7 @@ def _request(
 ) -> None:
     """Run an operator's ``command`` (``sagas.cancel_saga``, ``sagas.retry_saga``) and print
     what it published or would publish."""
-    booking_id = _check_id(booking_id)
+    booking_id = _checked(check_booking_id, booking_id)
     settings = load_settings()
     who = _operator(operator)
 
@@ -794,8 +796,7 @@ def saga_retry(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask an agent (or all) to re-run what it owes this saga now (a fresh request each time)."""
-    if step not in assess.RETRY_STEPS:
-        _bad_input(f"unknown step {step!r}; one of: {', '.join(assess.RETRY_STEPS)}")
+    step = _checked(sagas.check_step, step)
     _request(
         booking_id, sagas.retry_saga, dry_run=dry_run, operator=operator, as_json=as_json, step=step
     )
