@@ -394,22 +394,21 @@ async def act_on_workflow(
         return await kafka.publish(event, ctx)
 
     if body.dry_run or body.action == "retry":
-        common: dict[str, Any] = {
-            "operator": admin.sub,
-            "codec": runtime.schema_ids.codec,
-            "now": utcnow(),
-            "dry_run": body.dry_run,
-            "policy": policy,
-            "producer": "api",
-        }
-        if body.action == "retry":
-            answer = await sagas.retry_saga(
-                conn, publish, str(booking_id), step=body.step, **common
-            )
-        else:
-            answer = await sagas.cancel_saga(
-                conn, None, str(booking_id), reason=body.reason, **common
-            )
+        command: sagas.OperatorCommand = (
+            sagas.RetrySaga(str(booking_id), admin.sub, body.step)
+            if body.action == "retry"
+            else sagas.CancelSaga(str(booking_id), admin.sub, body.reason)
+        )
+        answer = await sagas.request_saga(
+            conn,
+            publish if body.action == "retry" else None,
+            command,
+            codec=runtime.schema_ids.codec,
+            now=utcnow(),
+            dry_run=body.dry_run,
+            policy=policy,
+            producer="api",
+        )
         if body.dry_run:
             return ok(request, answer.to_json())
     else:
