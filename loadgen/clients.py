@@ -314,26 +314,17 @@ class KafkaGateway:
         self._run_id = run_id
         self._correlation: dict[str, str] = {}
 
-    async def _publish(
-        self, kind: type[ev.BookingEvent], booking_id: str, correlation_id: str, **payload: Any
-    ) -> None:
-        """Publish an event of this run, marked synthetic, in the booking's correlation."""
-        event = ev.make(
-            kind,
-            booking_id=booking_id,
-            producer=f"loadgen-{self._run_id}",
-            correlation_id=correlation_id,
-            **payload,
-        )
-        await self._publisher.publish(event, {H_SYNTHETIC: "1", H_REQUEST_ID: correlation_id})
+    def _headers(self, correlation_id: str) -> dict[str, str]:
+        return {H_SYNTHETIC: "1", H_REQUEST_ID: correlation_id}
 
     async def request(self, plan: Planned) -> str:
         booking_id = str(uuid.uuid4())
         correlation_id = f"lg-{self._run_id}-{plan.index}"
-        await self._publish(
+        event = ev.make(
             ev.BookingRequested,
-            booking_id,
-            correlation_id,
+            booking_id=booking_id,
+            producer=f"loadgen-{self._run_id}",
+            correlation_id=correlation_id,
             customer_id=plan.customer_id,
             service_id=plan.service.id,
             provider_id=plan.service.provider_id,
@@ -345,16 +336,19 @@ class KafkaGateway:
             response_deadline_seconds=plan.service.response_deadline_seconds,
             idempotency_key=None,
         )
+        await self._publisher.publish(event, self._headers(correlation_id))
         self._correlation[booking_id] = correlation_id
         return booking_id
 
     async def cancel(self, booking_id: str, plan: Planned) -> None:
         correlation_id = self._correlation.get(booking_id, f"lg-{self._run_id}-{plan.index}")
-        await self._publish(
+        event = ev.make(
             ev.BookingCancellationRequested,
-            booking_id,
-            correlation_id,
+            booking_id=booking_id,
+            producer=f"loadgen-{self._run_id}",
+            correlation_id=correlation_id,
             requested_by=plan.customer_id,
             requested_by_role="customer",
             reason="load test: the customer changed their mind",
         )
+        await self._publisher.publish(event, self._headers(correlation_id))
