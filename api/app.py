@@ -25,7 +25,7 @@ from api import console
 from api.deps import limit_ip
 from api.docs import install_docs
 from api.envelopes import (
-    error_response,
+    ApiError,
     errors,
     install_error_handlers,
     log_unavailable,
@@ -195,13 +195,12 @@ def _unavailable(request: Request, component: str, exc: Exception) -> JSONRespon
     # (routes that know say so themselves, see ``api.envelopes.unavailable``).
     request_id = request_id_of(request)
     log_unavailable(component, exc, request_id)
-    return error_response(
-        request_id,
+    return ApiError(
         503,
         f"{component} is unavailable; try again",
         details=[{"component": component}],
         headers={"Retry-After": "2"},
-    )
+    ).response(request_id)
 
 
 def app_from_env() -> FastAPI:

@@ -69,6 +69,17 @@ class ApiError(Exception):
         self.details = [dict(d) for d in details]
         self.headers = dict(headers or {})
 
+    def response(self, request_id: str) -> JSONResponse:
+        """The error envelope the client gets for this failure."""
+        body = ErrorEnvelope(
+            error=ErrorBody(
+                code=self.code, message=self.message, details=self.details, request_id=request_id
+            )
+        )
+        return JSONResponse(
+            status_code=self.status, content=body.model_dump(mode="json"), headers=self.headers
+        )
+
 
 def unauthorized(message: str = "a valid bearer token is required") -> ApiError:
     return ApiError(401, message, headers={"WWW-Authenticate": 'Bearer realm="erynoa"'})
@@ -256,26 +267,6 @@ def accepted(poll_path: str, workflow_id: str, estimated_completion: datetime) -
     )
 
 
-def error_response(
-    request_id: str,
-    status: int,
-    message: str,
-    *,
-    code: str | None = None,
-    details: Sequence[Mapping[str, Any]] = (),
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    body = ErrorEnvelope(
-        error=ErrorBody(
-            code=code or code_for_status(status),
-            message=message,
-            details=[dict(d) for d in details],
-            request_id=request_id,
-        )
-    )
-    return JSONResponse(status_code=status, content=body.model_dump(mode="json"), headers=headers)
-
-
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     # Never echo the rejected input back: it may be a secret or not JSON-serializable.
     return [
@@ -290,34 +281,24 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(
-        request_id_of(request),
-        exc.status,
-        exc.message,
-        code=exc.code,
-        details=exc.details,
-        headers=exc.headers,
-    )
+    return exc.response(request_id_of(request))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return error_response(
-        request_id_of(request), exc.status_code, detail, headers=dict(exc.headers or {})
-    )
+    return ApiError(exc.status_code, detail, headers=exc.headers).response(request_id_of(request))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(
-        request_id_of(request), 422, "Invalid input", details=_validation_details(exc)
-    )
+    invalid = ApiError(422, "Invalid input", details=_validation_details(exc))
+    return invalid.response(request_id_of(request))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error", exc_info=exc, extra={"request_id": request_id_of(request)})
-    return error_response(request_id_of(request), 500, "internal error; it has been logged")
+    return ApiError(500, "internal error; it has been logged").response(request_id_of(request))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.envelopes import error_response, new_request_id
+from api.envelopes import ApiError, new_request_id
 from api.metrics import route_template
 from erynoa import tracing
 
@@ -95,7 +95,7 @@ class RequestContextMiddleware:
             log.exception("unhandled error", extra={"request_id": request_id})
             if started:
                 raise
-            response = error_response(request_id, 500, "internal error; it has been logged")
+            response = ApiError(500, "internal error; it has been logged").response(request_id)
             await response(scope, receive, send_with_id)
         finally:
             state["response_status"] = status
@@ -171,14 +171,13 @@ class BodyGuardMiddleware:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
             # JSON is UTF-8 (RFC 8259); anything else is malformed input, a 422 like bad JSON.
-            response = error_response(
-                request_id,
+            response = ApiError(
                 422,
                 "Invalid input",
                 details=[
                     {"field": "body", "message": f"not UTF-8: {exc.reason}", "type": "json_invalid"}
                 ],
-            )
+            ).response(request_id)
             await response(scope, receive, send)
             return
         replayed = False
@@ -204,9 +203,9 @@ class BodyGuardMiddleware:
             if status == 413
             else "the request body must be application/json"
         )
-        response = error_response(
-            request_id, status, message, headers=None if drained else {"Connection": "close"}
-        )
+        response = ApiError(
+            status, message, headers=None if drained else {"Connection": "close"}
+        ).response(request_id)
         await response(scope, receive, send)
 
 

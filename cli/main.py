@@ -8,7 +8,7 @@ line and exit 1; tracebacks are for bugs.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -19,9 +19,13 @@ from cli.stack import stack_app
 from cli.startup import fail, load_settings, load_topic_catalog
 from consumers.cli import materializer_app
 from contracts.cli import asyncapi
-from erynoa.topics import CatalogError
+from erynoa.settings import Settings
+from erynoa.topics import CatalogError, TopicCatalog
 from faults.cli import faults
 from loadgen.cli import loadgen
+
+if TYPE_CHECKING:
+    from erynoa.topic_admin import Change
 
 app = typer.Typer(
     no_args_is_help=True, help="Erynoa booking backbone.", pretty_exceptions_enable=False
@@ -44,17 +48,24 @@ app.command("faults")(faults)
 app.command("asyncapi")(asyncapi)
 
 
-@topics_app.command("apply")
-def topics_apply() -> None:
-    """Create or alter topics to match topics.yaml (idempotent); print what changed."""
-    from erynoa.topic_admin import admin_client, apply
+def _topic_changes(verb: Literal["apply", "check"]) -> tuple[Settings, TopicCatalog, list[Change]]:
+    """What ``topics apply`` changed or ``topics check`` found different on the configured
+    cluster; a cluster that cannot be reached or refuses is one line, exit 1."""
+    from erynoa import topic_admin
 
     settings = load_settings()
     catalog = load_topic_catalog(settings)
+    work = topic_admin.apply if verb == "apply" else topic_admin.plan
     try:
-        changes = apply(admin_client(settings.kafka_bootstrap), catalog)
-    except Exception as exc:  # the admin client raises several kinds; all mean "not applied"
-        fail(f"topics apply failed against {settings.kafka_bootstrap}: {exc}")
+        return settings, catalog, work(topic_admin.admin_client(settings.kafka_bootstrap), catalog)
+    except Exception as exc:  # the admin client raises several kinds; all mean "not done"
+        fail(f"topics {verb} failed against {settings.kafka_bootstrap}: {exc}")
+
+
+@topics_app.command("apply")
+def topics_apply() -> None:
+    """Create or alter topics to match topics.yaml (idempotent); print what changed."""
+    settings, catalog, changes = _topic_changes("apply")
     done = [c for c in changes if c.kind != "manual"]
     manual = [c for c in changes if c.kind == "manual"]
     for change in done:
@@ -70,14 +81,7 @@ def topics_apply() -> None:
 @topics_app.command("check")
 def topics_check() -> None:
     """Exit non-zero and name every difference between the cluster and topics.yaml."""
-    from erynoa.topic_admin import admin_client, plan
-
-    settings = load_settings()
-    catalog = load_topic_catalog(settings)
-    try:
-        drift = plan(admin_client(settings.kafka_bootstrap), catalog)
-    except Exception as exc:
-        fail(f"topics check failed against {settings.kafka_bootstrap}: {exc}")
+    _, catalog, drift = _topic_changes("check")
     for change in drift:
         typer.secho(f"DRIFT  {change}", fg=typer.colors.YELLOW)
     if drift:

@@ -489,9 +489,11 @@ def _print_report(report: replay.ReplayReport, as_json: bool) -> None:
 BookingArg = Annotated[str, typer.Argument(help="The booking id (a uuid).")]
 
 
-def _check_id(booking_id: str) -> str:
+def _checked(check: Callable[[str], str], value: str) -> str:
+    """``value`` as an ``ops`` rule accepts it; what the rule refuses exits 2 before any
+    service is reached."""
     try:
-        return check_booking_id(booking_id)
+        return check(value)
     except BadInput as exc:
         _bad_input(str(exc))
 
@@ -537,7 +539,7 @@ def saga_show(
     booking_id: BookingArg, stuck_after: StuckAfterOpt = None, as_json: JsonOpt = False
 ) -> None:
     """One saga's timeline: each event, who emitted it, when; where it waits and until when."""
-    booking_id = _check_id(booking_id)
+    booking_id = _checked(check_booking_id, booking_id)
     expectations = _expectations(stuck_after)
     settings = load_settings()
     now = datetime.now(UTC)
@@ -732,32 +734,19 @@ async def _with_publisher(settings: Settings, dry_run: bool, act: Act) -> sagas.
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the request; publish nothing.")]
 
 
-def _request(
-    booking_id: str,
-    command: Callable[..., Awaitable[sagas.OperatorRequest]],
-    *,
-    dry_run: bool,
-    operator: str | None,
-    as_json: bool,
-    **fields: Any,
-) -> None:
-    """Run an operator's ``command`` (``sagas.cancel_saga``, ``sagas.retry_saga``) and print
-    what it published or would publish."""
-    booking_id = _check_id(booking_id)
+def _request(command: sagas.OperatorCommand, *, dry_run: bool, as_json: bool) -> None:
+    """Run an operator's ``command`` and print what it published or would publish."""
     settings = load_settings()
-    who = _operator(operator)
 
     async def act(conn: asyncpg.Connection, publish: sagas.Publish | None) -> sagas.OperatorRequest:
-        return await command(
+        return await sagas.request_saga(
             conn,
             publish,
-            booking_id,
-            operator=who,
+            command,
             codec=operator_codec(),
             now=datetime.now(UTC),
             dry_run=dry_run,
             policy=_policy(settings),
-            **fields,
         )
 
     _print_request(_run(settings, _with_publisher(settings, dry_run, act)), as_json)
@@ -772,14 +761,9 @@ def saga_cancel(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the saga to cancel (compensations run) unless the booking already ended."""
-    _request(
-        booking_id,
-        sagas.cancel_saga,
-        dry_run=dry_run,
-        operator=operator,
-        as_json=as_json,
-        reason=reason,
-    )
+    booking_id = _checked(check_booking_id, booking_id)
+    command = sagas.CancelSaga(booking_id, _operator(operator), reason)
+    _request(command, dry_run=dry_run, as_json=as_json)
 
 
 @saga_app.command("retry")
@@ -794,8 +778,7 @@ def saga_retry(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask an agent (or all) to re-run what it owes this saga now (a fresh request each time)."""
-    if step not in assess.RETRY_STEPS:
-        _bad_input(f"unknown step {step!r}; one of: {', '.join(assess.RETRY_STEPS)}")
-    _request(
-        booking_id, sagas.retry_saga, dry_run=dry_run, operator=operator, as_json=as_json, step=step
-    )
+    step = _checked(sagas.check_step, step)
+    booking_id = _checked(check_booking_id, booking_id)
+    command = sagas.RetrySaga(booking_id, _operator(operator), step)
+    _request(command, dry_run=dry_run, as_json=as_json)

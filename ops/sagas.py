@@ -604,71 +604,80 @@ def cancel_refusal(state: BookingState | None, status: Status | None) -> str | N
     return f"booking is already {status.value} (terminal): nothing to cancel"
 
 
-async def cancel_saga(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    publish: Publish | None,
-    booking_id: str,
-    *,
-    operator: str,
-    reason: str | None,
-    codec: EventCodec,
-    now: datetime,
-    dry_run: bool = False,
-    policy: Policy = DEFAULT_POLICY,
-    producer: str = OPERATOR_PRODUCER,
-) -> OperatorRequest:
-    """Publish ``BookingCancellationRequested`` (role ``operator``) unless the booking ended.
-
-    The agents run the compensations (void or refund, release, tell the customer); the
-    request only states the operator's wish, so a cancel that races an outcome is harmless.
-    """
-    current, waiting = await _current(conn, booking_id, codec, now, policy)
-    refused = cancel_refusal(current.state, current.status)
-    if refused is not None:
-        return await _answer(
-            "cancel", current, waiting, None, current.status, None, dry_run, refused
-        )
-    event = current.request(
-        ev.BookingCancellationRequested,
-        producer,
-        now,
-        requested_by=operator,
-        requested_by_role="operator",
-        reason=reason,
-    )
-    after = saga.evolve(current.state, event).status if current.state else Status.CANCELLED
-    return await _answer("cancel", current, waiting, event, after, publish, dry_run)
-
-
 def check_step(step: str) -> str:
     if step not in RETRY_STEPS:
         raise BadInput(f"unknown step {step!r}; choose one of: {', '.join(RETRY_STEPS)}")
     return step
 
 
-async def retry_saga(
+@dataclass(frozen=True)
+class CancelSaga:
+    """Cancel the booking unless it ended: the agents run the compensations (void or refund,
+    release, tell the customer). The request only states the operator's wish, so a cancel
+    that races an outcome is harmless."""
+
+    booking_id: str
+    operator: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RetrySaga:
+    """The named agent (or every agent, ``all``) re-runs what the rules say it owes the
+    booking now. Each retry is a new request with a fresh event id, so two retries are two
+    attempts (the agents' side effects still carry idempotency keys per booking and step)."""
+
+    booking_id: str
+    operator: str
+    step: str = "all"
+
+
+OperatorCommand = CancelSaga | RetrySaga
+
+
+async def request_saga(
     conn: asyncpg.Connection | asyncpg.Pool,
     publish: Publish | None,
-    booking_id: str,
+    command: OperatorCommand,
     *,
-    operator: str,
-    step: str = "all",
     codec: EventCodec,
     now: datetime,
     dry_run: bool = False,
     policy: Policy = DEFAULT_POLICY,
     producer: str = OPERATOR_PRODUCER,
 ) -> OperatorRequest:
-    """Publish ``SagaRetryRequested(step=...)``: the named agent (or every agent, ``all``)
-    re-runs what the rules say it owes the booking now.
-
-    Each retry is a new request with a fresh event id, so two retries are two attempts (the
-    agents' side effects still carry idempotency keys per booking and step).
-    """
-    step = check_step(step)
-    current, waiting = await _current(conn, booking_id, codec, now, policy)
-    event = current.request(ev.SagaRetryRequested, producer, now, step=step, requested_by=operator)
-    return await _answer("retry", current, waiting, event, current.status, publish, dry_run)
+    """Publish the operator's request about one saga (``BookingCancellationRequested`` with
+    role ``operator``, or ``SagaRetryRequested``) unless it is a dry run or refused, and say
+    what it is and does."""
+    if isinstance(command, RetrySaga):
+        check_step(command.step)
+    current, waiting = await _current(conn, command.booking_id, codec, now, policy)
+    match command:
+        case CancelSaga():
+            refused = cancel_refusal(current.state, current.status)
+            if refused is not None:
+                return await _answer(
+                    "cancel", current, waiting, None, current.status, None, dry_run, refused
+                )
+            event: ev.BookingEvent = current.request(
+                ev.BookingCancellationRequested,
+                producer,
+                now,
+                requested_by=command.operator,
+                requested_by_role="operator",
+                reason=command.reason,
+            )
+            after = saga.evolve(current.state, event).status if current.state else Status.CANCELLED
+            return await _answer("cancel", current, waiting, event, after, publish, dry_run)
+        case RetrySaga():
+            event = current.request(
+                ev.SagaRetryRequested,
+                producer,
+                now,
+                step=command.step,
+                requested_by=command.operator,
+            )
+            return await _answer("retry", current, waiting, event, current.status, publish, dry_run)
 
 
 async def _answer(

@@ -29,7 +29,6 @@ from api.envelopes import (
     ApiError,
     Envelope,
     Page,
-    accepted,
     conflict,
     errors,
     not_found,
@@ -41,10 +40,9 @@ from api.envelopes import (
 from api.readmodel import BOOKING_COLUMNS, fetch_booking
 from api.routes.bookings import (
     BOOKING_EXAMPLE,
-    REACTION_ESTIMATE,
     BookingSummary,
+    action_accepted,
     booking_summary,
-    poll_path,
     request_cancellation,
 )
 from api.schemas import Body, Paging, Reason
@@ -396,22 +394,21 @@ async def act_on_workflow(
         return await kafka.publish(event, ctx)
 
     if body.dry_run or body.action == "retry":
-        common: dict[str, Any] = {
-            "operator": admin.sub,
-            "codec": runtime.schema_ids.codec,
-            "now": utcnow(),
-            "dry_run": body.dry_run,
-            "policy": policy,
-            "producer": "api",
-        }
-        if body.action == "retry":
-            answer = await sagas.retry_saga(
-                conn, publish, str(booking_id), step=body.step, **common
-            )
-        else:
-            answer = await sagas.cancel_saga(
-                conn, None, str(booking_id), reason=body.reason, **common
-            )
+        command: sagas.OperatorCommand = (
+            sagas.RetrySaga(str(booking_id), admin.sub, body.step)
+            if body.action == "retry"
+            else sagas.CancelSaga(str(booking_id), admin.sub, body.reason)
+        )
+        answer = await sagas.request_saga(
+            conn,
+            publish if body.action == "retry" else None,
+            command,
+            codec=runtime.schema_ids.codec,
+            now=utcnow(),
+            dry_run=body.dry_run,
+            policy=policy,
+            producer="api",
+        )
         if body.dry_run:
             return ok(request, answer.to_json())
     else:
@@ -426,7 +423,7 @@ async def act_on_workflow(
             reason=body.reason or "cancelled by an operator",
             ctx=ctx,
         )
-    return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)
+    return action_accepted(booking_id)
 
 
 # --- dead letters ---------------------------------------------------------------------------

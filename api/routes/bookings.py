@@ -39,11 +39,12 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -111,6 +112,11 @@ IdempotencyKey = Annotated[
 
 def poll_path(booking_id: object) -> str:
     return f"/api/v1/bookings/{booking_id}"
+
+
+def action_accepted(booking_id: uuid.UUID) -> JSONResponse:
+    """The 202 of an accept, reject or cancel: poll the booking for the saga's reaction."""
+    return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)
 
 
 class BookingCreate(Body):
@@ -499,15 +505,35 @@ async def list_bookings(
     )
 
 
-async def _answer(
-    decision: ev.Decision,
+@dataclass(frozen=True)
+class BookingAction:
+    """What accept, reject and cancel each act on: the booking, who asks, why, and where the
+    change is written and queued."""
+
+    booking_id: uuid.UUID
+    user: Principal
+    conn: asyncpg.Connection
+    outbox: ApiOutbox
+    ctx: EventContext
+    reason: str | None
+
+
+def _booking_action(
     booking_id: uuid.UUID,
-    body: ReasonBody | None,
-    user: Principal,
-    conn: asyncpg.Connection,
-    outbox: ApiOutbox,
-    ctx: EventContext,
-) -> JSONResponse:
+    user: CurrentUser,
+    conn: Db,
+    outbox: Outbox,
+    ctx: Context,
+    body: ReasonBody | None = None,
+) -> BookingAction:
+    return BookingAction(booking_id, user, conn, outbox, ctx, body.reason if body else None)
+
+
+ActionRequest = Annotated[BookingAction, Depends(_booking_action)]
+
+
+async def _answer(decision: ev.Decision, action: BookingAction) -> JSONResponse:
+    booking_id, user, conn, outbox = action.booking_id, action.user, action.conn, action.outbox
     row = await visible_booking(conn, booking_id, user)
     if row["provider_id"] != user.sub or not user.has("provider"):
         raise forbidden("only the service's provider may accept or reject the booking")
@@ -517,22 +543,13 @@ async def _answer(
     status = Status(row["status"])
     awaiting = saga.can_answer(state) if state is not None else status == Status.AWAITING_PROVIDER
     deadline = row["provider_deadline_at"]
-    reason = body.reason if body else None
+    reason = action.reason
     event_id = ev.derived_event_id(str(booking_id), "api.provider-answer")
     retry = "repeating the same answer is safe (it is taken once)"
     async with committing(retry, booking_id=str(booking_id)), conn.transaction():
         previous = await _answer_given(conn, booking_id)
         if previous is not None:
-            if previous == decision:
-                # The same answer again (a retry): accepted already, nothing more to publish.
-                return accepted(
-                    poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE
-                )
-            raise conflict(
-                f"the provider already answered {previous!r}",
-                code="ALREADY_ANSWERED",
-                decision=previous,
-            )
+            return _answered_before(decision, previous, booking_id)
         # The deadline row is the provider-response agent's: it times a booking out under a
         # FOR UPDATE lock on it, after looking for an answer. Sharing that lock makes the two
         # wait for each other: either this answer commits first and the agent sees it, or the
@@ -590,15 +607,7 @@ async def _answer(
         if answered["submitted_at"] is None:
             # A concurrent answer won the race (its row is committed now): judged like a repeat.
             winner = await _answer_given(conn, booking_id)
-            if winner == decision:
-                return accepted(
-                    poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE
-                )
-            raise conflict(
-                f"the provider already answered {winner!r}",
-                code="ALREADY_ANSWERED",
-                decision=winner,
-            )
+            return _answered_before(decision, winner, booking_id)
         event = ev.make(
             ev.ProviderAnswerSubmitted,
             booking_id=str(booking_id),
@@ -610,10 +619,22 @@ async def _answer(
             decision=decision,
             reason=reason,
         )
-        submitted = OutboxEntry.of(event, outbox.codec, ctx.headers)
+        submitted = OutboxEntry.of(event, outbox.codec, action.ctx.headers)
         await queue(conn, submitted)
     outbox.publish_soon(submitted)
-    return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)
+    return action_accepted(booking_id)
+
+
+def _answered_before(
+    decision: ev.Decision, given: str | None, booking_id: uuid.UUID
+) -> JSONResponse:
+    """The booking has an answer already: the same one again is a retry (accepted, with
+    nothing more to publish), the other one a conflict."""
+    if given == decision:
+        return action_accepted(booking_id)
+    raise conflict(
+        f"the provider already answered {given!r}", code="ALREADY_ANSWERED", decision=given
+    )
 
 
 async def _answer_given(conn: asyncpg.Connection, booking_id: uuid.UUID) -> str | None:
@@ -632,59 +653,39 @@ _ACTION_RESPONSES = {
 @router.post(
     "/{booking_id}/accept", status_code=202, response_model=None, responses=_ACTION_RESPONSES
 )
-async def accept_booking(
-    booking_id: uuid.UUID,
-    user: CurrentUser,
-    conn: Db,
-    outbox: Outbox,
-    ctx: Context,
-    body: ReasonBody | None = None,
-) -> JSONResponse:
+async def accept_booking(action: ActionRequest) -> JSONResponse:
     """The service's provider accepts the booking (while it awaits their answer)."""
-    return await _answer("accept", booking_id, body, user, conn, outbox, ctx)
+    return await _answer("accept", action)
 
 
 @router.post(
     "/{booking_id}/reject", status_code=202, response_model=None, responses=_ACTION_RESPONSES
 )
-async def reject_booking(
-    booking_id: uuid.UUID,
-    user: CurrentUser,
-    conn: Db,
-    outbox: Outbox,
-    ctx: Context,
-    body: ReasonBody | None = None,
-) -> JSONResponse:
+async def reject_booking(action: ActionRequest) -> JSONResponse:
     """The service's provider rejects the booking (while it awaits their answer)."""
-    return await _answer("reject", booking_id, body, user, conn, outbox, ctx)
+    return await _answer("reject", action)
 
 
 @router.post(
     "/{booking_id}/cancel", status_code=202, response_model=None, responses=_ACTION_RESPONSES
 )
-async def cancel_booking(
-    booking_id: uuid.UUID,
-    user: CurrentUser,
-    conn: Db,
-    outbox: Outbox,
-    ctx: Context,
-    body: ReasonBody | None = None,
-) -> JSONResponse:
+async def cancel_booking(action: ActionRequest) -> JSONResponse:
     """Cancel the booking (its customer or an admin) unless it already ended."""
-    row = await visible_booking(conn, booking_id, user)
+    user = action.user
+    row = await visible_booking(action.conn, action.booking_id, user)
     is_customer = row["customer_id"] == user.sub and user.has("customer")
     if not (is_customer or user.is_admin):
         raise forbidden("only the booking's customer or an admin may cancel it")
     await request_cancellation(
-        conn,
-        outbox,
+        action.conn,
+        action.outbox,
         row,
         requested_by=user.sub,
         role="customer" if is_customer else "admin",
-        reason=body.reason if body else None,
-        ctx=ctx,
+        reason=action.reason,
+        ctx=action.ctx,
     )
-    return accepted(poll_path(booking_id), str(booking_id), utcnow() + REACTION_ESTIMATE)
+    return action_accepted(action.booking_id)
 
 
 async def request_cancellation(

@@ -17,7 +17,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 
-from api.envelopes import error_response, request_id_of
+from api.envelopes import ApiError, request_id_of
 from contracts import DOCUMENT, HTML_DIR
 
 # The template's page needs inline styles (its React components set them); nothing else.
@@ -77,15 +77,14 @@ def events_router(document: Path = DOCUMENT, html_dir: Path = HTML_DIR) -> APIRo
     async def docs(request: Request, asset: str) -> Response:
         files = _served_files(html_dir)
         if not files:
-            return error_response(
-                request_id_of(request),
+            return ApiError(
                 503,
                 f"the event docs are not rendered on this server: run `erynoa asyncapi --html` "
                 f"(or `make setup`) to render them into {html_dir.name}/",
-            )
+            ).response(request_id_of(request))
         path = files.get(asset or "index.html")
         if path is None:
-            return error_response(request_id_of(request), 404, "no such file in the event docs")
+            return ApiError(404, "no such file in the event docs").response(request_id_of(request))
         return FileResponse(
             path,
             media_type=MEDIA_TYPES[path.suffix],

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from api.deps import RuntimeDep
-from api.envelopes import Envelope, error_response, errors, ok, request_id_of
+from api.envelopes import ApiError, Envelope, errors, ok, request_id_of
 from erynoa import __version__
 
 router = APIRouter(tags=["health"])
@@ -162,8 +162,7 @@ async def ready(request: Request, runtime: RuntimeDep) -> Envelope[Ready] | JSON
     checks = dict(zip(probes, results, strict=True))
     down = [name for name, check in checks.items() if not check.ok]
     if down:
-        return error_response(
-            request_id_of(request),
+        return ApiError(
             503,
             f"not ready: {', '.join(down)} unavailable",
             code="NOT_READY",
@@ -173,7 +172,7 @@ async def ready(request: Request, runtime: RuntimeDep) -> Envelope[Ready] | JSON
                 if not check.ok
             ],
             headers={"Retry-After": "5"},
-        )
+        ).response(request_id_of(request))
     return ok(request, Ready(checks=checks))
 
 
