@@ -2,8 +2,9 @@
 
 Run it with ``erynoa materializer run`` (one of many in the consumer group
 ``erynoa-materializer``; partitions spread over them). Each ``getmany`` batch becomes one
-transaction (``consumers.projection``) and one offset commit. The positions in Postgres are
-the truth; the offsets committed to Kafka only serve lag monitoring and a first guess.
+transaction (``consumers.projection``). The positions in Postgres are the truth; the offsets
+committed to Kafka (at most once a second, and on revocation and stop) only serve lag
+monitoring and a first guess.
 
 ``erynoa materializer rebuild`` replays the log from offset 0 into a fresh schema, compares it
 with the live tables and swaps them in only when they agree (or with ``--force``).
@@ -25,8 +26,8 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
@@ -50,8 +51,15 @@ log = logging.getLogger("erynoa.materializer")
 
 CONSUMER = "materializer"
 BATCH_MAX_RECORDS = 2000
-# While idle, lag is still refreshed this often (a batch refreshes it at once).
+# While idle, lag is still refreshed this often; under load at most every LAG_REFRESH_BUSY_S
+# (asking the position of every assigned partition after every small batch costs more than
+# the batch's own work, and a scrape reads the gauge far less often).
 LAG_REFRESH_S = 5.0
+LAG_REFRESH_BUSY_S = 1.0
+# Kafka's committed offsets only say where redelivery starts (PostgreSQL's positions are the
+# truth): committed at most this often, not after every batch (a round trip to the group
+# coordinator each), and on revocation and stop.
+COMMIT_INTERVAL_S = 1.0
 
 
 class MaterializerMetrics:
@@ -61,7 +69,7 @@ class MaterializerMetrics:
         self.registry = registry
         self.batch_size = Histogram(
             "erynoa_materializer_batch_size",
-            "Events per batch (one transaction, one offset commit)",
+            "Events per batch (one transaction)",
             buckets=metrics.BATCH_SIZE_BUCKETS,
             registry=registry,
         )
@@ -102,6 +110,28 @@ class MaterializerRuntime:
     projection: Projection
     metrics: MaterializerMetrics
     metrics_server: MetricsServer | None = None
+    uncommitted: dict[TopicPartition, int] = field(default_factory=dict)
+    """Offsets applied to the read model but not yet committed to Kafka."""
+    committed_at: float = 0.0
+
+
+async def commit_offsets(
+    runtime: MaterializerRuntime, only: Collection[TopicPartition] | None = None
+) -> None:
+    """Commit the applied offsets (of ``only`` those partitions). Losing a commit loses
+    nothing: the stored positions skip what was already applied."""
+    offsets = {
+        tp: offset for tp, offset in runtime.uncommitted.items() if only is None or tp in only
+    }
+    if not offsets:
+        return
+    try:
+        await runtime.consumer.commit(offsets)
+    except KafkaError as exc:
+        log.warning("offset commit failed (%s); the stored positions still hold", exc)
+    for tp in offsets:
+        runtime.uncommitted.pop(tp, None)
+    runtime.committed_at = time.monotonic()
 
 
 class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -111,7 +141,8 @@ class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
         self.runtime = runtime
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        return None
+        # While still a member: the next owner starts close to where this one stopped.
+        await commit_offsets(self.runtime, set(revoked))
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         async with self.runtime.pool.acquire() as conn:
@@ -167,6 +198,8 @@ async def start(settings: Settings) -> MaterializerRuntime:
 async def stop(runtime: MaterializerRuntime) -> None:
     if runtime.metrics_server is not None:
         runtime.metrics_server.stop()
+    with contextlib.suppress(Exception):
+        await commit_offsets(runtime)
     with contextlib.suppress(Exception):
         await runtime.consumer.stop()
     with contextlib.suppress(Exception):
@@ -263,15 +296,14 @@ async def process_batch(
     runtime.metrics.record(len(messages), written_s, result, len(bad))
     for (topic, partition), offset in result.rewind.items():
         runtime.consumer.seek(TopicPartition(topic, partition), offset)
-    # Kafka's committed offsets follow Postgres (for lag monitoring); losing this commit
-    # loses nothing: the stored positions skip what was already applied.
-    offsets: dict[TopicPartition, int] = {}
     for message in messages:
         tp = TopicPartition(message.topic, message.partition)
-        if (message.topic, message.partition) not in result.rewind:
-            offsets[tp] = max(offsets.get(tp, 0), message.offset + 1)
-    if offsets:
-        await runtime.consumer.commit(offsets)
+        if (message.topic, message.partition) in result.rewind:
+            runtime.uncommitted.pop(tp, None)
+        else:
+            runtime.uncommitted[tp] = max(runtime.uncommitted.get(tp, 0), message.offset + 1)
+    if time.monotonic() - runtime.committed_at >= COMMIT_INTERVAL_S:
+        await commit_offsets(runtime)
     log.info(
         "batch of %d applied",
         len(messages),
@@ -390,6 +422,8 @@ async def run(settings: Settings, stopping: asyncio.Event | None = None) -> None
             batches = await runtime.consumer.getmany(timeout_ms=200, max_records=BATCH_MAX_RECORDS)
             messages = [m for batch in batches.values() for m in batch]
             if not messages:
+                if runtime.uncommitted:
+                    await commit_offsets(runtime)
                 if time.monotonic() - lag_updated > LAG_REFRESH_S:
                     await update_lag(runtime)
                     lag_updated = time.monotonic()
@@ -410,8 +444,9 @@ async def run(settings: Settings, stopping: asyncio.Event | None = None) -> None
                     runtime.consumer.seek(tp, offset)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
-            await update_lag(runtime)
-            lag_updated = time.monotonic()
+            if time.monotonic() - lag_updated > LAG_REFRESH_BUSY_S:
+                await update_lag(runtime)
+                lag_updated = time.monotonic()
     finally:
         await stop(runtime)
         log.info("materializer stopped")
