@@ -11,7 +11,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.rebuild import rebuild
 from erynoa import events as ev
@@ -144,6 +145,46 @@ async def test_booking_requested_in_kafka_appears_in_postgres(
     assert row["currency"] == "EUR"
     assert row["notes"] == "Bitte klingeln, zweiter Stock (Türcode 4711)"
     assert row["correlation_id"] == requested.correlation_id
+
+
+async def _committed(settings: Settings) -> dict[TopicPartition, int]:
+    """The materializer group's committed offsets."""
+    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(catalog.consumer("materializer").group_id)
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+async def _written(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
+    """The end offsets of the partitions of ``topics`` that hold anything."""
+    ends = await end_offsets(settings.kafka_bootstrap, topics)
+    return {tp: end for tp, end in ends.items() if end}
+
+
+async def test_offsets_are_committed_once_idle_and_at_stop_not_after_every_batch(
+    settings: Settings, db: asyncpg.Pool, publisher: EventPublisher
+) -> None:
+    """Committed offsets only guide a restart (the stored positions are the truth), so they are
+    paced; but they must reach what was applied once the stream pauses, and at stop."""
+    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+    topics = [catalog.topics[name].name for name in catalog.consumer("materializer").consumes]
+    async with materializer_running(settings):
+        await eventually(all_confirmed(db, await happy_sagas(publisher, 3)))
+        ends = await _written(settings, topics)
+
+        async def caught_up() -> bool:
+            committed = await _committed(settings)
+            return all(committed.get(tp) == end for tp, end in ends.items())
+
+        await eventually(caught_up, within=10)
+        await eventually(all_confirmed(db, await happy_sagas(publisher, 2)))
+    ends = await _written(settings, topics)
+    committed = await _committed(settings)
+    assert {tp: committed.get(tp) for tp in ends} == ends
 
 
 async def test_events_fold_into_the_current_state_whatever_their_topic_order(
