@@ -4,7 +4,8 @@ transaction, and published after COMMIT.
 A route that changes a booking (create, accept, reject, cancel) writes its rows and an
 ``api_outbox`` row holding the encoded event in one transaction, and answers 202 only after
 COMMIT; then ``ApiOutbox.publish_soon`` hands the event to Kafka in the background and deletes
-the row. If Kafka refuses, or the process dies first, the row stays: ``ApiOutbox``'s relay (in
+the row (shortly after: the rows of many requests in one statement). If Kafka refuses, or the
+process dies first, the row stays: ``ApiOutbox``'s relay (in
 every API process, ``FOR UPDATE SKIP LOCKED`` so processes share the work) publishes rows
 older than ``RELAY_AFTER_SECONDS``. The event id is fixed when the row is written, so a row
 published twice (the relay and a slow first attempt, a deletion that failed) is the same event
@@ -26,6 +27,7 @@ from aiokafka import errors as kafka_errors
 
 from erynoa import tracing
 from erynoa.codec import EventCodec, UndecodableEvent, decode_off_loop
+from erynoa.db import GatheredDeletes
 from erynoa.events import BookingEvent
 
 log = logging.getLogger("erynoa.api.outbox")
@@ -153,6 +155,7 @@ class ApiOutbox:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._deletes: GatheredDeletes | None = None
         # Whether any row is set aside (refreshed by every relay pass): while one is, new
         # events go through the relay, which keeps each booking's events in order.
         self._set_aside_exists = False
@@ -162,6 +165,14 @@ class ApiOutbox:
         return self._codec
 
     def start(self) -> None:
+        pool = self._pool
+
+        async def delete_published(event_ids: list[str]) -> None:
+            await pool.execute("DELETE FROM api_outbox WHERE event_id = ANY($1::uuid[])", event_ids)
+
+        # Off the publishing path, many requests' rows in one statement; a row left over is
+        # only published again by the relay, with the same event id.
+        self._deletes = GatheredDeletes("api-outbox-cleanup", delete_published)
         self._tasks = [
             asyncio.create_task(self._publish_committed(), name="api-outbox-publish"),
             asyncio.create_task(self._relay_forever(), name="api-outbox-relay"),
@@ -177,6 +188,10 @@ class ApiOutbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._deletes is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._deletes.close(), STOP_WAIT_SECONDS)
+            self._deletes = None
 
     def publish_soon(self, *entries: OutboxEntry) -> None:
         """Publish committed entries now, off the request's path (the 202 does not wait)."""
@@ -294,10 +309,8 @@ class ApiOutbox:
                 continue
             try:
                 await self._kafka.publish_encoded([e.item for e in taken])
-                await self._pool.execute(
-                    "DELETE FROM api_outbox WHERE event_id = ANY($1::uuid[])",
-                    [e.event.event_id for e in taken],
-                )
+                if self._deletes is not None:
+                    self._deletes.add([e.event.event_id for e in taken])
             except Exception as exc:
                 # Not lost: the rows are in the table, and the relay takes them from there.
                 log.warning(

@@ -8,10 +8,12 @@ file's checksum is kept; editing it afterwards is refused rather than silently i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,56 @@ async def drop_database(database_url: str, name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+class GatheredDeletes:
+    """Deletes rows by id in the background, the ids of many callers in one statement.
+
+    It waits ``gather_s`` after the first id it is given, so at a low rate, too, one transaction
+    (and one WAL flush) serves many callers instead of each its own. For rows whose deletion
+    may be late or fail: published outbox rows, which a relay publishes again (with the same
+    event id) only once they are far older than ``gather_s``. A failed delete is logged.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        delete: Callable[[list[str]], Awaitable[object]],
+        gather_s: float = 0.5,
+    ) -> None:
+        self._name = name
+        self._delete = delete
+        self._gather_s = gather_s
+        self._pending: list[str] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task = asyncio.create_task(self._run(), name=name)
+
+    def add(self, ids: Sequence[str]) -> None:
+        self._pending.extend(ids)
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until what was added so far is deleted (or its deletion failed and was logged)."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        await self.flush()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self._gather_s)
+            self._wake.clear()
+            taken, self._pending = self._pending, []
+            try:
+                await self._delete(taken)
+            except Exception as exc:
+                _log.warning("%s: %d row(s) not deleted: %r", self._name, len(taken), exc)
+            if not self._pending:
+                self._idle.set()

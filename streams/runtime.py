@@ -55,6 +55,7 @@ from opentelemetry.trace import SpanKind
 from erynoa import kafka as k
 from erynoa import saga, tracing
 from erynoa.codec import EventCodec, RegistryUnavailable, UndecodableEvent, decode_off_loop
+from erynoa.db import GatheredDeletes
 from erynoa.events import (
     BookingEvent,
     BookingRequested,
@@ -275,7 +276,7 @@ class AgentRuntime:
         self._publisher: EventPublisher | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._draining = asyncio.Event()
-        self._cleanup: OutboxCleanup | None = None
+        self._cleanup: GatheredDeletes | None = None
         self.positions: store.Positions | None = None
         self.seek: Seek | None = None
         """Moves the consumer of a partition back (set by the app that owns the consumer)."""
@@ -304,7 +305,14 @@ class AgentRuntime:
         self._publisher = self._make_publisher()
         await self._publisher.start()
         await self.adapter.start(self._pool)
-        self._cleanup = OutboxCleanup(self.agent, self._pool)
+        pool = self._pool
+
+        async def delete_published(event_ids: list[str]) -> None:
+            # Left over (a failed delete, a crash first), a published row is only published
+            # again by the relay, with the same event id, which every consumer deduplicates.
+            await store.remove_from_outbox(pool, self.agent, event_ids)
+
+        self._cleanup = GatheredDeletes(f"{self.agent}.outbox-cleanup", delete_published)
         self.positions = store.PgPositions(self._pool, self.consumer.group_id)
         log.info("agent %s ready", self.agent, extra={"agent": self.agent})
 
@@ -1087,55 +1095,6 @@ def _in_slot_order(
         return "", ""  # events kept until their booking starts: no action, no row lock
 
     return sorted(by_booking, key=slot)
-
-
-class OutboxCleanup:
-    """Deletes published outbox rows in the background: off the lanes' path, and the rows of
-    many batches in one statement.
-
-    A published row left over (the worker died before its deletion, or the deletion failed)
-    only means the relay (``AgentRuntime.relay_outbox``, for rows older than a few seconds)
-    publishes it again — with the same event id, which every consumer deduplicates.
-    """
-
-    def __init__(self, agent: str, pool: asyncpg.Pool) -> None:
-        self._agent = agent
-        self._pool = pool
-        self._pending: list[str] = []
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task = asyncio.create_task(self._run(), name=f"{agent}.outbox-cleanup")
-
-    def add(self, event_ids: Sequence[str]) -> None:
-        self._pending.extend(event_ids)
-        self._idle.clear()
-        self._wake.set()
-
-    async def flush(self) -> None:
-        """Wait until what was added so far is deleted (or its deletion failed and was logged)."""
-        await self._idle.wait()
-
-    async def close(self) -> None:
-        await self.flush()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            taken, self._pending = self._pending, []
-            try:
-                await store.remove_from_outbox(self._pool, self._agent, taken)
-            except Exception as exc:
-                log.warning(
-                    "published outbox rows not deleted (the relay publishes them again): %s",
-                    failures.describe(exc),
-                )
-            if not self._pending:
-                self._idle.set()
 
 
 def _propagated(
