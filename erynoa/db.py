@@ -226,6 +226,8 @@ class GatheredDeletes:
         self._delete = delete
         self._gather_s = gather_s
         self._pending: list[str] = []
+        self._waiting: set[str] = set()
+        """The ids added and not yet deleted (or given up on), in-flight ones included."""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -233,8 +235,14 @@ class GatheredDeletes:
 
     def add(self, ids: Sequence[str]) -> None:
         self._pending.extend(ids)
+        self._waiting.update(ids)
         self._idle.clear()
         self._wake.set()
+
+    def __contains__(self, row_id: object) -> bool:
+        """Whether the row of ``row_id`` waits for its deletion here (a reader of the table
+        still sees it, but its work is done)."""
+        return row_id in self._waiting
 
     async def flush(self) -> None:
         """Wait until what was added so far is deleted (or its deletion failed and was logged)."""
@@ -256,5 +264,7 @@ class GatheredDeletes:
                 await self._delete(taken)
             except Exception as exc:
                 _log.warning("%s: %d row(s) not deleted: %r", self._name, len(taken), exc)
+            finally:
+                self._waiting.difference_update(taken)
             if not self._pending:
                 self._idle.set()

@@ -938,7 +938,14 @@ class AgentRuntime:
     # --- publishing ---------------------------------------------------------------------
 
     async def _publish(self, rows: Sequence[store.OutboxRow]) -> None:
-        """Publish outbox rows in order, then delete them. Raises if Kafka refuses."""
+        """Publish outbox rows in order, then delete them. Raises if Kafka refuses.
+
+        Rows published already and waiting for their deletion are skipped: a batch reads its
+        bookings' whole outbox (to publish what an earlier failed publish left), and
+        publishing them again would only make every consumer handle a duplicate."""
+        cleanup = self._cleanup
+        if cleanup is not None:
+            rows = [row for row in rows if row.event_id not in cleanup]
         if not rows:
             return
         items: list[tuple[BookingEvent, bytes | None, Mapping[str, str] | None]] = []

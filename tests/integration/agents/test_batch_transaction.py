@@ -17,6 +17,7 @@ import pytest
 
 from erynoa import events as ev
 from erynoa import saga
+from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
 from streams import store
 from streams.reservation import ReservationAdapter
@@ -172,3 +173,30 @@ async def test_the_commit_moves_the_positions_unless_a_failure_is_still_to_be_ro
         saga.Hold.HELD.value,
     )
     assert held == 3
+
+
+async def test_a_published_event_waiting_for_its_deletion_is_not_published_again(
+    isolated: Settings, catalog: TopicCatalog, pool: asyncpg.Pool, start_runtime: StartRuntime
+) -> None:
+    """The booking's next batch reads its whole outbox, the row published a moment ago
+    included (deleted in the background a little later): it must not go out twice."""
+    service = await create_service(pool, capacity=5)
+    customer = await create_user(pool, "customer")
+    request = records.requested(customer, service)
+    failed = ev.make(
+        ev.PaymentFailed,
+        producer="payment",
+        cause=request,
+        payment_id="pi_x",
+        reason_code="card_declined",
+        reason="declined",
+    )
+    runtime = await start_runtime("reservation", ReservationAdapter())
+
+    await runtime.process([records.message(catalog, request, 0)])
+    await runtime.process([records.message(catalog, failed, 0)])
+    await runtime.outbox_cleaned()
+
+    on_topic = await records.published(isolated, catalog, "ReservationHeld")
+    assert [e.event_type for e in on_topic] == ["ReservationHeld", "ReservationReleased"]
+    assert await pool.fetchval("SELECT count(*) FROM agent_outbox") == 0
