@@ -189,8 +189,7 @@ class ApiOutbox:
                 await task
         self._tasks = []
         if self._deletes is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._deletes.close(), STOP_WAIT_SECONDS)
+            await self._deletes.close(STOP_WAIT_SECONDS)
             self._deletes = None
 
     def publish_soon(self, *entries: OutboxEntry) -> None:

@@ -374,6 +374,7 @@ def main() -> int:
     results["seconds"] = round(time.monotonic() - started, 1)
     results["machine"]["loadavg_after"] = summary.machine()["loadavg"]
     results["targets"] = summary.targets(results)
+    results["earlier_targets"] = summary.earlier_targets(results)
     results["notes"].append(
         "The load generator, the HTTP client and the system share the machine's CPUs; every "
         "number includes the generator's own cost."

@@ -60,6 +60,7 @@ LAG_REFRESH_BUSY_S = 1.0
 # truth): committed at most this often, not after every batch (a round trip to the group
 # coordinator each), and on revocation and stop.
 COMMIT_INTERVAL_S = 1.0
+COMMIT_TIMEOUT_S = 3.0
 
 
 class MaterializerMetrics:
@@ -118,20 +119,28 @@ class MaterializerRuntime:
 async def commit_offsets(
     runtime: MaterializerRuntime, only: Collection[TopicPartition] | None = None
 ) -> None:
-    """Commit the applied offsets (of ``only`` those partitions). Losing a commit loses
-    nothing: the stored positions skip what was already applied."""
+    """Commit the applied offsets of the assigned partitions (of ``only`` those). Losing a
+    commit loses nothing: the stored positions skip what was already applied. A commit that
+    fails or hangs (no group coordinator) keeps its offsets for the next one."""
+    assigned = runtime.consumer.assignment()
     offsets = {
-        tp: offset for tp, offset in runtime.uncommitted.items() if only is None or tp in only
+        tp: offset
+        for tp, offset in runtime.uncommitted.items()
+        if tp in assigned and (only is None or tp in only)
     }
+    for tp in set(runtime.uncommitted) - assigned:
+        del runtime.uncommitted[tp]  # revoked: its next owner commits it
     if not offsets:
         return
-    try:
-        await runtime.consumer.commit(offsets)
-    except KafkaError as exc:
-        log.warning("offset commit failed (%s); the stored positions still hold", exc)
-    for tp in offsets:
-        runtime.uncommitted.pop(tp, None)
     runtime.committed_at = time.monotonic()
+    try:
+        await asyncio.wait_for(runtime.consumer.commit(offsets), COMMIT_TIMEOUT_S)
+    except (KafkaError, TimeoutError) as exc:
+        log.warning("offset commit failed (%r); the stored positions still hold", exc)
+        return
+    for tp, offset in offsets.items():
+        if runtime.uncommitted.get(tp) == offset:  # not moved on meanwhile
+            del runtime.uncommitted[tp]
 
 
 class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -422,7 +431,10 @@ async def run(settings: Settings, stopping: asyncio.Event | None = None) -> None
             batches = await runtime.consumer.getmany(timeout_ms=200, max_records=BATCH_MAX_RECORDS)
             messages = [m for batch in batches.values() for m in batch]
             if not messages:
-                if runtime.uncommitted:
+                if (
+                    runtime.uncommitted
+                    and time.monotonic() - runtime.committed_at >= COMMIT_INTERVAL_S
+                ):
                     await commit_offsets(runtime)
                 if time.monotonic() - lag_updated > LAG_REFRESH_S:
                     await update_lag(runtime)

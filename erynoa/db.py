@@ -248,8 +248,11 @@ class GatheredDeletes:
         """Wait until what was added so far is deleted (or its deletion failed and was logged)."""
         await self._idle.wait()
 
-    async def close(self) -> None:
-        await self.flush()
+    async def close(self, wait_s: float | None = None) -> None:
+        """Stop, after what was added so far is deleted (waiting at most ``wait_s``; what is
+        left then stays for the relay)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), wait_s)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

@@ -80,6 +80,8 @@ _PUBLISH_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 _TICK = timedelta(microseconds=1)  # the timestamps' resolution on the wire
 _PROBE_TIMEOUT_S = 5.0
 _REWIND_REARM_S = 30.0
+_REDELIVERY_RELAY_AGE_S = 1.0
+_REDELIVERY_RELAY_GAP_S = 2.0
 _OUTAGE_BACKOFF_FIRST_S = 0.5
 _OUTAGE_BACKOFF_MAX_S = 10.0
 
@@ -280,6 +282,8 @@ class AgentRuntime:
         self.positions: store.Positions | None = None
         self.seek: Seek | None = None
         """Moves the consumer of a partition back (set by the app that owns the consumer)."""
+        self._predecessor_may_have_died = False
+        self._relayed_after_redelivery = 0.0
         self._rewinding: dict[store.Partition, _Rewind] = {}
         """Partitions moved back whose re-read has not arrived yet."""
         self._positions: dict[store.Partition, int] = {}
@@ -372,6 +376,8 @@ class AgentRuntime:
         effects repeat with the same idempotency keys).
         """
         batch = await self._continuous(batch)
+        if self._predecessor_may_have_died:
+            await self._relay_after_redelivery()
         if not batch:
             return
         self.metrics.batch(len(batch))
@@ -435,7 +441,10 @@ class AgentRuntime:
                 kept.append(m)
                 expected[key] = m.offset + 1
             elif m.offset < want:
-                continue  # done already: a redelivery
+                # Done already: a redelivery. Whoever did it may have died between its COMMIT
+                # (which moved the position) and publishing its outbox.
+                self._predecessor_may_have_died = True
+                continue
             elif not await self._rewind(key, want, m.offset):
                 kept.append(m)  # nothing to move back (a test driving the runtime directly)
                 expected[key] = m.offset + 1
@@ -964,6 +973,23 @@ class AgentRuntime:
         """Wait until every published row queued for deletion so far is deleted."""
         if self._cleanup is not None:
             await self._cleanup.flush()
+
+    async def _relay_after_redelivery(self) -> None:
+        """Publish at once what a worker that died after its COMMIT left in the outbox.
+
+        Its messages come again, but its positions say they are done, so they are skipped and
+        nothing would publish the rows but the relay's next sweep of old rows. Rows younger
+        than ``_REDELIVERY_RELAY_AGE_S`` are left out: this worker's own lanes are publishing
+        those. Once per ``_REDELIVERY_RELAY_GAP_S`` at most; a failure is left to the sweep.
+        """
+        self._predecessor_may_have_died = False
+        if time.monotonic() - self._relayed_after_redelivery < _REDELIVERY_RELAY_GAP_S:
+            return
+        self._relayed_after_redelivery = time.monotonic()
+        try:
+            await self.relay_outbox(older_than_seconds=_REDELIVERY_RELAY_AGE_S)
+        except Exception as exc:
+            log.warning("outbox relay after a redelivery failed: %s", failures.describe(exc))
 
     async def relay_outbox(self, older_than_seconds: float = 10.0) -> int:
         """Publish outbox rows nobody published (a crash after COMMIT of a timer's work)."""

@@ -64,7 +64,9 @@ async def locked_transaction(
             await conn.execute(_LOCK_STATEMENT.format(keys="$1::text[]"), keys)
         yield
     except BaseException:
-        if conn.is_in_transaction() and not conn.is_closed():
+        # Also when the connection does not know yet that it is in a transaction (cancelled
+        # while BEGIN was on its way): outside one, ROLLBACK only warns.
+        if not conn.is_closed():
             with contextlib.suppress(Exception):
                 await conn.execute("ROLLBACK")
         raise

@@ -8,6 +8,7 @@ its own topics and database (``own_namespace``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import Mapping
@@ -200,3 +201,38 @@ async def test_a_published_event_waiting_for_its_deletion_is_not_published_again
     on_topic = await records.published(isolated, catalog, "ReservationHeld")
     assert [e.event_type for e in on_topic] == ["ReservationHeld", "ReservationReleased"]
     assert await pool.fetchval("SELECT count(*) FROM agent_outbox") == 0
+
+
+async def test_what_a_worker_left_unpublished_after_its_commit_goes_out_on_the_redelivery(
+    isolated: Settings,
+    catalog: TopicCatalog,
+    pool: asyncpg.Pool,
+    start_runtime: StartRuntime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The commit moved the positions; the worker died before publishing. Its messages come
+    again and are skipped as done, so the redelivery itself must publish the outbox rows,
+    not leave them to the relay's sweep of old rows (which this runtime does not run)."""
+    service = await create_service(pool, capacity=5)
+    customer = await create_user(pool, "customer")
+    requests = [records.requested(customer, service) for _ in range(2)]
+    messages = [records.message(catalog, event, offset) for offset, event in enumerate(requests)]
+    runtime = await start_runtime("reservation", ReservationAdapter())
+    topic = messages[0].topic
+
+    async def died_before_publishing(rows: object) -> None:
+        return None
+
+    with monkeypatch.context() as patched:
+        patched.setattr(runtime, "_publish", died_before_publishing)
+        _, recorded = await runtime.handle(
+            [(m, e) for m, e in zip(messages, requests, strict=True)], {(topic, 0): 2}
+        )
+    assert recorded
+    assert await records.published(isolated, catalog, "ReservationHeld") == []
+    await asyncio.sleep(1.5)  # older than what a live lane may still be publishing
+
+    await runtime.process(messages)
+
+    held = await records.published(isolated, catalog, "ReservationHeld")
+    assert sorted(e.booking_id for e in held) == sorted(r.booking_id for r in requests)
