@@ -256,7 +256,8 @@ def peers_table(results: dict[str, Any]) -> list[str]:
         "cheaper) |",
         "|---|---|---:|---:|---:|---:|",
         f"| ours (Kafka, four agents, materializer, API, load generator) | real work: capacity "
-        f"in PostgreSQL, Stripe (stripe-mock), e-mail, read model | {_n(ours_rate, 1)} "
+        f"in PostgreSQL, payments in the sandbox gateway's ledger (PostgreSQL), e-mail records, "
+        f"read model | {_n(ours_rate, 1)} "
         f"| {_n(ours_cpu, 1)} | 1 | 1 |",
     ]
     for row in block["rows"]:
