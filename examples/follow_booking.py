@@ -45,7 +45,9 @@ def booking_topics(topics_file: Path, prefix: str) -> list[str]:
 def follow(
     bootstrap: str, registry_url: str, topics: list[str], booking_id: str, idle: float
 ) -> list[dict[str, Any]]:
-    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
+    # Without a timeout the client waits for ever on a registry connection that stopped
+    # answering; with one, the request fails and the client retries on a new connection.
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry_url, "timeout": 10}))
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from tests.integration.saga.harness import (
 
 pytestmark = pytest.mark.integration
 
+READ_LIMIT_S = 120.0
+
 
 def read_every_topic(
     settings: Settings, topics: list[str]
@@ -41,7 +44,11 @@ def read_every_topic(
     """(topic, key, value, record or why not) of every message of ``topics``, read to their
     ends from offset 0."""
     assert settings.registry_url is not None
-    deserialize = AvroDeserializer(SchemaRegistryClient({"url": settings.registry_url}))
+    # A timeout: a registry connection that stops answering fails the request (the client then
+    # retries) instead of hanging the test and, through its thread, the session's teardown.
+    deserialize = AvroDeserializer(
+        SchemaRegistryClient({"url": settings.registry_url, "timeout": 10})
+    )
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -55,8 +62,10 @@ def read_every_topic(
     found: list[tuple[str, bytes, bytes, Any | Exception]] = []
     ended: set[tuple[str, int]] = set()
     assigned: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + READ_LIMIT_S
     try:
         while not assigned or ended < assigned:
+            assert time.monotonic() < deadline, f"topics not read to their ends in {READ_LIMIT_S}s"
             message = consumer.poll(1.0)
             assigned |= {(p.topic, p.partition) for p in consumer.assignment()}
             if message is None:
