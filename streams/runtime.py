@@ -992,12 +992,31 @@ class AgentRuntime:
             log.warning("outbox relay after a redelivery failed: %s", failures.describe(exc))
 
     async def relay_outbox(self, older_than_seconds: float = 10.0) -> int:
-        """Publish outbox rows nobody published (a crash after COMMIT of a timer's work)."""
+        """Publish outbox rows nobody published (a crash after COMMIT of a timer's work).
+
+        A row the broker refuses every time (``KAFKA_REFUSALS``: too large, say) holds back
+        only its own booking, whose later events must not overtake it: the other bookings'
+        rows are then published booking by booking. Raises on anything else (the broker away),
+        and the next sweep tries every row again."""
         async with self.pool.acquire() as conn:
             rows = await store.stale_outbox(conn, self.agent, older_than_seconds)
-        if rows:
-            log.warning("relaying %d unpublished event(s)", len(rows))
+        if not rows:
+            return 0
+        log.warning("relaying %d unpublished event(s)", len(rows))
+        try:
             await self._publish(rows)
+        except KAFKA_REFUSALS:
+            for booking_rows in _by_booking(rows):
+                try:
+                    await self._publish(booking_rows)
+                except KAFKA_REFUSALS as exc:
+                    log.error(
+                        "outbox event %s is refused by the broker every time (%s); the "
+                        "booking's later events wait behind it until an operator removes it",
+                        booking_rows[0].event_id,
+                        failures.describe(exc),
+                        extra={"booking_id": booking_rows[0].booking_id, "agent": self.agent},
+                    )
         return len(rows)
 
     async def _route_failure(
@@ -1068,6 +1087,14 @@ class _BatchResult:
     queued: list[store.OutboxRow] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
     """Bookings whose request is folded in now: the events kept for them are used up."""
+
+
+def _by_booking(rows: Sequence[store.OutboxRow]) -> list[list[store.OutboxRow]]:
+    """``rows`` grouped by booking, each group in the rows' order."""
+    groups: dict[str, list[store.OutboxRow]] = {}
+    for row in rows:
+        groups.setdefault(row.booking_id, []).append(row)
+    return list(groups.values())
 
 
 def _ends(batch: Sequence[Incoming]) -> dict[store.Partition, int]:

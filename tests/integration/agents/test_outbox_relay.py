@@ -1,0 +1,67 @@
+"""The agents' outbox relay on the real Kafka and PostgreSQL: a row the broker refuses every time
+holds back its own booking only, never the other bookings' rows of the same sweep."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from erynoa import events as ev
+from erynoa.settings import Settings
+from erynoa.topics import TopicCatalog
+from streams import store
+from streams.reservation import ReservationAdapter
+from tests.integration.agents import records
+from tests.integration.agents.records import StartRuntime
+from tests.integration.saga.harness import create_service, create_user
+
+pytestmark = pytest.mark.integration
+
+# Larger than the producer's largest request (1 MiB by default): refused however often it is sent.
+_TOO_LARGE = "x" * 1_200_000
+
+
+async def _queue_stale(pool: asyncpg.Pool, events: list[ev.ReservationRejected]) -> None:
+    """Outbox rows a crashed worker left behind: written in order, a minute ago."""
+    async with pool.acquire() as conn, conn.transaction():
+        for event in events:
+            await store.add_to_outbox(
+                conn,
+                "reservation",
+                event.booking_id,
+                [(event.event_id, records.CODEC.encode(event))],
+                {},
+            )
+        await conn.execute("UPDATE agent_outbox SET created_at = now() - interval '1 minute'")
+
+
+async def _left(pool: asyncpg.Pool) -> set[str]:
+    rows = await pool.fetch("SELECT event_id FROM agent_outbox WHERE agent = 'reservation'")
+    return {str(r["event_id"]) for r in rows}
+
+
+async def test_a_refused_row_holds_back_its_own_booking_and_no_other(
+    isolated: Settings, catalog: TopicCatalog, pool: asyncpg.Pool, start_runtime: StartRuntime
+) -> None:
+    service = await create_service(pool, capacity=5)
+    customer = await create_user(pool, "customer")
+    stuck, other = (records.requested(customer, service) for _ in range(2))
+    refused = ev.make(
+        ev.ReservationRejected,
+        producer="reservation",
+        cause=stuck,
+        service_id=stuck.service_id,
+        slot_start=stuck.slot_start,
+        reason=_TOO_LARGE,
+    )
+    behind = records.rejected(stuck)  # the same booking's next event: must wait behind it
+    others = records.rejected(other)
+    await _queue_stale(pool, [refused, others, behind])
+    runtime = await start_runtime("reservation", ReservationAdapter())
+
+    assert await runtime.relay_outbox(older_than_seconds=10) == 3
+    await runtime.outbox_cleaned()
+
+    published = await records.published(isolated, catalog, "ReservationRejected")
+    assert [e.event_id for e in published] == [others.event_id]
+    assert await _left(pool) == {refused.event_id, behind.event_id}
