@@ -279,6 +279,8 @@ class AgentRuntime:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._draining = asyncio.Event()
         self._cleanup: GatheredDeletes | None = None
+        self._publishing: dict[str, asyncio.Future[None]] = {}
+        """Outbox rows being published now, by event id: done when that publish ends."""
         self.positions: store.Positions | None = None
         self.seek: Seek | None = None
         """Moves the consumer of a partition back (set by the app that owns the consumer)."""
@@ -952,17 +954,33 @@ class AgentRuntime:
         Rows published already and waiting for their deletion are skipped: a batch reads its
         bookings' whole outbox (to publish what an earlier failed publish left), and
         publishing them again would only make every consumer handle a duplicate."""
+        # Another lane of this booking (the same agent consumes several topics) may be
+        # publishing some of these rows right now: wait for it, so they go out once, and before
+        # this batch's own rows, in order. A lane registers its rows only once it waits for
+        # none, so two lanes never wait for each other.
+        while waiting := {
+            self._publishing[r.event_id] for r in rows if r.event_id in self._publishing
+        }:
+            await asyncio.wait(waiting)
         cleanup = self._cleanup
         if cleanup is not None:
             rows = [row for row in rows if row.event_id not in cleanup]
         if not rows:
             return
-        items: list[tuple[BookingEvent, bytes | None, Mapping[str, str] | None]] = []
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for row in rows:
-            event = self.codec.decode(row.payload)
-            assert isinstance(event, BookingEvent)
-            items.append((event, row.payload, row.headers))
-        await self.publisher.publish_encoded(items)
+            self._publishing[row.event_id] = done
+        try:
+            items: list[tuple[BookingEvent, bytes | None, Mapping[str, str] | None]] = []
+            for row in rows:
+                event = self.codec.decode(row.payload)
+                assert isinstance(event, BookingEvent)
+                items.append((event, row.payload, row.headers))
+            await self.publisher.publish_encoded(items)
+        finally:
+            for row in rows:
+                self._publishing.pop(row.event_id, None)
+            done.set_result(None)
         published = [r.event_id for r in rows]
         if self._cleanup is not None:
             self._cleanup.add(published)

@@ -1,7 +1,9 @@
-"""The agents' outbox relay on the real Kafka and PostgreSQL: a row the broker refuses every time
-holds back its own booking only, never the other bookings' rows of the same sweep."""
+"""The agents' outbox on the real Kafka and PostgreSQL: a row the broker refuses every time holds
+back its own booking only, and rows two lanes publish at once go out once, in order."""
 
 from __future__ import annotations
+
+import asyncio
 
 import asyncpg
 import pytest
@@ -65,3 +67,28 @@ async def test_a_refused_row_holds_back_its_own_booking_and_no_other(
     published = await records.published(isolated, catalog, "ReservationRejected")
     assert [e.event_id for e in published] == [others.event_id]
     assert await _left(pool) == {refused.event_id, behind.event_id}
+
+
+async def test_rows_two_lanes_publish_at_once_go_out_once_and_in_order(
+    isolated: Settings, catalog: TopicCatalog, pool: asyncpg.Pool, start_runtime: StartRuntime
+) -> None:
+    """Two lanes of one booking commit one after the other and each publishes the booking's
+    whole outbox: the second must not publish again what the first is publishing."""
+    service = await create_service(pool, capacity=5)
+    customer = await create_user(pool, "customer")
+    booking = records.requested(customer, service)
+    first = records.rejected(booking)
+    second = ev.make(
+        ev.ReservationReleased, producer="reservation", cause=first, hold_id=None, reason="test"
+    )
+    await _queue_stale(pool, [first, second])
+    rows = await store.stale_outbox(pool, "reservation", 10)
+    runtime = await start_runtime("reservation", ReservationAdapter())
+
+    await asyncio.gather(runtime._publish(rows[:1]), runtime._publish(rows))
+    await runtime.outbox_cleaned()
+
+    # Both types travel on the reservations topic, in the booking's one partition.
+    published = await records.published(isolated, catalog, "ReservationReleased")
+    assert [e.event_id for e in published] == [first.event_id, second.event_id]
+    assert await _left(pool) == set()
