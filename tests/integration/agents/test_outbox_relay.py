@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 _TOO_LARGE = "x" * 1_200_000
 
 
-async def _queue_stale(pool: asyncpg.Pool, events: list[ev.ReservationRejected]) -> None:
+async def _queue_stale(pool: asyncpg.Pool, events: list[ev.BookingEvent]) -> None:
     """Outbox rows a crashed worker left behind: written in order, a minute ago."""
     async with pool.acquire() as conn, conn.transaction():
         for event in events:
