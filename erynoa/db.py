@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 # An arbitrary constant: the advisory lock id only has to be the same for every migrator.
 _log = logging.getLogger("erynoa.db")
 _MIGRATION_LOCK_ID = 0x45_52_59_4E_4F_41
+# How long ``GatheredDeletes`` still answers for a deleted id: longer than any transaction that
+# could have read the row just before its DELETE committed takes to get to its next step.
+REMEMBER_DELETED_S = 30.0
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -228,6 +232,8 @@ class GatheredDeletes:
         self._pending: list[str] = []
         self._waiting: set[str] = set()
         """The ids added and not yet deleted (or given up on), in-flight ones included."""
+        self._deleted: dict[str, float] = {}
+        """The ids deleted in the last ``REMEMBER_DELETED_S``, with when (oldest first)."""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -240,9 +246,10 @@ class GatheredDeletes:
         self._wake.set()
 
     def __contains__(self, row_id: object) -> bool:
-        """Whether the row of ``row_id`` waits for its deletion here (a reader of the table
-        still sees it, but its work is done)."""
-        return row_id in self._waiting
+        """Whether the row of ``row_id`` waits for its deletion here, or was deleted a moment
+        ago: a reader of the table may still see it (read before the DELETE committed), but
+        its work is done."""
+        return row_id in self._waiting or row_id in self._deleted
 
     async def flush(self) -> None:
         """Wait until what was added so far is deleted (or its deletion failed and was logged)."""
@@ -265,9 +272,21 @@ class GatheredDeletes:
             taken, self._pending = self._pending, []
             try:
                 await self._delete(taken)
+                self._remember_deleted(taken)
             except Exception as exc:
                 _log.warning("%s: %d row(s) not deleted: %r", self._name, len(taken), exc)
             finally:
                 self._waiting.difference_update(taken)
             if not self._pending:
                 self._idle.set()
+
+    def _remember_deleted(self, ids: Sequence[str]) -> None:
+        now = time.monotonic()
+        for row_id in ids:
+            self._deleted.pop(row_id, None)  # to the end: the dict stays oldest first
+            self._deleted[row_id] = now
+        while self._deleted:
+            oldest = next(iter(self._deleted))
+            if now - self._deleted[oldest] < REMEMBER_DELETED_S:
+                break
+            del self._deleted[oldest]
