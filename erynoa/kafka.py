@@ -187,10 +187,16 @@ async def end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[TopicPartit
 
 
 @dataclass(frozen=True)
-class Published:
+class LogPosition:
+    """Where a message stands in the log: the record a publish wrote, or one a consumer read."""
+
     topic: str
     partition: int
     offset: int
+
+
+Published = LogPosition
+"""Where a publish put an event, as the broker acknowledged it."""
 
 
 def producer_config(bootstrap: str, client_id: str) -> dict[str, object]:
@@ -277,5 +283,5 @@ class EventPublisher:
         published = []
         for future in pending:
             metadata = await future
-            published.append(Published(metadata.topic, metadata.partition, metadata.offset))
+            published.append(LogPosition(metadata.topic, metadata.partition, metadata.offset))
         return published

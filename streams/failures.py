@@ -87,13 +87,8 @@ def describe(error: BaseException) -> str:
     return text[: k.MAX_ERROR_LEN]
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where a message was consumed from."""
-
-    topic: str
-    partition: int
-    offset: int
+Origin = k.LogPosition
+"""Where a failed message was consumed from."""
 
 
 @dataclass(frozen=True)

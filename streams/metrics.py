@@ -15,7 +15,7 @@ to the codec's event types (``other`` otherwise, ``undecodable`` when the header
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -26,6 +26,27 @@ from erynoa import metrics
 from erynoa.metrics import LATENCY_BUCKETS, PartitionLag
 
 UNDECODABLE = "undecodable"
+
+
+class _AgentSeries:
+    """Builds an agent's metrics: each in the agent's registry, labelled first by ``agent``
+    (every agent process serves its own registry; the label tells them apart once scraped)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, ["agent", *labels], registry=self._registry)
+
+    def gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        return Gauge(name, documentation, ["agent", *labels], registry=self._registry)
+
+    def histogram(
+        self, name: str, documentation: str, buckets: Sequence[float], *labels: str
+    ) -> Histogram:
+        return Histogram(
+            name, documentation, ["agent", *labels], buckets=buckets, registry=self._registry
+        )
 
 
 class AgentMetrics:
@@ -41,67 +62,50 @@ class AgentMetrics:
         self.agent = agent
         self.registry = registry if registry is not None else metrics.new_registry()
         self._event_types = frozenset(event_types)
-        self._processed = Counter(
+        own = _AgentSeries(self.registry)
+        self._processed = own.counter(
             "erynoa_agent_events_processed",
             "Messages handled (the state committed and its events published), by event type",
-            ["agent", "event_type"],
-            registry=self.registry,
+            "event_type",
         )
-        self._failed = Counter(
+        self._failed = own.counter(
             "erynoa_agent_events_failed",
             "Messages whose handling failed and went to a retry tier or the dead-letter topic",
-            ["agent", "event_type", "error_kind"],
-            registry=self.registry,
+            "event_type",
+            "error_kind",
         )
-        self._batch_size = Histogram(
+        self._batch_size = own.histogram(
             "erynoa_agent_batch_size",
             "Messages handled together in one transaction (what queued up in a lane meanwhile)",
-            ["agent"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-            registry=self.registry,
+            (1, 2, 4, 8, 16, 32, 64, 128),
         )
-        self._latency = Histogram(
+        self._latency = own.histogram(
             "erynoa_agent_handler_duration_seconds",
             "Time to handle one message: decode, transaction, side effects, publish",
-            ["agent", "event_type"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            LATENCY_BUCKETS,
+            "event_type",
         )
-        self._retries = Counter(
-            "erynoa_agent_retries",
-            "Messages sent to a retry tier, by tier topic",
-            ["agent", "topic"],
-            registry=self.registry,
+        self._retries = own.counter(
+            "erynoa_agent_retries", "Messages sent to a retry tier, by tier topic", "topic"
         )
-        self._dead_letters = Counter(
-            "erynoa_agent_dead_letters",
-            "Messages sent to the dead-letter topic",
-            ["agent", "error_kind"],
-            registry=self.registry,
+        self._dead_letters = own.counter(
+            "erynoa_agent_dead_letters", "Messages sent to the dead-letter topic", "error_kind"
         )
-        self._deadlines = Gauge(
+        self._deadlines = own.gauge(
             "erynoa_agent_deadlines_pending",
             "Provider deadlines still running (provider_deadlines rows with status pending)",
-            ["agent"],
-            registry=self.registry,
         )
-        self._paused = Gauge(
+        self._paused = own.gauge(
             "erynoa_agent_lanes_paused",
             "Lanes waiting in place for a dependency that is down (an outage, not a failure)",
-            ["agent"],
-            registry=self.registry,
         )
-        self._pauses = Counter(
-            "erynoa_agent_outage_pauses",
-            "Times a lane paused because a dependency was down",
-            ["agent"],
-            registry=self.registry,
+        self._pauses = own.counter(
+            "erynoa_agent_outage_pauses", "Times a lane paused because a dependency was down"
         )
-        self._rewinds = Counter(
+        self._rewinds = own.counter(
             "erynoa_agent_rewinds",
             "Partitions moved back because a batch started past the recorded position",
-            ["agent", "topic"],
-            registry=self.registry,
+            "topic",
         )
         self.lag = PartitionLag(self.registry, group)
 

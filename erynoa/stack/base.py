@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -78,6 +80,11 @@ class Service:
         return self.ports[self.port_settings[0]]
 
     @property
+    def home(self) -> Path:
+        """The service's own dir in the state dir, named after it."""
+        return self.paths.state_dir / self.name
+
+    @property
     def log_path(self) -> Path:
         return self.paths.logs / f"{self.name}.log"
 
@@ -114,6 +121,30 @@ class Service:
     def stop(self, record: procs.PidRecord) -> bool:
         """Stop the service's process group. True if it ended without SIGKILL."""
         return procs.stop_group(record.pid, self.stop_signal, self.stop_timeout)
+
+
+def tcp_answers(port: int, expected: bytes, send: bytes = b"") -> bool:
+    """Whether the server on loopback ``port`` answers (``send``, when given) with a reply
+    that starts with ``expected``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            if send:
+                conn.sendall(send)
+            return conn.recv(128).startswith(expected)
+    except OSError:
+        return False
+
+
+def http_status(port: int, path: str, headers: Mapping[str, str] | None = None) -> int | None:
+    """The status of ``GET path`` on loopback ``port``, or None when nothing answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path, headers=dict(headers or {}))
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
 
 
 def need_tool(tool: str, package: str) -> str:

@@ -118,10 +118,6 @@ class Kafka(Service):
         return self.ports["kafka_controller_port"]
 
     @property
-    def home(self) -> Path:
-        return self.paths.state_dir / self.name
-
-    @property
     def data_dir(self) -> Path:
         return self.home / "data"
 

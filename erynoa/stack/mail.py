@@ -5,11 +5,10 @@ agent delivers for real and a person can read what was sent. Production points
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
-from erynoa.stack.base import Echo, Service
+from erynoa.stack.base import Echo, Service, tcp_answers
 
 
 class MailSink(Service):
@@ -19,7 +18,7 @@ class MailSink(Service):
 
     @property
     def maildir(self) -> Path:
-        return self.paths.state_dir / "mail"
+        return self.home
 
     def prepare(self, echo: Echo) -> None:
         for sub in ("tmp", "new", "cur"):  # a Maildir; aiosmtpd's Mailbox writes into it
@@ -34,11 +33,7 @@ class MailSink(Service):
 
     def healthy(self) -> bool:
         """The server greets with 220."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
-                return conn.recv(128).startswith(b"220")
-        except OSError:
-            return False
+        return tcp_answers(self.port, b"220")
 
     def note(self) -> str | None:
         return f"messages in {self.maildir}"

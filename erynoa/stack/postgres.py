@@ -57,7 +57,7 @@ class Postgres(Service):
         try:
             return Path(self._location_file.read_text().strip())
         except OSError:
-            return self.paths.state_dir / "postgres"
+            return super().home
 
     @property
     def data_dir(self) -> Path:
@@ -81,7 +81,7 @@ class Postgres(Service):
                 "no `postgres` system user: install PostgreSQL with `apt-get install -y postgresql`"
             ) from None
         if not self._location_file.exists():
-            home = self.paths.state_dir / "postgres"
+            home = super().home
             if not self._postgres_can_reach_state_dir():
                 home = self.paths.outside_dir / "postgres"
                 echo(

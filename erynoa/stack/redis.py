@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
-from erynoa.stack.base import Echo, Service, need_tool
+from erynoa.stack.base import Echo, Service, need_tool, tcp_answers
 
 
 class Redis(Service):
     name = "redis"
     port_settings = ("redis_port",)
     start_timeout = 20.0
-
-    @property
-    def home(self) -> Path:
-        return self.paths.state_dir / "redis"
 
     def prepare(self, echo: Echo) -> None:
         need_tool("redis-server", "redis-server")
@@ -35,9 +28,4 @@ class Redis(Service):
 
     def healthy(self) -> bool:
         """PING answered with PONG."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
-                conn.sendall(b"PING\r\n")
-                return conn.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+        return tcp_answers(self.port, b"+PONG", send=b"PING\r\n")

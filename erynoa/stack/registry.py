@@ -23,7 +23,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from erynoa.stack.base import Echo, Service, StackError, need_tool, run_tool
+from erynoa.stack.base import Echo, Service, StackError, http_status, need_tool, run_tool
 
 VERSION = "3.3.3"
 ARTIFACT = f"io.apicurio:apicurio-registry-app:{VERSION}:tar.gz:all"
@@ -150,20 +150,12 @@ class Registry(Service):
         ]
 
     def cwd(self) -> Path:
-        home = self.paths.state_dir / "registry"
-        home.mkdir(parents=True, exist_ok=True)
-        return home
+        self.home.mkdir(parents=True, exist_ok=True)
+        return self.home
 
     def healthy(self) -> bool:
         """Quarkus reports ready on the management port (storage included)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.ports["registry_management_port"], 2)
-        try:
-            conn.request("GET", "/health/ready")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            conn.close()
+        return http_status(self.ports["registry_management_port"], "/health/ready") == 200
 
     def after_healthy(self, echo: Echo) -> None:
         """Every subject without its own level is held to BACKWARD (Apicurio's default is

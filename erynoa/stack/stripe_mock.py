@@ -6,13 +6,12 @@ fails, the stack runs without it and ``status`` says why.
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
-from erynoa.stack.base import Echo, Service, StackError, Unavailable, run_tool
+from erynoa.stack.base import Echo, Service, StackError, Unavailable, http_status, run_tool
 
 MODULE = "github.com/stripe/stripe-mock"
 VERSION = "v0.203.0"
@@ -76,11 +75,5 @@ class StripeMock(Service):
 
     def healthy(self) -> bool:
         """Any HTTP answer from the emulator."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-        try:
-            conn.request("GET", "/v1/customers", headers={"Authorization": "Bearer sk_test_123"})
-            return conn.getresponse().status < 500
-        except OSError:
-            return False
-        finally:
-            conn.close()
+        status = http_status(self.port, "/v1/customers", {"Authorization": "Bearer sk_test_123"})
+        return status is not None and status < 500
