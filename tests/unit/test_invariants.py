@@ -17,7 +17,7 @@ from erynoa.events import Money
 from erynoa.saga import fold_log
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
-from ops.invariants import (
+from ops.invariants.evidence import (
     ClientRequest,
     Delivery,
     Evidence,
@@ -27,10 +27,9 @@ from ops.invariants import (
     Received,
     Slot,
     Violation,
-    agent_views,
-    evaluate,
 )
-from ops.invariants.rules import agent_log
+from ops.invariants.gather import agent_views
+from ops.invariants.rules import agent_log, evaluate
 from tests.builders import booking_requested
 
 B = "3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e11"
