@@ -57,3 +57,44 @@ def booking_requested(
         response_deadline_seconds=response_deadline_seconds,
         **fields,
     )
+
+
+def reservation_held(
+    requested: ev.BookingRequested,
+    *,
+    cause: ev.BookingEvent | None = None,
+    hold_id: str = "hold-1",
+    **fields: Any,
+) -> ev.ReservationHeld:
+    """The reservation agent's hold of ``requested``'s seat, caused by ``cause`` (the request
+    unless given); ``fields`` sets the envelope (``occurred_at``, ``event_id``...)."""
+    return ev.make(
+        ev.ReservationHeld,
+        cause=cause or requested,
+        producer="reservation",
+        hold_id=hold_id,
+        service_id=requested.service_id,
+        slot_start=requested.slot_start,
+        **fields,
+    )
+
+
+def payment_authorized(
+    requested: ev.BookingRequested,
+    *,
+    cause: ev.BookingEvent | None = None,
+    payment_id: str = "pi_1",
+    gateway: str = "sandbox",
+    **fields: Any,
+) -> ev.PaymentAuthorized:
+    """The payment agent's authorization of ``requested``'s price, caused by ``cause`` (the
+    request unless given); ``fields`` sets the envelope (``occurred_at``, ``event_id``...)."""
+    return ev.make(
+        ev.PaymentAuthorized,
+        cause=cause or requested,
+        producer="payment",
+        payment_id=payment_id,
+        amount=requested.price,
+        gateway=gateway,
+        **fields,
+    )

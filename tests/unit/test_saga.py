@@ -52,7 +52,7 @@ from erynoa.saga import Payment as P
 from erynoa.saga import Status as S
 from erynoa.settings import PROJECT_ROOT
 from erynoa.topics import load_catalog
-from tests.builders import booking_requested
+from tests.builders import booking_requested, reservation_held
 
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
 PRICE = Money(amount_minor=4500, currency="EUR")
@@ -1248,9 +1248,7 @@ def _action_required_state() -> BookingState:
         price=Money(1000, "EUR"),
         payment_method="pm_card_authenticationRequired",
     )
-    held = ev.make(ev.ReservationHeld, cause=requested, producer="reservation",
-                   occurred_at=T0 + timedelta(seconds=1), hold_id="h", service_id="s",
-                   slot_start=requested.slot_start)  # fmt: skip
+    held = reservation_held(requested, occurred_at=T0 + timedelta(seconds=1), hold_id="h")
     action = ev.make(ev.PaymentActionRequired, cause=held, producer="payment",
                      occurred_at=T0 + timedelta(seconds=2), payment_id="pi_1",
                      client_secret=None)  # fmt: skip
