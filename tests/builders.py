@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from erynoa import events as ev
 
@@ -59,42 +59,38 @@ def booking_requested(
     )
 
 
-def reservation_held(
-    requested: ev.BookingRequested,
-    *,
-    cause: ev.BookingEvent | None = None,
-    hold_id: str = "hold-1",
-    **fields: Any,
-) -> ev.ReservationHeld:
-    """The reservation agent's hold of ``requested``'s seat, caused by ``cause`` (the request
-    unless given); ``fields`` sets the envelope (``occurred_at``, ``event_id``...)."""
-    return ev.make(
-        ev.ReservationHeld,
-        cause=cause or requested,
-        producer="reservation",
-        hold_id=hold_id,
-        service_id=requested.service_id,
-        slot_start=requested.slot_start,
-        **fields,
-    )
+E = TypeVar("E", bound=ev.BookingEvent)
 
 
-def payment_authorized(
+def next_event(
     requested: ev.BookingRequested,
+    cls: type[E],
     *,
     cause: ev.BookingEvent | None = None,
-    payment_id: str = "pi_1",
-    gateway: str = "sandbox",
     **fields: Any,
-) -> ev.PaymentAuthorized:
-    """The payment agent's authorization of ``requested``'s price, caused by ``cause`` (the
-    request unless given); ``fields`` sets the envelope (``occurred_at``, ``event_id``...)."""
-    return ev.make(
-        ev.PaymentAuthorized,
-        cause=cause or requested,
-        producer="payment",
-        payment_id=payment_id,
-        amount=requested.price,
-        gateway=gateway,
-        **fields,
-    )
+) -> E:
+    """The next event of ``requested``'s booking, as the agent that owns it emits it, caused by
+    ``cause`` (the request unless given). The payload is what the request says (its seat, its
+    price, its provider) and plain values for the rest; ``fields`` overrides them and sets the
+    envelope (``occurred_at``, ``event_id``...)."""
+    producer, payload = _next_payload(requested)[cls]
+    return ev.make(cls, cause=cause or requested, producer=producer, **(payload | fields))
+
+
+def _next_payload(
+    requested: ev.BookingRequested,
+) -> dict[type[ev.BookingEvent], tuple[str, dict[str, Any]]]:
+    """Who emits each event the builder knows, and its payload."""
+    seat = {"service_id": requested.service_id, "slot_start": requested.slot_start}
+    return {
+        ev.ReservationHeld: ("reservation", {"hold_id": "hold-1", **seat}),
+        ev.PaymentAuthorized: (
+            "payment",
+            {"payment_id": "pi_1", "amount": requested.price, "gateway": "sandbox"},
+        ),
+        ev.PaymentActionRequired: ("payment", {"payment_id": "pi_1"}),
+        ev.ProviderAnswerSubmitted: (
+            "api",
+            {"provider_id": requested.provider_id, "decision": "accept"},
+        ),
+    }

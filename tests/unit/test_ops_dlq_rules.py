@@ -18,7 +18,7 @@ from ops import dead_letters, replay, when
 from ops.dead_letters import DeadLetterError, Query
 from ops.errors import BadInput
 from ops.replay import PreviousReplay
-from tests.builders import booking_requested, reservation_held
+from tests.builders import booking_requested, next_event
 
 NOW = datetime(2026, 1, 28, 12, 0, tzinfo=UTC)
 BOOKING = "0b5c1d2e-8f3a-4c6b-9d7e-1f2a3b4c5d6e"
@@ -335,7 +335,7 @@ def test_a_replayed_copy_drops_the_failure_headers_and_keeps_the_attempts() -> N
 
 
 def held(at: datetime) -> ev.ReservationHeld:
-    return reservation_held(requested(), occurred_at=at)
+    return next_event(requested(), ev.ReservationHeld, occurred_at=at)
 
 
 def test_a_lost_request_would_start_the_saga_and_the_failed_agent_would_act() -> None:

@@ -11,7 +11,7 @@ from erynoa import events as ev
 from erynoa import saga
 from erynoa.settings import Settings
 from ops import assess
-from tests.builders import booking_requested, reservation_held
+from tests.builders import booking_requested, next_event
 
 
 def settings() -> Settings:
@@ -35,11 +35,12 @@ def test_a_payment_action_past_the_deployments_timeout_is_abandoned_in_the_view(
         service_id="3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e12", provider_id="p",
         slot_start=at + timedelta(days=3),
     )  # fmt: skip
-    held = reservation_held(requested, occurred_at=at + timedelta(seconds=1), hold_id="h")
-    action = ev.make(
-        ev.PaymentActionRequired, cause=held, producer="payment",
-        occurred_at=at + timedelta(seconds=2), payment_id="pi_1",
-    )  # fmt: skip
+    held = next_event(
+        requested, ev.ReservationHeld, occurred_at=at + timedelta(seconds=1), hold_id="h"
+    )
+    action = next_event(
+        requested, ev.PaymentActionRequired, cause=held, occurred_at=at + timedelta(seconds=2)
+    )
     state = saga.fold_log([requested, held, action])
     assert state is not None
     assert state.status == saga.Status.PAYMENT_ACTION_REQUIRED

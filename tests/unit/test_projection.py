@@ -16,7 +16,7 @@ from consumers.projection import (
 from erynoa import events as ev
 from erynoa import saga
 from erynoa.codec import local_codec
-from tests.builders import booking_requested, payment_authorized, reservation_held
+from tests.builders import booking_requested, next_event
 
 T0 = datetime(2030, 1, 2, 9, 0, tzinfo=UTC)
 
@@ -60,8 +60,10 @@ def test_the_payload_is_plain_json_with_the_event_type() -> None:
 
 
 def later_events(first: ev.BookingRequested) -> list[ev.BookingEvent]:
-    held = reservation_held(first, occurred_at=T0 + timedelta(seconds=1))
-    authorized = payment_authorized(first, cause=held, occurred_at=T0 + timedelta(seconds=2))
+    held = next_event(first, ev.ReservationHeld, occurred_at=T0 + timedelta(seconds=1))
+    authorized = next_event(
+        first, ev.PaymentAuthorized, cause=held, occurred_at=T0 + timedelta(seconds=2)
+    )
     return [held, authorized]
 
 

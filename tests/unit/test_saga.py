@@ -52,7 +52,7 @@ from erynoa.saga import Payment as P
 from erynoa.saga import Status as S
 from erynoa.settings import PROJECT_ROOT
 from erynoa.topics import load_catalog
-from tests.builders import booking_requested, reservation_held
+from tests.builders import booking_requested, next_event
 
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
 PRICE = Money(amount_minor=4500, currency="EUR")
@@ -1248,10 +1248,12 @@ def _action_required_state() -> BookingState:
         price=Money(1000, "EUR"),
         payment_method="pm_card_authenticationRequired",
     )
-    held = reservation_held(requested, occurred_at=T0 + timedelta(seconds=1), hold_id="h")
-    action = ev.make(ev.PaymentActionRequired, cause=held, producer="payment",
-                     occurred_at=T0 + timedelta(seconds=2), payment_id="pi_1",
-                     client_secret=None)  # fmt: skip
+    held = next_event(
+        requested, ev.ReservationHeld, occurred_at=T0 + timedelta(seconds=1), hold_id="h"
+    )
+    action = next_event(
+        requested, ev.PaymentActionRequired, cause=held, occurred_at=T0 + timedelta(seconds=2)
+    )
     state = fold([requested, held, action])
     assert state is not None
     return state

@@ -22,7 +22,7 @@ from erynoa.topics import load_catalog
 from streams.app import AGENTS, _incoming, check_agent, create_app
 from streams.provider_response import ProviderResponseAdapter
 from streams.runtime import AgentRuntime, Context, Decoded, Handled, Incoming
-from tests.builders import booking_requested, payment_authorized
+from tests.builders import booking_requested, next_event
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SETTINGS = Settings()
@@ -134,16 +134,9 @@ async def test_actions_run_until_the_rules_ask_for_nothing_more() -> None:
     """An answer that arrives before the deadline started: start it, then accept, in one go."""
     base = requested()
     state = saga.start(base)
-    authorized = payment_authorized(base, occurred_at=NOW)
+    authorized = next_event(base, ev.PaymentAuthorized, occurred_at=NOW)
     state = saga.evolve(state, authorized)
-    answer = ev.make(
-        ev.ProviderAnswerSubmitted,
-        cause=base,
-        producer="api",
-        occurred_at=NOW,
-        provider_id="bob",
-        decision="accept",
-    )
+    answer = next_event(base, ev.ProviderAnswerSubmitted, occurred_at=NOW)
     state = replace(saga.evolve(state, answer), provider_answered_at=NOW - timedelta(seconds=1))
     adapter = _RecordingAdapter()
     runtime = make_runtime(adapter)
