@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from erynoa import events as ev
 
@@ -57,3 +57,40 @@ def booking_requested(
         response_deadline_seconds=response_deadline_seconds,
         **fields,
     )
+
+
+E = TypeVar("E", bound=ev.BookingEvent)
+
+
+def next_event(
+    requested: ev.BookingRequested,
+    cls: type[E],
+    *,
+    cause: ev.BookingEvent | None = None,
+    **fields: Any,
+) -> E:
+    """The next event of ``requested``'s booking, as the agent that owns it emits it, caused by
+    ``cause`` (the request unless given). The payload is what the request says (its seat, its
+    price, its provider) and plain values for the rest; ``fields`` overrides them and sets the
+    envelope (``occurred_at``, ``event_id``...)."""
+    producer, payload = _next_payload(requested)[cls]
+    return ev.make(cls, cause=cause or requested, producer=producer, **(payload | fields))
+
+
+def _next_payload(
+    requested: ev.BookingRequested,
+) -> dict[type[ev.BookingEvent], tuple[str, dict[str, Any]]]:
+    """Who emits each event the builder knows, and its payload."""
+    seat = {"service_id": requested.service_id, "slot_start": requested.slot_start}
+    return {
+        ev.ReservationHeld: ("reservation", {"hold_id": "hold-1", **seat}),
+        ev.PaymentAuthorized: (
+            "payment",
+            {"payment_id": "pi_1", "amount": requested.price, "gateway": "sandbox"},
+        ),
+        ev.PaymentActionRequired: ("payment", {"payment_id": "pi_1"}),
+        ev.ProviderAnswerSubmitted: (
+            "api",
+            {"provider_id": requested.provider_id, "decision": "accept"},
+        ),
+    }

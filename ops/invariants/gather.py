@@ -27,24 +27,14 @@ from erynoa.events import BookingEvent, BookingRequested
 from erynoa.saga import BookingState
 from erynoa.topics import TopicCatalog
 from ops import dead_letters
-from ops.invariants.evidence import (
-    AgentView,
-    ClientRequest,
-    Delivery,
-    Evidence,
-    LedgerRow,
-    Parked,
-    PaymentIntent,
-    Received,
-    Slot,
-)
+from ops.invariants import evidence
 from ops.invariants.rules import AGENTS
 
 
-def agent_views(catalog: TopicCatalog) -> dict[str, AgentView]:
+def agent_views(catalog: TopicCatalog) -> dict[str, evidence.AgentView]:
     """What each saga agent consumes, from the topic catalog."""
     return {
-        name: AgentView(
+        name: evidence.AgentView(
             frozenset(
                 event
                 for topic in catalog.consumer(name).consumes
@@ -74,7 +64,7 @@ async def _related(
     pool: asyncpg.Pool,
     ids: Sequence[str],
     events: Mapping[str, Sequence[BookingEvent]],
-    requests: Sequence[ClientRequest],
+    requests: Sequence[evidence.ClientRequest],
 ) -> set[str]:
     """Bookings besides ``ids`` that share their slots or their customers' create requests
     (the materializer writes a row for every booking in the log, whatever the API wrote)."""
@@ -113,25 +103,21 @@ async def gather(
     codec: EventCodec | None = None,
     *,
     catalog: TopicCatalog | None = None,
-    requests: Sequence[ClientRequest] = (),
-    received: list[Received] | None = None,
-    parked: list[Parked] | None = None,
-    intents: dict[str, list[PaymentIntent]] | None = None,
+    requests: Sequence[evidence.ClientRequest] = (),
     materializer: bool | None = None,
-) -> Evidence:
+) -> evidence.Evidence:
     """Everything the invariants need for ``booking_ids`` (events from the log unless given).
 
     Without ``catalog`` the agents' states and processed events are not judged (rules 6 and 7
-    for agents). ``received``, ``parked`` and ``intents`` are passed through (None: not read).
+    for agents). ``requests`` (what clients were told) widen the bookings read: theirs, and
+    those in their slots. What lives outside PostgreSQL (``received``, ``parked``, ``intents``)
+    is left unread (None).
     ``materializer``: whether one ran (the read model and its log are judged in full); by
     default, when the events come from its log, not when the caller read them from the topics.
     """
     ids = sorted(set(booking_ids) | {r.booking_id for r in requests if r.booking_id})
     codec = codec or default_codec()
-    evidence = Evidence(
-        received=received,
-        parked=parked,
-        intents=intents,
+    found = evidence.Evidence(
         requests=list(requests),
         materializer=materializer if materializer is not None else events is None,
     )
@@ -139,16 +125,16 @@ async def gather(
         log = await _decode_log(pool, ids, codec)
     else:
         log = {b: list(events.get(b, ())) for b in ids}
-        if evidence.materializer:
+        if found.materializer:
             rows = await pool.fetch(
                 "SELECT event_id::text FROM booking_events WHERE booking_id = ANY($1::uuid[])",
                 ids,
             )
-            evidence.materialized = {r["event_id"] for r in rows}
+            found.materialized = {r["event_id"] for r in rows}
     others = await _related(pool, ids, log, requests)
     log.update(await _decode_log(pool, sorted(others), codec))
-    evidence.events = {b: list(log.get(b, ())) for b in sorted(set(ids) | others)}
-    every = sorted(evidence.events)
+    found.events = {b: list(log.get(b, ())) for b in sorted(set(ids) | others)}
+    every = sorted(found.events)
 
     for row in await pool.fetch(
         """SELECT id::text, status, hold, payment, payment_id, provider_deadline_at,
@@ -156,15 +142,15 @@ async def gather(
            FROM bookings WHERE id = ANY($1::uuid[])""",
         ids,
     ):
-        evidence.read_model[row["id"]] = dict(row)
-    ledger: dict[str, list[LedgerRow]] = defaultdict(list)
+        found.read_model[row["id"]] = dict(row)
+    ledger: dict[str, list[evidence.LedgerRow]] = defaultdict(list)
     for row in await pool.fetch(
         """SELECT booking_id::text, payment_id, operation, outcome, amount_minor
            FROM sandbox_ledger WHERE booking_id = ANY($1::uuid[]) ORDER BY id""",
         ids,
     ):
         ledger[row["booking_id"]].append(
-            LedgerRow(
+            evidence.LedgerRow(
                 row["booking_id"],
                 row["payment_id"],
                 row["operation"],
@@ -172,13 +158,13 @@ async def gather(
                 int(row["amount_minor"]),
             )
         )
-    evidence.ledger = dict(ledger)
+    found.ledger = dict(ledger)
     hold_rows = await pool.fetch(
         """SELECT booking_id::text, status, service_id::text, slot_start FROM reservation_holds
            WHERE booking_id = ANY($1::uuid[])""",
         every,
     )
-    evidence.holds = {r["booking_id"]: r["status"] for r in hold_rows}
+    found.holds = {r["booking_id"]: r["status"] for r in hold_rows}
     slot_keys = sorted({(r["service_id"], r["slot_start"]) for r in hold_rows})
     if slot_keys:
         for row in await pool.fetch(
@@ -189,8 +175,8 @@ async def gather(
             [s for s, _ in slot_keys],
             [t for _, t in slot_keys],
         ):
-            evidence.slots.append(
-                Slot(
+            found.slots.append(
+                evidence.Slot(
                     row["service_id"],
                     row["slot_start"],
                     row["capacity"],
@@ -203,24 +189,26 @@ async def gather(
            FROM notification_deliveries WHERE booking_id = ANY($1::uuid[])""",
         ids,
     ):
-        evidence.deliveries.append(
-            Delivery(row["booking_id"], row["notification_id"], row["channel"], row["template"])
+        found.deliveries.append(
+            evidence.Delivery(
+                row["booking_id"], row["notification_id"], row["channel"], row["template"]
+            )
         )
     if catalog is not None:
-        evidence.agents = agent_views(catalog)
-        await _agents(pool, ids, evidence)
-    return evidence
+        found.agents = agent_views(catalog)
+        await _agents(pool, ids, found)
+    return found
 
 
-async def _agents(pool: asyncpg.Pool, ids: Sequence[str], evidence: Evidence) -> None:
+async def _agents(pool: asyncpg.Pool, ids: Sequence[str], found: evidence.Evidence) -> None:
     states: dict[str, dict[str, BookingState]] = defaultdict(dict)
     for row in await pool.fetch(
         "SELECT agent, state FROM agent_state WHERE booking_id = ANY($1::uuid[])", list(ids)
     ):
         state = BookingState.from_json(row["state"])
         states[row["agent"]][state.booking_id] = state
-    evidence.agent_states = dict(states)
-    event_ids = sorted({e.event_id for b in ids for e in evidence.events.get(b, ())})
+    found.agent_states = dict(states)
+    event_ids = sorted({e.event_id for b in ids for e in found.events.get(b, ())})
     processed: dict[str, set[str]] = defaultdict(set)
     for row in await pool.fetch(
         """SELECT consumer, event_id::text FROM processed_events
@@ -228,17 +216,19 @@ async def _agents(pool: asyncpg.Pool, ids: Sequence[str], evidence: Evidence) ->
         event_ids,
     ):
         processed[row["consumer"]].add(row["event_id"])
-    evidence.processed = dict(processed)
+    found.processed = dict(processed)
 
 
 # --- outside PostgreSQL -----------------------------------------------------------------------
 
 
-def read_maildir(maildir: Path, booking_ids: Iterable[str] | None = None) -> list[Received]:
+def read_maildir(
+    maildir: Path, booking_ids: Iterable[str] | None = None
+) -> list[evidence.Received]:
     """The notifications a Maildir received (``erynoa.stack.mail``), by their headers."""
     wanted = None if booking_ids is None else {b.lower() for b in booking_ids}
     parser = BytesHeaderParser()
-    found: list[Received] = []
+    found: list[evidence.Received] = []
     for sub in ("new", "cur"):
         folder = maildir / sub
         if not folder.is_dir():
@@ -251,7 +241,7 @@ def read_maildir(maildir: Path, booking_ids: Iterable[str] | None = None) -> lis
             if not booking or not template or (wanted is not None and booking not in wanted):
                 continue
             message_id = (headers.get("Message-ID") or path.name).strip()
-            found.append(Received(booking, template, "email", message_id))
+            found.append(evidence.Received(booking, template, "email", message_id))
     return found
 
 
@@ -260,14 +250,14 @@ async def read_parked(
     bootstrap: str,
     since: datetime | None = None,
     codec: EventCodec | None = None,
-) -> list[Parked]:
+) -> list[evidence.Parked]:
     """Every message in the catalog's dead-letter topics (dead-lettered after ``since``)."""
     result = await dead_letters.find(
         catalog, bootstrap, dead_letters.Query(since=since), codec or default_codec()
     )
     owners = dead_letters.dead_letter_topics(catalog)
     return [
-        Parked(
+        evidence.Parked(
             consumer=m.failure.consumer or owners.get(m.topic) or m.topic,
             event_id=m.event_id,
             booking_id=m.booking_id,
@@ -288,12 +278,12 @@ def _field(obj: Any, name: str) -> Any:
 
 async def stripe_intents(
     client: Any, booking_ids: Iterable[str], created_since: datetime
-) -> dict[str, list[PaymentIntent]]:
+) -> dict[str, list[evidence.PaymentIntent]]:
     """The PaymentIntents Stripe holds for ``booking_ids`` (by ``metadata.booking_id``), created
     since ``created_since``: every one, also those the log never heard of (an authorization
     whose answer was lost). ``client`` is a ``stripe.StripeClient``."""
     wanted = set(booking_ids)
-    found: dict[str, list[PaymentIntent]] = {b: [] for b in wanted}
+    found: dict[str, list[evidence.PaymentIntent]] = {b: [] for b in wanted}
     params = {
         "created": {"gte": int(created_since.timestamp())},
         "limit": 100,
@@ -312,7 +302,7 @@ async def stripe_intents(
             else 0
         )
         found[booking].append(
-            PaymentIntent(
+            evidence.PaymentIntent(
                 booking_id=booking,
                 payment_id=str(_field(intent, "id")),
                 status=str(_field(intent, "status")),

@@ -13,51 +13,20 @@ from typing import Any
 import pytest
 from fastavro import schemaless_writer
 
+from erynoa import events as ev
 from erynoa.codec import MAGIC, EventCodec, UndecodableEvent, UnencodableEvent, local_codec
-from erynoa.events import (
-    EVENT_TYPES,
-    BookingCancellationRequested,
-    BookingEvent,
-    BookingRequested,
-    Event,
-    Money,
-    NotificationFailed,
-    NotificationSent,
-    PaymentActionRequired,
-    PaymentAuthorized,
-    PaymentCaptured,
-    PaymentCaptureFailed,
-    PaymentFailed,
-    PaymentRefunded,
-    PaymentVoided,
-    ProviderAccepted,
-    ProviderAnswerSubmitted,
-    ProviderRejected,
-    ProviderResponseRequested,
-    ProviderTimedOut,
-    ReservationConverted,
-    ReservationHeld,
-    ReservationRejected,
-    ReservationReleased,
-    SagaRetryRequested,
-    ServiceChanged,
-    StripeEventReceived,
-    derived_event_id,
-    make,
-    make_catalog,
-)
 from tests.builders import booking_requested
 
 BERLIN_WINTER = timezone(timedelta(hours=1))
 SLOT = datetime(2025, 3, 14, 9, 30, tzinfo=BERLIN_WINTER)
-PRICE = Money(4500, "EUR")
+PRICE = ev.Money(4500, "EUR")
 
 
-def booking_story() -> list[Event]:
+def booking_story() -> list[ev.Event]:
     """One of every event type, as a real saga would emit them (each caused by the request)."""
     booking_id = str(uuid.uuid4())
-    requested = make(
-        BookingRequested,
+    requested = ev.make(
+        ev.BookingRequested,
         booking_id=booking_id,
         producer="api",
         correlation_id=str(uuid.uuid4()),
@@ -73,12 +42,12 @@ def booking_story() -> list[Event]:
         idempotency_key="idem-3f2a",
     )
 
-    def step(cls: type[BookingEvent], producer: str, **payload: Any) -> BookingEvent:
-        return make(
+    def step(cls: type[ev.BookingEvent], producer: str, **payload: Any) -> ev.BookingEvent:
+        return ev.make(
             cls,
             cause=requested,
             producer=producer,
-            event_id=derived_event_id(booking_id, cls.event_type),
+            event_id=ev.derived_event_id(booking_id, cls.event_type),
             **payload,
         )
 
@@ -90,50 +59,55 @@ def booking_story() -> list[Event]:
             service_id="svc_massage_60",
             provider_id="usr_provider_4",
             slot_start=SLOT,
-            price=Money(0, "JPY"),
+            price=ev.Money(0, "JPY"),
             response_deadline_seconds=600,
         ),
         step(
-            BookingCancellationRequested,
+            ev.BookingCancellationRequested,
             "api",
             requested_by="usr_customer_7",
             requested_by_role="customer",
             reason="Plans changed",
         ),
-        step(SagaRetryRequested, "operator", step="payment", requested_by="usr_ops_1"),
+        step(ev.SagaRetryRequested, "operator", step="payment", requested_by="usr_ops_1"),
         step(
-            ReservationHeld,
+            ev.ReservationHeld,
             "reservation",
             hold_id="hold_91",
             service_id="svc_haircut_45",
             slot_start=SLOT,
         ),
         step(
-            ReservationRejected,
+            ev.ReservationRejected,
             "reservation",
             service_id="svc_haircut_45",
             slot_start=SLOT,
             reason="no capacity left",
         ),
-        step(ReservationReleased, "reservation", hold_id=None, reason="nothing was held"),
-        step(ReservationConverted, "reservation", hold_id="hold_91"),
-        step(PaymentAuthorized, "payment", payment_id="pi_3Nx", amount=PRICE, gateway="stripe"),
-        step(PaymentActionRequired, "payment", payment_id="pi_3Nx", client_secret="pi_3Nx_secret"),
+        step(ev.ReservationReleased, "reservation", hold_id=None, reason="nothing was held"),
+        step(ev.ReservationConverted, "reservation", hold_id="hold_91"),
+        step(ev.PaymentAuthorized, "payment", payment_id="pi_3Nx", amount=PRICE, gateway="stripe"),
         step(
-            PaymentFailed, "payment", reason_code="card_declined", reason="Your card was declined"
+            ev.PaymentActionRequired, "payment", payment_id="pi_3Nx", client_secret="pi_3Nx_secret"
         ),
-        step(PaymentCaptured, "payment", payment_id="pi_3Nx", amount=PRICE),
         step(
-            PaymentCaptureFailed,
+            ev.PaymentFailed,
+            "payment",
+            reason_code="card_declined",
+            reason="Your card was declined",
+        ),
+        step(ev.PaymentCaptured, "payment", payment_id="pi_3Nx", amount=PRICE),
+        step(
+            ev.PaymentCaptureFailed,
             "payment",
             payment_id="pi_3Nx",
             reason_code="expired",
             reason="authorization expired",
         ),
-        step(PaymentVoided, "payment"),
-        step(PaymentRefunded, "payment", payment_id="pi_3Nx", refund_id="re_1", amount=PRICE),
+        step(ev.PaymentVoided, "payment"),
+        step(ev.PaymentRefunded, "payment", payment_id="pi_3Nx", refund_id="re_1", amount=PRICE),
         step(
-            StripeEventReceived,
+            ev.StripeEventReceived,
             "api",
             stripe_event_id="evt_1",
             stripe_event_type="payment_intent.amount_capturable_updated",
@@ -141,7 +115,7 @@ def booking_story() -> list[Event]:
             payment_status="requires_capture",
         ),
         step(
-            NotificationSent,
+            ev.NotificationSent,
             "notification",
             notification_id="ntf_1",
             recipient_role="provider",
@@ -149,7 +123,7 @@ def booking_story() -> list[Event]:
             template="booking_requested_provider",
         ),
         step(
-            NotificationFailed,
+            ev.NotificationFailed,
             "notification",
             notification_id="ntf_2",
             recipient_role="customer",
@@ -158,23 +132,23 @@ def booking_story() -> list[Event]:
             reason="HTTP 503 after 5 attempts",
         ),
         step(
-            ProviderResponseRequested,
+            ev.ProviderResponseRequested,
             "provider_response",
             provider_id="usr_provider_3",
             deadline_at=deadline,
         ),
-        step(ProviderAccepted, "provider_response", provider_id="usr_provider_3"),
-        step(ProviderRejected, "provider_response", provider_id="usr_provider_3", reason=None),
-        step(ProviderTimedOut, "provider_response", deadline_at=deadline),
+        step(ev.ProviderAccepted, "provider_response", provider_id="usr_provider_3"),
+        step(ev.ProviderRejected, "provider_response", provider_id="usr_provider_3", reason=None),
+        step(ev.ProviderTimedOut, "provider_response", deadline_at=deadline),
         step(
-            ProviderAnswerSubmitted,
+            ev.ProviderAnswerSubmitted,
             "api",
             provider_id="usr_provider_3",
             decision="reject",
             reason="Urlaub, on holiday",
         ),
-        make_catalog(
-            ServiceChanged,
+        ev.make_catalog(
+            ev.ServiceChanged,
             service_id="svc_haircut_45",
             producer="api",
             provider_id="usr_provider_3",
@@ -192,7 +166,7 @@ def booking_story() -> list[Event]:
 STORY = booking_story()
 
 
-def _name(event: Event) -> str:
+def _name(event: ev.Event) -> str:
     return event.event_type
 
 
@@ -200,11 +174,11 @@ def _name(event: Event) -> str:
 
 
 def test_the_story_covers_every_event_type() -> None:
-    assert {type(event) for event in STORY} == set(EVENT_TYPES.values())
+    assert {type(event) for event in STORY} == set(ev.EVENT_TYPES.values())
 
 
 @pytest.mark.parametrize("event", STORY, ids=_name)
-def test_every_event_type_survives_a_round_trip(event: Event) -> None:
+def test_every_event_type_survives_a_round_trip(event: ev.Event) -> None:
     codec = local_codec()
 
     data = codec.encode(event)
@@ -216,20 +190,20 @@ def test_every_event_type_survives_a_round_trip(event: Event) -> None:
 
 def test_round_trip_keeps_none_and_non_ascii_text() -> None:
     with_notes, without_notes = STORY[0], STORY[1]
-    assert isinstance(with_notes, BookingRequested)
-    assert isinstance(without_notes, BookingRequested)
+    assert isinstance(with_notes, ev.BookingRequested)
+    assert isinstance(without_notes, ev.BookingRequested)
 
     decoded = local_codec().decode(local_codec().encode(with_notes))
-    assert isinstance(decoded, BookingRequested)
+    assert isinstance(decoded, ev.BookingRequested)
     assert decoded.notes == "Bitte klingeln, 2. OG, Tür links 🚪 (予約)"
     empty = local_codec().decode(local_codec().encode(without_notes))
-    assert isinstance(empty, BookingRequested)
+    assert isinstance(empty, ev.BookingRequested)
     assert (empty.notes, empty.idempotency_key, empty.causation_id) == (None, None, None)
 
 
 def test_decoded_timestamps_are_utc_with_microseconds() -> None:
-    event = make(
-        ProviderTimedOut,
+    event = ev.make(
+        ev.ProviderTimedOut,
         booking_id="b-1",
         producer="provider_response",
         occurred_at=datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=BERLIN_WINTER),
@@ -240,7 +214,7 @@ def test_decoded_timestamps_are_utc_with_microseconds() -> None:
 
     assert decoded.occurred_at == datetime(2025, 1, 2, 2, 4, 5, 678901, tzinfo=UTC)
     assert decoded.occurred_at.tzinfo is UTC
-    assert isinstance(decoded, ProviderTimedOut)
+    assert isinstance(decoded, ev.ProviderTimedOut)
     assert decoded.deadline_at == datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC)
 
 
@@ -256,7 +230,7 @@ def test_encoding_an_event_without_a_loaded_schema_is_refused(tmp_path: Path) ->
 
     with pytest.raises(UnencodableEvent, match="no schema loaded for PaymentVoided"):
         codec.encode(
-            PaymentVoided(
+            ev.PaymentVoided(
                 event_id="e",
                 booking_id="b",
                 occurred_at=SLOT,
@@ -272,7 +246,7 @@ def _write_raw(kind: str, **overrides: object) -> bytes:
     event = next(e for e in STORY if e.event_type == kind)
     record: dict[str, object] = dict(vars(event))
     for name, value in record.items():
-        if isinstance(value, Money):
+        if isinstance(value, ev.Money):
             record[name] = {"amount_minor": value.amount_minor, "currency": value.currency}
     record |= {"event_type": kind, "schema_version": 1} | overrides
     body = BytesIO()
@@ -329,8 +303,8 @@ def test_decoding_random_garbage_never_raises_anything_but_undecodable_event() -
 
 
 def test_money_holds_integer_minor_units_and_a_currency() -> None:
-    assert Money(0, "JPY").amount_minor == 0
-    assert Money(4500, "EUR") == Money(4500, "EUR")
+    assert ev.Money(0, "JPY").amount_minor == 0
+    assert ev.Money(4500, "EUR") == ev.Money(4500, "EUR")
 
 
 @pytest.mark.parametrize(
@@ -352,7 +326,7 @@ def test_money_rejects_floats_negatives_and_bad_currencies(
     amount: object, currency: object, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        Money(amount, currency)  # type: ignore[arg-type]
+        ev.Money(amount, currency)  # type: ignore[arg-type]
 
 
 # --- events as values -----------------------------------------------------------------------
@@ -370,11 +344,11 @@ def _envelope(**overrides: object) -> dict[str, object]:
 
 def test_events_refuse_naive_datetimes() -> None:
     with pytest.raises(TypeError, match="occurred_at must be a timezone-aware datetime"):
-        ProviderAccepted(**_envelope(occurred_at=datetime(2025, 1, 1)), provider_id="p")  # type: ignore[arg-type]
+        ev.ProviderAccepted(**_envelope(occurred_at=datetime(2025, 1, 1)), provider_id="p")  # type: ignore[arg-type]
 
 
 def test_events_store_timestamps_in_utc() -> None:
-    event = ProviderAccepted(**_envelope(), provider_id="p")  # type: ignore[arg-type]
+    event = ev.ProviderAccepted(**_envelope(), provider_id="p")  # type: ignore[arg-type]
     assert event.occurred_at.tzinfo is UTC
     assert event.occurred_at == SLOT
 
@@ -383,21 +357,26 @@ def test_events_store_timestamps_in_utc() -> None:
     ("cls", "payload", "error", "message"),
     [
         (
-            BookingCancellationRequested,
+            ev.BookingCancellationRequested,
             {"requested_by": "u", "requested_by_role": "guest"},
             ValueError,
             "requested_by_role must be one of",
         ),
         (
-            ProviderAnswerSubmitted,
+            ev.ProviderAnswerSubmitted,
             {"provider_id": "p", "decision": "maybe"},
             ValueError,
             "decision",
         ),
-        (ProviderAccepted, {"provider_id": None}, TypeError, "provider_id is required"),
-        (PaymentCaptured, {"payment_id": "pi", "amount": 4500}, TypeError, "amount must be Money"),
+        (ev.ProviderAccepted, {"provider_id": None}, TypeError, "provider_id is required"),
         (
-            ServiceChanged,
+            ev.PaymentCaptured,
+            {"payment_id": "pi", "amount": 4500},
+            TypeError,
+            "amount must be Money",
+        ),
+        (
+            ev.ServiceChanged,
             {
                 "provider_id": "p",
                 "name": "n",
@@ -414,10 +393,10 @@ def test_events_store_timestamps_in_utc() -> None:
     ],
 )
 def test_events_refuse_values_their_schema_cannot_carry(
-    cls: type[Event], payload: dict[str, object], error: type[Exception], message: str
+    cls: type[ev.Event], payload: dict[str, object], error: type[Exception], message: str
 ) -> None:
     envelope = _envelope()
-    if cls is ServiceChanged:
+    if cls is ev.ServiceChanged:
         envelope["service_id"] = envelope.pop("booking_id")
     with pytest.raises(error, match=message):
         cls(**envelope, **payload)  # type: ignore[arg-type]
@@ -425,7 +404,7 @@ def test_events_refuse_values_their_schema_cannot_carry(
 
 def test_the_abstract_envelope_cannot_be_instantiated() -> None:
     with pytest.raises(TypeError, match="abstract"):
-        BookingEvent(**_envelope())  # type: ignore[arg-type]
+        ev.BookingEvent(**_envelope())  # type: ignore[arg-type]
 
 
 def test_events_are_immutable() -> None:
@@ -434,8 +413,8 @@ def test_events_are_immutable() -> None:
 
 
 def test_event_types_registry_is_keyed_by_each_class_event_type() -> None:
-    assert all(cls.event_type == name for name, cls in EVENT_TYPES.items())
-    assert len(EVENT_TYPES) == 23
+    assert all(cls.event_type == name for name, cls in ev.EVENT_TYPES.items())
+    assert len(ev.EVENT_TYPES) == 23
 
 
 def test_booking_events_are_keyed_by_booking_and_catalog_events_by_service() -> None:
@@ -448,10 +427,10 @@ def test_booking_events_are_keyed_by_booking_and_catalog_events_by_service() -> 
 
 def test_an_event_made_from_a_cause_continues_its_saga() -> None:
     requested = STORY[0]
-    assert isinstance(requested, BookingRequested)
+    assert isinstance(requested, ev.BookingRequested)
 
-    held = make(
-        ReservationHeld,
+    held = ev.make(
+        ev.ReservationHeld,
         cause=requested,
         producer="reservation",
         hold_id="hold_1",
@@ -468,8 +447,8 @@ def test_an_event_made_from_a_cause_continues_its_saga() -> None:
 
 def test_an_event_made_without_a_cause_starts_a_new_correlation() -> None:
     before = datetime.now(UTC)
-    first = make(ProviderAccepted, booking_id="b-1", producer="api", provider_id="p")
-    second = make(ProviderAccepted, booking_id="b-1", producer="api", provider_id="p")
+    first = ev.make(ev.ProviderAccepted, booking_id="b-1", producer="api", provider_id="p")
+    second = ev.make(ev.ProviderAccepted, booking_id="b-1", producer="api", provider_id="p")
 
     assert first.causation_id is None
     assert first.correlation_id != second.correlation_id
@@ -479,8 +458,8 @@ def test_an_event_made_without_a_cause_starts_a_new_correlation() -> None:
 
 
 def test_make_keeps_an_explicit_correlation_id_event_id_and_time() -> None:
-    event = make(
-        ProviderAccepted,
+    event = ev.make(
+        ev.ProviderAccepted,
         booking_id="b-1",
         producer="api",
         correlation_id="req-42",
@@ -493,27 +472,31 @@ def test_make_keeps_an_explicit_correlation_id_event_id_and_time() -> None:
 
 def test_make_refuses_a_correlation_id_that_contradicts_the_cause() -> None:
     with pytest.raises(ValueError, match="either cause or correlation_id"):
-        make(
-            ProviderAccepted, cause=STORY[0], producer="x", correlation_id="other", provider_id="p"
+        ev.make(
+            ev.ProviderAccepted,
+            cause=STORY[0],
+            producer="x",
+            correlation_id="other",
+            provider_id="p",
         )
 
 
 def test_make_needs_a_booking_id_without_a_booking_cause() -> None:
     with pytest.raises(TypeError, match="booking_id is required"):
-        make(ProviderAccepted, producer="x", provider_id="p")
+        ev.make(ev.ProviderAccepted, producer="x", provider_id="p")
 
 
 def test_make_refuses_unknown_fields() -> None:
     with pytest.raises(TypeError, match="colour"):
-        make(ProviderAccepted, booking_id="b", producer="x", provider_id="p", colour="red")
+        ev.make(ev.ProviderAccepted, booking_id="b", producer="x", provider_id="p", colour="red")
 
 
 def test_a_redelivered_step_derives_the_same_event_id() -> None:
-    first = derived_event_id("booking-1", "payment.authorized")
+    first = ev.derived_event_id("booking-1", "payment.authorized")
 
-    assert derived_event_id("booking-1", "payment.authorized") == first
+    assert ev.derived_event_id("booking-1", "payment.authorized") == first
     assert uuid.UUID(first).version == 5
-    assert derived_event_id("booking-1", "payment.captured") != first
-    assert derived_event_id("booking-2", "payment.authorized") != first
+    assert ev.derived_event_id("booking-1", "payment.captured") != first
+    assert ev.derived_event_id("booking-2", "payment.authorized") != first
     # The separator keeps ("a/b", "c") and ("a", "b/c") apart.
-    assert derived_event_id("a/b", "c") != derived_event_id("a", "b/c")
+    assert ev.derived_event_id("a/b", "c") != ev.derived_event_id("a", "b/c")

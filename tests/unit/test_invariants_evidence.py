@@ -12,7 +12,8 @@ from erynoa import saga
 from erynoa.events import Money
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
-from ops.invariants import PaymentIntent, agent_views, read_maildir, stripe_intents
+from ops.invariants.evidence import PaymentIntent
+from ops.invariants.gather import agent_views, read_maildir, stripe_intents
 from streams.notification import SmtpSender, compose
 
 B = "3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e11"

@@ -18,7 +18,7 @@ from ops import dead_letters, replay, when
 from ops.dead_letters import DeadLetterError, Query
 from ops.errors import BadInput
 from ops.replay import PreviousReplay
-from tests.builders import booking_requested
+from tests.builders import booking_requested, next_event
 
 NOW = datetime(2026, 1, 28, 12, 0, tzinfo=UTC)
 BOOKING = "0b5c1d2e-8f3a-4c6b-9d7e-1f2a3b4c5d6e"
@@ -335,16 +335,7 @@ def test_a_replayed_copy_drops_the_failure_headers_and_keeps_the_attempts() -> N
 
 
 def held(at: datetime) -> ev.ReservationHeld:
-    cause = requested()
-    return ev.make(
-        ev.ReservationHeld,
-        cause=cause,
-        producer="reservation",
-        occurred_at=at,
-        hold_id="hold-1",
-        service_id=cause.service_id,
-        slot_start=cause.slot_start,
-    )
+    return next_event(requested(), ev.ReservationHeld, occurred_at=at)
 
 
 def test_a_lost_request_would_start_the_saga_and_the_failed_agent_would_act() -> None:

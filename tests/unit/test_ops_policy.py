@@ -11,6 +11,7 @@ from erynoa import events as ev
 from erynoa import saga
 from erynoa.settings import Settings
 from ops import assess
+from tests.builders import booking_requested, next_event
 
 
 def settings() -> Settings:
@@ -29,22 +30,17 @@ def test_the_saga_commands_judge_with_the_agents_policy() -> None:
 
 def test_a_payment_action_past_the_deployments_timeout_is_abandoned_in_the_view() -> None:
     at = datetime(2026, 1, 28, 10, 0, tzinfo=UTC)
-    slot = at + timedelta(days=3)
-    requested = ev.make(
-        ev.BookingRequested, booking_id="3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e11", producer="api",
-        occurred_at=at, customer_id="c", service_id="3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e12",
-        provider_id="p", slot_start=slot, slot_end=slot + timedelta(hours=1),
-        price=ev.Money(4500, "EUR"), payment_method="pm_card_visa", response_deadline_seconds=60,
+    requested = booking_requested(
+        booking_id="3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e11", occurred_at=at, customer_id="c",
+        service_id="3b9f1a52-8c0e-4d7b-9b1e-2f6a1c0d9e12", provider_id="p",
+        slot_start=at + timedelta(days=3),
     )  # fmt: skip
-    held = ev.make(
-        ev.ReservationHeld, cause=requested, producer="reservation",
-        occurred_at=at + timedelta(seconds=1), hold_id="h", service_id=requested.service_id,
-        slot_start=slot,
-    )  # fmt: skip
-    action = ev.make(
-        ev.PaymentActionRequired, cause=held, producer="payment",
-        occurred_at=at + timedelta(seconds=2), payment_id="pi_1",
-    )  # fmt: skip
+    held = next_event(
+        requested, ev.ReservationHeld, occurred_at=at + timedelta(seconds=1), hold_id="h"
+    )
+    action = next_event(
+        requested, ev.PaymentActionRequired, cause=held, occurred_at=at + timedelta(seconds=2)
+    )
     state = saga.fold_log([requested, held, action])
     assert state is not None
     assert state.status == saga.Status.PAYMENT_ACTION_REQUIRED

@@ -16,7 +16,7 @@ from consumers.projection import (
 from erynoa import events as ev
 from erynoa import saga
 from erynoa.codec import local_codec
-from tests.builders import booking_requested
+from tests.builders import booking_requested, next_event
 
 T0 = datetime(2030, 1, 2, 9, 0, tzinfo=UTC)
 
@@ -60,23 +60,9 @@ def test_the_payload_is_plain_json_with_the_event_type() -> None:
 
 
 def later_events(first: ev.BookingRequested) -> list[ev.BookingEvent]:
-    held = ev.make(
-        ev.ReservationHeld,
-        producer="reservation",
-        cause=first,
-        occurred_at=T0 + timedelta(seconds=1),
-        hold_id="hold-1",
-        service_id=first.service_id,
-        slot_start=first.slot_start,
-    )
-    authorized = ev.make(
-        ev.PaymentAuthorized,
-        producer="payment",
-        cause=held,
-        occurred_at=T0 + timedelta(seconds=2),
-        payment_id="pi_1",
-        amount=first.price,
-        gateway="sandbox",
+    held = next_event(first, ev.ReservationHeld, occurred_at=T0 + timedelta(seconds=1))
+    authorized = next_event(
+        first, ev.PaymentAuthorized, cause=held, occurred_at=T0 + timedelta(seconds=2)
     )
     return [held, authorized]
 

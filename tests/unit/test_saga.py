@@ -52,7 +52,7 @@ from erynoa.saga import Payment as P
 from erynoa.saga import Status as S
 from erynoa.settings import PROJECT_ROOT
 from erynoa.topics import load_catalog
-from tests.builders import booking_requested
+from tests.builders import booking_requested, next_event
 
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
 PRICE = Money(amount_minor=4500, currency="EUR")
@@ -727,6 +727,13 @@ def compensate(b: Story, policy: Policy | None = None) -> list[Action]:
     raise AssertionError(f"the compensations never settle: {done}")
 
 
+def compensations(outcome: str, *money: Action) -> list[Action]:
+    """What a booking that held a seat and ended ``outcome`` has undone, in the order the agents
+    run it: the money given back (``money``: a void or a refund, when any was held), the hold
+    released, the customer told."""
+    return [*money, ReleaseHold(reason=outcome), NotifyCustomer(template=f"customer_{outcome}")]
+
+
 def test_reservation_rejected_tells_the_customer_and_nothing_else() -> None:
     b, state = built(S.REJECTED)
     assert state.hold == H.REJECTED
@@ -737,10 +744,7 @@ def test_reservation_rejected_tells_the_customer_and_nothing_else() -> None:
 def test_payment_declined_releases_the_hold() -> None:
     b, state = built(S.FAILED)
     assert (state.status, state.payment) == (S.FAILED, P.FAILED)
-    assert compensate(b) == [
-        ReleaseHold(reason="failed"),
-        NotifyCustomer(template="customer_failed"),
-    ]
+    assert compensate(b) == compensations("failed")
     assert (b.state.hold, b.state.payment) == (H.RELEASED, P.FAILED)
 
 
@@ -767,10 +771,7 @@ def test_payment_action_that_fails_releases_the_hold_without_a_void() -> None:
     b, _ = built(S.PAYMENT_ACTION_REQUIRED)
     state = b.add(ev.PaymentFailed, reason="authentication failed")
     assert (state.status, state.payment) == (S.FAILED, P.FAILED)
-    assert compensate(b) == [
-        ReleaseHold(reason="failed"),
-        NotifyCustomer(template="customer_failed"),
-    ]
+    assert compensate(b) == compensations("failed")
 
 
 def test_provider_rejects_voids_then_releases_then_tells_the_customer() -> None:
@@ -782,11 +783,7 @@ def test_provider_rejects_voids_then_releases_then_tells_the_customer() -> None:
     assert state.status == S.REJECTED
     # The hold waits until no money is held, the customer until both ended.
     assert pending(state, b.clock) == {"payment": [VoidPayment(reason="rejected")]}
-    assert compensate(b) == [
-        VoidPayment(reason="rejected"),
-        ReleaseHold(reason="rejected"),
-        NotifyCustomer(template="customer_rejected"),
-    ]
+    assert compensate(b) == compensations("rejected", VoidPayment(reason="rejected"))
     final = b.state
     assert (final.status, final.hold, final.payment) == (S.REJECTED, H.RELEASED, P.VOIDED)
     assert not can_cancel(final)
@@ -805,11 +802,7 @@ def test_provider_timeout_after_the_deadline_expires_the_booking() -> None:
     state = b.add(ev.ProviderTimedOut, at=deadline)
     assert (state.status, state.provider_outcome) == (S.EXPIRED, "timed_out")
     assert pending(state, deadline) == {"payment": [VoidPayment(reason="expired")]}
-    assert compensate(b) == [
-        VoidPayment(reason="expired"),
-        ReleaseHold(reason="expired"),
-        NotifyCustomer(template="customer_expired"),
-    ]
+    assert compensate(b) == compensations("expired", VoidPayment(reason="expired"))
     assert (b.state.hold, b.state.payment) == (H.RELEASED, P.VOIDED)
 
 
@@ -868,32 +861,16 @@ def test_capture_failed_voids_releases_and_tells_the_customer() -> None:
     state = b.add(ev.PaymentCaptureFailed)
     assert (state.status, state.payment) == (S.FAILED, P.CAPTURE_FAILED)
     assert state.failure_reason == "capture failed: authorization expired"
-    assert compensate(b) == [
-        VoidPayment(reason="failed"),
-        ReleaseHold(reason="failed"),
-        NotifyCustomer(template="customer_failed"),
-    ]
+    assert compensate(b) == compensations("failed", VoidPayment(reason="failed"))
     assert (b.state.hold, b.state.payment) == (H.RELEASED, P.VOIDED)
 
 
 CANCEL_COMPENSATIONS: dict[Status, list[Action]] = {
     S.REQUESTED: [NotifyCustomer(template="customer_cancelled")],
-    S.RESERVED: [ReleaseHold(reason="cancelled"), NotifyCustomer(template="customer_cancelled")],
-    S.PAYMENT_ACTION_REQUIRED: [
-        VoidPayment(reason="cancelled"),
-        ReleaseHold(reason="cancelled"),
-        NotifyCustomer(template="customer_cancelled"),
-    ],
-    S.AWAITING_PROVIDER: [
-        VoidPayment(reason="cancelled"),
-        ReleaseHold(reason="cancelled"),
-        NotifyCustomer(template="customer_cancelled"),
-    ],
-    S.CONFIRMED: [
-        RefundPayment(amount=PRICE),
-        ReleaseHold(reason="cancelled"),
-        NotifyCustomer(template="customer_cancelled"),
-    ],
+    S.RESERVED: compensations("cancelled"),
+    S.PAYMENT_ACTION_REQUIRED: compensations("cancelled", VoidPayment(reason="cancelled")),
+    S.AWAITING_PROVIDER: compensations("cancelled", VoidPayment(reason="cancelled")),
+    S.CONFIRMED: compensations("cancelled", RefundPayment(amount=PRICE)),
 }
 
 
@@ -929,11 +906,7 @@ def test_cancel_after_confirmed_refunds_in_full_then_releases() -> None:
     state = b.add(ev.BookingCancellationRequested)
     policy = Policy(refund_policy="full")
     assert pending(state, b.clock, policy) == {"payment": [RefundPayment(amount=PRICE)]}
-    assert compensate(b, policy) == [
-        RefundPayment(amount=PRICE),
-        ReleaseHold(reason="cancelled"),
-        NotifyCustomer(template="customer_cancelled"),
-    ]
+    assert compensate(b, policy) == compensations("cancelled", RefundPayment(amount=PRICE))
     final = b.state
     assert (final.status, final.hold, final.payment) == (S.CANCELLED, H.RELEASED, P.REFUNDED)
     assert final.notified == frozenset(
@@ -947,10 +920,7 @@ def test_cancel_after_confirmed_without_refund_policy_only_releases() -> None:
     state = b.add(ev.BookingCancellationRequested)
     policy = Policy(refund_policy="none")
     assert "payment" not in pending(state, b.clock, policy)
-    assert compensate(b, policy) == [
-        ReleaseHold(reason="cancelled"),
-        NotifyCustomer(template="customer_cancelled"),
-    ]
+    assert compensate(b, policy) == compensations("cancelled")
     final = b.state
     assert (final.status, final.hold, final.payment) == (S.CANCELLED, H.RELEASED, P.CAPTURED)
 
@@ -962,11 +932,7 @@ def test_payment_authorized_after_a_cancel_is_voided() -> None:
     assert next_actions("payment", state, b.clock) == [VoidPayment(reason="cancelled")]
     # The hold stays until the money is given back.
     assert next_actions("reservation", state, b.clock) == []
-    assert compensate(b) == [
-        VoidPayment(reason="cancelled"),
-        ReleaseHold(reason="cancelled"),
-        NotifyCustomer(template="customer_cancelled"),
-    ]
+    assert compensate(b) == compensations("cancelled", VoidPayment(reason="cancelled"))
 
 
 def test_payment_authorized_after_the_cancel_was_fully_compensated_is_still_voided() -> None:
@@ -993,11 +959,7 @@ def test_capture_that_raced_a_cancel_is_refunded() -> None:
     b.add(ev.BookingCancellationRequested)
     state = b.add(ev.PaymentCaptured)
     assert (state.status, state.payment) == (S.CANCELLED, P.CAPTURED)
-    assert compensate(b) == [
-        RefundPayment(amount=PRICE),
-        ReleaseHold(reason="cancelled"),
-        NotifyCustomer(template="customer_cancelled"),
-    ]
+    assert compensate(b) == compensations("cancelled", RefundPayment(amount=PRICE))
 
 
 def test_a_cancel_while_awaiting_the_provider_stops_the_capture_and_the_deadline() -> None:
@@ -1248,12 +1210,12 @@ def _action_required_state() -> BookingState:
         price=Money(1000, "EUR"),
         payment_method="pm_card_authenticationRequired",
     )
-    held = ev.make(ev.ReservationHeld, cause=requested, producer="reservation",
-                   occurred_at=T0 + timedelta(seconds=1), hold_id="h", service_id="s",
-                   slot_start=requested.slot_start)  # fmt: skip
-    action = ev.make(ev.PaymentActionRequired, cause=held, producer="payment",
-                     occurred_at=T0 + timedelta(seconds=2), payment_id="pi_1",
-                     client_secret=None)  # fmt: skip
+    held = next_event(
+        requested, ev.ReservationHeld, occurred_at=T0 + timedelta(seconds=1), hold_id="h"
+    )
+    action = next_event(
+        requested, ev.PaymentActionRequired, cause=held, occurred_at=T0 + timedelta(seconds=2)
+    )
     state = fold([requested, held, action])
     assert state is not None
     return state

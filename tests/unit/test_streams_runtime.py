@@ -16,12 +16,13 @@ from erynoa import events as ev
 from erynoa import kafka as k
 from erynoa import saga
 from erynoa.codec import local_codec
-from erynoa.events import Money, derived_event_id
+from erynoa.events import derived_event_id
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
 from streams.app import AGENTS, _incoming, check_agent, create_app
 from streams.provider_response import ProviderResponseAdapter
 from streams.runtime import AgentRuntime, Context, Decoded, Handled, Incoming
+from tests.builders import booking_requested, next_event
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SETTINGS = Settings()
@@ -31,19 +32,10 @@ CATALOG = load_catalog(SETTINGS.topics_file, SETTINGS.topics_environment)
 def requested(**overrides: Any) -> ev.BookingRequested:
     fields: dict[str, Any] = {
         "booking_id": "5c0a4f4e-1d2b-4c3a-8e9f-0a1b2c3d4e5f",
-        "producer": "api",
         "occurred_at": NOW,
-        "customer_id": "alice",
-        "service_id": "svc",
-        "provider_id": "bob",
         "slot_start": NOW + timedelta(days=3),
-        "slot_end": NOW + timedelta(days=3, hours=1),
-        "price": Money(4500, "EUR"),
-        "payment_method": "pm_card_visa",
-        "response_deadline_seconds": 60,
     }
-    fields.update(overrides)
-    return ev.make(ev.BookingRequested, **fields)
+    return booking_requested(**(fields | overrides))
 
 
 def context(state: saga.BookingState, cause: ev.BookingEvent | None, agent: saga.Agent) -> Context:
@@ -142,24 +134,9 @@ async def test_actions_run_until_the_rules_ask_for_nothing_more() -> None:
     """An answer that arrives before the deadline started: start it, then accept, in one go."""
     base = requested()
     state = saga.start(base)
-    authorized = ev.make(
-        ev.PaymentAuthorized,
-        cause=base,
-        producer="payment",
-        occurred_at=NOW,
-        payment_id="pi_1",
-        amount=Money(4500, "EUR"),
-        gateway="sandbox",
-    )
+    authorized = next_event(base, ev.PaymentAuthorized, occurred_at=NOW)
     state = saga.evolve(state, authorized)
-    answer = ev.make(
-        ev.ProviderAnswerSubmitted,
-        cause=base,
-        producer="api",
-        occurred_at=NOW,
-        provider_id="bob",
-        decision="accept",
-    )
+    answer = next_event(base, ev.ProviderAnswerSubmitted, occurred_at=NOW)
     state = replace(saga.evolve(state, answer), provider_answered_at=NOW - timedelta(seconds=1))
     adapter = _RecordingAdapter()
     runtime = make_runtime(adapter)
