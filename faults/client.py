@@ -22,7 +22,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -201,35 +201,29 @@ class StatusWatch:
         return [b for b in booking_ids if self.status.get(b) not in SETTLED]
 
 
+@dataclass(eq=False)
 class Client:
     """Customers and providers of one row: steady creates, accepts and cancels."""
 
-    def __init__(
-        self,
-        http: HttpPool,
-        tokens: Tokens,
-        planner: Planner,
-        run_id: str,
-        clock: Callable[[], float],
-        seed: int = 7,
-        request_budget_s: float = 60.0,
-        answer_budget_s: float = 50.0,
-    ) -> None:
-        self.http = http
-        self.tokens = tokens
-        self.planner = planner
-        self.run_id = run_id
-        self.clock = clock
+    http: HttpPool
+    tokens: Tokens
+    planner: Planner
+    run_id: str
+    clock: Callable[[], float]
+    seed: InitVar[int] = 7
+    request_budget_s: float = 60.0
+    answer_budget_s: float = 50.0
+    rng: random.Random = field(init=False)
+    ledger: Ledger = field(init=False, default_factory=Ledger)
+    in_flight: int = field(init=False, default=0)
+    sent: int = field(init=False, default=0)
+    _plans: dict[str, Planned] = field(init=False, default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
+    _answered: set[str] = field(init=False, default_factory=set)
+    _counter: int = field(init=False, default=0)
+
+    def __post_init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.request_budget_s = request_budget_s
-        self.answer_budget_s = answer_budget_s
-        self.ledger = Ledger()
-        self.in_flight = 0
-        self.sent = 0
-        self._plans: dict[str, Planned] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._answered: set[str] = set()
-        self._counter = 0
 
     # --- the load ------------------------------------------------------------------------
 

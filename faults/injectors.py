@@ -47,6 +47,8 @@ class Fault:
 
     def skip_reason(self, settings: Settings) -> str | None:
         """Why this row cannot run here (None: it can)."""
+        if self.brokers > 1 and not supports_brokers():
+            return f"skipped: needs --brokers {self.brokers} support in erynoa.stack"
         return None
 
     async def start(self, target: Target) -> None:
@@ -72,54 +74,44 @@ class PostgresStopped(StackServiceFault):
         await asyncio.to_thread(target.stack.stop_postgres_immediate)
 
 
-class ServiceKilled(StackServiceFault):
-    """``kill -9`` of a stack service, started again later."""
+class ServiceDown(StackServiceFault):
+    """A stack service down, started again later: killed (``kill -9``, a crash with no shutdown
+    of any kind) or stopped cleanly (its port refuses connections)."""
 
-    victim: ClassVar[str]
+    service: ClassVar[str]
+    crash: ClassVar[bool] = False
 
     async def start(self, target: Target) -> None:
-        await asyncio.to_thread(target.stack.kill9, self.victim)
+        down = target.stack.kill9 if self.crash else target.stack.stop
+        await asyncio.to_thread(down, self.service)
 
 
-class BrokerKilled(ServiceKilled):
+class BrokerKilled(ServiceDown):
     name = "kafka-restart"
     title = "Kafka broker kill -9, then restarted (1 broker)"
-    victim = "kafka"
+    service = "kafka"
+    crash = True
     hold_s = 5.0
 
 
-class OneOfThreeBrokers(ServiceKilled):
+class OneOfThreeBrokers(BrokerKilled):
     """On a three-broker cluster (replication 3, min ISR 2): one broker killed, back later."""
 
     name = "broker-of-3"
     title = "one of three brokers kill -9, back after 60 s"
     brokers = 3
-    victim = "kafka-2"
+    service = "kafka-2"
     hold_s = 60.0
 
-    def skip_reason(self, settings: Settings) -> str | None:
-        if not supports_brokers():
-            return "skipped: needs --brokers 3 support in erynoa.stack"
-        return None
 
-
-class ServiceStopped(StackServiceFault):
-    """A stack service stopped cleanly (its port refuses connections), started again later."""
-
-    service: ClassVar[str]
-
-    async def start(self, target: Target) -> None:
-        await asyncio.to_thread(target.stack.stop, self.service)
-
-
-class RedisStopped(ServiceStopped):
+class RedisStopped(ServiceDown):
     name = "redis"
     title = "Redis stopped"
     service = "redis"
     hold_s = 30.0
 
 
-class SmtpDown(ServiceStopped):
+class SmtpDown(ServiceDown):
     name = "smtp"
     title = "SMTP sink down (connections refused)"
     service = "mail"

@@ -37,7 +37,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,45 +110,43 @@ def check_loopback(api_url: str, kafka_bootstrap: str, database_url: str) -> Non
         )
 
 
+@dataclass(eq=False)
 class _Run:
     """The state of a run in progress (one instance per ``run`` call)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        options: RunOptions,
-        world: w.World,
-        pool: asyncpg.Pool,
-        api: ApiClient,
-        gateway: Gateway,
-        lag: LagSampler | None,
-    ) -> None:
-        self.settings = settings
-        self.options = options
-        self.world = world
-        self.pool = pool
-        self.api = api
-        self.gateway = gateway
-        self.lag = lag
-        self.planner = w.Planner(world, seed=(options.seed or 0) + 1)
-        self.policy = saga.Policy.from_settings(settings)
-        self.tracked: dict[str, Tracked] = {}
-        # What the run's clients were told, for the invariant checker's rule 8.
-        self.requests: list[ClientRequest] = []
-        self.open: set[str] = set()
-        self.errors: Counter[str] = Counter()
-        self.failed = 0
-        self.settled = 0
-        self.pending_submits = 0
-        self.open_slots = asyncio.Semaphore(options.in_flight)
-        self.wire = asyncio.Semaphore(options.concurrency)
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.t0 = time.monotonic()
-        self.sending = True
-        self.send_started = time.time()
-        self.send_ended = time.time()
-        self.pacer = Pacer(options.rate, options.total(), time.monotonic())
-        self.recent_settled: list[float] = []
+    settings: Settings
+    options: RunOptions
+    world: w.World
+    pool: asyncpg.Pool
+    api: ApiClient
+    gateway: Gateway
+    lag: LagSampler | None
+    planner: w.Planner = field(init=False)
+    policy: saga.Policy = field(init=False)
+    tracked: dict[str, Tracked] = field(init=False, default_factory=dict)
+    # What the run's clients were told, for the invariant checker's rule 8.
+    requests: list[ClientRequest] = field(init=False, default_factory=list)
+    open: set[str] = field(init=False, default_factory=set)
+    errors: Counter[str] = field(init=False, default_factory=Counter)
+    failed: int = field(init=False, default=0)
+    settled: int = field(init=False, default=0)
+    pending_submits: int = field(init=False, default=0)
+    open_slots: asyncio.Semaphore = field(init=False)
+    wire: asyncio.Semaphore = field(init=False)
+    tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
+    t0: float = field(init=False, default_factory=time.monotonic)
+    sending: bool = field(init=False, default=True)
+    send_started: float = field(init=False, default_factory=time.time)
+    send_ended: float = field(init=False, default_factory=time.time)
+    pacer: Pacer = field(init=False)
+    recent_settled: list[float] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.planner = w.Planner(self.world, seed=(self.options.seed or 0) + 1)
+        self.policy = saga.Policy.from_settings(self.settings)
+        self.open_slots = asyncio.Semaphore(self.options.in_flight)
+        self.wire = asyncio.Semaphore(self.options.concurrency)
+        self.pacer = Pacer(self.options.rate, self.options.total(), time.monotonic())
 
     # --- sending ---------------------------------------------------------------------------
 

@@ -87,19 +87,10 @@ async def load_log(
             decoded = codec.decode(bytes(r["body"]))
         except UndecodableEvent:
             decoded = None  # a schema removed since: still part of the timeline
-        logged.append(
-            LoggedEvent(
-                event_id=r["event_id"],
-                event_type=r["event_type"],
-                producer=r["producer"],
-                occurred_at=r["occurred_at"],
-                topic=r["topic"],
-                partition=r["partition"],
-                offset=r["offset"],
-                causation_id=r["causation_id"],
-                event=decoded if isinstance(decoded, ev.BookingEvent) else None,
-            )
-        )
+        # The columns selected are the fields' names; the body is decoded into ``event``.
+        columns = {name: value for name, value in r.items() if name != "body"}
+        event = decoded if isinstance(decoded, ev.BookingEvent) else None
+        logged.append(LoggedEvent(**columns, event=event))
     return logged
 
 

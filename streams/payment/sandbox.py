@@ -43,6 +43,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 import asyncpg
 
@@ -58,12 +59,14 @@ CAPTURE_FAILS = "pm_card_captureFails"
 _NAMESPACE = uuid.UUID("2b0f4a8e-7c1d-5e59-b3a4-9d0c6e1f2a77")
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
+"""How long a key's first answer is replayed (Stripe keeps keys at least 24 hours)."""
 WHOLE_GATEWAY = "*"
 """The ``sandbox_outages.payment_method`` that takes the whole gateway down."""
-"""How long a key's first answer is replayed (Stripe keeps keys at least 24 hours)."""
 
 ANSWER_LOST = "answer lost"
 OPERATIONS = ("authorize", "capture", "void", "refund")
+# What the ledger records for an undo: it always takes effect.
+_UNDONE = {"void": "voided", "refund": "refunded"}
 
 
 def outage_reason_answer_lost(operations: Iterable[str] = OPERATIONS) -> str:
@@ -294,17 +297,8 @@ class SandboxGateway:
         auth = await self._authorization(payment_id)
         if auth is None:
             return gw.Voided(payment_id)
-        lost = await self._outage(auth["payment_method"], "void")
         amount = Money(int(auth["amount_minor"]), str(auth["currency"]).strip())
-        await self._record(
-            idempotency_key=idempotency_key,
-            booking_id=booking_id,
-            payment_id=payment_id,
-            operation="void",
-            amount=amount,
-            outcome="voided",
-        )
-        lost.check()
+        await self._undo("void", auth, idempotency_key, booking_id, payment_id, amount)
         return gw.Voided(payment_id)
 
     async def refund(
@@ -312,17 +306,30 @@ class SandboxGateway:
     ) -> gw.Refunded:
         await self._delay()
         auth = await self._authorization(payment_id)
-        lost = await self._outage(auth["payment_method"] if auth else None, "refund")
+        await self._undo("refund", auth, idempotency_key, booking_id, payment_id, amount)
+        return gw.Refunded(_object_id("re", idempotency_key))
+
+    async def _undo(
+        self,
+        operation: Literal["void", "refund"],
+        auth: asyncpg.Record | None,
+        idempotency_key: str,
+        booking_id: str,
+        payment_id: str,
+        amount: Money,
+    ) -> None:
+        """A void or a refund always succeeds (there may be nothing left to undo); an outage of
+        the payment method it was authorized with stops it as it would the other calls."""
+        lost = await self._outage(auth["payment_method"] if auth else None, operation)
         await self._record(
             idempotency_key=idempotency_key,
             booking_id=booking_id,
             payment_id=payment_id,
-            operation="refund",
+            operation=operation,
             amount=amount,
-            outcome="refunded",
+            outcome=_UNDONE[operation],
         )
         lost.check()
-        return gw.Refunded(_object_id("re", idempotency_key))
 
     async def probe(self) -> str | None:
         reason = await self.pool.fetchval(

@@ -26,6 +26,7 @@ retried. Other errors are permanent (dead-lettered for an operator).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -72,22 +73,21 @@ def _field(obj: Any, name: str) -> Any:
         return getattr(obj, name, None)
 
 
+@dataclass(eq=False)
 class StripeGateway:
+    """Stripe's API; ``client``, when given, is used instead of one built at ``start``."""
+
     name = "stripe"
     remote = True
 
-    def __init__(
-        self,
-        api_key: str,
-        api_base: str | None = None,
-        client: stripe.StripeClient | None = None,
-        timeout_s: float = 20.0,
-    ) -> None:
-        self._api_key = api_key
-        self._api_base = api_base
-        self._timeout_s = timeout_s
-        self._given = client
-        self._stripe: stripe.StripeClient | None = client
+    api_key: str = field(repr=False)
+    api_base: str | None = None
+    client: stripe.StripeClient | None = None
+    timeout_s: float = 20.0
+    _stripe: stripe.StripeClient | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._stripe = self.client
 
     @property
     def _client(self) -> stripe.StripeClient:
@@ -98,15 +98,15 @@ class StripeGateway:
     async def start(self, pool: asyncpg.Pool) -> None:
         if self._stripe is None:
             self._stripe = stripe.StripeClient(
-                self._api_key,
-                base_addresses={"api": self._api_base} if self._api_base else None,
+                self.api_key,
+                base_addresses={"api": self.api_base} if self.api_base else None,
                 # Retries are ours (retry topics with backoff, same idempotency key).
                 max_network_retries=0,
-                http_client=stripe.HTTPXClient(timeout=self._timeout_s),
+                http_client=stripe.HTTPXClient(timeout=self.timeout_s),
             )
 
     async def close(self) -> None:
-        self._stripe = self._given
+        self._stripe = self.client
 
     async def authorize(
         self, *, booking_id: str, amount: Money, payment_method: str, idempotency_key: str
