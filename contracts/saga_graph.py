@@ -192,7 +192,7 @@ def _explore(
         occurred_at=_T0,
         correlation_id="c-1",
         producer="saga-graph",
-        booking_id="b-1",
+        booking_id="00000000-0000-4000-8000-000000000001",
         customer_id="customer-1",
         service_id="service-1",
         provider_id="provider-1",

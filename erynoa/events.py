@@ -112,6 +112,8 @@ _MINOR_DIGITS: dict[str, int] = {
 # Avro `long` is a signed 64-bit integer; anything larger could never be encoded.
 _MAX_LONG = 2**63 - 1
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
 
 @dataclass(frozen=True, slots=True)
 class Money:
@@ -263,6 +265,17 @@ class BookingEvent(Event, abstract=True):
     """An event in one booking's saga; keyed, partitioned and ordered by ``booking_id``."""
 
     booking_id: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The booking id is the Kafka key (its partition), the agents' lock key and a uuid
+        # column: another spelling of the same UUID (upper case, braces) would land in another
+        # partition and take another lock than the booking's other events.
+        if _CANONICAL_UUID.fullmatch(self.booking_id) is None:
+            raise ValueError(
+                f"{type(self).__name__}.booking_id must be a UUID in lower-case hyphenated form, "
+                f"got {self.booking_id!r}"
+            )
 
     @property
     def key(self) -> str:

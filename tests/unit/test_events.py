@@ -20,6 +20,7 @@ from tests.builders import booking_requested
 BERLIN_WINTER = timezone(timedelta(hours=1))
 SLOT = datetime(2025, 3, 14, 9, 30, tzinfo=BERLIN_WINTER)
 PRICE = ev.Money(4500, "EUR")
+BOOKING = "3f2c8d4e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
 
 
 def booking_story() -> list[ev.Event]:
@@ -204,7 +205,7 @@ def test_round_trip_keeps_none_and_non_ascii_text() -> None:
 def test_decoded_timestamps_are_utc_with_microseconds() -> None:
     event = ev.make(
         ev.ProviderTimedOut,
-        booking_id="b-1",
+        booking_id=BOOKING,
         producer="provider_response",
         occurred_at=datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=BERLIN_WINTER),
         deadline_at=datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
@@ -232,7 +233,7 @@ def test_encoding_an_event_without_a_loaded_schema_is_refused(tmp_path: Path) ->
         codec.encode(
             ev.PaymentVoided(
                 event_id="e",
-                booking_id="b",
+                booking_id=BOOKING,
                 occurred_at=SLOT,
                 correlation_id="c",
                 producer="payment",
@@ -278,6 +279,8 @@ VALID = local_codec().encode(STORY[0])
             "amount_minor must be between 0",
         ),
         (_write_raw("NotificationSent", channel="pigeon"), "channel must be one of"),
+        (_write_raw("PaymentCaptured", booking_id=BOOKING.upper()), "booking_id must be a UUID"),
+        (_write_raw("PaymentCaptured", booking_id="b-1"), "booking_id must be a UUID"),
         (VALID.replace(b"pm_card_visa", b"\xffm_card_visa"), "corrupt or truncated body"),
     ],
     ids=lambda value: value if isinstance(value, str) else None,
@@ -332,10 +335,20 @@ def test_money_rejects_floats_negatives_and_bad_currencies(
 # --- events as values -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "booking_id", [BOOKING.upper(), "{" + BOOKING + "}", BOOKING.replace("-", ""), "b-1", ""]
+)
+def test_a_booking_id_is_a_uuid_in_its_one_canonical_spelling(booking_id: str) -> None:
+    """It is the partition key and the agents' lock key: two spellings of one booking would
+    land in two partitions and take two locks."""
+    with pytest.raises(ValueError, match="booking_id must be a UUID in lower-case hyphenated"):
+        ev.make(ev.ProviderAccepted, booking_id=booking_id, producer="api", provider_id="p")
+
+
 def _envelope(**overrides: object) -> dict[str, object]:
     return {
         "event_id": "e-1",
-        "booking_id": "b-1",
+        "booking_id": BOOKING,
         "occurred_at": SLOT,
         "correlation_id": "c-1",
         "producer": "test",
@@ -447,8 +460,8 @@ def test_an_event_made_from_a_cause_continues_its_saga() -> None:
 
 def test_an_event_made_without_a_cause_starts_a_new_correlation() -> None:
     before = datetime.now(UTC)
-    first = ev.make(ev.ProviderAccepted, booking_id="b-1", producer="api", provider_id="p")
-    second = ev.make(ev.ProviderAccepted, booking_id="b-1", producer="api", provider_id="p")
+    first = ev.make(ev.ProviderAccepted, booking_id=BOOKING, producer="api", provider_id="p")
+    second = ev.make(ev.ProviderAccepted, booking_id=BOOKING, producer="api", provider_id="p")
 
     assert first.causation_id is None
     assert first.correlation_id != second.correlation_id
@@ -460,7 +473,7 @@ def test_an_event_made_without_a_cause_starts_a_new_correlation() -> None:
 def test_make_keeps_an_explicit_correlation_id_event_id_and_time() -> None:
     event = ev.make(
         ev.ProviderAccepted,
-        booking_id="b-1",
+        booking_id=BOOKING,
         producer="api",
         correlation_id="req-42",
         event_id="e-42",
@@ -488,7 +501,9 @@ def test_make_needs_a_booking_id_without_a_booking_cause() -> None:
 
 def test_make_refuses_unknown_fields() -> None:
     with pytest.raises(TypeError, match="colour"):
-        ev.make(ev.ProviderAccepted, booking_id="b", producer="x", provider_id="p", colour="red")
+        ev.make(
+            ev.ProviderAccepted, booking_id=BOOKING, producer="x", provider_id="p", colour="red"
+        )
 
 
 def test_a_redelivered_step_derives_the_same_event_id() -> None:

@@ -18,6 +18,7 @@ from loadgen.world import Planned, Planner, World
 from tests.builders import booking_requested
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+BOOKING = "3f2c8d4e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
 PROFILE = parse_profile(
     {
         "population": {"customers": 3, "providers": 1, "services": 2},
@@ -63,7 +64,7 @@ def recorded(events: list[tuple[ev.BookingEvent, float]], lag_ms: float) -> list
 
 
 def test_the_outcome_is_visible_when_the_deciding_event_is_recorded() -> None:
-    tl = timeline("b1", recorded(happy_path("b1"), lag_ms=20))
+    tl = timeline(BOOKING, recorded(happy_path(BOOKING), lag_ms=20))
     assert tl.final is not None
     assert tl.final.status == Status.CONFIRMED
     assert tl.outcome_occurred_at == pytest.approx(at(130).timestamp(), abs=1e-6)
@@ -73,7 +74,7 @@ def test_the_outcome_is_visible_when_the_deciding_event_is_recorded() -> None:
 
 
 def test_steps_are_measured_between_first_events() -> None:
-    steps = timeline("b1", recorded(happy_path("b1"), lag_ms=20)).steps
+    steps = timeline(BOOKING, recorded(happy_path(BOOKING), lag_ms=20)).steps
     assert steps["requested → held"] == pytest.approx(0.010, abs=1e-3)
     assert steps["held → authorized"] == pytest.approx(0.020, abs=1e-3)
     assert steps["authorized → provider answer"] == pytest.approx(0.080, abs=1e-3)
@@ -85,25 +86,25 @@ def test_steps_are_measured_between_first_events() -> None:
 def test_a_capture_recorded_before_its_authorization_shows_the_outcome_at_once() -> None:
     # The capture is recorded at 150 ms, the authorization only at 400 ms: a capture implies
     # its authorization, so the read model's fold is confirmed from 150 ms on.
-    events = happy_path("b1")
+    events = happy_path(BOOKING)
     rows = [
         Recorded(e, at(400) if e.event_type == "PaymentAuthorized" else at(ms + 20))
         for e, ms in events
     ]
-    tl = timeline("b1", rows)
+    tl = timeline(BOOKING, rows)
     assert tl.final is not None
     assert tl.final.status == Status.CONFIRMED
     assert tl.outcome_visible_at == pytest.approx(at(150).timestamp(), abs=1e-6)
 
 
 def test_a_booking_without_events_has_no_outcome() -> None:
-    tl = timeline("b1", [])
+    tl = timeline(BOOKING, [])
     assert tl.final is None
     assert tl.outcome_visible_at is None
 
 
 def test_a_declined_card_ends_failed_when_the_failure_is_recorded() -> None:
-    requested, _ = happy_path("b2")[0]
+    requested, _ = happy_path(BOOKING)[0]
     assert isinstance(requested, ev.BookingRequested)
     slot = requested.slot_start
     rows = [
@@ -119,7 +120,7 @@ def test_a_declined_card_ends_failed_when_the_failure_is_recorded() -> None:
             at(70),
         ),
     ]  # fmt: skip
-    tl = timeline("b2", rows)
+    tl = timeline(BOOKING, rows)
     assert tl.final is not None
     assert tl.final.status == Status.FAILED
     assert tl.outcome_visible_at == pytest.approx(at(70).timestamp(), abs=1e-6)
@@ -144,7 +145,7 @@ def test_the_report_adds_up_a_run() -> None:
     tracked = {}
     timelines = {}
     for i in range(10):
-        booking_id = f"b{i}"
+        booking_id = f"00000000-0000-4000-8000-{i:012d}"
         # Sent at 0, 100, ... ms; each saga takes 150 ms plus 20 ms to the read model.
         events = happy_path(booking_id, start_ms=i * 100)
         tracked[booking_id] = Tracked(

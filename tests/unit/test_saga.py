@@ -95,7 +95,7 @@ class Story:
     """
 
     def __init__(self, deadline_seconds: int = DEADLINE_SECONDS) -> None:
-        self.booking_id = f"bk-{uuid.uuid4()}"
+        self.booking_id = str(uuid.uuid4())
         self.correlation_id = str(uuid.uuid4())
         self.hold_id = f"hold-{uuid.uuid4()}"
         self.payment_id = f"pi_{uuid.uuid4().hex}"

@@ -191,6 +191,8 @@ def sample(cls: type[Event], *, optionals: bool) -> Event:
             values[spec.name] = None
         elif spec.allowed:
             values[spec.name] = max(spec.allowed)
+        elif spec.name == "booking_id":
+            values[spec.name] = "3f2c8d4e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"  # a UUID, as events require
         elif spec.kind is str:
             values[spec.name] = f"{spec.name}/ünïcødé/名前"
         elif spec.kind is bool:
