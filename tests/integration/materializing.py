@@ -65,7 +65,7 @@ async def raw_producer(settings: Settings, client_id: str) -> AsyncIterator[AIOK
 
 
 # The fixtures of a module that folds hand-made sagas into a read model of its own: its conftest
-# imports them (pytest finds fixtures by name). The namespace lasts the module, so its sagas
+# takes them (pytest finds fixtures by name). The namespace lasts the module, so its sagas
 # never reach the real agents and the whole read model is the module's; the materializer runs
 # for each test that asks for it, so a test may also start and stop one of its own.
 
