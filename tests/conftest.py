@@ -78,3 +78,20 @@ async def own_namespace(settings: Settings) -> AsyncIterator[Settings]:
         for future in admin.delete_topics(list(catalog.topics), request_timeout=30).values():
             with suppress(Exception):  # best effort: a leftover test topic harms nothing
                 future.result(timeout=30)
+
+
+@pytest.fixture
+async def isolated(settings: Settings) -> AsyncIterator[Settings]:
+    """The test's own topics and database (``own_namespace``)."""
+    async with own_namespace(settings) as own:
+        yield own
+
+
+@pytest.fixture
+async def pool(isolated: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the test's own database (``isolated``)."""
+    from erynoa.db import create_pool
+
+    pool = await create_pool(isolated, min_size=1, max_size=4)
+    yield pool
+    await pool.close()

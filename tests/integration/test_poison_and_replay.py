@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -120,11 +121,17 @@ async def end_offsets(s: Settings, topics: list[str]) -> dict[str, int]:
     return totals
 
 
-async def a_booking_during_an_outage(
-    db: asyncpg.Pool, publisher: EventPublisher
-) -> tuple[Service, User, str]:
+@dataclass(frozen=True)
+class Stuck:
+    service: Service
+    customer: User
+    booking_id: str
+
+
+@pytest.fixture
+async def stuck_booking(db: asyncpg.Pool, publisher: EventPublisher) -> AsyncIterator[Stuck]:
     """A booking whose payment cannot be authorized: the sandbox gateway is down for its card
-    until ``outage_over``."""
+    until ``outage_over``, at the latest when the test ends."""
     service: Service = await create_service(db, capacity=5)
     customer: User = await create_user(db, "customer", email=False)
     await db.execute(
@@ -132,8 +139,11 @@ async def a_booking_during_an_outage(
         "ON CONFLICT DO NOTHING",
         FLAKY_CARD,
     )
-    booking_id = await request_booking(publisher, service, customer, payment_method=FLAKY_CARD)
-    return service, customer, booking_id
+    try:
+        booking_id = await request_booking(publisher, service, customer, payment_method=FLAKY_CARD)
+        yield Stuck(service, customer, booking_id)
+    finally:
+        await outage_over(db)
 
 
 async def outage_over(db: asyncpg.Pool) -> None:
@@ -165,17 +175,22 @@ def dead_letters_for(env: dict[str, str], booking_id: str) -> list[dict[str, Any
 
 
 async def test_poison_messages_park_in_the_dlq_and_replay_completes_the_saga(
-    world: tuple[Settings, dict[str, str]], db: asyncpg.Pool, publisher: EventPublisher
+    world: tuple[Settings, dict[str, str]],
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    stuck_booking: Stuck,
 ) -> None:
     s, env = world
-    service, customer, stuck = await a_booking_during_an_outage(db, publisher)
+    stuck = stuck_booking.booking_id
     # An undecodable message on the same topic, between the two bookings.
     poison_key = str(uuid.uuid4()).encode()
     async with raw_producer(s, "test-poison-raw") as raw:
         await raw.send_and_wait(
             catalog(s).topic_for("BookingRequested"), b"\x00not avro", key=poison_key
         )
-    flowing = await request_booking(publisher, service, customer, slot=a_slot(9))
+    flowing = await request_booking(
+        publisher, stuck_booking.service, stuck_booking.customer, slot=a_slot(9)
+    )
 
     # Other bookings keep flowing while the poison sits in the dead-letter topics.
     await accepted_until_confirmed(db, publisher, flowing)
@@ -258,10 +273,13 @@ async def _poison_parked(s: Settings, key: bytes) -> dict[str, str] | None:
 
 
 async def test_an_operators_retry_reruns_the_failed_step_from_the_log(
-    world: tuple[Settings, dict[str, str]], db: asyncpg.Pool, publisher: EventPublisher
+    world: tuple[Settings, dict[str, str]],
+    db: asyncpg.Pool,
+    publisher: EventPublisher,
+    stuck_booking: Stuck,
 ) -> None:
     _, env = world
-    _, _, stuck = await a_booking_during_an_outage(db, publisher)
+    stuck = stuck_booking.booking_id
     await eventually(lambda: _parked(env, stuck))
     assert await status(db, stuck) == "reserved"
 

@@ -19,36 +19,19 @@ from erynoa.kafka import EventPublisher
 from erynoa.settings import Settings
 from erynoa.topic_admin import admin_client
 from erynoa.topics import load_catalog
-from tests.conftest import eventually, own_namespace, unique
-from tests.integration.materializing import materializer_running, pool_for, publisher_for
-from tests.integration.test_materializer import all_confirmed, saga_events
+from tests.conftest import eventually, unique
+from tests.integration.materializing import materializer_running, publisher_for
+from tests.integration.read_model.test_materializer import all_confirmed, saga_events
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def settings(settings: Settings) -> AsyncIterator[Settings]:
-    """Own topics and database per test: a truncated log must not reach other tests."""
-    async with own_namespace(settings) as isolated:
-        yield isolated
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    async with pool_for(settings, max_size=3) as pool:
-        yield pool
-
-
-@pytest.fixture
-async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
-    async with publisher_for(settings, "test-rebuild") as publisher:
+async def publisher(isolated: Settings) -> AsyncIterator[EventPublisher]:
+    """A publisher onto the test's own topics (a truncated log must not reach other tests), with
+    the materializer folding what it publishes into the test's own read model."""
+    async with publisher_for(isolated, "test-rebuild") as publisher, materializer_running(isolated):
         yield publisher
-
-
-@pytest.fixture
-async def running_materializer(settings: Settings) -> AsyncIterator[None]:
-    async with materializer_running(settings):
-        yield
 
 
 def _delete_records_before(settings: Settings, topic: str, partition: int, offset: int) -> None:
@@ -73,20 +56,20 @@ async def _rows(db: asyncpg.Pool) -> list[asyncpg.Record]:
 
 
 async def test_a_forced_rebuild_refuses_a_log_whose_start_was_deleted(
-    db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None, settings: Settings
+    isolated: Settings, pool: asyncpg.Pool, publisher: EventPublisher
 ) -> None:
     booking_id = unique()
     events = saga_events(booking_id)
     published = await publisher.publish_many(events)
     requested = published[0]
 
-    await eventually(all_confirmed(db, [booking_id]))
-    before = await _rows(db)
+    await eventually(all_confirmed(pool, [booking_id]))
+    before = await _rows(pool)
     # The booking's request is gone from the log, as after a retention of days.
-    _delete_records_before(settings, requested.topic, requested.partition, requested.offset + 1)
+    _delete_records_before(isolated, requested.topic, requested.partition, requested.offset + 1)
 
     with pytest.raises(TruncatedLog) as refused:
-        await rebuild(settings, force=True)
+        await rebuild(isolated, force=True)
 
     message = str(refused.value)
     assert (
@@ -96,20 +79,20 @@ async def test_a_forced_rebuild_refuses_a_log_whose_start_was_deleted(
     assert [(g.topic, g.partition) for g in refused.value.gaps] == [
         (requested.topic, requested.partition)
     ]
-    assert await _rows(db) == before
-    leftovers = await db.fetchval(
+    assert await _rows(pool) == before
+    leftovers = await pool.fetchval(
         "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'rebuild\\_%'"
     )
     assert leftovers == 0
 
 
 async def test_a_log_truncated_before_any_event_of_the_model_still_rebuilds(
-    db: asyncpg.Pool, publisher: EventPublisher, running_materializer: None, settings: Settings
+    isolated: Settings, pool: asyncpg.Pool, publisher: EventPublisher
 ) -> None:
     """Deleted records the read model never held (here an undecodable message) lose nothing."""
-    catalog = load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
+    catalog = load_catalog(isolated.topics_file, isolated.topics_environment, isolated.topic_prefix)
     topic = catalog.topic_for("BookingRequested")
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
     await producer.start()
     try:
         junk = await producer.send_and_wait(topic, b"not an event", key=b"junk", partition=0)
@@ -119,15 +102,15 @@ async def test_a_log_truncated_before_any_event_of_the_model_still_rebuilds(
     await publisher.publish_many(saga_events(booking_id))
 
     async def settled() -> bool:
-        status = await db.fetchval("SELECT status FROM bookings WHERE id = $1::uuid", booking_id)
-        return bool(status == "confirmed") and await _position(db, topic, 0) > junk.offset
+        status = await pool.fetchval("SELECT status FROM bookings WHERE id = $1::uuid", booking_id)
+        return bool(status == "confirmed") and await _position(pool, topic, 0) > junk.offset
 
     await eventually(settled)
-    _delete_records_before(settings, topic, 0, junk.offset + 1)
-    before = await _rows(db)
+    _delete_records_before(isolated, topic, 0, junk.offset + 1)
+    before = await _rows(pool)
 
-    report = await rebuild(settings)
+    report = await rebuild(isolated)
 
     assert report.differences == []
     assert report.swapped
-    assert await _rows(db) == before
+    assert await _rows(pool) == before

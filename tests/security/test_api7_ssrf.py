@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,7 +37,7 @@ from streams.notification import (
     compose,
 )
 from streams.runtime import AgentRuntime
-from tests.conftest import own_namespace, unique
+from tests.conftest import unique
 from tests.integration.agents import records
 from tests.integration.agents.records import message
 from tests.integration.api.conftest import LiveApi, api_settings, running
@@ -244,19 +243,6 @@ async def test_a_redirect_is_not_followed() -> None:
 
 
 # --- the notification agent --------------------------------------------------------------------
-
-
-@pytest.fixture
-async def isolated(settings: Settings) -> AsyncIterator[Settings]:
-    async with own_namespace(settings) as own:
-        yield own
-
-
-@pytest.fixture
-async def pool(isolated: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(isolated, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
 
 
 async def test_the_agent_records_a_refused_webhook_as_failed_without_the_remote_error(

@@ -1,5 +1,5 @@
 """Fixtures for tests that drive an agent's ``AgentRuntime`` directly with consumed-message records
-(no Faust), each test on its own topics and database (``own_namespace``)."""
+(no Faust), each test on its own topics and database (``isolated`` and its ``pool``)."""
 
 from __future__ import annotations
 
@@ -14,26 +14,12 @@ from erynoa.kafka import EventPublisher
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
 from streams.runtime import Adapter, AgentRuntime
-from tests.conftest import own_namespace
 from tests.integration.agents.records import CODEC, StartRuntime
-
-
-@pytest.fixture
-async def isolated(settings: Settings) -> AsyncIterator[Settings]:
-    async with own_namespace(settings) as own:
-        yield own
 
 
 @pytest.fixture
 def catalog(isolated: Settings) -> TopicCatalog:
     return load_catalog(isolated.topics_file, isolated.topics_environment, isolated.topic_prefix)
-
-
-@pytest.fixture
-async def pool(isolated: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(isolated, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

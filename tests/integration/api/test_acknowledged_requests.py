@@ -23,12 +23,29 @@ from tests.integration.api.conftest import (
     Actors,
     PrivateApi,
     Seen,
+    TopicProbe,
     events_of,
     insert_booking,
     of_booking,
 )
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def actors(private: PrivateApi) -> Actors:
+    """Users and a service of the module's own API (the shared API's ``actors`` are not)."""
+    return await private.actors()
+
+
+@pytest.fixture
+async def bookings(private: PrivateApi) -> TopicProbe:
+    return await private.probe("bookings")
+
+
+@pytest.fixture
+async def answers(private: PrivateApi) -> TopicProbe:
+    return await private.probe("provider-answers")
 
 
 def requested_by(seen: list[Seen], customer: str) -> list[ev.BookingRequested]:
@@ -76,11 +93,9 @@ async def two_bookings_queued_the_first_cancelled(
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["without-key", "with-key"])
 async def test_a_booking_whose_commit_fails_gets_503_and_its_saga_never_starts(
-    private: PrivateApi, keyed: bool
+    private: PrivateApi, actors: Actors, bookings: TopicProbe, keyed: bool
 ) -> None:
-    actors = await private.actors()
     await at_commit_of_bookings_by(private, actors.customer, REFUSE_COMMIT)
-    bookings = await private.probe("bookings")
     key = {"Idempotency-Key": unique("key-")} if keyed else {}
     response = await private.book(actors, key)
     # Nothing published: no saga runs for a booking the client was told failed.
@@ -94,13 +109,11 @@ async def test_a_booking_whose_commit_fails_gets_503_and_its_saga_never_starts(
 
 
 async def test_a_connection_lost_at_commit_gets_a_503_that_does_not_claim_nothing_changed(
-    private: PrivateApi,
+    private: PrivateApi, actors: Actors, bookings: TopicProbe
 ) -> None:
-    actors = await private.actors()
     # The backend that commits the booking dies at COMMIT: the client cannot know whether the
     # COMMIT happened (here it did not), so the answer says how to find out.
     await at_commit_of_bookings_by(private, actors.customer, DIE_AT_COMMIT)
-    bookings = await private.probe("bookings")
     response = await private.book(actors)
     assert response.status_code == 503, response.text
     error = response.json()["error"]
@@ -114,10 +127,8 @@ async def test_a_connection_lost_at_commit_gets_a_503_that_does_not_claim_nothin
 
 
 async def test_a_lost_kafka_acknowledgement_still_answers_202_and_starts_one_saga(
-    private: PrivateApi,
+    private: PrivateApi, actors: Actors, bookings: TopicProbe
 ) -> None:
-    actors = await private.actors()
-    bookings = await private.probe("bookings")
     private.kafka.mode = "lose_ack"
     booking_id = await private.booked(actors)
     private.kafka.mode = "ok"
@@ -132,10 +143,8 @@ async def test_a_lost_kafka_acknowledgement_still_answers_202_and_starts_one_sag
 
 
 async def test_with_kafka_down_the_202_stands_and_the_relay_publishes_once_kafka_is_back(
-    private: PrivateApi,
+    private: PrivateApi, actors: Actors, bookings: TopicProbe
 ) -> None:
-    actors = await private.actors()
-    bookings = await private.probe("bookings")
     private.kafka.mode = "refuse"
     booking_id = await private.booked(actors)
     poll = await private.http.get(f"/bookings/{booking_id}", headers=actors.customer_auth)
@@ -153,10 +162,8 @@ async def test_with_kafka_down_the_202_stands_and_the_relay_publishes_once_kafka
 
 
 async def test_a_repeated_cancel_answers_202_and_publishes_one_event(
-    private: PrivateApi,
+    private: PrivateApi, actors: Actors, bookings: TopicProbe
 ) -> None:
-    actors = await private.actors()
-    bookings = await private.probe("bookings")
     booking_id = await private.booked(actors)
     answers = [
         await private.http.post(
@@ -180,10 +187,8 @@ async def test_a_repeated_cancel_answers_202_and_publishes_one_event(
 
 
 async def test_an_accepts_event_occurred_when_postgresql_recorded_the_answer(
-    private: PrivateApi,
+    private: PrivateApi, actors: Actors, answers: TopicProbe
 ) -> None:
-    actors = await private.actors()
-    answers = await private.probe("provider-answers")
     deadline = datetime.now(UTC) + timedelta(hours=1)
     booking_id = await insert_booking(
         private.pool, actors, "awaiting_provider", provider_deadline_at=deadline
@@ -201,10 +206,8 @@ async def test_an_accepts_event_occurred_when_postgresql_recorded_the_answer(
 
 
 async def test_concurrent_identical_answers_are_all_accepted_and_published_once(
-    private: PrivateApi,
+    private: PrivateApi, actors: Actors, answers: TopicProbe
 ) -> None:
-    actors = await private.actors()
-    answers = await private.probe("provider-answers")
     booking_id = await insert_booking(private.pool, actors, "awaiting_provider")
     responses = await asyncio.gather(
         *(
@@ -219,10 +222,8 @@ async def test_concurrent_identical_answers_are_all_accepted_and_published_once(
 
 
 async def test_an_event_the_broker_always_refuses_is_set_aside_and_holds_back_no_other_booking(
-    private: PrivateApi,
+    private: PrivateApi, actors: Actors, bookings: TopicProbe
 ) -> None:
-    actors = await private.actors()
-    bookings = await private.probe("bookings")
     refused, fine = await two_bookings_queued_the_first_cancelled(private, actors)
     private.kafka.refused_bookings.add(refused)
     private.kafka.mode = "ok"
@@ -249,10 +250,8 @@ async def test_an_event_the_broker_always_refuses_is_set_aside_and_holds_back_no
 
 
 async def test_an_event_that_cannot_be_decoded_is_set_aside_with_its_bookings_later_events(
-    private: PrivateApi,
+    private: PrivateApi, actors: Actors, bookings: TopicProbe
 ) -> None:
-    actors = await private.actors()
-    bookings = await private.probe("bookings")
     broken, fine = await two_bookings_queued_the_first_cancelled(private, actors)
     # The request's stored bytes are damaged: no codec can read them again.
     await private.pool.execute(

@@ -5,9 +5,7 @@ landed on a topic."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -15,40 +13,21 @@ from typer.testing import CliRunner, Result
 
 from cli.ops import saga_app
 from erynoa import kafka as k
-from erynoa.kafka import EventPublisher
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog, load_catalog
-from tests.conftest import own_namespace
-from tests.integration.materializing import materializer_running, pool_for, publisher_for
+from tests.integration import materializing
 
-
-@pytest.fixture(scope="module")
-async def settings(settings: Settings) -> AsyncIterator[Settings]:
-    async with own_namespace(settings) as isolated:
-        yield isolated
-
-
-@pytest.fixture(scope="module")
-async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    async with pool_for(settings) as pool:
-        yield pool
+# The module's own read model, as the read model's tests have it. Bound by name (pytest finds
+# fixtures by name) rather than imported, because the helpers below take a ``settings`` too.
+settings = materializing.settings
+db = materializing.db
+publisher = materializing.publisher
+running_materializer = materializing.running_materializer
 
 
 @pytest.fixture(scope="module")
 def catalog(settings: Settings) -> TopicCatalog:
     return load_catalog(settings.topics_file, settings.topics_environment, settings.topic_prefix)
-
-
-@pytest.fixture(scope="module")
-async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
-    async with publisher_for(settings, "test-ops") as publisher:
-        yield publisher
-
-
-@pytest.fixture(scope="module")
-async def running_materializer(settings: Settings) -> AsyncIterator[None]:
-    async with materializer_running(settings):
-        yield
 
 
 async def end_offsets(

@@ -15,9 +15,10 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -30,7 +31,8 @@ from erynoa.supervisor import System
 from erynoa.topics import TopicCatalog, load_catalog
 from streams.app import AGENTS
 from tests.integration.materializing import publisher_for
-from tests.integration.saga.harness import EventLog, Mailbox, WebhookInbox
+from tests.integration.saga import harness
+from tests.integration.saga.harness import EventLog, Mailbox, Service, User, WebhookInbox
 
 
 def _reachable(settings: Settings) -> str | None:
@@ -207,6 +209,32 @@ class LiveSaga:
     mailbox: Mailbox
     settings: Settings
     catalog: TopicCatalog
+
+    # What the API would publish, and the invariants over what the log saw: the harness's steps
+    # with this session's database, publisher and event log.
+
+    async def book(self, **options: Any) -> tuple[Service, str]:
+        """A new customer's request for a new service (``options`` as ``a_booking`` takes them);
+        the service and the booking id."""
+        return await harness.a_booking(self.db, self.publisher, **options)
+
+    async def request(self, service: Service, customer: User, **options: Any) -> str:
+        """``customer`` requests ``service`` (``options`` as ``request_booking`` takes them); the
+        booking id."""
+        return await harness.request_booking(self.publisher, service, customer, **options)
+
+    async def answer(self, booking_id: str, decision: str, reason: str | None = None) -> None:
+        await harness.answer(self.publisher, self.event_log, booking_id, decision, reason)
+
+    async def cancel(self, booking_id: str) -> None:
+        await harness.cancel(self.publisher, self.event_log, booking_id)
+
+    async def stripe_webhook(self, booking_id: str, stripe_event_type: str) -> None:
+        await harness.stripe_webhook(self.publisher, self.event_log, booking_id, stripe_event_type)
+
+    async def assert_invariants(self, booking_ids: Sequence[str]) -> None:
+        """The invariants hold over the bookings' rows and every event the log saw of them."""
+        await harness.assert_invariants(self.db, booking_ids, self.event_log.events)
 
 
 @pytest.fixture(scope="session")

@@ -26,11 +26,7 @@ import pytest
 from erynoa.saga import Status
 from ops.invariants import ClientRequest, check_invariants
 from tests.integration.saga.conftest import Api, LiveSaga
-from tests.integration.saga.harness import (
-    a_booking,
-    deadline_started,
-    provider_decided,
-)
+from tests.integration.saga.harness import deadline_started, provider_decided
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +114,7 @@ async def test_an_accept_committing_across_the_deadline_is_not_timed_out_after_i
 ) -> None:
     from api.auth import issue_dev_token
 
-    service, booking = await a_booking(live.db, live.publisher, response_deadline_seconds=6)
+    service, booking = await live.book(response_deadline_seconds=6)
     await live.event_log.wait(booking, deadline_started)
     await read_model_status(live.db, booking, Status.AWAITING_PROVIDER)
     trigger = await hold_answer_commit(live.db, booking)

@@ -18,15 +18,11 @@ from erynoa.saga import Payment, Status
 from streams.payment.sandbox import complete_authentication
 from tests.integration.saga.conftest import LiveSaga
 from tests.integration.saga.harness import (
-    a_booking,
-    answer,
-    assert_invariants,
     deadline_started,
     from_api,
     ledger,
     provider_decided,
     status_is,
-    stripe_webhook,
 )
 
 pytestmark = pytest.mark.integration
@@ -35,7 +31,7 @@ pytestmark = pytest.mark.integration
 async def test_an_accept_taken_before_the_deadline_wins_though_processed_after_it(
     live: LiveSaga,
 ) -> None:
-    service, booking = await a_booking(live.db, live.publisher, response_deadline_seconds=3)
+    service, booking = await live.book(response_deadline_seconds=3)
     state = await live.event_log.wait(booking, deadline_started)
 
     # The API takes the accept (its row commits with the 202) ...
@@ -68,15 +64,13 @@ async def test_an_accept_taken_before_the_deadline_wins_though_processed_after_i
     final = await live.event_log.wait(booking)
     assert final.status == Status.CONFIRMED
     assert live.event_log.count(booking, "ProviderTimedOut") == 0
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])
 
 
 async def test_a_3ds_success_acknowledged_in_time_is_not_abandoned_by_the_sweep(
     live: LiveSaga,
 ) -> None:
-    _, booking = await a_booking(
-        live.db, live.publisher, payment_method="pm_card_authenticationRequired"
-    )
+    _, booking = await live.book(payment_method="pm_card_authenticationRequired")
     state = await live.event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
     assert state.payment_id is not None
 
@@ -91,15 +85,13 @@ async def test_a_3ds_success_acknowledged_in_time_is_not_abandoned_by_the_sweep(
     moved = await live.event_log.wait(
         booking, lambda s: s is not None and s.status != Status.PAYMENT_ACTION_REQUIRED, within=40
     )
-    await stripe_webhook(
-        live.publisher, live.event_log, booking, "payment_intent.amount_capturable_updated"
-    )
+    await live.stripe_webhook(booking, "payment_intent.amount_capturable_updated")
     assert moved.status == Status.AWAITING_PROVIDER
     assert moved.payment == Payment.AUTHORIZED
 
     await live.event_log.wait(booking, deadline_started)
-    await answer(live.publisher, live.event_log, booking, "accept")
+    await live.answer(booking, "accept")
     final = await live.event_log.wait(booking)
     assert final.status == Status.CONFIRMED
     assert await ledger(live.db, booking) == [("authorize", "authorized"), ("capture", "captured")]
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])

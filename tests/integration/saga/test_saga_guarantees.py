@@ -13,25 +13,18 @@ import pytest
 
 from erynoa import events as ev
 from erynoa import kafka as k
-from erynoa.kafka import EventPublisher
 from erynoa.saga import Status
 from streams.app import AGENTS
 from streams.notification import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
 from tests.integration.saga.conftest import LiveSaga
 from tests.integration.saga.harness import (
-    EventLog,
     Service,
     User,
     WebhookInbox,
-    a_booking,
-    answer,
-    assert_invariants,
-    cancel,
     create_service,
     create_user,
     dead_letters,
     deadline_started,
-    request_booking,
     settled,
     status_is,
     wait_caught_up,
@@ -70,30 +63,26 @@ async def snapshot(db: asyncpg.Pool, bookings: list[str]) -> dict[str, object]:
     }
 
 
-async def finished_sagas(
-    db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog
-) -> list[str]:
+async def finished_sagas(live: LiveSaga) -> list[str]:
     """One booking per kind of ending, all settled."""
-    service = await create_service(db, response_deadline_seconds=2)
-    customer = await create_user(db, "customer")
-    confirmed = await request_booking(publisher, service, customer)
-    declined = await request_booking(
-        publisher, service, customer, payment_method="pm_card_chargeDeclined"
-    )
-    expired = await request_booking(publisher, service, customer)
-    refunded = await request_booking(publisher, service, customer)
+    service = await create_service(live.db, response_deadline_seconds=2)
+    customer = await create_user(live.db, "customer")
+    confirmed = await live.request(service, customer)
+    declined = await live.request(service, customer, payment_method="pm_card_chargeDeclined")
+    expired = await live.request(service, customer)
+    refunded = await live.request(service, customer)
     for booking in (confirmed, refunded):
-        await event_log.wait(booking, deadline_started)
-        await answer(publisher, event_log, booking, "accept")
-    await event_log.wait(refunded, status_is(Status.CONFIRMED))
-    await cancel(publisher, event_log, refunded)
+        await live.event_log.wait(booking, deadline_started)
+        await live.answer(booking, "accept")
+    await live.event_log.wait(refunded, status_is(Status.CONFIRMED))
+    await live.cancel(refunded)
     bookings = [confirmed, declined, expired, refunded]
-    await event_log.wait_all(bookings, within=60)
+    await live.event_log.wait_all(bookings, within=60)
     return bookings
 
 
 async def test_redelivering_every_event_of_finished_sagas_changes_nothing(live: LiveSaga) -> None:
-    bookings = await finished_sagas(live.db, live.publisher, live.event_log)
+    bookings = await finished_sagas(live)
     groups = [live.catalog.consumer(a).group_id for a in AGENTS]
     await wait_caught_up(live.settings.kafka_bootstrap, live.catalog, groups)
     before = await snapshot(live.db, bookings)
@@ -114,7 +103,7 @@ async def test_redelivering_every_event_of_finished_sagas_changes_nothing(live: 
     for booking in bookings:
         assert {e.event_id for e in live.event_log.events[booking]} == event_ids[booking]
         assert settled(live.event_log.state(booking))
-    await assert_invariants(live.db, bookings, live.event_log.events)
+    await live.assert_invariants(bookings)
 
 
 async def test_kill_9_of_every_worker_mid_run_loses_nothing(live: LiveSaga) -> None:
@@ -131,7 +120,7 @@ async def test_kill_9_of_every_worker_mid_run_loses_nothing(live: LiveSaga) -> N
             for booking in to_accept - answered:
                 if deadline_started(live.event_log.state(booking)):
                     answered.add(booking)
-                    await answer(live.publisher, live.event_log, booking, "accept")
+                    await live.answer(booking, "accept")
             await asyncio.sleep(0.1)
 
     answering = asyncio.create_task(answer_when_asked())
@@ -140,9 +129,7 @@ async def test_kill_9_of_every_worker_mid_run_loses_nothing(live: LiveSaga) -> N
         for wave in range(3):
             for agent in AGENTS:
                 for method in rng.sample(methods, 4):
-                    booking = await request_booking(
-                        live.publisher, service, customer, payment_method=method
-                    )
+                    booking = await live.request(service, customer, payment_method=method)
                     bookings.append(booking)
                     # Some visa bookings are left to time out, the rest accepted.
                     if method != "pm_card_chargeDeclined" and rng.random() < 0.7:
@@ -157,7 +144,7 @@ async def test_kill_9_of_every_worker_mid_run_loses_nothing(live: LiveSaga) -> N
         with contextlib.suppress(asyncio.CancelledError):
             await answering
 
-    await assert_invariants(live.db, bookings, live.event_log.events)
+    await live.assert_invariants(bookings)
     for booking in bookings:
         # Once in effect: a crash between sending and recording may resend, but then with the
         # same Message-ID; distinct messages are one per notification.
@@ -177,7 +164,7 @@ async def test_undecodable_message_is_dead_lettered_and_others_keep_flowing(live
         key=poison_key,
         headers=[("x-request-id", b"poison")],
     )
-    _, booking = await a_booking(live.db, live.publisher, payment_method="pm_card_chargeDeclined")
+    _, booking = await live.book(payment_method="pm_card_chargeDeclined")
     await live.event_log.wait(booking)
 
     for agent in AGENTS:
@@ -197,28 +184,25 @@ async def test_undecodable_message_is_dead_lettered_and_others_keep_flowing(live
 
 
 async def declined_booking(
-    db: asyncpg.Pool,
-    publisher: EventPublisher,
-    customer: User | None = None,
-    headers: dict[str, str] | None = None,
+    live: LiveSaga, customer: User | None = None, headers: dict[str, str] | None = None
 ) -> tuple[str, Service]:
-    service = await create_service(db)
-    customer = customer or await create_user(db, "customer")
-    booking = await request_booking(
-        publisher, service, customer, payment_method="pm_card_chargeDeclined", headers=headers
+    service = await create_service(live.db)
+    customer = customer or await create_user(live.db, "customer")
+    booking = await live.request(
+        service, customer, payment_method="pm_card_chargeDeclined", headers=headers
     )
     return booking, service
 
 
 async def test_smtp_temporary_failures_are_retried_then_delivered_once(live: LiveSaga) -> None:
     live.mailbox.refuse_next(2)
-    booking, _ = await declined_booking(live.db, live.publisher)
+    booking, _ = await declined_booking(live)
     state = await live.event_log.wait(booking, within=40)  # tiers of 1s and 10s
     assert state.status == Status.FAILED
     mails = live.mailbox.for_booking(booking)
     assert [m.template for m in mails] == ["customer_failed"]
     assert live.event_log.count(booking, "NotificationSent") == 1
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])
 
 
 async def test_notification_gives_up_after_its_last_retry_and_the_saga_goes_on(
@@ -226,7 +210,7 @@ async def test_notification_gives_up_after_its_last_retry_and_the_saga_goes_on(
 ) -> None:
     live.mailbox.refuse_next(1000)
     try:
-        booking, _ = await declined_booking(live.db, live.publisher)
+        booking, _ = await declined_booking(live)
         await live.event_log.wait(booking, status_is(Status.FAILED))
         await live.event_log.wait(booking, lambda s: s is not None and s.hold.value == "released")
         # Skip the minute-long tiers: put the event the agent keeps failing on into the last
@@ -270,7 +254,7 @@ async def test_webhook_notifications_are_signed_retried_and_delivered_once(
 ) -> None:
     customer = await create_user(live.db, "customer", email=False, webhook_url=webhooks.url())
     webhooks.fail_next(1)
-    booking, _ = await declined_booking(live.db, live.publisher, customer)
+    booking, _ = await declined_booking(live, customer)
     state = await live.event_log.wait(booking, within=30)
     assert state.status == Status.FAILED
     hooks = webhooks.for_booking(booking)
@@ -288,7 +272,7 @@ async def test_webhook_notifications_are_signed_retried_and_delivered_once(
 
 async def test_a_user_without_any_address_is_recorded_as_failed(live: LiveSaga) -> None:
     customer = await create_user(live.db, "customer", email=False)
-    booking, _ = await declined_booking(live.db, live.publisher, customer)
+    booking, _ = await declined_booking(live, customer)
     state = await live.event_log.wait(booking)
     assert state.status == Status.FAILED
     failed = [e for e in live.event_log.events[booking] if isinstance(e, ev.NotificationFailed)]
@@ -296,7 +280,7 @@ async def test_a_user_without_any_address_is_recorded_as_failed(live: LiveSaga) 
 
 
 async def test_synthetic_traffic_is_never_delivered(live: LiveSaga) -> None:
-    booking, _ = await declined_booking(live.db, live.publisher, headers={k.H_SYNTHETIC: "1"})
+    booking, _ = await declined_booking(live, headers={k.H_SYNTHETIC: "1"})
     state = await live.event_log.wait(booking)
     assert state.status == Status.FAILED
     assert live.mailbox.for_booking(booking) == []

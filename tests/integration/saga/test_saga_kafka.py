@@ -17,18 +17,12 @@ from erynoa.saga import BookingState, Hold, Payment, Status
 from tests.integration.saga.conftest import LiveSaga
 from tests.integration.saga.harness import (
     Mailbox,
-    a_booking,
     a_slot,
-    answer,
-    assert_invariants,
-    cancel,
     create_service,
     create_user,
     deadline_started,
     ledger,
-    request_booking,
     status_is,
-    stripe_webhook,
 )
 
 pytestmark = pytest.mark.integration
@@ -47,9 +41,7 @@ def mails(mailbox: Mailbox, booking_id: str) -> list[str]:
 
 async def waiting_for_3ds(live: LiveSaga) -> str:
     """A booking whose card asks for 3-D Secure, waiting for the customer to complete it."""
-    _, booking = await a_booking(
-        live.db, live.publisher, payment_method="pm_card_authenticationRequired"
-    )
+    _, booking = await live.book(payment_method="pm_card_authenticationRequired")
     await live.event_log.wait(booking, status_is(Status.PAYMENT_ACTION_REQUIRED))
     return booking
 
@@ -59,12 +51,12 @@ async def answered(
 ) -> BookingState:
     """The provider answers ``decision`` once it is asked; the booking as it ends."""
     await live.event_log.wait(booking, deadline_started)
-    await answer(live.publisher, live.event_log, booking, decision, reason=reason)
+    await live.answer(booking, decision, reason=reason)
     return await live.event_log.wait(booking)
 
 
 async def test_happy_path_confirms_captures_once_and_tells_both(live: LiveSaga) -> None:
-    service, booking = await a_booking(live.db, live.publisher)
+    service, booking = await live.book()
     await live.event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
     state = await answered(live, booking, "accept")
     assert state.status == Status.CONFIRMED
@@ -77,16 +69,16 @@ async def test_happy_path_confirms_captures_once_and_tells_both(live: LiveSaga) 
         m for m in live.mailbox.for_booking(booking) if m.template == "provider_request"
     )
     assert provider_mail.to == (service.provider.email,)
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])
 
 
 async def test_slot_full_rejects_without_authorizing(live: LiveSaga) -> None:
     service = await create_service(live.db, capacity=1)
     customer = await create_user(live.db, "customer")
     slot = a_slot()
-    first = await request_booking(live.publisher, service, customer, slot=slot)
+    first = await live.request(service, customer, slot=slot)
     await live.event_log.wait(first, status_is(Status.AWAITING_PROVIDER))
-    second = await request_booking(live.publisher, service, customer, slot=slot)
+    second = await live.request(service, customer, slot=slot)
 
     state = await live.event_log.wait(second)
     assert state.status == Status.REJECTED
@@ -95,48 +87,46 @@ async def test_slot_full_rejects_without_authorizing(live: LiveSaga) -> None:
     assert await hold_status(live.db, second) is None
     assert mails(live.mailbox, second) == ["customer_rejected"]
 
-    await cancel(live.publisher, live.event_log, first)  # leave nothing held behind
+    await live.cancel(first)  # leave nothing held behind
     await live.event_log.wait(first)
-    await assert_invariants(live.db, [first, second], live.event_log.events)
+    await live.assert_invariants([first, second])
 
 
 async def test_payment_declined_releases_the_hold(live: LiveSaga) -> None:
-    _, booking = await a_booking(live.db, live.publisher, payment_method="pm_card_chargeDeclined")
+    _, booking = await live.book(payment_method="pm_card_chargeDeclined")
     state = await live.event_log.wait(booking)
     assert state.status == Status.FAILED
     assert state.hold == Hold.RELEASED
     assert state.payment == Payment.FAILED
     assert await hold_status(live.db, booking) == "released"
     assert mails(live.mailbox, booking) == ["customer_failed"]
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])
 
 
 async def test_action_required_then_webhook_continues_to_awaiting_provider(live: LiveSaga) -> None:
     booking = await waiting_for_3ds(live)
-    await stripe_webhook(
-        live.publisher, live.event_log, booking, "payment_intent.amount_capturable_updated"
-    )
+    await live.stripe_webhook(booking, "payment_intent.amount_capturable_updated")
     await live.event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
     await live.event_log.wait(booking, lambda s: s is not None and "provider_request" in s.notified)
 
-    await answer(live.publisher, live.event_log, booking, "accept")
+    await live.answer(booking, "accept")
     state = await live.event_log.wait(booking)
     assert state.status == Status.CONFIRMED
     assert await ledger(live.db, booking) == [
         ("authorize", "action_required"),
         ("capture", "captured"),
     ]
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])
 
 
 async def test_action_required_then_failed_webhook_fails_and_releases(live: LiveSaga) -> None:
     booking = await waiting_for_3ds(live)
-    await stripe_webhook(live.publisher, live.event_log, booking, "payment_intent.payment_failed")
+    await live.stripe_webhook(booking, "payment_intent.payment_failed")
     state = await live.event_log.wait(booking)
     assert state.status == Status.FAILED
     assert state.hold == Hold.RELEASED
     assert mails(live.mailbox, booking) == ["customer_failed"]
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])
 
 
 async def test_action_never_completed_fails_voids_and_releases(live: LiveSaga) -> None:
@@ -147,11 +137,11 @@ async def test_action_never_completed_fails_voids_and_releases(live: LiveSaga) -
     assert state.hold == Hold.RELEASED
     assert await ledger(live.db, booking) == [("authorize", "action_required"), ("void", "voided")]
     assert mails(live.mailbox, booking) == ["customer_failed"]
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])
 
 
 async def test_provider_rejects_voids_and_releases(live: LiveSaga) -> None:
-    _, booking = await a_booking(live.db, live.publisher)
+    _, booking = await live.book()
     state = await answered(live, booking, "reject", reason="fully booked that day")
     assert state.status == Status.REJECTED
     assert state.payment == Payment.VOIDED
@@ -164,11 +154,11 @@ async def test_provider_rejects_voids_and_releases(live: LiveSaga) -> None:
         "SELECT status FROM provider_deadlines WHERE booking_id = $1", booking
     )
     assert deadline == "rejected"
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])
 
 
 async def test_provider_times_out_expires_voids_and_releases(live: LiveSaga) -> None:
-    _, booking = await a_booking(live.db, live.publisher, response_deadline_seconds=2)
+    _, booking = await live.book(response_deadline_seconds=2)
     state = await live.event_log.wait(booking, within=30)
     assert state.status == Status.EXPIRED
     assert state.payment == Payment.VOIDED
@@ -177,18 +167,18 @@ async def test_provider_times_out_expires_voids_and_releases(live: LiveSaga) -> 
 
     # An answer given after the deadline changes nothing.
     before = live.event_log.types(booking)
-    await answer(live.publisher, live.event_log, booking, "accept")
+    await live.answer(booking, "accept")
     await live.event_log.quiet(2.0)
     assert live.event_log.types(booking) == [*before, "ProviderAnswerSubmitted"]
     after = live.event_log.state(booking)
     assert after is not None
     assert (after.status, after.payment, after.hold) == (state.status, state.payment, state.hold)
     assert await ledger(live.db, booking) == [("authorize", "authorized"), ("void", "voided")]
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])
 
 
 async def test_capture_fails_fails_releases_and_tells_the_customer(live: LiveSaga) -> None:
-    _, booking = await a_booking(live.db, live.publisher, payment_method="pm_card_captureFails")
+    _, booking = await live.book(payment_method="pm_card_captureFails")
     state = await answered(live, booking, "accept")
     assert state.status == Status.FAILED
     assert state.hold == Hold.RELEASED
@@ -199,7 +189,7 @@ async def test_capture_fails_fails_releases_and_tells_the_customer(live: LiveSag
         ("void", "voided"),
     ]
     assert "customer_failed" in mails(live.mailbox, booking)
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])
 
 
 @pytest.mark.parametrize(
@@ -225,19 +215,15 @@ async def test_customer_cancels_and_everything_is_given_back(
     paused: str | None,
     expected_ledger: list[str],
 ) -> None:
-    service = await create_service(live.db)
-    customer = await create_user(live.db, "customer")
     if paused:
         live.agents.stop(paused)
     try:
-        booking = await request_booking(
-            live.publisher, service, customer, payment_method=payment_method
-        )
+        _, booking = await live.book(payment_method=payment_method)
         if cancel_in == Status.CONFIRMED:
             await answered(live, booking, "accept")
         else:
             await live.event_log.wait(booking, status_is(cancel_in))
-        await cancel(live.publisher, live.event_log, booking)
+        await live.cancel(booking)
         await live.event_log.wait(booking, status_is(Status.CANCELLED))
     finally:
         if paused:
@@ -256,7 +242,7 @@ async def test_customer_cancels_and_everything_is_given_back(
             "customer_confirmed",
             "provider_request",
         ]
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])
 
 
 async def test_fifty_concurrent_requests_for_three_seats(live: LiveSaga) -> None:
@@ -264,7 +250,7 @@ async def test_fifty_concurrent_requests_for_three_seats(live: LiveSaga) -> None
     customer = await create_user(live.db, "customer")
     slot = a_slot()
     bookings = await asyncio.gather(
-        *(request_booking(live.publisher, service, customer, slot=slot) for _ in range(50))
+        *(live.request(service, customer, slot=slot) for _ in range(50))
     )
     states = await live.event_log.wait_all(
         bookings, status_is(Status.AWAITING_PROVIDER, Status.REJECTED), within=120
@@ -281,7 +267,7 @@ async def test_fifty_concurrent_requests_for_three_seats(live: LiveSaga) -> None
 
     for booking in winners:
         await live.event_log.wait(booking, deadline_started)
-        await answer(live.publisher, live.event_log, booking, "accept")
+        await live.answer(booking, "accept")
     final = await live.event_log.wait_all(bookings, within=120)
     assert sorted(s.status.value for s in final.values()).count("confirmed") == 3
     assert sum(s.status == Status.REJECTED for s in final.values()) == 47
@@ -291,4 +277,4 @@ async def test_fifty_concurrent_requests_for_three_seats(live: LiveSaga) -> None
         slot,
     )
     assert dict(capacity) == {"held": 0, "confirmed": 3}
-    await assert_invariants(live.db, bookings, live.event_log.events)
+    await live.assert_invariants(bookings)

@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from confluent_kafka import Consumer, KafkaError
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -22,16 +21,10 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from erynoa.codec import UndecodableEvent, default_codec
-from erynoa.kafka import EventPublisher
 from erynoa.saga import Status
 from erynoa.settings import PROJECT_ROOT, Settings
 from tests.integration.saga.conftest import LiveSaga
-from tests.integration.saga.harness import (
-    EventLog,
-    a_booking,
-    answer,
-    status_is,
-)
+from tests.integration.saga.harness import status_is
 
 pytestmark = pytest.mark.integration
 
@@ -87,23 +80,21 @@ def read_every_topic(
     return found
 
 
-async def answered(
-    db: asyncpg.Pool, publisher: EventPublisher, event_log: EventLog, decision: str, ends: Status
-) -> str:
+async def answered(live: LiveSaga, decision: str, ends: Status) -> str:
     """A new booking its provider answered ``decision``, once it ended as ``ends`` and the agents
     fell quiet (everything it caused is on the topics)."""
-    _, booking = await a_booking(db, publisher)
-    await event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
-    await answer(publisher, event_log, booking, decision)
-    assert (await event_log.wait(booking)).status == ends
-    await event_log.quiet()
+    _, booking = await live.book()
+    await live.event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
+    await live.answer(booking, decision)
+    assert (await live.event_log.wait(booking)).status == ends
+    await live.event_log.quiet()
     return booking
 
 
 async def test_a_stock_deserializer_decodes_every_event_of_a_booking_on_every_topic(
     live: LiveSaga,
 ) -> None:
-    booking = await answered(live.db, live.publisher, live.event_log, "accept", Status.CONFIRMED)
+    booking = await answered(live, "accept", Status.CONFIRMED)
 
     topics = [t.name for t in live.catalog.by_kind("event")]
     messages = await asyncio.to_thread(read_every_topic, live.settings, topics)
@@ -133,7 +124,7 @@ async def test_a_stock_deserializer_decodes_every_event_of_a_booking_on_every_to
 
 
 async def test_the_example_subscriber_follows_one_booking(live: LiveSaga) -> None:
-    booking = await answered(live.db, live.publisher, live.event_log, "reject", Status.REJECTED)
+    booking = await answered(live, "reject", Status.REJECTED)
 
     assert live.settings.registry_url is not None
     done = await asyncio.to_thread(
@@ -165,7 +156,7 @@ async def test_kcat_shows_each_events_key_and_type_as_the_readme_says(live: Live
     kcat = shutil.which("kcat")
     if kcat is None:
         pytest.skip("kcat is not installed (make setup installs it)")
-    _, booking = await a_booking(live.db, live.publisher)
+    _, booking = await live.book()
     await live.event_log.wait(booking, status_is(Status.AWAITING_PROVIDER))
 
     done = await asyncio.to_thread(

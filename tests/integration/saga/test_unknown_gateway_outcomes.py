@@ -16,18 +16,7 @@ from erynoa.saga import Payment, Status
 from streams.payment.sandbox import IDEMPOTENCY_WINDOW, MASTERCARD, outage_reason_answer_lost
 from tests.conftest import eventually
 from tests.integration.saga.conftest import LiveSaga
-from tests.integration.saga.harness import (
-    a_booking,
-    answer,
-    assert_invariants,
-    cancel,
-    create_service,
-    create_user,
-    deadline_started,
-    ledger,
-    request_booking,
-    status_is,
-)
+from tests.integration.saga.harness import deadline_started, ledger, status_is
 
 pytestmark = pytest.mark.integration
 
@@ -51,18 +40,16 @@ async def outage_over(db: asyncpg.Pool) -> None:
 async def test_an_authorization_whose_answer_was_lost_is_voided_when_the_booking_is_cancelled(
     live: LiveSaga,
 ) -> None:
-    service = await create_service(live.db)
-    customer = await create_user(live.db, "customer")
     await answers_lost(live.db, "authorize")
     try:
-        booking = await request_booking(live.publisher, service, customer, payment_method=CARD)
+        _, booking = await live.book(payment_method=CARD)
 
         async def authorized_at_the_gateway() -> bool:
             return ("authorize", "authorized") in await ledger(live.db, booking)
 
         await eventually(authorized_at_the_gateway)
         # The customer cancels while the agent still does not know the authorization's fate.
-        await cancel(live.publisher, live.event_log, booking)
+        await live.cancel(booking)
         await live.event_log.wait(booking, status_is(Status.CANCELLED))
         [cancelled] = [
             e
@@ -89,17 +76,17 @@ async def test_an_authorization_whose_answer_was_lost_is_voided_when_the_booking
     assert state.status == Status.CANCELLED
     assert await ledger(live.db, booking) == [("authorize", "authorized"), ("void", "voided")]
     await live.event_log.wait(booking)
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])
 
 
 async def test_a_capture_that_took_effect_confirms_once_when_replayed_after_the_key_expired(
     live: LiveSaga,
 ) -> None:
-    _, booking = await a_booking(live.db, live.publisher, payment_method=CARD)
+    _, booking = await live.book(payment_method=CARD)
     await live.event_log.wait(booking, deadline_started)
     await answers_lost(live.db, "capture")
     try:
-        await answer(live.publisher, live.event_log, booking, "accept")
+        await live.answer(booking, "accept")
 
         async def captured_at_the_gateway() -> bool:
             return ("capture", "captured") in await ledger(live.db, booking)
@@ -123,4 +110,4 @@ async def test_a_capture_that_took_effect_confirms_once_when_replayed_after_the_
     assert final.payment == Payment.CAPTURED
     assert await ledger(live.db, booking) == [("authorize", "authorized"), ("capture", "captured")]
     assert live.event_log.count(booking, "PaymentCaptureFailed") == 0
-    await assert_invariants(live.db, [booking], live.event_log.events)
+    await live.assert_invariants([booking])

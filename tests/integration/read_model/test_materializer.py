@@ -5,7 +5,7 @@ from a log with late, repeated and undecodable messages, in parts or in one proc
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,36 +20,10 @@ from erynoa.codec import default_codec
 from erynoa.kafka import EventPublisher, end_offsets
 from erynoa.settings import Settings
 from erynoa.topics import load_catalog
-from tests.conftest import eventually, own_namespace, unique
-from tests.integration.materializing import materializer_running, pool_for, publisher_for
+from tests.conftest import eventually, unique
+from tests.integration.materializing import materializer_running
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-async def settings(settings: Settings) -> AsyncIterator[Settings]:
-    """Own topics and database: these hand-made sagas must not reach the real agents, and a
-    rebuild compares the whole read model."""
-    async with own_namespace(settings) as isolated:
-        yield isolated
-
-
-@pytest.fixture(scope="module")
-async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    async with pool_for(settings) as pool:
-        yield pool
-
-
-@pytest.fixture
-async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
-    async with publisher_for(settings, "test-materializer") as publisher:
-        yield publisher
-
-
-@pytest.fixture
-async def running_materializer(settings: Settings) -> AsyncIterator[None]:
-    async with materializer_running(settings):
-        yield
 
 
 def saga_events(booking_id: str) -> list[ev.BookingEvent]:
