@@ -15,7 +15,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
 from api.deps import AdminUser, CurrentUser, Db, MemberUser, SettingsDep
 from api.envelopes import ApiError, Envelope, Page, errors, not_found, ok
-from api.readmodel import read_page
+from api.readmodel import Listing
 from api.routes.auth import DisplayName, Email
 from api.schemas import Body, Paging
 from erynoa.outbound import OutboundPolicy, OutboundRefused
@@ -80,15 +80,10 @@ _COLUMNS = "id, email, display_name, roles, webhook_url, created_at, updated_at"
 
 
 def _user(row: asyncpg.Record) -> User:
-    return User(
-        id=row["id"],
-        email=row["email"],
-        display_name=row["display_name"],
-        roles=list(row["roles"]),
-        webhook_url=row["webhook_url"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    return User.model_validate(dict(row))
+
+
+_LISTING = Listing(_user, _COLUMNS, "users", order_by="created_at DESC, id")
 
 
 async def _fetch(conn: asyncpg.Connection, user_id: str) -> User:
@@ -161,15 +156,8 @@ async def list_users(
     role: Annotated[Literal["customer", "provider", "admin"] | None, Query()] = None,
 ) -> Page[User]:
     """All users, newest first (admin)."""
-    return await read_page(
-        request,
-        conn,
-        _user,
-        columns=_COLUMNS,
-        from_where="FROM users WHERE $1::text IS NULL OR $1 = ANY(roles)",
-        order_by="created_at DESC, id",
-        params=[role],
-        paging=paging,
+    return await _LISTING.page(
+        request, conn, paging, where=["$1::text IS NULL OR $1 = ANY(roles)"], params=[role]
     )
 
 
