@@ -28,7 +28,8 @@ from api.runtime import ApiRuntime, EventContext, KafkaLink
 from api.schemas import MAX_AMOUNT_MINOR, Body, Currency, Description, Money, Name, Paging
 from erynoa import events as ev
 
-router = APIRouter(prefix="/services", tags=["services"])
+# Every route reads PostgreSQL (503).
+router = APIRouter(prefix="/services", tags=["services"], responses=errors(503))
 
 MAX_DURATION_MINUTES = 7 * 24 * 60
 MAX_RESPONSE_DEADLINE_SECONDS = 30 * 24 * 3600
@@ -182,7 +183,7 @@ async def _service_change(
 ChangeRequest = Annotated[ServiceChange, Depends(_service_change)]
 
 
-@router.get("", response_model=Page[Service], responses=errors(422, 429, 500, 503))
+@router.get("", response_model=Page[Service])
 async def list_services(
     request: Request,
     conn: Db,
@@ -222,9 +223,7 @@ async def list_services(
     return await _LISTING.page(request, conn, paging, where=conditions, params=params)
 
 
-@router.get(
-    "/{service_id}", response_model=Envelope[Service], responses=errors(404, 422, 429, 500, 503)
-)
+@router.get("/{service_id}", response_model=Envelope[Service], responses=errors(404))
 async def get_service(request: Request, service_id: uuid.UUID, conn: Db) -> Envelope[Service]:
     """One service (deactivated ones too, so old bookings can show theirs)."""
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM services WHERE id = $1", service_id)
@@ -239,7 +238,7 @@ async def get_service(request: Request, service_id: uuid.UUID, conn: Db) -> Enve
     response_model=Envelope[Service],
     responses={
         201: {"description": "Created; `Location` names the new service"},
-        **errors(401, 403, 413, 415, 422, 429, 500, 503),
+        **errors(401, 403, 413, 415),
     },
 )
 async def create_service(
@@ -281,7 +280,7 @@ async def create_service(
 @router.put(
     "/{service_id}",
     response_model=Envelope[Service],
-    responses=errors(401, 403, 404, 413, 415, 422, 429, 500, 503),
+    responses=errors(401, 403, 404, 413, 415),
 )
 async def update_service(
     request: Request, body: ServiceUpdate, change: ChangeRequest
@@ -316,7 +315,7 @@ async def update_service(
 @router.delete(
     "/{service_id}",
     response_model=Envelope[Service],
-    responses=errors(401, 403, 404, 422, 429, 500, 503),
+    responses=errors(401, 403, 404),
 )
 async def delete_service(request: Request, change: ChangeRequest) -> Envelope[Service]:
     """Deactivate a service: no new bookings; existing ones and their history stay."""

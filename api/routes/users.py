@@ -21,7 +21,8 @@ from api.schemas import Body, Paging
 from erynoa.outbound import OutboundPolicy, OutboundRefused
 from erynoa.settings import Settings
 
-router = APIRouter(prefix="/users", tags=["users"])
+# Every route needs a verified caller (401) and PostgreSQL and Redis (503).
+router = APIRouter(prefix="/users", tags=["users"], responses=errors(401, 503))
 
 WebhookUrl = Annotated[
     AnyHttpUrl, UrlConstraints(max_length=2000, allowed_schemes=["http", "https"])
@@ -93,15 +94,13 @@ async def _fetch(conn: asyncpg.Connection, user_id: str) -> User:
     return _user(row)
 
 
-@router.get("/me", response_model=Envelope[User], responses=errors(401, 404, 429, 500, 503))
+@router.get("/me", response_model=Envelope[User], responses=errors(404))
 async def get_me(request: Request, user: CurrentUser, conn: Db) -> Envelope[User]:
     """The caller's profile."""
     return ok(request, await _fetch(conn, user.sub))
 
 
-@router.put(
-    "/me", response_model=Envelope[User], responses=errors(401, 403, 404, 422, 429, 500, 503)
-)
+@router.put("/me", response_model=Envelope[User], responses=errors(403, 404))
 async def put_me(
     request: Request, body: ProfileUpdate, user: MemberUser, conn: Db, settings: SettingsDep
 ) -> Envelope[User]:
@@ -147,7 +146,7 @@ async def _check_webhook_url(url: AnyHttpUrl | None, settings: Settings) -> None
         )
 
 
-@router.get("", response_model=Page[User], responses=errors(401, 403, 422, 429, 500, 503))
+@router.get("", response_model=Page[User], responses=errors(403))
 async def list_users(
     request: Request,
     _admin: AdminUser,
@@ -161,9 +160,7 @@ async def list_users(
     )
 
 
-@router.get(
-    "/{user_id}", response_model=Envelope[User], responses=errors(401, 403, 404, 422, 429, 500, 503)
-)
+@router.get("/{user_id}", response_model=Envelope[User], responses=errors(403, 404))
 async def get_user(
     request: Request,
     _admin: AdminUser,
