@@ -295,11 +295,7 @@ async def list_workflows(
     )
 
 
-@router.get(
-    "/workflows/{booking_id}",
-    response_model=Envelope[Workflow],
-    responses=errors(404),
-)
+@router.get("/workflows/{booking_id}", response_model=Envelope[Workflow], responses=errors(404))
 async def get_workflow(
     request: Request,
     booking_id: uuid.UUID,

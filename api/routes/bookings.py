@@ -427,11 +427,7 @@ def _invalid(field: str, message: str) -> ApiError:
     )
 
 
-@router.get(
-    "/{booking_id}",
-    response_model=Envelope[Booking],
-    responses=errors(404),
-)
+@router.get("/{booking_id}", response_model=Envelope[Booking], responses=errors(404))
 async def get_booking(
     request: Request, booking_id: uuid.UUID, user: CurrentUser, conn: Db
 ) -> Envelope[Booking]:

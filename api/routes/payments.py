@@ -161,11 +161,7 @@ async def _booking_of_payment(conn: asyncpg.Connection, ref: str) -> asyncpg.Rec
     return row
 
 
-@router.get(
-    "/{payment_id}",
-    response_model=Envelope[PaymentStatus],
-    responses=errors(404),
-)
+@router.get("/{payment_id}", response_model=Envelope[PaymentStatus], responses=errors(404))
 async def get_payment(
     request: Request, payment_id: PaymentRef, user: CurrentUser, conn: Db
 ) -> Envelope[PaymentStatus]:

@@ -107,6 +107,24 @@ _COLUMNS = (
     "capacity_per_slot, response_deadline_seconds, active, version, created_at, updated_at"
 )
 
+# The columns a provider sets, and their values from a request, in the same order.
+_TERM_COLUMNS = (
+    "name, description, price_amount_minor, price_currency, duration_minutes, "
+    "capacity_per_slot, response_deadline_seconds"
+)
+
+
+def _term_values(body: ServiceIn) -> tuple[object, ...]:
+    return (
+        body.name,
+        body.description,
+        body.price.amount,
+        body.price.currency,
+        body.duration_minutes,
+        body.capacity_per_slot,
+        body.response_deadline_seconds,
+    )
+
 
 def _service(row: asyncpg.Record) -> Service:
     # The columns carry the fields' names, but for the price's two.
@@ -253,19 +271,12 @@ async def create_service(
     async with conn.transaction():
         row = await conn.fetchrow(
             f"""
-            INSERT INTO services (id, provider_id, name, description, price_amount_minor,
-                price_currency, duration_minutes, capacity_per_slot, response_deadline_seconds)
+            INSERT INTO services (id, provider_id, {_TERM_COLUMNS})
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_COLUMNS}
             """,
             uuid.uuid4(),
             user.sub,
-            body.name,
-            body.description,
-            body.price.amount,
-            body.price.currency,
-            body.duration_minutes,
-            body.capacity_per_slot,
-            body.response_deadline_seconds,
+            *_term_values(body),
         )
         service = _service(row)
         await _publish_change(kafka, service, ctx)
@@ -291,20 +302,12 @@ async def update_service(
         active = current["active"] if body.active is None else body.active
         row = await change.conn.fetchrow(
             f"""
-            UPDATE services SET name = $2, description = $3, price_amount_minor = $4,
-                price_currency = $5, duration_minutes = $6, capacity_per_slot = $7,
-                response_deadline_seconds = $8, active = $9, version = version + 1,
-                updated_at = now()
+            UPDATE services SET ({_TERM_COLUMNS}, active) = ($2, $3, $4, $5, $6, $7, $8, $9),
+                version = version + 1, updated_at = now()
             WHERE id = $1 RETURNING {_COLUMNS}
             """,
             change.service_id,
-            body.name,
-            body.description,
-            body.price.amount,
-            body.price.currency,
-            body.duration_minutes,
-            body.capacity_per_slot,
-            body.response_deadline_seconds,
+            *_term_values(body),
             active,
         )
         service = await change.published(row)
@@ -312,11 +315,7 @@ async def update_service(
     return ok(request, service)
 
 
-@router.delete(
-    "/{service_id}",
-    response_model=Envelope[Service],
-    responses=errors(401, 403, 404),
-)
+@router.delete("/{service_id}", response_model=Envelope[Service], responses=errors(401, 403, 404))
 async def delete_service(request: Request, change: ChangeRequest) -> Envelope[Service]:
     """Deactivate a service: no new bookings; existing ones and their history stay."""
     async with change.conn.transaction():
