@@ -34,20 +34,6 @@ router = APIRouter(prefix="/services", tags=["services"], responses=errors(503))
 MAX_DURATION_MINUTES = 7 * 24 * 60
 MAX_RESPONSE_DEADLINE_SECONDS = 30 * 24 * 3600
 
-_SERVICE_EXAMPLE: dict[str, Any] = {
-    "id": "5e3f2a4b-7c1d-4e8f-9a0b-1c2d3e4f5a6b",
-    "provider_id": "bob",
-    "name": "Haircut",
-    "description": "Wash, cut and style.",
-    "price": {"amount": 4500, "currency": "EUR"},
-    "duration_minutes": 45,
-    "capacity_per_slot": 1,
-    "response_deadline_seconds": 86400,
-    "active": True,
-    "version": 1,
-    "created_at": "2026-01-28T10:00:00Z",
-    "updated_at": "2026-01-28T10:00:00Z",
-}
 _SERVICE_IN_EXAMPLE: dict[str, Any] = {
     "name": "Haircut",
     "description": "Wash, cut and style.",
@@ -55,6 +41,15 @@ _SERVICE_IN_EXAMPLE: dict[str, Any] = {
     "duration_minutes": 45,
     "capacity_per_slot": 1,
     "response_deadline_seconds": 86400,
+}
+_SERVICE_EXAMPLE: dict[str, Any] = {
+    "id": "5e3f2a4b-7c1d-4e8f-9a0b-1c2d3e4f5a6b",
+    "provider_id": "bob",
+    **_SERVICE_IN_EXAMPLE,
+    "active": True,
+    "version": 1,
+    "created_at": "2026-01-28T10:00:00Z",
+    "updated_at": "2026-01-28T10:00:00Z",
 }
 
 
