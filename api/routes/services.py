@@ -24,7 +24,7 @@ from api.auth import Principal
 from api.deps import Context, Db, ProviderUser, Publisher, RuntimeDep
 from api.envelopes import Envelope, Page, errors, forbidden, not_found, ok
 from api.readmodel import Listing
-from api.runtime import ApiRuntime, EventContext, KafkaLink
+from api.runtime import EventContext, KafkaLink, ServiceTermsCache
 from api.schemas import MAX_AMOUNT_MINOR, Body, Currency, Description, Money, Name, Paging
 from erynoa import events as ev
 
@@ -97,16 +97,12 @@ class ServiceUpdate(ServiceIn):
     active: StrictBool | None = None
 
 
-_COLUMNS = (
-    "id, provider_id, name, description, price_amount_minor, price_currency, duration_minutes, "
-    "capacity_per_slot, response_deadline_seconds, active, version, created_at, updated_at"
-)
-
 # The columns a provider sets, and their values from a request, in the same order.
 _TERM_COLUMNS = (
     "name, description, price_amount_minor, price_currency, duration_minutes, "
     "capacity_per_slot, response_deadline_seconds"
 )
+_COLUMNS = f"id, provider_id, {_TERM_COLUMNS}, active, version, created_at, updated_at"
 
 
 def _term_values(body: ServiceIn) -> tuple[object, ...]:
@@ -161,7 +157,7 @@ class ServiceChange:
     conn: asyncpg.Connection
     kafka: KafkaLink
     ctx: EventContext
-    runtime: ApiRuntime
+    terms_cache: ServiceTermsCache
 
     async def owned_row(self) -> asyncpg.Record:
         """The service's row, locked for the change; 404 if there is none, 403 unless the
@@ -190,7 +186,7 @@ async def _service_change(
     ctx: Context,
     runtime: RuntimeDep,
 ) -> ServiceChange:
-    return ServiceChange(service_id, user, conn, kafka, ctx, runtime)
+    return ServiceChange(service_id, user, conn, kafka, ctx, runtime.services)
 
 
 ChangeRequest = Annotated[ServiceChange, Depends(_service_change)]
@@ -306,7 +302,7 @@ async def update_service(
             active,
         )
         service = await change.published(row)
-    change.runtime.services.forget(change.service_id)  # this process books with the new terms
+    change.terms_cache.forget(change.service_id)  # this process books with the new terms
     return ok(request, service)
 
 
@@ -323,5 +319,5 @@ async def delete_service(request: Request, change: ChangeRequest) -> Envelope[Se
             change.service_id,
         )
         service = await change.published(row)
-    change.runtime.services.forget(change.service_id)  # this process refuses new bookings at once
+    change.terms_cache.forget(change.service_id)  # this process refuses new bookings at once
     return ok(request, service)
