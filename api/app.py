@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
@@ -125,16 +125,21 @@ def create_app(
     install_error_handlers(app)
     _install_dependency_errors(app)
 
-    limited = [Depends(limit_ip)]
+    def include_limited(router: APIRouter) -> None:
+        # Counted against the client address's limit: every route may answer 429.
+        app.include_router(
+            router, prefix=API_PREFIX, dependencies=[Depends(limit_ip)], responses=errors(429)
+        )
+
     app.include_router(health.router, prefix=API_PREFIX)
-    app.include_router(auth.router, prefix=API_PREFIX, dependencies=limited)
+    include_limited(auth.router)
     app.include_router(auth.dev_router, prefix=API_PREFIX)
-    app.include_router(users.router, prefix=API_PREFIX, dependencies=limited)
-    app.include_router(services.router, prefix=API_PREFIX, dependencies=limited)
-    app.include_router(bookings.router, prefix=API_PREFIX, dependencies=limited)
-    app.include_router(payments.router, prefix=API_PREFIX, dependencies=limited)
-    app.include_router(webhooks.router, prefix=API_PREFIX, dependencies=limited)
-    app.include_router(admin.router, prefix=API_PREFIX, dependencies=limited)
+    include_limited(users.router)
+    include_limited(services.router)
+    include_limited(bookings.router)
+    include_limited(payments.router)
+    include_limited(webhooks.router)
+    include_limited(admin.router)
     app.include_router(console.router)
     install_docs(
         app,

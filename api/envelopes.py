@@ -327,7 +327,11 @@ _ERROR_EXAMPLES: dict[int, str] = {
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries (with an example each) for the given error statuses."""
+    """OpenAPI ``responses`` entries (with an example each) for the given error statuses.
+
+    A status is declared once where it arises: 422 and 500 on the app (every route), 429 where
+    the address limit is mounted, what a router's routes all share on the router, and the
+    rest on the route."""
     return {
         status: {
             "model": ErrorEnvelope,

@@ -1,4 +1,4 @@
-"""SQL the routes share: paged queries, and the bookings read model's rows.
+"""SQL the routes share: paged listings, and the bookings read model's rows.
 
 The bookings row the API writes at 202 time comes from the same pure fold the materializer
 uses (``erynoa.saga.start``), with ``INSERT ... ON CONFLICT DO NOTHING``: whichever of the two
@@ -11,7 +11,8 @@ The materializer later fills in its own bookkeeping columns (``state``, ``last_e
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 from fastapi import Request
@@ -24,35 +25,46 @@ from erynoa.saga import BookingState
 T = TypeVar("T")
 
 
-async def read_page(
-    request: Request,
-    conn: asyncpg.Connection,
-    item: Callable[[asyncpg.Record], T],
-    *,
-    columns: str,
-    from_where: str,
-    order_by: str,
-    params: Sequence[Any],
-    paging: Pagination,
-) -> Page[T]:
-    """One page of a list endpoint, ``item`` of each row, and the total count, in one query (two
-    only past the last page)."""
-    n = len(params)
-    rows = await conn.fetch(
-        f"SELECT {columns}, count(*) OVER () AS total_count {from_where} "
-        f"ORDER BY {order_by} LIMIT ${n + 1} OFFSET ${n + 2}",
-        *params,
-        paging.per_page,
-        paging.offset,
-    )
-    if rows:
-        total = int(rows[0]["total_count"])
-    elif paging.offset == 0:
-        total = 0
-    else:
-        total = int(await conn.fetchval(f"SELECT count(*) {from_where}", *params))
-    items = [item(row) for row in rows]
-    return page(request, items, page=paging.page, per_page=paging.per_page, total=total)
+@dataclass(frozen=True)
+class Listing(Generic[T]):
+    """What a list endpoint pages through: ``columns`` of ``source`` (a table, perhaps with an
+    alias) in ``order_by`` order, each row answered as ``item`` of it."""
+
+    item: Callable[[asyncpg.Record], T]
+    columns: str
+    source: str
+    order_by: str
+
+    async def page(
+        self,
+        request: Request,
+        conn: asyncpg.Connection,
+        paging: Pagination,
+        *,
+        where: Sequence[str] = (),
+        params: Sequence[Any] = (),
+    ) -> Page[T]:
+        """One page of the rows meeting every condition in ``where`` (``params`` fill their
+        placeholders), and the total count, in one query (two only past the last page)."""
+        from_where = f"FROM {self.source}"
+        if where:
+            from_where += " WHERE " + " AND ".join(f"({condition})" for condition in where)
+        n = len(params)
+        rows = await conn.fetch(
+            f"SELECT {self.columns}, count(*) OVER () AS total_count {from_where} "
+            f"ORDER BY {self.order_by} LIMIT ${n + 1} OFFSET ${n + 2}",
+            *params,
+            paging.per_page,
+            paging.offset,
+        )
+        if rows:
+            total = int(rows[0]["total_count"])
+        elif paging.offset == 0:
+            total = 0
+        else:
+            total = int(await conn.fetchval(f"SELECT count(*) {from_where}", *params))
+        items = [self.item(row) for row in rows]
+        return page(request, items, page=paging.page, per_page=paging.per_page, total=total)
 
 
 _INITIAL_COLUMNS = (

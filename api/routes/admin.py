@@ -55,7 +55,8 @@ from ops import assess, dead_letters, replay, sagas
 from ops.assess import DEFAULT_EXPECTATIONS, Expectations
 from ops.errors import BadInput
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+# Every route needs the admin role (401, 403) and PostgreSQL, Redis or Kafka (503).
+router = APIRouter(prefix="/admin", tags=["admin"], responses=errors(401, 403, 503))
 log = logging.getLogger("erynoa.api.admin")
 
 KAFKA_STATS_TIMEOUT_SECONDS = 5.0
@@ -182,7 +183,7 @@ class WorkflowAction(Body):
     )
 
 
-@router.get("/stats", response_model=Envelope[Stats], responses=errors(401, 403, 429, 500, 503))
+@router.get("/stats", response_model=Envelope[Stats])
 async def stats(
     request: Request, _admin: AdminUser, conn: Db, runtime: RuntimeDep
 ) -> Envelope[Stats]:
@@ -223,11 +224,7 @@ def _waiting(found: tuple[assess.Waiting, ...]) -> list[Waiting]:
     return [Waiting(who=w.who, what=w.what, until=w.until) for w in found]
 
 
-@router.get(
-    "/workflows",
-    response_model=Page[WorkflowSummary],
-    responses=errors(401, 403, 422, 429, 500, 503),
-)
+@router.get("/workflows", response_model=Page[WorkflowSummary])
 async def list_workflows(
     request: Request,
     _admin: AdminUser,
@@ -298,11 +295,7 @@ async def list_workflows(
     )
 
 
-@router.get(
-    "/workflows/{booking_id}",
-    response_model=Envelope[Workflow],
-    responses=errors(401, 403, 404, 422, 429, 500, 503),
-)
+@router.get("/workflows/{booking_id}", response_model=Envelope[Workflow], responses=errors(404))
 async def get_workflow(
     request: Request,
     booking_id: uuid.UUID,
@@ -367,7 +360,7 @@ async def get_workflow(
     responses={
         **ACCEPTED_RESPONSE,
         200: {"description": "a dry run: what would be published (``ops`` OperatorRequest)"},
-        **errors(401, 403, 404, 409, 413, 415, 422, 429, 500, 503),
+        **errors(404, 409, 413, 415),
     },
 )
 async def act_on_workflow(
@@ -521,7 +514,7 @@ def _dlq_query(runtime: RuntimeDep, f: DeadLetterFilter) -> dead_letters.Query:
         raise bad_input(exc) from None
 
 
-@router.get("/dlq", response_model=Envelope[list[Json]], responses=errors(401, 403, 429, 500, 503))
+@router.get("/dlq", response_model=Envelope[list[Json]])
 async def dead_letter_topics(
     request: Request,
     _admin: AdminUser,
@@ -536,11 +529,7 @@ async def dead_letter_topics(
     return ok(request, [s.to_json() for s in found])
 
 
-@router.post(
-    "/dlq/messages",
-    response_model=Envelope[Json],
-    responses=errors(401, 403, 422, 429, 500, 503),
-)
+@router.post("/dlq/messages", response_model=Envelope[Json])
 async def dead_letter_messages(
     request: Request, body: DeadLetterFilter, _admin: AdminUser, runtime: RuntimeDep
 ) -> Envelope[Json]:
@@ -560,7 +549,7 @@ async def dead_letter_messages(
 @router.get(
     "/dlq/messages/{topic}/{partition}/{offset}",
     response_model=Envelope[Json],
-    responses=errors(401, 403, 404, 422, 429, 500, 503),
+    responses=errors(404),
 )
 async def dead_letter_message(
     request: Request,
@@ -585,11 +574,7 @@ async def dead_letter_message(
     return ok(request, found.to_json())
 
 
-@router.post(
-    "/dlq/replay",
-    response_model=Envelope[Json],
-    responses=errors(401, 403, 409, 413, 415, 422, 429, 500, 503),
-)
+@router.post("/dlq/replay", response_model=Envelope[Json], responses=errors(409, 413, 415))
 async def replay_dead_letters(
     request: Request, body: ReplayRequest, admin: AdminUser, conn: Db, runtime: RuntimeDep
 ) -> Envelope[Json]:

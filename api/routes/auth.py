@@ -27,7 +27,8 @@ from api.envelopes import ApiError, Envelope, errors, ok, unauthorized, unavaila
 from api.schemas import Body
 
 router = APIRouter(prefix="/auth", tags=["auth"])
-dev_router = APIRouter(prefix="/auth/dev", tags=["auth"])
+# 404 while the development issuer is switched off.
+dev_router = APIRouter(prefix="/auth/dev", tags=["auth"], responses=errors(404))
 
 Role = Literal["customer", "provider", "admin"]
 Subject = Annotated[
@@ -190,11 +191,7 @@ def _token(
     return Token(access_token=access, expires_in=ttl, expires_at=now + timedelta(seconds=ttl))
 
 
-@router.post(
-    "/token",
-    response_model=Envelope[Token],
-    responses=errors(404, 422, 429, 500),
-)
+@router.post("/token", response_model=Envelope[Token], responses=errors(404))
 async def issue_token(request: Request, body: TokenRequest, runtime: RuntimeDep) -> Envelope[Token]:
     """Development login: a token for any user and roles (404 where an OIDC provider logs in)."""
     issuer = _dev_issuer(runtime)
@@ -202,11 +199,7 @@ async def issue_token(request: Request, body: TokenRequest, runtime: RuntimeDep)
     return ok(request, _token(issuer, body.sub, roles, body.ttl_seconds, body.email, body.name))
 
 
-@router.post(
-    "/refresh",
-    response_model=Envelope[Token],
-    responses=errors(401, 404, 429, 500, 503),
-)
+@router.post("/refresh", response_model=Envelope[Token], responses=errors(401, 404, 503))
 async def refresh(
     request: Request, credentials: BearerToken, runtime: RuntimeDep
 ) -> Envelope[Token]:
@@ -255,11 +248,7 @@ async def refresh(
     return ok(request, token)
 
 
-@router.post(
-    "/logout",
-    response_model=Envelope[LoggedOut],
-    responses=errors(401, 429, 500, 503),
-)
+@router.post("/logout", response_model=Envelope[LoggedOut], responses=errors(401, 503))
 async def logout(request: Request, user: TokenUser, runtime: RuntimeDep) -> Envelope[LoggedOut]:
     """Revoke the presented token (every replica refuses it from now until it expires)."""
     try:
@@ -269,11 +258,7 @@ async def logout(request: Request, user: TokenUser, runtime: RuntimeDep) -> Enve
     return ok(request, LoggedOut(until=user.expires_at))
 
 
-@router.get(
-    "/userinfo",
-    response_model=Envelope[UserInfo],
-    responses=errors(401, 429, 500, 503),
-)
+@router.get("/userinfo", response_model=Envelope[UserInfo], responses=errors(401, 503))
 async def userinfo(request: Request, user: TokenUser) -> Envelope[UserInfo]:
     """Who the token says the caller is."""
     return ok(
@@ -289,17 +274,13 @@ async def userinfo(request: Request, user: TokenUser) -> Envelope[UserInfo]:
     )
 
 
-@dev_router.get(
-    "/.well-known/openid-configuration",
-    response_model=Discovery,
-    responses=errors(404, 500),
-)
+@dev_router.get("/.well-known/openid-configuration", response_model=Discovery)
 async def discovery(runtime: RuntimeDep) -> Discovery:
     """The development issuer's OIDC discovery document (standard shape, not enveloped)."""
     return Discovery.model_validate(_dev_issuer(runtime).discovery())
 
 
-@dev_router.get("/jwks", response_model=Jwks, responses=errors(404, 500))
+@dev_router.get("/jwks", response_model=Jwks)
 async def jwks(runtime: RuntimeDep) -> Jwks:
     """The development issuer's public keys (standard JWKS, not enveloped)."""
     return Jwks.model_validate(_dev_issuer(runtime).jwks())

@@ -95,7 +95,7 @@ class Version(BaseModel):
     api_version: Literal["v1"] = "v1"
 
 
-@router.get("/health", response_model=Envelope[Health], responses=errors(500))
+@router.get("/health", response_model=Envelope[Health])
 async def health(request: Request, runtime: RuntimeDep) -> Envelope[Health]:
     """A cheap summary: the process runs; no dependency is contacted."""
     return ok(
@@ -110,7 +110,7 @@ async def health(request: Request, runtime: RuntimeDep) -> Envelope[Health]:
     )
 
 
-@router.get("/health/live", response_model=Envelope[Live], responses=errors(500))
+@router.get("/health/live", response_model=Envelope[Live])
 async def live(request: Request) -> Envelope[Live]:
     """Liveness: the process is up and serving requests."""
     return ok(request, Live())
@@ -135,11 +135,7 @@ async def _timed(name: str, probe: Callable[[], Awaitable[object]]) -> Check:
     return Check(ok=error is None, latency_ms=latency, error=error)
 
 
-@router.get(
-    "/health/ready",
-    response_model=Envelope[Ready],
-    responses=errors(500, 503),
-)
+@router.get("/health/ready", response_model=Envelope[Ready], responses=errors(503))
 async def ready(request: Request, runtime: RuntimeDep) -> Envelope[Ready] | JSONResponse:
     """Readiness: Kafka, Postgres and Redis all answer, and the Schema Registry's ids are
     resolved when one is configured (503 names the ones that are not)."""
@@ -176,7 +172,7 @@ async def ready(request: Request, runtime: RuntimeDep) -> Envelope[Ready] | JSON
     return ok(request, Ready(checks=checks))
 
 
-@router.get("/version", response_model=Envelope[Version], responses=errors(500))
+@router.get("/version", response_model=Envelope[Version])
 async def version(request: Request) -> Envelope[Version]:
     """The API's version."""
     return ok(request, Version(version=__version__))

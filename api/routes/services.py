@@ -11,41 +11,29 @@ that service supersedes it on the compacted topic.)
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from api.auth import Principal
 from api.deps import Context, Db, ProviderUser, Publisher, RuntimeDep
 from api.envelopes import Envelope, Page, errors, forbidden, not_found, ok
-from api.readmodel import read_page
-from api.runtime import EventContext, KafkaLink
+from api.readmodel import Listing
+from api.runtime import EventContext, KafkaLink, ServiceTermsCache
 from api.schemas import MAX_AMOUNT_MINOR, Body, Currency, Description, Money, Name, Paging
 from erynoa import events as ev
 
-router = APIRouter(prefix="/services", tags=["services"])
+# Every route reads PostgreSQL (503).
+router = APIRouter(prefix="/services", tags=["services"], responses=errors(503))
 
 MAX_DURATION_MINUTES = 7 * 24 * 60
 MAX_RESPONSE_DEADLINE_SECONDS = 30 * 24 * 3600
 
-_SERVICE_EXAMPLE: dict[str, Any] = {
-    "id": "5e3f2a4b-7c1d-4e8f-9a0b-1c2d3e4f5a6b",
-    "provider_id": "bob",
-    "name": "Haircut",
-    "description": "Wash, cut and style.",
-    "price": {"amount": 4500, "currency": "EUR"},
-    "duration_minutes": 45,
-    "capacity_per_slot": 1,
-    "response_deadline_seconds": 86400,
-    "active": True,
-    "version": 1,
-    "created_at": "2026-01-28T10:00:00Z",
-    "updated_at": "2026-01-28T10:00:00Z",
-}
 _SERVICE_IN_EXAMPLE: dict[str, Any] = {
     "name": "Haircut",
     "description": "Wash, cut and style.",
@@ -53,6 +41,15 @@ _SERVICE_IN_EXAMPLE: dict[str, Any] = {
     "duration_minutes": 45,
     "capacity_per_slot": 1,
     "response_deadline_seconds": 86400,
+}
+_SERVICE_EXAMPLE: dict[str, Any] = {
+    "id": "5e3f2a4b-7c1d-4e8f-9a0b-1c2d3e4f5a6b",
+    "provider_id": "bob",
+    **_SERVICE_IN_EXAMPLE,
+    "active": True,
+    "version": 1,
+    "created_at": "2026-01-28T10:00:00Z",
+    "updated_at": "2026-01-28T10:00:00Z",
 }
 
 
@@ -100,27 +97,33 @@ class ServiceUpdate(ServiceIn):
     active: StrictBool | None = None
 
 
-_COLUMNS = (
-    "id, provider_id, name, description, price_amount_minor, price_currency, duration_minutes, "
-    "capacity_per_slot, response_deadline_seconds, active, version, created_at, updated_at"
+# The columns a provider sets, and their values from a request, in the same order.
+_TERM_COLUMNS = (
+    "name, description, price_amount_minor, price_currency, duration_minutes, "
+    "capacity_per_slot, response_deadline_seconds"
 )
+_COLUMNS = f"id, provider_id, {_TERM_COLUMNS}, active, version, created_at, updated_at"
+
+
+def _term_values(body: ServiceIn) -> tuple[object, ...]:
+    return (
+        body.name,
+        body.description,
+        body.price.amount,
+        body.price.currency,
+        body.duration_minutes,
+        body.capacity_per_slot,
+        body.response_deadline_seconds,
+    )
 
 
 def _service(row: asyncpg.Record) -> Service:
-    return Service(
-        id=row["id"],
-        provider_id=row["provider_id"],
-        name=row["name"],
-        description=row["description"],
-        price=Money(amount=row["price_amount_minor"], currency=row["price_currency"].strip()),
-        duration_minutes=row["duration_minutes"],
-        capacity_per_slot=row["capacity_per_slot"],
-        response_deadline_seconds=row["response_deadline_seconds"],
-        active=row["active"],
-        version=row["version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    # The columns carry the fields' names, but for the price's two.
+    price = Money(amount=row["price_amount_minor"], currency=row["price_currency"].strip())
+    return Service.model_validate({**row, "price": price})
+
+
+_LISTING = Listing(_service, _COLUMNS, "services", order_by="created_at DESC, id")
 
 
 async def _publish_change(kafka: KafkaLink, service: Service, ctx: EventContext) -> None:
@@ -144,20 +147,52 @@ async def _publish_change(kafka: KafkaLink, service: Service, ctx: EventContext)
     await kafka.publish(event, ctx)
 
 
-async def _owned_for_update(
-    conn: asyncpg.Connection, service_id: uuid.UUID, user: Principal
-) -> asyncpg.Record:
-    row: asyncpg.Record | None = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM services WHERE id = $1 FOR UPDATE", service_id
-    )
-    if row is None:
-        raise not_found("service")
-    if row["provider_id"] != user.sub and not user.is_admin:
-        raise forbidden("only the service's provider may change it")
-    return row
+@dataclass(frozen=True)
+class ServiceChange:
+    """What changing one service needs: the service, who asks, where the change is written
+    and published, and this process's cache of service terms."""
+
+    service_id: uuid.UUID
+    user: Principal
+    conn: asyncpg.Connection
+    kafka: KafkaLink
+    ctx: EventContext
+    terms_cache: ServiceTermsCache
+
+    async def owned_row(self) -> asyncpg.Record:
+        """The service's row, locked for the change; 404 if there is none, 403 unless the
+        caller is its provider or an admin."""
+        row: asyncpg.Record | None = await self.conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM services WHERE id = $1 FOR UPDATE", self.service_id
+        )
+        if row is None:
+            raise not_found("service")
+        if row["provider_id"] != self.user.sub and not self.user.is_admin:
+            raise forbidden("only the service's provider may change it")
+        return row
+
+    async def published(self, row: asyncpg.Record) -> Service:
+        """The changed service, published (inside the change's transaction)."""
+        service = _service(row)
+        await _publish_change(self.kafka, service, self.ctx)
+        return service
 
 
-@router.get("", response_model=Page[Service], responses=errors(422, 429, 500, 503))
+async def _service_change(
+    service_id: uuid.UUID,
+    user: ProviderUser,
+    conn: Db,
+    kafka: Publisher,
+    ctx: Context,
+    runtime: RuntimeDep,
+) -> ServiceChange:
+    return ServiceChange(service_id, user, conn, kafka, ctx, runtime.services)
+
+
+ChangeRequest = Annotated[ServiceChange, Depends(_service_change)]
+
+
+@router.get("", response_model=Page[Service])
 async def list_services(
     request: Request,
     conn: Db,
@@ -194,21 +229,10 @@ async def list_services(
         where("price_amount_minor <= ?", max_price)
     if currency is not None:
         where("price_currency = ?", currency)
-    return await read_page(
-        request,
-        conn,
-        _service,
-        columns=_COLUMNS,
-        from_where="FROM services WHERE " + " AND ".join(conditions),
-        order_by="created_at DESC, id",
-        params=params,
-        paging=paging,
-    )
+    return await _LISTING.page(request, conn, paging, where=conditions, params=params)
 
 
-@router.get(
-    "/{service_id}", response_model=Envelope[Service], responses=errors(404, 422, 429, 500, 503)
-)
+@router.get("/{service_id}", response_model=Envelope[Service], responses=errors(404))
 async def get_service(request: Request, service_id: uuid.UUID, conn: Db) -> Envelope[Service]:
     """One service (deactivated ones too, so old bookings can show theirs)."""
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM services WHERE id = $1", service_id)
@@ -223,7 +247,7 @@ async def get_service(request: Request, service_id: uuid.UUID, conn: Db) -> Enve
     response_model=Envelope[Service],
     responses={
         201: {"description": "Created; `Location` names the new service"},
-        **errors(401, 403, 413, 415, 422, 429, 500, 503),
+        **errors(401, 403, 413, 415),
     },
 )
 async def create_service(
@@ -238,19 +262,12 @@ async def create_service(
     async with conn.transaction():
         row = await conn.fetchrow(
             f"""
-            INSERT INTO services (id, provider_id, name, description, price_amount_minor,
-                price_currency, duration_minutes, capacity_per_slot, response_deadline_seconds)
+            INSERT INTO services (id, provider_id, {_TERM_COLUMNS})
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_COLUMNS}
             """,
             uuid.uuid4(),
             user.sub,
-            body.name,
-            body.description,
-            body.price.amount,
-            body.price.currency,
-            body.duration_minutes,
-            body.capacity_per_slot,
-            body.response_deadline_seconds,
+            *_term_values(body),
         )
         service = _service(row)
         await _publish_change(kafka, service, ctx)
@@ -265,71 +282,42 @@ async def create_service(
 @router.put(
     "/{service_id}",
     response_model=Envelope[Service],
-    responses=errors(401, 403, 404, 413, 415, 422, 429, 500, 503),
+    responses=errors(401, 403, 404, 413, 415),
 )
 async def update_service(
-    request: Request,
-    service_id: uuid.UUID,
-    body: ServiceUpdate,
-    user: ProviderUser,
-    conn: Db,
-    kafka: Publisher,
-    ctx: Context,
-    runtime: RuntimeDep,
+    request: Request, body: ServiceUpdate, change: ChangeRequest
 ) -> Envelope[Service]:
     """Replace a service's description, price and terms (its provider or an admin)."""
-    async with conn.transaction():
-        current = await _owned_for_update(conn, service_id, user)
+    async with change.conn.transaction():
+        current = await change.owned_row()
         active = current["active"] if body.active is None else body.active
-        row = await conn.fetchrow(
+        row = await change.conn.fetchrow(
             f"""
-            UPDATE services SET name = $2, description = $3, price_amount_minor = $4,
-                price_currency = $5, duration_minutes = $6, capacity_per_slot = $7,
-                response_deadline_seconds = $8, active = $9, version = version + 1,
-                updated_at = now()
+            UPDATE services SET ({_TERM_COLUMNS}, active) = ($2, $3, $4, $5, $6, $7, $8, $9),
+                version = version + 1, updated_at = now()
             WHERE id = $1 RETURNING {_COLUMNS}
             """,
-            service_id,
-            body.name,
-            body.description,
-            body.price.amount,
-            body.price.currency,
-            body.duration_minutes,
-            body.capacity_per_slot,
-            body.response_deadline_seconds,
+            change.service_id,
+            *_term_values(body),
             active,
         )
-        service = _service(row)
-        await _publish_change(kafka, service, ctx)
-    runtime.services.forget(service_id)  # this process books with the new terms at once
+        service = await change.published(row)
+    change.terms_cache.forget(change.service_id)  # this process books with the new terms
     return ok(request, service)
 
 
-@router.delete(
-    "/{service_id}",
-    response_model=Envelope[Service],
-    responses=errors(401, 403, 404, 422, 429, 500, 503),
-)
-async def delete_service(
-    request: Request,
-    service_id: uuid.UUID,
-    user: ProviderUser,
-    conn: Db,
-    kafka: Publisher,
-    ctx: Context,
-    runtime: RuntimeDep,
-) -> Envelope[Service]:
+@router.delete("/{service_id}", response_model=Envelope[Service], responses=errors(401, 403, 404))
+async def delete_service(request: Request, change: ChangeRequest) -> Envelope[Service]:
     """Deactivate a service: no new bookings; existing ones and their history stay."""
-    async with conn.transaction():
-        current = await _owned_for_update(conn, service_id, user)
+    async with change.conn.transaction():
+        current = await change.owned_row()
         if not current["active"]:
             return ok(request, _service(current))  # already gone: nothing to change or tell
-        row = await conn.fetchrow(
+        row = await change.conn.fetchrow(
             f"UPDATE services SET active = false, version = version + 1, updated_at = now() "
             f"WHERE id = $1 RETURNING {_COLUMNS}",
-            service_id,
+            change.service_id,
         )
-        service = _service(row)
-        await _publish_change(kafka, service, ctx)
-    runtime.services.forget(service_id)  # this process refuses new bookings at once
+        service = await change.published(row)
+    change.terms_cache.forget(change.service_id)  # this process refuses new bookings at once
     return ok(request, service)

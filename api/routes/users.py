@@ -15,13 +15,14 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
 from api.deps import AdminUser, CurrentUser, Db, MemberUser, SettingsDep
 from api.envelopes import ApiError, Envelope, Page, errors, not_found, ok
-from api.readmodel import read_page
+from api.readmodel import Listing
 from api.routes.auth import DisplayName, Email
 from api.schemas import Body, Paging
 from erynoa.outbound import OutboundPolicy, OutboundRefused
 from erynoa.settings import Settings
 
-router = APIRouter(prefix="/users", tags=["users"])
+# Every route needs a verified caller (401) and PostgreSQL and Redis (503).
+router = APIRouter(prefix="/users", tags=["users"], responses=errors(401, 503))
 
 WebhookUrl = Annotated[
     AnyHttpUrl, UrlConstraints(max_length=2000, allowed_schemes=["http", "https"])
@@ -80,15 +81,10 @@ _COLUMNS = "id, email, display_name, roles, webhook_url, created_at, updated_at"
 
 
 def _user(row: asyncpg.Record) -> User:
-    return User(
-        id=row["id"],
-        email=row["email"],
-        display_name=row["display_name"],
-        roles=list(row["roles"]),
-        webhook_url=row["webhook_url"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    return User.model_validate(dict(row))
+
+
+_LISTING = Listing(_user, _COLUMNS, "users", order_by="created_at DESC, id")
 
 
 async def _fetch(conn: asyncpg.Connection, user_id: str) -> User:
@@ -98,15 +94,13 @@ async def _fetch(conn: asyncpg.Connection, user_id: str) -> User:
     return _user(row)
 
 
-@router.get("/me", response_model=Envelope[User], responses=errors(401, 404, 429, 500, 503))
+@router.get("/me", response_model=Envelope[User], responses=errors(404))
 async def get_me(request: Request, user: CurrentUser, conn: Db) -> Envelope[User]:
     """The caller's profile."""
     return ok(request, await _fetch(conn, user.sub))
 
 
-@router.put(
-    "/me", response_model=Envelope[User], responses=errors(401, 403, 404, 422, 429, 500, 503)
-)
+@router.put("/me", response_model=Envelope[User], responses=errors(403, 404))
 async def put_me(
     request: Request, body: ProfileUpdate, user: MemberUser, conn: Db, settings: SettingsDep
 ) -> Envelope[User]:
@@ -152,7 +146,7 @@ async def _check_webhook_url(url: AnyHttpUrl | None, settings: Settings) -> None
         )
 
 
-@router.get("", response_model=Page[User], responses=errors(401, 403, 422, 429, 500, 503))
+@router.get("", response_model=Page[User], responses=errors(403))
 async def list_users(
     request: Request,
     _admin: AdminUser,
@@ -161,21 +155,12 @@ async def list_users(
     role: Annotated[Literal["customer", "provider", "admin"] | None, Query()] = None,
 ) -> Page[User]:
     """All users, newest first (admin)."""
-    return await read_page(
-        request,
-        conn,
-        _user,
-        columns=_COLUMNS,
-        from_where="FROM users WHERE $1::text IS NULL OR $1 = ANY(roles)",
-        order_by="created_at DESC, id",
-        params=[role],
-        paging=paging,
+    return await _LISTING.page(
+        request, conn, paging, where=["$1::text IS NULL OR $1 = ANY(roles)"], params=[role]
     )
 
 
-@router.get(
-    "/{user_id}", response_model=Envelope[User], responses=errors(401, 403, 404, 422, 429, 500, 503)
-)
+@router.get("/{user_id}", response_model=Envelope[User], responses=errors(403, 404))
 async def get_user(
     request: Request,
     _admin: AdminUser,

@@ -86,7 +86,7 @@ def _text(value: object, limit: int = 255) -> str | None:
 @router.post(
     "/stripe",
     response_model=Envelope[WebhookReceipt],
-    responses=errors(400, 413, 415, 429, 500, 503),
+    responses=errors(400, 413, 415, 503),
     openapi_extra={
         "requestBody": {
             "required": True,
