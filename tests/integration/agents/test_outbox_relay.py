@@ -4,6 +4,8 @@ back its own booking only, and rows two lanes publish at once go out once, in or
 from __future__ import annotations
 
 import asyncio
+import uuid
+from dataclasses import replace
 
 import asyncpg
 import pytest
@@ -48,15 +50,8 @@ async def test_a_refused_row_holds_back_its_own_booking_and_no_other(
     service = await create_service(pool, capacity=5)
     customer = await create_user(pool, "customer")
     stuck, other = (records.requested(customer, service) for _ in range(2))
-    refused = ev.make(
-        ev.ReservationRejected,
-        producer="reservation",
-        cause=stuck,
-        service_id=stuck.service_id,
-        slot_start=stuck.slot_start,
-        reason=_TOO_LARGE,
-    )
     behind = records.rejected(stuck)  # the same booking's next event: must wait behind it
+    refused = replace(behind, event_id=str(uuid.uuid4()), reason=_TOO_LARGE)
     others = records.rejected(other)
     await _queue_stale(pool, [refused, others, behind])
     runtime = await start_runtime("reservation", ReservationAdapter())
