@@ -525,11 +525,11 @@ StuckAfterOpt = Annotated[
 ]
 
 
-def _expectations(stuck_after: str | None) -> assess.Expectations:
-    if stuck_after is None:
-        return assess.DEFAULT_EXPECTATIONS
+def _criteria(settings: Settings, stuck_after: str | None) -> assess.Criteria:
     try:
-        return assess.Expectations.uniform(when.parse_age(stuck_after))
+        return assess.Criteria.of(
+            settings, when.parse_age(stuck_after) if stuck_after is not None else None
+        )
     except BadInput as exc:
         _bad_input(f"--stuck-after: {exc}")
 
@@ -540,16 +540,14 @@ def saga_show(
 ) -> None:
     """One saga's timeline: each event, who emitted it, when; where it waits and until when."""
     booking_id = _checked(check_booking_id, booking_id)
-    expectations = _expectations(stuck_after)
     settings = load_settings()
+    criteria = _criteria(settings, stuck_after)
     now = datetime.now(UTC)
 
     async def work() -> sagas.SagaTimeline:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await sagas.saga_timeline(
-                conn, booking_id, operator_codec(), now, expectations, _policy(settings)
-            )
+            return await sagas.saga_timeline(conn, booking_id, operator_codec(), now, criteria)
         finally:
             await conn.close()
 
@@ -626,7 +624,6 @@ def saga_ls(
 ) -> None:
     """Sagas in flight, oldest first (``--stuck``: only those waiting too long), and how many
     match in all."""
-    expectations = _expectations(stuck_after)
     wanted = age = None
     if status is not None:
         try:
@@ -639,6 +636,7 @@ def saga_ls(
         except BadInput as exc:
             _bad_input(str(exc))
     settings = load_settings()
+    criteria = _criteria(settings, stuck_after)
     now = datetime.now(UTC)
     query = sagas.SagaQuery(
         stuck=stuck,
@@ -654,9 +652,7 @@ def saga_ls(
         conn = await asyncpg.connect(settings.database_url)
         try:
             # Run once, not polled: an exact count and a full stuck scan, no caps.
-            return await sagas.page_sagas(
-                conn, query, now, expectations, _policy(settings), total_cap=None, scan_cap=None
-            )
+            return await sagas.page_sagas(conn, query, now, criteria, total_cap=None, scan_cap=None)
         finally:
             await conn.close()
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from erynoa import events as ev
 from erynoa import saga
 from erynoa.saga import AGENTS, Action, BookingState, Hold, Payment, Policy, Status
+from erynoa.settings import Settings
 from ops import wire
 
 RETRY_STEPS: tuple[str, ...] = ("all", *AGENTS)
@@ -107,6 +108,27 @@ DEFAULT_EXPECTATIONS = Expectations()
 
 
 @dataclass(frozen=True)
+class Criteria:
+    """What a saga is judged by: how long each step may take, and the deployment's ``Policy``
+    (which outcomes still owe compensations, when a payment action is abandoned)."""
+
+    expectations: Expectations = DEFAULT_EXPECTATIONS
+    policy: Policy = DEFAULT_POLICY
+
+    @classmethod
+    def of(cls, settings: Settings, stuck_after: timedelta | None = None) -> Criteria:
+        """The deployment's criteria; ``stuck_after``, an operator's "idle this long is stuck",
+        replaces every step's expectation."""
+        expectations = DEFAULT_EXPECTATIONS
+        if stuck_after is not None:
+            expectations = Expectations.uniform(stuck_after)
+        return cls(expectations, Policy.from_settings(settings))
+
+
+DEFAULT_CRITERIA = Criteria()
+
+
+@dataclass(frozen=True)
 class Waiting:
     """Who the saga waits for (an agent, ``provider``, ``customer`` or ``materializer``), for
     what, and until when if there is a deadline."""
@@ -181,12 +203,11 @@ def assess(
     state: BookingState,
     last_event_at: datetime,
     now: datetime,
-    expectations: Expectations = DEFAULT_EXPECTATIONS,
-    policy: Policy = DEFAULT_POLICY,
+    criteria: Criteria = DEFAULT_CRITERIA,
 ) -> Assessment:
     """Whether the saga is in flight, what it waits for, and why it is stuck (if it is)."""
-    waiting = where_it_waits(state, now, policy)
-    flying = in_flight(state, policy)
+    waiting = where_it_waits(state, now, criteria.policy)
+    flying = in_flight(state, criteria.policy)
     if not flying:
         return Assessment(False, waiting, None)
     deadline = state.provider_deadline_at
@@ -200,7 +221,9 @@ def assess(
     agents_owe = any(w.who in AGENTS for w in waiting)
     if not agents_owe and waiting and waiting[0].who == "provider":
         return Assessment(True, waiting, None)  # the provider's own deadline is the clock
-    return Assessment(True, waiting, _idle(state.status, now - last_event_at, expectations))
+    return Assessment(
+        True, waiting, _idle(state.status, now - last_event_at, criteria.expectations)
+    )
 
 
 def assess_row(
@@ -210,18 +233,17 @@ def assess_row(
     provider_deadline_at: datetime | None,
     last_event_at: datetime,
     now: datetime,
-    expectations: Expectations = DEFAULT_EXPECTATIONS,
-    policy: Policy = DEFAULT_POLICY,
+    criteria: Criteria = DEFAULT_CRITERIA,
 ) -> Assessment:
     """``assess`` for a read-model row without the fold's state: the API wrote it at 202 time
     and the materializer has not folded the booking's request yet. Its columns decide."""
-    if not status_in_flight(status, hold, payment, policy):
+    if not status_in_flight(status, hold, payment, criteria.policy):
         return Assessment(False, (), None)
     waiting = (Waiting("materializer", "fold the booking's BookingRequested into the read model"),)
     deadline = provider_deadline_at
     if status == Status.AWAITING_PROVIDER and deadline is not None and now >= deadline:
         return Assessment(True, waiting, _deadline_passed(deadline, now))
-    return Assessment(True, waiting, _idle(status, now - last_event_at, expectations))
+    return Assessment(True, waiting, _idle(status, now - last_event_at, criteria.expectations))
 
 
 def _deadline_passed(deadline: datetime, now: datetime) -> str:

@@ -29,12 +29,12 @@ from erynoa.kafka import Published
 from erynoa.saga import BookingState, Hold, Payment, Policy, Status
 from ops import wire
 from ops.assess import (
-    DEFAULT_EXPECTATIONS,
+    DEFAULT_CRITERIA,
     DEFAULT_POLICY,
     RETRY_STEPS,
     Assessment,
+    Criteria,
     EntryKind,
-    Expectations,
     Waiting,
     assess,
     assess_row,
@@ -158,8 +158,7 @@ async def saga_timeline(
     booking_id: str,
     codec: EventCodec,
     now: datetime,
-    expectations: Expectations = DEFAULT_EXPECTATIONS,
-    policy: Policy = DEFAULT_POLICY,
+    criteria: Criteria = DEFAULT_CRITERIA,
 ) -> SagaTimeline:
     """The saga of ``booking_id``; ``SagaNotFound`` if nothing is known about it."""
     booking_id = check_booking_id(booking_id)
@@ -189,7 +188,7 @@ async def saga_timeline(
 
     last_event_at = logged[-1].occurred_at if logged else (row["updated_at"] if row else None)
     if state is not None:
-        assessment = assess(state, last_event_at or state.updated_at, now, expectations, policy)
+        assessment = assess(state, last_event_at or state.updated_at, now, criteria)
         finished = not assessment.in_flight
         started = state.requested_at
         return SagaTimeline(
@@ -218,11 +217,11 @@ async def saga_timeline(
     if correlation_id is None and logged and logged[0].event is not None:
         correlation_id = logged[0].event.correlation_id
     if row is not None:
-        assessment = _assess_row(row, now, expectations, policy)
+        assessment = _assess_row(row, now, criteria)
     else:
         assessment = assess_row(
             Status.REQUESTED, Hold.NONE, Payment.NONE, None, last_event_at or first, now,
-            expectations, policy,
+            criteria,
         )  # fmt: skip
     return SagaTimeline(
         booking_id=booking_id,
@@ -336,12 +335,10 @@ def _last_event_at(row: Mapping[str, Any]) -> datetime:
     return last
 
 
-def _assess_row(
-    row: Mapping[str, Any], now: datetime, expectations: Expectations, policy: Policy
-) -> Assessment:
+def _assess_row(row: Mapping[str, Any], now: datetime, criteria: Criteria) -> Assessment:
     state = _row_state(row)
     if state is not None:
-        return assess(state, _last_event_at(row), now, expectations, policy)
+        return assess(state, _last_event_at(row), now, criteria)
     return assess_row(
         Status(row["status"]),
         Hold(row["hold"]),
@@ -349,20 +346,18 @@ def _assess_row(
         row["provider_deadline_at"],
         _last_event_at(row),
         now,
-        expectations,
-        policy,
+        criteria,
     )
 
 
 def summarize_row(
     row: Mapping[str, Any],
     now: datetime,
-    expectations: Expectations = DEFAULT_EXPECTATIONS,
-    policy: Policy = DEFAULT_POLICY,
+    criteria: Criteria = DEFAULT_CRITERIA,
 ) -> SagaSummary:
     """One ``bookings`` row as a saga summary (pure: the row carries the fold's state)."""
     last = _last_event_at(row)
-    assessment = _assess_row(row, now, expectations, policy)
+    assessment = _assess_row(row, now, criteria)
     return SagaSummary(
         booking_id=row["booking_id"],
         status=Status(row["status"]),
@@ -379,14 +374,12 @@ def summarize_row(
     )
 
 
-def _where(
-    query: SagaQuery, now: datetime, expectations: Expectations, policy: Policy
-) -> tuple[str, list[Any]]:
+def _where(query: SagaQuery, now: datetime, criteria: Criteria) -> tuple[str, list[Any]]:
     """The SQL condition (``bookings b``) narrowing to the sagas ``query`` could match, and its
     parameters ``$1``-``$7`` (``$8``-``$9`` with ``stuck``); ``$4``/``$5`` resume after a
     ``(requested_at, id)`` and are left NULL here."""
     conditions = [
-        in_flight_sql(policy),
+        in_flight_sql(criteria.policy),
         "($1::text IS NULL OR b.status = $1)",
         "($2::timestamptz IS NULL OR b.requested_at <= $2)",
         "($3::uuid[] IS NULL OR b.id = ANY($3::uuid[]))",
@@ -411,7 +404,7 @@ def _where(
             "((b.status = 'awaiting_provider' AND b.provider_deadline_at <= $8)"
             " OR coalesce(b.last_event_at, b.updated_at) < $8 - $9::interval)"
         )
-        params += [now, expectations.shortest]
+        params += [now, criteria.expectations.shortest]
     return " AND ".join(conditions), params
 
 
@@ -419,14 +412,13 @@ async def _candidates(
     conn: asyncpg.Connection | asyncpg.Pool,
     query: SagaQuery,
     now: datetime,
-    expectations: Expectations,
-    policy: Policy,
+    criteria: Criteria,
     at_most: int | None,
 ) -> AsyncIterator[SagaSummary]:
     """The sagas the SQL narrowing lets through (with ``stuck``, those that *could* be stuck:
     deadline passed or idle for the shortest expectation), oldest request first, read
     ``_PAGE`` rows at a time, at most ``at_most`` (None: all); the assessment decides."""
-    where, params = _where(query, now, expectations, policy)
+    where, params = _where(query, now, criteria)
     read = 0
     while at_most is None or read < at_most:
         chunk = _PAGE if at_most is None else min(_PAGE, at_most - read)
@@ -434,7 +426,7 @@ async def _candidates(
         rows = await conn.fetch(sql, *params)
         read += len(rows)
         for row in rows:
-            yield summarize_row(row, now, expectations, policy)
+            yield summarize_row(row, now, criteria)
         if len(rows) < chunk:
             return
         params[3], params[4] = rows[-1]["requested_at"], rows[-1]["booking_id"]
@@ -452,8 +444,7 @@ async def page_sagas(
     conn: asyncpg.Connection | asyncpg.Pool,
     query: SagaQuery,
     now: datetime,
-    expectations: Expectations = DEFAULT_EXPECTATIONS,
-    policy: Policy = DEFAULT_POLICY,
+    criteria: Criteria = DEFAULT_CRITERIA,
     *,
     total_cap: int | None = TOTAL_CAP,
     scan_cap: int | None = STUCK_SCAN_CAP,
@@ -466,8 +457,8 @@ async def page_sagas(
     ``erynoa saga ls``, run once, passes None for an exact answer (a backlog of sagas waiting
     days for providers must not hide the one that is stuck behind it)."""
     if query.stuck:
-        return await _page_stuck(conn, query, now, expectations, policy, scan_cap)
-    where, params = _where(query, now, expectations, policy)
+        return await _page_stuck(conn, query, now, criteria, scan_cap)
+    where, params = _where(query, now, criteria)
     limit = "" if total_cap is None else f" LIMIT {total_cap + 1}"
     counted = await conn.fetchval(
         f"SELECT count(*) FROM (SELECT 1 FROM bookings b WHERE {where}{limit}) c", *params
@@ -479,7 +470,7 @@ async def page_sagas(
         query.offset,
         query.limit,
     )
-    found = tuple(summarize_row(row, now, expectations, policy) for row in rows)
+    found = tuple(summarize_row(row, now, criteria) for row in rows)
     if total_cap is not None and counted > total_cap:
         return SagaPage(found, total_cap, total_capped=True)
     return SagaPage(found, counted)
@@ -489,15 +480,14 @@ async def _page_stuck(
     conn: asyncpg.Connection | asyncpg.Pool,
     query: SagaQuery,
     now: datetime,
-    expectations: Expectations,
-    policy: Policy,
+    criteria: Criteria,
     scan_cap: int | None,
 ) -> SagaPage:
     found: list[SagaSummary] = []
     total = read = 0
     # One row past the cap tells a scan that stopped at it from one that read everything.
     at_most = None if scan_cap is None else scan_cap + 1
-    async for summary in _candidates(conn, query, now, expectations, policy, at_most=at_most):
+    async for summary in _candidates(conn, query, now, criteria, at_most=at_most):
         read += 1
         if scan_cap is not None and read > scan_cap:
             return SagaPage(tuple(found), total, total_capped=True)

@@ -52,7 +52,7 @@ from erynoa.events import BookingEvent
 from erynoa.kafka import Published
 from erynoa.saga import Status
 from ops import assess, dead_letters, replay, sagas
-from ops.assess import DEFAULT_EXPECTATIONS, Expectations
+from ops.assess import Criteria
 from ops.errors import BadInput
 
 # Every route needs the admin role (401, 403) and PostgreSQL, Redis or Kafka (503).
@@ -214,10 +214,9 @@ async def stats(
     )
 
 
-def _expectations(stuck_after_seconds: int | None) -> Expectations:
-    if stuck_after_seconds is None:
-        return DEFAULT_EXPECTATIONS
-    return Expectations.uniform(timedelta(seconds=stuck_after_seconds))
+def _criteria(runtime: RuntimeDep, stuck_after_seconds: int | None) -> Criteria:
+    stuck_after = None if stuck_after_seconds is None else timedelta(seconds=stuck_after_seconds)
+    return Criteria.of(runtime.settings, stuck_after)
 
 
 def _waiting(found: tuple[assess.Waiting, ...]) -> list[Waiting]:
@@ -265,8 +264,7 @@ async def list_workflows(
         conn,
         query,
         utcnow(),
-        _expectations(stuck_after_seconds),
-        saga.Policy.from_settings(runtime.settings),
+        _criteria(runtime, stuck_after_seconds),
     )
     rows = await conn.fetch(
         f"SELECT {BOOKING_COLUMNS} FROM bookings b WHERE b.id = ANY($1::uuid[])",
@@ -319,8 +317,7 @@ async def get_workflow(
         str(booking_id),
         runtime.schema_ids.codec,
         utcnow(),
-        _expectations(stuck_after_seconds),
-        saga.Policy.from_settings(runtime.settings),
+        _criteria(runtime, stuck_after_seconds),
     )
     entries = [
         TimelineEntry(
