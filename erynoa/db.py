@@ -249,7 +249,12 @@ class GatheredDeletes:
         """Whether the row of ``row_id`` waits for its deletion here, or was deleted a moment
         ago: a reader of the table may still see it (read before the DELETE committed), but
         its work is done."""
-        return row_id in self._waiting or row_id in self._deleted
+        if not isinstance(row_id, str):
+            return False
+        if row_id in self._waiting:
+            return True
+        deleted_at = self._deleted.get(row_id)
+        return deleted_at is not None and time.monotonic() - deleted_at < REMEMBER_DELETED_S
 
     async def flush(self) -> None:
         """Wait until what was added so far is deleted (or its deletion failed and was logged)."""

@@ -82,6 +82,7 @@ _PROBE_TIMEOUT_S = 5.0
 _REWIND_REARM_S = 30.0
 _REDELIVERY_RELAY_AGE_S = 1.0
 _REDELIVERY_RELAY_GAP_S = 2.0
+_REFUSED_RETRY_S = 300.0
 _OUTAGE_BACKOFF_FIRST_S = 0.5
 _OUTAGE_BACKOFF_MAX_S = 10.0
 
@@ -280,6 +281,8 @@ class AgentRuntime:
         self._draining = asyncio.Event()
         self._cleanup: GatheredDeletes | None = None
         self._publishing: dict[str, asyncio.Future[None]] = {}
+        self._refused: dict[str, float] = {}
+        """Bookings whose outbox row the broker refused, with when: left out of relay sweeps."""
         """Outbox rows being published now, by event id: done when that publish ends."""
         self.positions: store.Positions | None = None
         self.seek: Seek | None = None
@@ -996,9 +999,10 @@ class AgentRuntime:
         """Publish at once what a worker that died after its COMMIT left in the outbox.
 
         Its messages come again, but its positions say they are done, so they are skipped and
-        nothing would publish the rows but the relay's next sweep of old rows. Rows younger
-        than ``_REDELIVERY_RELAY_AGE_S`` are left out: this worker's own lanes are publishing
-        those. Once per ``_REDELIVERY_RELAY_GAP_S`` at most; a failure is left to the sweep.
+        nothing would publish the rows but the relay's next sweep of old rows. Bookings whose
+        rows are all younger than ``_REDELIVERY_RELAY_AGE_S`` are left out: this worker's own
+        lanes are publishing those (and ``_publish`` waits for a lane publishing a row it
+        shares). Once per ``_REDELIVERY_RELAY_GAP_S`` at most; a failure is left to the sweep.
         """
         self._predecessor_may_have_died = False
         if time.monotonic() - self._relayed_after_redelivery < _REDELIVERY_RELAY_GAP_S:
@@ -1013,11 +1017,22 @@ class AgentRuntime:
         """Publish outbox rows nobody published (a crash after COMMIT of a timer's work).
 
         A row the broker refuses every time (``KAFKA_REFUSALS``: too large, say) holds back
-        only its own booking, whose later events must not overtake it: the other bookings'
-        rows are then published booking by booking. Raises on anything else (the broker away),
-        and the next sweep tries every row again."""
+        only its own booking, whose later events must not overtake it: the sweep's other rows
+        are then published one by one, and the refused booking is left out of the sweeps for
+        ``_REFUSED_RETRY_S`` (an operator may fix the topic meanwhile), so that it can neither
+        fill the sweep nor have its rows sent again each time. Rows handed to the producer
+        before the refusal may go out twice, which consumers deduplicate. Only a refusal the
+        client makes itself (a record too large) keeps the booking's later rows back; one the
+        broker answers for a whole request may come after them. Raises on anything else (the
+        broker away), and the next sweep tries every row again."""
+        now = time.monotonic()
+        for booking_id, refused_at in list(self._refused.items()):
+            if now - refused_at >= _REFUSED_RETRY_S:
+                del self._refused[booking_id]
         async with self.pool.acquire() as conn:
-            rows = await store.stale_outbox(conn, self.agent, older_than_seconds)
+            rows = await store.stale_outbox(
+                conn, self.agent, older_than_seconds, skip_bookings=list(self._refused)
+            )
         if not rows:
             return 0
         log.warning("relaying %d unpublished event(s)", len(rows))
@@ -1025,17 +1040,24 @@ class AgentRuntime:
             await self._publish(rows)
         except KAFKA_REFUSALS:
             for booking_rows in _by_booking(rows):
-                try:
-                    await self._publish(booking_rows)
-                except KAFKA_REFUSALS as exc:
-                    log.error(
-                        "outbox event %s is refused by the broker every time (%s); the "
-                        "booking's later events wait behind it until an operator removes it",
-                        booking_rows[0].event_id,
-                        failures.describe(exc),
-                        extra={"booking_id": booking_rows[0].booking_id, "agent": self.agent},
-                    )
+                await self._publish_until_refused(booking_rows)
         return len(rows)
+
+    async def _publish_until_refused(self, rows: Sequence[store.OutboxRow]) -> None:
+        """One booking's rows, one at a time, up to the first the broker refuses."""
+        for row in rows:
+            try:
+                await self._publish([row])
+            except KAFKA_REFUSALS as exc:
+                self._refused[row.booking_id] = time.monotonic()
+                log.error(
+                    "outbox event %s is refused by the broker (%s); the booking's later events "
+                    "wait behind it until the cause is fixed or an operator removes the row",
+                    row.event_id,
+                    failures.describe(exc),
+                    extra={"booking_id": row.booking_id, "agent": self.agent},
+                )
+                return
 
     async def _route_failure(
         self, incoming: Incoming, error: BaseException, kind: failures.ErrorKind | None = None

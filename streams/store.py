@@ -315,16 +315,31 @@ async def commit_batch(
 
 
 async def stale_outbox(
-    conn: asyncpg.Connection, agent: str, older_than_seconds: float, limit: int = 500
+    conn: asyncpg.Connection,
+    agent: str,
+    older_than_seconds: float,
+    limit: int = 500,
+    skip_bookings: Sequence[str] = (),
 ) -> list[OutboxRow]:
-    """Rows a crashed or failed publish left behind (the relay sweep publishes them)."""
+    """What a crashed or failed publish left behind (the relay sweep publishes it): every row of
+    each booking that has one older than ``older_than_seconds``, in the order written, except
+    the bookings in ``skip_bookings``.
+
+    Whole bookings, not only their old rows: ``created_at`` is the writing transaction's start,
+    and a transaction that waited for the booking's lock writes a row after one whose
+    ``created_at`` is later. Selecting by age alone could publish that row before the one
+    written ahead of it."""
     rows = await conn.fetch(
         """SELECT event_id, booking_id, payload, headers FROM agent_outbox
-           WHERE agent = $1 AND created_at < now() - make_interval(secs => $2)
+           WHERE agent = $1
+             AND booking_id IN (SELECT booking_id FROM agent_outbox
+                                WHERE agent = $1 AND created_at < now() - make_interval(secs => $2))
+             AND booking_id <> ALL($4::uuid[])
            ORDER BY seq LIMIT $3""",
         agent,
         older_than_seconds,
         limit,
+        list(skip_bookings),
     )
     return _outbox_rows(rows)
 

@@ -50,17 +50,24 @@ async def test_a_refused_row_holds_back_its_own_booking_and_no_other(
     service = await create_service(pool, capacity=5)
     customer = await create_user(pool, "customer")
     stuck, other = (records.requested(customer, service) for _ in range(2))
-    behind = records.rejected(stuck)  # the same booking's next event: must wait behind it
-    refused = replace(behind, event_id=str(uuid.uuid4()), reason=_TOO_LARGE)
+    ahead = records.rejected(stuck)  # the booking's event before the refused one: goes out
+    refused = replace(ahead, event_id=str(uuid.uuid4()), reason=_TOO_LARGE)
+    behind = replace(ahead, event_id=str(uuid.uuid4()))  # must wait behind the refused one
     others = records.rejected(other)
-    await _queue_stale(pool, [refused, others, behind])
+    await _queue_stale(pool, [others, ahead, refused, behind])
     runtime = await start_runtime("reservation", ReservationAdapter())
 
-    assert await runtime.relay_outbox(older_than_seconds=10) == 3
+    assert await runtime.relay_outbox(older_than_seconds=10) == 4
     await runtime.outbox_cleaned()
-
     published = await records.published(isolated, catalog, "ReservationRejected")
-    assert [e.event_id for e in published] == [others.event_id]
+    # Handed to the producer before the refusal, then one by one: at most twice, in order.
+    assert {e.event_id for e in published} == {others.event_id, ahead.event_id}
+    assert await _left(pool) == {refused.event_id, behind.event_id}
+
+    # Later sweeps leave the refused booking alone: nothing is sent again, nothing is stuck.
+    assert await runtime.relay_outbox(older_than_seconds=10) == 0
+    assert await runtime.relay_outbox(older_than_seconds=10) == 0
+    assert len(await records.published(isolated, catalog, "ReservationRejected")) == len(published)
     assert await _left(pool) == {refused.event_id, behind.event_id}
 
 
@@ -87,3 +94,26 @@ async def test_rows_two_lanes_publish_at_once_go_out_once_and_in_order(
     published = await records.published(isolated, catalog, "ReservationReleased")
     assert [e.event_id for e in published] == [first.event_id, second.event_id]
     assert await _left(pool) == set()
+
+
+async def test_the_relay_takes_a_bookings_rows_in_the_order_written_whatever_their_age(
+    isolated: Settings, catalog: TopicCatalog, pool: asyncpg.Pool, start_runtime: StartRuntime
+) -> None:
+    """A row's age is its transaction's start: one that waited for the booking's lock writes
+    its row after another whose transaction began later. Only that row is old enough for the
+    sweep, yet it must not go out before the row written ahead of it."""
+    service = await create_service(pool, capacity=5)
+    customer = await create_user(pool, "customer")
+    first = records.rejected(records.requested(customer, service))
+    second = replace(first, event_id=str(uuid.uuid4()))
+    await _queue_stale(pool, [first, second])
+    await pool.execute(
+        "UPDATE agent_outbox SET created_at = now() WHERE event_id = $1", first.event_id
+    )
+    runtime = await start_runtime("reservation", ReservationAdapter())
+
+    assert await runtime.relay_outbox(older_than_seconds=10) == 2
+    await runtime.outbox_cleaned()
+
+    published = await records.published(isolated, catalog, "ReservationRejected")
+    assert [e.event_id for e in published] == [first.event_id, second.event_id]
