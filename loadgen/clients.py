@@ -65,10 +65,9 @@ def _failed(operation: str, response: httpx.Response) -> RequestFailed:
 class HttpPool:
     """``size`` httpx clients with one connection each, lent out one request at a time.
 
-    One ``httpx.AsyncClient`` with many connections gets slower as connections are added
-    (measured on this project's 2-core box: 1 connection 670 req/s, 64 connections 275 req/s
-    against the same trivial endpoint), while separate one-connection clients scale
-    (8 of them: about 1,000 req/s). A load generator must not be the bottleneck it measures.
+    One ``httpx.AsyncClient`` gets slower as connections are added to its pool (its pool's
+    bookkeeping grows with them), while separate one-connection clients scale. A load
+    generator must not be the bottleneck it measures.
     """
 
     def __init__(
