@@ -65,8 +65,8 @@ def _failed(operation: str, response: httpx.Response) -> RequestFailed:
 class HttpPool:
     """``size`` httpx clients with one connection each, lent out one request at a time.
 
-    One ``httpx.AsyncClient`` gets slower as connections are added to its pool (its pool's
-    bookkeeping grows with them), while separate one-connection clients scale. A load
+    One ``httpx.AsyncClient`` got slower here as connections were added to its pool, measured
+    against a trivial endpoint, while separate one-connection clients scaled. A load
     generator must not be the bottleneck it measures.
     """
 
