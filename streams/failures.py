@@ -82,7 +82,24 @@ def classify(error: BaseException) -> ErrorKind:
     return "retryable" if isinstance(error, _RETRYABLE) else "permanent"
 
 
+class RecordedFailure(Exception):
+    """A failure an adapter gave up on, as its batch's commit recorded it (``agent_gave_up``):
+    what a redelivery routes when the worker died before routing the failure itself."""
+
+    def __init__(self, error_class: str, description: str) -> None:
+        super().__init__(description)
+        self.error_class = error_class
+        self.description = description
+
+
+def error_class(error: BaseException) -> str:
+    """The class name the failure headers and logs carry (the original's, for a recorded one)."""
+    return error.error_class if isinstance(error, RecordedFailure) else type(error).__name__
+
+
 def describe(error: BaseException) -> str:
+    if isinstance(error, RecordedFailure):
+        return error.description[: k.MAX_ERROR_LEN]
     text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return text[: k.MAX_ERROR_LEN]
 
@@ -144,7 +161,7 @@ def next_hop(
         origin=(origin.topic, origin.partition, origin.offset),
         consumer=consumer.name,
         error=describe(error),
-        error_class=type(error).__name__,
+        error_class=error_class(error),
         error_kind=kind,
         now=now,
         not_before=due,

@@ -121,9 +121,22 @@ class Incoming:
 
 Decoded = tuple[Incoming, BookingEvent | CatalogEvent]
 """A consumed message and the event it holds."""
-Handled = tuple[list[tuple[Incoming, BaseException]], bool]
-"""What ``AgentRuntime.handle`` returns: the failures its adapters recorded as events, each with
-its message, and whether the commit moved the group's positions past the batch."""
+
+
+@dataclass(frozen=True)
+class GaveUpOn:
+    """A failure an adapter recorded as an event instead of raising, with its message: the
+    message still goes to the retry or dead-letter topic, for operators to see."""
+
+    incoming: Incoming
+    event_id: str
+    error: BaseException
+
+
+Handled = tuple[list[GaveUpOn], bool]
+"""What ``AgentRuntime.handle`` returns: the failures its adapters recorded as events (and those
+a worker that died after its commit left unrouted), and whether the commit moved the group's
+positions past the batch."""
 
 
 @dataclass
@@ -567,10 +580,16 @@ class AgentRuntime:
             event_type = self.metrics.event_type(incoming.headers)
             self.metrics.handled(event_type, elapsed)
             self.metrics.processed(event_type)
-        for incoming, error in gave_up:
+        for failure in gave_up:
             # The saga moved on (the adapter recorded the failure as an event); the message still
             # goes to the dead-letter topic so operators see what could not be delivered.
-            await self._route_failure(incoming, error, kind="retryable")
+            await self._route_failure(failure.incoming, failure.error, kind="retryable")
+        if gave_up:
+            try:
+                await store.forget_gave_up(self.pool, self.agent, [g.event_id for g in gave_up])
+            except Exception as exc:
+                # Routed already: a row left over only copies the message again on a redelivery.
+                log.warning("recorded failures not forgotten: %s", failures.describe(exc))
         return recorded
 
     async def _handle_through_outages(
@@ -701,7 +720,7 @@ class AgentRuntime:
         if not by_booking:
             return [], False
         bookings = list(by_booking)
-        gave_up: list[tuple[Incoming, BaseException]] = []
+        gave_up: list[GaveUpOn] = []
         async with (
             self.pool.acquire() as conn,
             store.locked_transaction(conn, self.agent, bookings),
@@ -722,6 +741,15 @@ class AgentRuntime:
                     result,
                     replayed=_replayed(by_booking[booking_id], loaded.processed),
                 )
+            if gave_up:
+                recorded = {
+                    g.event_id: store.GaveUp(
+                        failures.error_class(g.error), failures.describe(g.error)
+                    )
+                    for g in gave_up
+                }
+                await store.record_gave_up(conn, self.agent, recorded)
+            gave_up += _left_unrouted(by_booking, loaded)
             advance = None
             if ends and not gave_up:
                 advance = store.Advance(self.consumer.group_id, ends)
@@ -746,7 +774,7 @@ class AgentRuntime:
         early: list[bytes],
         result: _BatchResult,
         replayed: Sequence[_Message] = (),
-    ) -> list[tuple[Incoming, BaseException]]:
+    ) -> list[GaveUpOn]:
         """Fold one booking's new messages, act, and add what to write to ``result``; returns
         the failures its adapter recorded as events (with the message they belong to).
 
@@ -846,7 +874,7 @@ class AgentRuntime:
             store.OutboxRow(e.event_id, ctx.booking_id, self.codec.encode(e), headers)
             for e in emitted
         ]
-        return [(last.incoming, error) for error in ctx.gave_up[:1]]
+        return [GaveUpOn(last.incoming, last.event.event_id, error) for error in ctx.gave_up[:1]]
 
     async def tick(self, booking_id: str) -> bool:
         """Re-evaluate one booking without a message (a provider deadline may have passed).
@@ -1080,9 +1108,9 @@ class AgentRuntime:
             hop.topic,
             hop.attempts,
             failures.describe(error),
-            extra={**extra, "error_class": type(error).__name__},
+            extra={**extra, "error_class": failures.error_class(error)},
             exc_info=failures.classify(error) == "permanent"
-            and not isinstance(error, UndecodableEvent),
+            and not isinstance(error, UndecodableEvent | failures.RecordedFailure),
         )
         attempt = 0
         while True:
@@ -1163,6 +1191,23 @@ def _from_postgresql(error: BaseException) -> bool:
     """Raised by the database driver or the socket under it: worth asking whether the server
     is there before blaming the message (a shutdown's error codes look permanent)."""
     return isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError | OSError)
+
+
+def _left_unrouted(
+    by_booking: Mapping[str, list[_Message]], loaded: store.Loaded
+) -> list[GaveUpOn]:
+    """Redelivered messages whose failure their first handling recorded but never routed (the
+    worker died after its commit): skipped as processed, they are routed now. Not a message an
+    operator re-drove: the adapter redoes that (``Adapter.redrive``)."""
+    found: dict[str, GaveUpOn] = {}
+    for messages in by_booking.values():
+        for m in messages:
+            recorded = loaded.gave_up.get(m.event.event_id)
+            if recorded is None or k.header(m.incoming.headers, k.H_REPLAY) is not None:
+                continue
+            failure = failures.RecordedFailure(recorded.error_class, recorded.error)
+            found.setdefault(m.event.event_id, GaveUpOn(m.incoming, m.event.event_id, failure))
+    return list(found.values())
 
 
 def _replayed(messages: list[_Message], processed: frozenset[str]) -> list[_Message]:

@@ -3,7 +3,8 @@
 Every function takes a connection inside the caller's transaction (``streams.runtime`` opens
 one per batch of messages), so a handler's states, its "processed" marks and the events it
 emitted commit together or not at all. Tables: ``agent_state``, ``processed_events``
-(migrations 0002/0003), ``agent_outbox`` and ``agent_early_events`` (0005); and how far the
+(migrations 0002/0003), ``agent_outbox`` and ``agent_early_events`` (0005), ``agent_gave_up``
+(0012); and how far the
 agent's group got in each partition it consumes (``consumer_positions``, 0002).
 """
 
@@ -142,6 +143,17 @@ class Loaded:
     early: dict[str, list[bytes]]
     """Events kept by ``keep_early`` for the batch's bookings, each booking's in arrival order;
     ``commit_batch`` deletes those of the bookings that start."""
+    gave_up: dict[str, GaveUp]
+    """Failures recorded for the batch's events (``record_gave_up``) whose copy to the retry or
+    dead-letter topic was not confirmed (``forget_gave_up``), by event id."""
+
+
+@dataclass(frozen=True)
+class GaveUp:
+    """A failure an adapter gave up on, as kept in ``agent_gave_up``."""
+
+    error_class: str
+    error: str
 
 
 async def load_batch(
@@ -165,7 +177,13 @@ async def load_batch(
            UNION ALL
            SELECT 'early', e.booking_id, NULL, NULL, NULL, e.payload, e.seq
            FROM agent_early_events e
-           WHERE e.agent = $1 AND e.booking_id = ANY($2::uuid[])""",
+           WHERE e.agent = $1 AND e.booking_id = ANY($2::uuid[])
+           UNION ALL
+           SELECT 'gave_up', NULL, NULL,
+                  jsonb_build_object('error_class', g.error_class, 'error', g.error),
+                  g.event_id, NULL, NULL
+           FROM agent_gave_up g
+           WHERE g.agent = $1 AND g.event_id = ANY($3::uuid[])""",
         agent,
         list(booking_ids),
         list(event_ids),
@@ -173,9 +191,13 @@ async def load_batch(
     stored: dict[str, Stored] = {}
     processed: set[str] = set()
     early: list[tuple[int, str, bytes]] = []
+    gave_up: dict[str, GaveUp] = {}
     for row in rows:
         if row["kind"] == "processed":
             processed.add(str(row["event_id"]))
+        elif row["kind"] == "gave_up":
+            failure = row["headers"]
+            gave_up[str(row["event_id"])] = GaveUp(failure["error_class"], failure["error"])
         elif row["kind"] == "early":
             early.append((int(row["seq"]), str(row["booking_id"]), bytes(row["payload"])))
         else:
@@ -184,7 +206,33 @@ async def load_batch(
     kept: dict[str, list[bytes]] = {}
     for _, booking_id, payload in sorted(early):
         kept.setdefault(booking_id, []).append(payload)
-    return Loaded(stored, frozenset(processed), kept)
+    return Loaded(stored, frozenset(processed), kept, gave_up)
+
+
+async def record_gave_up(
+    conn: asyncpg.Connection, agent: str, failures: Mapping[str, GaveUp]
+) -> None:
+    """Keep failures adapters gave up on, by event id, in the batch's transaction: its commit
+    marks their messages processed, so a redelivery after a crash could copy them nowhere
+    else."""
+    await conn.execute(
+        """INSERT INTO agent_gave_up (agent, event_id, error_class, error)
+           SELECT $1, e, c, m FROM unnest($2::uuid[], $3::text[], $4::text[]) AS x(e, c, m)
+           ON CONFLICT DO NOTHING""",
+        agent,
+        list(failures),
+        [f.error_class for f in failures.values()],
+        [f.error for f in failures.values()],
+    )
+
+
+async def forget_gave_up(pool: asyncpg.Pool, agent: str, event_ids: Sequence[str]) -> None:
+    """Their messages are on the retry or dead-letter topic now."""
+    await pool.execute(
+        "DELETE FROM agent_gave_up WHERE agent = $1 AND event_id = ANY($2::uuid[])",
+        agent,
+        list(event_ids),
+    )
 
 
 async def save_state(

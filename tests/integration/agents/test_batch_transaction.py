@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from erynoa import events as ev
+from erynoa import kafka as k
 from erynoa import saga
 from erynoa.settings import Settings
 from erynoa.topics import TopicCatalog
@@ -25,7 +26,7 @@ from streams.reservation import ReservationAdapter
 from streams.runtime import Context, Decoded
 from tests.integration.agents import records
 from tests.integration.agents.records import StartRuntime
-from tests.integration.saga.harness import create_service, create_user
+from tests.integration.saga.harness import create_service, create_user, read_topic
 
 
 async def _held_elsewhere(pool: asyncpg.Pool, key: str) -> bool:
@@ -236,3 +237,32 @@ async def test_what_a_worker_left_unpublished_after_its_commit_goes_out_on_the_r
 
     held = await records.published(isolated, catalog, "ReservationHeld")
     assert sorted(e.booking_id for e in held) == sorted(r.booking_id for r in requests)
+
+
+async def test_a_failure_recorded_before_a_crash_is_routed_on_the_redelivery(
+    isolated: Settings, catalog: TopicCatalog, pool: asyncpg.Pool, start_runtime: StartRuntime
+) -> None:
+    """The adapter gave up (recording the failure as an event) and the worker died after the
+    commit, before copying the message to the retry topic. The redelivery is skipped as
+    processed, yet it must make that copy, or operators never see the failure."""
+    service = await create_service(pool, capacity=5)
+    customer = await create_user(pool, "customer")
+    request = records.requested(customer, service)
+    message = records.message(catalog, request, 0)
+    runtime = await start_runtime("reservation", GivesUp())
+
+    gave_up, _ = await runtime.handle([(message, request)], {(message.topic, 0): 1})
+    assert [g.event_id for g in gave_up] == [request.event_id]
+    assert await pool.fetchval("SELECT count(*) FROM agent_gave_up") == 1
+
+    await runtime.process([message])
+
+    retry = catalog.topics[catalog.consumer("reservation").retry_topics[0]]
+    routed = await read_topic(isolated.kafka_bootstrap, retry.name, retry.partitions)
+    assert [r.value for r in routed] == [message.value]
+    headers = dict(routed[0].headers)
+    assert headers[k.H_ERROR_CLASS] == b"RuntimeError"
+    assert b"gave up" in headers[k.H_ERROR]
+    assert await pool.fetchval("SELECT count(*) FROM agent_gave_up") == 0
+    held = await pool.fetchval("SELECT count(*) FROM agent_state WHERE agent = 'reservation'")
+    assert held == 1  # handled once: the redelivery changed nothing but the copy
