@@ -88,11 +88,16 @@ async def snapshot(db: asyncpg.Pool, booking_ids: list[str]) -> list[dict[str, A
 
 
 def all_confirmed(db: asyncpg.Pool, ids: list[str]) -> Callable[[], Awaitable[bool]]:
-    """For ``eventually``: every one of the bookings is in the read model, confirmed."""
+    """For ``eventually``: every one of the bookings is in the read model, confirmed, with every
+    event of its happy path folded (the provider's answer travels on another topic than the
+    capture, and may be folded after the booking is confirmed)."""
+    events = len(saga_events(unique()))
 
     async def check() -> bool:
         rows = await snapshot(db, ids)
-        return len(rows) == len(ids) and all(r["status"] == "confirmed" for r in rows)
+        return len(rows) == len(ids) and all(
+            r["status"] == "confirmed" and r["events_applied"] == events for r in rows
+        )
 
     return check
 
